@@ -1,0 +1,238 @@
+//! GPU plumbing: the per-device [`Context`] with its pipeline cache, device setup, and readback.
+
+mod kernels;
+pub(crate) mod plan;
+
+pub(crate) use kernels::{
+    CompiledKernel, MAX_SEGMENTS, TABLE_SIZE, label as kernel_label, source as kernel_source,
+};
+
+use crate::error::{Error, Result};
+use crate::optim::{Kernel, Shader};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+/// The device and queue this crate records on, with its cache of shader modules, bind group
+/// layouts and pipelines.
+///
+/// Make one `Context` per device and share it (it is cheap to clone): every kernel is compiled
+/// once per `Context`, the first time an optimizer needs it. The context reads the device's own
+/// limits; to use large tensors, create the device with the adapter's limits
+/// (`required_limits: adapter.limits()`), not wgpu's defaults.
+#[derive(Clone, Debug)]
+pub struct Context {
+    inner: Arc<Inner>,
+}
+
+#[derive(Debug)]
+struct Inner {
+    device: wgpu::Device,
+    queue: wgpu::Queue,
+    limits: wgpu::Limits,
+    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
+    kernels: Mutex<HashMap<Kernel, Arc<CompiledKernel>>>,
+}
+
+impl Context {
+    /// Wraps the caller's device and queue. Nothing is compiled until an optimizer needs it.
+    pub fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                device: device.clone(),
+                queue: queue.clone(),
+                limits: device.limits(),
+                modules: Mutex::new(HashMap::new()),
+                kernels: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// Finds an adapter and creates a device with the adapter's full limits, for programs that
+    /// do not bring their own device (the CLI, tests, examples).
+    ///
+    /// `backends` limits the search (for example `wgpu::Backends::VULKAN`); `adapter` keeps only
+    /// adapters whose name contains that substring (case-insensitive). Of the rest, a discrete
+    /// GPU is preferred, then integrated, virtual, and CPU devices.
+    pub fn request(
+        backends: wgpu::Backends,
+        adapter: Option<&str>,
+    ) -> Result<(Self, wgpu::AdapterInfo)> {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
+        let wanted = adapter.map(str::to_lowercase);
+        let rank = |t: wgpu::DeviceType| match t {
+            wgpu::DeviceType::DiscreteGpu => 0,
+            wgpu::DeviceType::IntegratedGpu => 1,
+            wgpu::DeviceType::VirtualGpu => 2,
+            wgpu::DeviceType::Cpu => 3,
+            wgpu::DeviceType::Other => 4,
+        };
+        let chosen = adapters
+            .into_iter()
+            .filter(|a| {
+                wanted
+                    .as_ref()
+                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+            })
+            .min_by_key(|a| rank(a.get_info().device_type))
+            .ok_or_else(|| {
+                Error::NoAdapter(match adapter {
+                    Some(name) => format!(" matching {name:?} for backends {backends:?}"),
+                    None => format!(" for backends {backends:?}"),
+                })
+            })?;
+        let info = chosen.get_info();
+        let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
+            label: Some("wgpu-optim"),
+            required_features: wgpu::Features::empty(),
+            required_limits: chosen.limits(),
+            ..Default::default()
+        }))
+        .map_err(|e| Error::RequestDevice(e.to_string()))?;
+        Ok((Self::new(&device, &queue), info))
+    }
+
+    /// The device.
+    pub fn device(&self) -> &wgpu::Device {
+        &self.inner.device
+    }
+
+    /// The queue.
+    pub fn queue(&self) -> &wgpu::Queue {
+        &self.inner.queue
+    }
+
+    /// The device's limits, read once when the context was made.
+    pub fn limits(&self) -> &wgpu::Limits {
+        &self.inner.limits
+    }
+
+    /// The compiled kernel, compiling it on first use.
+    pub(crate) fn kernel(&self, kernel: Kernel) -> Result<Arc<CompiledKernel>> {
+        let mut cache = self.inner.kernels.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(k) = cache.get(&kernel) {
+            return Ok(k.clone());
+        }
+        let compiled = Arc::new(kernels::compile(self, kernel)?);
+        cache.insert(kernel, compiled.clone());
+        Ok(compiled)
+    }
+
+    /// The shader module of one shader file, created on first use.
+    pub(crate) fn module(&self, shader: Shader) -> wgpu::ShaderModule {
+        let mut cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(shader)
+            .or_insert_with(|| {
+                self.device()
+                    .create_shader_module(wgpu::ShaderModuleDescriptor {
+                        label: Some(kernels::label(shader)),
+                        source: wgpu::ShaderSource::Wgsl(kernels::source(shader).into()),
+                    })
+            })
+            .clone()
+    }
+
+    /// Copies f32 ranges out of GPU buffers and waits for them: `(buffer, byte offset,
+    /// elements)`. The buffers need `COPY_SRC`. This blocks; use it for checkpoints and tests,
+    /// not in a training loop.
+    pub fn read_f32(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<f32>> {
+        let total: u64 = ranges.iter().map(|r| r.2).sum();
+        if total == 0 {
+            return Ok(Vec::new());
+        }
+        for &(buffer, offset, len) in ranges {
+            if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
+                return Err(Error::Input(
+                    "buffer to read lacks the COPY_SRC usage".into(),
+                ));
+            }
+            if offset % 4 != 0
+                || offset
+                    .checked_add(len * 4)
+                    .is_none_or(|end| end > buffer.size())
+            {
+                return Err(Error::Input(format!(
+                    "read of {len} elements at byte offset {offset} is outside a {}-byte buffer",
+                    buffer.size()
+                )));
+            }
+        }
+        let device = self.device();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let staging = device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-optim readback"),
+            size: total * 4,
+            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        });
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        let mut encoder = device.create_command_encoder(&Default::default());
+        let mut at = 0;
+        for &(buffer, offset, len) in ranges {
+            if len > 0 {
+                encoder.copy_buffer_to_buffer(buffer, offset, &staging, at, len * 4);
+            }
+            at += len * 4;
+        }
+        let index = self.queue().submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+            let _ = tx.send(r);
+        });
+        device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let data = staging
+            .get_mapped_range(..)
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let out = bytemuck::pod_collect_to_vec(&data[..]);
+        drop(data);
+        staging.unmap();
+        Ok(out)
+    }
+
+    /// Creates a buffer with `STORAGE | COPY_SRC | COPY_DST` usage holding `data`, checking the
+    /// device's `max_buffer_size` first.
+    pub fn create_f32_buffer(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        let bytes = (data.len() as u64 * 4).max(4);
+        let limit = self.limits().max_buffer_size;
+        if bytes > limit {
+            return Err(Error::TooLarge {
+                what: format!("buffer {label:?}"),
+                bytes,
+                limit,
+                limit_name: "max_buffer_size",
+            });
+        }
+        let device = self.device();
+        let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+        let mut contents: Vec<u8> = bytemuck::cast_slice(data).to_vec();
+        contents.resize(bytes as usize, 0);
+        let buffer = wgpu::util::DeviceExt::create_buffer_init(
+            device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some(label),
+                contents: &contents,
+                usage: wgpu::BufferUsages::STORAGE
+                    | wgpu::BufferUsages::COPY_SRC
+                    | wgpu::BufferUsages::COPY_DST,
+            },
+        );
+        if let Some(e) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(e.to_string()));
+        }
+        Ok(buffer)
+    }
+}

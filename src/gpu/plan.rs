@@ -1,0 +1,282 @@
+//! Splits an optimizer's tensors into batches, one dispatch each.
+//!
+//! A batch holds pieces of tensors that share a kernel, a parameter buffer and a gradient
+//! buffer. Each batch binds one window of the parameter buffer and one of the gradient buffer,
+//! each no larger than `max_storage_buffer_binding_size` and starting at an offset aligned to
+//! `min_storage_buffer_offset_alignment`, and owns state buffers that hold its pieces back to
+//! back. A tensor that does not fit one window is split into pieces in several batches. At most
+//! `MAX_SEGMENTS` pieces and `MAX_SEGMENTS` distinct tensors go in one batch.
+
+use super::kernels::{MAX_SEGMENTS, WORKGROUP_SIZE};
+
+/// Where one tensor lives. Offsets are in bytes, lengths in f32 elements.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Span {
+    /// Tensors with equal keys share kernel, parameter buffer and gradient buffer.
+    pub(crate) key: usize,
+    pub(crate) param_offset: u64,
+    pub(crate) grad_offset: u64,
+    pub(crate) len: u64,
+}
+
+/// The device limits the plan respects.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct PlanLimits {
+    /// Largest storage binding, in bytes (a multiple of 4).
+    pub(crate) max_binding: u64,
+    /// Storage binding offset alignment, in bytes.
+    pub(crate) alignment: u64,
+    /// Most elements one state buffer may hold.
+    pub(crate) max_state: u64,
+}
+
+/// A contiguous piece of one tensor inside a batch.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Piece {
+    pub(crate) tensor: usize,
+    /// First element of the piece within its tensor.
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    /// First element of the piece within the batch's state buffers.
+    pub(crate) state_offset: u64,
+    pub(crate) first_workgroup: u32,
+    /// Index of the tensor in the batch's uniform array.
+    pub(crate) slot: u32,
+}
+
+/// One dispatch's worth of pieces.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Batch {
+    pub(crate) key: usize,
+    /// Bound byte range `[start, end)` of the parameter buffer.
+    pub(crate) param_window: (u64, u64),
+    /// Bound byte range of the gradient buffer.
+    pub(crate) grad_window: (u64, u64),
+    pub(crate) pieces: Vec<Piece>,
+    /// Tensor index of each uniform slot.
+    pub(crate) slots: Vec<usize>,
+    pub(crate) state_len: u64,
+    pub(crate) workgroups: u32,
+}
+
+/// Largest `n` such that elements `[at, at + 4n)` can join a window `current` without the
+/// window growing past `max` bytes. `None` for an empty window.
+fn room(current: Option<(u64, u64)>, at: u64, limits: &PlanLimits) -> u64 {
+    let aligned = at - at % limits.alignment;
+    let (lo, hi) = match current {
+        Some((lo, hi)) => (lo.min(aligned), hi),
+        None => (aligned, aligned),
+    };
+    if hi - lo > limits.max_binding {
+        return 0;
+    }
+    (lo + limits.max_binding).saturating_sub(at) / 4
+}
+
+fn grow(window: &mut (u64, u64), empty: bool, at: u64, bytes: u64, alignment: u64) {
+    let aligned = at - at % alignment;
+    if empty {
+        *window = (aligned, at + bytes);
+    } else {
+        window.0 = window.0.min(aligned);
+        window.1 = window.1.max(at + bytes);
+    }
+}
+
+/// Plans the batches. Tensors of one key keep their order; keys come in order of first use.
+pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
+    let mut keys: Vec<usize> = Vec::new();
+    for s in spans {
+        if !keys.contains(&s.key) {
+            keys.push(s.key);
+        }
+    }
+    let mut batches = Vec::new();
+    for key in keys {
+        let mut batch = Batch {
+            key,
+            ..Default::default()
+        };
+        for (tensor, span) in spans.iter().enumerate().filter(|(_, s)| s.key == key) {
+            let mut start = 0;
+            while start < span.len {
+                let empty = batch.pieces.is_empty();
+                let new_slot = batch.slots.last() != Some(&tensor);
+                let param_at = span.param_offset + 4 * start;
+                let grad_at = span.grad_offset + 4 * start;
+                let fits_tables = batch.pieces.len() < MAX_SEGMENTS
+                    && (!new_slot || batch.slots.len() < MAX_SEGMENTS);
+                let n = if fits_tables {
+                    let param = room((!empty).then_some(batch.param_window), param_at, limits);
+                    let grad = room((!empty).then_some(batch.grad_window), grad_at, limits);
+                    (span.len - start)
+                        .min(param)
+                        .min(grad)
+                        .min(limits.max_state - batch.state_len)
+                } else {
+                    0
+                };
+                if n == 0 {
+                    assert!(!empty, "a window smaller than one element");
+                    batches.push(std::mem::replace(
+                        &mut batch,
+                        Batch {
+                            key,
+                            ..Default::default()
+                        },
+                    ));
+                    continue;
+                }
+                grow(
+                    &mut batch.param_window,
+                    empty,
+                    param_at,
+                    4 * n,
+                    limits.alignment,
+                );
+                grow(
+                    &mut batch.grad_window,
+                    empty,
+                    grad_at,
+                    4 * n,
+                    limits.alignment,
+                );
+                if new_slot {
+                    batch.slots.push(tensor);
+                }
+                batch.pieces.push(Piece {
+                    tensor,
+                    start,
+                    len: n,
+                    state_offset: batch.state_len,
+                    first_workgroup: batch.workgroups,
+                    slot: (batch.slots.len() - 1) as u32,
+                });
+                batch.state_len += n;
+                batch.workgroups += n.div_ceil(u64::from(WORKGROUP_SIZE)) as u32;
+                start += n;
+            }
+        }
+        if !batch.pieces.is_empty() {
+            batches.push(batch);
+        }
+    }
+    batches
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BIG: PlanLimits = PlanLimits {
+        max_binding: 1 << 30,
+        alignment: 256,
+        max_state: 1 << 28,
+    };
+
+    fn span(key: usize, param_offset: u64, grad_offset: u64, len: u64) -> Span {
+        Span {
+            key,
+            param_offset,
+            grad_offset,
+            len,
+        }
+    }
+
+    /// Every element of every tensor is covered exactly once, inside its batch's windows.
+    fn check_cover(spans: &[Span], batches: &[Batch], limits: &PlanLimits) {
+        let mut covered = vec![0u64; spans.len()];
+        for b in batches {
+            assert!(b.param_window.1 - b.param_window.0 <= limits.max_binding);
+            assert!(b.grad_window.1 - b.grad_window.0 <= limits.max_binding);
+            assert_eq!(b.param_window.0 % limits.alignment, 0);
+            assert_eq!(b.grad_window.0 % limits.alignment, 0);
+            assert!(b.state_len <= limits.max_state);
+            assert!(b.pieces.len() <= MAX_SEGMENTS && b.slots.len() <= MAX_SEGMENTS);
+            let mut state = 0;
+            let mut wg = 0;
+            for p in &b.pieces {
+                let s = spans[p.tensor];
+                assert_eq!(s.key, b.key);
+                assert_eq!(b.slots[p.slot as usize], p.tensor);
+                assert_eq!(p.start, covered[p.tensor], "pieces in order, no gaps");
+                covered[p.tensor] += p.len;
+                let pa = s.param_offset + 4 * p.start;
+                let ga = s.grad_offset + 4 * p.start;
+                assert!(pa >= b.param_window.0 && pa + 4 * p.len <= b.param_window.1);
+                assert!(ga >= b.grad_window.0 && ga + 4 * p.len <= b.grad_window.1);
+                assert_eq!(p.state_offset, state);
+                assert_eq!(p.first_workgroup, wg);
+                state += p.len;
+                wg += p.len.div_ceil(256) as u32;
+            }
+            assert_eq!(b.state_len, state);
+            assert_eq!(b.workgroups, wg);
+        }
+        for (c, s) in covered.iter().zip(spans) {
+            assert_eq!(*c, s.len);
+        }
+    }
+
+    #[test]
+    fn tensors_sharing_buffers_form_one_batch() {
+        let spans: Vec<Span> = (0..148)
+            .map(|i| span(0, i * 4000, i * 4000 + 4, 1000))
+            .collect();
+        let batches = plan(&spans, &BIG);
+        assert_eq!(batches.len(), 1);
+        check_cover(&spans, &batches, &BIG);
+    }
+
+    #[test]
+    fn more_tensors_than_slots_split_batches() {
+        let spans: Vec<Span> = (0..600).map(|i| span(0, i * 40, i * 40, 10)).collect();
+        let batches = plan(&spans, &BIG);
+        assert_eq!(batches.len(), 3);
+        check_cover(&spans, &batches, &BIG);
+    }
+
+    #[test]
+    fn keys_do_not_mix() {
+        let spans = [span(0, 0, 0, 5), span(1, 0, 0, 7), span(0, 20, 20, 3)];
+        let batches = plan(&spans, &BIG);
+        assert_eq!(batches.len(), 2);
+        assert_eq!(batches[0].slots, [0, 2]);
+        check_cover(&spans, &batches, &BIG);
+    }
+
+    #[test]
+    fn large_tensors_split_across_windows() {
+        let small = PlanLimits {
+            max_binding: 4096,
+            alignment: 256,
+            max_state: 1 << 20,
+        };
+        // Unaligned offsets, a tensor several windows long, and small ones around it.
+        let spans = [
+            span(0, 12, 40_000, 100),
+            span(0, 1_000, 100_000, 5_000),
+            span(0, 30_000, 4, 3),
+        ];
+        let batches = plan(&spans, &small);
+        assert!(batches.len() >= 5);
+        check_cover(&spans, &batches, &small);
+        let state_limited = PlanLimits {
+            max_binding: 1 << 20,
+            alignment: 4,
+            max_state: 1000,
+        };
+        let batches = plan(&spans, &state_limited);
+        check_cover(&spans, &batches, &state_limited);
+        assert!(batches.iter().all(|b| b.state_len <= 1000));
+    }
+
+    #[test]
+    fn zero_length_tensors_are_skipped() {
+        let spans = [span(0, 0, 0, 0), span(0, 0, 0, 3)];
+        let batches = plan(&spans, &BIG);
+        assert_eq!(batches.len(), 1);
+        assert_eq!(batches[0].slots, [1]);
+        check_cover(&spans, &batches, &BIG);
+    }
+}

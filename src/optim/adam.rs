@@ -1,0 +1,218 @@
+use super::{Kernel, check, grad_sign, non_negative};
+use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+/// `torch.optim.Adam`, with L2 weight decay added to the gradient.
+///
+/// With `g` the gradient (negated when `maximize`), `t` the step number starting at 1, and
+/// `λ` = `weight_decay`:
+///
+/// ```text
+/// g ← g + λ·θ                          (if λ ≠ 0)
+/// m ← m + (1 − β1)·(g − m)             (exp_avg.lerp_(g, 1 − β1))
+/// v ← β2·v + (1 − β2)·g²               (exp_avg_sq)
+/// v̂ ← max(v̂, v) if amsgrad, else v̂ = v (max_exp_avg_sq keeps the running max of raw v)
+/// θ ← θ − lr/(1 − β1ᵗ) · m / (√v̂ / √(1 − β2ᵗ) + ε)
+/// ```
+///
+/// ε is added after bias-correcting √v̂. State: `exp_avg`, `exp_avg_sq`, and `max_exp_avg_sq`
+/// with `amsgrad`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Adam {
+    /// Learning rate (default 1e-3).
+    pub lr: f64,
+    /// Coefficients of the running averages of the gradient and its square (default
+    /// (0.9, 0.999)).
+    pub betas: (f64, f64),
+    /// Added to the denominator (default 1e-8).
+    pub eps: f64,
+    /// L2 penalty (default 0).
+    pub weight_decay: f64,
+    /// Use the AMSGrad variant (default false).
+    pub amsgrad: bool,
+    /// Maximize the objective instead of minimizing (default false).
+    pub maximize: bool,
+}
+
+/// `torch.optim.AdamW`: [`Adam`] with decoupled weight decay. Before the Adam update,
+/// `θ ← θ·(1 − lr·λ)`, and λ is not added to the gradient. The default `weight_decay` is 1e-2.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdamW {
+    /// Learning rate (default 1e-3).
+    pub lr: f64,
+    /// Coefficients of the running averages (default (0.9, 0.999)).
+    pub betas: (f64, f64),
+    /// Added to the denominator (default 1e-8).
+    pub eps: f64,
+    /// Decoupled weight decay (default 1e-2).
+    pub weight_decay: f64,
+    /// Use the AMSGrad variant (default false).
+    pub amsgrad: bool,
+    /// Maximize the objective instead of minimizing (default false).
+    pub maximize: bool,
+}
+
+impl Default for Adam {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            eps: 1e-8,
+            weight_decay: 0.0,
+            amsgrad: false,
+            maximize: false,
+        }
+    }
+}
+
+impl Default for AdamW {
+    fn default() -> Self {
+        let a = Adam::default();
+        Self {
+            lr: a.lr,
+            betas: a.betas,
+            eps: a.eps,
+            weight_decay: 1e-2,
+            amsgrad: a.amsgrad,
+            maximize: a.maximize,
+        }
+    }
+}
+
+/// Per-tensor uniform record of `shaders/adam.wgsl` (`AdamHyper`); keep the two in sync.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct AdamUniform {
+    step_size: f32,
+    bias_correction2_sqrt: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay: f32,
+    grad_sign: f32,
+    _pad: [f32; 3],
+}
+const _: () = assert!(size_of::<AdamUniform>() == 48);
+
+/// The fields Adam and AdamW share, with how weight decay applies.
+struct AdamLike {
+    lr: f64,
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    amsgrad: bool,
+    maximize: bool,
+    decoupled: bool,
+}
+
+impl AdamLike {
+    fn validate(&self) -> Result<()> {
+        check(non_negative(self.lr), || {
+            format!("Invalid learning rate: {:?}", self.lr)
+        })?;
+        check(non_negative(self.eps), || {
+            format!("Invalid epsilon value: {:?}", self.eps)
+        })?;
+        let (b1, b2) = self.betas;
+        check(non_negative(b1) && b1 < 1.0, || {
+            format!("Invalid beta parameter at index 0: {b1:?}")
+        })?;
+        check(non_negative(b2) && b2 < 1.0, || {
+            format!("Invalid beta parameter at index 1: {b2:?}")
+        })?;
+        check(non_negative(self.weight_decay), || {
+            format!("Invalid weight_decay value: {:?}", self.weight_decay)
+        })
+    }
+
+    fn kernel(&self) -> Kernel {
+        if self.amsgrad {
+            Kernel::AdamAmsgrad
+        } else {
+            Kernel::Adam
+        }
+    }
+
+    /// The scalars PyTorch's single-tensor Adam computes in Python (f64) for step `t`.
+    fn uniform(&self, t: u64) -> AdamUniform {
+        let (b1, b2) = self.betas;
+        let t = t as f64;
+        let bias_correction1 = 1.0 - b1.powf(t);
+        let bias_correction2 = 1.0 - b2.powf(t);
+        let (weight_decay, decay) = if self.decoupled {
+            (0.0, 1.0 - self.lr * self.weight_decay)
+        } else {
+            (self.weight_decay, 1.0)
+        };
+        AdamUniform {
+            step_size: (self.lr / bias_correction1) as f32,
+            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+            one_minus_beta1: (1.0 - b1) as f32,
+            beta2: b2 as f32,
+            one_minus_beta2: (1.0 - b2) as f32,
+            eps: self.eps as f32,
+            weight_decay: weight_decay as f32,
+            decay: decay as f32,
+            grad_sign: grad_sign(self.maximize),
+            _pad: [0.0; 3],
+        }
+    }
+}
+
+impl Adam {
+    fn like(&self) -> AdamLike {
+        AdamLike {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            decoupled: false,
+        }
+    }
+
+    /// PyTorch's constructor checks.
+    pub fn validate(&self) -> Result<()> {
+        self.like().validate()
+    }
+
+    pub(crate) fn kernel(&self) -> Kernel {
+        self.like().kernel()
+    }
+
+    pub(crate) fn uniform(&self, t: u64) -> AdamUniform {
+        self.like().uniform(t)
+    }
+}
+
+impl AdamW {
+    fn like(&self) -> AdamLike {
+        AdamLike {
+            lr: self.lr,
+            betas: self.betas,
+            eps: self.eps,
+            weight_decay: self.weight_decay,
+            amsgrad: self.amsgrad,
+            maximize: self.maximize,
+            decoupled: true,
+        }
+    }
+
+    /// PyTorch's constructor checks (the same as Adam's).
+    pub fn validate(&self) -> Result<()> {
+        self.like().validate()
+    }
+
+    pub(crate) fn kernel(&self) -> Kernel {
+        self.like().kernel()
+    }
+
+    pub(crate) fn uniform(&self, t: u64) -> AdamUniform {
+        self.like().uniform(t)
+    }
+}

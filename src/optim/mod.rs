@@ -1,0 +1,277 @@
+//! Optimizer configurations: PyTorch's class names, argument names, defaults and checks, and the
+//! per-tensor uniform values each kernel reads.
+//!
+//! Each configuration type mirrors one `torch.optim` class. It deserializes from JSON with
+//! PyTorch's argument names (missing arguments take PyTorch's defaults), and
+//! [`OptimizerConfig`] is tagged by PyTorch's class name:
+//!
+//! ```
+//! use wgpu_optim::OptimizerConfig;
+//! let cfg: OptimizerConfig =
+//!     serde_json::from_str(r#"{"type":"Adam","lr":0.001,"betas":[0.9,0.999],"amsgrad":true}"#)
+//!         .unwrap();
+//! cfg.validate().unwrap();
+//! assert_eq!(cfg.state_names(), ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]);
+//! ```
+
+mod adagrad;
+mod adam;
+mod rmsprop;
+mod sgd;
+
+pub use adagrad::Adagrad;
+pub(crate) use adagrad::AdagradUniform;
+pub(crate) use adam::AdamUniform;
+pub use adam::{Adam, AdamW};
+pub use rmsprop::RMSprop;
+pub(crate) use rmsprop::RmspropUniform;
+pub use sgd::SGD;
+pub(crate) use sgd::SgdUniform;
+
+use crate::error::{Error, Result};
+use serde::{Deserialize, Serialize};
+
+/// The hyperparameters of one parameter group: which `torch.optim` class, and its arguments.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "type")]
+#[allow(clippy::upper_case_acronyms)]
+pub enum OptimizerConfig {
+    /// `torch.optim.SGD`.
+    SGD(SGD),
+    /// `torch.optim.Adam`.
+    Adam(Adam),
+    /// `torch.optim.AdamW`.
+    AdamW(AdamW),
+    /// `torch.optim.RMSprop`.
+    RMSprop(RMSprop),
+    /// `torch.optim.Adagrad`.
+    Adagrad(Adagrad),
+}
+
+impl OptimizerConfig {
+    /// PyTorch's class name: `"SGD"`, `"Adam"`, `"AdamW"`, `"RMSprop"` or `"Adagrad"`.
+    pub fn type_name(&self) -> &'static str {
+        match self {
+            Self::SGD(_) => "SGD",
+            Self::Adam(_) => "Adam",
+            Self::AdamW(_) => "AdamW",
+            Self::RMSprop(_) => "RMSprop",
+            Self::Adagrad(_) => "Adagrad",
+        }
+    }
+
+    /// Runs PyTorch's constructor checks, with PyTorch's messages. NaN is rejected wherever a
+    /// range is checked.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Self::SGD(c) => c.validate(),
+            Self::Adam(c) => c.validate(),
+            Self::AdamW(c) => c.validate(),
+            Self::RMSprop(c) => c.validate(),
+            Self::Adagrad(c) => c.validate(),
+        }
+    }
+
+    /// The learning rate.
+    pub fn lr(&self) -> f64 {
+        match self {
+            Self::SGD(c) => c.lr,
+            Self::Adam(c) => c.lr,
+            Self::AdamW(c) => c.lr,
+            Self::RMSprop(c) => c.lr,
+            Self::Adagrad(c) => c.lr,
+        }
+    }
+
+    /// Sets the learning rate (not validated here; [`Optimizer::set_lr`](crate::Optimizer::set_lr)
+    /// validates).
+    pub fn set_lr(&mut self, lr: f64) {
+        match self {
+            Self::SGD(c) => c.lr = lr,
+            Self::Adam(c) => c.lr = lr,
+            Self::AdamW(c) => c.lr = lr,
+            Self::RMSprop(c) => c.lr = lr,
+            Self::Adagrad(c) => c.lr = lr,
+        }
+    }
+
+    /// PyTorch's names of the per-tensor state buffers, in the order the kernel binds them. The
+    /// step count is kept too, but is not a buffer and is not listed.
+    pub fn state_names(&self) -> &'static [&'static str] {
+        self.kernel().state_names()
+    }
+
+    /// The value a state buffer holds before the first step.
+    pub(crate) fn initial_state_value(&self, name: &str) -> f32 {
+        match self {
+            Self::Adagrad(c) if name == "sum" => c.initial_accumulator_value as f32,
+            _ => 0.0,
+        }
+    }
+
+    /// The kernel this configuration runs.
+    pub(crate) fn kernel(&self) -> Kernel {
+        match self {
+            Self::SGD(c) => c.kernel(),
+            Self::Adam(c) => c.kernel(),
+            Self::AdamW(c) => c.kernel(),
+            Self::RMSprop(c) => c.kernel(),
+            Self::Adagrad(_) => Kernel::Adagrad,
+        }
+    }
+
+    /// Writes the uniform record of one tensor for the step numbered `step` (1 for the first step,
+    /// as PyTorch counts after `step += 1`). `first_step` is SGD's "momentum buffer is None".
+    pub(crate) fn write_uniform(&self, step: u64, first_step: bool, out: &mut [u8]) {
+        fn put<T: bytemuck::Pod>(out: &mut [u8], value: T) {
+            let bytes = bytemuck::bytes_of(&value);
+            out[..bytes.len()].copy_from_slice(bytes);
+        }
+        match self {
+            Self::SGD(c) => put(out, c.uniform(first_step)),
+            Self::Adam(c) => put(out, c.uniform(step)),
+            Self::AdamW(c) => put(out, c.uniform(step)),
+            Self::RMSprop(c) => put(out, c.uniform()),
+            Self::Adagrad(c) => put(out, c.uniform(step)),
+        }
+    }
+}
+
+impl From<SGD> for OptimizerConfig {
+    fn from(c: SGD) -> Self {
+        Self::SGD(c)
+    }
+}
+impl From<Adam> for OptimizerConfig {
+    fn from(c: Adam) -> Self {
+        Self::Adam(c)
+    }
+}
+impl From<AdamW> for OptimizerConfig {
+    fn from(c: AdamW) -> Self {
+        Self::AdamW(c)
+    }
+}
+impl From<RMSprop> for OptimizerConfig {
+    fn from(c: RMSprop) -> Self {
+        Self::RMSprop(c)
+    }
+}
+impl From<Adagrad> for OptimizerConfig {
+    fn from(c: Adagrad) -> Self {
+        Self::Adagrad(c)
+    }
+}
+
+/// One compiled kernel: a shader entry point with its binding layout.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Kernel {
+    Sgd,
+    SgdMomentum,
+    Adam,
+    AdamAmsgrad,
+    Rmsprop,
+    RmspropCentered,
+    RmspropMomentum,
+    RmspropCenteredMomentum,
+    Adagrad,
+}
+
+/// The shader files, each compiled once per device.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Shader {
+    Sgd,
+    Adam,
+    Rmsprop,
+    Adagrad,
+}
+
+impl Kernel {
+    /// Every kernel, for tests and validation.
+    pub(crate) const ALL: [Kernel; 9] = [
+        Kernel::Sgd,
+        Kernel::SgdMomentum,
+        Kernel::Adam,
+        Kernel::AdamAmsgrad,
+        Kernel::Rmsprop,
+        Kernel::RmspropCentered,
+        Kernel::RmspropMomentum,
+        Kernel::RmspropCenteredMomentum,
+        Kernel::Adagrad,
+    ];
+
+    pub(crate) fn shader(self) -> Shader {
+        match self {
+            Kernel::Sgd | Kernel::SgdMomentum => Shader::Sgd,
+            Kernel::Adam | Kernel::AdamAmsgrad => Shader::Adam,
+            Kernel::Rmsprop
+            | Kernel::RmspropCentered
+            | Kernel::RmspropMomentum
+            | Kernel::RmspropCenteredMomentum => Shader::Rmsprop,
+            Kernel::Adagrad => Shader::Adagrad,
+        }
+    }
+
+    pub(crate) fn entry_point(self) -> &'static str {
+        match self {
+            Kernel::Sgd => "sgd",
+            Kernel::SgdMomentum => "sgd_momentum",
+            Kernel::Adam => "adam",
+            Kernel::AdamAmsgrad => "adam_amsgrad",
+            Kernel::Rmsprop => "rmsprop",
+            Kernel::RmspropCentered => "rmsprop_centered",
+            Kernel::RmspropMomentum => "rmsprop_momentum",
+            Kernel::RmspropCenteredMomentum => "rmsprop_centered_momentum",
+            Kernel::Adagrad => "adagrad",
+        }
+    }
+
+    /// State buffers in binding order (bindings 4, 5, ...).
+    pub(crate) fn state_names(self) -> &'static [&'static str] {
+        match self {
+            Kernel::Sgd => &[],
+            Kernel::SgdMomentum => &["momentum_buffer"],
+            Kernel::Adam => &["exp_avg", "exp_avg_sq"],
+            Kernel::AdamAmsgrad => &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
+            Kernel::Rmsprop => &["square_avg"],
+            Kernel::RmspropCentered => &["square_avg", "grad_avg"],
+            Kernel::RmspropMomentum => &["square_avg", "momentum_buffer"],
+            Kernel::RmspropCenteredMomentum => &["square_avg", "grad_avg", "momentum_buffer"],
+            Kernel::Adagrad => &["sum"],
+        }
+    }
+
+    /// Storage buffers the kernel binds: parameter, gradient and state.
+    pub(crate) fn storage_buffers(self) -> u32 {
+        2 + self.state_names().len() as u32
+    }
+
+    /// Size in bytes of one tensor's uniform record.
+    pub(crate) fn uniform_size(self) -> u64 {
+        (match self.shader() {
+            Shader::Sgd => size_of::<SgdUniform>(),
+            Shader::Adam => size_of::<AdamUniform>(),
+            Shader::Rmsprop => size_of::<RmspropUniform>(),
+            Shader::Adagrad => size_of::<AdagradUniform>(),
+        }) as u64
+    }
+}
+
+/// Fails with PyTorch's message unless `ok`.
+pub(crate) fn check(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::InvalidHyperparameter(message()))
+    }
+}
+
+/// `0.0 <= x`, false for NaN.
+pub(crate) fn non_negative(x: f64) -> bool {
+    x >= 0.0
+}
+
+/// -1 when maximizing, else 1.
+pub(crate) fn grad_sign(maximize: bool) -> f32 {
+    if maximize { -1.0 } else { 1.0 }
+}

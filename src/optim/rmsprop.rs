@@ -1,0 +1,109 @@
+use super::{Kernel, check, grad_sign, non_negative};
+use crate::error::Result;
+use serde::{Deserialize, Serialize};
+
+/// `torch.optim.RMSprop`.
+///
+/// With `g` the gradient (negated when `maximize`) and `λ` = `weight_decay`:
+///
+/// ```text
+/// g ← g + λ·θ                              (if λ ≠ 0)
+/// s ← α·s + (1 − α)·g²                     (square_avg)
+/// if centered: ḡ ← ḡ + (1 − α)·(g − ḡ)     (grad_avg), d = √(s − ḡ²) + ε
+/// else:        d = √s + ε                  (ε sits outside the square root)
+/// if momentum > 0: b ← momentum·b + g/d, θ ← θ − lr·b   (momentum_buffer, starts at 0)
+/// else:            θ ← θ − lr·g/d
+/// ```
+///
+/// State: `square_avg`, plus `grad_avg` when centered and `momentum_buffer` when momentum > 0.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+#[allow(clippy::upper_case_acronyms)]
+pub struct RMSprop {
+    /// Learning rate (default 1e-2).
+    pub lr: f64,
+    /// Smoothing constant (default 0.99).
+    pub alpha: f64,
+    /// Added to the denominator (default 1e-8).
+    pub eps: f64,
+    /// L2 penalty (default 0).
+    pub weight_decay: f64,
+    /// Momentum factor (default 0).
+    pub momentum: f64,
+    /// Normalize by the estimated variance of the gradient (default false).
+    pub centered: bool,
+    /// Maximize the objective instead of minimizing (default false).
+    pub maximize: bool,
+}
+
+impl Default for RMSprop {
+    fn default() -> Self {
+        Self {
+            lr: 1e-2,
+            alpha: 0.99,
+            eps: 1e-8,
+            weight_decay: 0.0,
+            momentum: 0.0,
+            centered: false,
+            maximize: false,
+        }
+    }
+}
+
+/// Per-tensor uniform record of `shaders/rmsprop.wgsl` (`RmspropHyper`); keep the two in sync.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct RmspropUniform {
+    lr: f32,
+    alpha: f32,
+    one_minus_alpha: f32,
+    eps: f32,
+    weight_decay: f32,
+    momentum: f32,
+    grad_sign: f32,
+    _pad: f32,
+}
+const _: () = assert!(size_of::<RmspropUniform>() == 32);
+
+impl RMSprop {
+    /// PyTorch's constructor checks.
+    pub fn validate(&self) -> Result<()> {
+        check(non_negative(self.lr), || {
+            format!("Invalid learning rate: {:?}", self.lr)
+        })?;
+        check(non_negative(self.eps), || {
+            format!("Invalid epsilon value: {:?}", self.eps)
+        })?;
+        check(non_negative(self.momentum), || {
+            format!("Invalid momentum value: {:?}", self.momentum)
+        })?;
+        check(non_negative(self.weight_decay), || {
+            format!("Invalid weight_decay value: {:?}", self.weight_decay)
+        })?;
+        check(non_negative(self.alpha), || {
+            format!("Invalid alpha value: {:?}", self.alpha)
+        })
+    }
+
+    pub(crate) fn kernel(&self) -> Kernel {
+        match (self.centered, self.momentum > 0.0) {
+            (false, false) => Kernel::Rmsprop,
+            (true, false) => Kernel::RmspropCentered,
+            (false, true) => Kernel::RmspropMomentum,
+            (true, true) => Kernel::RmspropCenteredMomentum,
+        }
+    }
+
+    pub(crate) fn uniform(&self) -> RmspropUniform {
+        RmspropUniform {
+            lr: self.lr as f32,
+            alpha: self.alpha as f32,
+            one_minus_alpha: (1.0 - self.alpha) as f32,
+            eps: self.eps as f32,
+            weight_decay: self.weight_decay as f32,
+            momentum: self.momentum as f32,
+            grad_sign: grad_sign(self.maximize),
+            _pad: 0.0,
+        }
+    }
+}

@@ -1,0 +1,113 @@
+//! Shared helpers of the GPU tests.
+#![allow(dead_code)]
+
+use std::sync::OnceLock;
+use std::time::{SystemTime, UNIX_EPOCH};
+use wgpu_optim::Context;
+
+/// The GPU context of this test binary: the backends in `WGPU_BACKEND` (all when unset).
+/// Panics when no adapter is found: a GPU test never passes without a GPU.
+pub(crate) fn ctx() -> &'static Context {
+    static CTX: OnceLock<Context> = OnceLock::new();
+    CTX.get_or_init(|| {
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let (ctx, info) = Context::request(backends, None).unwrap_or_else(|e| {
+            panic!("GPU tests need an adapter (install mesa-vulkan-drivers for lavapipe): {e}")
+        });
+        eprintln!(
+            "adapter: {} ({:?}, {})",
+            info.name, info.backend, info.driver
+        );
+        ctx
+    })
+}
+
+/// SplitMix64: a small, fast generator for test data.
+pub(crate) struct Rng(u64);
+
+impl Rng {
+    /// Seeded from `WGPU_OPTIM_SEED` when set, else from the clock; the seed is printed so a
+    /// failure can be replayed.
+    pub(crate) fn fresh(test: &str) -> Self {
+        let seed = std::env::var("WGPU_OPTIM_SEED")
+            .ok()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or_else(|| {
+                SystemTime::now()
+                    .duration_since(UNIX_EPOCH)
+                    .unwrap()
+                    .as_nanos() as u64
+            });
+        eprintln!("{test}: WGPU_OPTIM_SEED={seed}");
+        Self(seed)
+    }
+
+    pub(crate) fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [-1, 1).
+    pub(crate) fn uniform(&mut self) -> f32 {
+        ((self.next_u64() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+
+    /// Standard normal (Box-Muller).
+    pub(crate) fn normal(&mut self) -> f32 {
+        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        ((-2.0 * u1.ln()).sqrt() * (std::f64::consts::TAU * u2).cos()) as f32
+    }
+
+    pub(crate) fn normals(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.normal()).collect()
+    }
+
+    pub(crate) fn below(&mut self, n: u64) -> u64 {
+        self.next_u64() % n
+    }
+}
+
+/// A value no kernel produces, written before a kernel runs so that an element the kernel
+/// skipped cannot pass as correct.
+pub(crate) const POISON: f32 = f32::NAN;
+
+/// Largest scaled error `|got - want| / (atol + rtol·|want|)`, with the index where it occurs.
+/// NaN anywhere counts as infinitely wrong.
+pub(crate) fn worst(got: &[f32], want: &[f64], atol: f64, rtol: f64) -> (f64, usize) {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    let mut worst = (0.0, 0);
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let e = if g.is_nan() || w.is_nan() {
+            f64::INFINITY
+        } else {
+            (f64::from(g) - w).abs() / (atol + rtol * w.abs())
+        };
+        if e > worst.0 || (e.is_infinite() && worst.0.is_finite()) {
+            worst = (e, i);
+        }
+    }
+    worst
+}
+
+/// Asserts every element is within `atol + rtol·|want|`, naming the first bad index.
+#[track_caller]
+pub(crate) fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
+    let (e, i) = worst(got, want, atol, rtol);
+    assert!(
+        e <= 1.0,
+        "{what}: element {i} is {} but should be {} (scaled error {e:.3})",
+        got[i],
+        want[i]
+    );
+}
+
+/// Writes f32 values into a buffer at an element offset.
+pub(crate) fn write(buffer: &wgpu::Buffer, element_offset: u64, data: &[f32]) {
+    ctx()
+        .queue()
+        .write_buffer(buffer, element_offset * 4, bytemuck::cast_slice(data));
+}

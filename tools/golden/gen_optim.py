@@ -1,0 +1,217 @@
+#!/usr/bin/env python3
+"""Generate golden reference files for the wgpu-optim optimizer kernels.
+
+Run from the repository root:
+
+    python3 tools/golden/gen_optim.py
+
+It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad)
+on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
+
+* ``params.safetensors``  - initial parameters (F32), one tensor per name
+                            ("w" [7,5], "b" [13], "v" [300]).
+* ``grads.safetensors``   - per-step gradients (F32), one tensor per name with
+                            shape [STEPS, *param_shape]; step k uses grads[name][k].
+* ``cases.json``          - {"steps": STEPS, "names": [...], "cases": [
+                              {"name": ..., "optimizer": {"type": <torch class>,
+                               "lr": ..., <non-default args, torch names>}}, ...]}
+* ``<case>.f32.safetensors`` - final params and optimizer state after STEPS
+                            steps, computed in float32 with torch's single-tensor
+                            CPU path (foreach=False).
+* ``<case>.f64.safetensors`` - the same run in float64 (params and grads
+                            upcast before the run); F64 tensors.
+
+In the per-case files, final params are stored under their names and every
+optimizer state tensor under ``<name>.<state name>`` exactly as
+``optimizer.state`` names it (momentum_buffer, exp_avg, exp_avg_sq,
+max_exp_avg_sq, square_avg, grad_avg, sum, step).  ``step`` is stored as a
+0-d F32 tensor in both files.  State entries that are None are skipped.
+
+The Rust tests read these committed files, so CI needs no Python.  Rerunning
+this script is deterministic and rewrites the same files (stale per-case files
+in the output directory are removed).  It prints, per case, PyTorch's own
+float32 error: the max abs difference between the f32 and f64 final params.
+"""
+
+import json
+import os
+import sys
+
+import torch
+from safetensors.torch import save_file
+
+SEED = 20261123
+STEPS = 20
+GRAD_SCALE = 0.5
+SHAPES = [("w", (7, 5)), ("b", (13,)), ("v", (300,))]
+NAMES = [n for n, _ in SHAPES]
+
+REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+OUT_DIR = os.path.join(REPO_ROOT, "tests", "golden", "optim")
+MAX_TOTAL_BYTES = 2 * 1024 * 1024
+
+# (case name, optimizer spec).  Spec keys are torch.optim class / argument
+# names; "lr" is always explicit, other args only when non-default.
+CASES = [
+    # --- SGD ---
+    ("sgd", {"type": "SGD", "lr": 0.05}),
+    ("sgd_wd", {"type": "SGD", "lr": 0.05, "weight_decay": 0.1}),
+    ("sgd_momentum", {"type": "SGD", "lr": 0.05, "momentum": 0.9}),
+    ("sgd_momentum_dampening",
+     {"type": "SGD", "lr": 0.05, "momentum": 0.9, "dampening": 0.3}),
+    ("sgd_nesterov", {"type": "SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True}),
+    ("sgd_nesterov_wd",
+     {"type": "SGD", "lr": 0.05, "momentum": 0.9, "weight_decay": 0.01, "nesterov": True}),
+    ("sgd_momentum_wd_maximize",
+     {"type": "SGD", "lr": 0.05, "momentum": 0.8, "weight_decay": 0.05, "maximize": True}),
+    ("sgd_maximize", {"type": "SGD", "lr": 0.05, "maximize": True}),
+    # --- Adam ---
+    ("adam", {"type": "Adam", "lr": 0.01}),
+    ("adam_wd", {"type": "Adam", "lr": 0.01, "weight_decay": 0.1}),
+    ("adam_amsgrad", {"type": "Adam", "lr": 0.01, "amsgrad": True}),
+    ("adam_amsgrad_wd_maximize",
+     {"type": "Adam", "lr": 0.01, "weight_decay": 0.05, "amsgrad": True, "maximize": True}),
+    ("adam_betas_eps", {"type": "Adam", "lr": 0.01, "betas": [0.8, 0.99], "eps": 1e-6}),
+    ("adam_maximize", {"type": "Adam", "lr": 0.01, "maximize": True}),
+    # --- AdamW (default weight_decay is 1e-2) ---
+    ("adamw", {"type": "AdamW", "lr": 0.01}),
+    ("adamw_wd", {"type": "AdamW", "lr": 0.01, "weight_decay": 0.1}),
+    ("adamw_amsgrad", {"type": "AdamW", "lr": 0.01, "amsgrad": True}),
+    ("adamw_amsgrad_maximize",
+     {"type": "AdamW", "lr": 0.01, "amsgrad": True, "maximize": True}),
+    ("adamw_betas", {"type": "AdamW", "lr": 0.01, "betas": [0.5, 0.9]}),
+    # --- RMSprop ---
+    ("rmsprop", {"type": "RMSprop", "lr": 0.01}),
+    ("rmsprop_centered", {"type": "RMSprop", "lr": 0.01, "centered": True}),
+    ("rmsprop_momentum", {"type": "RMSprop", "lr": 0.01, "momentum": 0.9}),
+    ("rmsprop_centered_momentum",
+     {"type": "RMSprop", "lr": 0.01, "momentum": 0.9, "centered": True}),
+    ("rmsprop_wd", {"type": "RMSprop", "lr": 0.01, "weight_decay": 0.1}),
+    ("rmsprop_alpha_eps", {"type": "RMSprop", "lr": 0.01, "alpha": 0.9, "eps": 1e-6}),
+    ("rmsprop_centered_momentum_wd_maximize",
+     {"type": "RMSprop", "lr": 0.01, "weight_decay": 0.05, "momentum": 0.5,
+      "centered": True, "maximize": True}),
+    # --- Adagrad ---
+    ("adagrad", {"type": "Adagrad", "lr": 0.1}),
+    ("adagrad_lr_decay", {"type": "Adagrad", "lr": 0.1, "lr_decay": 0.05}),
+    ("adagrad_init_acc", {"type": "Adagrad", "lr": 0.1, "initial_accumulator_value": 0.3}),
+    ("adagrad_wd", {"type": "Adagrad", "lr": 0.1, "weight_decay": 0.1}),
+    ("adagrad_eps_maximize", {"type": "Adagrad", "lr": 0.1, "eps": 1e-6, "maximize": True}),
+    ("adagrad_lr_decay_init_acc_wd",
+     {"type": "Adagrad", "lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.02,
+      "initial_accumulator_value": 0.1}),
+]
+
+
+def make_problem():
+    """Seeded initial params and per-step grads (float32, CPU)."""
+    torch.manual_seed(SEED)
+    params = {}
+    for name, shape in SHAPES:
+        params[name] = torch.randn(shape, dtype=torch.float32)
+    grads = {}
+    for name, shape in SHAPES:
+        grads[name] = torch.randn((STEPS, *shape), dtype=torch.float32) * GRAD_SCALE
+    return params, grads
+
+
+def build_optimizer(spec, tensors):
+    """Construct the torch.optim class named in spec from its JSON form."""
+    args = {k: v for k, v in spec.items() if k != "type"}
+    if "betas" in args:
+        args["betas"] = tuple(float(b) for b in args["betas"])
+    args["foreach"] = False  # force the single-tensor CPU implementation
+    cls = getattr(torch.optim, spec["type"])
+    return cls([{"params": tensors}], **args)
+
+
+def run_case(spec, params, grads, dtype):
+    tensors = [params[n].detach().clone().to(dtype) for n in NAMES]
+    step_grads = {n: grads[n].to(dtype) for n in NAMES}
+    opt = build_optimizer(spec, tensors)
+    for k in range(STEPS):
+        for n, p in zip(NAMES, tensors):
+            p.grad = step_grads[n][k].clone()
+        opt.step()
+
+    out = {}
+    for n, p in zip(NAMES, tensors):
+        out[n] = p.detach().clone().contiguous()
+        for key, val in sorted(opt.state[p].items()):
+            if val is None:
+                continue
+            if not torch.is_tensor(val):
+                raise TypeError(f"unexpected non-tensor state {n}.{key}: {val!r}")
+            t = val.detach().clone().contiguous()
+            if key == "step":
+                if t.dim() != 0:
+                    raise ValueError(f"expected 0-d step tensor, got shape {tuple(t.shape)}")
+                t = t.to(torch.float32)
+            elif t.dtype != dtype:
+                raise TypeError(f"state {n}.{key} has dtype {t.dtype}, expected {dtype}")
+            out[f"{n}.{key}"] = t
+    return out
+
+
+def main():
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    os.makedirs(OUT_DIR, exist_ok=True)
+
+    params, grads = make_problem()
+    # No safetensors metadata: its header order is not stable across runs.
+    save_file({n: params[n].contiguous() for n in NAMES},
+              os.path.join(OUT_DIR, "params.safetensors"))
+    save_file({n: grads[n].contiguous() for n in NAMES},
+              os.path.join(OUT_DIR, "grads.safetensors"))
+
+    names_seen = set()
+    cases_json = []
+    for name, spec in CASES:
+        if name in names_seen:
+            raise ValueError(f"duplicate case name {name}")
+        names_seen.add(name)
+        cases_json.append({"name": name, "optimizer": spec})
+    doc = {"steps": STEPS, "names": NAMES, "cases": cases_json}
+    with open(os.path.join(OUT_DIR, "cases.json"), "w", newline="\n") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+
+    # Construct from the JSON round trip, exactly as a reader of cases.json would.
+    with open(os.path.join(OUT_DIR, "cases.json")) as f:
+        doc = json.load(f)
+
+    expected = {"params.safetensors", "grads.safetensors", "cases.json"}
+    print(f"torch {torch.__version__}; {len(doc['cases'])} cases, {STEPS} steps")
+    print(f"{'case':40s} {'max|f32-f64| params':>20s}  per name ({', '.join(NAMES)})")
+    for case in doc["cases"]:
+        name, spec = case["name"], case["optimizer"]
+        r32 = run_case(spec, params, grads, torch.float32)
+        r64 = run_case(spec, params, grads, torch.float64)
+        if set(r32) != set(r64):
+            raise RuntimeError(f"{name}: state keys differ between f32 and f64 runs")
+        for suffix, res in (("f32", r32), ("f64", r64)):
+            fname = f"{name}.{suffix}.safetensors"
+            save_file(res, os.path.join(OUT_DIR, fname))
+            expected.add(fname)
+        per_name = [(r32[n].double() - r64[n]).abs().max().item() for n in NAMES]
+        print(f"{name:40s} {max(per_name):20.3e}  "
+              + " ".join(f"{e:.3e}" for e in per_name)
+              + f"   state: {', '.join(sorted({k.split('.', 1)[1] for k in r32 if '.' in k}))}")
+
+    # Remove stale per-case files from earlier runs.
+    for fname in sorted(os.listdir(OUT_DIR)):
+        if fname.endswith(".safetensors") and fname not in expected:
+            os.remove(os.path.join(OUT_DIR, fname))
+            print(f"removed stale {fname}")
+
+    total = sum(os.path.getsize(os.path.join(OUT_DIR, f)) for f in os.listdir(OUT_DIR))
+    print(f"total size of {os.path.relpath(OUT_DIR, REPO_ROOT)}: {total} bytes")
+    if total > MAX_TOTAL_BYTES:
+        print("error: golden files exceed 2 MB", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
