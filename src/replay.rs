@@ -1,1 +1,225 @@
-//! Replay
+//! Replaying recorded gradients: the engine of `wgpu-optim replay`.
+//!
+//! Parameters come from a safetensors file of f32 tensors by name; gradients from a file that
+//! holds, for each parameter name, a tensor of the same shape with a leading step dimension.
+//! [`replay`] runs that many optimizer steps on the GPU and returns the final parameters under
+//! their names and every state tensor as `<name>.<state name>` (for example `w.exp_avg`, and
+//! `w.step` as a 0-d tensor, as PyTorch's `optimizer.state` holds it; SGD keeps no step).
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::optim::OptimizerConfig;
+use crate::optimizer::{BufferRange, Optimizer, Tensor};
+use safetensors::{Dtype, SafeTensors, tensor::TensorView};
+use std::path::Path;
+
+/// A named f32 tensor, as stored in a safetensors file.
+#[derive(Clone, Debug, PartialEq)]
+pub struct NamedTensor {
+    /// The tensor's name.
+    pub name: String,
+    /// Its shape; empty for a scalar.
+    pub shape: Vec<usize>,
+    /// Its values in row-major order.
+    pub data: Vec<f32>,
+}
+
+/// Parses safetensors bytes holding only f32 tensors. `what` names the source in errors.
+pub fn parse_safetensors(bytes: &[u8], what: &str) -> Result<Vec<NamedTensor>> {
+    let file = SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::Input(format!("{what}: not a valid safetensors file: {e}")))?;
+    let mut out: Vec<NamedTensor> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            if view.dtype() != Dtype::F32 {
+                return Err(Error::Input(format!(
+                    "{what}: tensor {name:?} is {:?}; only F32 is supported",
+                    view.dtype()
+                )));
+            }
+            Ok(NamedTensor {
+                name,
+                shape: view.shape().to_vec(),
+                data: bytemuck::pod_collect_to_vec(view.data()),
+            })
+        })
+        .collect::<Result<_>>()?;
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Reads a safetensors file of f32 tensors, sorted by name.
+pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
+    let bytes = std::fs::read(path).map_err(|source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    })?;
+    parse_safetensors(&bytes, &path.display().to_string())
+}
+
+/// Serializes tensors to safetensors bytes (F32).
+pub fn to_safetensors(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
+    let views = tensors
+        .iter()
+        .map(|t| {
+            TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))
+                .map(|v| (t.name.clone(), v))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| Error::Input(format!("cannot serialize: {e}")))?;
+    safetensors::serialize(views, None).map_err(|e| Error::Input(format!("cannot serialize: {e}")))
+}
+
+/// Writes tensors to a safetensors file. The file appears whole or not at all: the bytes go
+/// to a temporary file beside it, which is then renamed.
+pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
+    let bytes = to_safetensors(tensors)?;
+    let io = |source| Error::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".partial");
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        io(e)
+    })
+}
+
+/// Checks that every parameter has gradients of shape `[steps, ...shape]` with one `steps` for
+/// all, and no gradient lacks a parameter. Returns `steps`.
+fn check_shapes(params: &[NamedTensor], grads: &[NamedTensor]) -> Result<usize> {
+    let mut steps = None;
+    for p in params {
+        if p.data.len() != p.shape.iter().product::<usize>() {
+            return Err(Error::Input(format!(
+                "parameter {:?}: data does not match shape",
+                p.name
+            )));
+        }
+        let g = grads.iter().find(|g| g.name == p.name).ok_or_else(|| {
+            Error::Input(format!(
+                "no gradient named {:?} in the gradient file",
+                p.name
+            ))
+        })?;
+        let Some((&s, rest)) = g.shape.split_first() else {
+            return Err(Error::Input(format!(
+                "gradient {:?} is a scalar; it needs a leading step dimension",
+                g.name
+            )));
+        };
+        if rest != p.shape.as_slice() {
+            return Err(Error::Input(format!(
+                "gradient {:?} has shape {:?}; expected [steps, {}] for parameter shape {:?}",
+                g.name,
+                g.shape,
+                p.shape
+                    .iter()
+                    .map(usize::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                p.shape
+            )));
+        }
+        if *steps.get_or_insert(s) != s {
+            return Err(Error::Input(format!(
+                "gradient {:?} has {s} steps but others have {}",
+                g.name,
+                steps.unwrap_or(0)
+            )));
+        }
+    }
+    if let Some(g) = grads
+        .iter()
+        .find(|g| !params.iter().any(|p| p.name == g.name))
+    {
+        return Err(Error::Input(format!(
+            "gradient {:?} has no parameter of that name",
+            g.name
+        )));
+    }
+    steps.ok_or_else(|| Error::Input("optimizer got an empty parameter list".into()))
+}
+
+/// Runs one optimizer step per gradient step on the GPU, with all parameters in one group.
+/// Returns the final parameters and state, sorted by name.
+pub fn replay(
+    ctx: &Context,
+    config: &OptimizerConfig,
+    params: &[NamedTensor],
+    grads: &[NamedTensor],
+) -> Result<Vec<NamedTensor>> {
+    config.validate()?;
+    let steps = check_shapes(params, grads)?;
+    let offsets: Vec<u64> = params
+        .iter()
+        .scan(0u64, |at, p| {
+            let o = *at;
+            *at += p.data.len() as u64;
+            Some(o)
+        })
+        .collect();
+    let flat: Vec<f32> = params.iter().flat_map(|p| p.data.iter().copied()).collect();
+    let param_buffer = ctx.create_f32_buffer("replay parameters", &flat)?;
+    let grad_buffer = ctx.create_f32_buffer("replay gradients", &vec![0.0; flat.len()])?;
+    let tensors: Vec<Tensor<'_>> = params
+        .iter()
+        .zip(&offsets)
+        .map(|(p, &o)| {
+            let n = p.data.len() as u64;
+            Tensor::new(
+                BufferRange::new(&param_buffer, o * 4, n),
+                BufferRange::new(&grad_buffer, o * 4, n),
+            )
+        })
+        .collect();
+    let mut optimizer = Optimizer::new(ctx, *config, &tensors)?;
+    let grads_by_param: Vec<&NamedTensor> = params
+        .iter()
+        .map(|p| {
+            grads
+                .iter()
+                .find(|g| g.name == p.name)
+                .expect("checked above")
+        })
+        .collect();
+    for step in 0..steps {
+        for ((p, g), &o) in params.iter().zip(&grads_by_param).zip(&offsets) {
+            let n = p.data.len();
+            let slice = &g.data[step * n..(step + 1) * n];
+            ctx.queue()
+                .write_buffer(&grad_buffer, o * 4, bytemuck::cast_slice(slice));
+        }
+        optimizer.step_submit();
+    }
+    let final_params = ctx.read_f32(&[(&param_buffer, 0, flat.len() as u64)])?;
+    let mut out = Vec::new();
+    for (k, (p, &o)) in params.iter().zip(&offsets).enumerate() {
+        let n = p.data.len();
+        out.push(NamedTensor {
+            name: p.name.clone(),
+            shape: p.shape.clone(),
+            data: final_params[o as usize..o as usize + n].to_vec(),
+        });
+        let state = optimizer.read_state(k)?;
+        for (name, data) in state.buffers {
+            out.push(NamedTensor {
+                name: format!("{}.{name}", p.name),
+                shape: p.shape.clone(),
+                data,
+            });
+        }
+        if config.has_step_state() {
+            out.push(NamedTensor {
+                name: format!("{}.step", p.name),
+                shape: Vec::new(),
+                data: vec![state.step as f32],
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}

@@ -52,16 +52,12 @@ impl Context {
     ///
     /// `backends` limits the search (for example `wgpu::Backends::VULKAN`); `adapter` keeps only
     /// adapters whose name contains that substring (case-insensitive). Of the rest, a discrete
-    /// GPU is preferred, then integrated, virtual, and CPU devices.
+    /// GPU is preferred, then integrated, virtual, and CPU devices; Vulkan, Metal and DX12
+    /// adapters come before GL ones.
     pub fn request(
         backends: wgpu::Backends,
         adapter: Option<&str>,
     ) -> Result<(Self, wgpu::AdapterInfo)> {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        let adapters = pollster::block_on(instance.enumerate_adapters(backends));
         let wanted = adapter.map(str::to_lowercase);
         let rank = |t: wgpu::DeviceType| match t {
             wgpu::DeviceType::DiscreteGpu => 0,
@@ -70,20 +66,33 @@ impl Context {
             wgpu::DeviceType::Cpu => 3,
             wgpu::DeviceType::Other => 4,
         };
-        let chosen = adapters
-            .into_iter()
-            .filter(|a| {
-                wanted
-                    .as_ref()
-                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
-            })
-            .min_by_key(|a| rank(a.get_info().device_type))
-            .ok_or_else(|| {
-                Error::NoAdapter(match adapter {
-                    Some(name) => format!(" matching {name:?} for backends {backends:?}"),
-                    None => format!(" for backends {backends:?}"),
+        // Primary backends (Vulkan, Metal, DX12) first; GL only when none of them has a match.
+        let chosen = [
+            backends & wgpu::Backends::PRIMARY,
+            backends - wgpu::Backends::PRIMARY,
+        ]
+        .into_iter()
+        .filter(|b| !b.is_empty())
+        .find_map(|b| {
+            let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+                backends: b,
+                ..wgpu::InstanceDescriptor::new_without_display_handle()
+            });
+            pollster::block_on(instance.enumerate_adapters(b))
+                .into_iter()
+                .filter(|a| {
+                    wanted
+                        .as_ref()
+                        .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
                 })
-            })?;
+                .min_by_key(|a| rank(a.get_info().device_type))
+        })
+        .ok_or_else(|| {
+            Error::NoAdapter(match adapter {
+                Some(name) => format!(" matching {name:?} for backends {backends:?}"),
+                None => format!(" for backends {backends:?}"),
+            })
+        })?;
         let info = chosen.get_info();
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-optim"),

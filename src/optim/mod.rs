@@ -101,6 +101,12 @@ impl OptimizerConfig {
         self.kernel().state_names()
     }
 
+    /// Whether PyTorch keeps a `step` entry in this optimizer's per-parameter state (every
+    /// optimizer here but SGD).
+    pub fn has_step_state(&self) -> bool {
+        !matches!(self, Self::SGD(_))
+    }
+
     /// The value a state buffer holds before the first step.
     pub(crate) fn initial_state_value(&self, name: &str) -> f32 {
         match self {
