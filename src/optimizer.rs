@@ -158,7 +158,7 @@ fn check_range(tensor: usize, role: &'static str, r: &BufferRange<'_>) -> Result
             usage: "STORAGE",
         });
     }
-    let fits = r.offset % 4 == 0
+    let fits = r.offset.is_multiple_of(4)
         && r.len
             .checked_mul(4)
             .and_then(|b| b.checked_add(r.offset))
@@ -177,6 +177,8 @@ fn check_range(tensor: usize, role: &'static str, r: &BufferRange<'_>) -> Result
 
 /// Rejects parameter ranges that overlap any other parameter or gradient range.
 fn check_overlaps(tensors: &[Tensor<'_>]) -> Result<()> {
+    // wgpu::Buffer hashes by its id, which its interior mutability never changes.
+    #[allow(clippy::mutable_key_type)]
     let mut by_buffer: HashMap<&wgpu::Buffer, Vec<(u64, u64, usize, bool)>> = HashMap::new();
     for (i, t) in tensors.iter().enumerate() {
         for (r, is_param) in [(&t.param, true), (&t.grad, false)] {
@@ -364,7 +366,7 @@ impl Optimizer {
                     kernel
                         .state_names()
                         .iter()
-                        .map(|name| state_buffer(device, &groups, &all, p, name))
+                        .map(|name| state_buffer(device, groups, &all, p, name))
                         .collect()
                 })
                 .collect();
