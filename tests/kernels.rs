@@ -312,3 +312,21 @@ fn many_tensors_in_several_groups() {
     let got = ctx.read_f32(&[(&param, 0, total)]).unwrap();
     assert_close("params of 300 tensors in 3 groups", &got, &p64, 2e-5, 2e-5);
 }
+
+#[test]
+fn zero_length_tensors_step_without_dispatches() {
+    let ctx = ctx();
+    let param = ctx.create_f32_buffer("param", &[1.0, 2.0]).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &[0.5, 0.5]).unwrap();
+    let empty = Tensor::new(
+        BufferRange::new(&param, 4, 0),
+        BufferRange::new(&grad, 4, 0),
+    );
+    let mut opt = Optimizer::new(ctx, Adam::default(), &[empty]).unwrap();
+    assert_eq!(opt.dispatches_per_step(), 0);
+    opt.step_submit();
+    let state = opt.read_state(0).unwrap();
+    assert_eq!(state.step, 1);
+    assert!(state.buffers.values().all(Vec::is_empty));
+    assert_eq!(ctx.read_f32(&[(&param, 0, 2)]).unwrap(), [1.0, 2.0]);
+}

@@ -147,29 +147,55 @@ impl Context {
 
     /// Copies f32 ranges out of GPU buffers and waits for them: `(buffer, byte offset,
     /// elements)`. The buffers need `COPY_SRC`. This blocks; use it for checkpoints and tests,
-    /// not in a training loop.
+    /// not in a training loop. Large reads go through several staging buffers, each within
+    /// `max_buffer_size`.
     pub fn read_f32(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<f32>> {
-        let total: u64 = ranges.iter().map(|r| r.2).sum();
-        if total == 0 {
-            return Ok(Vec::new());
-        }
         for &(buffer, offset, len) in ranges {
             if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
                 return Err(Error::Input(
                     "buffer to read lacks the COPY_SRC usage".into(),
                 ));
             }
-            if offset % 4 != 0
-                || offset
-                    .checked_add(len * 4)
-                    .is_none_or(|end| end > buffer.size())
-            {
+            let end = len.checked_mul(4).and_then(|b| b.checked_add(offset));
+            if !offset.is_multiple_of(4) || end.is_none_or(|end| end > buffer.size()) {
                 return Err(Error::Input(format!(
                     "read of {len} elements at byte offset {offset} is outside a {}-byte buffer",
                     buffer.size()
                 )));
             }
         }
+        // Staging chunks: at most max_buffer_size, and at most 256 MiB of host-visible memory.
+        let chunk = (self.limits().max_buffer_size.min(1 << 28) / 4).max(1);
+        let mut out = Vec::with_capacity(ranges.iter().map(|r| r.2 as usize).sum());
+        let mut pending: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
+        let mut pending_len = 0;
+        for &(buffer, offset, len) in ranges {
+            let mut done = 0;
+            while done < len {
+                let n = (len - done).min(chunk - pending_len);
+                pending.push((buffer, offset + 4 * done, n));
+                pending_len += n;
+                done += n;
+                if pending_len == chunk {
+                    self.read_chunk(&pending, pending_len, &mut out)?;
+                    pending.clear();
+                    pending_len = 0;
+                }
+            }
+        }
+        if pending_len > 0 {
+            self.read_chunk(&pending, pending_len, &mut out)?;
+        }
+        Ok(out)
+    }
+
+    /// Reads `ranges`, holding `total` elements, through one staging buffer.
+    fn read_chunk(
+        &self,
+        ranges: &[(&wgpu::Buffer, u64, u64)],
+        total: u64,
+        out: &mut Vec<f32>,
+    ) -> Result<()> {
         let device = self.device();
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
@@ -184,9 +210,7 @@ impl Context {
         let mut encoder = device.create_command_encoder(&Default::default());
         let mut at = 0;
         for &(buffer, offset, len) in ranges {
-            if len > 0 {
-                encoder.copy_buffer_to_buffer(buffer, offset, &staging, at, len * 4);
-            }
+            encoder.copy_buffer_to_buffer(buffer, offset, &staging, at, len * 4);
             at += len * 4;
         }
         let index = self.queue().submit([encoder.finish()]);
@@ -206,10 +230,10 @@ impl Context {
         let data = staging
             .get_mapped_range(..)
             .map_err(|e| Error::Gpu(e.to_string()))?;
-        let out = bytemuck::pod_collect_to_vec(&data[..]);
+        out.extend_from_slice(bytemuck::cast_slice(&data[..]));
         drop(data);
         staging.unmap();
-        Ok(out)
+        Ok(())
     }
 
     /// Creates a buffer with `STORAGE | COPY_SRC | COPY_DST` usage holding `data`, checking the

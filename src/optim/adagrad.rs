@@ -1,4 +1,4 @@
-use super::{check, grad_sign, non_negative};
+use super::{check, grad_sign, non_negative, py_float};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 
@@ -60,22 +60,25 @@ impl Adagrad {
     /// PyTorch's constructor checks.
     pub fn validate(&self) -> Result<()> {
         check(non_negative(self.lr), || {
-            format!("Invalid learning rate: {:?}", self.lr)
+            format!("Invalid learning rate: {}", py_float(self.lr))
         })?;
         check(non_negative(self.lr_decay), || {
-            format!("Invalid lr_decay value: {:?}", self.lr_decay)
+            format!("Invalid lr_decay value: {}", py_float(self.lr_decay))
         })?;
         check(non_negative(self.weight_decay), || {
-            format!("Invalid weight_decay value: {:?}", self.weight_decay)
+            format!(
+                "Invalid weight_decay value: {}",
+                py_float(self.weight_decay)
+            )
         })?;
         check(non_negative(self.initial_accumulator_value), || {
             format!(
-                "Invalid initial_accumulator_value value: {:?}",
-                self.initial_accumulator_value
+                "Invalid initial_accumulator_value value: {}",
+                py_float(self.initial_accumulator_value)
             )
         })?;
         check(non_negative(self.eps), || {
-            format!("Invalid epsilon value: {:?}", self.eps)
+            format!("Invalid epsilon value: {}", py_float(self.eps))
         })
     }
 

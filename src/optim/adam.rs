@@ -1,4 +1,4 @@
-use super::{Kernel, check, grad_sign, non_negative};
+use super::{Kernel, check, grad_sign, non_negative, py_float};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 
@@ -112,20 +112,23 @@ struct AdamLike {
 impl AdamLike {
     fn validate(&self) -> Result<()> {
         check(non_negative(self.lr), || {
-            format!("Invalid learning rate: {:?}", self.lr)
+            format!("Invalid learning rate: {}", py_float(self.lr))
         })?;
         check(non_negative(self.eps), || {
-            format!("Invalid epsilon value: {:?}", self.eps)
+            format!("Invalid epsilon value: {}", py_float(self.eps))
         })?;
         let (b1, b2) = self.betas;
         check(non_negative(b1) && b1 < 1.0, || {
-            format!("Invalid beta parameter at index 0: {b1:?}")
+            format!("Invalid beta parameter at index 0: {}", py_float(b1))
         })?;
         check(non_negative(b2) && b2 < 1.0, || {
-            format!("Invalid beta parameter at index 1: {b2:?}")
+            format!("Invalid beta parameter at index 1: {}", py_float(b2))
         })?;
         check(non_negative(self.weight_decay), || {
-            format!("Invalid weight_decay value: {:?}", self.weight_decay)
+            format!(
+                "Invalid weight_decay value: {}",
+                py_float(self.weight_decay)
+            )
         })
     }
 

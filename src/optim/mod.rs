@@ -272,6 +272,28 @@ pub(crate) fn check(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
     }
 }
 
+/// Formats `x` as Python's `repr(float)` does, so that messages read exactly as PyTorch's:
+/// `1e-08`, `1e+16`, `-1.0`, `nan`, `inf`.
+pub(crate) fn py_float(x: f64) -> String {
+    if x.is_nan() {
+        return "nan".into();
+    }
+    if x.is_infinite() {
+        return if x > 0.0 { "inf" } else { "-inf" }.into();
+    }
+    // Shortest round-trip digits and the decimal exponent, e.g. "1.5e-8".
+    let sci = format!("{x:e}");
+    let (mantissa, exp) = sci.split_once('e').unwrap_or((&sci, "0"));
+    let exp: i32 = exp.parse().unwrap_or(0);
+    if (-4..16).contains(&exp) {
+        let s = format!("{x}");
+        if s.contains('.') { s } else { format!("{s}.0") }
+    } else {
+        let sign = if exp < 0 { '-' } else { '+' };
+        format!("{mantissa}e{sign}{:02}", exp.abs())
+    }
+}
+
 /// `0.0 <= x`, false for NaN.
 pub(crate) fn non_negative(x: f64) -> bool {
     x >= 0.0
@@ -280,4 +302,29 @@ pub(crate) fn non_negative(x: f64) -> bool {
 /// -1 when maximizing, else 1.
 pub(crate) fn grad_sign(maximize: bool) -> f32 {
     if maximize { -1.0 } else { 1.0 }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::py_float;
+
+    #[test]
+    fn floats_print_as_python_repr() {
+        for (x, want) in [
+            (-1.0, "-1.0"),
+            (0.0, "0.0"),
+            (0.5, "0.5"),
+            (1e-8, "1e-08"),
+            (-1e-5, "-1e-05"),
+            (0.0001, "0.0001"),
+            (1.5e-7, "1.5e-07"),
+            (1e16, "1e+16"),
+            (123456789012345.0, "123456789012345.0"),
+            (2.5e300, "2.5e+300"),
+            (f64::NAN, "nan"),
+            (f64::NEG_INFINITY, "-inf"),
+        ] {
+            assert_eq!(py_float(x), want);
+        }
+    }
 }

@@ -1,4 +1,4 @@
-use super::{Kernel, check, grad_sign, non_negative};
+use super::{Kernel, check, grad_sign, non_negative, py_float};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 
@@ -69,19 +69,22 @@ impl RMSprop {
     /// PyTorch's constructor checks.
     pub fn validate(&self) -> Result<()> {
         check(non_negative(self.lr), || {
-            format!("Invalid learning rate: {:?}", self.lr)
+            format!("Invalid learning rate: {}", py_float(self.lr))
         })?;
         check(non_negative(self.eps), || {
-            format!("Invalid epsilon value: {:?}", self.eps)
+            format!("Invalid epsilon value: {}", py_float(self.eps))
         })?;
         check(non_negative(self.momentum), || {
-            format!("Invalid momentum value: {:?}", self.momentum)
+            format!("Invalid momentum value: {}", py_float(self.momentum))
         })?;
         check(non_negative(self.weight_decay), || {
-            format!("Invalid weight_decay value: {:?}", self.weight_decay)
+            format!(
+                "Invalid weight_decay value: {}",
+                py_float(self.weight_decay)
+            )
         })?;
         check(non_negative(self.alpha), || {
-            format!("Invalid alpha value: {:?}", self.alpha)
+            format!("Invalid alpha value: {}", py_float(self.alpha))
         })
     }
 

@@ -1,4 +1,4 @@
-use super::{Kernel, check, grad_sign, non_negative};
+use super::{Kernel, check, grad_sign, non_negative, py_float};
 use crate::error::Result;
 use serde::{Deserialize, Serialize};
 
@@ -67,16 +67,19 @@ impl SGD {
     /// PyTorch's constructor checks.
     pub fn validate(&self) -> Result<()> {
         check(non_negative(self.lr), || {
-            format!("Invalid learning rate: {:?}", self.lr)
+            format!("Invalid learning rate: {}", py_float(self.lr))
         })?;
         check(non_negative(self.momentum), || {
-            format!("Invalid momentum value: {:?}", self.momentum)
+            format!("Invalid momentum value: {}", py_float(self.momentum))
         })?;
         check(non_negative(self.weight_decay), || {
-            format!("Invalid weight_decay value: {:?}", self.weight_decay)
+            format!(
+                "Invalid weight_decay value: {}",
+                py_float(self.weight_decay)
+            )
         })?;
         check(!self.dampening.is_nan(), || {
-            format!("Invalid dampening value: {:?}", self.dampening)
+            format!("Invalid dampening value: {}", py_float(self.dampening))
         })?;
         check(
             !self.nesterov || (self.momentum > 0.0 && self.dampening == 0.0),

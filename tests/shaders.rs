@@ -1,0 +1,222 @@
+//! Static checks of the WGSL kernels with naga, no GPU needed.
+//!
+//! Every shader from [`wgpu_optim::shader_sources`] must parse and validate, expose the expected
+//! compute entry points, and translate to every backend wgpu may use (SPIR-V, MSL, HLSL and
+//! GLSL ES 3.10), so that a shader error shows up here rather than only on some user's GPU. The
+//! uniform structs must also have the sizes of the `#[repr(C)]` Rust structs in `src/optim/`.
+
+use naga::back::{glsl, hlsl, msl, spv};
+use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
+use naga::{Module, ShaderStage};
+
+/// The compute entry point of every kernel.
+const ENTRY_POINTS: [&str; 9] = [
+    "sgd",
+    "sgd_momentum",
+    "adam",
+    "adam_amsgrad",
+    "rmsprop",
+    "rmsprop_centered",
+    "rmsprop_momentum",
+    "rmsprop_centered_momentum",
+    "adagrad",
+];
+
+/// Parses and validates one shader, panicking with the file name and naga's report.
+fn parse_and_validate(name: &str, source: &str) -> (Module, ModuleInfo) {
+    let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| {
+        panic!(
+            "{name} does not parse:\n{}",
+            e.emit_to_string_with_path(source, name)
+        )
+    });
+    let info = Validator::new(ValidationFlags::all(), Capabilities::default())
+        .validate(&module)
+        .unwrap_or_else(|e| {
+            panic!(
+                "{name} does not validate:\n{}",
+                e.emit_to_string_with_path(source, name)
+            )
+        });
+    (module, info)
+}
+
+/// Every shader, parsed and validated.
+fn modules() -> Vec<(&'static str, Module, ModuleInfo)> {
+    wgpu_optim::shader_sources()
+        .into_iter()
+        .map(|(name, source)| {
+            let (module, info) = parse_and_validate(name, source);
+            (name, module, info)
+        })
+        .collect()
+}
+
+fn to_spirv(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), String> {
+    let pipeline = spv::PipelineOptions {
+        shader_stage: ShaderStage::Compute,
+        entry_point: entry_point.into(),
+    };
+    spv::write_vec(module, info, &spv::Options::default(), Some(&pipeline))
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn to_msl(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), String> {
+    let options = msl::Options {
+        lang_version: (2, 0),
+        ..Default::default()
+    };
+    let pipeline = msl::PipelineOptions {
+        entry_point: Some((ShaderStage::Compute, entry_point.into())),
+        ..Default::default()
+    };
+    msl::write_string(module, info, &options, &pipeline)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn to_hlsl(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), String> {
+    let options = hlsl::Options {
+        shader_model: hlsl::ShaderModel::V6_0,
+        ..Default::default()
+    };
+    let pipeline = hlsl::PipelineOptions {
+        entry_point: Some((ShaderStage::Compute, entry_point.into())),
+    };
+    let mut out = String::new();
+    hlsl::Writer::new(&mut out, &options, &pipeline)
+        .write(module, info, None)
+        .map(drop)
+        .map_err(|e| e.to_string())
+}
+
+fn to_glsl_es310(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), String> {
+    let options = glsl::Options {
+        version: glsl::Version::new_gles(310),
+        ..Default::default()
+    };
+    let pipeline = glsl::PipelineOptions {
+        shader_stage: ShaderStage::Compute,
+        entry_point: entry_point.into(),
+        multiview: None,
+    };
+    let mut out = String::new();
+    glsl::Writer::new(
+        &mut out,
+        module,
+        info,
+        &options,
+        &pipeline,
+        naga::proc::BoundsCheckPolicies::default(),
+    )
+    .and_then(|mut w| w.write())
+    .map(drop)
+    .map_err(|e| e.to_string())
+}
+
+#[test]
+fn every_shader_parses_and_validates() {
+    let modules = modules();
+    assert_eq!(modules.len(), 4);
+}
+
+#[test]
+fn shaders_have_the_expected_compute_entry_points() {
+    let mut found = Vec::new();
+    for (name, module, _) in modules() {
+        for ep in &module.entry_points {
+            assert_eq!(
+                ep.stage,
+                ShaderStage::Compute,
+                "{name}: entry point {} is not a compute shader",
+                ep.name
+            );
+            assert_eq!(
+                ep.workgroup_size,
+                [256, 1, 1],
+                "{name}: entry point {} has another workgroup size",
+                ep.name
+            );
+            found.push(ep.name.clone());
+        }
+    }
+    found.sort();
+    let mut expected = ENTRY_POINTS.map(String::from).to_vec();
+    expected.sort();
+    assert_eq!(found, expected);
+}
+
+#[test]
+fn every_entry_point_translates_to_every_backend() {
+    type Translate = fn(&Module, &ModuleInfo, &str) -> Result<(), String>;
+    let backends: [(&str, Translate); 4] = [
+        ("SPIR-V", to_spirv),
+        ("MSL 2.0", to_msl),
+        ("HLSL SM 6.0", to_hlsl),
+        ("GLSL ES 3.10", to_glsl_es310),
+    ];
+    let mut translated = 0;
+    for (name, module, info) in modules() {
+        for ep in &module.entry_points {
+            for (backend, translate) in backends {
+                if let Err(e) = translate(&module, &info, &ep.name) {
+                    panic!(
+                        "{name}: entry point {} fails to translate to {backend}: {e}",
+                        ep.name
+                    );
+                }
+                translated += 1;
+            }
+        }
+    }
+    assert_eq!(translated, ENTRY_POINTS.len() * backends.len());
+}
+
+/// The size naga lays out for the named type of a module, if the module has it.
+fn type_size(module: &Module, type_name: &str) -> Option<u32> {
+    let mut layouter = naga::proc::Layouter::default();
+    layouter
+        .update(module.to_ctx())
+        .expect("the module lays out");
+    let (handle, ty) = module
+        .types
+        .iter()
+        .find(|(_, ty)| ty.name.as_deref() == Some(type_name))?;
+    if let naga::TypeInner::Struct { span, .. } = ty.inner {
+        assert_eq!(
+            span, layouter[handle].size,
+            "{type_name}: span and layout differ"
+        );
+    }
+    Some(layouter[handle].size)
+}
+
+#[test]
+fn uniform_structs_match_the_rust_structs() {
+    let expected = [
+        ("SgdHyper", 32),
+        ("AdamHyper", 48),
+        ("RmspropHyper", 32),
+        ("AdagradHyper", 16),
+        ("Segment", 32),
+        ("SegmentTable", 16 + 32 * 256),
+    ];
+    let modules = modules();
+    for (type_name, size) in expected {
+        let mut seen = 0;
+        for (name, module, _) in &modules {
+            if let Some(got) = type_size(module, type_name) {
+                assert_eq!(got, size, "{name}: {type_name} is {got} bytes, not {size}");
+                seen += 1;
+            }
+        }
+        // The per-optimizer structs live in one file; Segment and SegmentTable in all four.
+        let want_seen = if type_name.starts_with("Segment") {
+            4
+        } else {
+            1
+        };
+        assert_eq!(seen, want_seen, "{type_name} found in {seen} shaders");
+    }
+}
