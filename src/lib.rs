@@ -1,9 +1,11 @@
 #![doc = include_str!("../README.md")]
 
 pub mod error;
+pub mod lr_finder;
 mod gpu;
 mod optim;
 mod optimizer;
+mod plot;
 pub mod reference;
 pub mod replay;
 mod state;
@@ -11,7 +13,7 @@ mod state;
 pub use error::{Error, Result};
 pub use gpu::Context;
 pub use optim::{Adagrad, Adam, AdamW, OptimizerConfig, RMSprop, SGD};
-pub use optimizer::{BufferRange, MAX_STEPS_PER_SUBMIT, Optimizer, ParamGroup, Tensor};
+pub use optimizer::{BufferRange, MAX_STEPS_PER_SUBMIT, Optimizer, ParamGroup, Snapshot, Tensor};
 pub use state::TensorState;
 
 /// The WGSL sources of every shader file, each with the shared prologue in front, by file

@@ -80,9 +80,28 @@ impl<'a> ParamGroup<'a> {
     }
 }
 
+/// A copy of an optimizer's parameters and state, on the GPU. See [`Optimizer::snapshot`].
+pub struct Snapshot {
+    params: wgpu::Buffer,
+    states: Vec<Vec<wgpu::Buffer>>,
+    steps: Vec<(u64, bool)>,
+    groups: Vec<OptimizerConfig>,
+}
+
+impl std::fmt::Debug for Snapshot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Snapshot")
+            .field("tensors", &self.steps.len())
+            .finish()
+    }
+}
+
 struct TensorMeta {
     group: usize,
     len: u64,
+    /// The caller's parameter buffer and the byte offset of this tensor in it.
+    param: wgpu::Buffer,
+    param_offset: u64,
     step: u64,
     /// False until the first step or a loaded state: SGD's "momentum buffer is None".
     initialized: bool,
@@ -423,6 +442,8 @@ impl Optimizer {
             .map(|(g, t)| TensorMeta {
                 group: *g,
                 len: t.param.len,
+                param: t.param.buffer.clone(),
+                param_offset: t.param.offset,
                 step: 0,
                 initialized: false,
                 pieces: Vec::new(),
@@ -645,6 +666,110 @@ impl Optimizer {
         meta.step = state.step;
         meta.initialized = true;
         Ok(())
+    }
+
+    /// Copies every parameter, every state buffer, the step counts and the group
+    /// hyperparameters into GPU buffers of the snapshot's own, and submits the copies (without
+    /// waiting). [`restore`](Self::restore) puts them back. The parameter buffers need
+    /// `COPY_SRC` and `COPY_DST` usage.
+    ///
+    /// Used by the [LR finder](crate::lr_finder) to leave the model as it found it.
+    pub fn snapshot(&self) -> Result<Snapshot> {
+        for (i, meta) in self.tensors.iter().enumerate() {
+            let needed = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+            if !meta.param.usage().contains(needed) {
+                return Err(Error::MissingUsage {
+                    tensor: i,
+                    role: "parameter",
+                    usage: "COPY_SRC | COPY_DST",
+                });
+            }
+        }
+        let device = self.ctx.device();
+        let total: u64 = self.tensors.iter().map(|t| t.len).sum();
+        let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+        let (params, states) = scoped(device, || {
+            let params = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim snapshot parameters"),
+                size: (total * 4).max(4),
+                usage,
+                mapped_at_creation: false,
+            });
+            let states: Vec<Vec<wgpu::Buffer>> = self
+                .batches
+                .iter()
+                .map(|b| {
+                    b.state
+                        .iter()
+                        .map(|s| {
+                            device.create_buffer(&wgpu::BufferDescriptor {
+                                label: Some("wgpu-optim snapshot state"),
+                                size: s.size(),
+                                usage,
+                                mapped_at_creation: false,
+                            })
+                        })
+                        .collect()
+                })
+                .collect();
+            (params, states)
+        })?;
+        let snapshot = Snapshot {
+            params,
+            states,
+            steps: self
+                .tensors
+                .iter()
+                .map(|t| (t.step, t.initialized))
+                .collect(),
+            groups: self.groups.clone(),
+        };
+        let mut encoder = device.create_command_encoder(&Default::default());
+        self.copy_snapshot(&mut encoder, &snapshot, false);
+        self.ctx.queue().submit([encoder.finish()]);
+        Ok(snapshot)
+    }
+
+    /// Puts back what [`snapshot`](Self::snapshot) saved: parameters, state buffers, step
+    /// counts and group hyperparameters. The copies are submitted before this returns.
+    pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
+        if snapshot.steps.len() != self.tensors.len() || snapshot.states.len() != self.batches.len()
+        {
+            return Err(Error::Input(
+                "the snapshot was taken of another optimizer".into(),
+            ));
+        }
+        let mut encoder = self
+            .ctx
+            .device()
+            .create_command_encoder(&Default::default());
+        self.copy_snapshot(&mut encoder, snapshot, true);
+        self.ctx.queue().submit([encoder.finish()]);
+        for (meta, &(step, initialized)) in self.tensors.iter_mut().zip(&snapshot.steps) {
+            meta.step = step;
+            meta.initialized = initialized;
+        }
+        self.groups.clone_from(&snapshot.groups);
+        Ok(())
+    }
+
+    /// Records the copies between the live buffers and a snapshot's, in either direction.
+    fn copy_snapshot(&self, encoder: &mut wgpu::CommandEncoder, snapshot: &Snapshot, back: bool) {
+        let mut at = 0;
+        for meta in &self.tensors {
+            if meta.len > 0 {
+                let (live, saved) = ((&meta.param, meta.param_offset), (&snapshot.params, at));
+                let ((src, so), (dst, d)) = if back { (saved, live) } else { (live, saved) };
+                encoder.copy_buffer_to_buffer(src, so, dst, d, meta.len * 4);
+            }
+            at += meta.len * 4;
+        }
+        for (batch, saved) in self.batches.iter().zip(&snapshot.states) {
+            for (live, saved) in batch.state.iter().zip(saved) {
+                let (src, dst) = if back { (saved, live) } else { (live, saved) };
+                encoder.copy_buffer_to_buffer(src, 0, dst, 0, live.size());
+            }
+        }
     }
 }
 
