@@ -1,13 +1,14 @@
 #![doc = include_str!("../README.md")]
 
 pub mod error;
-pub mod lr_finder;
 mod gpu;
+pub mod lr_finder;
 mod optim;
 mod optimizer;
 mod plot;
 pub mod reference;
 pub mod replay;
+pub mod schedule;
 mod state;
 
 pub use error::{Error, Result};

@@ -579,6 +579,37 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Takes the learning rate of every group from `scheduler` (see
+    /// [`schedule`](crate::schedule)), and its momentum (SGD, RMSprop) or beta1 (Adam, AdamW)
+    /// when the schedule cycles momentum. Call it before recording each step, and step the
+    /// scheduler after. The scheduler must have one LR per group. Cycling momentum needs an
+    /// optimizer that keeps it: Adagrad has none, and SGD or RMSprop built with momentum 0 have
+    /// no momentum buffer. On error nothing changes.
+    pub fn apply_schedule(&mut self, scheduler: &crate::schedule::Scheduler) -> Result<()> {
+        let lrs = scheduler.lrs();
+        if lrs.len() != self.groups.len() {
+            return Err(Error::Input(format!(
+                "the {} schedule has {} parameter groups but the optimizer has {}",
+                scheduler.schedule(),
+                lrs.len(),
+                self.groups.len()
+            )));
+        }
+        let mut groups = self.groups.clone();
+        for (g, config) in groups.iter_mut().enumerate() {
+            let new = config.scheduled(lrs[g], scheduler.momentum().map(|m| m[g]))?;
+            if new.kernel() != config.kernel() {
+                return Err(Error::StructuralChange {
+                    group: g,
+                    what: "momentum between zero and non-zero (build the optimizer with momentum to cycle it)",
+                });
+            }
+            *config = new;
+        }
+        self.groups = groups;
+        Ok(())
+    }
+
     fn meta(&self, tensor: usize) -> Result<&TensorMeta> {
         self.tensors.get(tensor).ok_or(Error::NoSuchIndex {
             what: "tensor",

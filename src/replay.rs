@@ -10,6 +10,7 @@ use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::optim::OptimizerConfig;
 use crate::optimizer::{BufferRange, Optimizer, Tensor};
+use crate::schedule::Scheduler;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::path::Path;
 
@@ -144,15 +145,51 @@ fn check_shapes(params: &[NamedTensor], grads: &[NamedTensor]) -> Result<usize> 
     steps.ok_or_else(|| Error::Input("optimizer got an empty parameter list".into()))
 }
 
+/// Builds the scheduler of `replay --schedule`: a PyTorch schedule spec without `"lr"` takes the
+/// optimizer's learning rate as its base, as a PyTorch scheduler reads it from the optimizer.
+pub fn schedule_for(config: &OptimizerConfig, spec: &serde_json::Value) -> Result<Scheduler> {
+    let mut spec = spec.clone();
+    if let Some(object) = spec.as_object_mut()
+        && !object.contains_key("lr")
+        && object
+            .get("type")
+            .and_then(|t| t.as_str())
+            .is_some_and(crate::schedule::uses_optimizer_lr)
+    {
+        object.insert("lr".into(), config.lr().into());
+    }
+    let scheduler = Scheduler::from_spec(&spec, 1)?;
+    if scheduler.needs_metric() {
+        return Err(Error::Input(format!(
+            "{} steps on a metric, which replay does not have",
+            scheduler.schedule()
+        )));
+    }
+    // The optimizer must take the schedule's values (momentum cycling needs momentum).
+    let first = config.scheduled(scheduler.lrs()[0], scheduler.momentum().map(|m| m[0]))?;
+    if first.kernel() != config.kernel() {
+        return Err(Error::Input(format!(
+            "{} cycles momentum, but {} was built without momentum",
+            scheduler.schedule(),
+            config.type_name()
+        )));
+    }
+    Ok(scheduler)
+}
+
 /// Runs one optimizer step per gradient step on the GPU, with all parameters in one group.
-/// Returns the final parameters and state, sorted by name.
+/// With a `schedule` (see [`schedule_for`]), each step first takes its learning rate (and
+/// momentum or beta1, when the schedule cycles them) from the scheduler, which steps after the
+/// optimizer step, as in PyTorch. Returns the final parameters and state, sorted by name.
 pub fn replay(
     ctx: &Context,
     config: &OptimizerConfig,
+    schedule: Option<&serde_json::Value>,
     params: &[NamedTensor],
     grads: &[NamedTensor],
 ) -> Result<Vec<NamedTensor>> {
     config.validate()?;
+    let mut scheduler = schedule.map(|s| schedule_for(config, s)).transpose()?;
     let steps = check_shapes(params, grads)?;
     let offsets: Vec<u64> = params
         .iter()
@@ -193,7 +230,14 @@ pub fn replay(
             ctx.queue()
                 .write_buffer(&grad_buffer, o * 4, bytemuck::cast_slice(slice));
         }
+        if let Some(s) = &scheduler {
+            optimizer.apply_schedule(s)?;
+        }
         optimizer.step_submit();
+        // The step after the last one needs no LR (and OneCycleLR would refuse it).
+        if let Some(s) = scheduler.as_mut().filter(|_| step + 1 < steps) {
+            s.step()?;
+        }
     }
     let final_params = ctx.read_f32(&[(&param_buffer, 0, flat.len() as u64)])?;
     let mut out = Vec::new();

@@ -26,6 +26,7 @@ fn wgpu_optim(args: &[&str], dir: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"));
     cmd.args(args).env("XDG_RUNTIME_DIR", dir);
     if let Ok(b) = std::env::var("WGPU_BACKEND")
+        && args.first() == Some(&"replay")
         && ["vulkan", "gl", "metal", "dx12"].contains(&b.as_str())
     {
         cmd.args(["--backend", &b]);
@@ -206,4 +207,228 @@ fn replay_errors_are_one_line_and_write_nothing() {
     );
     // Gradients passed as parameters: each lacks its step dimension.
     expect_error(&dir, &replay_args(adam, g, g, out), "has shape");
+}
+
+/// Runs `wgpu-optim schedule` and returns stdout, asserting success.
+fn schedule_ok(args: &[&str], dir: &Path) -> String {
+    let mut all = vec!["schedule"];
+    all.extend_from_slice(args);
+    let run = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+        .args(&all)
+        .env("XDG_RUNTIME_DIR", dir)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    String::from_utf8(run.stdout).unwrap()
+}
+
+/// Parses `step,lr[,momentum]` CSV into rows of numbers, checking the header.
+fn csv_rows(text: &str, header: &str) -> Vec<Vec<f64>> {
+    let mut lines = text.lines();
+    assert_eq!(lines.next(), Some(header));
+    lines
+        .map(|l| l.split(',').map(|v| v.parse().unwrap()).collect())
+        .collect()
+}
+
+#[test]
+fn schedule_prints_pytorch_learning_rates() {
+    let dir = scratch("schedule");
+    let out = schedule_ok(
+        &[
+            "--spec",
+            r#"{"type":"StepLR","lr":0.1,"step_size":2,"gamma":0.5}"#,
+            "--steps",
+            "5",
+        ],
+        &dir,
+    );
+    let rows = csv_rows(&out, "step,lr");
+    let want = [0.1, 0.1, 0.05, 0.05, 0.025];
+    assert_eq!(rows.len(), 5);
+    for (k, (row, lr)) in rows.iter().zip(want).enumerate() {
+        assert_eq!(row[0], k as f64);
+        assert!((row[1] - lr).abs() <= 1e-15, "{row:?}");
+    }
+
+    // The issue's example: 5 warm-up steps, then cosine annealing from 0.1.
+    let spec = r#"{"type":"SequentialLR","lr":0.1,"milestones":[5],"schedulers":[{"type":"LinearLR","start_factor":0.01,"total_iters":5},{"type":"CosineAnnealingLR","T_max":30}]}"#;
+    let rows = csv_rows(
+        &schedule_ok(&["--spec", spec, "--steps", "40"], &dir),
+        "step,lr",
+    );
+    assert!((rows[0][1] - 0.001).abs() < 1e-12);
+    assert!((rows[5][1] - 0.1).abs() < 1e-12);
+    assert!(rows[20][1] < rows[6][1]);
+
+    // OneCycleLR cycles momentum by default: a momentum column.
+    let spec = r#"{"type":"OneCycleLR","max_lr":0.1,"total_steps":20}"#;
+    let plot = dir.join("onecycle.svg");
+    let rows = csv_rows(
+        &schedule_ok(
+            &[
+                "--spec",
+                spec,
+                "--steps",
+                "20",
+                "--plot",
+                plot.to_str().unwrap(),
+            ],
+            &dir,
+        ),
+        "step,lr,momentum",
+    );
+    assert!((rows[0][1] - 0.004).abs() < 1e-12 && (rows[0][2] - 0.95).abs() < 1e-12);
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+
+    // ReduceLROnPlateau: row k is the LR after k metrics.
+    let spec = r#"{"type":"ReduceLROnPlateau","lr":1.0,"patience":1,"factor":0.5}"#;
+    let rows = csv_rows(
+        &schedule_ok(
+            &["--spec", spec, "--steps", "5", "--metrics", "3,3,3,3"],
+            &dir,
+        ),
+        "step,lr",
+    );
+    let lrs: Vec<f64> = rows.iter().map(|r| r[1]).collect();
+    assert_eq!(lrs, [1.0, 1.0, 1.0, 0.5, 0.5]);
+
+    // JSON output holds the same trace.
+    let json = schedule_ok(
+        &[
+            "--spec",
+            r#"{"type":"ExponentialLR","lr":1.0,"gamma":0.5}"#,
+            "--steps",
+            "3",
+            "--format",
+            "json",
+        ],
+        &dir,
+    );
+    let v: serde_json::Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(v["lr"], serde_json::json!([[1.0], [0.5], [0.25]]));
+}
+
+#[test]
+fn schedule_errors_are_one_line() {
+    let dir = scratch("schedule-errors");
+    let steps = ["--steps", "5"];
+    for (spec, needle) in [
+        (r#"{"type":"StepLRR","lr":0.1}"#, "StepLRR"),
+        (r#"{"type":"StepLR","lr":0.1}"#, "step_size"),
+        (
+            r#"{"type":"ConstantLR","lr":0.1,"factor":2.0}"#,
+            "Constant multiplicative factor expected to be between 0 and 1.",
+        ),
+        (
+            r#"{"type":"OneCycleLR","max_lr":0.1}"#,
+            "You must define either total_steps OR (epochs AND steps_per_epoch)",
+        ),
+        (
+            r#"{"type":"ReduceLROnPlateau","lr":0.1,"factor":1.5}"#,
+            "Factor should be < 1.0.",
+        ),
+        ("{not json", "--spec"),
+    ] {
+        let mut args = vec!["schedule", "--spec", spec];
+        args.extend_from_slice(&steps);
+        expect_error(&dir, &args, needle);
+    }
+    expect_error(
+        &dir,
+        &[
+            "schedule",
+            "--spec",
+            r#"{"type":"ReduceLROnPlateau","lr":0.1}"#,
+            "--steps",
+            "5",
+        ],
+        "metric",
+    );
+}
+
+#[test]
+fn replay_with_a_schedule_matches_pytorch() {
+    let dir = scratch("replay-schedule");
+    let out = dir.join("out.safetensors");
+    let (p, g) = (golden("params.safetensors"), golden("grads.safetensors"));
+    let run = wgpu_optim(
+        &[
+            "replay",
+            "--optimizer",
+            r#"{"type":"Adam","lr":0.01}"#,
+            "--schedule",
+            r#"{"type":"OneCycleLR","max_lr":0.05,"total_steps":20}"#,
+            "--params",
+            p.to_str().unwrap(),
+            "--grads",
+            g.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let ours = replay::read_safetensors(&out).unwrap();
+    let torch = replay::read_safetensors(&golden("sched_adam_onecycle.f32.safetensors")).unwrap();
+    assert_eq!(ours.len(), torch.len());
+    for (a, b) in ours.iter().zip(&torch) {
+        assert_eq!(a.name, b.name);
+        for (x, y) in a.data.iter().zip(&b.data) {
+            assert!(
+                (x - y).abs() <= 4e-6 * (1.0 + y.abs()),
+                "{}: {x} vs {y}",
+                a.name
+            );
+        }
+    }
+    // A schedule that needs metrics, momentum cycling on Adagrad, and cycling on SGD built
+    // without momentum are errors.
+    let _ = std::fs::remove_file(&out);
+    let (p, g, o) = (
+        p.to_str().unwrap(),
+        g.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    for (optimizer, schedule, needle) in [
+        (
+            r#"{"type":"SGD"}"#,
+            r#"{"type":"ReduceLROnPlateau"}"#,
+            "metric",
+        ),
+        (
+            r#"{"type":"Adagrad"}"#,
+            r#"{"type":"CyclicLR","base_lr":0.01,"max_lr":0.1}"#,
+            "optimizer must support momentum or beta1",
+        ),
+        (
+            r#"{"type":"SGD"}"#,
+            r#"{"type":"OneCycleLR","max_lr":0.1,"total_steps":20}"#,
+            "without momentum",
+        ),
+        (r#"{"type":"SGD"}"#, r#"{"type":"StepLR"}"#, "step_size"),
+    ] {
+        let args = [
+            "replay",
+            "--optimizer",
+            optimizer,
+            "--schedule",
+            schedule,
+            "--params",
+            p,
+            "--grads",
+            g,
+            "--out",
+            o,
+        ];
+        expect_error(&dir, &args, needle);
+    }
 }

@@ -1,7 +1,8 @@
 //! `replay` against real PyTorch trajectories: tests/golden/optim, written by
 //! tools/golden/gen_optim.py. For every optimizer and option combination, 20 steps over three
 //! tensors must match torch.optim in float32, and the error against PyTorch's float64 run must
-//! stay within the range of PyTorch's own float32 error.
+//! stay within the range of PyTorch's own float32 error. Cases with a `"schedule"` run it as
+//! `replay --schedule` does, including schedules that cycle momentum or beta1.
 
 mod common;
 
@@ -56,7 +57,9 @@ fn replay_matches_pytorch_for_every_case() {
     for case in cases {
         let name = case["name"].as_str().unwrap();
         let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
-        let ours: Vec<NamedTensor> = replay::replay(ctx, &config, &params, &grads).unwrap();
+        let schedule = case.get("schedule");
+        let ours: Vec<NamedTensor> =
+            replay::replay(ctx, &config, schedule, &params, &grads).unwrap();
         let torch32 = read_f64(&dir().join(format!("{name}.f32.safetensors")));
         let torch64 = read_f64(&dir().join(format!("{name}.f64.safetensors")));
         let names: Vec<&str> = ours.iter().map(|t| t.name.as_str()).collect();

@@ -95,6 +95,30 @@ impl OptimizerConfig {
         }
     }
 
+    /// This configuration with a scheduler's values for one step: the learning rate, and the
+    /// momentum (SGD, RMSprop) or beta1 (Adam, AdamW) when the schedule cycles momentum.
+    /// Validated; Adagrad has nothing to cycle, which is PyTorch's error too.
+    pub fn scheduled(&self, lr: f64, momentum: Option<f64>) -> Result<Self> {
+        let mut out = *self;
+        out.set_lr(lr);
+        if let Some(m) = momentum {
+            match &mut out {
+                Self::SGD(c) => c.momentum = m,
+                Self::RMSprop(c) => c.momentum = m,
+                Self::Adam(c) => c.betas.0 = m,
+                Self::AdamW(c) => c.betas.0 = m,
+                Self::Adagrad(_) => {
+                    return Err(Error::InvalidHyperparameter(
+                        "optimizer must support momentum or beta1 with `cycle_momentum` option enabled"
+                            .into(),
+                    ));
+                }
+            }
+        }
+        out.validate()?;
+        Ok(out)
+    }
+
     /// PyTorch's names of the per-tensor state buffers, in the order the kernel binds them. The
     /// step count is kept too, but is not a buffer and is not listed.
     pub fn state_names(&self) -> &'static [&'static str] {

@@ -15,6 +15,10 @@ on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
 * ``cases.json``          - {"steps": STEPS, "names": [...], "cases": [
                               {"name": ..., "optimizer": {"type": <torch class>,
                                "lr": ..., <non-default args, torch names>}}, ...]}
+  A case may also carry a ``"schedule"``: a torch.optim.lr_scheduler spec in
+  the format of tests/golden/schedules/SPEC.md, without "lr" (the base LR is
+  the optimizer's). The scheduler is stepped after every optimizer step, as
+  ``wgpu-optim replay --schedule`` does.
 * ``<case>.f32.safetensors`` - final params and optimizer state after STEPS
                             steps, computed in float32 with torch's single-tensor
                             CPU path (foreach=False).
@@ -102,6 +106,35 @@ CASES = [
       "initial_accumulator_value": 0.1}),
 ]
 
+# (case name, optimizer spec, schedule spec): trajectories with a learning-rate schedule,
+# including schedules that cycle momentum (SGD, RMSprop) or beta1 (Adam, AdamW).
+SCHEDULED_CASES = [
+    ("sched_sgd_momentum_steplr", {"type": "SGD", "lr": 0.05, "momentum": 0.9},
+     {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
+    ("sched_sgd_nesterov_cycliclr", {"type": "SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True},
+     {"type": "CyclicLR", "base_lr": 0.01, "max_lr": 0.1, "step_size_up": 4}),
+    ("sched_adam_onecycle", {"type": "Adam", "lr": 0.01},
+     {"type": "OneCycleLR", "max_lr": 0.05, "total_steps": STEPS}),
+    ("sched_adamw_amsgrad_sequential", {"type": "AdamW", "lr": 0.02, "amsgrad": True},
+     {"type": "SequentialLR", "milestones": [5], "schedulers": [
+         {"type": "LinearLR", "start_factor": 0.1, "total_iters": 5},
+         {"type": "CosineAnnealingLR", "T_max": 15}]}),
+    ("sched_rmsprop_centered_momentum_onecycle",
+     {"type": "RMSprop", "lr": 0.01, "momentum": 0.9, "centered": True},
+     {"type": "OneCycleLR", "max_lr": 0.02, "total_steps": STEPS, "anneal_strategy": "linear",
+      "base_momentum": 0.8, "max_momentum": 0.9}),
+    ("sched_rmsprop_exponential", {"type": "RMSprop", "lr": 0.01},
+     {"type": "ExponentialLR", "gamma": 0.9}),
+    ("sched_adagrad_cosine", {"type": "Adagrad", "lr": 0.1},
+     {"type": "CosineAnnealingLR", "T_max": 8, "eta_min": 0.01}),
+    ("sched_adam_warm_restarts", {"type": "Adam", "lr": 0.02, "weight_decay": 0.01},
+     {"type": "CosineAnnealingWarmRestarts", "T_0": 6, "T_mult": 2}),
+    ("sched_adamw_chained", {"type": "AdamW", "lr": 0.01, "betas": [0.8, 0.99]},
+     {"type": "ChainedScheduler", "schedulers": [
+         {"type": "ConstantLR", "factor": 0.5, "total_iters": 3},
+         {"type": "ExponentialLR", "gamma": 0.95}]}),
+]
+
 
 def make_problem():
     """Seeded initial params and per-step grads (float32, CPU)."""
@@ -125,14 +158,29 @@ def build_optimizer(spec, tensors):
     return cls([{"params": tensors}], **args)
 
 
-def run_case(spec, params, grads, dtype):
+def build_scheduler(spec, opt):
+    """Construct a torch.optim.lr_scheduler class from its JSON form (children recursively)."""
+    args = {k: v for k, v in spec.items() if k != "type"}
+    cls = getattr(torch.optim.lr_scheduler, spec["type"])
+    if spec["type"] in ("SequentialLR", "ChainedScheduler"):
+        args["schedulers"] = [build_scheduler(c, opt) for c in args["schedulers"]]
+        if spec["type"] == "ChainedScheduler":
+            return cls(args["schedulers"], optimizer=opt)
+    return cls(opt, **args)
+
+
+def run_case(spec, params, grads, dtype, schedule=None):
     tensors = [params[n].detach().clone().to(dtype) for n in NAMES]
     step_grads = {n: grads[n].to(dtype) for n in NAMES}
     opt = build_optimizer(spec, tensors)
+    scheduler = build_scheduler(schedule, opt) if schedule is not None else None
     for k in range(STEPS):
         for n, p in zip(NAMES, tensors):
             p.grad = step_grads[n][k].clone()
         opt.step()
+        # OneCycleLR refuses to step past total_steps; the last step needs no next LR.
+        if scheduler is not None and k + 1 < STEPS:
+            scheduler.step()
 
     out = {}
     for n, p in zip(NAMES, tensors):
@@ -172,6 +220,11 @@ def main():
             raise ValueError(f"duplicate case name {name}")
         names_seen.add(name)
         cases_json.append({"name": name, "optimizer": spec})
+    for name, spec, schedule in SCHEDULED_CASES:
+        if name in names_seen:
+            raise ValueError(f"duplicate case name {name}")
+        names_seen.add(name)
+        cases_json.append({"name": name, "optimizer": spec, "schedule": schedule})
     doc = {"steps": STEPS, "names": NAMES, "cases": cases_json}
     with open(os.path.join(OUT_DIR, "cases.json"), "w", newline="\n") as f:
         json.dump(doc, f, indent=2)
@@ -186,8 +239,9 @@ def main():
     print(f"{'case':40s} {'max|f32-f64| params':>20s}  per name ({', '.join(NAMES)})")
     for case in doc["cases"]:
         name, spec = case["name"], case["optimizer"]
-        r32 = run_case(spec, params, grads, torch.float32)
-        r64 = run_case(spec, params, grads, torch.float64)
+        schedule = case.get("schedule")
+        r32 = run_case(spec, params, grads, torch.float32, schedule)
+        r64 = run_case(spec, params, grads, torch.float64, schedule)
         if set(r32) != set(r64):
             raise RuntimeError(f"{name}: state keys differ between f32 and f64 runs")
         for suffix, res in (("f32", r32), ("f64", r64)):
