@@ -2,7 +2,8 @@
 
 mod common;
 
-use common::{POISON, Rng, assert_close, ctx, write};
+use common::{POISON, Rng, assert_close, assert_close_along, ctx, write};
+use std::collections::HashMap;
 use wgpu_optim::{
     Adagrad, Adam, AdamW, BufferRange, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD,
     Tensor, TensorState, reference,
@@ -157,13 +158,30 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
         "tensors sharing buffers take one dispatch"
     );
     let mut states = vec![TensorState::<f64>::default(); sizes.len()];
+    // Per tensor, per buffer ("param" and each state): the sum of |change| over the steps.
+    let mut paths: Vec<HashMap<String, Vec<f64>>> = vec![HashMap::new(); sizes.len()];
     for _ in 0..steps {
         let mut g = vec![POISON; total];
         for (k, (&o, &n)) in offsets.iter().zip(sizes).enumerate() {
             let values: Vec<f32> = rng.normals(n as usize).iter().map(|v| v * 0.5).collect();
             g[o as usize..(o + n) as usize].copy_from_slice(&values);
             let g64: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+            let mut before = states[k].buffers.clone();
+            before.insert("param".into(), params64[k].clone());
             reference::step(&config, &mut states[k], &mut params64[k], &g64);
+            for (name, old) in before {
+                let new = if name == "param" {
+                    &params64[k]
+                } else {
+                    &states[k].buffers[&name]
+                };
+                let path = paths[k]
+                    .entry(name)
+                    .or_insert_with(|| vec![0.0; n as usize]);
+                for ((p, a), b) in path.iter_mut().zip(&old).zip(new) {
+                    *p += (a - b).abs();
+                }
+            }
         }
         write(&grad, 0, &g);
         opt.step_submit();
@@ -172,10 +190,11 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
     let what = format!("{config:?}");
     for (k, (&o, &n)) in offsets.iter().zip(sizes).enumerate() {
         let range = o as usize..(o + n) as usize;
-        assert_close(
+        assert_close_along(
             &format!("{what} param of size {n}"),
             &got[range],
             &params64[k],
+            &paths[k]["param"],
             2e-5,
             2e-5,
         );
@@ -186,10 +205,12 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
             states[k].buffers.keys().collect::<Vec<_>>()
         );
         for (name, want) in &states[k].buffers {
-            assert_close(
+            let path = paths[k].get(name).map_or(&[][..], Vec::as_slice);
+            assert_close_along(
                 &format!("{what} {name} of size {n}"),
                 &state.buffers[name],
                 want,
+                path,
                 2e-5,
                 2e-5,
             );

@@ -52,14 +52,17 @@ fn modules() -> Vec<(&'static str, Module, ModuleInfo)> {
         .collect()
 }
 
-fn to_spirv(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), String> {
+fn spirv_words(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<Vec<u32>, String> {
     let pipeline = spv::PipelineOptions {
         shader_stage: ShaderStage::Compute,
         entry_point: entry_point.into(),
     };
     spv::write_vec(module, info, &spv::Options::default(), Some(&pipeline))
-        .map(drop)
         .map_err(|e| e.to_string())
+}
+
+fn to_spirv(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), String> {
+    spirv_words(module, info, entry_point).map(drop)
 }
 
 fn to_msl(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), String> {
@@ -92,6 +95,14 @@ fn to_hlsl(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), 
 }
 
 fn to_glsl_es310(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<(), String> {
+    glsl_es310_text(module, info, entry_point).map(drop)
+}
+
+fn glsl_es310_text(
+    module: &Module,
+    info: &ModuleInfo,
+    entry_point: &str,
+) -> Result<String, String> {
     let options = glsl::Options {
         version: glsl::Version::new_gles(310),
         ..Default::default()
@@ -111,7 +122,7 @@ fn to_glsl_es310(module: &Module, info: &ModuleInfo, entry_point: &str) -> Resul
         naga::proc::BoundsCheckPolicies::default(),
     )
     .and_then(|mut w| w.write())
-    .map(drop)
+    .map(|_| out)
     .map_err(|e| e.to_string())
 }
 
@@ -218,5 +229,81 @@ fn uniform_structs_match_the_rust_structs() {
             1
         };
         assert_eq!(seen, want_seen, "{type_name} found in {seen} shaders");
+    }
+}
+
+/// Whether an external validator is installed. Under CI (`CI=true`, where `.ci/run` installs
+/// spirv-tools and glslang-tools) a missing tool fails the test instead of skipping it.
+fn tool(name: &str) -> bool {
+    let found = std::process::Command::new(name)
+        .arg("--version")
+        .output()
+        .is_ok();
+    if !found {
+        assert!(
+            std::env::var("CI").is_err(),
+            "{name} is not installed, and CI needs it"
+        );
+        eprintln!("{name} not installed: skipped (apt-get install spirv-tools glslang-tools)");
+    }
+    found
+}
+
+/// Runs `cmd` on a file holding `bytes`, failing with its output when it rejects the file.
+fn external_check(cmd: &[&str], file_name: &str, bytes: &[u8], what: &str) {
+    let dir = std::env::temp_dir().join(format!("wgpu-optim-shaders-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join(file_name);
+    std::fs::write(&path, bytes).unwrap();
+    let out = std::process::Command::new(cmd[0])
+        .args(&cmd[1..])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} rejects {what}:\n{}{}",
+        cmd[0],
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn spirv_val_accepts_every_entry_point() {
+    if !tool("spirv-val") {
+        return;
+    }
+    for (name, module, info) in modules() {
+        for ep in &module.entry_points {
+            let words = spirv_words(&module, &info, &ep.name).unwrap();
+            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let file = format!("{}.spv", ep.name);
+            external_check(
+                &["spirv-val", "--target-env", "vulkan1.1"],
+                &file,
+                &bytes,
+                &format!("{name}:{}", ep.name),
+            );
+        }
+    }
+}
+
+#[test]
+fn glslang_accepts_every_entry_point_as_glsl_es() {
+    if !tool("glslangValidator") {
+        return;
+    }
+    for (name, module, info) in modules() {
+        for ep in &module.entry_points {
+            let text = glsl_es310_text(&module, &info, &ep.name).unwrap();
+            let file = format!("{}.comp", ep.name);
+            external_check(
+                &["glslangValidator"],
+                &file,
+                text.as_bytes(),
+                &format!("{name}:{}", ep.name),
+            );
+        }
     }
 }

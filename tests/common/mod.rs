@@ -75,16 +75,25 @@ impl Rng {
 /// skipped cannot pass as correct.
 pub(crate) const POISON: f32 = f32::NAN;
 
-/// Largest scaled error `|got - want| / (atol + rtol·|want|)`, with the index where it occurs.
+/// Largest scaled error `|got - want| / (atol + rtol·(|want| + path))`, with the index where
+/// it occurs. `path` is each element's accumulated magnitude of change (empty for none): over
+/// many steps float32 rounding grows with what was added up, not with the final value alone.
 /// NaN anywhere counts as infinitely wrong.
-pub(crate) fn worst(got: &[f32], want: &[f64], atol: f64, rtol: f64) -> (f64, usize) {
+pub(crate) fn worst_along(
+    got: &[f32],
+    want: &[f64],
+    path: &[f64],
+    atol: f64,
+    rtol: f64,
+) -> (f64, usize) {
     assert_eq!(got.len(), want.len(), "lengths differ");
     let mut worst = (0.0, 0);
     for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let scale = w.abs() + path.get(i).copied().unwrap_or(0.0);
         let e = if g.is_nan() || w.is_nan() {
             f64::INFINITY
         } else {
-            (f64::from(g) - w).abs() / (atol + rtol * w.abs())
+            (f64::from(g) - w).abs() / (atol + rtol * scale)
         };
         if e > worst.0 || (e.is_infinite() && worst.0.is_finite()) {
             worst = (e, i);
@@ -93,10 +102,28 @@ pub(crate) fn worst(got: &[f32], want: &[f64], atol: f64, rtol: f64) -> (f64, us
     worst
 }
 
+/// Largest scaled error `|got - want| / (atol + rtol·|want|)`, with its index.
+pub(crate) fn worst(got: &[f32], want: &[f64], atol: f64, rtol: f64) -> (f64, usize) {
+    worst_along(got, want, &[], atol, rtol)
+}
+
 /// Asserts every element is within `atol + rtol·|want|`, naming the first bad index.
 #[track_caller]
 pub(crate) fn assert_close(what: &str, got: &[f32], want: &[f64], atol: f64, rtol: f64) {
-    let (e, i) = worst(got, want, atol, rtol);
+    assert_close_along(what, got, want, &[], atol, rtol);
+}
+
+/// Asserts every element is within `atol + rtol·(|want| + path)` (see [`worst_along`]).
+#[track_caller]
+pub(crate) fn assert_close_along(
+    what: &str,
+    got: &[f32],
+    want: &[f64],
+    path: &[f64],
+    atol: f64,
+    rtol: f64,
+) {
+    let (e, i) = worst_along(got, want, path, atol, rtol);
     assert!(
         e <= 1.0,
         "{what}: element {i} is {} but should be {} (scaled error {e:.3})",
