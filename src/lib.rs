@@ -1,5 +1,6 @@
 #![doc = include_str!("../README.md")]
 
+pub mod bench;
 pub mod error;
 mod gpu;
 pub mod lr_finder;
@@ -10,6 +11,7 @@ pub mod reference;
 pub mod replay;
 pub mod schedule;
 mod state;
+pub mod validate;
 
 pub use error::{Error, Result};
 pub use gpu::Context;

@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wgpu_optim::{Context, Error, OptimizerConfig, replay, schedule};
+use wgpu_optim::{Context, Error, OptimizerConfig, bench, replay, schedule, validate};
 
 #[derive(Parser)]
 #[command(version, about = "Fused GPU optimizer kernels with PyTorch semantics")]
@@ -58,6 +58,58 @@ enum Command {
         #[arg(long)]
         plot: Option<PathBuf>,
     },
+    /// List every adapter wgpu finds, with the limits that matter to the kernels and whether
+    /// f16 is supported.
+    Info {
+        /// Only adapters of this backend (default: every backend).
+        #[arg(long)]
+        backend: Option<Backend>,
+    },
+    /// Run every optimizer and option combination on an adapter against the f64 CPU reference,
+    /// and time each. Exits non-zero when any fails.
+    Validate {
+        /// The wgpu backend to run on (default: the best adapter of any backend).
+        #[arg(long)]
+        backend: Option<Backend>,
+        /// Use the best adapter whose name contains this (case-insensitive).
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Elements over all tensors (underscores allowed: 1_000_003).
+        #[arg(long, default_value_t = validate::DEFAULT_SIZE, value_parser = parse_count)]
+        size: u64,
+        /// Optimizer steps, for the check and again for the timing.
+        #[arg(long, default_value_t = validate::DEFAULT_STEPS as u64, value_parser = parse_count)]
+        steps: u64,
+        /// Seed of the random data (default: from the clock; the table prints it).
+        #[arg(long)]
+        seed: Option<u64>,
+        /// Print the report as JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Measure every kernel's GB/s against a buffer copy of the same bytes, on the same adapter
+    /// in the same run.
+    Bench {
+        /// The wgpu backend to run on (default: the best adapter of any backend).
+        #[arg(long)]
+        backend: Option<Backend>,
+        /// Use the best adapter whose name contains this (case-insensitive).
+        #[arg(long)]
+        adapter: Option<String>,
+        /// Elements per kernel (underscores allowed).
+        #[arg(long, default_value_t = 1 << 22, value_parser = parse_count)]
+        size: u64,
+        /// Timed steps per kernel (the median is reported).
+        #[arg(long, default_value_t = 20, value_parser = parse_count)]
+        iterations: u64,
+    },
+}
+
+/// Parses a count such as `1000003` or `1_000_003`.
+fn parse_count(text: &str) -> Result<u64, String> {
+    text.replace('_', "")
+        .parse()
+        .map_err(|e| format!("{text:?} is not a count: {e}"))
 }
 
 /// Output format of `schedule`.
@@ -92,7 +144,7 @@ fn parse_json(flag: &str, text: &str) -> Result<serde_json::Value, Error> {
     serde_json::from_str(text).map_err(|e| Error::Input(format!("{flag}: {e}")))
 }
 
-fn run(cli: Cli) -> Result<(), Error> {
+fn run(cli: Cli) -> Result<ExitCode, Error> {
     match cli.command {
         Command::Replay {
             optimizer,
@@ -116,7 +168,8 @@ fn run(cli: Cli) -> Result<(), Error> {
             let grads = replay::read_safetensors(&grads)?;
             let (ctx, _) = Context::request(Backend::backends(backend), None)?;
             let result = replay::replay(&ctx, &config, schedule.as_ref(), &params, &grads)?;
-            replay::write_safetensors(&out, &result)
+            replay::write_safetensors(&out, &result)?;
+            Ok(ExitCode::SUCCESS)
         }
         Command::Schedule {
             spec,
@@ -137,7 +190,82 @@ fn run(cli: Cli) -> Result<(), Error> {
                 }
             };
             println!("{}", text.trim_end());
-            Ok(())
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench {
+            backend,
+            adapter,
+            size,
+            iterations,
+        } => {
+            let (ctx, info, _) =
+                bench::bench_context(Backend::backends(backend), adapter.as_deref())?;
+            let rows =
+                bench::measure_rows(&ctx, &bench::kernel_cases(), &[size], iterations as usize)?;
+            let timer = rows
+                .first()
+                .map(|r| r.kernel.timer.to_string())
+                .unwrap_or_default();
+            println!(
+                "wgpu-optim bench on {} ({:?}); timer: {timer}",
+                info.name, info.backend
+            );
+            println!("{}", bench::table(&rows).trim_end());
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Info { backend } => {
+            let adapters = validate::adapters(Backend::backends(backend))?;
+            let text: Vec<String> = adapters
+                .iter()
+                .enumerate()
+                .map(|(i, a)| format!("adapter {i}: {}", a.describe()))
+                .collect();
+            println!("{}", text.join("\n\n"));
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Validate {
+            backend,
+            adapter,
+            size,
+            steps,
+            seed,
+            json,
+        } => {
+            let steps = usize::try_from(steps)
+                .map_err(|_| Error::Input(format!("--steps {steps} is too large")))?;
+            let options =
+                validate::Options::new(size, steps, seed.unwrap_or_else(validate::Rng::clock_seed));
+            let (ctx, _) = Context::request(Backend::backends(backend), adapter.as_deref())?;
+            // Progress on a terminal only: the run takes a while on CPU adapters.
+            let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
+            let report = validate::run_with_progress(&ctx, &options, |done, total, row| {
+                if tty {
+                    eprint!(
+                        "\r\x1b[K[{done}/{total}] {} {} {}",
+                        row.kernel,
+                        row.options,
+                        row.status.label()
+                    );
+                    if done == total {
+                        eprintln!();
+                    }
+                }
+            })?;
+            if json {
+                println!("{}", report.to_json()?);
+            } else {
+                print!("{}", report.table());
+            }
+            if report.passed() {
+                Ok(ExitCode::SUCCESS)
+            } else {
+                let (_, failed, _) = report.counts();
+                eprintln!(
+                    "error: {failed} of {} rows failed validation",
+                    report.rows.len()
+                );
+                Ok(ExitCode::FAILURE)
+            }
         }
     }
 }
@@ -158,7 +286,7 @@ fn main() -> ExitCode {
         }
     };
     match run(cli) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => code,
         Err(e) => {
             let line = e
                 .to_string()

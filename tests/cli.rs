@@ -19,14 +19,15 @@ fn scratch(test: &str) -> PathBuf {
     dir
 }
 
-/// Runs the binary. The backend follows `WGPU_BACKEND` when it names one the CLI knows.
-/// `XDG_RUNTIME_DIR` is set because Mesa's Vulkan device-select layer complains on stderr
-/// without it.
+/// Runs the binary. For `replay` and `validate`, the backend follows `WGPU_BACKEND` when it
+/// names one the CLI knows and the arguments name none. `XDG_RUNTIME_DIR` is set because
+/// Mesa's Vulkan device-select layer complains on stderr without it.
 fn wgpu_optim(args: &[&str], dir: &Path) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"));
     cmd.args(args).env("XDG_RUNTIME_DIR", dir);
     if let Ok(b) = std::env::var("WGPU_BACKEND")
-        && args.first() == Some(&"replay")
+        && matches!(args.first(), Some(&"replay" | &"validate"))
+        && !args.contains(&"--backend")
         && ["vulkan", "gl", "metal", "dx12"].contains(&b.as_str())
     {
         cmd.args(["--backend", &b]);
@@ -430,5 +431,134 @@ fn replay_with_a_schedule_matches_pytorch() {
             o,
         ];
         expect_error(&dir, &args, needle);
+    }
+}
+
+#[test]
+fn validate_prints_a_passing_row_per_kernel() {
+    let dir = scratch("validate");
+    let args = ["validate", "--size", "5000", "--steps", "3"];
+    let run = wgpu_optim(&args, &dir);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let configs = wgpu_optim::validate::all_configs();
+    let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("  f32  ")).collect();
+    assert_eq!(rows.len(), configs.len(), "{stdout}");
+    assert!(rows.iter().all(|r| r.contains(" pass ")), "{stdout}");
+    for kernel in wgpu_optim::validate::kernel_names() {
+        assert!(
+            rows.iter()
+                .any(|r| r.split_whitespace().nth(1) == Some(kernel)),
+            "no row for {kernel}: {stdout}"
+        );
+    }
+    for needle in [
+        "storage",
+        "f32",
+        "--seed ",
+        "~GB/s",
+        "copy_buffer_to_buffer",
+        "56 passed, 0 failed",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing: {stdout}");
+    }
+
+    // --json: the same rows, with the adapter.
+    let mut json_args = args.to_vec();
+    json_args.push("--json");
+    let run = wgpu_optim(&json_args, &dir);
+    assert!(run.status.success());
+    let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
+    assert_eq!(report["rows"].as_array().unwrap().len(), configs.len());
+    assert!(report["adapter"]["name"].is_string());
+    assert_eq!(report["storage"], serde_json::json!(["f32"]));
+    assert!(report["seed"].is_u64());
+}
+
+#[test]
+fn validate_errors_are_one_line() {
+    let dir = scratch("validate-errors");
+    expect_error(&dir, &["validate", "--backend", "bogus"], "bogus");
+    expect_error(
+        &dir,
+        &["validate", "--adapter", "no-such-adapter-xyz"],
+        "no GPU adapter found matching \"no-such-adapter-xyz\"",
+    );
+    expect_error(
+        &dir,
+        &["validate", "--size", "0"],
+        "--size must be at least 1",
+    );
+    expect_error(
+        &dir,
+        &["validate", "--steps", "0"],
+        "--steps must be at least 1",
+    );
+    expect_error(&dir, &["validate", "--size", "ten"], "not a count");
+    expect_error(
+        &dir,
+        &["validate", "--size", "99_000_000_000_000"],
+        "max_buffer_size",
+    );
+}
+
+#[test]
+fn info_lists_adapters_limits_and_f16() {
+    let dir = scratch("info");
+    let run = wgpu_optim(&["info"], &dir);
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let adapters = wgpu_optim::validate::adapters(wgpu::Backends::all()).unwrap();
+    for a in &adapters {
+        assert!(stdout.contains(&a.adapter.name), "{stdout}");
+    }
+    for needle in [
+        "backend: ",
+        "driver: ",
+        "max_buffer_size: ",
+        "max_storage_buffer_binding_size: ",
+        "max_compute_workgroups_per_dimension: ",
+        "max_storage_buffers_per_shader_stage: ",
+        "f16 (SHADER_F16): ",
+    ] {
+        assert!(stdout.contains(needle), "{needle:?} missing: {stdout}");
+    }
+    // No adapter: one line, non-zero exit. Linux has no DX12.
+    if cfg!(target_os = "linux") {
+        expect_error(&dir, &["info", "--backend", "dx12"], "no GPU adapter found");
+    }
+}
+
+#[test]
+fn bench_prints_a_row_per_kernel_with_its_ratio_to_copy() {
+    let dir = scratch("bench");
+    let run = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+        .args(["bench", "--size", "5000", "--iterations", "2"])
+        .env("XDG_RUNTIME_DIR", &dir)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&run.stdout);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    for case in wgpu_optim::bench::kernel_cases() {
+        let row = stdout
+            .lines()
+            .find(|l| l.split_whitespace().next() == Some(case.name))
+            .unwrap_or_else(|| panic!("no row for {}: {stdout}", case.name));
+        assert!(
+            row.contains(" 5000 ") && row.contains("GB/s") && row.ends_with("% of copy"),
+            "{row}"
+        );
     }
 }

@@ -2,122 +2,13 @@
 
 mod common;
 
-use common::{POISON, Rng, assert_close, assert_close_along, ctx, write};
+use common::{POISON, Rng, assert_as_close_as_f32, assert_close, ctx, write};
 use std::collections::HashMap;
+use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, BufferRange, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD,
-    Tensor, TensorState, reference,
+    Adam, AdamW, BufferRange, Optimizer, OptimizerConfig, ParamGroup, Tensor, TensorState,
+    reference,
 };
-
-/// Every option combination of every optimizer, with non-default values.
-fn all_configs() -> Vec<OptimizerConfig> {
-    let mut out = Vec::new();
-    for maximize in [false, true] {
-        for wd in [0.0, 0.05] {
-            out.push(
-                SGD {
-                    lr: 0.05,
-                    weight_decay: wd,
-                    maximize,
-                    ..Default::default()
-                }
-                .into(),
-            );
-            out.push(
-                SGD {
-                    lr: 0.05,
-                    momentum: 0.9,
-                    weight_decay: wd,
-                    maximize,
-                    ..Default::default()
-                }
-                .into(),
-            );
-            out.push(
-                SGD {
-                    lr: 0.05,
-                    momentum: 0.8,
-                    dampening: 0.3,
-                    weight_decay: wd,
-                    maximize,
-                    ..Default::default()
-                }
-                .into(),
-            );
-            out.push(
-                SGD {
-                    lr: 0.05,
-                    momentum: 0.9,
-                    nesterov: true,
-                    weight_decay: wd,
-                    maximize,
-                    ..Default::default()
-                }
-                .into(),
-            );
-            for amsgrad in [false, true] {
-                out.push(
-                    Adam {
-                        lr: 0.01,
-                        betas: (0.8, 0.99),
-                        weight_decay: wd,
-                        amsgrad,
-                        maximize,
-                        ..Default::default()
-                    }
-                    .into(),
-                );
-                out.push(
-                    AdamW {
-                        lr: 0.01,
-                        weight_decay: wd * 2.0,
-                        amsgrad,
-                        maximize,
-                        ..Default::default()
-                    }
-                    .into(),
-                );
-            }
-            for centered in [false, true] {
-                for momentum in [0.0, 0.9] {
-                    out.push(
-                        RMSprop {
-                            lr: 0.01,
-                            alpha: 0.9,
-                            weight_decay: wd,
-                            momentum,
-                            centered,
-                            maximize,
-                            ..Default::default()
-                        }
-                        .into(),
-                    );
-                }
-            }
-            out.push(
-                Adagrad {
-                    lr: 0.1,
-                    lr_decay: 0.01,
-                    weight_decay: wd,
-                    initial_accumulator_value: 0.1,
-                    maximize,
-                    ..Default::default()
-                }
-                .into(),
-            );
-            out.push(
-                Adagrad {
-                    lr: 0.1,
-                    weight_decay: wd,
-                    maximize,
-                    ..Default::default()
-                }
-                .into(),
-            );
-        }
-    }
-    out
-}
 
 /// Runs `steps` steps of `config` on tensors of the given sizes (packed into one parameter
 /// buffer and one gradient buffer at unaligned offsets) with fresh random gradients, and checks
@@ -160,6 +51,25 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
     let mut states = vec![TensorState::<f64>::default(); sizes.len()];
     // Per tensor, per buffer ("param" and each state): the sum of |change| over the steps.
     let mut paths: Vec<HashMap<String, Vec<f64>>> = vec![HashMap::new(); sizes.len()];
+    // The same steps in float32 on the CPU: how far f32 arithmetic itself strays.
+    let mut params32: Vec<Vec<f32>> = params64
+        .iter()
+        .map(|p| p.iter().map(|&v| v as f32).collect())
+        .collect();
+    let init = |name: &str| match config {
+        OptimizerConfig::Adagrad(c) if name == "sum" => c.initial_accumulator_value as f32,
+        _ => 0.0,
+    };
+    let mut states32: Vec<Vec<Vec<f32>>> = sizes
+        .iter()
+        .map(|&n| {
+            config
+                .state_names()
+                .iter()
+                .map(|name| vec![init(name); n as usize])
+                .collect()
+        })
+        .collect();
     for _ in 0..steps {
         let mut g = vec![POISON; total];
         for (k, (&o, &n)) in offsets.iter().zip(sizes).enumerate() {
@@ -168,7 +78,16 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
             let g64: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
             let mut before = states[k].buffers.clone();
             before.insert("param".into(), params64[k].clone());
+            let first = states[k].step == 0;
             reference::step(&config, &mut states[k], &mut params64[k], &g64);
+            wgpu_optim::validate::float32_step(
+                &config,
+                states[k].step,
+                first,
+                &mut params32[k],
+                &values,
+                &mut states32[k],
+            );
             for (name, old) in before {
                 let new = if name == "param" {
                     &params64[k]
@@ -190,11 +109,12 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
     let what = format!("{config:?}");
     for (k, (&o, &n)) in offsets.iter().zip(sizes).enumerate() {
         let range = o as usize..(o + n) as usize;
-        assert_close_along(
+        assert_as_close_as_f32(
             &format!("{what} param of size {n}"),
             &got[range],
             &params64[k],
             &paths[k]["param"],
+            &params32[k],
             2e-5,
             2e-5,
         );
@@ -206,11 +126,13 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
         );
         for (name, want) in &states[k].buffers {
             let path = paths[k].get(name).map_or(&[][..], Vec::as_slice);
-            assert_close_along(
+            let index = config.state_names().iter().position(|s| s == name).unwrap();
+            assert_as_close_as_f32(
                 &format!("{what} {name} of size {n}"),
                 &state.buffers[name],
                 want,
                 path,
+                &states32[k][index],
                 2e-5,
                 2e-5,
             );

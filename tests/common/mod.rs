@@ -138,3 +138,31 @@ pub(crate) fn write(buffer: &wgpu::Buffer, element_offset: u64, data: &[f32]) {
         .queue()
         .write_buffer(buffer, element_offset * 4, bytemuck::cast_slice(data));
 }
+
+/// Asserts every element is within `max(atol + rtol·(|want| + path), 2·|float32 - want|)`:
+/// the tolerance, or twice the error float32 arithmetic itself makes at that element (`float32`
+/// is the same steps evaluated in f32 on the CPU, `wgpu_optim::validate::float32_step`). Where
+/// the data is ill-conditioned, e.g. a gradient and its weight-decay term that nearly cancel,
+/// no float32 kernel can do better than that.
+#[track_caller]
+pub(crate) fn assert_as_close_as_f32(
+    what: &str,
+    got: &[f32],
+    want: &[f64],
+    path: &[f64],
+    float32: &[f32],
+    atol: f64,
+    rtol: f64,
+) {
+    assert_eq!(got.len(), want.len(), "lengths differ");
+    for (i, (&g, &w)) in got.iter().zip(want).enumerate() {
+        let tol = atol + rtol * (w.abs() + path.get(i).copied().unwrap_or(0.0));
+        let allowed = wgpu_optim::validate::allowed(tol, (f64::from(float32[i]) - w).abs());
+        let err = (f64::from(g) - w).abs();
+        assert!(
+            err <= allowed,
+            "{what}: element {i} is {g} but should be {w} (error {err:.3e}, allowed {allowed:.3e}, float32 on the CPU gives {})",
+            float32[i]
+        );
+    }
+}

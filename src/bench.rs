@@ -1,0 +1,997 @@
+//! Memory-bandwidth benchmarks of the optimizer kernels.
+//!
+//! An optimizer step reads and writes every element of the parameters, gradients and state a few
+//! times and does little arithmetic, so its speed is set by memory bandwidth. This module times
+//! each kernel and reports its bandwidth as a ratio to a plain buffer copy
+//! (`copy_buffer_to_buffer`) that moves the same number of bytes on the same device in the same
+//! run. A kernel near 100% of the copy is as fast as that memory allows.
+//!
+//! Bytes are counted as reads plus writes, per element of f32: Adam reads the parameter, the
+//! gradient, `exp_avg` and `exp_avg_sq` (16 bytes) and writes the parameter and both averages
+//! (12 bytes), 28 in all. A copy of `n` bytes reads `n` and writes `n`, so it moves `2n`; the
+//! copy that matches a kernel moving `B` bytes copies `B / 2` ([`copy_size_for`]).
+//!
+//! Times come from GPU timestamp queries when the device was created with
+//! [`wgpu::Features::TIMESTAMP_QUERY`] ([`bench_context`] asks for it when the adapter has it),
+//! else from the wall clock around a submit and a blocking poll ([`Timer`]).
+//!
+//! ```no_run
+//! use wgpu_optim::bench;
+//! # fn main() -> Result<(), wgpu_optim::Error> {
+//! let (ctx, info, _) = bench::bench_context(wgpu::Backends::all(), None)?;
+//! let rows = bench::measure_rows(&ctx, &bench::kernel_cases(), &[1 << 20], 20)?;
+//! println!("{} ({})", info.name, bench::Timer::of(&ctx));
+//! print!("{}", bench::table(&rows));
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::optim::{Adagrad, Adam, AdamW, OptimizerConfig, RMSprop, SGD};
+use crate::optimizer::{BufferRange, Optimizer, Tensor};
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+/// One optimizer kernel to benchmark: a configuration that selects it, and the bytes a step
+/// moves per element.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct KernelCase {
+    /// A short name: `"sgd"`, `"sgd-momentum"`, `"adam"`, `"adamw"`, `"adam-amsgrad"`,
+    /// `"rmsprop"`, `"rmsprop-centered"`, `"rmsprop-momentum"`, `"rmsprop-centered-momentum"`
+    /// or `"adagrad"`.
+    pub name: &'static str,
+    /// The hyperparameters (PyTorch's defaults, with what the name asks for turned on).
+    pub config: OptimizerConfig,
+    /// Bytes read plus bytes written per element in one step.
+    pub bytes_per_element: u64,
+}
+
+/// Bytes read plus bytes written per element by one step of `config`'s kernel: the parameter is
+/// read and written, the gradient read, and each state buffer read and written, 4 bytes each.
+pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
+    12 + 8 * config.state_names().len() as u64
+}
+
+/// Every kernel, once each (AdamW shares Adam's memory traffic but not its shader path).
+pub fn kernel_cases() -> Vec<KernelCase> {
+    let rms = RMSprop::default();
+    let configs: [(&'static str, OptimizerConfig); 10] = [
+        ("sgd", SGD::default().into()),
+        (
+            "sgd-momentum",
+            SGD {
+                momentum: 0.9,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ("adam", Adam::default().into()),
+        ("adamw", AdamW::default().into()),
+        (
+            "adam-amsgrad",
+            Adam {
+                amsgrad: true,
+                ..Default::default()
+            }
+            .into(),
+        ),
+        ("rmsprop", rms.into()),
+        (
+            "rmsprop-centered",
+            RMSprop {
+                centered: true,
+                ..rms
+            }
+            .into(),
+        ),
+        (
+            "rmsprop-momentum",
+            RMSprop {
+                momentum: 0.9,
+                ..rms
+            }
+            .into(),
+        ),
+        (
+            "rmsprop-centered-momentum",
+            RMSprop {
+                centered: true,
+                momentum: 0.9,
+                ..rms
+            }
+            .into(),
+        ),
+        ("adagrad", Adagrad::default().into()),
+    ];
+    configs
+        .into_iter()
+        .map(|(name, config)| KernelCase {
+            name,
+            config,
+            bytes_per_element: bytes_per_element(&config),
+        })
+        .collect()
+}
+
+/// The kernel case named `name`, if any.
+pub fn kernel_case(name: &str) -> Option<KernelCase> {
+    kernel_cases().into_iter().find(|c| c.name == name)
+}
+
+/// GPT-2 small's parameters: `(name, shape)` for each of its 148 tensors, in the order of its
+/// `state_dict` (Hugging Face names, without the `transformer.` prefix).
+pub fn gpt2_small_shapes() -> Vec<(String, Vec<u64>)> {
+    let (d, vocab, ctx) = (768, 50257, 1024);
+    let mut shapes = vec![
+        ("wte.weight".to_string(), vec![vocab, d]),
+        ("wpe.weight".to_string(), vec![ctx, d]),
+    ];
+    for layer in 0..12 {
+        let layer_shapes: [(&str, Vec<u64>); 12] = [
+            ("ln_1.weight", vec![d]),
+            ("ln_1.bias", vec![d]),
+            ("attn.c_attn.weight", vec![d, 3 * d]),
+            ("attn.c_attn.bias", vec![3 * d]),
+            ("attn.c_proj.weight", vec![d, d]),
+            ("attn.c_proj.bias", vec![d]),
+            ("ln_2.weight", vec![d]),
+            ("ln_2.bias", vec![d]),
+            ("mlp.c_fc.weight", vec![d, 4 * d]),
+            ("mlp.c_fc.bias", vec![4 * d]),
+            ("mlp.c_proj.weight", vec![4 * d, d]),
+            ("mlp.c_proj.bias", vec![d]),
+        ];
+        shapes.extend(
+            layer_shapes
+                .into_iter()
+                .map(|(name, shape)| (format!("h.{layer}.{name}"), shape)),
+        );
+    }
+    shapes.push(("ln_f.weight".to_string(), vec![d]));
+    shapes.push(("ln_f.bias".to_string(), vec![d]));
+    shapes
+}
+
+/// GPT-2 small's parameter count.
+pub const GPT2_SMALL_PARAMETERS: u64 = 124_439_808;
+
+/// The element counts of GPT-2 small's 148 tensors, each divided by `scale_divisor` (rounded up,
+/// at least 1). A divisor of 0 is an error.
+pub fn gpt2_small_lengths(scale_divisor: u64) -> Result<Vec<u64>> {
+    if scale_divisor == 0 {
+        return Err(Error::Input("the scale divisor must be at least 1".into()));
+    }
+    Ok(gpt2_small_shapes()
+        .iter()
+        .map(|(_, shape)| shape.iter().product::<u64>().div_ceil(scale_divisor).max(1))
+        .collect())
+}
+
+/// The bytes [`measure_copy`] should copy to move `traffic` bytes (read plus written): half,
+/// rounded up to the 4 bytes that buffer copies need.
+pub fn copy_size_for(traffic: u64) -> u64 {
+    traffic.div_ceil(2).div_ceil(4) * 4
+}
+
+/// How step times are taken.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Timer {
+    /// GPU timestamps written just before and just after the work, in the same command buffer
+    /// (by empty compute passes with `timestamp_writes`, which need only
+    /// [`wgpu::Features::TIMESTAMP_QUERY`]).
+    Timestamp,
+    /// The wall clock from just before the submit until a blocking poll returns. Includes the
+    /// submit and the driver's wake-up latency, so small workloads read slower than they run.
+    WallClock,
+}
+
+impl Timer {
+    /// The timer used on `ctx`: timestamps when its device has
+    /// [`wgpu::Features::TIMESTAMP_QUERY`], else the wall clock.
+    pub fn of(ctx: &Context) -> Self {
+        if ctx
+            .device()
+            .features()
+            .contains(wgpu::Features::TIMESTAMP_QUERY)
+        {
+            Self::Timestamp
+        } else {
+            Self::WallClock
+        }
+    }
+}
+
+impl std::fmt::Display for Timer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Timestamp => "GPU timestamp queries",
+            Self::WallClock => "wall clock around submit and wait",
+        })
+    }
+}
+
+/// The result of timing one workload.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Measurement {
+    /// Median seconds per step over the timed iterations.
+    pub seconds: f64,
+    /// Fastest step, in seconds.
+    pub min_seconds: f64,
+    /// Bytes one step reads plus writes.
+    pub bytes: u64,
+    /// Steps timed, after the warm-up.
+    pub iterations: usize,
+    /// How the times were taken.
+    pub timer: Timer,
+}
+
+impl Measurement {
+    /// From per-step times (at least one).
+    fn from_times(times: &[Duration], bytes: u64, timer: Timer) -> Result<Self> {
+        let seconds = median(times)
+            .ok_or_else(|| Error::Input("at least one timed iteration is needed".into()))?
+            .as_secs_f64();
+        let min_seconds = times
+            .iter()
+            .min()
+            .copied()
+            .unwrap_or_default()
+            .as_secs_f64();
+        Ok(Self {
+            seconds,
+            min_seconds,
+            bytes,
+            iterations: times.len(),
+            timer,
+        })
+    }
+
+    /// Bandwidth at the median time, in GB/s (10⁹ bytes per second); infinite when the time
+    /// read 0.
+    pub fn gb_per_s(&self) -> f64 {
+        self.bytes as f64 / self.seconds / 1e9
+    }
+}
+
+/// The median of `times`, or `None` when empty (the mean of the two middle values for an even
+/// count).
+pub fn median(times: &[Duration]) -> Option<Duration> {
+    let mut sorted = times.to_vec();
+    sorted.sort_unstable();
+    let n = sorted.len();
+    match n {
+        0 => None,
+        _ if n % 2 == 1 => Some(sorted[n / 2]),
+        _ => Some((sorted[n / 2 - 1] + sorted[n / 2]) / 2),
+    }
+}
+
+/// Finds an adapter as [`Context::request`] does and creates a device with the adapter's
+/// limits and, when the adapter has it, [`wgpu::Features::TIMESTAMP_QUERY`]. Returns the
+/// context, the adapter's description, and whether timestamps are on.
+pub fn bench_context(
+    backends: wgpu::Backends,
+    adapter: Option<&str>,
+) -> Result<(Context, wgpu::AdapterInfo, bool)> {
+    let wanted = adapter.map(str::to_lowercase);
+    let rank = |t: wgpu::DeviceType| match t {
+        wgpu::DeviceType::DiscreteGpu => 0,
+        wgpu::DeviceType::IntegratedGpu => 1,
+        wgpu::DeviceType::VirtualGpu => 2,
+        wgpu::DeviceType::Cpu => 3,
+        wgpu::DeviceType::Other => 4,
+    };
+    let chosen = [
+        backends & wgpu::Backends::PRIMARY,
+        backends - wgpu::Backends::PRIMARY,
+    ]
+    .into_iter()
+    .filter(|b| !b.is_empty())
+    .find_map(|b| {
+        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+            backends: b,
+            ..wgpu::InstanceDescriptor::new_without_display_handle()
+        });
+        pollster::block_on(instance.enumerate_adapters(b))
+            .into_iter()
+            .filter(|a| {
+                wanted
+                    .as_ref()
+                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
+            })
+            .min_by_key(|a| rank(a.get_info().device_type))
+    })
+    .ok_or_else(|| {
+        Error::NoAdapter(match adapter {
+            Some(name) => format!(" matching {name:?} for backends {backends:?}"),
+            None => format!(" for backends {backends:?}"),
+        })
+    })?;
+    let info = chosen.get_info();
+    let timestamps = chosen.features().contains(wgpu::Features::TIMESTAMP_QUERY);
+    let features = if timestamps {
+        wgpu::Features::TIMESTAMP_QUERY
+    } else {
+        wgpu::Features::empty()
+    };
+    let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
+        label: Some("wgpu-optim bench"),
+        required_features: features,
+        required_limits: chosen.limits(),
+        ..Default::default()
+    }))
+    .map_err(|e| Error::RequestDevice(e.to_string()))?;
+    Ok((Context::new(&device, &queue), info, timestamps))
+}
+
+/// Runs `f` inside out-of-memory and validation error scopes and reports what they caught.
+fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = f();
+    let v = pollster::block_on(validation.pop());
+    let o = pollster::block_on(oom.pop());
+    match o.or(v) {
+        Some(e) => Err(Error::Gpu(e.to_string())),
+        None => Ok(value),
+    }
+}
+
+fn wait(device: &wgpu::Device, index: Option<wgpu::SubmissionIndex>) -> Result<()> {
+    device
+        .poll(wgpu::PollType::Wait {
+            submission_index: index,
+            timeout: None,
+        })
+        .map(|_| ())
+        .map_err(|e| Error::Gpu(e.to_string()))
+}
+
+/// A storage buffer of `elements` f32 values, all `value`, checked against `max_buffer_size`.
+fn filled_buffer(ctx: &Context, label: &str, elements: u64, value: f32) -> Result<wgpu::Buffer> {
+    let bytes = elements
+        .checked_mul(4)
+        .ok_or_else(|| Error::Input(format!("{elements} elements overflow a buffer size")))?
+        .max(4);
+    let limit = ctx.limits().max_buffer_size;
+    if bytes > limit {
+        return Err(Error::TooLarge {
+            what: format!("buffer {label:?}"),
+            bytes,
+            limit,
+            limit_name: "max_buffer_size",
+        });
+    }
+    let buffer = scoped(ctx.device(), || {
+        ctx.device().create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: true,
+        })
+    })?;
+    {
+        let mut view = buffer
+            .get_mapped_range_mut(..)
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let pattern: Vec<u8> = std::iter::repeat_n(value.to_ne_bytes(), 1 << 18)
+            .flatten()
+            .collect();
+        let len = view.len();
+        let mut at = 0;
+        while at < len {
+            let n = (len - at).min(pattern.len());
+            view.slice(at..at + n).copy_from_slice(&pattern[..n]);
+            at += n;
+        }
+    }
+    buffer.unmap();
+    Ok(buffer)
+}
+
+/// Timestamp queries: a query set for a chunk of iterations and the buffers to read it back.
+#[derive(Debug)]
+struct Timestamps {
+    set: wgpu::QuerySet,
+    resolve: wgpu::Buffer,
+    readback: wgpu::Buffer,
+    /// Iterations per chunk: half the queries of the set.
+    chunk: u32,
+    /// Nanoseconds per tick.
+    period: f64,
+}
+
+impl Timestamps {
+    fn new(ctx: &Context) -> Result<Self> {
+        let chunk = 1024u32;
+        let bytes = u64::from(2 * chunk) * 8;
+        let device = ctx.device();
+        let (set, resolve, readback) = scoped(device, || {
+            let set = device.create_query_set(&wgpu::QuerySetDescriptor {
+                label: Some("wgpu-optim bench timestamps"),
+                ty: wgpu::QueryType::Timestamp,
+                count: 2 * chunk,
+            });
+            let resolve = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim bench timestamp resolve"),
+                size: bytes,
+                usage: wgpu::BufferUsages::QUERY_RESOLVE | wgpu::BufferUsages::COPY_SRC,
+                mapped_at_creation: false,
+            });
+            let readback = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim bench timestamp readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            (set, resolve, readback)
+        })?;
+        Ok(Self {
+            set,
+            resolve,
+            readback,
+            chunk,
+            period: f64::from(ctx.queue().get_timestamp_period()),
+        })
+    }
+
+    /// An empty compute pass that writes one timestamp, at its end when `end` else its start.
+    fn write(&self, encoder: &mut wgpu::CommandEncoder, index: u32, end: bool) {
+        let (begin, finish) = if end {
+            (None, Some(index))
+        } else {
+            (Some(index), None)
+        };
+        encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgpu-optim bench timestamp"),
+            timestamp_writes: Some(wgpu::ComputePassTimestampWrites {
+                query_set: &self.set,
+                beginning_of_pass_write_index: begin,
+                end_of_pass_write_index: finish,
+            }),
+        });
+    }
+
+    /// Resolves the first `2 * n` queries and reads them back as `n` durations.
+    fn read(&self, ctx: &Context, n: u32) -> Result<Vec<Duration>> {
+        let bytes = u64::from(2 * n) * 8;
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        encoder.resolve_query_set(&self.set, 0..2 * n, &self.resolve, 0);
+        encoder.copy_buffer_to_buffer(&self.resolve, 0, &self.readback, 0, bytes);
+        let index = ctx.queue().submit([encoder.finish()]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.readback
+            .slice(..bytes)
+            .map_async(wgpu::MapMode::Read, move |r| {
+                let _ = tx.send(r);
+            });
+        wait(ctx.device(), Some(index))?;
+        rx.recv()
+            .map_err(|e| Error::Gpu(e.to_string()))?
+            .map_err(|e| Error::Gpu(e.to_string()))?;
+        let ticks: Vec<u64> = {
+            let data = self
+                .readback
+                .get_mapped_range(..bytes)
+                .map_err(|e| Error::Gpu(e.to_string()))?;
+            bytemuck::pod_collect_to_vec(&data[..])
+        };
+        self.readback.unmap();
+        Ok(ticks
+            .chunks_exact(2)
+            .map(|t| Duration::from_nanos((t[1].saturating_sub(t[0]) as f64 * self.period) as u64))
+            .collect())
+    }
+}
+
+/// What a workload records each iteration.
+enum Work {
+    /// An optimizer step over buffers it owns.
+    Step {
+        optimizer: Box<Optimizer>,
+        _buffers: [wgpu::Buffer; 2],
+    },
+    /// A buffer copy of `bytes` bytes.
+    Copy {
+        src: wgpu::Buffer,
+        dst: wgpu::Buffer,
+        bytes: u64,
+    },
+}
+
+/// A workload ready to time: buffers allocated and, for optimizer steps, the kernel compiled.
+///
+/// Each iteration records the work into an encoder of its own and submits it. The criterion
+/// bench calls [`time`](Self::time) with its own iteration counts; the `measure_*` functions
+/// add a warm-up and take the median.
+pub struct Workload {
+    ctx: Context,
+    work: Work,
+    bytes: u64,
+    timestamps: Option<Timestamps>,
+}
+
+impl std::fmt::Debug for Workload {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Workload")
+            .field("bytes", &self.bytes)
+            .field("timer", &self.timer())
+            .finish()
+    }
+}
+
+impl Workload {
+    fn with_work(ctx: &Context, work: Work, bytes: u64) -> Result<Self> {
+        let timestamps = match Timer::of(ctx) {
+            Timer::Timestamp => Some(Timestamps::new(ctx)?),
+            Timer::WallClock => None,
+        };
+        Ok(Self {
+            ctx: ctx.clone(),
+            work,
+            bytes,
+            timestamps,
+        })
+    }
+
+    /// One optimizer step of `case` over a single tensor of `elements` elements.
+    pub fn kernel(ctx: &Context, case: &KernelCase, elements: u64) -> Result<Self> {
+        Self::tensors(ctx, case.config, &[elements])
+    }
+
+    /// One optimizer step of `config` over tensors of the given lengths, packed into one
+    /// parameter buffer and one gradient buffer at 256-byte aligned offsets (so one dispatch
+    /// covers up to 256 of them).
+    pub fn tensors(ctx: &Context, config: OptimizerConfig, lens: &[u64]) -> Result<Self> {
+        config.validate()?;
+        if lens.is_empty() || lens.contains(&0) {
+            return Err(Error::Input(
+                "every benchmarked tensor needs at least one element".into(),
+            ));
+        }
+        let align = 64; // elements: 256 bytes
+        let mut offsets = Vec::with_capacity(lens.len());
+        let mut end = 0u64;
+        for &len in lens {
+            let at = end
+                .checked_next_multiple_of(align)
+                .and_then(|at| Some((at, at.checked_add(len)?)));
+            let (at, next) = at.ok_or_else(|| Error::Input("tensor lengths overflow".into()))?;
+            offsets.push(at);
+            end = next;
+        }
+        let params = filled_buffer(ctx, "bench parameters", end, 0.5)?;
+        let grads = filled_buffer(ctx, "bench gradients", end, 0.01)?;
+        let tensors: Vec<Tensor<'_>> = offsets
+            .iter()
+            .zip(lens)
+            .map(|(&at, &len)| {
+                Tensor::new(
+                    BufferRange::new(&params, 4 * at, len),
+                    BufferRange::new(&grads, 4 * at, len),
+                )
+            })
+            .collect();
+        let optimizer = Optimizer::new(ctx, config, &tensors)?;
+        let total: u64 = lens.iter().sum();
+        let bytes = bytes_per_element(&config).saturating_mul(total);
+        Self::with_work(
+            ctx,
+            Work::Step {
+                optimizer: Box::new(optimizer),
+                _buffers: [params, grads],
+            },
+            bytes,
+        )
+    }
+
+    /// A `copy_buffer_to_buffer` of `bytes` bytes (rounded up to a multiple of 4) between two
+    /// buffers of that size. It moves twice that: every byte is read and written.
+    pub fn copy(ctx: &Context, bytes: u64) -> Result<Self> {
+        let bytes = bytes
+            .max(4)
+            .checked_next_multiple_of(4)
+            .ok_or_else(|| Error::Input(format!("a copy of {bytes} bytes is too large")))?;
+        let src = filled_buffer(ctx, "bench copy source", bytes / 4, 0.5)?;
+        let dst = filled_buffer(ctx, "bench copy destination", bytes / 4, 0.0)?;
+        Self::with_work(ctx, Work::Copy { src, dst, bytes }, bytes.saturating_mul(2))
+    }
+
+    /// Bytes one iteration reads plus writes.
+    pub fn bytes_per_step(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The timer [`time`](Self::time) uses.
+    pub fn timer(&self) -> Timer {
+        if self.timestamps.is_some() {
+            Timer::Timestamp
+        } else {
+            Timer::WallClock
+        }
+    }
+
+    /// Dispatches one step records (1 for a copy).
+    pub fn dispatches(&self) -> usize {
+        match &self.work {
+            Work::Step { optimizer, .. } => optimizer.dispatches_per_step(),
+            Work::Copy { .. } => 1,
+        }
+    }
+
+    fn record(&mut self, encoder: &mut wgpu::CommandEncoder) {
+        match &mut self.work {
+            Work::Step { optimizer, .. } => optimizer.step(encoder),
+            Work::Copy { src, dst, bytes } => {
+                encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+            }
+        }
+    }
+
+    fn encoder(&self) -> wgpu::CommandEncoder {
+        self.ctx
+            .device()
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("wgpu-optim bench"),
+            })
+    }
+
+    /// Runs `iterations` iterations, each submitted on its own, and returns the time of each:
+    /// the GPU time between timestamps written before and after the work, or, without
+    /// timestamps, the wall-clock time from the submit until a blocking poll returns.
+    pub fn time(&mut self, iterations: u64) -> Result<Vec<Duration>> {
+        let mut out = Vec::with_capacity(iterations.min(1 << 20) as usize);
+        if self.timestamps.is_none() {
+            let device = self.ctx.device().clone();
+            for _ in 0..iterations {
+                let mut encoder = self.encoder();
+                self.record(&mut encoder);
+                let start = Instant::now();
+                let index = self.ctx.queue().submit([encoder.finish()]);
+                wait(&device, Some(index))?;
+                out.push(start.elapsed());
+            }
+            return Ok(out);
+        }
+        let mut left = iterations;
+        while left > 0 {
+            let Some(ts) = self.timestamps.take() else {
+                break;
+            };
+            let n = left.min(u64::from(ts.chunk)) as u32;
+            let ran = scoped(&self.ctx.device().clone(), || {
+                for i in 0..n {
+                    let mut encoder = self.encoder();
+                    ts.write(&mut encoder, 2 * i, false);
+                    self.record(&mut encoder);
+                    ts.write(&mut encoder, 2 * i + 1, true);
+                    self.ctx.queue().submit([encoder.finish()]);
+                }
+            });
+            let times = ran.and_then(|()| ts.read(&self.ctx, n));
+            self.timestamps = Some(ts);
+            out.extend(times?);
+            left -= u64::from(n);
+        }
+        Ok(out)
+    }
+
+    /// Host time to record and submit each of `iterations` iterations, without waiting for the
+    /// GPU. Every `wait_every` iterations (at least 1), outside the timed part, it waits for the
+    /// GPU so that the queue stays short. On a CPU device (lavapipe) the queued GPU work runs on
+    /// the same cores and slows the host down; `wait_every = 1` times an idle device.
+    pub fn record_and_submit(&mut self, iterations: u64, wait_every: u64) -> Result<Vec<Duration>> {
+        let device = self.ctx.device().clone();
+        let wait_every = wait_every.max(1);
+        let mut out = Vec::with_capacity(iterations.min(1 << 20) as usize);
+        for i in 0..iterations {
+            if i > 0 && i % wait_every == 0 {
+                wait(&device, None)?;
+            }
+            let start = Instant::now();
+            let mut encoder = self.encoder();
+            self.record(&mut encoder);
+            self.ctx.queue().submit([encoder.finish()]);
+            out.push(start.elapsed());
+        }
+        wait(&device, None)?;
+        Ok(out)
+    }
+
+    /// Warms up (a few untimed iterations), then times `iterations` and takes the median.
+    pub fn measure(&mut self, iterations: usize) -> Result<Measurement> {
+        let iterations = iterations.max(1) as u64;
+        self.time(iterations.div_ceil(4).clamp(2, 10))?;
+        let times = self.time(iterations)?;
+        Measurement::from_times(&times, self.bytes, self.timer())
+    }
+}
+
+/// Times `iterations` steps of `case` over one tensor of `elements` elements, after a warm-up.
+pub fn measure_kernel(
+    ctx: &Context,
+    case: &KernelCase,
+    elements: u64,
+    iterations: usize,
+) -> Result<Measurement> {
+    Workload::kernel(ctx, case, elements)?.measure(iterations)
+}
+
+/// Times `iterations` copies of `bytes` bytes (rounded up to a multiple of 4), after a warm-up.
+/// The measurement counts `2 * bytes` (read plus written); use [`copy_size_for`] to match a
+/// kernel's traffic.
+pub fn measure_copy(ctx: &Context, bytes: u64, iterations: usize) -> Result<Measurement> {
+    Workload::copy(ctx, bytes)?.measure(iterations)
+}
+
+/// Adam over GPT-2 small's 148 tensors, each scaled down by `scale_divisor` and packed into one
+/// parameter and one gradient buffer, and Adam over one flat tensor of the same total length.
+/// Returns `(148 tensors, flat)`; both count the same bytes, so the ratio of their bandwidths is
+/// what splitting into tensors costs.
+pub fn measure_many_tensors(
+    ctx: &Context,
+    scale_divisor: u64,
+    iterations: usize,
+) -> Result<(Measurement, Measurement)> {
+    let lens = gpt2_small_lengths(scale_divisor)?;
+    let total: u64 = lens.iter().sum();
+    let adam: OptimizerConfig = Adam::default().into();
+    let many = Workload::tensors(ctx, adam, &lens)?.measure(iterations)?;
+    let flat = Workload::tensors(ctx, adam, &[total])?.measure(iterations)?;
+    Ok((many, flat))
+}
+
+/// The GPT-2 scale divisor [`host_overhead`] uses: small enough tensors that the GPU work is
+/// negligible.
+pub const HOST_OVERHEAD_DIVISOR: u64 = 4096;
+
+/// Iterations between the waits of [`host_overhead`], which happen outside the timed part.
+pub const HOST_OVERHEAD_WAIT_EVERY: u64 = 50;
+
+/// Median host time to record and submit one Adam step over GPT-2 small's 148 tensors (scaled
+/// down by [`HOST_OVERHEAD_DIVISOR`]), without waiting for the GPU, over `iterations`
+/// iterations after a warm-up. It waits for the GPU every [`HOST_OVERHEAD_WAIT_EVERY`]
+/// iterations, untimed (see [`Workload::record_and_submit`]).
+pub fn host_overhead(ctx: &Context, iterations: usize) -> Result<Duration> {
+    let lens = gpt2_small_lengths(HOST_OVERHEAD_DIVISOR)?;
+    let mut work = Workload::tensors(ctx, Adam::default().into(), &lens)?;
+    work.record_and_submit(20, HOST_OVERHEAD_WAIT_EVERY)?;
+    let times = work.record_and_submit(iterations.max(1) as u64, HOST_OVERHEAD_WAIT_EVERY)?;
+    median(&times).ok_or_else(|| Error::Input("at least one iteration is needed".into()))
+}
+
+/// One line of [`table`]: a kernel at one size and the copy of the same bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Row {
+    /// The kernel case's name.
+    pub name: String,
+    /// Elements per step.
+    pub elements: u64,
+    /// The kernel's step.
+    pub kernel: Measurement,
+    /// The copy moving the same bytes, in the same run.
+    pub copy: Measurement,
+}
+
+impl Row {
+    /// The kernel's bandwidth as a fraction of the copy's.
+    pub fn ratio(&self) -> f64 {
+        self.kernel.gb_per_s() / self.copy.gb_per_s()
+    }
+}
+
+/// Measures every case at every size, each against a copy moving the same bytes (each copy size
+/// is measured once and shared by the cases that need it).
+pub fn measure_rows(
+    ctx: &Context,
+    cases: &[KernelCase],
+    sizes: &[u64],
+    iterations: usize,
+) -> Result<Vec<Row>> {
+    let mut copies: HashMap<u64, Measurement> = HashMap::new();
+    let mut rows = Vec::with_capacity(cases.len() * sizes.len());
+    for &elements in sizes {
+        for case in cases {
+            let kernel = measure_kernel(ctx, case, elements, iterations)?;
+            let copy_bytes = copy_size_for(kernel.bytes);
+            let copy = match copies.get(&copy_bytes) {
+                Some(m) => *m,
+                None => {
+                    let m = measure_copy(ctx, copy_bytes, iterations)?;
+                    copies.insert(copy_bytes, m);
+                    m
+                }
+            };
+            rows.push(Row {
+                name: case.name.to_string(),
+                elements,
+                kernel,
+                copy,
+            });
+        }
+    }
+    Ok(rows)
+}
+
+/// One line per row, starting with the kernel's name:
+/// `adam  4194304  12.3 GB/s  91.2% of copy`.
+pub fn table(rows: &[Row]) -> String {
+    let name_width = rows.iter().map(|r| r.name.len()).max().unwrap_or(0);
+    let size_width = rows
+        .iter()
+        .map(|r| r.elements.to_string().len())
+        .max()
+        .unwrap_or(0);
+    let mut out = String::new();
+    for r in rows {
+        out.push_str(&format!(
+            "{:<name_width$}  {:>size_width$}  {:>7.1} GB/s  {:>5.1}% of copy\n",
+            r.name,
+            r.elements,
+            r.kernel.gb_per_s(),
+            100.0 * r.ratio(),
+        ));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gpt2_small_has_148_tensors_and_124m_parameters() {
+        let shapes = gpt2_small_shapes();
+        assert_eq!(shapes.len(), 148);
+        let total: u64 = shapes.iter().map(|(_, s)| s.iter().product::<u64>()).sum();
+        assert_eq!(total, GPT2_SMALL_PARAMETERS);
+        assert_eq!(gpt2_small_lengths(1).unwrap().iter().sum::<u64>(), total);
+        let names: std::collections::HashSet<_> = shapes.iter().map(|(n, _)| n).collect();
+        assert_eq!(names.len(), 148);
+        assert_eq!(shapes[0], ("wte.weight".to_string(), vec![50257, 768]));
+        assert_eq!(shapes[147].0, "ln_f.bias");
+    }
+
+    #[test]
+    fn scaled_lengths_round_up_to_at_least_one() {
+        let lens = gpt2_small_lengths(4096).unwrap();
+        assert_eq!(lens.len(), 148);
+        assert_eq!(lens[0], (50257u64 * 768).div_ceil(4096));
+        assert!(lens.iter().all(|&n| n >= 1));
+        assert_eq!(gpt2_small_lengths(1 << 40).unwrap(), vec![1; 148]);
+        assert!(gpt2_small_lengths(0).is_err());
+    }
+
+    #[test]
+    fn bytes_per_element_table() {
+        let want = [
+            ("sgd", 12),
+            ("sgd-momentum", 20),
+            ("adam", 28),
+            ("adamw", 28),
+            ("adam-amsgrad", 36),
+            ("rmsprop", 20),
+            ("rmsprop-centered", 28),
+            ("rmsprop-momentum", 28),
+            ("rmsprop-centered-momentum", 36),
+            ("adagrad", 20),
+        ];
+        let cases = kernel_cases();
+        assert_eq!(cases.len(), want.len());
+        for (case, (name, bytes)) in cases.iter().zip(want) {
+            assert_eq!((case.name, case.bytes_per_element), (name, bytes));
+            case.config.validate().unwrap();
+        }
+        assert_eq!(
+            kernel_case("adagrad").map(|c| c.bytes_per_element),
+            Some(20)
+        );
+        assert!(kernel_case("lion").is_none());
+    }
+
+    #[test]
+    fn copy_matches_kernel_traffic() {
+        assert_eq!(copy_size_for(28 * 1024), 14 * 1024);
+        assert_eq!(copy_size_for(28), 16);
+        assert_eq!(copy_size_for(1), 4);
+        assert_eq!(copy_size_for(0), 0);
+    }
+
+    #[test]
+    fn median_and_bandwidth() {
+        let ms = Duration::from_millis;
+        assert_eq!(median(&[]), None);
+        assert_eq!(median(&[ms(3), ms(1), ms(2)]), Some(ms(2)));
+        assert_eq!(
+            median(&[ms(4), ms(1), ms(2), ms(3)]),
+            Some(Duration::from_micros(2500))
+        );
+        let m =
+            Measurement::from_times(&[ms(2), ms(1), ms(3)], 4_000_000, Timer::WallClock).unwrap();
+        assert!((m.gb_per_s() - 2.0).abs() < 1e-12);
+        assert_eq!(m.min_seconds, 0.001);
+        assert!(Measurement::from_times(&[], 1, Timer::WallClock).is_err());
+    }
+
+    /// Every measurement on the real device, on tiny sizes. Checks what was measured, never how
+    /// fast.
+    #[test]
+    fn measures_kernels_copies_tensors_and_host_time() {
+        let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+        let (ctx, _, timestamps) = bench_context(backends, None).expect("no adapter");
+        let timer = Timer::of(&ctx);
+        assert_eq!(timer == Timer::Timestamp, timestamps);
+
+        let adam = kernel_case("adam").unwrap();
+        let m = measure_kernel(&ctx, &adam, 1000, 3).unwrap();
+        assert_eq!((m.bytes, m.iterations, m.timer), (28_000, 3, timer));
+        assert!(m.min_seconds <= m.seconds);
+        let copy = measure_copy(&ctx, copy_size_for(m.bytes), 3).unwrap();
+        assert_eq!((copy.bytes, copy.iterations), (28_000, 3));
+
+        let cases = kernel_cases();
+        let rows = measure_rows(&ctx, &cases, &[777], 2).unwrap();
+        assert_eq!(rows.len(), cases.len());
+        let text = table(&rows);
+        for (line, case) in text.lines().zip(&cases) {
+            assert!(line.starts_with(case.name), "{line}");
+            assert!(line.ends_with("% of copy"), "{line}");
+        }
+        for (row, case) in rows.iter().zip(&cases) {
+            assert_eq!(row.kernel.bytes, case.bytes_per_element * 777);
+            assert_eq!(row.copy.bytes, copy_size_for(row.kernel.bytes) * 2);
+        }
+
+        let (many, flat) = measure_many_tensors(&ctx, 1 << 30, 2).unwrap();
+        assert_eq!((many.bytes, flat.bytes), (28 * 148, 28 * 148));
+        let mut work =
+            Workload::tensors(&ctx, adam.config, &gpt2_small_lengths(4096).unwrap()).unwrap();
+        assert_eq!(work.dispatches(), 1);
+        assert_eq!(work.record_and_submit(7, 3).unwrap().len(), 7);
+        assert_eq!(work.time(3).unwrap().len(), 3);
+        host_overhead(&ctx, 5).unwrap();
+
+        // Bad input is an error, not a panic.
+        assert!(measure_kernel(&ctx, &adam, 0, 1).is_err());
+        assert!(measure_many_tensors(&ctx, 0, 1).is_err());
+        assert!(matches!(
+            measure_copy(&ctx, u64::MAX, 1),
+            Err(Error::Input(_) | Error::TooLarge { .. })
+        ));
+        assert!(matches!(
+            measure_copy(&ctx, u64::MAX / 4, 1),
+            Err(Error::TooLarge { .. })
+        ));
+        assert!(Workload::tensors(&ctx, adam.config, &[u64::MAX - 10, 100]).is_err());
+
+        // A device without timestamps falls back to the wall clock.
+        let (plain, _) = Context::request(backends, None).unwrap();
+        assert_eq!(Timer::of(&plain), Timer::WallClock);
+        let sgd = kernel_case("sgd").unwrap();
+        let m = measure_kernel(&plain, &sgd, 100, 2).unwrap();
+        assert_eq!((m.bytes, m.timer), (1200, Timer::WallClock));
+        assert_eq!(measure_copy(&plain, 10, 2).unwrap().bytes, 24);
+    }
+
+    #[test]
+    fn table_rows_start_with_the_name() {
+        let m = |seconds| Measurement {
+            seconds,
+            min_seconds: seconds,
+            bytes: 28 << 22,
+            iterations: 10,
+            timer: Timer::Timestamp,
+        };
+        let rows = [Row {
+            name: "adam".into(),
+            elements: 1 << 22,
+            kernel: m(0.02),
+            copy: m(0.01),
+        }];
+        let text = table(&rows);
+        assert_eq!(text, "adam  4194304      5.9 GB/s   50.0% of copy\n");
+    }
+}

@@ -1,0 +1,1563 @@
+//! Checking the kernels on one adapter: the engine of `wgpu-optim validate` and
+//! `wgpu-optim info`.
+//!
+//! [`run`] steps every optimizer and option combination ([`all_configs`]) on the GPU for a few
+//! steps of fresh random data, in every storage type the kernels have ([`STORAGE_TYPES`]: only
+//! f32 today), and holds every parameter and state element to the f64 [CPU
+//! reference](crate::reference): `|gpu − ref| ≤ ATOL + RTOL·(|ref| + path)`, where `path` is
+//! the sum of the element's `|change|` over the steps ([`tolerance`], the bound of
+//! `tests/kernels.rs`). The parameters are split into a few tensors of uneven sizes
+//! ([`tensor_sizes`]) in one parameter buffer and one gradient buffer, with NaN in the gaps
+//! between them, which must stay untouched. Beside the GPU, the same steps run in float32 on
+//! the CPU, to tell a kernel's error from the error that float32 arithmetic itself makes on the
+//! data ([`Row::f32_cpu_error_over_tolerance`]). Each optimizer is then timed separately, and a
+//! plain buffer copy for comparison.
+//!
+//! ```no_run
+//! use wgpu_optim::{Context, validate};
+//! # fn main() -> Result<(), wgpu_optim::Error> {
+//! let (ctx, _) = Context::request(wgpu::Backends::all(), None)?;
+//! let report = validate::run(&ctx, &validate::Options::new(100_000, 5, 42))?;
+//! print!("{}", report.table());
+//! assert!(report.passed());
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::gpu::Context;
+use crate::optim::{Adagrad, Adam, AdamW, Kernel, OptimizerConfig, RMSprop, SGD};
+use crate::optimizer::{BufferRange, MAX_STEPS_PER_SUBMIT, Optimizer, Tensor};
+use crate::state::TensorState;
+use serde::Serialize;
+use std::time::Instant;
+
+/// Absolute tolerance of the comparison with the reference (as in `tests/kernels.rs`).
+pub const ATOL: f64 = 2e-5;
+/// Relative tolerance of the comparison with the reference (as in `tests/kernels.rs`).
+pub const RTOL: f64 = 2e-5;
+/// Default number of elements, over all tensors.
+pub const DEFAULT_SIZE: u64 = 1_000_003;
+/// Default number of optimizer steps.
+pub const DEFAULT_STEPS: usize = 20;
+/// The storage types of parameters, gradients and state that the kernels have. Only f32.
+pub const STORAGE_TYPES: [&str; 1] = ["f32"];
+/// Relative errors are reported over elements whose reference is at least this large in
+/// magnitude; smaller ones are judged by [`ATOL`] (the pass criterion covers every element).
+pub const REL_ERROR_FLOOR: f64 = 1e-3;
+
+/// Elements the CPU reference handles as one unit of work (one thread at a time).
+const CHUNK: u64 = 1 << 16;
+/// Poisoned elements before the first tensor.
+const LEAD: u64 = 5;
+
+/// SplitMix64: a small generator, deterministic for a seed, for the validation data.
+#[derive(Clone, Debug)]
+pub struct Rng {
+    state: u64,
+    spare: Option<f32>,
+}
+
+impl Rng {
+    /// A generator seeded with `seed`.
+    pub fn new(seed: u64) -> Self {
+        Self {
+            state: seed,
+            spare: None,
+        }
+    }
+
+    /// A seed from the system clock, for runs that are not asked to repeat one.
+    pub fn clock_seed() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0x5EED)
+    }
+
+    /// An independent generator for the stream numbered `stream`, derived from `seed`.
+    pub fn stream(seed: u64, stream: u64) -> Self {
+        let mut mix = Self::new(seed ^ stream.wrapping_mul(0xD1B5_4A32_D192_ED03));
+        let _ = mix.next_u64();
+        Self::new(mix.next_u64())
+    }
+
+    /// The next 64 random bits.
+    pub fn next_u64(&mut self) -> u64 {
+        self.state = self.state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.state;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// A standard normal sample (Box-Muller; each pair of uniforms gives two samples).
+    pub fn normal(&mut self) -> f32 {
+        if let Some(z) = self.spare.take() {
+            return z;
+        }
+        let u1 = ((self.next_u64() >> 11) as f64 + 1.0) / (1u64 << 53) as f64;
+        let u2 = (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        let r = (-2.0 * u1.ln()).sqrt();
+        let (s, c) = (std::f64::consts::TAU * u2).sin_cos();
+        self.spare = Some((r * s) as f32);
+        (r * c) as f32
+    }
+
+    /// Fills `out` with normal samples times `scale`.
+    pub fn fill_normal(&mut self, out: &mut [f32], scale: f32) {
+        for x in out {
+            *x = self.normal() * scale;
+        }
+    }
+}
+
+/// Every option combination of every optimizer, with non-default hyperparameters: SGD plain,
+/// with momentum, with dampening and with Nesterov momentum; Adam and AdamW with and without
+/// AMSGrad; RMSprop plain, centered, with momentum and both; Adagrad with and without
+/// `lr_decay` and `initial_accumulator_value`. Each with and without weight decay and
+/// `maximize`: 56 configurations, covering every kernel.
+pub fn all_configs() -> Vec<OptimizerConfig> {
+    let mut out = Vec::new();
+    for maximize in [false, true] {
+        for wd in [0.0, 0.05] {
+            let sgd = |momentum, dampening, nesterov| SGD {
+                lr: 0.05,
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay: wd,
+                maximize,
+            };
+            out.push(sgd(0.0, 0.0, false).into());
+            out.push(sgd(0.9, 0.0, false).into());
+            out.push(sgd(0.8, 0.3, false).into());
+            out.push(sgd(0.9, 0.0, true).into());
+            for amsgrad in [false, true] {
+                out.push(
+                    Adam {
+                        lr: 0.01,
+                        betas: (0.8, 0.99),
+                        weight_decay: wd,
+                        amsgrad,
+                        maximize,
+                        ..Default::default()
+                    }
+                    .into(),
+                );
+                out.push(
+                    AdamW {
+                        lr: 0.01,
+                        weight_decay: wd * 2.0,
+                        amsgrad,
+                        maximize,
+                        ..Default::default()
+                    }
+                    .into(),
+                );
+            }
+            for centered in [false, true] {
+                for momentum in [0.0, 0.9] {
+                    out.push(
+                        RMSprop {
+                            lr: 0.01,
+                            alpha: 0.9,
+                            weight_decay: wd,
+                            momentum,
+                            centered,
+                            maximize,
+                            ..Default::default()
+                        }
+                        .into(),
+                    );
+                }
+            }
+            for (lr_decay, initial_accumulator_value) in [(0.01, 0.1), (0.0, 0.0)] {
+                out.push(
+                    Adagrad {
+                        lr: 0.1,
+                        lr_decay,
+                        weight_decay: wd,
+                        initial_accumulator_value,
+                        maximize,
+                        ..Default::default()
+                    }
+                    .into(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The order of the report's rows: by optimizer class, then kernel, then options.
+fn display_key(config: &OptimizerConfig) -> (usize, usize, String) {
+    let class = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+        .iter()
+        .position(|c| *c == config.type_name())
+        .unwrap_or(usize::MAX);
+    let kernel = Kernel::ALL
+        .iter()
+        .position(|k| *k == config.kernel())
+        .unwrap_or(usize::MAX);
+    (class, kernel, options(config))
+}
+
+/// The WGSL entry point that runs `config`, e.g. `"adam_amsgrad"` (AdamW runs Adam's kernels).
+pub fn kernel_name(config: &OptimizerConfig) -> &'static str {
+    config.kernel().entry_point()
+}
+
+/// The entry points of every kernel.
+pub fn kernel_names() -> Vec<&'static str> {
+    Kernel::ALL.iter().map(|k| k.entry_point()).collect()
+}
+
+/// The hyperparameters of `config` that differ from PyTorch's defaults, as `name=value`
+/// (flags that are on by their name alone), or `"defaults"`.
+pub fn options(config: &OptimizerConfig) -> String {
+    let mut p: Vec<String> = Vec::new();
+    match *config {
+        OptimizerConfig::SGD(c) => {
+            let d = SGD::default();
+            num(&mut p, "lr", c.lr, d.lr);
+            num(&mut p, "momentum", c.momentum, d.momentum);
+            num(&mut p, "dampening", c.dampening, d.dampening);
+            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
+            flag(&mut p, "nesterov", c.nesterov);
+            flag(&mut p, "maximize", c.maximize);
+        }
+        OptimizerConfig::Adam(c) => {
+            let d = Adam::default();
+            num(&mut p, "lr", c.lr, d.lr);
+            adam_like(&mut p, c.betas, d.betas, c.eps, d.eps);
+            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
+            flag(&mut p, "amsgrad", c.amsgrad);
+            flag(&mut p, "maximize", c.maximize);
+        }
+        OptimizerConfig::AdamW(c) => {
+            let d = AdamW::default();
+            num(&mut p, "lr", c.lr, d.lr);
+            adam_like(&mut p, c.betas, d.betas, c.eps, d.eps);
+            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
+            flag(&mut p, "amsgrad", c.amsgrad);
+            flag(&mut p, "maximize", c.maximize);
+        }
+        OptimizerConfig::RMSprop(c) => {
+            let d = RMSprop::default();
+            num(&mut p, "lr", c.lr, d.lr);
+            num(&mut p, "alpha", c.alpha, d.alpha);
+            num(&mut p, "eps", c.eps, d.eps);
+            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
+            num(&mut p, "momentum", c.momentum, d.momentum);
+            flag(&mut p, "centered", c.centered);
+            flag(&mut p, "maximize", c.maximize);
+        }
+        OptimizerConfig::Adagrad(c) => {
+            let d = Adagrad::default();
+            num(&mut p, "lr", c.lr, d.lr);
+            num(&mut p, "lr_decay", c.lr_decay, d.lr_decay);
+            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
+            let (init, d_init) = (c.initial_accumulator_value, d.initial_accumulator_value);
+            num(&mut p, "initial_accumulator_value", init, d_init);
+            num(&mut p, "eps", c.eps, d.eps);
+            flag(&mut p, "maximize", c.maximize);
+        }
+    }
+    if p.is_empty() {
+        "defaults".into()
+    } else {
+        p.join(" ")
+    }
+}
+
+fn num(parts: &mut Vec<String>, name: &str, value: f64, default: f64) {
+    if value != default {
+        parts.push(format!("{name}={value}"));
+    }
+}
+
+fn flag(parts: &mut Vec<String>, name: &str, on: bool) {
+    if on {
+        parts.push(name.to_string());
+    }
+}
+
+fn adam_like(parts: &mut Vec<String>, betas: (f64, f64), d: (f64, f64), eps: f64, d_eps: f64) {
+    if betas != d {
+        parts.push(format!("betas=({},{})", betas.0, betas.1));
+    }
+    num(parts, "eps", eps, d_eps);
+}
+
+/// How [`run`] splits `size` elements into tensors: uneven sizes that add up to `size`,
+/// including a 1-element tensor and one of 257 elements (not a multiple of the 256-thread
+/// workgroup) when `size` allows, and the rest in three tensors of about 5/8, 2/8 and 1/8.
+pub fn tensor_sizes(size: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut left = size;
+    for small in [1, 257] {
+        if left >= small + 3 {
+            out.push(small);
+            left -= small;
+        }
+    }
+    let part = |eighths: u128| (u128::from(left) * eighths / 8) as u64;
+    let (a, b) = (part(5), part(2));
+    for n in [a, b, left - a - b] {
+        if n > 0 {
+            out.push(n);
+        }
+    }
+    out
+}
+
+/// An adapter's identity, as the report prints it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdapterSummary {
+    /// The adapter's name, e.g. `llvmpipe (LLVM 15.0.7, 256 bits)`.
+    pub name: String,
+    /// The backend: `Vulkan`, `Metal`, `Dx12`, `Gl`.
+    pub backend: String,
+    /// `DiscreteGpu`, `IntegratedGpu`, `VirtualGpu`, `Cpu` or `Other`.
+    pub device_type: String,
+    /// The driver's name.
+    pub driver: String,
+    /// The driver's version information.
+    pub driver_info: String,
+}
+
+impl From<&wgpu::AdapterInfo> for AdapterSummary {
+    fn from(info: &wgpu::AdapterInfo) -> Self {
+        Self {
+            name: info.name.clone(),
+            backend: format!("{:?}", info.backend),
+            device_type: format!("{:?}", info.device_type),
+            driver: info.driver.clone(),
+            driver_info: info.driver_info.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for AdapterSummary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} ({}, {}", self.name, self.backend, self.device_type)?;
+        match (self.driver.is_empty(), self.driver_info.is_empty()) {
+            (false, false) => write!(f, ", {} {}", self.driver, self.driver_info)?,
+            (false, true) => write!(f, ", {}", self.driver)?,
+            (true, false) => write!(f, ", {}", self.driver_info)?,
+            (true, true) => {}
+        }
+        write!(f, ")")
+    }
+}
+
+/// The limits of an adapter that matter to the kernels.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct LimitsSummary {
+    /// Largest buffer, in bytes.
+    pub max_buffer_size: u64,
+    /// Largest storage binding, in bytes: larger tensors are split across dispatches.
+    pub max_storage_buffer_binding_size: u64,
+    /// Largest uniform binding, in bytes: the segment table and per-tensor values need 8 KiB.
+    pub max_uniform_buffer_binding_size: u64,
+    /// Largest dispatch along one dimension.
+    pub max_compute_workgroups_per_dimension: u32,
+    /// Storage buffers one kernel may bind: 2 plus its state buffers (5 for AMSGrad and
+    /// centered RMSprop with momentum).
+    pub max_storage_buffers_per_shader_stage: u32,
+    /// Alignment of storage binding offsets, in bytes.
+    pub min_storage_buffer_offset_alignment: u32,
+}
+
+impl From<&wgpu::Limits> for LimitsSummary {
+    fn from(l: &wgpu::Limits) -> Self {
+        Self {
+            max_buffer_size: l.max_buffer_size,
+            max_storage_buffer_binding_size: l.max_storage_buffer_binding_size,
+            max_uniform_buffer_binding_size: l.max_uniform_buffer_binding_size,
+            max_compute_workgroups_per_dimension: l.max_compute_workgroups_per_dimension,
+            max_storage_buffers_per_shader_stage: l.max_storage_buffers_per_shader_stage,
+            min_storage_buffer_offset_alignment: l.min_storage_buffer_offset_alignment,
+        }
+    }
+}
+
+/// One adapter as `wgpu-optim info` lists it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AdapterDetails {
+    /// Name, backend, type and driver.
+    pub adapter: AdapterSummary,
+    /// The limits that matter here.
+    pub limits: LimitsSummary,
+    /// Whether the adapter offers `wgpu::Features::SHADER_F16`.
+    pub shader_f16: bool,
+}
+
+impl AdapterDetails {
+    /// Several lines describing the adapter, its limits and its f16 support.
+    pub fn describe(&self) -> String {
+        let a = &self.adapter;
+        let l = &self.limits;
+        let bytes = |b: u64| format!("{b} bytes ({})", human_bytes(b));
+        let mut lines = vec![
+            a.name.clone(),
+            format!("  backend: {}", a.backend),
+            format!("  device type: {}", a.device_type),
+            format!(
+                "  driver: {}",
+                [a.driver.as_str(), a.driver_info.as_str()]
+                    .into_iter()
+                    .filter(|s| !s.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+            format!("  max_buffer_size: {}", bytes(l.max_buffer_size)),
+            format!(
+                "  max_storage_buffer_binding_size: {}",
+                bytes(l.max_storage_buffer_binding_size)
+            ),
+            format!(
+                "  max_uniform_buffer_binding_size: {}",
+                bytes(l.max_uniform_buffer_binding_size)
+            ),
+            format!(
+                "  max_compute_workgroups_per_dimension: {}",
+                l.max_compute_workgroups_per_dimension
+            ),
+            format!(
+                "  max_storage_buffers_per_shader_stage: {}",
+                l.max_storage_buffers_per_shader_stage
+            ),
+            format!(
+                "  min_storage_buffer_offset_alignment: {} bytes",
+                l.min_storage_buffer_offset_alignment
+            ),
+            format!(
+                "  f16 (SHADER_F16): {}",
+                if self.shader_f16 {
+                    "supported"
+                } else {
+                    "not supported"
+                }
+            ),
+        ];
+        let unsupported: Vec<&str> = Kernel::ALL
+            .iter()
+            .filter(|k| k.storage_buffers() > l.max_storage_buffers_per_shader_stage)
+            .map(|k| k.entry_point())
+            .collect();
+        if !unsupported.is_empty() {
+            lines.push(format!(
+                "  kernels beyond max_storage_buffers_per_shader_stage: {}",
+                unsupported.join(", ")
+            ));
+        }
+        lines.join("\n")
+    }
+}
+
+/// `bytes` in GiB, MiB or KiB, whichever reads best.
+fn human_bytes(bytes: u64) -> String {
+    let b = bytes as f64;
+    let (value, unit) = if b >= (1u64 << 30) as f64 {
+        (b / (1u64 << 30) as f64, "GiB")
+    } else if b >= (1u64 << 20) as f64 {
+        (b / (1u64 << 20) as f64, "MiB")
+    } else {
+        (b / 1024.0, "KiB")
+    };
+    let text = format!("{value:.2}");
+    let text = text.trim_end_matches('0').trim_end_matches('.');
+    format!("{text} {unit}")
+}
+
+/// Every adapter wgpu finds on `backends`, in wgpu's order. Fails with
+/// [`Error::NoAdapter`] when there is none.
+pub fn adapters(backends: wgpu::Backends) -> Result<Vec<AdapterDetails>> {
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let found: Vec<AdapterDetails> = pollster::block_on(instance.enumerate_adapters(backends))
+        .iter()
+        .map(|a| AdapterDetails {
+            adapter: AdapterSummary::from(&a.get_info()),
+            limits: LimitsSummary::from(&a.limits()),
+            shader_f16: a.features().contains(wgpu::Features::SHADER_F16),
+        })
+        .collect();
+    if found.is_empty() {
+        return Err(Error::NoAdapter(format!(" for backends {backends:?}")));
+    }
+    Ok(found)
+}
+
+/// What [`run`] does: how many elements, how many steps, and the seed of the data.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+pub struct Options {
+    /// Elements over all tensors (at least 1).
+    pub size: u64,
+    /// Optimizer steps for the correctness check, and again for the timing (at least 1).
+    pub steps: usize,
+    /// Seed of the random parameters and gradients; the same seed gives the same data.
+    pub seed: u64,
+}
+
+impl Options {
+    /// Options with these values.
+    pub fn new(size: u64, steps: usize, seed: u64) -> Self {
+        Self { size, steps, seed }
+    }
+}
+
+/// The outcome of one row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Status {
+    /// Every element within tolerance, gaps untouched, step counts right.
+    Pass,
+    /// A wrong element, a written gap, or an error other than [`Error::Unsupported`].
+    Fail,
+    /// The adapter cannot run this kernel ([`Error::Unsupported`]); not a failure.
+    Unsupported,
+}
+
+impl Status {
+    /// `"pass"`, `"FAIL"` or `"unsupported"`, as the table prints it.
+    pub fn label(self) -> &'static str {
+        match self {
+            Status::Pass => "pass",
+            Status::Fail => "FAIL",
+            Status::Unsupported => "unsupported",
+        }
+    }
+}
+
+/// One optimizer configuration in one storage type.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Row {
+    /// PyTorch's class name, e.g. `"AdamW"`.
+    pub optimizer: &'static str,
+    /// The WGSL entry point, e.g. `"adam_amsgrad"`.
+    pub kernel: &'static str,
+    /// The hyperparameters that differ from PyTorch's defaults (see [`options`]).
+    pub options: String,
+    /// The full configuration.
+    pub config: OptimizerConfig,
+    /// Storage type of parameters, gradients and state.
+    pub storage: &'static str,
+    /// The outcome.
+    pub status: Status,
+    /// Largest `|gpu − ref|` over every parameter and state element; `None` when the row did
+    /// not run, infinite (null in JSON) when an element is NaN.
+    pub max_abs_error: Option<f64>,
+    /// Largest `|gpu − ref| / |ref|` over elements with `|ref| ≥` [`REL_ERROR_FLOOR`].
+    pub max_rel_error: Option<f64>,
+    /// Largest `|gpu − ref|` over its [`tolerance`]: at most 1 to pass.
+    pub max_error_over_tolerance: Option<f64>,
+    /// The same measure for a float32 evaluation of the same formulas on the CPU, in PyTorch's
+    /// order of operations: the error that f32 arithmetic itself makes on this data. A row that
+    /// fails with an error near this one fails for the data's conditioning (for example a
+    /// gradient that nearly cancels its weight-decay term), not for a kernel bug. Informative
+    /// only: it does not change the status.
+    pub f32_cpu_error_over_tolerance: Option<f64>,
+    /// Bytes each step must move per element (see [`crate::bench::bytes_per_element`]).
+    pub bytes_per_element: u64,
+    /// Approximate throughput: `bytes_per_element × size × steps` over the wall time of
+    /// submitting that many steps and waiting for them.
+    pub gb_per_s: Option<f64>,
+    /// Why the row failed or is unsupported; the worst element when it failed on accuracy.
+    pub detail: Option<String>,
+}
+
+/// The reference throughput of a plain `copy_buffer_to_buffer`.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+pub struct CopyBandwidth {
+    /// Bytes read plus written per element: Adam's 28 (14 read, 14 written).
+    pub bytes_per_element: u64,
+    /// Bytes each copy copies.
+    pub bytes_copied: u64,
+    /// Bytes read plus written per second, in GB/s (approximate).
+    pub gb_per_s: f64,
+}
+
+/// Everything [`run`] found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Report {
+    /// The adapter it ran on.
+    pub adapter: AdapterSummary,
+    /// The storage types checked (today only f32).
+    pub storage: Vec<&'static str>,
+    /// Elements over all tensors.
+    pub size: u64,
+    /// Sizes of the tensors (see [`tensor_sizes`]).
+    pub tensor_sizes: Vec<u64>,
+    /// Optimizer steps.
+    pub steps: usize,
+    /// Seed of the data: `--seed` with this value repeats the run.
+    pub seed: u64,
+    /// Absolute tolerance.
+    pub atol: f64,
+    /// Relative tolerance.
+    pub rtol: f64,
+    /// One row per configuration and storage type.
+    pub rows: Vec<Row>,
+    /// The copy that the GB/s figures compare with; `None` when it could not be timed.
+    pub copy: Option<CopyBandwidth>,
+    /// Wall time of the whole run, in seconds.
+    pub seconds: f64,
+}
+
+impl Report {
+    /// True when no row failed (unsupported rows are not failures).
+    pub fn passed(&self) -> bool {
+        self.rows.iter().all(|r| r.status != Status::Fail)
+    }
+
+    /// Rows with each status: `(passed, failed, unsupported)`.
+    pub fn counts(&self) -> (usize, usize, usize) {
+        let n = |s| self.rows.iter().filter(|r| r.status == s).count();
+        (n(Status::Pass), n(Status::Fail), n(Status::Unsupported))
+    }
+
+    /// The report as JSON: the adapter, the settings and every row.
+    pub fn to_json(&self) -> Result<String> {
+        serde_json::to_string_pretty(self).map_err(|e| Error::Input(e.to_string()))
+    }
+
+    /// The report as a text table, with a header naming the adapter, the data and the seed,
+    /// and the failures explained below it.
+    pub fn table(&self) -> String {
+        let sci = |x: Option<f64>| match x {
+            Some(x) if x.is_finite() => format!("{x:.2e}"),
+            Some(_) => "inf".into(),
+            None => "-".into(),
+        };
+        let gbs = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.1}"));
+        let ratio = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.3}"));
+        let header = [
+            "optimizer",
+            "kernel",
+            "options",
+            "storage",
+            "max abs err",
+            "max rel err",
+            "err/allowed",
+            "f32 cpu err/tol",
+            "status",
+            "~GB/s",
+        ];
+        let mut cells: Vec<Vec<String>> = self
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.optimizer.to_string(),
+                    r.kernel.to_string(),
+                    r.options.clone(),
+                    r.storage.to_string(),
+                    sci(r.max_abs_error),
+                    sci(r.max_rel_error),
+                    ratio(r.max_error_over_tolerance),
+                    ratio(r.f32_cpu_error_over_tolerance),
+                    r.status.label().to_string(),
+                    gbs(r.gb_per_s),
+                ]
+            })
+            .collect();
+        if let Some(c) = &self.copy {
+            cells.push(vec![
+                "copy".into(),
+                "copy_buffer_to_buffer".into(),
+                format!("{} B/element read + written", c.bytes_per_element),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                gbs(Some(c.gb_per_s)),
+            ]);
+        }
+        let mut widths: Vec<usize> = header.iter().map(|h| h.chars().count()).collect();
+        for row in &cells {
+            for (w, c) in widths.iter_mut().zip(row) {
+                *w = (*w).max(c.chars().count());
+            }
+        }
+        // Text columns left-aligned, numbers right-aligned.
+        let right = [
+            false, false, false, false, true, true, true, true, false, true,
+        ];
+        let line = |row: &[String]| {
+            let parts: Vec<String> = row
+                .iter()
+                .zip(&widths)
+                .zip(right)
+                .map(|((c, &w), r)| {
+                    if r {
+                        format!("{c:>w$}")
+                    } else {
+                        format!("{c:<w$}")
+                    }
+                })
+                .collect();
+            parts.join("  ").trim_end().to_string()
+        };
+        let (pass, fail, unsupported) = self.counts();
+        let mut out = String::new();
+        out.push_str(&format!("wgpu-optim validate on {}\n", self.adapter));
+        out.push_str(&format!(
+            "{} elements in {} tensors {:?} with NaN gaps; {} steps; seed {} (--seed {} repeats this data)\n",
+            self.size,
+            self.tensor_sizes.len(),
+            self.tensor_sizes,
+            self.steps,
+            self.seed,
+            self.seed
+        ));
+        out.push_str(&format!(
+            "storage types: {} (the only storage type the kernels have)\n",
+            self.storage.join(", ")
+        ));
+        out.push_str(&format!(
+            "pass: every parameter and state element within tol = {:e} + {:e}·(|ref| + Σ|change| over the steps) \
+             of the f64 CPU reference, or within twice the error of float32 arithmetic itself there (the same \
+             steps in f32 on the CPU), whichever is larger (err/allowed ≤ 1); rel err = |err|/|ref| over |ref| ≥ {REL_ERROR_FLOOR:e}\n\n",
+            self.atol, self.rtol
+        ));
+        out.push_str(&line(&header.map(String::from)));
+        out.push('\n');
+        for row in &cells {
+            out.push_str(&line(row));
+            out.push('\n');
+        }
+        out.push_str(
+            "\n~GB/s is approximate: the bytes each step must move (parameter read + write, gradient \
+             read, each state buffer read + write) times steps, over the wall time of submitting the \
+             steps and waiting (device.poll); copy: copy_buffer_to_buffer moving the same bytes as Adam.\n",
+        );
+        for r in &self.rows {
+            if let (Status::Fail | Status::Unsupported, Some(d)) = (r.status, &r.detail) {
+                out.push_str(&format!(
+                    "{} {} {} [{}]: {d}\n",
+                    r.status.label(),
+                    r.optimizer,
+                    r.options,
+                    r.storage
+                ));
+            }
+        }
+        out.push_str(&format!(
+            "{pass} passed, {fail} failed, {unsupported} unsupported, in {:.1} s\n",
+            self.seconds
+        ));
+        out
+    }
+}
+
+/// Runs every configuration of [`all_configs`] in every storage type on `ctx` (see the
+/// [module](self) documentation). A configuration that fails becomes a failed row; `run` itself
+/// fails only when the options are invalid or the shared buffers cannot be made.
+pub fn run(ctx: &Context, options: &Options) -> Result<Report> {
+    run_with_progress(ctx, options, |_, _, _| {})
+}
+
+/// [`run`], calling `progress(done, total, row)` after each row.
+pub fn run_with_progress(
+    ctx: &Context,
+    options: &Options,
+    mut progress: impl FnMut(usize, usize, &Row),
+) -> Result<Report> {
+    let started = Instant::now();
+    let Options { size, steps, seed } = *options;
+    if size == 0 {
+        return Err(Error::Input("--size must be at least 1".into()));
+    }
+    if steps == 0 {
+        return Err(Error::Input("--steps must be at least 1".into()));
+    }
+    let layout = Layout::new(size)?;
+    let max_buffer = ctx.limits().max_buffer_size;
+    let bytes = layout.total.saturating_mul(4);
+    if bytes > max_buffer {
+        return Err(Error::TooLarge {
+            what: format!("a parameter buffer of {} elements", layout.total),
+            bytes,
+            limit: max_buffer,
+            limit_name: "max_buffer_size",
+        });
+    }
+    let param = ctx.create_f32_buffer("validate params", &try_vec(layout.total, f32::NAN)?)?;
+    let grad = ctx.create_f32_buffer("validate grads", &try_vec(layout.total, f32::NAN)?)?;
+    let buffers = Buffers {
+        param: &param,
+        grad: &grad,
+    };
+    let configs = all_configs();
+    let mut order: Vec<usize> = (0..configs.len()).collect();
+    order.sort_by_cached_key(|&i| display_key(&configs[i]));
+    let total_rows = configs.len() * STORAGE_TYPES.len();
+    let mut rows = Vec::with_capacity(total_rows);
+    for storage in STORAGE_TYPES {
+        for &i in &order {
+            let config = &configs[i];
+            let data_seed = Rng::stream(seed, i as u64).next_u64();
+            let row = run_row(ctx, config, storage, &layout, buffers, steps, data_seed)?;
+            progress(rows.len() + 1, total_rows, &row);
+            rows.push(row);
+        }
+    }
+    let copy = time_copy(ctx, size, steps).ok();
+    Ok(Report {
+        adapter: AdapterSummary::from(&ctx.device().adapter_info()),
+        storage: STORAGE_TYPES.to_vec(),
+        size,
+        tensor_sizes: layout.sizes.clone(),
+        steps,
+        seed,
+        atol: ATOL,
+        rtol: RTOL,
+        rows,
+        copy,
+        seconds: started.elapsed().as_secs_f64(),
+    })
+}
+
+/// Where the tensors lie in the shared buffers, in elements.
+struct Layout {
+    sizes: Vec<u64>,
+    offsets: Vec<u64>,
+    /// Elements of each buffer, gaps included.
+    total: u64,
+}
+
+impl Layout {
+    fn new(size: u64) -> Result<Self> {
+        let sizes = tensor_sizes(size);
+        let mut offsets = Vec::with_capacity(sizes.len());
+        let mut at = LEAD;
+        for (k, &n) in sizes.iter().enumerate() {
+            offsets.push(at);
+            // Gaps of 3k + 1 elements: tensors start at unaligned offsets, with NaN between.
+            at = at
+                .checked_add(n)
+                .and_then(|a| a.checked_add(3 * k as u64 + 1))
+                .ok_or_else(|| Error::Input(format!("--size {size} is too large")))?;
+        }
+        Ok(Self {
+            sizes,
+            offsets,
+            total: at,
+        })
+    }
+}
+
+#[derive(Clone, Copy)]
+struct Buffers<'a> {
+    param: &'a wgpu::Buffer,
+    grad: &'a wgpu::Buffer,
+}
+
+/// A vector of `n` copies of `value`, or an error when memory runs out.
+fn try_vec<T: Clone>(n: u64, value: T) -> Result<Vec<T>> {
+    let mut v = Vec::new();
+    usize::try_from(n)
+        .ok()
+        .and_then(|n| v.try_reserve_exact(n).ok())
+        .ok_or_else(|| Error::Input(format!("not enough host memory for {n} elements")))?;
+    v.resize(n as usize, value);
+    Ok(v)
+}
+
+/// A piece of one tensor that the CPU reference steps as a unit: its own f64 parameters and
+/// state, and its own random stream.
+struct Chunk {
+    tensor: usize,
+    /// First element within the tensor.
+    start: u64,
+    /// First element within the shared buffers.
+    at: u64,
+    len: u64,
+    param: Vec<f64>,
+    state: TensorState<f64>,
+    /// Each element's sum of `|change|` over the steps, of the parameters and of each state
+    /// buffer (see [`tolerance`]).
+    param_path: Vec<f64>,
+    state_paths: std::collections::BTreeMap<String, Vec<f64>>,
+    /// The same steps in float32 on the CPU (see [`float32_step`]): parameters and state in
+    /// the kernel's binding order.
+    param32: Vec<f32>,
+    state32: Vec<Vec<f32>>,
+    rng: Rng,
+}
+
+impl Chunk {
+    /// One step of the reference, adding each element's change to its path. State paths start
+    /// at the second step, as in `tests/kernels.rs` (the state does not exist before the first).
+    fn step(&mut self, config: &OptimizerConfig, grad: &[f32]) {
+        let g: Vec<f64> = grad.iter().map(|&v| f64::from(v)).collect();
+        let first = self.state.step == 0;
+        let before_param = self.param.clone();
+        let before_state = if first {
+            Default::default()
+        } else {
+            self.state.buffers.clone()
+        };
+        crate::reference::step(config, &mut self.state, &mut self.param, &g);
+        float32_step(
+            config,
+            self.state.step,
+            first,
+            &mut self.param32,
+            grad,
+            &mut self.state32,
+        );
+        let add = |path: &mut [f64], old: &[f64], new: &[f64]| {
+            for ((p, a), b) in path.iter_mut().zip(old).zip(new) {
+                *p += (a - b).abs();
+            }
+        };
+        add(&mut self.param_path, &before_param, &self.param);
+        for (name, old) in &before_state {
+            if let (Some(new), Some(path)) =
+                (self.state.buffers.get(name), self.state_paths.get_mut(name))
+            {
+                add(path, old, new);
+            }
+        }
+    }
+}
+
+/// One step of `config` in float32 on the CPU, with the per-step scalars computed in f64 and
+/// rounded once, in the order of PyTorch's single-tensor implementation. It shows how far f32
+/// arithmetic itself strays from the f64 reference on the same data: a kernel whose error is
+/// near it is as accurate as float32 allows. `step` is the step number (1 for the first);
+/// `state` holds the state buffers in [`OptimizerConfig::state_names`] order.
+pub fn float32_step(
+    config: &OptimizerConfig,
+    step: u64,
+    first: bool,
+    param: &mut [f32],
+    grad: &[f32],
+    state: &mut [Vec<f32>],
+) {
+    let lerp = |start: f32, end: f32, weight: f32| {
+        if weight.abs() < 0.5 {
+            start + weight * (end - start)
+        } else {
+            end - (end - start) * (1.0 - weight)
+        }
+    };
+    let sign = |maximize: bool| if maximize { -1.0f32 } else { 1.0 };
+    let [s0, s1, s2] = match state {
+        [] => [None, None, None],
+        [a] => [Some(a), None, None],
+        [a, b] => [Some(a), Some(b), None],
+        [a, b, c, ..] => [Some(a), Some(b), Some(c)],
+    };
+    let s0 = s0.map(Vec::as_mut_slice).unwrap_or_default();
+    let mut s1 = s1.map(Vec::as_mut_slice).unwrap_or_default();
+    let mut s2 = s2.map(Vec::as_mut_slice).unwrap_or_default();
+    let n = param.len();
+    match *config {
+        OptimizerConfig::SGD(c) => {
+            let (lr, mom, damp, wd) = (
+                c.lr as f32,
+                c.momentum as f32,
+                (1.0 - c.dampening) as f32,
+                c.weight_decay as f32,
+            );
+            for i in 0..n.min(grad.len()) {
+                let p = param[i];
+                let mut g = sign(c.maximize) * grad[i];
+                if wd != 0.0 {
+                    g += wd * p;
+                }
+                if let Some(buf) = s0.get_mut(i) {
+                    *buf = if first { g } else { *buf * mom + damp * g };
+                    g = if c.nesterov { g + mom * *buf } else { *buf };
+                }
+                param[i] = p - lr * g;
+            }
+        }
+        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
+            let (lr, (b1, b2), eps, wd, amsgrad, maximize, decoupled) = match *config {
+                OptimizerConfig::AdamW(c) => (
+                    c.lr,
+                    c.betas,
+                    c.eps,
+                    c.weight_decay,
+                    c.amsgrad,
+                    c.maximize,
+                    true,
+                ),
+                OptimizerConfig::Adam(c) => (
+                    c.lr,
+                    c.betas,
+                    c.eps,
+                    c.weight_decay,
+                    c.amsgrad,
+                    c.maximize,
+                    false,
+                ),
+                _ => return,
+            };
+            let t = step as f64;
+            let step_size = (lr / (1.0 - b1.powf(t))) as f32;
+            let bc2_sqrt = (1.0 - b2.powf(t)).sqrt() as f32;
+            let decay = (1.0 - lr * wd) as f32;
+            let (wd, eps) = (wd as f32, eps as f32);
+            let (one_minus_b1, b2, one_minus_b2) =
+                ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
+            for i in 0..n.min(grad.len()).min(s0.len()).min(s1.len()) {
+                let mut p = param[i];
+                let mut g = sign(maximize) * grad[i];
+                if decoupled {
+                    p *= decay;
+                } else if wd != 0.0 {
+                    g += wd * p;
+                }
+                let m = lerp(s0[i], g, one_minus_b1);
+                let v = s1[i] * b2 + one_minus_b2 * g * g;
+                s0[i] = m;
+                s1[i] = v;
+                let mut second = v;
+                if amsgrad && let Some(vmax) = s2.get_mut(i) {
+                    *vmax = vmax.max(v);
+                    second = *vmax;
+                }
+                param[i] = p - step_size * (m / (second.sqrt() / bc2_sqrt + eps));
+            }
+        }
+        OptimizerConfig::RMSprop(c) => {
+            let (lr, alpha, one_minus_alpha, eps, wd, mom) = (
+                c.lr as f32,
+                c.alpha as f32,
+                (1.0 - c.alpha) as f32,
+                c.eps as f32,
+                c.weight_decay as f32,
+                c.momentum as f32,
+            );
+            // grad_avg and momentum_buffer follow square_avg, when present, in that order.
+            let (grad_avg, momentum_buffer) = if c.centered {
+                (&mut s1, &mut s2)
+            } else {
+                (&mut s2, &mut s1)
+            };
+            for i in 0..n.min(grad.len()).min(s0.len()) {
+                let p = param[i];
+                let mut g = sign(c.maximize) * grad[i];
+                if wd != 0.0 {
+                    g += wd * p;
+                }
+                let sq = s0[i] * alpha + one_minus_alpha * g * g;
+                s0[i] = sq;
+                let mut var = sq;
+                if let (true, Some(ga)) = (c.centered, grad_avg.get_mut(i)) {
+                    *ga = lerp(*ga, g, one_minus_alpha);
+                    var = sq - *ga * *ga;
+                }
+                let d = var.sqrt() + eps;
+                param[i] = match momentum_buffer.get_mut(i) {
+                    Some(buf) if c.momentum > 0.0 => {
+                        *buf = *buf * mom + g / d;
+                        p - lr * *buf
+                    }
+                    _ => p - lr * (g / d),
+                };
+            }
+        }
+        OptimizerConfig::Adagrad(c) => {
+            let (clr, eps, wd) = (c.clr(step) as f32, c.eps as f32, c.weight_decay as f32);
+            for i in 0..n.min(grad.len()).min(s0.len()) {
+                let p = param[i];
+                let mut g = sign(c.maximize) * grad[i];
+                if wd != 0.0 {
+                    g += wd * p;
+                }
+                let acc = s0[i] + g * g;
+                s0[i] = acc;
+                param[i] = p - clr * (g / (acc.sqrt() + eps));
+            }
+        }
+    }
+}
+
+/// The allowed error of an element whose reference value is `want` and whose value moved by
+/// `path` in all over the steps: `ATOL + RTOL·(|want| + path)`. Float32 rounding over many steps
+/// grows with what was added up, not with the final value alone; this is the bound of
+/// `tests/kernels.rs`.
+pub fn tolerance(want: f64, path: f64) -> f64 {
+    ATOL + RTOL * (want.abs() + path)
+}
+
+/// What an element may be off by: its tolerance, or twice the error that float32 arithmetic
+/// itself makes there (the float32 CPU evaluation of the same steps), whichever is larger. Where
+/// the data is ill-conditioned (a gradient and its weight decay that nearly cancel, say) float32
+/// cannot do better than that, and the golden test holds the kernels to PyTorch in the same way.
+pub fn allowed(tolerance: f64, float32_error: f64) -> f64 {
+    if float32_error.is_nan() {
+        tolerance
+    } else {
+        tolerance.max(2.0 * float32_error)
+    }
+}
+
+/// The worst errors seen so far, over every compared element.
+#[derive(Default)]
+struct Errors {
+    max_abs: f64,
+    max_rel: f64,
+    max_ratio: f64,
+    /// The largest error over tolerance of the float32 CPU evaluation.
+    max_ratio32: f64,
+    worst: Option<String>,
+    failure: Option<String>,
+}
+
+impl Errors {
+    fn compare(
+        &mut self,
+        what: &dyn Fn(usize) -> String,
+        got: &[f32],
+        want: &[f64],
+        path: &[f64],
+        cpu32: &[f32],
+    ) {
+        let error = |g: f32, w: f64| {
+            // NaN anywhere (or infinities that cancel) is infinitely wrong.
+            let abs = (f64::from(g) - w).abs();
+            if abs.is_nan() { f64::INFINITY } else { abs }
+        };
+        for (i, (((&g, &w), &path), &g32)) in got.iter().zip(want).zip(path).zip(cpu32).enumerate()
+        {
+            let tol = tolerance(w, path);
+            let ratio32 = error(g32, w) / tol;
+            self.max_ratio32 = self.max_ratio32.max(ratio32);
+            let abs = error(g, w);
+            let ratio = abs / allowed(tol, error(g32, w));
+            self.max_abs = self.max_abs.max(abs);
+            if w.abs() >= REL_ERROR_FLOOR {
+                self.max_rel = self.max_rel.max(abs / w.abs());
+            }
+            if ratio > self.max_ratio {
+                self.max_ratio = ratio;
+                self.worst = Some(format!(
+                    "{} is {g:e} but the reference is {w:e}: error {abs:.3e}, allowed {:.3e}; \
+                     float32 on the CPU gives {g32:e} (error {:.3e})",
+                    what(i),
+                    allowed(tol, error(g32, w)),
+                    error(g32, w)
+                ));
+            }
+        }
+    }
+
+    fn fail(&mut self, message: String) {
+        self.failure.get_or_insert(message);
+    }
+}
+
+/// Runs one configuration: the correctness check, then the timing.
+fn run_row(
+    ctx: &Context,
+    config: &OptimizerConfig,
+    storage: &'static str,
+    layout: &Layout,
+    buffers: Buffers<'_>,
+    steps: usize,
+    seed: u64,
+) -> Result<Row> {
+    let mut row = Row {
+        optimizer: config.type_name(),
+        kernel: kernel_name(config),
+        options: options(config),
+        config: *config,
+        storage,
+        status: Status::Pass,
+        max_abs_error: None,
+        max_rel_error: None,
+        max_error_over_tolerance: None,
+        f32_cpu_error_over_tolerance: None,
+        bytes_per_element: crate::bench::bytes_per_element(config),
+        gb_per_s: None,
+        detail: None,
+    };
+    match check_row(ctx, config, layout, buffers, steps, seed) {
+        Ok((errors, mut opt)) => {
+            let ratio = errors.max_ratio;
+            row.max_abs_error = Some(errors.max_abs);
+            row.max_rel_error = Some(errors.max_rel);
+            row.max_error_over_tolerance = Some(ratio);
+            row.f32_cpu_error_over_tolerance = Some(errors.max_ratio32);
+            if let Some(message) = errors.failure {
+                row.status = Status::Fail;
+                row.detail = Some(message);
+            } else if ratio.is_nan() || ratio > 1.0 {
+                row.status = Status::Fail;
+                row.detail = errors.worst;
+            }
+            match time_steps(ctx, &mut opt, steps) {
+                Ok(seconds) => {
+                    let bytes =
+                        row.bytes_per_element as f64 * layout.sizes.iter().sum::<u64>() as f64;
+                    row.gb_per_s = Some(bytes * steps as f64 / seconds.max(1e-9) / 1e9);
+                }
+                Err(e) => {
+                    row.status = Status::Fail;
+                    row.detail.get_or_insert(format!("timing: {e}"));
+                }
+            }
+        }
+        Err(Error::Unsupported(message)) => {
+            row.status = Status::Unsupported;
+            row.detail = Some(format!("the device does not support {message}"));
+        }
+        Err(e @ Error::Input(_)) => return Err(e),
+        Err(e) => {
+            row.status = Status::Fail;
+            row.detail = Some(e.to_string());
+        }
+    }
+    Ok(row)
+}
+
+/// Steps `config` on the GPU and on the CPU reference for `steps` steps of fresh data, and
+/// compares every parameter and state element. Returns the errors and the optimizer, for the
+/// timing.
+fn check_row(
+    ctx: &Context,
+    config: &OptimizerConfig,
+    layout: &Layout,
+    buffers: Buffers<'_>,
+    steps: usize,
+    seed: u64,
+) -> Result<(Errors, Optimizer)> {
+    let tensors: Vec<Tensor<'_>> = layout
+        .offsets
+        .iter()
+        .zip(&layout.sizes)
+        .map(|(&o, &n)| {
+            Tensor::new(
+                BufferRange::new(buffers.param, o * 4, n),
+                BufferRange::new(buffers.grad, o * 4, n),
+            )
+        })
+        .collect();
+    let mut opt = Optimizer::new(ctx, *config, &tensors)?;
+
+    // The reference's chunks, each with its own random stream: the data depends on the seed
+    // alone, not on how many threads step the reference.
+    let mut chunks = Vec::new();
+    for (k, (&o, &n)) in layout.offsets.iter().zip(&layout.sizes).enumerate() {
+        let mut start = 0;
+        while start < n {
+            let len = CHUNK.min(n - start);
+            let rng = Rng::stream(seed, chunks.len() as u64);
+            chunks.push(Chunk {
+                tensor: k,
+                start,
+                at: o + start,
+                len,
+                param: Vec::new(),
+                state: TensorState::default(),
+                param_path: Vec::new(),
+                state_paths: Default::default(),
+                param32: Vec::new(),
+                state32: Vec::new(),
+                rng,
+            });
+            start += len;
+        }
+    }
+    let mut host = try_vec(layout.total, f32::NAN)?;
+    for c in &mut chunks {
+        c.param = try_vec(c.len, 0.0)?;
+        c.param_path = try_vec(c.len, 0.0)?;
+        c.param32 = try_vec(c.len, 0.0)?;
+        for name in config.state_names() {
+            let init = f64::from(config.initial_state_value(name));
+            c.state
+                .buffers
+                .insert(name.to_string(), try_vec(c.len, init)?);
+            c.state_paths.insert(name.to_string(), try_vec(c.len, 0.0)?);
+            c.state32.push(try_vec(c.len, init as f32)?);
+        }
+    }
+    // Initial parameters, standard normal.
+    parallel(&mut chunks, &mut host, &|c, slice| {
+        c.rng.fill_normal(slice, 1.0);
+        for ((p, p32), &v) in c.param.iter_mut().zip(&mut c.param32).zip(slice.iter()) {
+            *p = f64::from(v);
+            *p32 = v;
+        }
+    });
+    ctx.queue()
+        .write_buffer(buffers.param, 0, bytemuck::cast_slice(&host));
+    host.fill(f32::NAN);
+    for _ in 0..steps {
+        // Fresh gradients (normal, times 0.5) for the GPU and the reference.
+        parallel(&mut chunks, &mut host, &|c, slice| {
+            c.rng.fill_normal(slice, 0.5);
+            c.step(config, slice);
+        });
+        ctx.queue()
+            .write_buffer(buffers.grad, 0, bytemuck::cast_slice(&host));
+        opt.step_submit();
+    }
+
+    let mut errors = Errors::default();
+    let got = ctx.read_f32(&[(buffers.param, 0, layout.total)])?;
+    let grads = ctx.read_f32(&[(buffers.grad, 0, layout.total)])?;
+    for c in &chunks {
+        let range = c.at as usize..(c.at + c.len) as usize;
+        let what = |i: usize| format!("tensor {} parameter [{}]", c.tensor, c.start + i as u64);
+        errors.compare(&what, &got[range], &c.param, &c.param_path, &c.param32);
+    }
+    // Gaps untouched, gradients only read.
+    let mut in_tensor = try_vec(layout.total, false)?;
+    for (&o, &n) in layout.offsets.iter().zip(&layout.sizes) {
+        in_tensor[o as usize..(o + n) as usize].fill(true);
+    }
+    if let Some(i) = (0..got.len()).find(|&i| !in_tensor[i] && !got[i].is_nan()) {
+        errors.fail(format!(
+            "element {i} of the parameter buffer, in a gap between tensors, was written ({})",
+            got[i]
+        ));
+    }
+    if let Some(i) = (0..grads.len()).find(|&i| grads[i].to_bits() != host[i].to_bits()) {
+        errors.fail(format!(
+            "element {i} of the gradient buffer changed from {} to {}",
+            host[i], grads[i]
+        ));
+    }
+    for (k, &n) in layout.sizes.iter().enumerate() {
+        let state = opt.read_state(k)?;
+        let names = config.state_names();
+        if state.step != steps as u64 {
+            errors.fail(format!(
+                "tensor {k} counts {} steps instead of {steps}",
+                state.step
+            ));
+        }
+        for (s, name) in names.iter().enumerate() {
+            let Some(values) = state.get(name).filter(|v| v.len() as u64 == n) else {
+                errors.fail(format!("tensor {k} has no state {name:?} of {n} elements"));
+                continue;
+            };
+            for c in chunks.iter().filter(|c| c.tensor == k) {
+                let (Some(want), Some(path), Some(cpu32)) = (
+                    c.state.get(name),
+                    c.state_paths.get(*name),
+                    c.state32.get(s),
+                ) else {
+                    errors.fail(format!("the reference kept no state {name:?}"));
+                    continue;
+                };
+                let got = &values[c.start as usize..(c.start + c.len) as usize];
+                let what = |i: usize| format!("tensor {k} {name} [{}]", c.start + i as u64);
+                errors.compare(&what, got, want, path, cpu32);
+            }
+        }
+    }
+    Ok((errors, opt))
+}
+
+/// Calls `f` on every chunk with its slice of `host`, on as many threads as the machine has.
+fn parallel(chunks: &mut [Chunk], host: &mut [f32], f: &(dyn Fn(&mut Chunk, &mut [f32]) + Sync)) {
+    // Chunks lie in `host` in order and do not overlap: split it into their slices.
+    let mut slices: Vec<(&mut Chunk, &mut [f32])> = Vec::with_capacity(chunks.len());
+    let mut rest = host;
+    let mut consumed = 0;
+    for c in chunks.iter_mut() {
+        let (_, tail) = rest.split_at_mut((c.at - consumed) as usize);
+        let (mine, tail) = tail.split_at_mut(c.len as usize);
+        consumed = c.at + c.len;
+        rest = tail;
+        slices.push((c, mine));
+    }
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 64);
+    let per = slices.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let mut parts = slices.chunks_mut(per);
+        let first = parts.next();
+        for part in parts {
+            s.spawn(move || {
+                for (c, slice) in part {
+                    f(c, slice);
+                }
+            });
+        }
+        for (c, slice) in first.into_iter().flatten() {
+            f(c, slice);
+        }
+    });
+}
+
+/// Wall time of `steps` steps, recorded [`MAX_STEPS_PER_SUBMIT`] to an encoder, submitted,
+/// and waited for.
+fn time_steps(ctx: &Context, opt: &mut Optimizer, steps: usize) -> Result<f64> {
+    let wait = |index: Option<wgpu::SubmissionIndex>| {
+        ctx.device()
+            .poll(wgpu::PollType::Wait {
+                submission_index: index,
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(e.to_string()))
+    };
+    // A warm-up step, and nothing else in flight.
+    let index = opt.step_submit();
+    wait(Some(index))?;
+    let started = Instant::now();
+    let mut left = steps as u64;
+    let mut last = None;
+    while left > 0 {
+        let n = left.min(MAX_STEPS_PER_SUBMIT);
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        for _ in 0..n {
+            opt.step(&mut encoder);
+        }
+        last = Some(ctx.queue().submit([encoder.finish()]));
+        left -= n;
+    }
+    wait(last)?;
+    Ok(started.elapsed().as_secs_f64())
+}
+
+/// GB/s of `steps` copies moving Adam's bytes for `size` elements: 14 bytes per element read
+/// and 14 written.
+fn time_copy(ctx: &Context, size: u64, steps: usize) -> Result<CopyBandwidth> {
+    let device = ctx.device();
+    let bytes = size
+        .saturating_mul(14)
+        .div_ceil(4)
+        .saturating_mul(4)
+        .min(ctx.limits().max_buffer_size / 4 * 4)
+        .max(4);
+    let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let make = |label, usage| {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(label),
+            size: bytes,
+            usage,
+            mapped_at_creation: false,
+        })
+    };
+    let src = make("validate copy source", wgpu::BufferUsages::COPY_SRC);
+    let dst = make("validate copy destination", wgpu::BufferUsages::COPY_DST);
+    if let Some(e) = pollster::block_on(scope.pop()) {
+        return Err(Error::Gpu(e.to_string()));
+    }
+    let copies = |n: usize| {
+        let mut encoder = device.create_command_encoder(&Default::default());
+        for _ in 0..n {
+            encoder.copy_buffer_to_buffer(&src, 0, &dst, 0, bytes);
+        }
+        let index = ctx.queue().submit([encoder.finish()]);
+        device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(index),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(e.to_string()))
+    };
+    copies(1)?;
+    let started = Instant::now();
+    copies(steps)?;
+    let seconds = started.elapsed().as_secs_f64().max(1e-9);
+    Ok(CopyBandwidth {
+        bytes_per_element: 28,
+        bytes_copied: bytes,
+        gb_per_s: 2.0 * bytes as f64 * steps as f64 / seconds / 1e9,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tensor_sizes_add_up_and_are_uneven() {
+        for size in [1, 2, 3, 4, 100, 261, 262, 5000, 70_001, 1_000_003, u64::MAX] {
+            let sizes = tensor_sizes(size);
+            assert_eq!(sizes.iter().sum::<u64>(), size, "{size}: {sizes:?}");
+            assert!(sizes.iter().all(|&n| n > 0));
+        }
+        let sizes = tensor_sizes(1_000_003);
+        assert_eq!(sizes.len(), 5);
+        assert!(sizes.iter().any(|n| n % 256 != 0));
+    }
+
+    #[test]
+    fn every_kernel_is_configured() {
+        let configs = all_configs();
+        assert_eq!(configs.len(), 56);
+        for k in kernel_names() {
+            assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
+        }
+        for c in &configs {
+            c.validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn bytes_per_element_of_each_kernel() {
+        let by_kernel = |k: &str| {
+            all_configs()
+                .iter()
+                .find(|c| kernel_name(c) == k)
+                .map(crate::bench::bytes_per_element)
+        };
+        for (k, b) in [
+            ("sgd", 12),
+            ("sgd_momentum", 20),
+            ("adam", 28),
+            ("adam_amsgrad", 36),
+            ("rmsprop", 20),
+            ("rmsprop_centered", 28),
+            ("rmsprop_momentum", 28),
+            ("rmsprop_centered_momentum", 36),
+            ("adagrad", 20),
+        ] {
+            assert_eq!(by_kernel(k), Some(b), "{k}");
+        }
+    }
+
+    #[test]
+    fn options_name_non_defaults() {
+        let sgd = SGD {
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: true,
+            maximize: true,
+            ..Default::default()
+        };
+        assert_eq!(
+            options(&sgd.into()),
+            "lr=0.05 momentum=0.9 nesterov maximize"
+        );
+        assert_eq!(options(&Adam::default().into()), "defaults");
+        let adamw = AdamW {
+            weight_decay: 0.0,
+            betas: (0.8, 0.99),
+            ..Default::default()
+        };
+        assert_eq!(options(&adamw.into()), "betas=(0.8,0.99) weight_decay=0");
+    }
+
+    #[test]
+    fn rng_streams_are_deterministic() {
+        let a: Vec<u64> = (0..4).map(|_| Rng::stream(7, 3).next_u64()).collect();
+        assert!(a.windows(2).all(|w| w[0] == w[1]));
+        assert_ne!(Rng::stream(7, 3).next_u64(), Rng::stream(7, 4).next_u64());
+        let mut r = Rng::new(1);
+        let xs: Vec<f32> = (0..10_000).map(|_| r.normal()).collect();
+        let mean = xs.iter().sum::<f32>() / xs.len() as f32;
+        assert!(mean.abs() < 0.05, "{mean}");
+    }
+}

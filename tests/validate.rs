@@ -1,0 +1,172 @@
+//! `wgpu_optim::validate`: every kernel on the test adapter against the f64 reference, with
+//! the report as a table and as JSON.
+
+mod common;
+
+use wgpu_optim::validate::{self, Options, Status};
+
+/// Fresh data each run; the seed is printed so a failure can be repeated with `--seed`.
+fn seed() -> u64 {
+    let seed = validate::Rng::clock_seed();
+    eprintln!("validate seed {seed}");
+    seed
+}
+
+#[test]
+fn every_kernel_passes_and_reports() {
+    let ctx = common::ctx();
+    let seed = seed();
+    let options = Options::new(70_001, 5, seed);
+    let report = validate::run(ctx, &options).unwrap();
+    let table = report.table();
+    eprintln!("{table}");
+
+    let configs = validate::all_configs();
+    assert_eq!(
+        report.rows.len(),
+        configs.len() * validate::STORAGE_TYPES.len()
+    );
+    for config in &configs {
+        assert!(
+            report.rows.iter().any(|r| r.config == *config),
+            "no row for {config:?}"
+        );
+    }
+    for row in &report.rows {
+        assert_eq!(row.status, Status::Pass, "{row:?}");
+        assert_eq!(row.storage, "f32");
+        assert!(row.max_error_over_tolerance.unwrap() <= 1.0, "{row:?}");
+        assert!(row.f32_cpu_error_over_tolerance.unwrap() <= 1.0, "{row:?}");
+        assert!(row.detail.is_none(), "{row:?}");
+        assert!(row.max_abs_error.unwrap() <= 2e-5 * 100.0, "{row:?}");
+        assert!(row.gb_per_s.unwrap() > 0.0, "{row:?}");
+        assert_eq!(
+            row.bytes_per_element,
+            wgpu_optim::bench::bytes_per_element(&row.config)
+        );
+    }
+    assert!(report.passed());
+    assert_eq!(report.counts(), (configs.len(), 0, 0));
+    for kernel in validate::kernel_names() {
+        assert!(
+            report.rows.iter().any(|r| r.kernel == kernel),
+            "kernel {kernel} has no row"
+        );
+        assert!(table.contains(kernel), "table lacks {kernel}");
+    }
+    assert!(table.contains("copy"));
+    assert!(table.contains(&format!("seed {seed}")));
+    assert!(table.contains("f32"));
+    assert!(report.copy.is_some_and(|c| c.gb_per_s > 0.0));
+    assert_eq!(report.tensor_sizes.iter().sum::<u64>(), 70_001);
+    assert!(report.tensor_sizes.iter().any(|n| n % 256 != 0));
+
+    let json: serde_json::Value = serde_json::from_str(&report.to_json().unwrap()).unwrap();
+    assert_eq!(json["seed"], seed);
+    assert_eq!(json["size"], 70_001);
+    assert!(
+        json["adapter"]["name"]
+            .as_str()
+            .is_some_and(|n| !n.is_empty())
+    );
+    let rows = json["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), report.rows.len());
+    assert_eq!(rows[0]["status"], "pass");
+    assert_eq!(rows[0]["storage"], "f32");
+    assert!(rows[0]["config"]["type"].is_string());
+    assert!(rows[0]["gb_per_s"].is_number());
+}
+
+#[test]
+fn the_same_seed_gives_the_same_errors() {
+    let ctx = common::ctx();
+    let a = validate::run(ctx, &Options::new(3000, 2, 9)).unwrap();
+    let b = validate::run(ctx, &Options::new(3000, 2, 9)).unwrap();
+    let errors = |r: &validate::Report| -> Vec<Option<f64>> {
+        r.rows.iter().map(|row| row.max_abs_error).collect()
+    };
+    assert_eq!(errors(&a), errors(&b));
+    let c = validate::run(ctx, &Options::new(3000, 2, 10)).unwrap();
+    assert_ne!(errors(&a), errors(&c));
+}
+
+#[test]
+fn tiny_sizes_and_bad_options() {
+    let ctx = common::ctx();
+    for size in [1, 2, 300] {
+        let report = validate::run(ctx, &Options::new(size, 1, 3)).unwrap();
+        assert_eq!(report.tensor_sizes.iter().sum::<u64>(), size);
+        assert!(report.passed(), "{}", report.table());
+    }
+    for (size, steps, needle) in [(0, 5, "--size"), (10, 0, "--steps")] {
+        let e = validate::run(ctx, &Options::new(size, steps, 1)).unwrap_err();
+        assert!(e.to_string().contains(needle), "{e}");
+    }
+    let e = validate::run(ctx, &Options::new(u64::MAX / 2, 1, 1)).unwrap_err();
+    assert!(e.to_string().contains("max_buffer_size"), "{e}");
+}
+
+#[test]
+fn adapters_are_listed_with_their_limits() {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let adapters = validate::adapters(backends).unwrap();
+    assert!(!adapters.is_empty());
+    for a in &adapters {
+        let text = a.describe();
+        assert!(text.starts_with(&a.adapter.name), "{text}");
+        for needle in [
+            "max_buffer_size",
+            "max_storage_buffer_binding_size",
+            "max_compute_workgroups_per_dimension",
+            "max_storage_buffers_per_shader_stage",
+            "f16",
+        ] {
+            assert!(text.contains(needle), "{text}");
+        }
+    }
+}
+
+#[test]
+fn kernels_beyond_the_device_limits_are_unsupported_not_failed() {
+    // A device that allows 4 storage buffers per stage, as some do: AMSGrad and centered
+    // RMSprop with momentum bind 5.
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: wgpu::Limits {
+            max_storage_buffers_per_shader_stage: 4,
+            ..adapter.limits()
+        },
+        ..Default::default()
+    }))
+    .unwrap();
+    let ctx = wgpu_optim::Context::new(&device, &queue);
+    let report = validate::run(&ctx, &Options::new(3000, 2, seed())).unwrap();
+    assert!(report.passed(), "{}", report.table());
+    for row in &report.rows {
+        let wide = ["adam_amsgrad", "rmsprop_centered_momentum"].contains(&row.kernel);
+        let want = if wide {
+            Status::Unsupported
+        } else {
+            Status::Pass
+        };
+        assert_eq!(row.status, want, "{row:?}");
+        if wide {
+            let detail = row.detail.as_deref().unwrap();
+            assert!(
+                detail.contains("max_storage_buffers_per_shader_stage"),
+                "{detail}"
+            );
+            assert!(row.gb_per_s.is_none() && row.max_abs_error.is_none());
+        }
+    }
+    let (pass, fail, unsupported) = report.counts();
+    assert_eq!((fail, unsupported), (0, 12));
+    assert_eq!(pass, report.rows.len() - 12);
+    let table = report.table();
+    assert!(table.contains("unsupported"), "{table}");
+}
