@@ -28,6 +28,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::Context;
+use crate::gpu::scoped;
 use crate::optim::{Adagrad, Adam, AdamW, OptimizerConfig, RMSprop, SGD};
 use crate::optimizer::{BufferRange, Optimizer, Tensor};
 use std::collections::HashMap;
@@ -274,68 +275,13 @@ pub fn bench_context(
     backends: wgpu::Backends,
     adapter: Option<&str>,
 ) -> Result<(Context, wgpu::AdapterInfo, bool)> {
-    let wanted = adapter.map(str::to_lowercase);
-    let rank = |t: wgpu::DeviceType| match t {
-        wgpu::DeviceType::DiscreteGpu => 0,
-        wgpu::DeviceType::IntegratedGpu => 1,
-        wgpu::DeviceType::VirtualGpu => 2,
-        wgpu::DeviceType::Cpu => 3,
-        wgpu::DeviceType::Other => 4,
-    };
-    let chosen = [
-        backends & wgpu::Backends::PRIMARY,
-        backends - wgpu::Backends::PRIMARY,
-    ]
-    .into_iter()
-    .filter(|b| !b.is_empty())
-    .find_map(|b| {
-        let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-            backends: b,
-            ..wgpu::InstanceDescriptor::new_without_display_handle()
-        });
-        pollster::block_on(instance.enumerate_adapters(b))
-            .into_iter()
-            .filter(|a| {
-                wanted
-                    .as_ref()
-                    .is_none_or(|w| a.get_info().name.to_lowercase().contains(w))
-            })
-            .min_by_key(|a| rank(a.get_info().device_type))
-    })
-    .ok_or_else(|| {
-        Error::NoAdapter(match adapter {
-            Some(name) => format!(" matching {name:?} for backends {backends:?}"),
-            None => format!(" for backends {backends:?}"),
-        })
-    })?;
-    let info = chosen.get_info();
-    let timestamps = chosen.features().contains(wgpu::Features::TIMESTAMP_QUERY);
-    let features = if timestamps {
-        wgpu::Features::TIMESTAMP_QUERY
-    } else {
-        wgpu::Features::empty()
-    };
-    let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
-        label: Some("wgpu-optim bench"),
-        required_features: features,
-        required_limits: chosen.limits(),
-        ..Default::default()
-    }))
-    .map_err(|e| Error::RequestDevice(e.to_string()))?;
-    Ok((Context::new(&device, &queue), info, timestamps))
-}
-
-/// Runs `f` inside out-of-memory and validation error scopes and reports what they caught.
-fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
-    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let value = f();
-    let v = pollster::block_on(validation.pop());
-    let o = pollster::block_on(oom.pop());
-    match o.or(v) {
-        Some(e) => Err(Error::Gpu(e.to_string())),
-        None => Ok(value),
-    }
+    let (ctx, info) =
+        Context::request_with_features(backends, adapter, wgpu::Features::TIMESTAMP_QUERY)?;
+    let timestamps = ctx
+        .device()
+        .features()
+        .contains(wgpu::Features::TIMESTAMP_QUERY);
+    Ok((ctx, info, timestamps))
 }
 
 fn wait(device: &wgpu::Device, index: Option<wgpu::SubmissionIndex>) -> Result<()> {

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
-use crate::gpu::{CompiledKernel, Context};
+use crate::gpu::{CompiledKernel, Context, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
 use crate::state::TensorState;
 use std::collections::HashMap;
@@ -154,19 +154,6 @@ impl std::fmt::Debug for Optimizer {
 
 fn round_up(x: u64, to: u64) -> u64 {
     x.div_ceil(to) * to
-}
-
-/// Runs `f` inside out-of-memory and validation error scopes and reports what they caught.
-fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
-    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let value = f();
-    let v = pollster::block_on(validation.pop());
-    let o = pollster::block_on(oom.pop());
-    match o.or(v) {
-        Some(e) => Err(Error::Gpu(e.to_string())),
-        None => Ok(value),
-    }
 }
 
 fn check_range(tensor: usize, role: &'static str, r: &BufferRange<'_>) -> Result<()> {

@@ -58,6 +58,17 @@ impl Context {
         backends: wgpu::Backends,
         adapter: Option<&str>,
     ) -> Result<(Self, wgpu::AdapterInfo)> {
+        Self::request_with_features(backends, adapter, wgpu::Features::empty())
+    }
+
+    /// As [`request`](Self::request), also enabling those of the `optional` features that the
+    /// chosen adapter has (for example `TIMESTAMP_QUERY` for benchmarks); the device's
+    /// [`features`](wgpu::Device::features) tell which were enabled.
+    pub fn request_with_features(
+        backends: wgpu::Backends,
+        adapter: Option<&str>,
+        optional: wgpu::Features,
+    ) -> Result<(Self, wgpu::AdapterInfo)> {
         let wanted = adapter.map(str::to_lowercase);
         let rank = |t: wgpu::DeviceType| match t {
             wgpu::DeviceType::DiscreteGpu => 0,
@@ -96,7 +107,7 @@ impl Context {
         let info = chosen.get_info();
         let (device, queue) = pollster::block_on(chosen.request_device(&wgpu::DeviceDescriptor {
             label: Some("wgpu-optim"),
-            required_features: wgpu::Features::empty(),
+            required_features: optional & chosen.features(),
             required_limits: chosen.limits(),
             ..Default::default()
         }))
@@ -267,5 +278,18 @@ impl Context {
             return Err(Error::Gpu(e.to_string()));
         }
         Ok(buffer)
+    }
+}
+
+/// Runs `f` inside out-of-memory and validation error scopes and reports what they caught.
+pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
+    let oom = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
+    let validation = device.push_error_scope(wgpu::ErrorFilter::Validation);
+    let value = f();
+    let v = pollster::block_on(validation.pop());
+    let o = pollster::block_on(oom.pop());
+    match o.or(v) {
+        Some(e) => Err(Error::Gpu(e.to_string())),
+        None => Ok(value),
     }
 }
