@@ -296,19 +296,7 @@ fn wait(device: &wgpu::Device, index: Option<wgpu::SubmissionIndex>) -> Result<(
 
 /// A storage buffer of `elements` f32 values, all `value`, checked against `max_buffer_size`.
 fn filled_buffer(ctx: &Context, label: &str, elements: u64, value: f32) -> Result<wgpu::Buffer> {
-    let bytes = elements
-        .checked_mul(4)
-        .ok_or_else(|| Error::Input(format!("{elements} elements overflow a buffer size")))?
-        .max(4);
-    let limit = ctx.limits().max_buffer_size;
-    if bytes > limit {
-        return Err(Error::TooLarge {
-            what: format!("buffer {label:?}"),
-            bytes,
-            limit,
-            limit_name: "max_buffer_size",
-        });
-    }
+    let bytes = ctx.check_buffer_size(label, elements)?;
     let buffer = scoped(ctx.device(), || {
         ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -582,8 +582,9 @@ impl Optimizer {
                 self.groups.len()
             )));
         }
-        let mut groups = self.groups.clone();
-        for (g, config) in groups.iter_mut().enumerate() {
+        // Check every group first, so that an error changes nothing; then apply. No allocation:
+        // this runs every step.
+        let scheduled = |g: usize, config: &OptimizerConfig| -> Result<OptimizerConfig> {
             let new = config.scheduled(lrs[g], scheduler.momentum().map(|m| m[g]))?;
             if new.kernel() != config.kernel() {
                 return Err(Error::StructuralChange {
@@ -591,9 +592,14 @@ impl Optimizer {
                     what: "momentum between zero and non-zero (build the optimizer with momentum to cycle it)",
                 });
             }
-            *config = new;
+            Ok(new)
+        };
+        for (g, config) in self.groups.iter().enumerate() {
+            scheduled(g, config)?;
         }
-        self.groups = groups;
+        for (g, config) in self.groups.iter_mut().enumerate() {
+            *config = scheduled(g, config)?;
+        }
         Ok(())
     }
 

@@ -247,10 +247,10 @@ impl Context {
         Ok(())
     }
 
-    /// Creates a buffer with `STORAGE | COPY_SRC | COPY_DST` usage holding `data`, checking the
-    /// device's `max_buffer_size` first.
-    pub fn create_f32_buffer(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
-        let bytes = (data.len() as u64 * 4).max(4);
+    /// The byte size of a buffer of `elements` f32 values (at least 4), or
+    /// [`Error::TooLarge`] past the device's `max_buffer_size`.
+    pub(crate) fn check_buffer_size(&self, label: &str, elements: u64) -> Result<u64> {
+        let bytes = elements.saturating_mul(4).max(4);
         let limit = self.limits().max_buffer_size;
         if bytes > limit {
             return Err(Error::TooLarge {
@@ -260,6 +260,13 @@ impl Context {
                 limit_name: "max_buffer_size",
             });
         }
+        Ok(bytes)
+    }
+
+    /// Creates a buffer with `STORAGE | COPY_SRC | COPY_DST` usage holding `data`, checking the
+    /// device's `max_buffer_size` first.
+    pub fn create_f32_buffer(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
+        let bytes = self.check_buffer_size(label, data.len() as u64)?;
         let device = self.device();
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let mut contents: Vec<u8> = bytemuck::cast_slice(data).to_vec();
