@@ -1,5 +1,5 @@
 // torch.optim.Adam and torch.optim.AdamW. Entry points: `adam` and `adam_amsgrad`.
-// Requires common.wgsl in front.
+// Requires an access prologue (scalar.wgsl or vec4.wgsl) and common.wgsl in front.
 
 // Per-tensor values for one step. Must be kept in sync with `AdamUniform` in src/optim/adam.rs.
 struct AdamHyper {
@@ -24,19 +24,19 @@ struct AdamHyper {
 }
 
 @group(0) @binding(1) var<uniform> hyper: array<AdamHyper, MAX_SEGMENTS>;
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;
-@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<f32>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<f32>;
+@group(0) @binding(2) var<storage, read_write> param: array<E>;
+@group(0) @binding(3) var<storage, read_write> grad: array<E>;
+@group(0) @binding(4) var<storage, read_write> exp_avg: array<E>;
+@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<E>;
 
 struct Moments {
-    p: f32,
-    m: f32,
-    v: f32,
+    p: V,
+    m: V,
+    v: V,
 }
 
 // Decay, gradient and both moment updates; returns the new (decayed) parameter and moments.
-fn adam_moments(h: AdamHyper, p_in: f32, g_raw: f32, m_in: f32, v_in: f32) -> Moments {
+fn adam_moments(h: AdamHyper, p_in: V, g_raw: V, m_in: V, v_in: V) -> Moments {
     var out: Moments;
     var g = h.grad_sign * g_raw;
     out.p = p_in;
@@ -51,7 +51,7 @@ fn adam_moments(h: AdamHyper, p_in: f32, g_raw: f32, m_in: f32, v_in: f32) -> Mo
     return out;
 }
 
-fn adam_param(h: AdamHyper, p: f32, m: f32, v_hat: f32) -> f32 {
+fn adam_param(h: AdamHyper, p: V, m: V, v_hat: V) -> V {
     let denom = sqrt(v_hat) / h.bias_correction2_sqrt + h.eps;
     return p - h.step_size * (m / denom);
 }
@@ -59,35 +59,66 @@ fn adam_param(h: AdamHyper, p: f32, m: f32, v_hat: f32) -> f32 {
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let site = locate(wid, lid);
-    if !site.valid {
+    if site.lo >= site.hi {
         return;
     }
     let s = site.segment;
     let h = hyper[s.slot];
     let pi = s.param_offset + site.index;
     let si = s.state_offset + site.index;
-    let r = adam_moments(h, param[pi], grad[s.grad_offset + site.index], exp_avg[si], exp_avg_sq[si]);
-    exp_avg[si] = r.m;
-    exp_avg_sq[si] = r.v;
-    param[pi] = adam_param(h, r.p, r.m, r.v);
+    let r = adam_moments(
+        h,
+        unpack(param[pi]),
+        unpack(grad[s.grad_offset + site.index]),
+        unpack(exp_avg[si]),
+        unpack(exp_avg_sq[si]),
+    );
+    let p_new = adam_param(h, r.p, r.m, r.v);
+    if whole(site) {
+        exp_avg[si] = pack(r.m);
+        exp_avg_sq[si] = pack(r.v);
+        param[pi] = pack(p_new);
+    } else {
+        for (var k = site.lo; k < site.hi; k++) {
+            exp_avg[si][k] = lane(r.m, k);
+            exp_avg_sq[si][k] = lane(r.v, k);
+            param[pi][k] = lane(p_new, k);
+        }
+    }
 }
 
-@group(0) @binding(6) var<storage, read_write> max_exp_avg_sq: array<f32>;
+@group(0) @binding(6) var<storage, read_write> max_exp_avg_sq: array<E>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn adam_amsgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let site = locate(wid, lid);
-    if !site.valid {
+    if site.lo >= site.hi {
         return;
     }
     let s = site.segment;
     let h = hyper[s.slot];
     let pi = s.param_offset + site.index;
     let si = s.state_offset + site.index;
-    let r = adam_moments(h, param[pi], grad[s.grad_offset + site.index], exp_avg[si], exp_avg_sq[si]);
-    let v_max = max(max_exp_avg_sq[si], r.v);
-    exp_avg[si] = r.m;
-    exp_avg_sq[si] = r.v;
-    max_exp_avg_sq[si] = v_max;
-    param[pi] = adam_param(h, r.p, r.m, v_max);
+    let r = adam_moments(
+        h,
+        unpack(param[pi]),
+        unpack(grad[s.grad_offset + site.index]),
+        unpack(exp_avg[si]),
+        unpack(exp_avg_sq[si]),
+    );
+    let v_max = max(unpack(max_exp_avg_sq[si]), r.v);
+    let p_new = adam_param(h, r.p, r.m, v_max);
+    if whole(site) {
+        exp_avg[si] = pack(r.m);
+        exp_avg_sq[si] = pack(r.v);
+        max_exp_avg_sq[si] = pack(v_max);
+        param[pi] = pack(p_new);
+    } else {
+        for (var k = site.lo; k < site.hi; k++) {
+            exp_avg[si][k] = lane(r.m, k);
+            exp_avg_sq[si][k] = lane(r.v, k);
+            max_exp_avg_sq[si][k] = lane(v_max, k);
+            param[pi][k] = lane(p_new, k);
+        }
+    }
 }

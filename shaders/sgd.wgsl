@@ -1,5 +1,5 @@
 // torch.optim.SGD. Entry points: `sgd` (momentum == 0) and `sgd_momentum`.
-// Requires common.wgsl in front.
+// Requires an access prologue (scalar.wgsl or vec4.wgsl) and common.wgsl in front.
 
 // Per-tensor values for one step. Must be kept in sync with `SgdUniform` in src/optim/sgd.rs.
 struct SgdHyper {
@@ -18,10 +18,10 @@ struct SgdHyper {
 }
 
 @group(0) @binding(1) var<uniform> hyper: array<SgdHyper, MAX_SEGMENTS>;
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;
-@group(0) @binding(3) var<storage, read_write> grad: array<f32>;
+@group(0) @binding(2) var<storage, read_write> param: array<E>;
+@group(0) @binding(3) var<storage, read_write> grad: array<E>;
 
-fn sgd_grad(h: SgdHyper, p: f32, g_raw: f32) -> f32 {
+fn sgd_grad(h: SgdHyper, p: V, g_raw: V) -> V {
     var g = h.grad_sign * g_raw;
     if h.weight_decay != 0.0 {
         g = g + h.weight_decay * p;
@@ -32,40 +32,55 @@ fn sgd_grad(h: SgdHyper, p: f32, g_raw: f32) -> f32 {
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let site = locate(wid, lid);
-    if !site.valid {
+    if site.lo >= site.hi {
         return;
     }
     let s = site.segment;
     let h = hyper[s.slot];
     let pi = s.param_offset + site.index;
-    let p = param[pi];
-    let g = sgd_grad(h, p, grad[s.grad_offset + site.index]);
-    param[pi] = p - h.lr * g;
+    let p = unpack(param[pi]);
+    let g = sgd_grad(h, p, unpack(grad[s.grad_offset + site.index]));
+    let p_new = p - h.lr * g;
+    if whole(site) {
+        param[pi] = pack(p_new);
+    } else {
+        for (var k = site.lo; k < site.hi; k++) {
+            param[pi][k] = lane(p_new, k);
+        }
+    }
 }
 
-@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<f32>;
+@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<E>;
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn sgd_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let site = locate(wid, lid);
-    if !site.valid {
+    if site.lo >= site.hi {
         return;
     }
     let s = site.segment;
     let h = hyper[s.slot];
     let pi = s.param_offset + site.index;
     let si = s.state_offset + site.index;
-    let p = param[pi];
-    var g = sgd_grad(h, p, grad[s.grad_offset + site.index]);
+    let p = unpack(param[pi]);
+    var g = sgd_grad(h, p, unpack(grad[s.grad_offset + site.index]));
     var buf = g;
     if h.first_step == 0u {
-        buf = momentum_buffer[si] * h.momentum + h.one_minus_dampening * g;
+        buf = unpack(momentum_buffer[si]) * h.momentum + h.one_minus_dampening * g;
     }
-    momentum_buffer[si] = buf;
     if h.nesterov != 0u {
         g = g + h.momentum * buf;
     } else {
         g = buf;
     }
-    param[pi] = p - h.lr * g;
+    let p_new = p - h.lr * g;
+    if whole(site) {
+        momentum_buffer[si] = pack(buf);
+        param[pi] = pack(p_new);
+    } else {
+        for (var k = site.lo; k < site.hi; k++) {
+            momentum_buffer[si][k] = lane(buf, k);
+            param[pi][k] = lane(p_new, k);
+        }
+    }
 }

@@ -14,15 +14,23 @@ mod state;
 pub mod validate;
 
 pub use error::{Error, Result};
-pub use gpu::Context;
+pub use gpu::{Access, Context};
 pub use optim::{Adagrad, Adam, AdamW, OptimizerConfig, RMSprop, SGD};
 pub use optimizer::{BufferRange, MAX_STEPS_PER_SUBMIT, Optimizer, ParamGroup, Snapshot, Tensor};
 pub use state::TensorState;
 
-/// The WGSL sources of every shader file, each with the shared prologue in front, by file
-/// name. Used to check the shaders with naga and to translate them for other backends.
-pub fn shader_sources() -> [(&'static str, &'static str); 4] {
+/// The WGSL source of every shader file in every [`Access`] mode, each with its prologues in
+/// front, labelled by file name and mode (`"shaders/adam.wgsl (vec4)"`). Used to check the
+/// shaders with naga and to translate them for other backends.
+pub fn shader_sources() -> [(&'static str, &'static str); 8] {
     use optim::Shader;
-    [Shader::Sgd, Shader::Adam, Shader::Rmsprop, Shader::Adagrad]
-        .map(|s| (gpu::kernel_label(s), gpu::kernel_source(s)))
+    let shaders = [Shader::Sgd, Shader::Adam, Shader::Rmsprop, Shader::Adagrad];
+    std::array::from_fn(|i| {
+        let access = [Access::Scalar, Access::Vec4][i % 2];
+        let shader = shaders[i / 2];
+        (
+            gpu::kernel_label(shader, access),
+            gpu::kernel_source(shader, access),
+        )
+    })
 }

@@ -2,7 +2,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
-use crate::gpu::{CompiledKernel, Context, scoped};
+use crate::gpu::{Access, CompiledKernel, Context, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
 use crate::state::TensorState;
 use std::collections::HashMap;
@@ -103,6 +103,8 @@ struct TensorMeta {
     param: wgpu::Buffer,
     param_offset: u64,
     step: u64,
+    /// How the kernel reads and writes this tensor.
+    access: Access,
     /// False until the first step or a loaded state: SGD's "momentum buffer is None".
     initialized: bool,
     /// `(batch, piece)` indices covering the tensor in order.
@@ -280,11 +282,19 @@ impl Optimizer {
         let tensors: Vec<Tensor<'_>> = all.iter().map(|(_, t)| *t).collect();
         check_overlaps(&tensors)?;
 
-        // Batch keys: kernel, parameter buffer, gradient buffer.
-        let mut keys: Vec<(Kernel, &wgpu::Buffer, &wgpu::Buffer)> = Vec::new();
+        let limits = ctx.limits();
+        let alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
+        // Batch keys: kernel, access mode, parameter buffer, gradient buffer.
+        let mut keys: Vec<(Kernel, Access, &wgpu::Buffer, &wgpu::Buffer)> = Vec::new();
         let mut spans = Vec::with_capacity(all.len());
         for (g, t) in &all {
-            let k = (groups[*g].config.kernel(), t.param.buffer, t.grad.buffer);
+            let access = access_for(ctx.access(), alignment, t);
+            let k = (
+                groups[*g].config.kernel(),
+                access,
+                t.param.buffer,
+                t.grad.buffer,
+            );
             let key = keys.iter().position(|x| *x == k).unwrap_or_else(|| {
                 keys.push(k);
                 keys.len() - 1
@@ -294,20 +304,19 @@ impl Optimizer {
                 param_offset: t.param.offset,
                 grad_offset: t.grad.offset,
                 len: t.param.len,
+                lanes: access.lanes(),
             });
         }
         let compiled: Vec<Arc<CompiledKernel>> = keys
             .iter()
-            .map(|k| ctx.kernel(k.0))
+            .map(|k| ctx.kernel(k.0, k.1))
             .collect::<Result<_>>()?;
 
-        let limits = ctx.limits();
-        let alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
-            / 4
-            * 4;
+            / 16
+            * 16;
         if max_binding < 2 * alignment + 4 {
             return Err(Error::Unsupported(format!(
                 "storage bindings of {max_binding} bytes (max_storage_buffer_binding_size)"
@@ -381,7 +390,7 @@ impl Optimizer {
         let mut batches = Vec::with_capacity(plans.len());
         scoped(device, || {
             for ((b, p), state) in plans.into_iter().enumerate().zip(states) {
-                let (param_buffer, grad_buffer) = (keys[p.key].1, keys[p.key].2);
+                let (param_buffer, grad_buffer) = (keys[p.key].2, keys[p.key].3);
                 let kernel = compiled[p.key].clone();
                 let stride = keys[p.key].0.uniform_size();
                 let mut bindings = vec![
@@ -426,11 +435,13 @@ impl Optimizer {
 
         let mut metas: Vec<TensorMeta> = all
             .iter()
-            .map(|(g, t)| TensorMeta {
+            .enumerate()
+            .map(|(i, (g, t))| TensorMeta {
                 group: *g,
                 len: t.param.len,
                 param: t.param.buffer.clone(),
                 param_offset: t.param.offset,
+                access: keys[spans[i].key].1,
                 step: 0,
                 initialized: false,
                 pieces: Vec::new(),
@@ -521,6 +532,12 @@ impl Optimizer {
     /// Number of tensors, over all groups.
     pub fn tensor_count(&self) -> usize {
         self.tensors.len()
+    }
+
+    /// How the kernels access tensor `tensor` (numbered over all groups in order): the
+    /// context's [`Access`], or [`Access::Scalar`] where the tensor cannot use vec4 access.
+    pub fn tensor_access(&self, tensor: usize) -> Result<Access> {
+        Ok(self.meta(tensor)?.access)
     }
 
     /// The hyperparameters of every group.
@@ -812,21 +829,39 @@ fn dispatch_size(workgroups: u32, max_x: u32) -> (u32, u32) {
     (x, workgroups.div_ceil(x).max(1))
 }
 
+/// The access mode of one tensor: the context's, unless the tensor cannot use vec4 access
+/// (see [`Access::Vec4`]).
+fn access_for(preferred: Access, alignment: u64, t: &Tensor<'_>) -> Access {
+    let fits = |r: &BufferRange<'_>| (r.offset + 4 * r.len).next_multiple_of(16) <= r.buffer.size();
+    if preferred == Access::Vec4
+        && alignment.is_multiple_of(16)
+        && t.param.offset % 16 == t.grad.offset % 16
+        && fits(&t.param)
+        && fits(&t.grad)
+    {
+        Access::Vec4
+    } else {
+        Access::Scalar
+    }
+}
+
 /// The bytes of one batch's `SegmentTable` (shaders/common.wgsl).
 fn segment_table(p: &plan::Batch, spans: &[Span], dispatch_x: u32) -> Vec<u8> {
     let mut words: Vec<u32> = vec![p.pieces.len() as u32, p.workgroups, dispatch_x, 0];
     for piece in &p.pieces {
         let s = spans[piece.tensor];
+        // Element offsets inside the windows; the plan puts the piece's first element at the
+        // same lane of a unit in all three.
         let param = (s.param_offset + 4 * piece.start - p.param_window.0) / 4;
         let grad = (s.grad_offset + 4 * piece.start - p.grad_window.0) / 4;
         words.extend([
-            param as u32,
-            grad as u32,
-            piece.state_offset as u32,
+            (param / p.lanes) as u32,
+            (grad / p.lanes) as u32,
+            (piece.state_offset / p.lanes) as u32,
             piece.len as u32,
             piece.first_workgroup,
             piece.slot,
-            0,
+            (param % p.lanes) as u32,
             0,
         ]);
     }

@@ -6,23 +6,35 @@ use common::{POISON, Rng, assert_as_close_as_f32, assert_close, ctx, write};
 use std::collections::HashMap;
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
-    Adam, AdamW, BufferRange, Optimizer, OptimizerConfig, ParamGroup, Tensor, TensorState,
-    reference,
+    Access, Adam, AdamW, BufferRange, Context, Optimizer, OptimizerConfig, ParamGroup, Tensor,
+    TensorState, reference,
 };
+
+/// The test context with each access mode.
+fn contexts() -> [Context; 2] {
+    [Access::Scalar, Access::Vec4].map(|a| ctx().clone().with_access(a))
+}
 
 /// Runs `steps` steps of `config` on tensors of the given sizes (packed into one parameter
 /// buffer and one gradient buffer at unaligned offsets) with fresh random gradients, and checks
 /// parameters and every state buffer against the reference after the last step.
-fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize, rng: &mut Rng) {
-    let ctx = ctx();
-    // Unaligned offsets: tensor k starts k*3+1 elements after the previous one ends.
+fn check_against_reference(
+    ctx: &Context,
+    config: OptimizerConfig,
+    sizes: &[u64],
+    steps: usize,
+    rng: &mut Rng,
+) {
+    // Unaligned offsets: tensor k starts k*3+1 elements after the previous one ends, so
+    // tensors start and end at every lane of a vec4.
     let mut offsets = Vec::new();
     let mut at = 5;
     for (k, &n) in sizes.iter().enumerate() {
         offsets.push(at);
         at += n + k as u64 * 3 + 1;
     }
-    let total = at as usize;
+    // Whole vec4s, so that every tensor can use the context's access mode.
+    let total = at.next_multiple_of(4) as usize;
     let mut init = vec![POISON; total];
     let mut params64: Vec<Vec<f64>> = Vec::new();
     for (&o, &n) in offsets.iter().zip(sizes) {
@@ -48,6 +60,9 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
         1,
         "tensors sharing buffers take one dispatch"
     );
+    for k in 0..sizes.len() {
+        assert_eq!(opt.tensor_access(k).unwrap(), ctx.access());
+    }
     let mut states = vec![TensorState::<f64>::default(); sizes.len()];
     // Per tensor, per buffer ("param" and each state): the sum of |change| over the steps.
     let mut paths: Vec<HashMap<String, Vec<f64>>> = vec![HashMap::new(); sizes.len()];
@@ -102,11 +117,11 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
                 }
             }
         }
-        write(&grad, 0, &g);
+        ctx.queue().write_buffer(&grad, 0, bytemuck::cast_slice(&g));
         opt.step_submit();
     }
     let got = ctx.read_f32(&[(&param, 0, total as u64)]).unwrap();
-    let what = format!("{config:?}");
+    let what = format!("{config:?} ({})", ctx.access());
     for (k, (&o, &n)) in offsets.iter().zip(sizes).enumerate() {
         let range = o as usize..(o + n) as usize;
         assert_as_close_as_f32(
@@ -138,9 +153,9 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
             );
         }
     }
-    // The gaps between tensors were never written.
+    // The gaps between tensors, and the end of the buffer, were never written.
     let mut end = 0;
-    for (&o, &n) in offsets.iter().zip(sizes) {
+    for (&o, &n) in offsets.iter().zip(sizes).chain([(&(total as u64), &0)]) {
         assert!(
             got[end as usize..o as usize].iter().all(|v| v.is_nan()),
             "{what}: wrote outside its tensors"
@@ -152,8 +167,10 @@ fn check_against_reference(config: OptimizerConfig, sizes: &[u64], steps: usize,
 #[test]
 fn every_option_combination_matches_reference_over_20_steps() {
     let mut rng = Rng::fresh("every_option_combination");
-    for config in all_configs() {
-        check_against_reference(config, &[1, 255, 256, 257, 1000], 20, &mut rng);
+    for ctx in contexts() {
+        for config in all_configs() {
+            check_against_reference(&ctx, config, &[1, 255, 256, 257, 1000], 20, &mut rng);
+        }
     }
 }
 
@@ -170,7 +187,9 @@ fn a_million_elements_match_reference() {
         })
         .step_by(3)
     {
-        check_against_reference(config, &[1_000_003], 20, &mut rng);
+        for ctx in contexts() {
+            check_against_reference(&ctx, config, &[1_000_003], 20, &mut rng);
+        }
     }
 }
 
@@ -183,13 +202,60 @@ fn more_than_65535_workgroups() {
         amsgrad: true,
         ..Default::default()
     };
-    check_against_reference(config.into(), &[n], 3, &mut rng);
+    let scalar = ctx().clone().with_access(Access::Scalar);
+    check_against_reference(&scalar, config.into(), &[n], 3, &mut rng);
+}
+
+/// A vec4 dispatch wider than the device allows in x folds into a 2-D grid. One binding on
+/// lavapipe (128 MiB) holds 32,768 vec4 workgroups, fewer than 65,535, so this runs on a device
+/// created with `max_compute_workgroups_per_dimension` lowered to 1,000.
+#[test]
+fn vec4_grids_fold_into_two_dimensions() {
+    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
+    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
+        backends,
+        ..wgpu::InstanceDescriptor::new_without_display_handle()
+    });
+    let adapter = pollster::block_on(instance.enumerate_adapters(backends))
+        .into_iter()
+        .next()
+        .expect("GPU tests need an adapter (install mesa-vulkan-drivers for lavapipe)");
+    let limits = wgpu::Limits {
+        max_compute_workgroups_per_dimension: 1000,
+        ..adapter.limits()
+    };
+    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+        required_limits: limits,
+        ..Default::default()
+    }))
+    .unwrap();
+    let ctx = Context::new(&device, &queue).with_access(Access::Vec4);
+    let mut rng = Rng::fresh("vec4_grids_fold_into_two_dimensions");
+    let config = AdamW {
+        lr: 0.01,
+        amsgrad: true,
+        ..Default::default()
+    };
+    // 2,500,001 elements: 2,442 workgroups of 1,024, a 1,000 x 3 grid.
+    check_against_reference(
+        &ctx,
+        config.into(),
+        &[1000 * 1024 * 2 + 451_953],
+        3,
+        &mut rng,
+    );
 }
 
 #[test]
 fn many_tensors_in_several_groups() {
-    let ctx = ctx();
     let mut rng = Rng::fresh("many_tensors_in_several_groups");
+    for ctx in contexts() {
+        many_tensors(&ctx, &mut rng);
+    }
+}
+
+/// 300 tensors back to back in three groups (neighbours share vec4s).
+fn many_tensors(ctx: &Context, rng: &mut Rng) {
     let configs: [OptimizerConfig; 3] = [
         Adam {
             lr: 0.01,
@@ -213,7 +279,7 @@ fn many_tensors_in_several_groups() {
     ];
     // 300 tensors of mixed sizes: more than one batch's 256 slots.
     let sizes: Vec<u64> = (0..300).map(|_| 1 + rng.below(700)).collect();
-    let total: u64 = sizes.iter().sum();
+    let total: u64 = sizes.iter().sum::<u64>().next_multiple_of(4);
     let init = rng.normals(total as usize);
     let param = ctx.create_f32_buffer("param", &init).unwrap();
     let grad = ctx
@@ -239,6 +305,7 @@ fn many_tensors_in_several_groups() {
         "{} dispatches",
         opt.dispatches_per_step()
     );
+    assert!((0..300).all(|k| opt.tensor_access(k).unwrap() == ctx.access()));
     let mut p64: Vec<f64> = init.iter().map(|&v| f64::from(v)).collect();
     let mut states = vec![TensorState::<f64>::default(); sizes.len()];
     for _ in 0..20 {
@@ -253,7 +320,61 @@ fn many_tensors_in_several_groups() {
         }
     }
     let got = ctx.read_f32(&[(&param, 0, total)]).unwrap();
-    assert_close("params of 300 tensors in 3 groups", &got, &p64, 2e-5, 2e-5);
+    let what = format!("params of 300 tensors in 3 groups ({})", ctx.access());
+    assert_close(&what, &got, &p64, 2e-5, 2e-5);
+}
+
+/// Tensors that cannot use vec4 access run scalar beside vec4 ones in one optimizer: a
+/// gradient at another offset modulo 16 bytes than its parameter, and a tensor that ends in
+/// the last, partial vec4 of its buffers.
+#[test]
+fn tensors_unfit_for_vec4_fall_back_to_scalar() {
+    let ctx = ctx().clone().with_access(Access::Vec4);
+    let mut rng = Rng::fresh("tensors_unfit_for_vec4");
+    // Parameter offsets and lengths in elements; total 1 + 1001 + 3 + 517 + 2 = 1524 + 2.
+    let layout = [(1, 1001), (1005, 517), (1524, 2)];
+    let total = 1526;
+    let grad_offsets = [1, 1006, 1524];
+    let init = rng.normals(total);
+    let param = ctx.create_f32_buffer("param", &init).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &vec![0.0; total]).unwrap();
+    let tensors: Vec<Tensor<'_>> = layout
+        .iter()
+        .zip(grad_offsets)
+        .map(|(&(o, n), g)| {
+            Tensor::new(
+                BufferRange::new(&param, o * 4, n),
+                BufferRange::new(&grad, g * 4, n),
+            )
+        })
+        .collect();
+    let config: OptimizerConfig = Adam {
+        lr: 0.01,
+        weight_decay: 0.01,
+        ..Default::default()
+    }
+    .into();
+    let mut opt = Optimizer::new(&ctx, config, &tensors).unwrap();
+    let access: Vec<Access> = (0..3).map(|k| opt.tensor_access(k).unwrap()).collect();
+    assert_eq!(access, [Access::Vec4, Access::Scalar, Access::Scalar]);
+    assert_eq!(opt.dispatches_per_step(), 2);
+    let mut p64: Vec<f64> = init.iter().map(|&v| f64::from(v)).collect();
+    let mut states = vec![TensorState::<f64>::default(); 3];
+    for _ in 0..10 {
+        let g = rng.normals(total);
+        write(&grad, 0, &g);
+        opt.step_submit();
+        for (k, (&(o, n), go)) in layout.iter().zip(grad_offsets).enumerate() {
+            let g64: Vec<f64> = g[go as usize..(go + n) as usize]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            let range = o as usize..(o + n) as usize;
+            reference::step(&config, &mut states[k], &mut p64[range], &g64);
+        }
+    }
+    let got = ctx.read_f32(&[(&param, 0, total as u64)]).unwrap();
+    assert_close("params of scalar and vec4 tensors", &got, &p64, 2e-5, 2e-5);
 }
 
 #[test]

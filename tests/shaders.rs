@@ -129,7 +129,8 @@ fn glsl_es310_text(
 #[test]
 fn every_shader_parses_and_validates() {
     let modules = modules();
-    assert_eq!(modules.len(), 4);
+    // Four shader files, each in the scalar and the vec4 access mode.
+    assert_eq!(modules.len(), 8);
 }
 
 #[test]
@@ -153,7 +154,11 @@ fn shaders_have_the_expected_compute_entry_points() {
         }
     }
     found.sort();
-    let mut expected = ENTRY_POINTS.map(String::from).to_vec();
+    // Every entry point once per access mode.
+    let mut expected: Vec<String> = ENTRY_POINTS
+        .iter()
+        .flat_map(|e| [e.to_string(), e.to_string()])
+        .collect();
     expected.sort();
     assert_eq!(found, expected);
 }
@@ -181,7 +186,7 @@ fn every_entry_point_translates_to_every_backend() {
             }
         }
     }
-    assert_eq!(translated, ENTRY_POINTS.len() * backends.len());
+    assert_eq!(translated, 2 * ENTRY_POINTS.len() * backends.len());
 }
 
 /// The size naga lays out for the named type of a module, if the module has it.
@@ -222,11 +227,12 @@ fn uniform_structs_match_the_rust_structs() {
                 seen += 1;
             }
         }
-        // The per-optimizer structs live in one file; Segment and SegmentTable in all four.
+        // The per-optimizer structs live in one file, Segment and SegmentTable in all four;
+        // each file is compiled in two access modes.
         let want_seen = if type_name.starts_with("Segment") {
-            4
+            8
         } else {
-            1
+            2
         };
         assert_eq!(seen, want_seen, "{type_name} found in {seen} shaders");
     }

@@ -1,39 +1,46 @@
 //! Shader sources and their compilation into pipelines, once per [`Context`].
 
-use super::Context;
+use super::{Access, Context};
 use crate::error::{Error, Result};
 use crate::optim::{Kernel, Shader};
 use std::num::NonZeroU64;
 
-/// The WGSL source of each shader file, with the shared prologue in front.
-pub(crate) fn source(shader: Shader) -> &'static str {
-    match shader {
-        Shader::Sgd => concat!(
+/// One shader file's WGSL with its prologues in front: the access prologue, then common.wgsl.
+macro_rules! with_prologue {
+    ($access:literal, $file:literal) => {
+        concat!(
+            include_str!(concat!("../../shaders/", $access)),
             include_str!("../../shaders/common.wgsl"),
-            include_str!("../../shaders/sgd.wgsl")
-        ),
-        Shader::Adam => concat!(
-            include_str!("../../shaders/common.wgsl"),
-            include_str!("../../shaders/adam.wgsl")
-        ),
-        Shader::Rmsprop => concat!(
-            include_str!("../../shaders/common.wgsl"),
-            include_str!("../../shaders/rmsprop.wgsl")
-        ),
-        Shader::Adagrad => concat!(
-            include_str!("../../shaders/common.wgsl"),
-            include_str!("../../shaders/adagrad.wgsl")
-        ),
+            include_str!(concat!("../../shaders/", $file))
+        )
+    };
+}
+
+/// The WGSL source of each shader file for one access mode, prologues in front.
+pub(crate) fn source(shader: Shader, access: Access) -> &'static str {
+    match (shader, access) {
+        (Shader::Sgd, Access::Scalar) => with_prologue!("scalar.wgsl", "sgd.wgsl"),
+        (Shader::Sgd, Access::Vec4) => with_prologue!("vec4.wgsl", "sgd.wgsl"),
+        (Shader::Adam, Access::Scalar) => with_prologue!("scalar.wgsl", "adam.wgsl"),
+        (Shader::Adam, Access::Vec4) => with_prologue!("vec4.wgsl", "adam.wgsl"),
+        (Shader::Rmsprop, Access::Scalar) => with_prologue!("scalar.wgsl", "rmsprop.wgsl"),
+        (Shader::Rmsprop, Access::Vec4) => with_prologue!("vec4.wgsl", "rmsprop.wgsl"),
+        (Shader::Adagrad, Access::Scalar) => with_prologue!("scalar.wgsl", "adagrad.wgsl"),
+        (Shader::Adagrad, Access::Vec4) => with_prologue!("vec4.wgsl", "adagrad.wgsl"),
     }
 }
 
-/// The shader file's name, as a label.
-pub(crate) fn label(shader: Shader) -> &'static str {
-    match shader {
-        Shader::Sgd => "shaders/sgd.wgsl",
-        Shader::Adam => "shaders/adam.wgsl",
-        Shader::Rmsprop => "shaders/rmsprop.wgsl",
-        Shader::Adagrad => "shaders/adagrad.wgsl",
+/// The shader file's name and access mode, as a label.
+pub(crate) fn label(shader: Shader, access: Access) -> &'static str {
+    match (shader, access) {
+        (Shader::Sgd, Access::Scalar) => "shaders/sgd.wgsl (scalar)",
+        (Shader::Sgd, Access::Vec4) => "shaders/sgd.wgsl (vec4)",
+        (Shader::Adam, Access::Scalar) => "shaders/adam.wgsl (scalar)",
+        (Shader::Adam, Access::Vec4) => "shaders/adam.wgsl (vec4)",
+        (Shader::Rmsprop, Access::Scalar) => "shaders/rmsprop.wgsl (scalar)",
+        (Shader::Rmsprop, Access::Vec4) => "shaders/rmsprop.wgsl (vec4)",
+        (Shader::Adagrad, Access::Scalar) => "shaders/adagrad.wgsl (scalar)",
+        (Shader::Adagrad, Access::Vec4) => "shaders/adagrad.wgsl (vec4)",
     }
 }
 
@@ -51,8 +58,8 @@ pub(crate) struct CompiledKernel {
     pub(crate) pipeline: wgpu::ComputePipeline,
 }
 
-/// Checks the device can run `kernel`, then builds its layout and pipeline.
-pub(super) fn compile(ctx: &Context, kernel: Kernel) -> Result<CompiledKernel> {
+/// Checks the device can run `kernel`, then builds its layout and pipeline for `access`.
+pub(super) fn compile(ctx: &Context, kernel: Kernel, access: Access) -> Result<CompiledKernel> {
     let limits = ctx.limits();
     let storage = kernel.storage_buffers();
     if storage > limits.max_storage_buffers_per_shader_stage {
@@ -102,12 +109,13 @@ pub(super) fn compile(ctx: &Context, kernel: Kernel) -> Result<CompiledKernel> {
             ty: wgpu::BindingType::Buffer {
                 ty: wgpu::BufferBindingType::Storage { read_only: false },
                 has_dynamic_offset: false,
-                min_binding_size: NonZeroU64::new(4),
+                // One unit: the element type of the shader's storage arrays.
+                min_binding_size: NonZeroU64::new(4 * access.lanes()),
             },
             count: None,
         });
     }
-    let label = format!("wgpu-optim {}", kernel.entry_point());
+    let label = format!("wgpu-optim {} ({access})", kernel.entry_point());
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(&label),
         entries: &entries,
@@ -117,7 +125,7 @@ pub(super) fn compile(ctx: &Context, kernel: Kernel) -> Result<CompiledKernel> {
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let module = ctx.module(kernel.shader());
+    let module = ctx.module(kernel.shader(), access);
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&label),
         layout: Some(&pipeline_layout),

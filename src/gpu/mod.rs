@@ -12,6 +12,64 @@ use crate::optim::{Kernel, Shader};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
+/// How kernels read and write the parameter, gradient and state buffers.
+///
+/// Both modes compute the same values; they differ in speed. Tensors that cannot use
+/// [`Vec4`](Self::Vec4) (see there) always run with [`Scalar`](Self::Scalar).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Access {
+    /// One `f32` element per invocation. Works for any offsets and lengths.
+    Scalar,
+    /// One 16-byte `vec4<f32>` per invocation, writing single lanes only where a tensor starts
+    /// or ends inside a vec4. Used for a tensor when its parameter and gradient byte offsets
+    /// agree modulo 16, both ranges can be bound rounded out to 16 bytes inside their buffers,
+    /// and the device's `min_storage_buffer_offset_alignment` is a multiple of 16.
+    Vec4,
+}
+
+impl Access {
+    /// The mode [`Context::new`] picks for an adapter: [`Scalar`](Self::Scalar) on CPU
+    /// devices (llvmpipe/lavapipe, where it measured faster: notes/bandwidth.md), otherwise
+    /// [`Vec4`](Self::Vec4).
+    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
+        match info.device_type {
+            wgpu::DeviceType::Cpu => Self::Scalar,
+            _ => Self::Vec4,
+        }
+    }
+
+    /// Elements per invocation: 1 or 4.
+    pub fn lanes(self) -> u64 {
+        match self {
+            Self::Scalar => 1,
+            Self::Vec4 => 4,
+        }
+    }
+}
+
+impl std::fmt::Display for Access {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Scalar => "scalar",
+            Self::Vec4 => "vec4",
+        })
+    }
+}
+
+impl std::str::FromStr for Access {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "scalar" => Ok(Self::Scalar),
+            "vec4" => Ok(Self::Vec4),
+            _ => Err(Error::Input(format!(
+                "unknown access mode {s:?} (expected scalar or vec4)"
+            ))),
+        }
+    }
+}
+
 /// The device and queue this crate records on, with its cache of shader modules, bind group
 /// layouts and pipelines.
 ///
@@ -19,9 +77,13 @@ use std::sync::{Arc, Mutex};
 /// once per `Context`, the first time an optimizer needs it. The context reads the device's own
 /// limits; to use large tensors, create the device with the adapter's limits
 /// (`required_limits: adapter.limits()`), not wgpu's defaults.
+///
+/// Each context also carries the [`Access`] mode its optimizers use, chosen for the adapter;
+/// [`with_access`](Self::with_access) overrides it.
 #[derive(Clone, Debug)]
 pub struct Context {
     inner: Arc<Inner>,
+    access: Access,
 }
 
 #[derive(Debug)]
@@ -29,14 +91,16 @@ struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     limits: wgpu::Limits,
-    modules: Mutex<HashMap<Shader, wgpu::ShaderModule>>,
-    kernels: Mutex<HashMap<Kernel, Arc<CompiledKernel>>>,
+    modules: Mutex<HashMap<(Shader, Access), wgpu::ShaderModule>>,
+    kernels: Mutex<HashMap<(Kernel, Access), Arc<CompiledKernel>>>,
 }
 
 impl Context {
     /// Wraps the caller's device and queue. Nothing is compiled until an optimizer needs it.
+    /// The access mode is [`Access::for_adapter`] of the device's adapter.
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
         Self {
+            access: Access::for_adapter(&device.adapter_info()),
             inner: Arc::new(Inner {
                 device: device.clone(),
                 queue: queue.clone(),
@@ -125,32 +189,44 @@ impl Context {
         &self.inner.queue
     }
 
+    /// This context with another access mode for the optimizers made with it afterwards. The
+    /// two share their caches of compiled kernels.
+    pub fn with_access(mut self, access: Access) -> Self {
+        self.access = access;
+        self
+    }
+
+    /// The access mode optimizers made with this context use where they can.
+    pub fn access(&self) -> Access {
+        self.access
+    }
+
     /// The device's limits, read once when the context was made.
     pub fn limits(&self) -> &wgpu::Limits {
         &self.inner.limits
     }
 
     /// The compiled kernel, compiling it on first use.
-    pub(crate) fn kernel(&self, kernel: Kernel) -> Result<Arc<CompiledKernel>> {
+    pub(crate) fn kernel(&self, kernel: Kernel, access: Access) -> Result<Arc<CompiledKernel>> {
         let mut cache = self.inner.kernels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = cache.get(&kernel) {
+        if let Some(k) = cache.get(&(kernel, access)) {
             return Ok(k.clone());
         }
-        let compiled = Arc::new(kernels::compile(self, kernel)?);
-        cache.insert(kernel, compiled.clone());
+        let compiled = Arc::new(kernels::compile(self, kernel, access)?);
+        cache.insert((kernel, access), compiled.clone());
         Ok(compiled)
     }
 
     /// The shader module of one shader file, created on first use.
-    pub(crate) fn module(&self, shader: Shader) -> wgpu::ShaderModule {
+    pub(crate) fn module(&self, shader: Shader, access: Access) -> wgpu::ShaderModule {
         let mut cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .entry(shader)
+            .entry((shader, access))
             .or_insert_with(|| {
                 self.device()
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(kernels::label(shader)),
-                        source: wgpu::ShaderSource::Wgsl(kernels::source(shader).into()),
+                        label: Some(kernels::label(shader, access)),
+                        source: wgpu::ShaderSource::Wgsl(kernels::source(shader, access).into()),
                     })
             })
             .clone()

@@ -6,6 +6,10 @@
 //! `min_storage_buffer_offset_alignment`, and owns state buffers that hold its pieces back to
 //! back. A tensor that does not fit one window is split into pieces in several batches. At most
 //! `MAX_SEGMENTS` pieces and `MAX_SEGMENTS` distinct tensors go in one batch.
+//!
+//! Tensors planned for vec4 access (`lanes == 4`) also get windows whose ends are rounded up to
+//! 16 bytes, and state offsets padded so that each piece starts at the same lane of a vec4 in
+//! its state buffers as in its parameter and gradient windows.
 
 use super::kernels::{MAX_SEGMENTS, WORKGROUP_SIZE};
 
@@ -17,16 +21,20 @@ pub(crate) struct Span {
     pub(crate) param_offset: u64,
     pub(crate) grad_offset: u64,
     pub(crate) len: u64,
+    /// Elements per kernel invocation, 1 or 4; equal for equal keys. With 4, the caller
+    /// guarantees `param_offset % 16 == grad_offset % 16` and that both ranges, rounded out
+    /// to 16 bytes, lie inside their buffers.
+    pub(crate) lanes: u64,
 }
 
 /// The device limits the plan respects.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct PlanLimits {
-    /// Largest storage binding, in bytes (a multiple of 4).
+    /// Largest storage binding, in bytes (a multiple of 16).
     pub(crate) max_binding: u64,
-    /// Storage binding offset alignment, in bytes.
+    /// Storage binding offset alignment, in bytes (a multiple of 16 if any span has 4 lanes).
     pub(crate) alignment: u64,
-    /// Most elements one state buffer may hold.
+    /// Most elements one state buffer may hold (a multiple of 4).
     pub(crate) max_state: u64,
 }
 
@@ -37,7 +45,8 @@ pub(crate) struct Piece {
     /// First element of the piece within its tensor.
     pub(crate) start: u64,
     pub(crate) len: u64,
-    /// First element of the piece within the batch's state buffers.
+    /// First element of the piece within the batch's state buffers; congruent to the piece's
+    /// parameter and gradient element offsets modulo the batch's lanes.
     pub(crate) state_offset: u64,
     pub(crate) first_workgroup: u32,
     /// Index of the tensor in the batch's uniform array.
@@ -55,8 +64,11 @@ pub(crate) struct Batch {
     pub(crate) pieces: Vec<Piece>,
     /// Tensor index of each uniform slot.
     pub(crate) slots: Vec<usize>,
+    /// Elements of each state buffer, a multiple of `lanes`.
     pub(crate) state_len: u64,
     pub(crate) workgroups: u32,
+    /// Elements per invocation (the spans' lanes).
+    pub(crate) lanes: u64,
 }
 
 /// Largest `n` such that elements `[at, at + 4n)` can join a window `current` without the
@@ -73,13 +85,23 @@ fn room(current: Option<(u64, u64)>, at: u64, limits: &PlanLimits) -> u64 {
     (lo + limits.max_binding).saturating_sub(at) / 4
 }
 
-fn grow(window: &mut (u64, u64), empty: bool, at: u64, bytes: u64, alignment: u64) {
+/// Grows a window to hold `bytes` at `at`, its start aligned to `alignment` and its end to
+/// `end_alignment`.
+fn grow(
+    window: &mut (u64, u64),
+    empty: bool,
+    at: u64,
+    bytes: u64,
+    alignment: u64,
+    end_alignment: u64,
+) {
     let aligned = at - at % alignment;
+    let end = (at + bytes).next_multiple_of(end_alignment);
     if empty {
-        *window = (aligned, at + bytes);
+        *window = (aligned, end);
     } else {
         window.0 = window.0.min(aligned);
-        window.1 = window.1.max(at + bytes);
+        window.1 = window.1.max(end);
     }
 }
 
@@ -98,12 +120,18 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
             ..Default::default()
         };
         for (tensor, span) in spans.iter().enumerate().filter(|(_, s)| s.key == key) {
+            let lanes = span.lanes;
             let mut start = 0;
             while start < span.len {
+                batch.lanes = lanes;
                 let empty = batch.pieces.is_empty();
                 let new_slot = batch.slots.last() != Some(&tensor);
                 let param_at = span.param_offset + 4 * start;
                 let grad_at = span.grad_offset + 4 * start;
+                // The lane of the piece's first element; windows start at multiples of 16
+                // bytes, so it is the same in the parameter, gradient and state windows.
+                let head = param_at / 4 % lanes;
+                let state_at = batch.state_len + (head + lanes - batch.state_len % lanes) % lanes;
                 let fits_tables = batch.pieces.len() < MAX_SEGMENTS
                     && (!new_slot || batch.slots.len() < MAX_SEGMENTS);
                 let n = if fits_tables {
@@ -112,7 +140,7 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
                     (span.len - start)
                         .min(param)
                         .min(grad)
-                        .min(limits.max_state - batch.state_len)
+                        .min(limits.max_state.saturating_sub(state_at))
                 } else {
                     0
                 };
@@ -133,6 +161,7 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
                     param_at,
                     4 * n,
                     limits.alignment,
+                    4 * lanes,
                 );
                 grow(
                     &mut batch.grad_window,
@@ -140,6 +169,7 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
                     grad_at,
                     4 * n,
                     limits.alignment,
+                    4 * lanes,
                 );
                 if new_slot {
                     batch.slots.push(tensor);
@@ -148,18 +178,21 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
                     tensor,
                     start,
                     len: n,
-                    state_offset: batch.state_len,
+                    state_offset: state_at,
                     first_workgroup: batch.workgroups,
                     slot: (batch.slots.len() - 1) as u32,
                 });
-                batch.state_len += n;
-                batch.workgroups += n.div_ceil(u64::from(WORKGROUP_SIZE)) as u32;
+                batch.state_len = state_at + n;
+                batch.workgroups += (head + n).div_ceil(lanes * u64::from(WORKGROUP_SIZE)) as u32;
                 start += n;
             }
         }
         if !batch.pieces.is_empty() {
             batches.push(batch);
         }
+    }
+    for batch in &mut batches {
+        batch.state_len = batch.state_len.next_multiple_of(batch.lanes);
     }
     batches
 }
@@ -180,6 +213,14 @@ mod tests {
             param_offset,
             grad_offset,
             len,
+            lanes: 1,
+        }
+    }
+
+    fn span4(key: usize, param_offset: u64, grad_offset: u64, len: u64) -> Span {
+        Span {
+            lanes: 4,
+            ..span(key, param_offset, grad_offset, len)
         }
     }
 
@@ -193,11 +234,16 @@ mod tests {
             assert_eq!(b.grad_window.0 % limits.alignment, 0);
             assert!(b.state_len <= limits.max_state);
             assert!(b.pieces.len() <= MAX_SEGMENTS && b.slots.len() <= MAX_SEGMENTS);
+            let lanes = b.lanes;
+            assert_eq!(b.param_window.1 % (4 * lanes), 0);
+            assert_eq!(b.grad_window.1 % (4 * lanes), 0);
+            assert_eq!(b.state_len % lanes, 0);
             let mut state = 0;
             let mut wg = 0;
             for p in &b.pieces {
                 let s = spans[p.tensor];
                 assert_eq!(s.key, b.key);
+                assert_eq!(s.lanes, lanes);
                 assert_eq!(b.slots[p.slot as usize], p.tensor);
                 assert_eq!(p.start, covered[p.tensor], "pieces in order, no gaps");
                 covered[p.tensor] += p.len;
@@ -205,12 +251,18 @@ mod tests {
                 let ga = s.grad_offset + 4 * p.start;
                 assert!(pa >= b.param_window.0 && pa + 4 * p.len <= b.param_window.1);
                 assert!(ga >= b.grad_window.0 && ga + 4 * p.len <= b.grad_window.1);
-                assert_eq!(p.state_offset, state);
+                // State pieces in order, not overlapping, each at the same lane as its
+                // parameter and gradient elements.
+                let head = pa / 4 % lanes;
+                assert_eq!((ga - b.grad_window.0) / 4 % lanes, head);
+                assert_eq!((pa - b.param_window.0) / 4 % lanes, head);
+                assert!(p.state_offset >= state && p.state_offset < state + lanes);
+                assert_eq!(p.state_offset % lanes, head);
                 assert_eq!(p.first_workgroup, wg);
-                state += p.len;
-                wg += p.len.div_ceil(256) as u32;
+                state = p.state_offset + p.len;
+                wg += (head + p.len).div_ceil(256 * lanes) as u32;
             }
-            assert_eq!(b.state_len, state);
+            assert_eq!(b.state_len, state.next_multiple_of(lanes));
             assert_eq!(b.workgroups, wg);
         }
         for (c, s) in covered.iter().zip(spans) {
@@ -269,6 +321,38 @@ mod tests {
         let batches = plan(&spans, &state_limited);
         check_cover(&spans, &batches, &state_limited);
         assert!(batches.iter().all(|b| b.state_len <= 1000));
+    }
+
+    #[test]
+    fn vec4_pieces_keep_their_lane_in_state() {
+        // Heads 0..3, lengths that end inside a vec4, neighbours sharing a vec4.
+        let spans: Vec<Span> = (0..40)
+            .map(|i| {
+                span4(
+                    0,
+                    4 * (7 * i + i % 4),
+                    4000 + 4 * (7 * i + i % 4),
+                    1 + i % 6,
+                )
+            })
+            .collect();
+        let batches = plan(&spans, &BIG);
+        assert_eq!(batches.len(), 1);
+        check_cover(&spans, &batches, &BIG);
+        let small = PlanLimits {
+            max_binding: 4096,
+            alignment: 256,
+            max_state: 1000,
+        };
+        let spans = [
+            span4(0, 12, 44, 100),
+            span4(0, 1_004, 100_012, 5_001),
+            span4(0, 30_008, 8, 3),
+            span(1, 4, 8, 5_000),
+        ];
+        let batches = plan(&spans, &small);
+        assert!(batches.len() >= 7);
+        check_cover(&spans, &batches, &small);
     }
 
     #[test]

@@ -1,0 +1,23 @@
+// Access prologue "scalar": each invocation handles one f32 element. Works for any offsets.
+// Selected by `Access::Scalar` in src/gpu/mod.rs; shaders/vec4.wgsl defines the same names.
+
+// The type optimizer arithmetic runs on.
+alias V = f32;
+// The element type of every storage array: one f32, wrapped in an array so that lane `k` of a
+// unit can be written as `buffer[i][k]` in either access mode.
+alias E = array<f32, 1>;
+// Elements per unit (per invocation).
+const LANES: u32 = 1u;
+
+fn unpack(e: E) -> V {
+    return e[0];
+}
+
+fn pack(v: V) -> E {
+    return E(v);
+}
+
+// Lane `k` of a unit's value.
+fn lane(v: V, k: u32) -> f32 {
+    return v;
+}

@@ -1,0 +1,23 @@
+// Access prologue "vec4": each invocation handles one aligned vec4<f32> (four elements) with
+// 16-byte loads and stores, writing single lanes only where a segment starts or ends inside a
+// vec4. Selected by `Access::Vec4` in src/gpu/mod.rs; shaders/scalar.wgsl defines the same names.
+
+// The type optimizer arithmetic runs on.
+alias V = vec4<f32>;
+// The element type of every storage array.
+alias E = vec4<f32>;
+// Elements per unit (per invocation).
+const LANES: u32 = 4u;
+
+fn unpack(e: E) -> V {
+    return e;
+}
+
+fn pack(v: V) -> E {
+    return v;
+}
+
+// Lane `k` of a unit's value.
+fn lane(v: V, k: u32) -> f32 {
+    return v[k];
+}
