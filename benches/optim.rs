@@ -7,6 +7,7 @@
 //! One device serves the whole run: `WGPU_BACKEND` picks backends (default all, Vulkan, Metal
 //! and DX12 before GL) and `WGPU_ADAPTER_NAME` an adapter by name. Timings are GPU timestamps
 //! when the adapter has `TIMESTAMP_QUERY`, else the wall clock around each submit and wait.
+//! `WGPU_OPTIM_ACCESS=scalar` or `vec4` overrides the kernels' access mode (default: vec4).
 //!
 //! Groups:
 //! - `step`: every kernel at 2^16, 2^18, ... 2^max elements (`WGPU_OPTIM_BENCH_MAX_LOG2`,
@@ -88,6 +89,10 @@ fn main() {
     let adapter = std::env::var("WGPU_ADAPTER_NAME").ok();
     let (ctx, info, _) = bench::bench_context(backends, adapter.as_deref())
         .unwrap_or_else(|e| fail("no device to benchmark", e));
+    let ctx = match std::env::var("WGPU_OPTIM_ACCESS") {
+        Ok(a) => ctx.with_access(a.parse().unwrap_or_else(|e| fail("WGPU_OPTIM_ACCESS", e))),
+        Err(_) => ctx,
+    };
     let timer = Timer::of(&ctx);
     let cpu = info.device_type == wgpu::DeviceType::Cpu;
     let max_log2 = if full {
@@ -102,8 +107,11 @@ fn main() {
     }
     .max(1);
     println!(
-        "adapter: {} ({:?}, {:?}); timer: {timer}; sizes 2^16..2^{max_log2}; GPT-2 divisor {divisor}",
-        info.name, info.backend, info.device_type
+        "adapter: {} ({:?}, {:?}); access: {}; timer: {timer}; sizes 2^16..2^{max_log2}; GPT-2 divisor {divisor}",
+        info.name,
+        info.backend,
+        info.device_type,
+        ctx.access()
     );
 
     let samples: Samples = Rc::default();

@@ -295,8 +295,10 @@ fn wait(device: &wgpu::Device, index: Option<wgpu::SubmissionIndex>) -> Result<(
 }
 
 /// A storage buffer of `elements` f32 values, all `value`, checked against `max_buffer_size`.
+/// Its size is rounded up to whole vec4s, so that tensors ending in it can use
+/// [`Access::Vec4`](crate::Access::Vec4).
 fn filled_buffer(ctx: &Context, label: &str, elements: u64, value: f32) -> Result<wgpu::Buffer> {
-    let bytes = ctx.check_buffer_size(label, elements)?;
+    let bytes = ctx.check_buffer_size(label, elements.next_multiple_of(4))?;
     let buffer = scoped(ctx.device(), || {
         ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

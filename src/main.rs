@@ -3,7 +3,7 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wgpu_optim::{Context, Error, OptimizerConfig, bench, replay, schedule, validate};
+use wgpu_optim::{Access, Context, Error, OptimizerConfig, bench, replay, schedule, validate};
 
 #[derive(Parser)]
 #[command(version, about = "Fused GPU optimizer kernels with PyTorch semantics")]
@@ -102,7 +102,15 @@ enum Command {
         /// Timed steps per kernel (the median is reported).
         #[arg(long, default_value_t = 20, value_parser = parse_count)]
         iterations: u64,
+        /// How kernels access memory: scalar or vec4 (default: vec4).
+        #[arg(long, value_parser = parse_access)]
+        access: Option<Access>,
     },
+}
+
+/// Parses an access mode, `scalar` or `vec4`.
+fn parse_access(text: &str) -> Result<Access, String> {
+    text.parse().map_err(|e: Error| e.to_string())
 }
 
 /// Parses a count such as `1000003` or `1_000_003`.
@@ -197,9 +205,14 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             adapter,
             size,
             iterations,
+            access,
         } => {
             let (ctx, info, _) =
                 bench::bench_context(Backend::backends(backend), adapter.as_deref())?;
+            let ctx = match access {
+                Some(a) => ctx.with_access(a),
+                None => ctx,
+            };
             let rows =
                 bench::measure_rows(&ctx, &bench::kernel_cases(), &[size], iterations as usize)?;
             let timer = rows
@@ -207,8 +220,10 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 .map(|r| r.kernel.timer.to_string())
                 .unwrap_or_default();
             println!(
-                "wgpu-optim bench on {} ({:?}); timer: {timer}",
-                info.name, info.backend
+                "wgpu-optim bench on {} ({:?}); access: {}; timer: {timer}",
+                info.name,
+                info.backend,
+                ctx.access()
             );
             println!("{}", bench::table(&rows).trim_end());
             Ok(ExitCode::SUCCESS)

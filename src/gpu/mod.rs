@@ -14,9 +14,10 @@ use std::sync::{Arc, Mutex};
 
 /// How kernels read and write the parameter, gradient and state buffers.
 ///
-/// Both modes compute the same values; they differ in speed. Tensors that cannot use
-/// [`Vec4`](Self::Vec4) (see there) always run with [`Scalar`](Self::Scalar).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+/// Both modes compute the same values; they differ in speed. [`Vec4`](Self::Vec4), the
+/// default, measured faster on every adapter tried so far (notes/bandwidth.md); tensors that
+/// cannot use it (see there) run with [`Scalar`](Self::Scalar).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Access {
     /// One `f32` element per invocation. Works for any offsets and lengths.
     Scalar,
@@ -24,20 +25,11 @@ pub enum Access {
     /// or ends inside a vec4. Used for a tensor when its parameter and gradient byte offsets
     /// agree modulo 16, both ranges can be bound rounded out to 16 bytes inside their buffers,
     /// and the device's `min_storage_buffer_offset_alignment` is a multiple of 16.
+    #[default]
     Vec4,
 }
 
 impl Access {
-    /// The mode [`Context::new`] picks for an adapter: [`Scalar`](Self::Scalar) on CPU
-    /// devices (llvmpipe/lavapipe, where it measured faster: notes/bandwidth.md), otherwise
-    /// [`Vec4`](Self::Vec4).
-    pub fn for_adapter(info: &wgpu::AdapterInfo) -> Self {
-        match info.device_type {
-            wgpu::DeviceType::Cpu => Self::Scalar,
-            _ => Self::Vec4,
-        }
-    }
-
     /// Elements per invocation: 1 or 4.
     pub fn lanes(self) -> u64 {
         match self {
@@ -78,8 +70,8 @@ impl std::str::FromStr for Access {
 /// limits; to use large tensors, create the device with the adapter's limits
 /// (`required_limits: adapter.limits()`), not wgpu's defaults.
 ///
-/// Each context also carries the [`Access`] mode its optimizers use, chosen for the adapter;
-/// [`with_access`](Self::with_access) overrides it.
+/// Each context also carries the [`Access`] mode its optimizers use ([`Access::Vec4`] unless
+/// [`with_access`](Self::with_access) says otherwise).
 #[derive(Clone, Debug)]
 pub struct Context {
     inner: Arc<Inner>,
@@ -97,10 +89,10 @@ struct Inner {
 
 impl Context {
     /// Wraps the caller's device and queue. Nothing is compiled until an optimizer needs it.
-    /// The access mode is [`Access::for_adapter`] of the device's adapter.
+    /// Its optimizers use [`Access::Vec4`] where they can.
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
         Self {
-            access: Access::for_adapter(&device.adapter_info()),
+            access: Access::default(),
             inner: Arc::new(Inner {
                 device: device.clone(),
                 queue: queue.clone(),
