@@ -125,9 +125,9 @@ struct Batch {
 /// A fused GPU optimizer over many tensors in parameter groups.
 ///
 /// Build it once with the engine's buffers; each [`step`](Self::step) then records a few
-/// dispatches into the caller's encoder: one per batch of tensors sharing a kernel, a parameter
-/// buffer and a gradient buffer (more only when a batch outgrows a binding or holds more than
-/// 256 tensors). Engines that keep parameters in one buffer and gradients in another get one
+/// dispatches into the caller's encoder: one per batch of tensors sharing a kernel, an
+/// [`Access`] mode, a parameter buffer and a gradient buffer (more only when a batch outgrows a
+/// binding or holds more than 256 tensors). Engines that keep parameters in one buffer and gradients in another get one
 /// dispatch per step, whatever the tensor count. Nothing is allocated, compiled or read back
 /// per step; per-step values (learning rate, bias corrections) are uploaded with
 /// [`wgpu::Queue::write_buffer`], which lands before the next submit.

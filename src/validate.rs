@@ -8,7 +8,10 @@
 //! the sum of the element's `|change|` over the steps ([`tolerance`], the bound of
 //! `tests/kernels.rs`). The parameters are split into a few tensors of uneven sizes
 //! ([`tensor_sizes`]) in one parameter buffer and one gradient buffer, with NaN in the gaps
-//! between them, which must stay untouched. Beside the GPU, the same steps run in float32 on
+//! between them, which must stay untouched. The second tensor's gradient is misaligned against
+//! its parameter, so that it runs the scalar kernels while the others run the context's
+//! [`Access`](crate::Access) mode (vec4 by default): every configuration checks both. Beside
+//! the GPU, the same steps run in float32 on
 //! the CPU, to tell a kernel's error from the error that float32 arithmetic itself makes on the
 //! data ([`Row::f32_cpu_error_over_tolerance`]). Each optimizer is then timed separately, and a
 //! plain buffer copy for comparison.
@@ -25,7 +28,7 @@
 //! ```
 
 use crate::error::{Error, Result};
-use crate::gpu::Context;
+use crate::gpu::{Access, Context};
 use crate::optim::{Adagrad, Adam, AdamW, Kernel, OptimizerConfig, RMSprop, SGD};
 use crate::optimizer::{BufferRange, MAX_STEPS_PER_SUBMIT, Optimizer, Tensor};
 use crate::state::TensorState;
@@ -50,6 +53,10 @@ pub const REL_ERROR_FLOOR: f64 = 1e-3;
 const CHUNK: u64 = 1 << 16;
 /// Poisoned elements before the first tensor.
 const LEAD: u64 = 5;
+
+/// The tensor whose gradient [`run`] misaligns against its parameter, so that it runs the
+/// scalar kernels (see [`crate::Access`]).
+const SCALAR_TENSOR: usize = 1;
 
 /// SplitMix64: a small generator, deterministic for a seed, for the validation data.
 #[derive(Clone, Debug)]
@@ -828,7 +835,12 @@ pub fn run_with_progress(
 /// Where the tensors lie in the shared buffers, in elements.
 struct Layout {
     sizes: Vec<u64>,
+    /// Parameter offsets.
     offsets: Vec<u64>,
+    /// Gradient offsets: the parameter offsets, except that tensor [`SCALAR_TENSOR`]'s
+    /// gradient lies one element further on, so that its parameter and gradient disagree in
+    /// alignment and it runs the scalar kernels while the others run the context's access mode.
+    grad_offsets: Vec<u64>,
     /// Elements of each buffer, gaps included.
     total: u64,
 }
@@ -846,10 +858,18 @@ impl Layout {
                 .and_then(|a| a.checked_add(3 * k as u64 + 1))
                 .ok_or_else(|| Error::Input(format!("--size {size} is too large")))?;
         }
+        // The gap after tensor 1 is 4 elements: its gradient moved by one stays in it.
+        let grad_offsets = offsets
+            .iter()
+            .enumerate()
+            .map(|(k, &o)| if k == SCALAR_TENSOR { o + 1 } else { o })
+            .collect();
         Ok(Self {
             sizes,
             offsets,
-            total: at,
+            grad_offsets,
+            // Whole vec4s, so that the last tensor can use vec4 access too.
+            total: at.next_multiple_of(4),
         })
     }
 }
@@ -877,8 +897,10 @@ struct Chunk {
     tensor: usize,
     /// First element within the tensor.
     start: u64,
-    /// First element within the shared buffers.
+    /// First element within the parameter buffer.
     at: u64,
+    /// First element within the gradient buffer.
+    grad_at: u64,
     len: u64,
     param: Vec<f64>,
     state: TensorState<f64>,
@@ -1235,18 +1257,33 @@ fn check_row(
     steps: usize,
     seed: u64,
 ) -> Result<(Errors, Optimizer)> {
-    let tensors: Vec<Tensor<'_>> = layout
-        .offsets
-        .iter()
-        .zip(&layout.sizes)
-        .map(|(&o, &n)| {
+    let tensors: Vec<Tensor<'_>> = (0..layout.sizes.len())
+        .map(|k| {
+            let n = layout.sizes[k];
             Tensor::new(
-                BufferRange::new(buffers.param, o * 4, n),
-                BufferRange::new(buffers.grad, o * 4, n),
+                BufferRange::new(buffers.param, layout.offsets[k] * 4, n),
+                BufferRange::new(buffers.grad, layout.grad_offsets[k] * 4, n),
             )
         })
         .collect();
     let mut opt = Optimizer::new(ctx, *config, &tensors)?;
+    let mut errors = Errors::default();
+    // Vec4 access needs storage binding offsets aligned to 16 bytes (see `Access::Vec4`).
+    let vec4_alignment = ctx
+        .limits()
+        .min_storage_buffer_offset_alignment
+        .is_multiple_of(16);
+    for k in 0..tensors.len() {
+        let want = if k == SCALAR_TENSOR || !vec4_alignment {
+            Access::Scalar
+        } else {
+            ctx.access()
+        };
+        let got = opt.tensor_access(k)?;
+        if got != want {
+            errors.fail(format!("tensor {k} runs {got} access, not {want}"));
+        }
+    }
 
     // The reference's chunks, each with its own random stream: the data depends on the seed
     // alone, not on how many threads step the reference.
@@ -1260,6 +1297,7 @@ fn check_row(
                 tensor: k,
                 start,
                 at: o + start,
+                grad_at: layout.grad_offsets[k] + start,
                 len,
                 param: Vec::new(),
                 state: TensorState::default(),
@@ -1287,7 +1325,7 @@ fn check_row(
         }
     }
     // Initial parameters, standard normal.
-    parallel(&mut chunks, &mut host, &|c, slice| {
+    parallel(&mut chunks, &mut host, |c| c.at, &|c, slice| {
         c.rng.fill_normal(slice, 1.0);
         for ((p, p32), &v) in c.param.iter_mut().zip(&mut c.param32).zip(slice.iter()) {
             *p = f64::from(v);
@@ -1299,7 +1337,7 @@ fn check_row(
     host.fill(f32::NAN);
     for _ in 0..steps {
         // Fresh gradients (normal, times 0.5) for the GPU and the reference.
-        parallel(&mut chunks, &mut host, &|c, slice| {
+        parallel(&mut chunks, &mut host, |c| c.grad_at, &|c, slice| {
             c.rng.fill_normal(slice, 0.5);
             c.step(config, slice);
         });
@@ -1308,7 +1346,6 @@ fn check_row(
         opt.step_submit();
     }
 
-    let mut errors = Errors::default();
     let got = ctx.read_f32(&[(buffers.param, 0, layout.total)])?;
     let grads = ctx.read_f32(&[(buffers.grad, 0, layout.total)])?;
     for c in &chunks {
@@ -1366,15 +1403,21 @@ fn check_row(
 }
 
 /// Calls `f` on every chunk with its slice of `host`, on as many threads as the machine has.
-fn parallel(chunks: &mut [Chunk], host: &mut [f32], f: &(dyn Fn(&mut Chunk, &mut [f32]) + Sync)) {
-    // Chunks lie in `host` in order and do not overlap: split it into their slices.
+fn parallel(
+    chunks: &mut [Chunk],
+    host: &mut [f32],
+    at: fn(&Chunk) -> u64,
+    f: &(dyn Fn(&mut Chunk, &mut [f32]) + Sync),
+) {
+    // Chunks lie in `host` at `at` in order and do not overlap: split it into their slices.
     let mut slices: Vec<(&mut Chunk, &mut [f32])> = Vec::with_capacity(chunks.len());
     let mut rest = host;
     let mut consumed = 0;
     for c in chunks.iter_mut() {
-        let (_, tail) = rest.split_at_mut((c.at - consumed) as usize);
+        let start = at(c);
+        let (_, tail) = rest.split_at_mut((start - consumed) as usize);
         let (mine, tail) = tail.split_at_mut(c.len as usize);
-        consumed = c.at + c.len;
+        consumed = start + c.len;
         rest = tail;
         slices.push((c, mine));
     }
