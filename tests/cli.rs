@@ -540,25 +540,32 @@ fn info_lists_adapters_limits_and_f16() {
 #[test]
 fn bench_prints_a_row_per_kernel_with_its_ratio_to_copy() {
     let dir = scratch("bench");
-    let run = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
-        .args(["bench", "--size", "5000", "--iterations", "2"])
-        .env("XDG_RUNTIME_DIR", &dir)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&run.stdout);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    for case in wgpu_optim::bench::kernel_cases() {
-        let row = stdout
-            .lines()
-            .find(|l| l.split_whitespace().next() == Some(case.name))
-            .unwrap_or_else(|| panic!("no row for {}: {stdout}", case.name));
+    for access in [None, Some("scalar"), Some("vec4")] {
+        let mut args = vec!["bench", "--size", "5000", "--iterations", "2"];
+        args.extend(access.iter().flat_map(|a| ["--access", a]));
+        let run = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+            .args(&args)
+            .env("XDG_RUNTIME_DIR", &dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&run.stdout);
         assert!(
-            row.contains(" 5000 ") && row.contains("GB/s") && row.ends_with("% of copy"),
-            "{row}"
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
         );
+        let header = format!("access: {}; ", access.unwrap_or("vec4"));
+        assert!(stdout.lines().next().unwrap().contains(&header), "{stdout}");
+        for case in wgpu_optim::bench::kernel_cases() {
+            let row = stdout
+                .lines()
+                .find(|l| l.split_whitespace().next() == Some(case.name))
+                .unwrap_or_else(|| panic!("no row for {}: {stdout}", case.name));
+            assert!(
+                row.contains(" 5000 ") && row.contains("GB/s") && row.ends_with("% of copy"),
+                "{row}"
+            );
+        }
     }
+    expect_error(&dir, &["bench", "--access", "vec8"], "unknown access mode");
 }

@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 /// default, measured faster on every adapter tried so far (notes/bandwidth.md); tensors that
 /// cannot use it (see there) run with [`Scalar`](Self::Scalar).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Access {
     /// One `f32` element per invocation. Works for any offsets and lengths.
     Scalar,
