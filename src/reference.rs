@@ -16,7 +16,7 @@
 //! assert_eq!(state.step, 1);
 //! ```
 
-use crate::optim::OptimizerConfig;
+use crate::optim::{AdamLike, OptimizerConfig};
 use crate::state::TensorState;
 
 /// Takes one step of `config` on `param` with gradient `grad`, updating `state`.
@@ -70,25 +70,17 @@ pub fn step(
             put(state, "momentum_buffer", buf, c.momentum != 0.0);
         }
         OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
-            let (lr, (b1, b2), eps, wd, amsgrad, maximize, decoupled) = match *config {
-                OptimizerConfig::Adam(c) => (
-                    c.lr,
-                    c.betas,
-                    c.eps,
-                    c.weight_decay,
-                    c.amsgrad,
-                    c.maximize,
-                    false,
-                ),
-                OptimizerConfig::AdamW(c) => (
-                    c.lr,
-                    c.betas,
-                    c.eps,
-                    c.weight_decay,
-                    c.amsgrad,
-                    c.maximize,
-                    true,
-                ),
+            let AdamLike {
+                lr,
+                betas: (b1, b2),
+                eps,
+                weight_decay: wd,
+                amsgrad,
+                maximize,
+                decoupled,
+            } = match *config {
+                OptimizerConfig::Adam(c) => c.like(),
+                OptimizerConfig::AdamW(c) => c.like(),
                 _ => unreachable!(),
             };
             let (mut m, mut v, mut vmax) =

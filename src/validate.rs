@@ -29,7 +29,7 @@
 
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Context};
-use crate::optim::{Adagrad, Adam, AdamW, Kernel, OptimizerConfig, RMSprop, SGD};
+use crate::optim::{Adagrad, Adam, AdamLike, AdamW, Kernel, OptimizerConfig, RMSprop, SGD};
 use crate::optimizer::{BufferRange, MAX_STEPS_PER_SUBMIT, Optimizer, Tensor};
 use crate::state::TensorState;
 use serde::Serialize;
@@ -234,16 +234,12 @@ pub fn options(config: &OptimizerConfig) -> String {
             flag(&mut p, "nesterov", c.nesterov);
             flag(&mut p, "maximize", c.maximize);
         }
-        OptimizerConfig::Adam(c) => {
-            let d = Adam::default();
-            num(&mut p, "lr", c.lr, d.lr);
-            adam_like(&mut p, c.betas, d.betas, c.eps, d.eps);
-            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
-            flag(&mut p, "amsgrad", c.amsgrad);
-            flag(&mut p, "maximize", c.maximize);
-        }
-        OptimizerConfig::AdamW(c) => {
-            let d = AdamW::default();
+        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
+            let (c, d) = match *config {
+                OptimizerConfig::Adam(c) => (c.like(), Adam::default().like()),
+                OptimizerConfig::AdamW(c) => (c.like(), AdamW::default().like()),
+                _ => unreachable!(),
+            };
             num(&mut p, "lr", c.lr, d.lr);
             adam_like(&mut p, c.betas, d.betas, c.eps, d.eps);
             num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
@@ -1005,25 +1001,17 @@ pub fn float32_step(
             }
         }
         OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
-            let (lr, (b1, b2), eps, wd, amsgrad, maximize, decoupled) = match *config {
-                OptimizerConfig::AdamW(c) => (
-                    c.lr,
-                    c.betas,
-                    c.eps,
-                    c.weight_decay,
-                    c.amsgrad,
-                    c.maximize,
-                    true,
-                ),
-                OptimizerConfig::Adam(c) => (
-                    c.lr,
-                    c.betas,
-                    c.eps,
-                    c.weight_decay,
-                    c.amsgrad,
-                    c.maximize,
-                    false,
-                ),
+            let AdamLike {
+                lr,
+                betas: (b1, b2),
+                eps,
+                weight_decay: wd,
+                amsgrad,
+                maximize,
+                decoupled,
+            } = match *config {
+                OptimizerConfig::Adam(c) => c.like(),
+                OptimizerConfig::AdamW(c) => c.like(),
                 _ => return,
             };
             let t = step as f64;

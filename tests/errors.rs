@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{POISON, Rng, assert_close};
+use common::{POISON, Rng, assert_close, context_with_limits};
 use wgpu_optim::{
     Adagrad, Adam, AdamW, BufferRange, Context, Error, Optimizer, OptimizerConfig, ParamGroup,
     RMSprop, SGD, Tensor, TensorState, reference,
@@ -258,30 +258,6 @@ fn run_against_reference(
         &outside,
     );
     (opt, finals)
-}
-
-/// A context on a device whose limits are the adapter's, changed by `adjust` (lowered, to
-/// simulate a smaller GPU). The backends are those in `WGPU_BACKEND`, all when unset.
-fn context_with_limits(adjust: impl FnOnce(&mut wgpu::Limits)) -> Context {
-    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = pollster::block_on(instance.request_adapter(&wgpu::RequestAdapterOptions {
-        power_preference: wgpu::PowerPreference::HighPerformance,
-        ..Default::default()
-    }))
-    .expect("GPU tests need an adapter (install mesa-vulkan-drivers for lavapipe)");
-    let mut limits = adapter.limits();
-    adjust(&mut limits);
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        label: Some("wgpu-optim tests, lowered limits"),
-        required_limits: limits,
-        ..Default::default()
-    }))
-    .expect("a device with lowered limits");
-    Context::new(&device, &queue)
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 
 mod common;
 
-use common::{POISON, Rng, assert_as_close_as_f32, assert_close, ctx, write};
+use common::{POISON, Rng, assert_as_close_as_f32, assert_close, context_with_limits, ctx, write};
 use std::collections::HashMap;
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
@@ -213,26 +213,11 @@ fn more_than_65535_workgroups() {
 /// vec4 workgroups, fewer than 65,535, so only lowered limits reach these paths there.
 #[test]
 fn vec4_windows_split_and_grids_fold_under_small_limits() {
-    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = pollster::block_on(instance.enumerate_adapters(backends))
-        .into_iter()
-        .next()
-        .expect("GPU tests need an adapter (install mesa-vulkan-drivers for lavapipe)");
-    let limits = wgpu::Limits {
-        max_compute_workgroups_per_dimension: 100,
-        max_storage_buffer_binding_size: 1 << 20,
-        ..adapter.limits()
-    };
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: limits,
-        ..Default::default()
-    }))
-    .unwrap();
-    let ctx = Context::new(&device, &queue).with_access(Access::Vec4);
+    let ctx = context_with_limits(|l| {
+        l.max_compute_workgroups_per_dimension = 100;
+        l.max_storage_buffer_binding_size = 1 << 20;
+    })
+    .with_access(Access::Vec4);
     let mut rng = Rng::fresh("vec4_windows_split_and_grids_fold");
     let config = AdamW {
         lr: 0.01,

@@ -130,21 +130,7 @@ fn adapters_are_listed_with_their_limits() {
 fn kernels_beyond_the_device_limits_are_unsupported_not_failed() {
     // A device that allows 4 storage buffers per stage, as some do: AMSGrad and centered
     // RMSprop with momentum bind 5.
-    let backends = wgpu::Backends::from_env().unwrap_or(wgpu::Backends::all());
-    let instance = wgpu::Instance::new(wgpu::InstanceDescriptor {
-        backends,
-        ..wgpu::InstanceDescriptor::new_without_display_handle()
-    });
-    let adapter = pollster::block_on(instance.request_adapter(&Default::default())).unwrap();
-    let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
-        required_limits: wgpu::Limits {
-            max_storage_buffers_per_shader_stage: 4,
-            ..adapter.limits()
-        },
-        ..Default::default()
-    }))
-    .unwrap();
-    let ctx = wgpu_optim::Context::new(&device, &queue);
+    let ctx = common::context_with_limits(|l| l.max_storage_buffers_per_shader_stage = 4);
     let report = validate::run(&ctx, &Options::new(3000, 2, seed())).unwrap();
     assert!(report.passed(), "{}", report.table());
     for row in &report.rows {

@@ -115,15 +115,17 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
     }
     let mut batches = Vec::new();
     for key in keys {
-        let mut batch = Batch {
+        // Spans of one key share their lanes.
+        let lanes = spans.iter().find(|s| s.key == key).map_or(1, |s| s.lanes);
+        let new_batch = || Batch {
             key,
+            lanes,
             ..Default::default()
         };
+        let mut batch = new_batch();
         for (tensor, span) in spans.iter().enumerate().filter(|(_, s)| s.key == key) {
-            let lanes = span.lanes;
             let mut start = 0;
             while start < span.len {
-                batch.lanes = lanes;
                 let empty = batch.pieces.is_empty();
                 let new_slot = batch.slots.last() != Some(&tensor);
                 let param_at = span.param_offset + 4 * start;
@@ -146,13 +148,7 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
                 };
                 if n == 0 {
                     assert!(!empty, "a window smaller than one element");
-                    batches.push(std::mem::replace(
-                        &mut batch,
-                        Batch {
-                            key,
-                            ..Default::default()
-                        },
-                    ));
+                    batches.push(std::mem::replace(&mut batch, new_batch()));
                     continue;
                 }
                 grow(

@@ -99,14 +99,16 @@ pub(crate) struct AdamUniform {
 const _: () = assert!(size_of::<AdamUniform>() == 48);
 
 /// The fields Adam and AdamW share, with how weight decay applies.
-struct AdamLike {
-    lr: f64,
-    betas: (f64, f64),
-    eps: f64,
-    weight_decay: f64,
-    amsgrad: bool,
-    maximize: bool,
-    decoupled: bool,
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct AdamLike {
+    pub(crate) lr: f64,
+    pub(crate) betas: (f64, f64),
+    pub(crate) eps: f64,
+    pub(crate) weight_decay: f64,
+    pub(crate) amsgrad: bool,
+    pub(crate) maximize: bool,
+    /// AdamW's decoupled decay (`param *= 1 - lr * weight_decay`) instead of Adam's L2 term.
+    pub(crate) decoupled: bool,
 }
 
 impl AdamLike {
@@ -167,7 +169,8 @@ impl AdamLike {
 }
 
 impl Adam {
-    fn like(&self) -> AdamLike {
+    /// The shared Adam/AdamW view of this config.
+    pub(crate) fn like(&self) -> AdamLike {
         AdamLike {
             lr: self.lr,
             betas: self.betas,
@@ -194,7 +197,8 @@ impl Adam {
 }
 
 impl AdamW {
-    fn like(&self) -> AdamLike {
+    /// The shared Adam/AdamW view of this config.
+    pub(crate) fn like(&self) -> AdamLike {
         AdamLike {
             lr: self.lr,
             betas: self.betas,

@@ -21,8 +21,8 @@ mod sgd;
 
 pub use adagrad::Adagrad;
 pub(crate) use adagrad::AdagradUniform;
-pub(crate) use adam::AdamUniform;
 pub use adam::{Adam, AdamW};
+pub(crate) use adam::{AdamLike, AdamUniform};
 pub use rmsprop::RMSprop;
 pub(crate) use rmsprop::RmspropUniform;
 pub use sgd::SGD;
