@@ -87,7 +87,7 @@ fn main() -> Result<(), wgpu_optim::Error> {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(workgroups.min(65_535), workgroups.div_ceil(65_535), 1);
         }
-        adam.step(&mut encoder);
+        adam.step(&mut encoder)?;
         ctx.queue().submit([encoder.finish()]);
     }
 

@@ -122,7 +122,7 @@ fn main() -> Result<(), wgpu_optim::Error> {
             pass.set_bind_group(0, &bind_group, &[]);
             pass.dispatch_workgroups(1, 1, 1);
         }
-        opt.step(&mut encoder);
+        opt.step(&mut encoder)?;
         ctx.queue().submit([encoder.finish()]);
         Ok(f64::from(ctx.read_f32(&[(&loss, 0, 1)])?[0]))
     };

@@ -1,16 +1,17 @@
 // torch.optim.Adam and torch.optim.AdamW. Entry points: `adam` and `adam_amsgrad`.
-// Requires an access prologue (scalar.wgsl or vec4.wgsl) and common.wgsl in front.
+// Requires an access prologue, layout.wgsl and common.wgsl in front.
 
-// Per-tensor values for one step. Must be kept in sync with `AdamUniform` in src/optim/adam.rs.
-struct AdamHyper {
-    // lr / (1 - beta1^t)
-    step_size: f32,
-    // sqrt(1 - beta2^t)
-    bias_correction2_sqrt: f32,
+// One parameter group's values for one step. Must be kept in sync with `AdamHyper` in
+// src/optim/adam.rs.
+struct Hyper {
+    lr: f32,
     // 1 - beta1, the weight of exp_avg.lerp_(grad, 1 - beta1)
     one_minus_beta1: f32,
     beta2: f32,
     one_minus_beta2: f32,
+    // ln(beta1) and ln(beta2), for the bias corrections 1 - beta^t
+    ln_beta1: f32,
+    ln_beta2: f32,
     eps: f32,
     // L2 penalty added to the gradient (Adam); 0 for AdamW
     weight_decay: f32,
@@ -20,14 +21,37 @@ struct AdamHyper {
     grad_sign: f32,
     _pad0: f32,
     _pad1: f32,
-    _pad2: f32,
 }
 
-@group(0) @binding(1) var<uniform> hyper: array<AdamHyper, MAX_SEGMENTS>;
-@group(0) @binding(2) var<storage, read_write> param: array<E>;
-@group(0) @binding(3) var<storage, read_write> grad: array<E>;
-@group(0) @binding(4) var<storage, read_write> exp_avg: array<E>;
-@group(0) @binding(5) var<storage, read_write> exp_avg_sq: array<E>;
+// One tensor's values for one step.
+struct Coeffs {
+    // lr / (1 - beta1^t)
+    step_size: f32,
+    // sqrt(1 - beta2^t)
+    bias_correction2_sqrt: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay: f32,
+    grad_sign: f32,
+}
+
+fn coeffs(h: Hyper, t: u32) -> Coeffs {
+    let steps = f32(t);
+    return Coeffs(
+        h.lr / one_minus_exp(steps * h.ln_beta1),
+        sqrt(one_minus_exp(steps * h.ln_beta2)),
+        h.one_minus_beta1,
+        h.beta2,
+        h.one_minus_beta2,
+        h.eps,
+        h.weight_decay,
+        h.decay,
+        h.grad_sign,
+    );
+}
 
 struct Moments {
     p: V,
@@ -36,89 +60,52 @@ struct Moments {
 }
 
 // Decay, gradient and both moment updates; returns the new (decayed) parameter and moments.
-fn adam_moments(h: AdamHyper, p_in: V, g_raw: V, m_in: V, v_in: V) -> Moments {
+fn adam_moments(c: Coeffs, site: Site) -> Moments {
     var out: Moments;
-    var g = h.grad_sign * g_raw;
-    out.p = p_in;
-    if h.decay != 1.0 {
-        out.p = p_in * h.decay;
+    var g = c.grad_sign * load_grad(site);
+    out.p = load_param(site);
+    if c.decay != 1.0 {
+        out.p = out.p * c.decay;
     }
-    if h.weight_decay != 0.0 {
-        g = g + h.weight_decay * out.p;
+    if c.weight_decay != 0.0 {
+        g = g + c.weight_decay * out.p;
     }
-    out.m = torch_lerp(m_in, g, h.one_minus_beta1);
-    out.v = v_in * h.beta2 + h.one_minus_beta2 * g * g;
+    out.m = torch_lerp(load_state(site, 0u), g, c.one_minus_beta1);
+    out.v = load_state(site, 1u) * c.beta2 + c.one_minus_beta2 * g * g;
     return out;
 }
 
-fn adam_param(h: AdamHyper, p: V, m: V, v_hat: V) -> V {
-    let denom = sqrt(v_hat) / h.bias_correction2_sqrt + h.eps;
-    return p - h.step_size * (m / denom);
+fn adam_param(c: Coeffs, p: V, m: V, v_hat: V) -> V {
+    let denom = sqrt(v_hat) / c.bias_correction2_sqrt + c.eps;
+    return p - c.step_size * (m / denom);
 }
 
+// State: exp_avg, exp_avg_sq.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = locate(wid, lid);
+    let site = begin(wid, lid);
     if site.lo >= site.hi {
         return;
     }
-    let s = site.segment;
-    let h = hyper[s.slot];
-    let pi = s.param_offset + site.index;
-    let si = s.state_offset + site.index;
-    let r = adam_moments(
-        h,
-        unpack(param[pi]),
-        unpack(grad[s.grad_offset + site.index]),
-        unpack(exp_avg[si]),
-        unpack(exp_avg_sq[si]),
-    );
-    let p_new = adam_param(h, r.p, r.m, r.v);
-    if whole(site) {
-        exp_avg[si] = pack(r.m);
-        exp_avg_sq[si] = pack(r.v);
-        param[pi] = pack(p_new);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            exp_avg[si][k] = lane(r.m, k);
-            exp_avg_sq[si][k] = lane(r.v, k);
-            param[pi][k] = lane(p_new, k);
-        }
-    }
+    let c = coeffs_at(site);
+    let r = adam_moments(c, site);
+    store_state(site, 0u, r.m);
+    store_state(site, 1u, r.v);
+    store_param(site, adam_param(c, r.p, r.m, r.v));
 }
 
-@group(0) @binding(6) var<storage, read_write> max_exp_avg_sq: array<E>;
-
+// State: exp_avg, exp_avg_sq, max_exp_avg_sq.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn adam_amsgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = locate(wid, lid);
+    let site = begin(wid, lid);
     if site.lo >= site.hi {
         return;
     }
-    let s = site.segment;
-    let h = hyper[s.slot];
-    let pi = s.param_offset + site.index;
-    let si = s.state_offset + site.index;
-    let r = adam_moments(
-        h,
-        unpack(param[pi]),
-        unpack(grad[s.grad_offset + site.index]),
-        unpack(exp_avg[si]),
-        unpack(exp_avg_sq[si]),
-    );
-    let v_max = max(unpack(max_exp_avg_sq[si]), r.v);
-    let p_new = adam_param(h, r.p, r.m, v_max);
-    if whole(site) {
-        exp_avg[si] = pack(r.m);
-        exp_avg_sq[si] = pack(r.v);
-        max_exp_avg_sq[si] = pack(v_max);
-        param[pi] = pack(p_new);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            exp_avg[si][k] = lane(r.m, k);
-            exp_avg_sq[si][k] = lane(r.v, k);
-            max_exp_avg_sq[si][k] = lane(v_max, k);
-            param[pi][k] = lane(p_new, k);
-        }
-    }
+    let c = coeffs_at(site);
+    let r = adam_moments(c, site);
+    let v_max = max(load_state(site, 2u), r.v);
+    store_state(site, 0u, r.m);
+    store_state(site, 1u, r.v);
+    store_state(site, 2u, v_max);
+    store_param(site, adam_param(c, r.p, r.m, v_max));
 }

@@ -1,10 +1,10 @@
 // torch.optim.RMSprop. Entry points: `rmsprop`, `rmsprop_centered`, `rmsprop_momentum` and
-// `rmsprop_centered_momentum`. Requires an access prologue (scalar.wgsl or vec4.wgsl) and
-// common.wgsl in front.
+// `rmsprop_centered_momentum`, one body with constant switches. Requires an access prologue,
+// layout.wgsl and common.wgsl in front.
 
-// Per-tensor values for one step. Must be kept in sync with `RmspropUniform` in
+// One parameter group's values for one step. Must be kept in sync with `RmspropHyper` in
 // src/optim/rmsprop.rs.
-struct RmspropHyper {
+struct Hyper {
     lr: f32,
     alpha: f32,
     // 1 - alpha
@@ -17,129 +17,68 @@ struct RmspropHyper {
     _pad: f32,
 }
 
-@group(0) @binding(1) var<uniform> hyper: array<RmspropHyper, MAX_SEGMENTS>;
-@group(0) @binding(2) var<storage, read_write> param: array<E>;
-@group(0) @binding(3) var<storage, read_write> grad: array<E>;
-@group(0) @binding(4) var<storage, read_write> square_avg: array<E>;
-@group(0) @binding(5) var<storage, read_write> state5: array<E>;
-@group(0) @binding(6) var<storage, read_write> state6: array<E>;
+// One tensor's values for one step: the group's (RMSprop does not depend on the step count).
+alias Coeffs = Hyper;
 
-fn rms_grad(h: RmspropHyper, p: V, g_raw: V) -> V {
-    var g = h.grad_sign * g_raw;
-    if h.weight_decay != 0.0 {
-        g = g + h.weight_decay * p;
+fn coeffs(h: Hyper, t: u32) -> Coeffs {
+    return h;
+}
+
+// State: square_avg, then grad_avg when centered, then momentum_buffer with momentum.
+fn rmsprop_step(site: Site, centered: bool, with_momentum: bool) {
+    let c = coeffs_at(site);
+    let p = load_param(site);
+    var g = c.grad_sign * load_grad(site);
+    if c.weight_decay != 0.0 {
+        g = g + c.weight_decay * p;
     }
-    return g;
+    let sq = load_state(site, 0u) * c.alpha + c.one_minus_alpha * g * g;
+    store_state(site, 0u, sq);
+    var avg = sqrt(sq);
+    if centered {
+        let ga = torch_lerp(load_state(site, 1u), g, c.one_minus_alpha);
+        store_state(site, 1u, ga);
+        avg = sqrt(sq - ga * ga);
+    }
+    avg = avg + c.eps;
+    if with_momentum {
+        let n = 1u + u32(centered);
+        let buf = load_state(site, n) * c.momentum + g / avg;
+        store_state(site, n, buf);
+        store_param(site, p - c.lr * buf);
+    } else {
+        store_param(site, p - c.lr * (g / avg));
+    }
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = locate(wid, lid);
-    if site.lo >= site.hi {
-        return;
-    }
-    let s = site.segment;
-    let h = hyper[s.slot];
-    let pi = s.param_offset + site.index;
-    let si = s.state_offset + site.index;
-    let p = unpack(param[pi]);
-    let g = rms_grad(h, p, unpack(grad[s.grad_offset + site.index]));
-    let sq = unpack(square_avg[si]) * h.alpha + h.one_minus_alpha * g * g;
-    let p_new = p - h.lr * (g / (sqrt(sq) + h.eps));
-    if whole(site) {
-        square_avg[si] = pack(sq);
-        param[pi] = pack(p_new);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            square_avg[si][k] = lane(sq, k);
-            param[pi][k] = lane(p_new, k);
-        }
+    let site = begin(wid, lid);
+    if site.lo < site.hi {
+        rmsprop_step(site, false, false);
     }
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rmsprop_centered(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = locate(wid, lid);
-    if site.lo >= site.hi {
-        return;
-    }
-    let s = site.segment;
-    let h = hyper[s.slot];
-    let pi = s.param_offset + site.index;
-    let si = s.state_offset + site.index;
-    let p = unpack(param[pi]);
-    let g = rms_grad(h, p, unpack(grad[s.grad_offset + site.index]));
-    let sq = unpack(square_avg[si]) * h.alpha + h.one_minus_alpha * g * g;
-    let ga = torch_lerp(unpack(state5[si]), g, h.one_minus_alpha);
-    let p_new = p - h.lr * (g / (sqrt(sq - ga * ga) + h.eps));
-    if whole(site) {
-        square_avg[si] = pack(sq);
-        state5[si] = pack(ga);
-        param[pi] = pack(p_new);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            square_avg[si][k] = lane(sq, k);
-            state5[si][k] = lane(ga, k);
-            param[pi][k] = lane(p_new, k);
-        }
+    let site = begin(wid, lid);
+    if site.lo < site.hi {
+        rmsprop_step(site, true, false);
     }
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rmsprop_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = locate(wid, lid);
-    if site.lo >= site.hi {
-        return;
-    }
-    let s = site.segment;
-    let h = hyper[s.slot];
-    let pi = s.param_offset + site.index;
-    let si = s.state_offset + site.index;
-    let p = unpack(param[pi]);
-    let g = rms_grad(h, p, unpack(grad[s.grad_offset + site.index]));
-    let sq = unpack(square_avg[si]) * h.alpha + h.one_minus_alpha * g * g;
-    let buf = unpack(state5[si]) * h.momentum + g / (sqrt(sq) + h.eps);
-    let p_new = p - h.lr * buf;
-    if whole(site) {
-        square_avg[si] = pack(sq);
-        state5[si] = pack(buf);
-        param[pi] = pack(p_new);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            square_avg[si][k] = lane(sq, k);
-            state5[si][k] = lane(buf, k);
-            param[pi][k] = lane(p_new, k);
-        }
+    let site = begin(wid, lid);
+    if site.lo < site.hi {
+        rmsprop_step(site, false, true);
     }
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rmsprop_centered_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = locate(wid, lid);
-    if site.lo >= site.hi {
-        return;
-    }
-    let s = site.segment;
-    let h = hyper[s.slot];
-    let pi = s.param_offset + site.index;
-    let si = s.state_offset + site.index;
-    let p = unpack(param[pi]);
-    let g = rms_grad(h, p, unpack(grad[s.grad_offset + site.index]));
-    let sq = unpack(square_avg[si]) * h.alpha + h.one_minus_alpha * g * g;
-    let ga = torch_lerp(unpack(state5[si]), g, h.one_minus_alpha);
-    let buf = unpack(state6[si]) * h.momentum + g / (sqrt(sq - ga * ga) + h.eps);
-    let p_new = p - h.lr * buf;
-    if whole(site) {
-        square_avg[si] = pack(sq);
-        state5[si] = pack(ga);
-        state6[si] = pack(buf);
-        param[pi] = pack(p_new);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            square_avg[si][k] = lane(sq, k);
-            state5[si][k] = lane(ga, k);
-            state6[si][k] = lane(buf, k);
-            param[pi][k] = lane(p_new, k);
-        }
+    let site = begin(wid, lid);
+    if site.lo < site.hi {
+        rmsprop_step(site, true, true);
     }
 }

@@ -4,7 +4,7 @@
 // The type optimizer arithmetic runs on.
 alias V = f32;
 // The element type of every storage array: one f32, wrapped in an array so that lane `k` of a
-// unit can be written as `buffer[i][k]` in either access mode.
+// unit can be read and written as `buffer[i][k]` in either access mode.
 alias E = array<f32, 1>;
 // Elements per unit (per invocation).
 const LANES: u32 = 1u;
@@ -20,4 +20,14 @@ fn pack(v: V) -> E {
 // Lane `k` of a unit's value.
 fn lane(v: V, k: u32) -> f32 {
     return v;
+}
+
+// Sets lane `k` of a unit's value.
+fn set_lane(v: ptr<function, V>, k: u32, x: f32) {
+    *v = x;
+}
+
+// The value with every lane equal to `x`.
+fn splat(x: f32) -> V {
+    return x;
 }

@@ -1,8 +1,9 @@
 // torch.optim.SGD. Entry points: `sgd` (momentum == 0) and `sgd_momentum`.
-// Requires an access prologue (scalar.wgsl or vec4.wgsl) and common.wgsl in front.
+// Requires an access prologue, layout.wgsl and common.wgsl in front.
 
-// Per-tensor values for one step. Must be kept in sync with `SgdUniform` in src/optim/sgd.rs.
-struct SgdHyper {
+// One parameter group's values for one step. Must be kept in sync with `SgdHyper` in
+// src/optim/sgd.rs.
+struct Hyper {
     lr: f32,
     momentum: f32,
     // 1 - dampening
@@ -12,75 +13,73 @@ struct SgdHyper {
     grad_sign: f32,
     // 1 for Nesterov momentum
     nesterov: u32,
-    // 1 while the momentum buffer does not exist yet (PyTorch's `buf is None`)
-    first_step: u32,
-    _pad: u32,
+    _pad0: u32,
+    _pad1: u32,
 }
 
-@group(0) @binding(1) var<uniform> hyper: array<SgdHyper, MAX_SEGMENTS>;
-@group(0) @binding(2) var<storage, read_write> param: array<E>;
-@group(0) @binding(3) var<storage, read_write> grad: array<E>;
+// One tensor's values for one step.
+struct Coeffs {
+    lr: f32,
+    momentum: f32,
+    one_minus_dampening: f32,
+    weight_decay: f32,
+    grad_sign: f32,
+    nesterov: u32,
+    // 1 on the tensor's first step, when the momentum buffer does not exist yet (PyTorch's
+    // `buf is None`)
+    first_step: u32,
+}
 
-fn sgd_grad(h: SgdHyper, p: V, g_raw: V) -> V {
-    var g = h.grad_sign * g_raw;
-    if h.weight_decay != 0.0 {
-        g = g + h.weight_decay * p;
+fn coeffs(h: Hyper, t: u32) -> Coeffs {
+    return Coeffs(
+        h.lr,
+        h.momentum,
+        h.one_minus_dampening,
+        h.weight_decay,
+        h.grad_sign,
+        h.nesterov,
+        u32(t == 1u),
+    );
+}
+
+fn sgd_grad(c: Coeffs, site: Site, p: V) -> V {
+    var g = c.grad_sign * load_grad(site);
+    if c.weight_decay != 0.0 {
+        g = g + c.weight_decay * p;
     }
     return g;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = locate(wid, lid);
+    let site = begin(wid, lid);
     if site.lo >= site.hi {
         return;
     }
-    let s = site.segment;
-    let h = hyper[s.slot];
-    let pi = s.param_offset + site.index;
-    let p = unpack(param[pi]);
-    let g = sgd_grad(h, p, unpack(grad[s.grad_offset + site.index]));
-    let p_new = p - h.lr * g;
-    if whole(site) {
-        param[pi] = pack(p_new);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            param[pi][k] = lane(p_new, k);
-        }
-    }
+    let c = coeffs_at(site);
+    let p = load_param(site);
+    store_param(site, p - c.lr * sgd_grad(c, site, p));
 }
 
-@group(0) @binding(4) var<storage, read_write> momentum_buffer: array<E>;
-
+// State: momentum_buffer.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn sgd_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = locate(wid, lid);
+    let site = begin(wid, lid);
     if site.lo >= site.hi {
         return;
     }
-    let s = site.segment;
-    let h = hyper[s.slot];
-    let pi = s.param_offset + site.index;
-    let si = s.state_offset + site.index;
-    let p = unpack(param[pi]);
-    var g = sgd_grad(h, p, unpack(grad[s.grad_offset + site.index]));
+    let c = coeffs_at(site);
+    let p = load_param(site);
+    var g = sgd_grad(c, site, p);
     var buf = g;
-    if h.first_step == 0u {
-        buf = unpack(momentum_buffer[si]) * h.momentum + h.one_minus_dampening * g;
+    if c.first_step == 0u {
+        buf = load_state(site, 0u) * c.momentum + c.one_minus_dampening * g;
     }
-    if h.nesterov != 0u {
-        g = g + h.momentum * buf;
+    if c.nesterov != 0u {
+        g = g + c.momentum * buf;
     } else {
         g = buf;
     }
-    let p_new = p - h.lr * g;
-    if whole(site) {
-        momentum_buffer[si] = pack(buf);
-        param[pi] = pack(p_new);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            momentum_buffer[si][k] = lane(buf, k);
-            param[pi][k] = lane(p_new, k);
-        }
-    }
+    store_state(site, 0u, buf);
+    store_param(site, p - c.lr * g);
 }

@@ -1,6 +1,7 @@
 // Access prologue "vec4": each invocation handles one aligned vec4<f32> (four elements) with
-// 16-byte loads and stores, writing single lanes only where a segment starts or ends inside a
-// vec4. Selected by `Access::Vec4` in src/gpu/mod.rs; shaders/scalar.wgsl defines the same names.
+// 16-byte loads and stores where the whole vec4 is its segment's, and single-lane loads and
+// stores where a segment starts or ends inside a vec4. Selected by `Access::Vec4` in
+// src/gpu/mod.rs; shaders/scalar.wgsl defines the same names.
 
 // The type optimizer arithmetic runs on.
 alias V = vec4<f32>;
@@ -20,4 +21,14 @@ fn pack(v: V) -> E {
 // Lane `k` of a unit's value.
 fn lane(v: V, k: u32) -> f32 {
     return v[k];
+}
+
+// Sets lane `k` of a unit's value.
+fn set_lane(v: ptr<function, V>, k: u32, x: f32) {
+    (*v)[k] = x;
+}
+
+// The value with every lane equal to `x`.
+fn splat(x: f32) -> V {
+    return V(x);
 }

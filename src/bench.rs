@@ -558,13 +558,14 @@ impl Workload {
         }
     }
 
-    fn record(&mut self, encoder: &mut wgpu::CommandEncoder) {
+    fn record(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         match &mut self.work {
-            Work::Step { optimizer, .. } => optimizer.step(encoder),
+            Work::Step { optimizer, .. } => optimizer.step(encoder)?,
             Work::Copy { src, dst, bytes } => {
                 encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
             }
         }
+        Ok(())
     }
 
     fn encoder(&self) -> wgpu::CommandEncoder {
@@ -584,7 +585,7 @@ impl Workload {
             let device = self.ctx.device().clone();
             for _ in 0..iterations {
                 let mut encoder = self.encoder();
-                self.record(&mut encoder);
+                self.record(&mut encoder)?;
                 let start = Instant::now();
                 let index = self.ctx.queue().submit([encoder.finish()]);
                 wait(&device, Some(index))?;
@@ -598,16 +599,17 @@ impl Workload {
                 break;
             };
             let n = left.min(u64::from(ts.chunk)) as u32;
-            let ran = scoped(&self.ctx.device().clone(), || {
+            let ran = scoped(&self.ctx.device().clone(), || -> Result<()> {
                 for i in 0..n {
                     let mut encoder = self.encoder();
                     ts.write(&mut encoder, 2 * i, false);
-                    self.record(&mut encoder);
+                    self.record(&mut encoder)?;
                     ts.write(&mut encoder, 2 * i + 1, true);
                     self.ctx.queue().submit([encoder.finish()]);
                 }
+                Ok(())
             });
-            let times = ran.and_then(|()| ts.read(&self.ctx, n));
+            let times = ran.and_then(|r| r).and_then(|()| ts.read(&self.ctx, n));
             self.timestamps = Some(ts);
             out.extend(times?);
             left -= u64::from(n);
@@ -629,7 +631,7 @@ impl Workload {
             }
             let start = Instant::now();
             let mut encoder = self.encoder();
-            self.record(&mut encoder);
+            self.record(&mut encoder)?;
             self.ctx.queue().submit([encoder.finish()]);
             out.push(start.elapsed());
         }

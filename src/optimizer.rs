@@ -1,16 +1,18 @@
 //! The GPU optimizer: tensors in parameter groups, state buffers, and step recording.
 
+use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport, split_f64};
 use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
-use crate::gpu::{Access, CompiledKernel, Context, scoped};
+use crate::gpu::template::{
+    COEFFS_STRIDE, CONTROL_HEADER, STEP_HEADER_SIZE, StepConfig, TABLE_SIZE, TENSOR_STEP_SIZE,
+    flags, segment_table,
+};
+use crate::gpu::{Access, CompiledKernel, Context, GradAccess, Pipeline, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
 use crate::state::TensorState;
 use std::collections::HashMap;
 use std::sync::Arc;
-
-/// How many steps of one optimizer may be recorded before the command buffers holding them are
-/// submitted. Per-step uniform values go to a ring of this many slots.
-pub const MAX_STEPS_PER_SUBMIT: u64 = 8;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 /// A range of f32 elements in a caller-owned buffer: byte `offset` (a multiple of 4) and `len`
 /// elements.
@@ -82,16 +84,19 @@ impl<'a> ParamGroup<'a> {
 
 /// A copy of an optimizer's parameters and state, on the GPU. See [`Optimizer::snapshot`].
 pub struct Snapshot {
+    /// The [`Optimizer::id`] of the optimizer it was taken of.
+    optimizer: u64,
     params: wgpu::Buffer,
-    states: Vec<Vec<wgpu::Buffer>>,
-    steps: Vec<(u64, bool)>,
+    states: Vec<wgpu::Buffer>,
+    control: wgpu::Buffer,
     groups: Vec<OptimizerConfig>,
 }
 
 impl std::fmt::Debug for Snapshot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Snapshot")
-            .field("tensors", &self.steps.len())
+            .field("optimizer", &self.optimizer)
+            .field("groups", &self.groups.len())
             .finish()
     }
 }
@@ -102,11 +107,8 @@ struct TensorMeta {
     /// The caller's parameter buffer and the byte offset of this tensor in it.
     param: wgpu::Buffer,
     param_offset: u64,
-    step: u64,
     /// How the kernel reads and writes this tensor.
     access: Access,
-    /// False until the first step or a loaded state: SGD's "momentum buffer is None".
-    initialized: bool,
     /// `(batch, piece)` indices covering the tensor in order.
     pieces: Vec<(usize, usize)>,
 }
@@ -114,34 +116,84 @@ struct TensorMeta {
 struct Batch {
     kernel: Arc<CompiledKernel>,
     bind_group: wgpu::BindGroup,
-    state: Vec<wgpu::Buffer>,
+    /// The batch's state buffers, one after the other (`plan.state_len` elements each), in one
+    /// buffer.
+    state: wgpu::Buffer,
     plan: plan::Batch,
-    /// Byte offset of this batch's uniform records inside one ring slot.
-    hyper_offset: u64,
-    stride: u64,
+    /// Byte offset of the batch's segment table in the table buffer.
+    table_offset: u64,
+    /// The gradient buffer, bound by the reduction.
+    grad: wgpu::Buffer,
+    /// The access mode of the batch's tensors.
+    access: Access,
     dispatch: (u32, u32),
 }
+
+/// The ring of per-step slots: each slot holds a [`StepConfig`] and one `Hyper` record per
+/// group. A slot is rewritten only when no recorded step that reads it can still run: each step
+/// holds its slot until the GPU has finished it, or until the command buffer recording it is
+/// dropped unsubmitted. When every slot is held, the ring doubles.
+struct Ring {
+    buffer: wgpu::Buffer,
+    slot_size: u64,
+    /// Recorded steps per slot that may still run.
+    held: Vec<Arc<AtomicUsize>>,
+    /// The slot last written, whose bytes are `Optimizer::last_slot`.
+    last: Option<usize>,
+    finalize: wgpu::BindGroup,
+    /// One bind group per batch, when the reduction runs.
+    reduce: Vec<wgpu::BindGroup>,
+}
+
+/// Releases its ring slot when dropped: when the GPU has finished the step, or when the step's
+/// command buffer is dropped without being submitted.
+struct SlotHold(Arc<AtomicUsize>);
+
+impl Drop for SlotHold {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// Slots a ring starts with.
+const RING_SLOTS: usize = 4;
+
+/// The largest step count [`Optimizer::load_state`] accepts: the GPU keeps steps in 32 bits.
+pub const MAX_STEP: u64 = u32::MAX as u64 - 1;
 
 /// A fused GPU optimizer over many tensors in parameter groups.
 ///
 /// Build it once with the engine's buffers; each [`step`](Self::step) then records a few
 /// dispatches into the caller's encoder: one per batch of tensors sharing a kernel, an
 /// [`Access`] mode, a parameter buffer and a gradient buffer (more only when a batch outgrows a
-/// binding or holds more than 256 tensors). Engines that keep parameters in one buffer and gradients in another get one
-/// dispatch per step, whatever the tensor count. Nothing is allocated, compiled or read back
-/// per step; per-step values (learning rate, bias corrections) are uploaded with
+/// binding or holds more than 256 tensors), one single-workgroup dispatch that advances the
+/// step counts, and, with norm clipping or a grad scaler, one reduction per batch. Engines that
+/// keep parameters in one buffer and gradients in another get one optimizer dispatch per step,
+/// whatever the tensor count. Nothing is compiled or read back per step; the step counts, the
+/// bias corrections, the clip coefficient and the grad scaler live on the GPU. The host writes
+/// each step's hyperparameters (learning rate, cycled momentum) with
 /// [`wgpu::Queue::write_buffer`], which lands before the next submit.
 ///
-/// At most [`MAX_STEPS_PER_SUBMIT`] steps may be recorded before they are submitted.
+/// Any number of steps may be recorded before a submit. A step recorded into an encoder that is
+/// dropped without being submitted never runs, and advances nothing.
 pub struct Optimizer {
     ctx: Context,
+    id: u64,
     groups: Vec<OptimizerConfig>,
     tensors: Vec<TensorMeta>,
     batches: Vec<Batch>,
-    hyper: wgpu::Buffer,
-    ring_stride: u64,
-    ring_pos: u64,
-    host_hyper: Vec<u8>,
+    buffers: Buffers,
+    /// Partials of one step: the workgroups of every batch.
+    partial_count: u32,
+    finalize: Arc<CompiledKernel>,
+    /// The reduction of each batch, compiled once clipping by norm or a grad scaler is set.
+    reduce: Vec<Arc<CompiledKernel>>,
+    ring: Ring,
+    /// The slot bytes of the step being recorded, and of the last slot written.
+    host_slot: Vec<u8>,
+    last_slot: Vec<u8>,
+    clip: Option<ClipGrad>,
+    scaler: Option<GradScaler>,
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -150,6 +202,8 @@ impl std::fmt::Debug for Optimizer {
             .field("groups", &self.groups)
             .field("tensors", &self.tensors.len())
             .field("dispatches", &self.batches.len())
+            .field("clip", &self.clip)
+            .field("scaler", &self.scaler)
             .finish()
     }
 }
@@ -284,14 +338,23 @@ impl Optimizer {
 
         let limits = ctx.limits();
         let alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
-        // Batch keys: kernel, access mode, parameter buffer, gradient buffer.
-        let mut keys: Vec<(Kernel, Access, &wgpu::Buffer, &wgpu::Buffer)> = Vec::new();
+        if all.len() > u32::MAX as usize {
+            return Err(Error::Input("more tensors than fit 32-bit indices".into()));
+        }
+        // Batch keys: kernel, access mode, gradient binding, parameter buffer, gradient buffer.
+        let mut keys: Vec<(Kernel, Access, GradAccess, &wgpu::Buffer, &wgpu::Buffer)> = Vec::new();
         let mut spans = Vec::with_capacity(all.len());
         for (g, t) in &all {
             let access = access_for(ctx.access(), alignment, t);
+            let grad = if t.param.buffer == t.grad.buffer {
+                GradAccess::Shared
+            } else {
+                GradAccess::ReadOnly
+            };
             let k = (
                 groups[*g].config.kernel(),
                 access,
+                grad,
                 t.param.buffer,
                 t.grad.buffer,
             );
@@ -307,133 +370,150 @@ impl Optimizer {
                 lanes: access.lanes(),
             });
         }
+        let shader = first.config.kernel().shader();
         let compiled: Vec<Arc<CompiledKernel>> = keys
             .iter()
-            .map(|k| ctx.kernel(k.0, k.1))
+            .map(|k| ctx.kernel(Pipeline::Step(k.0, k.1, k.2)))
             .collect::<Result<_>>()?;
+        let finalize = ctx.kernel(Pipeline::Finalize(shader))?;
 
+        // Bindings stay below 16 GiB, so that element indices inside a window fit in u32.
         let max_binding = limits
             .max_storage_buffer_binding_size
             .min(limits.max_buffer_size)
+            .min(1 << 34)
             / 16
-            * 16;
-        if max_binding < 2 * alignment + 4 {
+            * 16
+            - 16;
+        if max_binding < 2 * alignment + 16 {
             return Err(Error::Unsupported(format!(
                 "storage bindings of {max_binding} bytes (max_storage_buffer_binding_size)"
             )));
         }
+        let most_states = keys
+            .iter()
+            .map(|k| k.0.state_names().len() as u64)
+            .max()
+            .unwrap_or(1)
+            .max(1);
         let plans = plan::plan(
             &spans,
             &PlanLimits {
                 max_binding,
                 alignment,
-                max_state: max_binding / 4,
+                max_state: max_binding / 4 / most_states / 4 * 4,
             },
         );
+        let max_x = limits.max_compute_workgroups_per_dimension.max(1);
+        let mut partial_count: u32 = 0;
+        let mut partial_bases = Vec::with_capacity(plans.len());
+        for p in &plans {
+            let (x, y) = dispatch_size(p.workgroups, max_x);
+            if y > max_x {
+                return Err(Error::Unsupported(format!(
+                    "a dispatch of {} workgroups (max_compute_workgroups_per_dimension is {max_x})",
+                    p.workgroups
+                )));
+            }
+            debug_assert!(x <= max_x);
+            partial_bases.push(partial_count);
+            partial_count = partial_count.checked_add(p.workgroups).ok_or_else(|| {
+                Error::Input("more workgroups in one step than fit 32-bit indices".into())
+            })?;
+        }
 
         let uniform_align = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
-        let mut hyper_offsets = Vec::with_capacity(plans.len());
-        let mut ring_stride = 0;
-        for p in &plans {
-            hyper_offsets.push(ring_stride);
-            ring_stride += round_up(
-                p.slots.len() as u64 * keys[p.key].0.uniform_size(),
-                uniform_align,
-            );
-        }
-        let ring_stride = ring_stride.max(uniform_align);
-        let max_hyper_binding = Kernel::ALL
-            .iter()
-            .map(|k| k.uniform_size())
-            .max()
-            .unwrap_or(0)
-            * crate::gpu::MAX_SEGMENTS as u64;
-        let table_stride = round_up(crate::gpu::TABLE_SIZE, uniform_align);
-        let max_x = limits.max_compute_workgroups_per_dimension.max(1);
-
+        let table_stride = round_up(TABLE_SIZE, uniform_align);
+        let n = all.len() as u64;
         let device = ctx.device();
-        let (table, hyper, states) = scoped(device, || {
+        let (table, control, derived, partials, states) = scoped(device, || {
             let mut contents = vec![0u8; (table_stride * plans.len() as u64) as usize];
             for (b, p) in plans.iter().enumerate() {
                 let (x, _) = dispatch_size(p.workgroups, max_x);
-                let bytes = segment_table(p, &spans, x);
+                let bytes = segment_table(p, &spans, x, partial_bases[b]);
                 let at = b * table_stride as usize;
                 contents[at..at + bytes.len()].copy_from_slice(&bytes);
             }
-            let table = wgpu::util::DeviceExt::create_buffer_init(
-                device,
-                &wgpu::util::BufferInitDescriptor {
-                    label: Some("wgpu-optim segment tables"),
-                    contents: &contents,
-                    usage: wgpu::BufferUsages::UNIFORM,
-                },
+            let init = |label, contents: &[u8], usage| {
+                wgpu::util::DeviceExt::create_buffer_init(
+                    device,
+                    &wgpu::util::BufferInitDescriptor {
+                        label: Some(label),
+                        contents,
+                        usage,
+                    },
+                )
+            };
+            let table = init(
+                "wgpu-optim segment tables",
+                &contents,
+                wgpu::BufferUsages::UNIFORM,
             );
-            let hyper = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-optim hyperparameters"),
-                size: MAX_STEPS_PER_SUBMIT * ring_stride + max_hyper_binding,
-                usage: wgpu::BufferUsages::UNIFORM | wgpu::BufferUsages::COPY_DST,
+            let copy = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
+            let mut control_bytes =
+                Vec::with_capacity((CONTROL_HEADER + TENSOR_STEP_SIZE * n) as usize);
+            control_bytes.extend_from_slice(bytemuck::cast_slice(&[1.0f32.to_bits(), 0, 0, 0]));
+            for (g, _) in &all {
+                control_bytes.extend_from_slice(bytemuck::cast_slice(&[0u32, *g as u32]));
+            }
+            let control = init(
+                "wgpu-optim control",
+                &control_bytes,
+                wgpu::BufferUsages::STORAGE | copy,
+            );
+            let derived = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim step coefficients"),
+                size: STEP_HEADER_SIZE + COEFFS_STRIDE * n,
+                usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
-            let states: Vec<Vec<wgpu::Buffer>> = plans
+            let partials = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim gradient partials"),
+                size: 16 * u64::from(partial_count).max(1),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            let states: Vec<wgpu::Buffer> = plans
                 .iter()
-                .map(|p| {
-                    let kernel = keys[p.key].0;
-                    kernel
-                        .state_names()
-                        .iter()
-                        .map(|name| state_buffer(device, groups, &all, p, name))
-                        .collect()
-                })
+                .map(|p| state_buffer(device, groups, &all, p, keys[p.key].0.state_names()))
                 .collect();
-            (table, hyper, states)
+            (table, control, derived, partials, states)
         })?;
         let mut batches = Vec::with_capacity(plans.len());
         scoped(device, || {
             for ((b, p), state) in plans.into_iter().enumerate().zip(states) {
-                let (param_buffer, grad_buffer) = (keys[p.key].2, keys[p.key].3);
+                let (param_buffer, grad_buffer) = (keys[p.key].3, keys[p.key].4);
                 let kernel = compiled[p.key].clone();
-                let stride = keys[p.key].0.uniform_size();
-                let mut bindings = vec![
-                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &table,
-                        offset: b as u64 * table_stride,
-                        size: wgpu::BufferSize::new(crate::gpu::TABLE_SIZE),
-                    }),
-                    wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                        buffer: &hyper,
-                        offset: hyper_offsets[b],
-                        size: wgpu::BufferSize::new(stride * crate::gpu::MAX_SEGMENTS as u64),
-                    }),
-                    wgpu::BindingResource::Buffer(window(param_buffer, p.param_window)),
-                    wgpu::BindingResource::Buffer(window(grad_buffer, p.grad_window)),
-                ];
-                bindings.extend(state.iter().map(|s| s.as_entire_binding()));
-                let entries: Vec<wgpu::BindGroupEntry<'_>> = bindings
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, resource)| wgpu::BindGroupEntry {
-                        binding: i as u32,
-                        resource,
-                    })
-                    .collect();
+                let table_offset = b as u64 * table_stride;
                 let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("wgpu-optim batch"),
                     layout: &kernel.layout,
-                    entries: &entries,
+                    entries: &entries(&[
+                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                            buffer: &table,
+                            offset: table_offset,
+                            size: wgpu::BufferSize::new(TABLE_SIZE),
+                        }),
+                        derived.as_entire_binding(),
+                        wgpu::BindingResource::Buffer(window(param_buffer, p.param_window)),
+                        wgpu::BindingResource::Buffer(window(grad_buffer, p.grad_window)),
+                        state.as_entire_binding(),
+                    ]),
                 });
                 batches.push(Batch {
                     kernel,
                     bind_group,
                     state,
                     dispatch: dispatch_size(p.workgroups, max_x),
-                    hyper_offset: hyper_offsets[b],
-                    stride,
+                    table_offset,
+                    grad: grad_buffer.clone(),
+                    access: keys[p.key].1,
                     plan: p,
                 });
             }
         })?;
 
-        let mut metas: Vec<TensorMeta> = all
+        let metas: Vec<TensorMeta> = all
             .iter()
             .enumerate()
             .map(|(i, (g, t))| TensorMeta {
@@ -442,81 +522,329 @@ impl Optimizer {
                 param: t.param.buffer.clone(),
                 param_offset: t.param.offset,
                 access: keys[spans[i].key].1,
-                step: 0,
-                initialized: false,
                 pieces: Vec::new(),
             })
             .collect();
-        for (b, batch) in batches.iter().enumerate() {
-            for (i, piece) in batch.plan.pieces.iter().enumerate() {
-                metas[piece.tensor].pieces.push((b, i));
-            }
-        }
-        Ok(Self {
+        let storage_align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
+        let slot_size = round_up(
+            size_of::<StepConfig>() as u64 + shader.hyper_size() * groups.len() as u64,
+            storage_align,
+        );
+        let buffers = Buffers {
+            table,
+            control,
+            derived,
+            partials,
+        };
+        let ring = Ring::new(
+            ctx,
+            &finalize,
+            &[],
+            &batches,
+            &buffers,
+            slot_size,
+            RING_SLOTS,
+        )?;
+        let mut optimizer = Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            ring,
             ctx: ctx.clone(),
             groups: groups.iter().map(|g| g.config).collect(),
             tensors: metas,
             batches,
-            hyper,
-            ring_stride,
-            ring_pos: 0,
-            host_hyper: vec![0; ring_stride as usize],
-        })
+            buffers,
+            partial_count,
+            finalize,
+            reduce: Vec::new(),
+            host_slot: vec![0; slot_size as usize],
+            last_slot: Vec::new(),
+            clip: None,
+            scaler: None,
+        };
+        for (b, batch) in optimizer.batches.iter().enumerate() {
+            for (i, piece) in batch.plan.pieces.iter().enumerate() {
+                optimizer.tensors[piece.tensor].pieces.push((b, i));
+            }
+        }
+        Ok(optimizer)
     }
 
     /// Records one optimizer step into `encoder`, in a compute pass of its own. Nothing is
-    /// submitted, and nothing waits.
-    pub fn step(&mut self, encoder: &mut wgpu::CommandEncoder) {
+    /// submitted, and nothing waits. Fails only when the device runs out of memory growing the
+    /// ring of per-step values (see [`Optimizer`]).
+    pub fn step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgpu-optim step"),
             timestamp_writes: None,
         });
-        self.record(&mut pass);
+        self.record(&mut pass)
     }
 
     /// Records one optimizer step into a compute pass the caller has begun.
-    pub fn record(&mut self, pass: &mut wgpu::ComputePass<'_>) {
-        for batch in &self.batches {
-            for (slot, &t) in batch.plan.slots.iter().enumerate() {
-                let meta = &self.tensors[t];
-                let at = (batch.hyper_offset + slot as u64 * batch.stride) as usize;
-                self.groups[meta.group].write_uniform(
-                    meta.step + 1,
-                    !meta.initialized,
-                    &mut self.host_hyper[at..at + batch.stride as usize],
-                );
+    pub fn record(&mut self, pass: &mut wgpu::ComputePass<'_>) -> Result<()> {
+        let reduce = self.needs_reduce();
+        self.write_host_slot(reduce);
+        let slot = self.acquire_slot()?;
+        let held = self.ring.held[slot].clone();
+        held.fetch_add(1, Ordering::AcqRel);
+        let hold = SlotHold(held);
+        pass.on_submitted_work_done(move || drop(hold));
+        let offset = (slot as u64 * self.ring.slot_size) as u32;
+        let mut current: Option<&wgpu::ComputePipeline> = None;
+        if reduce {
+            for ((batch, kernel), group) in
+                self.batches.iter().zip(&self.reduce).zip(&self.ring.reduce)
+            {
+                if current != Some(&kernel.pipeline) {
+                    pass.set_pipeline(&kernel.pipeline);
+                    current = Some(&kernel.pipeline);
+                }
+                pass.set_bind_group(0, group, &[offset]);
+                pass.dispatch_workgroups(batch.dispatch.0, batch.dispatch.1, 1);
             }
         }
-        let offset = self.ring_pos * self.ring_stride;
-        self.ctx
-            .queue()
-            .write_buffer(&self.hyper, offset, &self.host_hyper);
-        let mut current: Option<&wgpu::ComputePipeline> = None;
+        pass.set_pipeline(&self.finalize.pipeline);
+        pass.set_bind_group(0, &self.ring.finalize, &[offset]);
+        pass.dispatch_workgroups(1, 1, 1);
+        current = Some(&self.finalize.pipeline);
         for batch in &self.batches {
             if current != Some(&batch.kernel.pipeline) {
                 pass.set_pipeline(&batch.kernel.pipeline);
                 current = Some(&batch.kernel.pipeline);
             }
-            pass.set_bind_group(0, &batch.bind_group, &[offset as u32]);
+            pass.set_bind_group(0, &batch.bind_group, &[]);
             pass.dispatch_workgroups(batch.dispatch.0, batch.dispatch.1, 1);
         }
-        for meta in &mut self.tensors {
-            meta.step += 1;
-            meta.initialized = true;
-        }
-        self.ring_pos = (self.ring_pos + 1) % MAX_STEPS_PER_SUBMIT;
+        Ok(())
     }
 
     /// Records one step in an encoder of its own and submits it. Does not wait.
-    pub fn step_submit(&mut self) -> wgpu::SubmissionIndex {
+    pub fn step_submit(&mut self) -> Result<wgpu::SubmissionIndex> {
         let mut encoder =
             self.ctx
                 .device()
                 .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                     label: Some("wgpu-optim step"),
                 });
-        self.step(&mut encoder);
-        self.ctx.queue().submit([encoder.finish()])
+        self.step(&mut encoder)?;
+        Ok(self.ctx.queue().submit([encoder.finish()]))
+    }
+
+    /// Whether steps run the gradient reduction: for the norm, or for a grad scaler's inf check.
+    fn needs_reduce(&self) -> bool {
+        matches!(self.clip, Some(ClipGrad::Norm { .. })) || self.scaler.is_some()
+    }
+
+    /// Fills `host_slot` with this step's `StepConfig` and group records.
+    fn write_host_slot(&mut self, reduce: bool) {
+        let mut config = StepConfig {
+            tensors: self.tensors.len() as u32,
+            partials: if reduce { self.partial_count } else { 0 },
+            ..Default::default()
+        };
+        match self.clip {
+            Some(ClipGrad::Norm {
+                max_norm,
+                norm_type,
+            }) => {
+                config.flags |= flags::CLIP_NORM;
+                if norm_type == NormType::Inf {
+                    config.flags |= flags::NORM_INF;
+                }
+                config.max_norm = max_norm as f32;
+            }
+            Some(ClipGrad::Value { clip_value }) => {
+                config.flags |= flags::CLIP_VALUE;
+                config.clip_value = clip_value as f32;
+            }
+            None => {}
+        }
+        if let Some(s) = self.scaler {
+            config.flags |= flags::UNSCALE | flags::SCALER;
+            config.growth_interval = s.growth_interval;
+            (config.growth_factor, config.growth_factor_lo) = split_f64(s.growth_factor);
+            (config.backoff_factor, config.backoff_factor_lo) = split_f64(s.backoff_factor);
+        }
+        let head = size_of::<StepConfig>();
+        self.host_slot[..head].copy_from_slice(bytemuck::bytes_of(&config));
+        let size = self.groups.first().map_or(0, |g| g.kernel().hyper_size()) as usize;
+        for (g, config) in self.groups.iter().enumerate() {
+            let at = head + g * size;
+            config.write_hyper(&mut self.host_slot[at..at + size]);
+        }
+    }
+
+    /// The ring slot for `host_slot`: the last one written if its bytes are the same, else a
+    /// slot no recorded step still holds, written now; the ring doubles when every slot is held.
+    fn acquire_slot(&mut self) -> Result<usize> {
+        if let Some(last) = self.ring.last
+            && self.last_slot == self.host_slot
+        {
+            return Ok(last);
+        }
+        let free = self
+            .ring
+            .held
+            .iter()
+            .position(|h| h.load(Ordering::Acquire) == 0);
+        let slot = match free {
+            Some(slot) => slot,
+            None => {
+                let slots = self.ring.held.len() * 2;
+                self.ring = Ring::new(
+                    &self.ctx,
+                    &self.finalize,
+                    &self.reduce,
+                    &self.batches,
+                    &self.buffers,
+                    self.ring.slot_size,
+                    slots,
+                )?;
+                0
+            }
+        };
+        self.ctx.queue().write_buffer(
+            &self.ring.buffer,
+            slot as u64 * self.ring.slot_size,
+            &self.host_slot,
+        );
+        self.ring.last = Some(slot);
+        self.last_slot.clone_from(&self.host_slot);
+        Ok(slot)
+    }
+
+    /// Slots in the ring of per-step values (it grows when more steps are in flight at once).
+    pub fn ring_slots(&self) -> usize {
+        self.ring.held.len()
+    }
+
+    /// A number that identifies this optimizer among those of the process.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Clips the gradients inside every following step: `clip_grad_norm_` over every tensor of
+    /// the optimizer, or `clip_grad_value_` (see [`ClipGrad`]). `None` turns clipping off. On
+    /// error nothing changes.
+    pub fn set_clip_grad(&mut self, clip: Option<ClipGrad>) -> Result<()> {
+        if let Some(c) = &clip {
+            c.validate()?;
+        }
+        let old = self.clip;
+        self.clip = clip;
+        if let Err(e) = self.ensure_reduce() {
+            self.clip = old;
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// The clipping of every step.
+    pub fn clip_grad(&self) -> Option<ClipGrad> {
+        self.clip
+    }
+
+    /// Uses a grad scaler from now on (see [`GradScaler`] and [`crate::amp`]): its scale starts
+    /// at `init_scale`, and each step unscales the gradients, skips on inf or NaN and updates
+    /// the scale. The scale is written with [`wgpu::Queue::write_buffer`], so it takes effect
+    /// at the next submit: set the scaler before recording steps. `None`, or a scaler with
+    /// `enabled: false`, turns scaling off and sets the scale to 1. On error nothing changes.
+    pub fn set_grad_scaler(&mut self, scaler: Option<GradScaler>) -> Result<()> {
+        if let Some(s) = &scaler {
+            s.validate()?;
+        }
+        let scaler = scaler.filter(|s| s.enabled);
+        let old = self.scaler;
+        self.scaler = scaler;
+        if let Err(e) = self.ensure_reduce() {
+            self.scaler = old;
+            return Err(e);
+        }
+        let scale = scaler.map_or(1.0, |s| s.init_scale as f32);
+        self.write_scaler_state(GradScalerState {
+            scale,
+            growth_tracker: 0,
+        });
+        Ok(())
+    }
+
+    /// The grad scaler of every step.
+    pub fn grad_scaler(&self) -> Option<GradScaler> {
+        self.scaler
+    }
+
+    /// Where the grad scaler's scale lives on the GPU: one f32 element, for the engine to
+    /// multiply its loss by (as `scaler.scale(loss)`) without reading it back. It holds 1
+    /// without a scaler. The buffer has `STORAGE | COPY_SRC | COPY_DST` usage; bind it
+    /// read-only.
+    pub fn grad_scale(&self) -> BufferRange<'_> {
+        BufferRange::new(&self.buffers.control, 0, 1)
+    }
+
+    /// Reads the grad scaler's scale and growth tracker back, after all submitted work. Blocks.
+    pub fn read_grad_scaler(&self) -> Result<GradScalerState> {
+        let words = self.ctx.read_words(&[(&self.buffers.control, 0, 2)])?;
+        Ok(GradScalerState {
+            scale: f32::from_bits(words[0]),
+            growth_tracker: words[1] as i32,
+        })
+    }
+
+    /// Sets the grad scaler's scale and growth tracker (for example from a checkpoint), at the
+    /// next submit. The scale must be positive and finite, the tracker at least 0. On error
+    /// nothing changes.
+    pub fn load_grad_scaler(&mut self, state: GradScalerState) -> Result<()> {
+        if !(state.scale > 0.0 && state.scale.is_finite()) || state.growth_tracker < 0 {
+            return Err(Error::Input(format!(
+                "grad scaler state with scale {} and growth tracker {}: the scale must be positive and finite, the tracker at least 0",
+                state.scale, state.growth_tracker
+            )));
+        }
+        self.write_scaler_state(state);
+        Ok(())
+    }
+
+    fn write_scaler_state(&self, state: GradScalerState) {
+        self.ctx.queue().write_buffer(
+            &self.buffers.control,
+            0,
+            bytemuck::cast_slice(&[state.scale.to_bits(), state.growth_tracker as u32]),
+        );
+    }
+
+    /// Reads back what the last step found: the total gradient norm (what `clip_grad_norm_`
+    /// returns, for logging) and whether the grad scaler skipped it. Blocks; do not call it in
+    /// the training loop unless you mean to wait.
+    pub fn read_step_report(&self) -> Result<StepReport> {
+        let words = self.ctx.read_words(&[(&self.buffers.control, 8, 2)])?;
+        Ok(StepReport {
+            total_norm: f32::from_bits(words[0]),
+            found_inf: f32::from_bits(words[1]) != 0.0,
+        })
+    }
+
+    /// Compiles the reductions and makes their bind groups once a step needs them.
+    fn ensure_reduce(&mut self) -> Result<()> {
+        if !self.needs_reduce() || !self.reduce.is_empty() {
+            return Ok(());
+        }
+        let reduce: Vec<Arc<CompiledKernel>> = self
+            .batches
+            .iter()
+            .map(|b| self.ctx.kernel(Pipeline::Reduce(b.access)))
+            .collect::<Result<_>>()?;
+        let ring = Ring::new(
+            &self.ctx,
+            &self.finalize,
+            &reduce,
+            &self.batches,
+            &self.buffers,
+            self.ring.slot_size,
+            self.ring.held.len(),
+        )?;
+        self.reduce = reduce;
+        self.ring = ring;
+        Ok(())
     }
 
     /// The context this optimizer records on.
@@ -633,9 +961,26 @@ impl Optimizer {
         Ok(self.groups[self.meta(tensor)?.group].state_names())
     }
 
-    /// Steps taken by `tensor`.
+    /// Steps taken by `tensor`, read back from the GPU after all submitted work. Blocks.
     pub fn step_count(&self, tensor: usize) -> Result<u64> {
-        Ok(self.meta(tensor)?.step)
+        self.meta(tensor)?;
+        let at = CONTROL_HEADER + TENSOR_STEP_SIZE * tensor as u64;
+        Ok(u64::from(
+            self.ctx.read_words(&[(&self.buffers.control, at, 1)])?[0],
+        ))
+    }
+
+    /// The `(buffer, byte offset, elements)` ranges holding state buffer `n` of `tensor`.
+    fn state_ranges(&self, meta: &TensorMeta, n: u64) -> Vec<(&wgpu::Buffer, u64, u64)> {
+        meta.pieces
+            .iter()
+            .map(|&(b, p)| {
+                let batch = &self.batches[b];
+                let piece = &batch.plan.pieces[p];
+                let at = 4 * (n * batch.plan.state_len + piece.state_offset);
+                (&batch.state, at, piece.len)
+            })
+            .collect()
     }
 
     /// Reads the state of `tensor` back from the GPU, after all submitted work. Blocks.
@@ -644,15 +989,13 @@ impl Optimizer {
         let names = self.state_names(tensor)?;
         let mut ranges = Vec::new();
         for n in 0..names.len() {
-            for &(b, p) in &meta.pieces {
-                let piece = &self.batches[b].plan.pieces[p];
-                ranges.push((&self.batches[b].state[n], piece.state_offset * 4, piece.len));
-            }
+            ranges.extend(self.state_ranges(meta, n as u64));
         }
         let values = self.ctx.read_f32(&ranges)?;
+        let step = self.step_count(tensor)?;
         let len = meta.len as usize;
         Ok(TensorState {
-            step: meta.step,
+            step,
             buffers: names
                 .iter()
                 .enumerate()
@@ -663,11 +1006,18 @@ impl Optimizer {
 
     /// Replaces the state of `tensor`: its step count and every state buffer, under PyTorch's
     /// names. The buffers are written with [`wgpu::Queue::write_buffer`], so they take effect
-    /// at the next submit. On error nothing changes.
+    /// at the next submit. The step count may be at most [`MAX_STEP`]. SGD's momentum buffer
+    /// counts as existing once loaded, whatever the step. On error nothing changes.
     pub fn load_state(&mut self, tensor: usize, state: &TensorState<f32>) -> Result<()> {
         let meta = self.meta(tensor)?;
         let config = &self.groups[meta.group];
         let names = config.state_names();
+        if state.step > MAX_STEP {
+            return Err(Error::Input(format!(
+                "state of tensor {tensor} has step {}, above the largest step count kept on the GPU ({MAX_STEP})",
+                state.step
+            )));
+        }
         for (name, values) in &state.buffers {
             if !names.contains(&name.as_str()) {
                 return Err(Error::UnknownState {
@@ -693,26 +1043,33 @@ impl Optimizer {
         }
         for (n, name) in names.iter().enumerate() {
             let values = &state.buffers[*name];
-            for &(b, p) in &meta.pieces {
-                let piece = &self.batches[b].plan.pieces[p];
-                let src = &values[piece.start as usize..(piece.start + piece.len) as usize];
-                self.ctx.queue().write_buffer(
-                    &self.batches[b].state[n],
-                    piece.state_offset * 4,
-                    bytemuck::cast_slice(src),
-                );
+            let mut start = 0;
+            for (buffer, at, len) in self.state_ranges(meta, n as u64) {
+                let src = &values[start..start + len as usize];
+                self.ctx
+                    .queue()
+                    .write_buffer(buffer, at, bytemuck::cast_slice(src));
+                start += len as usize;
             }
         }
-        let meta = &mut self.tensors[tensor];
-        meta.step = state.step;
-        meta.initialized = true;
+        // SGD's first momentum step is its first step: a loaded buffer is past it.
+        let step = if config.has_step_state() || names.is_empty() {
+            state.step
+        } else {
+            state.step.max(1)
+        };
+        self.ctx.queue().write_buffer(
+            &self.buffers.control,
+            CONTROL_HEADER + TENSOR_STEP_SIZE * tensor as u64,
+            bytemuck::bytes_of(&(step as u32)),
+        );
         Ok(())
     }
 
-    /// Copies every parameter, every state buffer, the step counts and the group
-    /// hyperparameters into GPU buffers of the snapshot's own, and submits the copies (without
-    /// waiting). [`restore`](Self::restore) puts them back. The parameter buffers need
-    /// `COPY_SRC` and `COPY_DST` usage.
+    /// Copies every parameter, every state buffer, the step counts, the grad scaler's state and
+    /// the group hyperparameters into GPU buffers of the snapshot's own, and submits the copies
+    /// (without waiting). [`restore`](Self::restore) puts them back into this optimizer. The
+    /// parameter buffers need `COPY_SRC` and `COPY_DST` usage.
     ///
     /// Used by the [LR finder](crate::lr_finder) to leave the model as it found it.
     pub fn snapshot(&self) -> Result<Snapshot> {
@@ -729,42 +1086,25 @@ impl Optimizer {
         let device = self.ctx.device();
         let total: u64 = self.tensors.iter().map(|t| t.len).sum();
         let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-        let (params, states) = scoped(device, || {
-            let params = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-optim snapshot parameters"),
-                size: (total * 4).max(4),
+        let copy_of = |label, size| {
+            device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some(label),
+                size,
                 usage,
                 mapped_at_creation: false,
-            });
-            let states: Vec<Vec<wgpu::Buffer>> = self
+            })
+        };
+        let snapshot = scoped(device, || Snapshot {
+            optimizer: self.id,
+            params: copy_of("wgpu-optim snapshot parameters", (total * 4).max(4)),
+            states: self
                 .batches
                 .iter()
-                .map(|b| {
-                    b.state
-                        .iter()
-                        .map(|s| {
-                            device.create_buffer(&wgpu::BufferDescriptor {
-                                label: Some("wgpu-optim snapshot state"),
-                                size: s.size(),
-                                usage,
-                                mapped_at_creation: false,
-                            })
-                        })
-                        .collect()
-                })
-                .collect();
-            (params, states)
-        })?;
-        let snapshot = Snapshot {
-            params,
-            states,
-            steps: self
-                .tensors
-                .iter()
-                .map(|t| (t.step, t.initialized))
+                .map(|b| copy_of("wgpu-optim snapshot state", b.state.size()))
                 .collect(),
+            control: copy_of("wgpu-optim snapshot control", self.buffers.control.size()),
             groups: self.groups.clone(),
-        };
+        })?;
         let mut encoder = device.create_command_encoder(&Default::default());
         self.copy_snapshot(&mut encoder, &snapshot, false);
         self.ctx.queue().submit([encoder.finish()]);
@@ -772,13 +1112,14 @@ impl Optimizer {
     }
 
     /// Puts back what [`snapshot`](Self::snapshot) saved: parameters, state buffers, step
-    /// counts and group hyperparameters. The copies are submitted before this returns.
+    /// counts, the grad scaler's state and group hyperparameters. The copies are submitted
+    /// before this returns. A snapshot of another optimizer is an error, and changes nothing.
     pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
-        if snapshot.steps.len() != self.tensors.len() || snapshot.states.len() != self.batches.len()
-        {
-            return Err(Error::Input(
-                "the snapshot was taken of another optimizer".into(),
-            ));
+        if snapshot.optimizer != self.id {
+            return Err(Error::Input(format!(
+                "the snapshot was taken of another optimizer (id {}, not {})",
+                snapshot.optimizer, self.id
+            )));
         }
         let mut encoder = self
             .ctx
@@ -786,32 +1127,134 @@ impl Optimizer {
             .create_command_encoder(&Default::default());
         self.copy_snapshot(&mut encoder, snapshot, true);
         self.ctx.queue().submit([encoder.finish()]);
-        for (meta, &(step, initialized)) in self.tensors.iter_mut().zip(&snapshot.steps) {
-            meta.step = step;
-            meta.initialized = initialized;
-        }
         self.groups.clone_from(&snapshot.groups);
         Ok(())
     }
 
     /// Records the copies between the live buffers and a snapshot's, in either direction.
     fn copy_snapshot(&self, encoder: &mut wgpu::CommandEncoder, snapshot: &Snapshot, back: bool) {
+        let mut copy = |live: (&wgpu::Buffer, u64), saved: (&wgpu::Buffer, u64), bytes| {
+            let ((src, so), (dst, d)) = if back { (saved, live) } else { (live, saved) };
+            encoder.copy_buffer_to_buffer(src, so, dst, d, bytes);
+        };
         let mut at = 0;
         for meta in &self.tensors {
             if meta.len > 0 {
-                let (live, saved) = ((&meta.param, meta.param_offset), (&snapshot.params, at));
-                let ((src, so), (dst, d)) = if back { (saved, live) } else { (live, saved) };
-                encoder.copy_buffer_to_buffer(src, so, dst, d, meta.len * 4);
+                copy(
+                    (&meta.param, meta.param_offset),
+                    (&snapshot.params, at),
+                    meta.len * 4,
+                );
             }
             at += meta.len * 4;
         }
         for (batch, saved) in self.batches.iter().zip(&snapshot.states) {
-            for (live, saved) in batch.state.iter().zip(saved) {
-                let (src, dst) = if back { (saved, live) } else { (live, saved) };
-                encoder.copy_buffer_to_buffer(src, 0, dst, 0, live.size());
-            }
+            copy((&batch.state, 0), (saved, 0), batch.state.size());
         }
+        copy(
+            (&self.buffers.control, 0),
+            (&snapshot.control, 0),
+            self.buffers.control.size(),
+        );
     }
+}
+
+/// Identifies optimizers, for [`Optimizer::restore`].
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// The buffers every step binds besides the caller's.
+struct Buffers {
+    /// Segment tables of every batch.
+    table: wgpu::Buffer,
+    /// `Control` (shaders/layout.wgsl): scaler state, last report, per-tensor step counts.
+    control: wgpu::Buffer,
+    /// `Derived` (shaders/common.wgsl): what `finalize` decided for the step.
+    derived: wgpu::Buffer,
+    /// The reduction's per-workgroup partials.
+    partials: wgpu::Buffer,
+}
+
+impl Ring {
+    /// A ring of `slots` slots and the bind groups that read it: `finalize`'s, and one per
+    /// batch for the reduction when `reduce` (one kernel per batch) is not empty.
+    fn new(
+        ctx: &Context,
+        finalize: &CompiledKernel,
+        reduce: &[Arc<CompiledKernel>],
+        batches: &[Batch],
+        buffers: &Buffers,
+        slot_size: u64,
+        slots: usize,
+    ) -> Result<Self> {
+        let device = ctx.device();
+        scoped(device, || {
+            let buffer = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim per-step values"),
+                size: slot_size * slots as u64,
+                usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            });
+            let slot = wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                buffer: &buffer,
+                offset: 0,
+                size: wgpu::BufferSize::new(slot_size),
+            });
+            let finalize = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-optim finalize"),
+                layout: &finalize.layout,
+                entries: &entries(&[
+                    slot.clone(),
+                    buffers.control.as_entire_binding(),
+                    buffers.partials.as_entire_binding(),
+                    buffers.derived.as_entire_binding(),
+                ]),
+            });
+            let reduce = reduce
+                .iter()
+                .zip(batches)
+                .map(|(kernel, batch)| {
+                    device.create_bind_group(&wgpu::BindGroupDescriptor {
+                        label: Some("wgpu-optim reduce"),
+                        layout: &kernel.layout,
+                        entries: &entries(&[
+                            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                                buffer: &buffers.table,
+                                offset: batch.table_offset,
+                                size: wgpu::BufferSize::new(TABLE_SIZE),
+                            }),
+                            wgpu::BindingResource::Buffer(window(
+                                &batch.grad,
+                                batch.plan.grad_window,
+                            )),
+                            slot.clone(),
+                            buffers.control.as_entire_binding(),
+                            buffers.partials.as_entire_binding(),
+                        ]),
+                    })
+                })
+                .collect();
+            Ring {
+                held: (0..slots).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
+                buffer,
+                slot_size,
+                last: None,
+                finalize,
+                reduce,
+            }
+        })
+    }
+}
+
+/// Bind group entries numbered from 0.
+fn entries<'a>(resources: &[wgpu::BindingResource<'a>]) -> Vec<wgpu::BindGroupEntry<'a>> {
+    resources
+        .iter()
+        .enumerate()
+        .map(|(i, resource)| wgpu::BindGroupEntry {
+            binding: i as u32,
+            resource: resource.clone(),
+        })
+        .collect()
 }
 
 /// A binding of the byte range `[lo, hi)` of `buffer`.
@@ -845,58 +1288,42 @@ fn access_for(preferred: Access, alignment: u64, t: &Tensor<'_>) -> Access {
     }
 }
 
-/// The bytes of one batch's `SegmentTable` (shaders/common.wgsl).
-fn segment_table(p: &plan::Batch, spans: &[Span], dispatch_x: u32) -> Vec<u8> {
-    let mut words: Vec<u32> = vec![p.pieces.len() as u32, p.workgroups, dispatch_x, 0];
-    for piece in &p.pieces {
-        let s = spans[piece.tensor];
-        // Element offsets inside the windows; the plan puts the piece's first element at the
-        // same lane of a unit in all three.
-        let param = (s.param_offset + 4 * piece.start - p.param_window.0) / 4;
-        let grad = (s.grad_offset + 4 * piece.start - p.grad_window.0) / 4;
-        words.extend([
-            (param / p.lanes) as u32,
-            (grad / p.lanes) as u32,
-            (piece.state_offset / p.lanes) as u32,
-            piece.len as u32,
-            piece.first_workgroup,
-            piece.slot,
-            (param % p.lanes) as u32,
-            0,
-        ]);
-    }
-    bytemuck::cast_slice(&words).to_vec()
-}
-
-/// One state buffer of a batch, filled with each piece's initial value.
+/// A batch's state buffers, one after the other in one buffer, each filled with each piece's
+/// initial value. At least one unit, so that kernels without state can bind it.
 fn state_buffer(
     device: &wgpu::Device,
     groups: &[ParamGroup<'_>],
     all: &[(usize, Tensor<'_>)],
     p: &plan::Batch,
-    name: &str,
+    names: &[&str],
 ) -> wgpu::Buffer {
-    let init = |t: usize| groups[all[t].0].config.initial_state_value(name);
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    if p.pieces.iter().all(|piece| init(piece.tensor) == 0.0) {
+    let len = p.state_len * names.len() as u64;
+    let init = |t: usize, name: &str| groups[all[t].0].config.initial_state_value(name);
+    let all_zero = names
+        .iter()
+        .all(|name| p.pieces.iter().all(|piece| init(piece.tensor, name) == 0.0));
+    if all_zero {
         // wgpu zero-initializes new buffers.
         return device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some(name),
-            size: (p.state_len * 4).max(4),
+            label: Some("wgpu-optim state"),
+            size: (len * 4).max(16),
             usage,
             mapped_at_creation: false,
         });
     }
-    let mut values = vec![0f32; p.state_len as usize];
-    for piece in &p.pieces {
-        let at = piece.state_offset as usize;
-        values[at..at + piece.len as usize].fill(init(piece.tensor));
+    let mut values = vec![0f32; len as usize];
+    for (n, name) in names.iter().enumerate() {
+        for piece in &p.pieces {
+            let at = (n as u64 * p.state_len + piece.state_offset) as usize;
+            values[at..at + piece.len as usize].fill(init(piece.tensor, name));
+        }
     }
     wgpu::util::DeviceExt::create_buffer_init(
         device,
         &wgpu::util::BufferInitDescriptor {
-            label: Some(name),
+            label: Some("wgpu-optim state"),
             contents: bytemuck::cast_slice(&values),
             usage,
         },

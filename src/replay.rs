@@ -233,7 +233,7 @@ pub fn replay(
         if let Some(s) = &scheduler {
             optimizer.apply_schedule(s)?;
         }
-        optimizer.step_submit();
+        optimizer.step_submit()?;
         // The step after the last one needs no LR (and OneCycleLR would refuse it).
         if let Some(s) = scheduler.as_mut().filter(|_| step + 1 < steps) {
             s.step()?;

@@ -33,7 +33,7 @@ fn range_test_suggests_a_sensible_lr_and_restores_everything() {
     for _ in 0..2 {
         let mut encoder = ctx.device().create_command_encoder(&Default::default());
         encoder.copy_buffer_to_buffer(&param, 0, &grad, 0, n * 4);
-        sgd.step(&mut encoder);
+        sgd.step(&mut encoder).unwrap();
         ctx.queue().submit([encoder.finish()]);
     }
     let params_before = ctx.read_f32(&[(&param, 0, n)]).unwrap();
@@ -49,7 +49,7 @@ fn range_test_suggests_a_sensible_lr_and_restores_everything() {
         .run(&mut sgd, |opt| {
             let mut encoder = ctx.device().create_command_encoder(&Default::default());
             encoder.copy_buffer_to_buffer(&param, 0, &grad, 0, n * 4);
-            opt.step(&mut encoder);
+            opt.step(&mut encoder).unwrap();
             ctx.queue().submit([encoder.finish()]);
             let theta = ctx.read_f32(&[(&param, 0, n)])?;
             Ok(theta

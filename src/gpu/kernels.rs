@@ -1,121 +1,220 @@
 //! Shader sources and their compilation into pipelines, once per [`Context`].
+//!
+//! Every optimizer module is one access prologue (shaders/scalar.wgsl or shaders/vec4.wgsl),
+//! the gradient binding (read-only, or read-write where parameters and gradients share a
+//! buffer), shaders/layout.wgsl, the template shaders/common.wgsl and the optimizer's file. The
+//! reduction module is a prologue, layout.wgsl and shaders/reduce.wgsl.
 
+use super::template::{COEFFS_STRIDE, STEP_HEADER_SIZE, TABLE_SIZE, WORKGROUP_SIZE};
 use super::{Access, Context};
 use crate::error::{Error, Result};
 use crate::optim::{Kernel, Shader};
 use std::num::NonZeroU64;
 
-/// One shader file's WGSL with its prologues in front: the access prologue, then common.wgsl.
-macro_rules! with_prologue {
-    ($access:literal, $file:literal) => {
-        concat!(
-            include_str!(concat!("../../shaders/", $access)),
-            include_str!("../../shaders/common.wgsl"),
-            include_str!(concat!("../../shaders/", $file))
-        )
-    };
+const SCALAR: &str = include_str!("../../shaders/scalar.wgsl");
+const VEC4: &str = include_str!("../../shaders/vec4.wgsl");
+const LAYOUT: &str = include_str!("../../shaders/layout.wgsl");
+const COMMON: &str = include_str!("../../shaders/common.wgsl");
+const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+
+/// How a step kernel binds the gradients.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum GradAccess {
+    /// `var<storage, read>`: the gradients live in another buffer than the parameters.
+    ReadOnly,
+    /// `var<storage, read_write>`: parameters and gradients share a buffer, which wgpu does
+    /// not let one dispatch bind both read-only and read-write. The kernel only reads them.
+    Shared,
 }
 
-/// The WGSL source of each shader file for one access mode, prologues in front.
-pub(crate) fn source(shader: Shader, access: Access) -> &'static str {
-    match (shader, access) {
-        (Shader::Sgd, Access::Scalar) => with_prologue!("scalar.wgsl", "sgd.wgsl"),
-        (Shader::Sgd, Access::Vec4) => with_prologue!("vec4.wgsl", "sgd.wgsl"),
-        (Shader::Adam, Access::Scalar) => with_prologue!("scalar.wgsl", "adam.wgsl"),
-        (Shader::Adam, Access::Vec4) => with_prologue!("vec4.wgsl", "adam.wgsl"),
-        (Shader::Rmsprop, Access::Scalar) => with_prologue!("scalar.wgsl", "rmsprop.wgsl"),
-        (Shader::Rmsprop, Access::Vec4) => with_prologue!("vec4.wgsl", "rmsprop.wgsl"),
-        (Shader::Adagrad, Access::Scalar) => with_prologue!("scalar.wgsl", "adagrad.wgsl"),
-        (Shader::Adagrad, Access::Vec4) => with_prologue!("vec4.wgsl", "adagrad.wgsl"),
+/// One shader module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Module {
+    /// An optimizer's step kernels and its `finalize`.
+    Optimizer(Shader, Access, GradAccess),
+    /// The gradient reduction.
+    Reduce(Access),
+}
+
+/// One pipeline.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Pipeline {
+    /// An optimizer's step kernel.
+    Step(Kernel, Access, GradAccess),
+    /// An optimizer's `finalize`.
+    Finalize(Shader),
+    /// The gradient reduction.
+    Reduce(Access),
+}
+
+fn shader_file(shader: Shader) -> &'static str {
+    match shader {
+        Shader::Sgd => include_str!("../../shaders/sgd.wgsl"),
+        Shader::Adam => include_str!("../../shaders/adam.wgsl"),
+        Shader::Rmsprop => include_str!("../../shaders/rmsprop.wgsl"),
+        Shader::Adagrad => include_str!("../../shaders/adagrad.wgsl"),
     }
 }
 
-/// The shader file's name and access mode, as a label.
-pub(crate) fn label(shader: Shader, access: Access) -> &'static str {
-    match (shader, access) {
-        (Shader::Sgd, Access::Scalar) => "shaders/sgd.wgsl (scalar)",
-        (Shader::Sgd, Access::Vec4) => "shaders/sgd.wgsl (vec4)",
-        (Shader::Adam, Access::Scalar) => "shaders/adam.wgsl (scalar)",
-        (Shader::Adam, Access::Vec4) => "shaders/adam.wgsl (vec4)",
-        (Shader::Rmsprop, Access::Scalar) => "shaders/rmsprop.wgsl (scalar)",
-        (Shader::Rmsprop, Access::Vec4) => "shaders/rmsprop.wgsl (vec4)",
-        (Shader::Adagrad, Access::Scalar) => "shaders/adagrad.wgsl (scalar)",
-        (Shader::Adagrad, Access::Vec4) => "shaders/adagrad.wgsl (vec4)",
+impl Module {
+    /// Every module this crate compiles.
+    pub(crate) fn all() -> Vec<Module> {
+        let mut out = Vec::new();
+        for access in [Access::Scalar, Access::Vec4] {
+            for shader in Shader::ALL {
+                for grad in [GradAccess::ReadOnly, GradAccess::Shared] {
+                    out.push(Module::Optimizer(shader, access, grad));
+                }
+            }
+            out.push(Module::Reduce(access));
+        }
+        out
+    }
+
+    /// The WGSL source.
+    pub(crate) fn source(self) -> String {
+        let prologue = |access| match access {
+            Access::Scalar => SCALAR,
+            Access::Vec4 => VEC4,
+        };
+        match self {
+            Module::Optimizer(shader, access, grad) => {
+                let mode = match grad {
+                    GradAccess::ReadOnly => "read",
+                    GradAccess::Shared => "read_write",
+                };
+                format!(
+                    "{}\n@group(0) @binding(3) var<storage, {mode}> grad: array<E>;\n\n{LAYOUT}\n{COMMON}\n{}",
+                    prologue(access),
+                    shader_file(shader)
+                )
+            }
+            Module::Reduce(access) => format!("{}\n{LAYOUT}\n{REDUCE}", prologue(access)),
+        }
+    }
+
+    /// The shader file's name and variant, as a label.
+    pub(crate) fn label(self) -> String {
+        match self {
+            Module::Optimizer(shader, access, grad) => {
+                let grad = match grad {
+                    GradAccess::ReadOnly => "read-only gradients",
+                    GradAccess::Shared => "gradients in the parameter buffer",
+                };
+                format!("shaders/{} ({access}, {grad})", shader.file())
+            }
+            Module::Reduce(access) => format!("shaders/reduce.wgsl ({access})"),
+        }
     }
 }
 
-/// Workgroup size of every kernel (`WORKGROUP_SIZE` in shaders/common.wgsl).
-pub(crate) const WORKGROUP_SIZE: u32 = 256;
-/// Segments per dispatch and tensors per dispatch (`MAX_SEGMENTS` in shaders/common.wgsl).
-pub(crate) const MAX_SEGMENTS: usize = 256;
-/// Bytes of the segment table uniform (`SegmentTable` in shaders/common.wgsl).
-pub(crate) const TABLE_SIZE: u64 = 16 + 32 * MAX_SEGMENTS as u64;
-
-/// A kernel's pipeline and bind group layout.
+/// A pipeline with its bind group layout.
 #[derive(Debug)]
 pub(crate) struct CompiledKernel {
     pub(crate) layout: wgpu::BindGroupLayout,
     pub(crate) pipeline: wgpu::ComputePipeline,
 }
 
-/// Checks the device can run `kernel`, then builds its layout and pipeline for `access`.
-pub(super) fn compile(ctx: &Context, kernel: Kernel, access: Access) -> Result<CompiledKernel> {
+fn uniform(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Uniform,
+            has_dynamic_offset: false,
+            min_binding_size: NonZeroU64::new(size),
+        },
+        count: None,
+    }
+}
+
+fn storage(binding: u32, read_only: bool, dynamic: bool, min: u64) -> wgpu::BindGroupLayoutEntry {
+    wgpu::BindGroupLayoutEntry {
+        binding,
+        visibility: wgpu::ShaderStages::COMPUTE,
+        ty: wgpu::BindingType::Buffer {
+            ty: wgpu::BufferBindingType::Storage { read_only },
+            has_dynamic_offset: dynamic,
+            min_binding_size: NonZeroU64::new(min),
+        },
+        count: None,
+    }
+}
+
+/// Checks the device can run `pipeline`, then builds its layout and pipeline.
+pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKernel> {
     let limits = ctx.limits();
-    let storage = kernel.storage_buffers();
-    if storage > limits.max_storage_buffers_per_shader_stage {
-        return Err(Error::Unsupported(format!(
-            "the {} kernel: it binds {storage} storage buffers but the device allows {} per shader stage (max_storage_buffers_per_shader_stage)",
-            kernel.entry_point(),
-            limits.max_storage_buffers_per_shader_stage
-        )));
-    }
-    let hyper_size = kernel.uniform_size() * MAX_SEGMENTS as u64;
-    if TABLE_SIZE.max(hyper_size) > limits.max_uniform_buffer_binding_size {
-        return Err(Error::Unsupported(format!(
-            "the {} kernel: it needs {} bytes of uniform binding but the device allows {} (max_uniform_buffer_binding_size)",
-            kernel.entry_point(),
-            TABLE_SIZE.max(hyper_size),
-            limits.max_uniform_buffer_binding_size
-        )));
-    }
     if limits.max_compute_invocations_per_workgroup < WORKGROUP_SIZE
         || limits.max_compute_workgroup_size_x < WORKGROUP_SIZE
     {
         return Err(Error::Unsupported(format!(
-            "workgroups of {WORKGROUP_SIZE} invocations"
+            "workgroups of {WORKGROUP_SIZE} invocations (max_compute_invocations_per_workgroup)"
+        )));
+    }
+    if TABLE_SIZE > limits.max_uniform_buffer_binding_size {
+        return Err(Error::Unsupported(format!(
+            "{TABLE_SIZE} bytes of uniform binding (max_uniform_buffer_binding_size is {})",
+            limits.max_uniform_buffer_binding_size
+        )));
+    }
+    // A unit of the storage arrays: one f32 or one vec4.
+    let unit = |access: Access| 4 * access.lanes();
+    let (module, entry, entries) = match pipeline {
+        Pipeline::Step(kernel, access, grad) => (
+            Module::Optimizer(kernel.shader(), access, grad),
+            kernel.entry_point(),
+            vec![
+                uniform(0, TABLE_SIZE),
+                storage(1, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
+                storage(2, false, false, unit(access)),
+                storage(3, grad == GradAccess::ReadOnly, false, unit(access)),
+                storage(4, false, false, unit(access)),
+            ],
+        ),
+        Pipeline::Finalize(shader) => (
+            Module::Optimizer(shader, Access::Scalar, GradAccess::ReadOnly),
+            "finalize",
+            vec![
+                storage(0, true, true, 0),
+                storage(1, false, false, 0),
+                storage(2, true, false, 16),
+                storage(3, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
+            ],
+        ),
+        Pipeline::Reduce(access) => (
+            Module::Reduce(access),
+            "reduce",
+            vec![
+                uniform(0, TABLE_SIZE),
+                storage(1, true, false, unit(access)),
+                storage(2, true, true, 0),
+                storage(3, true, false, 0),
+                storage(4, false, false, 16),
+            ],
+        ),
+    };
+    let storage_count = entries
+        .iter()
+        .filter(|e| {
+            matches!(
+                e.ty,
+                wgpu::BindingType::Buffer {
+                    ty: wgpu::BufferBindingType::Storage { .. },
+                    ..
+                }
+            )
+        })
+        .count() as u32;
+    if storage_count > limits.max_storage_buffers_per_shader_stage {
+        return Err(Error::Unsupported(format!(
+            "the {entry} kernel: it binds {storage_count} storage buffers but the device allows {} per shader stage (max_storage_buffers_per_shader_stage)",
+            limits.max_storage_buffers_per_shader_stage
         )));
     }
 
     let device = ctx.device();
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let uniform = |binding, dynamic, size| wgpu::BindGroupLayoutEntry {
-        binding,
-        visibility: wgpu::ShaderStages::COMPUTE,
-        ty: wgpu::BindingType::Buffer {
-            ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: dynamic,
-            min_binding_size: NonZeroU64::new(size),
-        },
-        count: None,
-    };
-    let mut entries = vec![uniform(0, false, TABLE_SIZE), uniform(1, true, hyper_size)];
-    // Gradients are bound read-write, although only read, so that parameters and gradients may
-    // share one buffer: wgpu rejects a buffer bound both read-only and read-write in one
-    // dispatch, but accepts two read-write bindings.
-    for binding in 2..2 + storage {
-        entries.push(wgpu::BindGroupLayoutEntry {
-            binding,
-            visibility: wgpu::ShaderStages::COMPUTE,
-            ty: wgpu::BindingType::Buffer {
-                ty: wgpu::BufferBindingType::Storage { read_only: false },
-                has_dynamic_offset: false,
-                // One unit: the element type of the shader's storage arrays.
-                min_binding_size: NonZeroU64::new(4 * access.lanes()),
-            },
-            count: None,
-        });
-    }
-    let label = format!("wgpu-optim {} ({access})", kernel.entry_point());
+    let label = format!("wgpu-optim {entry} ({})", module.label());
     let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
         label: Some(&label),
         entries: &entries,
@@ -125,12 +224,12 @@ pub(super) fn compile(ctx: &Context, kernel: Kernel, access: Access) -> Result<C
         bind_group_layouts: &[Some(&layout)],
         immediate_size: 0,
     });
-    let module = ctx.module(kernel.shader(), access);
+    let module = ctx.module(module);
     let pipeline = device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
         label: Some(&label),
         layout: Some(&pipeline_layout),
         module: &module,
-        entry_point: Some(kernel.entry_point()),
+        entry_point: Some(entry),
         compilation_options: Default::default(),
         cache: None,
     });
@@ -138,4 +237,213 @@ pub(super) fn compile(ctx: &Context, kernel: Kernel, access: Access) -> Result<C
         return Err(Error::Gpu(format!("compiling {label}: {e}")));
     }
     Ok(CompiledKernel { layout, pipeline })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The structs the host writes, against the layouts naga gives the WGSL structs.
+
+    use super::*;
+    use crate::gpu::template::{CONTROL_HEADER, StepConfig, TENSOR_STEP_SIZE};
+    use crate::optim::{AdagradHyper, AdamHyper, RmspropHyper, SgdHyper};
+    use std::mem::offset_of;
+
+    fn parse(module: Module) -> naga::Module {
+        naga::front::wgsl::parse_str(&module.source()).expect("the module parses")
+    }
+
+    /// `(member, offset)` of every member of the named struct, and its size, as naga lays
+    /// them out; padding members (`_pad*`) left out.
+    fn naga_layout(module: &naga::Module, name: &str) -> (Vec<(String, u32)>, u32) {
+        let mut layouter = naga::proc::Layouter::default();
+        layouter
+            .update(module.to_ctx())
+            .expect("the module lays out");
+        let (handle, ty) = module
+            .types
+            .iter()
+            .find(|(_, ty)| ty.name.as_deref() == Some(name))
+            .unwrap_or_else(|| panic!("no struct {name}"));
+        let naga::TypeInner::Struct { members, .. } = &ty.inner else {
+            panic!("{name} is not a struct");
+        };
+        let fields = members
+            .iter()
+            .filter_map(|m| {
+                let n = m.name.clone().unwrap_or_default();
+                (!n.starts_with('_')).then_some((n, m.offset))
+            })
+            .collect();
+        (fields, layouter[handle].size)
+    }
+
+    /// Field names and offsets of a Rust struct, and its size.
+    macro_rules! rust_layout {
+        ($t:ty, [$($f:ident),* $(,)?]) => {
+            (
+                vec![$((stringify!($f).to_string(), offset_of!($t, $f) as u32)),*],
+                size_of::<$t>() as u32,
+            )
+        };
+    }
+
+    #[test]
+    fn host_structs_match_naga_layouts() {
+        let adam = parse(Module::Optimizer(
+            Shader::Adam,
+            Access::Vec4,
+            GradAccess::ReadOnly,
+        ));
+        let sgd = parse(Module::Optimizer(
+            Shader::Sgd,
+            Access::Scalar,
+            GradAccess::Shared,
+        ));
+        let rms = parse(Module::Optimizer(
+            Shader::Rmsprop,
+            Access::Vec4,
+            GradAccess::Shared,
+        ));
+        let ada = parse(Module::Optimizer(
+            Shader::Adagrad,
+            Access::Scalar,
+            GradAccess::ReadOnly,
+        ));
+        let reduce = parse(Module::Reduce(Access::Vec4));
+        let cases = [
+            (
+                &adam,
+                "Hyper",
+                rust_layout!(
+                    AdamHyper,
+                    [
+                        lr,
+                        one_minus_beta1,
+                        beta2,
+                        one_minus_beta2,
+                        ln_beta1,
+                        ln_beta2,
+                        eps,
+                        weight_decay,
+                        decay,
+                        grad_sign,
+                    ]
+                ),
+            ),
+            (
+                &sgd,
+                "Hyper",
+                rust_layout!(
+                    SgdHyper,
+                    [
+                        lr,
+                        momentum,
+                        one_minus_dampening,
+                        weight_decay,
+                        grad_sign,
+                        nesterov,
+                    ]
+                ),
+            ),
+            (
+                &rms,
+                "Hyper",
+                rust_layout!(
+                    RmspropHyper,
+                    [
+                        lr,
+                        alpha,
+                        one_minus_alpha,
+                        eps,
+                        weight_decay,
+                        momentum,
+                        grad_sign,
+                    ]
+                ),
+            ),
+            (
+                &ada,
+                "Hyper",
+                rust_layout!(AdagradHyper, [lr, lr_decay, eps, weight_decay, grad_sign]),
+            ),
+            (
+                &reduce,
+                "StepConfig",
+                rust_layout!(
+                    StepConfig,
+                    [
+                        tensors,
+                        partials,
+                        flags,
+                        growth_interval,
+                        max_norm,
+                        clip_value,
+                        growth_factor,
+                        growth_factor_lo,
+                        backoff_factor,
+                        backoff_factor_lo,
+                    ]
+                ),
+            ),
+        ];
+        for (module, name, want) in cases {
+            assert_eq!(naga_layout(module, name), want, "{name}");
+        }
+        // Written word by word by `segment_table`, and read back by `step_count`,
+        // `read_grad_scaler` and `read_step_report`.
+        let words = |names: &[&str]| -> Vec<(String, u32)> {
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| (n.to_string(), 4 * i as u32))
+                .collect()
+        };
+        let segment = words(&[
+            "param_offset",
+            "grad_offset",
+            "state_offset",
+            "len",
+            "first_workgroup",
+            "tensor",
+            "head",
+        ]);
+        assert_eq!(naga_layout(&reduce, "Segment"), (segment, 32));
+        let mut table = words(&[
+            "count",
+            "total_workgroups",
+            "dispatch_x",
+            "state_stride",
+            "partial_base",
+        ]);
+        table.push(("segments".into(), 32));
+        assert_eq!(
+            naga_layout(&reduce, "SegmentTable"),
+            (table, TABLE_SIZE as u32)
+        );
+        let mut control = words(&["scale", "growth_tracker", "total_norm", "found_inf"]);
+        control.push(("tensors".into(), CONTROL_HEADER as u32));
+        assert_eq!(naga_layout(&adam, "Control").0, control);
+        assert_eq!(
+            naga_layout(&adam, "TensorStep"),
+            (words(&["step", "group"]), TENSOR_STEP_SIZE as u32)
+        );
+        let mut header = words(&["skip", "flags", "inv_scale", "clip_coef", "clip_value"]);
+        header.truncate(5);
+        assert_eq!(
+            naga_layout(&adam, "StepHeader"),
+            (header, STEP_HEADER_SIZE as u32)
+        );
+        // RMSprop's `Coeffs` is an alias of its `Hyper`.
+        for (module, coeffs) in [
+            (&adam, "Coeffs"),
+            (&sgd, "Coeffs"),
+            (&rms, "Hyper"),
+            (&ada, "Coeffs"),
+        ] {
+            let (_, size) = naga_layout(module, coeffs);
+            assert!(u64::from(size) <= COEFFS_STRIDE, "Coeffs of {size} bytes");
+            let (fields, _) = naga_layout(module, "Derived");
+            assert_eq!(fields[1], ("tensors".into(), STEP_HEADER_SIZE as u32));
+        }
+    }
 }

@@ -2,13 +2,11 @@
 
 mod kernels;
 pub(crate) mod plan;
+pub(crate) mod template;
 
-pub(crate) use kernels::{
-    CompiledKernel, MAX_SEGMENTS, TABLE_SIZE, label as kernel_label, source as kernel_source,
-};
+pub(crate) use kernels::{CompiledKernel, GradAccess, Module, Pipeline};
 
 use crate::error::{Error, Result};
-use crate::optim::{Kernel, Shader};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
@@ -84,8 +82,8 @@ struct Inner {
     device: wgpu::Device,
     queue: wgpu::Queue,
     limits: wgpu::Limits,
-    modules: Mutex<HashMap<(Shader, Access), wgpu::ShaderModule>>,
-    kernels: Mutex<HashMap<(Kernel, Access), Arc<CompiledKernel>>>,
+    modules: Mutex<HashMap<Module, wgpu::ShaderModule>>,
+    kernels: Mutex<HashMap<Pipeline, Arc<CompiledKernel>>>,
 }
 
 impl Context {
@@ -199,27 +197,27 @@ impl Context {
         &self.inner.limits
     }
 
-    /// The compiled kernel, compiling it on first use.
-    pub(crate) fn kernel(&self, kernel: Kernel, access: Access) -> Result<Arc<CompiledKernel>> {
+    /// The compiled pipeline, compiling it on first use.
+    pub(crate) fn kernel(&self, pipeline: Pipeline) -> Result<Arc<CompiledKernel>> {
         let mut cache = self.inner.kernels.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(k) = cache.get(&(kernel, access)) {
+        if let Some(k) = cache.get(&pipeline) {
             return Ok(k.clone());
         }
-        let compiled = Arc::new(kernels::compile(self, kernel, access)?);
-        cache.insert((kernel, access), compiled.clone());
+        let compiled = Arc::new(kernels::compile(self, pipeline)?);
+        cache.insert(pipeline, compiled.clone());
         Ok(compiled)
     }
 
-    /// The shader module of one shader file, created on first use.
-    pub(crate) fn module(&self, shader: Shader, access: Access) -> wgpu::ShaderModule {
+    /// A shader module, created on first use.
+    pub(crate) fn module(&self, module: Module) -> wgpu::ShaderModule {
         let mut cache = self.inner.modules.lock().unwrap_or_else(|e| e.into_inner());
         cache
-            .entry((shader, access))
+            .entry(module)
             .or_insert_with(|| {
                 self.device()
                     .create_shader_module(wgpu::ShaderModuleDescriptor {
-                        label: Some(kernels::label(shader, access)),
-                        source: wgpu::ShaderSource::Wgsl(kernels::source(shader, access).into()),
+                        label: Some(&module.label()),
+                        source: wgpu::ShaderSource::Wgsl(module.source().into()),
                     })
             })
             .clone()
@@ -230,6 +228,15 @@ impl Context {
     /// not in a training loop. Large reads go through several staging buffers, each within
     /// `max_buffer_size`.
     pub fn read_f32(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<f32>> {
+        Ok(self
+            .read_words(ranges)?
+            .into_iter()
+            .map(f32::from_bits)
+            .collect())
+    }
+
+    /// As [`read_f32`](Self::read_f32), for any 4-byte words.
+    pub(crate) fn read_words(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<u32>> {
         for &(buffer, offset, len) in ranges {
             if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
                 return Err(Error::Input(
@@ -274,7 +281,7 @@ impl Context {
         &self,
         ranges: &[(&wgpu::Buffer, u64, u64)],
         total: u64,
-        out: &mut Vec<f32>,
+        out: &mut Vec<u32>,
     ) -> Result<()> {
         let device = self.device();
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);

@@ -11,7 +11,7 @@
 //! 16 bytes, and state offsets padded so that each piece starts at the same lane of a vec4 in
 //! its state buffers as in its parameter and gradient windows.
 
-use super::kernels::{MAX_SEGMENTS, WORKGROUP_SIZE};
+use super::template::{MAX_SEGMENTS, WORKGROUP_SIZE};
 
 /// Where one tensor lives. Offsets are in bytes, lengths in f32 elements.
 #[derive(Clone, Copy, Debug)]

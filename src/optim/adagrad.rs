@@ -45,16 +45,18 @@ impl Default for Adagrad {
     }
 }
 
-/// Per-tensor uniform record of `shaders/adagrad.wgsl` (`AdagradHyper`); keep the two in sync.
+/// One parameter group's record in `shaders/adagrad.wgsl` (`Hyper`); keep the two in sync.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct AdagradUniform {
-    clr: f32,
-    eps: f32,
-    weight_decay: f32,
-    grad_sign: f32,
+pub(crate) struct AdagradHyper {
+    pub(crate) lr: f32,
+    pub(crate) lr_decay: f32,
+    pub(crate) eps: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) grad_sign: f32,
+    pub(crate) _pad: [f32; 3],
 }
-const _: () = assert!(size_of::<AdagradUniform>() == 16);
+const _: () = assert!(size_of::<AdagradHyper>() == 32);
 
 impl Adagrad {
     /// PyTorch's constructor checks.
@@ -87,12 +89,15 @@ impl Adagrad {
         self.lr / (1.0 + (t as f64 - 1.0) * self.lr_decay)
     }
 
-    pub(crate) fn uniform(&self, t: u64) -> AdagradUniform {
-        AdagradUniform {
-            clr: self.clr(t) as f32,
+    /// The group's record for one step; the kernel forms `clr` from each tensor's step count.
+    pub(crate) fn hyper(&self) -> AdagradHyper {
+        AdagradHyper {
+            lr: self.lr as f32,
+            lr_decay: self.lr_decay as f32,
             eps: self.eps as f32,
             weight_decay: self.weight_decay as f32,
             grad_sign: grad_sign(self.maximize),
+            _pad: [0.0; 3],
         }
     }
 }

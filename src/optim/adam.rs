@@ -81,22 +81,23 @@ impl Default for AdamW {
     }
 }
 
-/// Per-tensor uniform record of `shaders/adam.wgsl` (`AdamHyper`); keep the two in sync.
+/// One parameter group's record in `shaders/adam.wgsl` (`Hyper`); keep the two in sync.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct AdamUniform {
-    step_size: f32,
-    bias_correction2_sqrt: f32,
-    one_minus_beta1: f32,
-    beta2: f32,
-    one_minus_beta2: f32,
-    eps: f32,
-    weight_decay: f32,
-    decay: f32,
-    grad_sign: f32,
-    _pad: [f32; 3],
+pub(crate) struct AdamHyper {
+    pub(crate) lr: f32,
+    pub(crate) one_minus_beta1: f32,
+    pub(crate) beta2: f32,
+    pub(crate) one_minus_beta2: f32,
+    pub(crate) ln_beta1: f32,
+    pub(crate) ln_beta2: f32,
+    pub(crate) eps: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) decay: f32,
+    pub(crate) grad_sign: f32,
+    pub(crate) _pad: [f32; 2],
 }
-const _: () = assert!(size_of::<AdamUniform>() == 48);
+const _: () = assert!(size_of::<AdamHyper>() == 48);
 
 /// The fields Adam and AdamW share, with how weight decay applies.
 #[derive(Clone, Copy, Debug)]
@@ -142,28 +143,28 @@ impl AdamLike {
         }
     }
 
-    /// The scalars PyTorch's single-tensor Adam computes in Python (f64) for step `t`.
-    fn uniform(&self, t: u64) -> AdamUniform {
+    /// The group's record for one step. The kernel forms the bias corrections `1 − βᵗ` from
+    /// each tensor's step count `t` on the GPU, as `-expm1(t·ln β)`, with `ln β` computed here
+    /// in f64.
+    fn hyper(&self) -> AdamHyper {
         let (b1, b2) = self.betas;
-        let t = t as f64;
-        let bias_correction1 = 1.0 - b1.powf(t);
-        let bias_correction2 = 1.0 - b2.powf(t);
         let (weight_decay, decay) = if self.decoupled {
             (0.0, 1.0 - self.lr * self.weight_decay)
         } else {
             (self.weight_decay, 1.0)
         };
-        AdamUniform {
-            step_size: (self.lr / bias_correction1) as f32,
-            bias_correction2_sqrt: bias_correction2.sqrt() as f32,
+        AdamHyper {
+            lr: self.lr as f32,
             one_minus_beta1: (1.0 - b1) as f32,
             beta2: b2 as f32,
             one_minus_beta2: (1.0 - b2) as f32,
+            ln_beta1: b1.ln() as f32,
+            ln_beta2: b2.ln() as f32,
             eps: self.eps as f32,
             weight_decay: weight_decay as f32,
             decay: decay as f32,
             grad_sign: grad_sign(self.maximize),
-            _pad: [0.0; 3],
+            _pad: [0.0; 2],
         }
     }
 }
@@ -191,8 +192,8 @@ impl Adam {
         self.like().kernel()
     }
 
-    pub(crate) fn uniform(&self, t: u64) -> AdamUniform {
-        self.like().uniform(t)
+    pub(crate) fn hyper(&self) -> AdamHyper {
+        self.like().hyper()
     }
 }
 
@@ -219,7 +220,7 @@ impl AdamW {
         self.like().kernel()
     }
 
-    pub(crate) fn uniform(&self, t: u64) -> AdamUniform {
-        self.like().uniform(t)
+    pub(crate) fn hyper(&self) -> AdamHyper {
+        self.like().hyper()
     }
 }

@@ -20,13 +20,13 @@ mod rmsprop;
 mod sgd;
 
 pub use adagrad::Adagrad;
-pub(crate) use adagrad::AdagradUniform;
+pub(crate) use adagrad::AdagradHyper;
 pub use adam::{Adam, AdamW};
-pub(crate) use adam::{AdamLike, AdamUniform};
+pub(crate) use adam::{AdamHyper, AdamLike};
 pub use rmsprop::RMSprop;
-pub(crate) use rmsprop::RmspropUniform;
+pub(crate) use rmsprop::RmspropHyper;
 pub use sgd::SGD;
-pub(crate) use sgd::SgdUniform;
+pub(crate) use sgd::SgdHyper;
 
 use crate::error::{Error, Result};
 use serde::{Deserialize, Serialize};
@@ -150,19 +150,19 @@ impl OptimizerConfig {
         }
     }
 
-    /// Writes the uniform record of one tensor for the step numbered `step` (1 for the first step,
-    /// as PyTorch counts after `step += 1`). `first_step` is SGD's "momentum buffer is None".
-    pub(crate) fn write_uniform(&self, step: u64, first_step: bool, out: &mut [u8]) {
+    /// Writes the group's record for one step (`Hyper` in the shader) into `out`, which is
+    /// [`Kernel::hyper_size`] bytes long. The kernels derive whatever depends on a tensor's step
+    /// count on the GPU.
+    pub(crate) fn write_hyper(&self, out: &mut [u8]) {
         fn put<T: bytemuck::Pod>(out: &mut [u8], value: T) {
-            let bytes = bytemuck::bytes_of(&value);
-            out[..bytes.len()].copy_from_slice(bytes);
+            out.copy_from_slice(bytemuck::bytes_of(&value));
         }
         match self {
-            Self::SGD(c) => put(out, c.uniform(first_step)),
-            Self::Adam(c) => put(out, c.uniform(step)),
-            Self::AdamW(c) => put(out, c.uniform(step)),
-            Self::RMSprop(c) => put(out, c.uniform()),
-            Self::Adagrad(c) => put(out, c.uniform(step)),
+            Self::SGD(c) => put(out, c.hyper()),
+            Self::Adam(c) => put(out, c.hyper()),
+            Self::AdamW(c) => put(out, c.hyper()),
+            Self::RMSprop(c) => put(out, c.hyper()),
+            Self::Adagrad(c) => put(out, c.hyper()),
         }
     }
 }
@@ -271,18 +271,34 @@ impl Kernel {
         }
     }
 
-    /// Storage buffers the kernel binds: parameter, gradient and state.
-    pub(crate) fn storage_buffers(self) -> u32 {
-        2 + self.state_names().len() as u32
+    /// Size in bytes of one parameter group's record (`Hyper` in the shader).
+    pub(crate) fn hyper_size(self) -> u64 {
+        self.shader().hyper_size()
+    }
+}
+
+impl Shader {
+    /// Every shader file.
+    pub(crate) const ALL: [Shader; 4] =
+        [Shader::Sgd, Shader::Adam, Shader::Rmsprop, Shader::Adagrad];
+
+    /// The file name under shaders/.
+    pub(crate) fn file(self) -> &'static str {
+        match self {
+            Shader::Sgd => "sgd.wgsl",
+            Shader::Adam => "adam.wgsl",
+            Shader::Rmsprop => "rmsprop.wgsl",
+            Shader::Adagrad => "adagrad.wgsl",
+        }
     }
 
-    /// Size in bytes of one tensor's uniform record.
-    pub(crate) fn uniform_size(self) -> u64 {
-        (match self.shader() {
-            Shader::Sgd => size_of::<SgdUniform>(),
-            Shader::Adam => size_of::<AdamUniform>(),
-            Shader::Rmsprop => size_of::<RmspropUniform>(),
-            Shader::Adagrad => size_of::<AdagradUniform>(),
+    /// Size in bytes of one parameter group's record (`Hyper` in the shader).
+    pub(crate) fn hyper_size(self) -> u64 {
+        (match self {
+            Shader::Sgd => size_of::<SgdHyper>(),
+            Shader::Adam => size_of::<AdamHyper>(),
+            Shader::Rmsprop => size_of::<RmspropHyper>(),
+            Shader::Adagrad => size_of::<AdagradHyper>(),
         }) as u64
     }
 }

@@ -50,20 +50,20 @@ impl Default for RMSprop {
     }
 }
 
-/// Per-tensor uniform record of `shaders/rmsprop.wgsl` (`RmspropHyper`); keep the two in sync.
+/// One parameter group's record in `shaders/rmsprop.wgsl` (`Hyper`); keep the two in sync.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct RmspropUniform {
-    lr: f32,
-    alpha: f32,
-    one_minus_alpha: f32,
-    eps: f32,
-    weight_decay: f32,
-    momentum: f32,
-    grad_sign: f32,
-    _pad: f32,
+pub(crate) struct RmspropHyper {
+    pub(crate) lr: f32,
+    pub(crate) alpha: f32,
+    pub(crate) one_minus_alpha: f32,
+    pub(crate) eps: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) momentum: f32,
+    pub(crate) grad_sign: f32,
+    pub(crate) _pad: f32,
 }
-const _: () = assert!(size_of::<RmspropUniform>() == 32);
+const _: () = assert!(size_of::<RmspropHyper>() == 32);
 
 impl RMSprop {
     /// PyTorch's constructor checks.
@@ -97,8 +97,9 @@ impl RMSprop {
         }
     }
 
-    pub(crate) fn uniform(&self) -> RmspropUniform {
-        RmspropUniform {
+    /// The group's record for one step.
+    pub(crate) fn hyper(&self) -> RmspropHyper {
+        RmspropHyper {
             lr: self.lr as f32,
             alpha: self.alpha as f32,
             one_minus_alpha: (1.0 - self.alpha) as f32,

@@ -48,20 +48,19 @@ impl Default for SGD {
     }
 }
 
-/// Per-tensor uniform record of `shaders/sgd.wgsl` (`SgdHyper`); keep the two in sync.
+/// One parameter group's record in `shaders/sgd.wgsl` (`Hyper`); keep the two in sync.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
-pub(crate) struct SgdUniform {
-    lr: f32,
-    momentum: f32,
-    one_minus_dampening: f32,
-    weight_decay: f32,
-    grad_sign: f32,
-    nesterov: u32,
-    first_step: u32,
-    _pad: u32,
+pub(crate) struct SgdHyper {
+    pub(crate) lr: f32,
+    pub(crate) momentum: f32,
+    pub(crate) one_minus_dampening: f32,
+    pub(crate) weight_decay: f32,
+    pub(crate) grad_sign: f32,
+    pub(crate) nesterov: u32,
+    pub(crate) _pad: [u32; 2],
 }
-const _: () = assert!(size_of::<SgdUniform>() == 32);
+const _: () = assert!(size_of::<SgdHyper>() == 32);
 
 impl SGD {
     /// PyTorch's constructor checks.
@@ -95,16 +94,17 @@ impl SGD {
         }
     }
 
-    pub(crate) fn uniform(&self, first_step: bool) -> SgdUniform {
-        SgdUniform {
+    /// The group's record for one step. Whether the momentum buffer exists yet (PyTorch's
+    /// `buf is None`) follows from each tensor's step count on the GPU.
+    pub(crate) fn hyper(&self) -> SgdHyper {
+        SgdHyper {
             lr: self.lr as f32,
             momentum: self.momentum as f32,
             one_minus_dampening: (1.0 - self.dampening) as f32,
             weight_decay: self.weight_decay as f32,
             grad_sign: grad_sign(self.maximize),
             nesterov: self.nesterov as u32,
-            first_step: first_step as u32,
-            _pad: 0,
+            _pad: [0; 2],
         }
     }
 }

@@ -1,0 +1,232 @@
+// Layout shared by every kernel (prepended, after one access prologue, to the optimizer
+// shaders and to shaders/reduce.wgsl): the segment table that maps workgroups to pieces of
+// tensors, the flags of a step, the GPU-side control state, and `locate`.
+//
+// One dispatch covers a *batch*: up to MAX_SEGMENTS contiguous pieces ("segments") of
+// tensors whose parameters live in one buffer and whose gradients live in one buffer. Each
+// invocation handles one *unit* of LANES consecutive elements (one element, or one aligned
+// vec4), and each workgroup handles WORKGROUP_SIZE consecutive units of exactly one segment, so
+// per-tensor values are uniform across a workgroup. The host lays segments out back to back in
+// workgroup space; a workgroup finds its segment by binary search over `first_workgroup`.
+//
+// A segment need not start or end on a unit boundary: its first element is lane `head` of its
+// first unit, in the parameter, gradient and state windows alike (the host only batches tensors
+// for vec4 access whose parameter and gradient offsets agree modulo 4 elements, and pads state
+// offsets to match). Invocations whose unit is only partly the segment's read and write just
+// their own lanes, one at a time, so neighbouring segments may share a unit without a data race.
+//
+// Must be kept in sync with src/gpu/template.rs (`segment_table`, `StepConfig`, `Control`).
+
+const WORKGROUP_SIZE: u32 = 256u;
+const MAX_SEGMENTS: u32 = 256u;
+
+struct Segment {
+    // Unit offsets inside the bound windows of the parameter, gradient and state buffers: the
+    // unit holding the segment's first element.
+    param_offset: u32,
+    grad_offset: u32,
+    state_offset: u32,
+    // Number of elements in this segment.
+    len: u32,
+    // Index of this segment's first workgroup in the batch's linearised workgroup space.
+    first_workgroup: u32,
+    // Index of the tensor (over all groups of the optimizer) this segment is a piece of.
+    tensor: u32,
+    // Lane of the segment's first element within its first unit (0 when LANES is 1).
+    head: u32,
+    _pad: u32,
+}
+
+struct SegmentTable {
+    count: u32,
+    total_workgroups: u32,
+    // x extent of the dispatch; the grid is 2-D when a batch needs more workgroups than one
+    // dimension allows.
+    dispatch_x: u32,
+    // Units from one state buffer to the next in the batch's planar state binding.
+    state_stride: u32,
+    // This batch's first entry in the reduction's partials.
+    partial_base: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
+    segments: array<Segment, MAX_SEGMENTS>,
+}
+
+@group(0) @binding(0) var<uniform> table: SegmentTable;
+
+// Bits of `StepConfig.flags` and `StepHeader.flags`.
+// Gradients are divided by the grad scaler's scale (multiplied by its reciprocal).
+const UNSCALE: u32 = 1u;
+// Gradients are multiplied by the clip coefficient of clip_grad_norm_.
+const CLIP_NORM: u32 = 2u;
+// Gradients are clamped to [-clip_value, clip_value] (clip_grad_value_).
+const CLIP_VALUE: u32 = 4u;
+// The max norm (norm_type = inf) instead of the 2-norm.
+const NORM_INF: u32 = 8u;
+// A grad scaler is in use: skip the step on inf or NaN and update the scale.
+const SCALER: u32 = 16u;
+
+// Host-written values of one step, at the start of each slot of the optimizer's ring.
+struct StepConfig {
+    // Tensors of the optimizer.
+    tensors: u32,
+    // Partials the reduction wrote this step (0 when it did not run).
+    partials: u32,
+    flags: u32,
+    growth_interval: u32,
+    max_norm: f32,
+    clip_value: f32,
+    // The grad scaler's factors, each as an f32 and the f32 of its remainder, so that
+    // `scale * factor` can be rounded once from (almost) the double product, as PyTorch does.
+    growth_factor: f32,
+    growth_factor_lo: f32,
+    backoff_factor: f32,
+    backoff_factor_lo: f32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+struct TensorStep {
+    // Steps taken (PyTorch's `step`).
+    step: u32,
+    // Parameter group of the tensor.
+    group: u32,
+}
+
+// The optimizer's state that lives on the GPU besides the state buffers.
+struct Control {
+    // The grad scaler's scale and growth tracker (torch.amp.GradScaler's `_scale` and
+    // `_growth_tracker`).
+    scale: f32,
+    growth_tracker: i32,
+    // The last step's total gradient norm (clip_grad_norm_'s return value) and found_inf.
+    total_norm: f32,
+    found_inf: f32,
+    tensors: array<TensorStep>,
+}
+
+// Where one invocation works: its segment, the unit index inside that segment, the lanes
+// [lo, hi) of that unit that belong to the segment, and the unit's index in the parameter,
+// gradient and (first) state window. lo == hi when the invocation has nothing to do.
+struct Site {
+    segment: Segment,
+    index: u32,
+    lo: u32,
+    hi: u32,
+    p: u32,
+    g: u32,
+    s: u32,
+}
+
+fn locate(workgroup_id: vec3<u32>, local_index: u32) -> Site {
+    var site: Site;
+    site.lo = 0u;
+    site.hi = 0u;
+    let wg = workgroup_id.x + workgroup_id.y * table.dispatch_x;
+    if wg >= table.total_workgroups {
+        return site;
+    }
+    // Last segment whose first workgroup is <= wg.
+    var lo = 0u;
+    var hi = table.count - 1u;
+    while lo < hi {
+        let mid = (lo + hi + 1u) / 2u;
+        if table.segments[mid].first_workgroup <= wg {
+            lo = mid;
+        } else {
+            hi = mid - 1u;
+        }
+    }
+    site.segment = table.segments[lo];
+    site.index = (wg - site.segment.first_workgroup) * WORKGROUP_SIZE + local_index;
+    // Lane positions counted from lane 0 of the segment's first unit.
+    let first = site.index * LANES;
+    let end = site.segment.head + site.segment.len;
+    if first < end {
+        site.lo = select(0u, site.segment.head, site.index == 0u);
+        site.hi = min(LANES, end - first);
+    }
+    site.p = site.segment.param_offset + site.index;
+    site.g = site.segment.grad_offset + site.index;
+    site.s = site.segment.state_offset + site.index;
+    return site;
+}
+
+// True when every lane of the invocation's unit belongs to its segment, so whole units may be
+// read and written; otherwise only lanes [lo, hi) may be touched.
+fn whole(site: Site) -> bool {
+    return site.lo == 0u && site.hi == LANES;
+}
+
+// Combines two partials of the gradient reduction (shaders/reduce.wgsl): (norm accumulator, raw non-finite, unscaled inf, unscaled NaN).
+fn combine(a: vec4<f32>, b: vec4<f32>, norm_inf: bool) -> vec4<f32> {
+    var x = a.x + b.x;
+    if norm_inf {
+        x = max(a.x, b.x);
+    }
+    return vec4<f32>(x, max(a.yzw, b.yzw));
+}
+
+var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
+
+// Combines every invocation's `acc` over the workgroup in a fixed tree order (no atomics, so the
+// same inputs give the same bits) and returns the result to every invocation. Call it from
+// uniform control flow.
+fn workgroup_combine(lid: u32, acc: vec4<f32>, norm_inf: bool) -> vec4<f32> {
+    scratch[lid] = acc;
+    workgroupBarrier();
+    for (var width = WORKGROUP_SIZE / 2u; width > 0u; width /= 2u) {
+        if lid < width {
+            scratch[lid] = combine(scratch[lid], scratch[lid + width], norm_inf);
+        }
+        workgroupBarrier();
+    }
+    return scratch[0];
+}
+
+const F32_INF: u32 = 0x7f800000u;
+const F32_NAN: u32 = 0x7fc00000u;
+
+// Not inf and not NaN, by the bits, so that no fast-math assumption can fold it away.
+fn finite(x: f32) -> bool {
+    return (bitcast<u32>(x) & 0x7f800000u) != F32_INF;
+}
+
+
+// The top 12 significant bits of x, the rest cleared: products of two such parts are exact.
+fn high_part(x: f32) -> f32 {
+    return bitcast<f32>(bitcast<u32>(x) & 0xfffff000u);
+}
+
+// a * b as (p, e) with p = fl(a * b) and p + e = a * b exactly (Dekker), for finite a and b
+// whose product neither overflows nor underflows. Every product below is exact, so the result
+// does not change if a compiler contracts a multiply and an add into a fused multiply-add.
+fn two_prod(a: f32, b: f32) -> vec2<f32> {
+    let p = a * b;
+    let ah = high_part(a);
+    let al = a - ah;
+    let bh = high_part(b);
+    let bl = b - bh;
+    return vec2<f32>(p, ((ah * bh - p) + ah * bl + al * bh) + al * bl);
+}
+
+// x * (hi + lo) rounded once to f32: PyTorch's float * double, with hi = f32(factor) and
+// lo = f32(factor - hi).
+fn mul_wide(x: f32, hi: f32, lo: f32) -> f32 {
+    let p = two_prod(x, hi);
+    return p.x + (p.y + x * lo);
+}
+
+// 1 / x rounded to f32 as from the double reciprocal (PyTorch's `scale.double().reciprocal()
+// .float()`), whatever the accuracy of the device's division: one Newton step on the exact
+// residual.
+fn reciprocal(x: f32) -> f32 {
+    let r = 1.0 / x;
+    if !finite(x) || !finite(r) || r == 0.0 {
+        return r;
+    }
+    let p = two_prod(x, r);
+    let e = (1.0 - p.x) - p.y;
+    return r + r * e;
+}

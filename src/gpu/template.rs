@@ -1,0 +1,96 @@
+//! Host mirrors of the kernel template's buffers (shaders/layout.wgsl, shaders/common.wgsl):
+//! the segment tables, the per-step configuration, and the GPU-side control state. Keep these
+//! in sync with the WGSL; tests/shaders.rs checks sizes and field offsets against naga.
+
+use super::plan;
+
+/// Workgroup size of every kernel (`WORKGROUP_SIZE` in shaders/layout.wgsl).
+pub(crate) const WORKGROUP_SIZE: u32 = 256;
+/// Segments per dispatch (`MAX_SEGMENTS` in shaders/layout.wgsl).
+pub(crate) const MAX_SEGMENTS: usize = 256;
+/// Bytes of the header of a `SegmentTable`.
+const TABLE_HEADER: u64 = 32;
+/// Bytes of one `Segment`.
+const SEGMENT_SIZE: u64 = 32;
+/// Bytes of the segment table uniform (`SegmentTable`).
+pub(crate) const TABLE_SIZE: u64 = TABLE_HEADER + SEGMENT_SIZE * MAX_SEGMENTS as u64;
+/// Bytes of `StepHeader` (shaders/common.wgsl), the start of the `Derived` buffer.
+pub(crate) const STEP_HEADER_SIZE: u64 = 32;
+/// Bytes reserved per tensor in the `Derived` buffer: at least the size of every optimizer's
+/// `Coeffs` (tests/shaders.rs checks).
+pub(crate) const COEFFS_STRIDE: u64 = 64;
+/// Bytes of the header of `Control` (scale, growth tracker, total norm, found_inf).
+pub(crate) const CONTROL_HEADER: u64 = 16;
+/// Bytes of one `TensorStep` in `Control`.
+pub(crate) const TENSOR_STEP_SIZE: u64 = 8;
+
+/// Bits of `StepConfig::flags` (shaders/layout.wgsl).
+pub(crate) mod flags {
+    /// Multiply gradients by the reciprocal of the scale.
+    pub(crate) const UNSCALE: u32 = 1;
+    /// Multiply gradients by the clip coefficient.
+    pub(crate) const CLIP_NORM: u32 = 2;
+    /// Clamp gradients to the clip value.
+    pub(crate) const CLIP_VALUE: u32 = 4;
+    /// The max norm instead of the 2-norm.
+    pub(crate) const NORM_INF: u32 = 8;
+    /// Skip on inf or NaN and update the scale.
+    pub(crate) const SCALER: u32 = 16;
+}
+
+/// The host-written values of one step (`StepConfig`), at the start of each ring slot, followed
+/// by one `Hyper` record per parameter group.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct StepConfig {
+    pub(crate) tensors: u32,
+    pub(crate) partials: u32,
+    pub(crate) flags: u32,
+    pub(crate) growth_interval: u32,
+    pub(crate) max_norm: f32,
+    pub(crate) clip_value: f32,
+    pub(crate) growth_factor: f32,
+    pub(crate) growth_factor_lo: f32,
+    pub(crate) backoff_factor: f32,
+    pub(crate) backoff_factor_lo: f32,
+    pub(crate) _pad: [u32; 2],
+}
+const _: () = assert!(size_of::<StepConfig>() == 48);
+
+/// The bytes of one batch's `SegmentTable`. `partial_base` is the batch's first entry in the
+/// reduction's partials.
+pub(crate) fn segment_table(
+    p: &plan::Batch,
+    spans: &[plan::Span],
+    dispatch_x: u32,
+    partial_base: u32,
+) -> Vec<u8> {
+    let mut words: Vec<u32> = vec![
+        p.pieces.len() as u32,
+        p.workgroups,
+        dispatch_x,
+        (p.state_len / p.lanes) as u32,
+        partial_base,
+        0,
+        0,
+        0,
+    ];
+    for piece in &p.pieces {
+        let s = spans[piece.tensor];
+        // Element offsets inside the windows; the plan puts the piece's first element at the
+        // same lane of a unit in all three.
+        let param = (s.param_offset + 4 * piece.start - p.param_window.0) / 4;
+        let grad = (s.grad_offset + 4 * piece.start - p.grad_window.0) / 4;
+        words.extend([
+            (param / p.lanes) as u32,
+            (grad / p.lanes) as u32,
+            (piece.state_offset / p.lanes) as u32,
+            piece.len as u32,
+            piece.first_workgroup,
+            piece.tensor as u32,
+            (param % p.lanes) as u32,
+            0,
+        ]);
+    }
+    bytemuck::cast_slice(&words).to_vec()
+}
