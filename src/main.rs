@@ -3,7 +3,10 @@
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use wgpu_optim::{Access, Context, Error, OptimizerConfig, bench, replay, schedule, validate};
+use wgpu_optim::{
+    Access, ClipGrad, Context, Error, GradScaler, NormType, OptimizerConfig, bench, replay,
+    schedule, validate,
+};
 
 #[derive(Parser)]
 #[command(version, about = "Fused GPU optimizer kernels with PyTorch semantics")]
@@ -34,6 +37,21 @@ enum Command {
         /// without "lr" start from the optimizer's.
         #[arg(long)]
         schedule: Option<String>,
+        /// Clip each step's gradients as `clip_grad_norm_` over all tensors of the file does,
+        /// to this total norm.
+        #[arg(long)]
+        clip_grad_norm: Option<f64>,
+        /// The norm of --clip-grad-norm: 2 or inf.
+        #[arg(long, value_parser = parse_norm_type, requires = "clip_grad_norm")]
+        norm_type: Option<NormType>,
+        /// Clamp each gradient element to [-V, V], as `clip_grad_value_` does.
+        #[arg(long, value_name = "V", conflicts_with = "clip_grad_norm")]
+        clip_grad_value: Option<f64>,
+        /// A grad scaler as JSON with torch.amp.GradScaler's argument names, e.g.
+        /// '{"init_scale":1024.0,"growth_interval":3}'. The file's gradients are then the
+        /// scaled ones: each step unscales them, skips on inf or NaN and updates the scale.
+        #[arg(long)]
+        grad_scaler: Option<String>,
         /// The wgpu backend to run on (default: the best adapter of any backend).
         #[arg(long)]
         backend: Option<Backend>,
@@ -109,6 +127,10 @@ enum Command {
 }
 
 /// Parses an access mode, `scalar` or `vec4`.
+fn parse_norm_type(text: &str) -> Result<NormType, String> {
+    text.parse().map_err(|e: Error| e.to_string())
+}
+
 fn parse_access(text: &str) -> Result<Access, String> {
     text.parse().map_err(|e: Error| e.to_string())
 }
@@ -160,11 +182,43 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             grads,
             out,
             schedule,
+            clip_grad_norm,
+            norm_type,
+            clip_grad_value,
+            grad_scaler,
             backend,
         } => {
             let config: OptimizerConfig = serde_json::from_str(&optimizer)
                 .map_err(|e| Error::Input(format!("--optimizer: {e}")))?;
             config.validate()?;
+            let clip = match (clip_grad_norm, clip_grad_value) {
+                (Some(max_norm), _) => Some(ClipGrad::Norm {
+                    max_norm,
+                    norm_type: norm_type.unwrap_or_default(),
+                }),
+                (None, Some(v)) => Some(ClipGrad::value(v)),
+                (None, None) => None,
+            };
+            if let Some(c) = &clip {
+                c.validate().map_err(|e| {
+                    let flag = match c {
+                        ClipGrad::Norm { .. } => "--clip-grad-norm",
+                        ClipGrad::Value { .. } => "--clip-grad-value",
+                    };
+                    Error::Input(format!("{flag}: {e}"))
+                })?;
+            }
+            let grad_scaler = grad_scaler
+                .as_deref()
+                .map(|s| {
+                    let scaler: GradScaler = serde_json::from_str(s)
+                        .map_err(|e| Error::Input(format!("--grad-scaler: {e}")))?;
+                    scaler
+                        .validate()
+                        .map_err(|e| Error::Input(format!("--grad-scaler: {e}")))?;
+                    Ok::<_, Error>(scaler)
+                })
+                .transpose()?;
             let schedule = schedule
                 .as_deref()
                 .map(|s| parse_json("--schedule", s))
@@ -175,8 +229,14 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             let params = replay::read_safetensors(&params)?;
             let grads = replay::read_safetensors(&grads)?;
             let (ctx, _) = Context::request(Backend::backends(backend), None)?;
-            let result = replay::replay(&ctx, &config, schedule.as_ref(), &params, &grads)?;
-            replay::write_safetensors(&out, &result)?;
+            let options = replay::ReplayOptions {
+                schedule: schedule.as_ref(),
+                clip,
+                grad_scaler,
+                trace: false,
+            };
+            let result = replay::replay(&ctx, &config, &options, &params, &grads)?;
+            replay::write_output(&out, &result)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Schedule {

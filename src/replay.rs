@@ -5,7 +5,12 @@
 //! [`replay`] runs that many optimizer steps on the GPU and returns the final parameters under
 //! their names and every state tensor as `<name>.<state name>` (for example `w.exp_avg`, and
 //! `w.step` as a 0-d tensor, as PyTorch's `optimizer.state` holds it; SGD keeps no step).
+//!
+//! With [`ReplayOptions`] each step can also clip the gradients and use a grad scaler, as
+//! PyTorch's recipe `scaler.unscale_(opt); clip_grad_norm_(...); scaler.step(opt);
+//! scaler.update()` does; the gradients in the file are then the scaled ones.
 
+use crate::amp::{ClipGrad, GradScaler, GradScalerState, StepReport};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::optim::OptimizerConfig;
@@ -61,21 +66,54 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
 
 /// Serializes tensors to safetensors bytes (F32).
 pub fn to_safetensors(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
-    let views = tensors
+    serialize(tensors, None)
+}
+
+/// Serializes F32 tensors, and the grad scaler's state as `grad_scaler.scale` (F32, shape [1])
+/// and `grad_scaler.growth_tracker` (I32, shape [1]), as PyTorch's `GradScaler` keeps them.
+fn serialize(tensors: &[NamedTensor], scaler: Option<&GradScalerState>) -> Result<Vec<u8>> {
+    let error = |e: safetensors::SafeTensorError| Error::Input(format!("cannot serialize: {e}"));
+    let mut views = tensors
         .iter()
         .map(|t| {
             TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))
                 .map(|v| (t.name.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
-        .map_err(|e| Error::Input(format!("cannot serialize: {e}")))?;
-    safetensors::serialize(views, None).map_err(|e| Error::Input(format!("cannot serialize: {e}")))
+        .map_err(error)?;
+    let scale;
+    let tracker;
+    if let Some(s) = scaler {
+        scale = s.scale.to_le_bytes();
+        tracker = s.growth_tracker.to_le_bytes();
+        views.push((
+            "grad_scaler.scale".into(),
+            TensorView::new(Dtype::F32, vec![1], &scale).map_err(error)?,
+        ));
+        views.push((
+            "grad_scaler.growth_tracker".into(),
+            TensorView::new(Dtype::I32, vec![1], &tracker).map_err(error)?,
+        ));
+    }
+    safetensors::serialize(views, None).map_err(error)
 }
 
 /// Writes tensors to a safetensors file. The file appears whole or not at all: the bytes go
 /// to a temporary file beside it, which is then renamed.
 pub fn write_safetensors(path: &Path, tensors: &[NamedTensor]) -> Result<()> {
-    let bytes = to_safetensors(tensors)?;
+    write_bytes(path, &to_safetensors(tensors)?)
+}
+
+/// Writes what [`replay`] returned to a safetensors file, whole or not at all: the tensors, and
+/// the grad scaler's state when there is one (see [`ReplayOutput`]).
+pub fn write_output(path: &Path, output: &ReplayOutput) -> Result<()> {
+    write_bytes(
+        path,
+        &serialize(&output.tensors, output.grad_scaler.as_ref())?,
+    )
+}
+
+fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
     let io = |source| Error::Io {
         path: path.display().to_string(),
         source,
@@ -177,19 +215,55 @@ pub fn schedule_for(config: &OptimizerConfig, spec: &serde_json::Value) -> Resul
     Ok(scheduler)
 }
 
+/// What each replayed step does besides the optimizer's update.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReplayOptions<'a> {
+    /// A learning-rate schedule spec (see [`schedule_for`]).
+    pub schedule: Option<&'a serde_json::Value>,
+    /// Gradient clipping, over all tensors of the file.
+    pub clip: Option<ClipGrad>,
+    /// A grad scaler: the file's gradients are the scaled ones.
+    pub grad_scaler: Option<GradScaler>,
+    /// Read back each step's [`StepReport`] (total norm, found_inf): one blocking readback a
+    /// step.
+    pub trace: bool,
+}
+
+/// What [`replay`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ReplayOutput {
+    /// The final parameters and state, sorted by name.
+    pub tensors: Vec<NamedTensor>,
+    /// The grad scaler's final state, when one was used.
+    pub grad_scaler: Option<GradScalerState>,
+    /// Each step's report, with [`ReplayOptions::trace`]; empty otherwise.
+    pub reports: Vec<StepReport>,
+}
+
 /// Runs one optimizer step per gradient step on the GPU, with all parameters in one group.
-/// With a `schedule` (see [`schedule_for`]), each step first takes its learning rate (and
+/// With a schedule (see [`schedule_for`]), each step first takes its learning rate (and
 /// momentum or beta1, when the schedule cycles them) from the scheduler, which steps after the
-/// optimizer step, as in PyTorch. Returns the final parameters and state, sorted by name.
+/// optimizer step, as in PyTorch, skipped or not. With clipping and a grad scaler, each step
+/// unscales, clips, skips on inf or NaN and updates the scale as PyTorch's recipe does. Returns
+/// the final parameters and state, sorted by name.
 pub fn replay(
     ctx: &Context,
     config: &OptimizerConfig,
-    schedule: Option<&serde_json::Value>,
+    options: &ReplayOptions<'_>,
     params: &[NamedTensor],
     grads: &[NamedTensor],
-) -> Result<Vec<NamedTensor>> {
+) -> Result<ReplayOutput> {
     config.validate()?;
-    let mut scheduler = schedule.map(|s| schedule_for(config, s)).transpose()?;
+    if let Some(c) = &options.clip {
+        c.validate()?;
+    }
+    if let Some(s) = &options.grad_scaler {
+        s.validate()?;
+    }
+    let mut scheduler = options
+        .schedule
+        .map(|s| schedule_for(config, s))
+        .transpose()?;
     let steps = check_shapes(params, grads)?;
     let offsets: Vec<u64> = params
         .iter()
@@ -214,6 +288,9 @@ pub fn replay(
         })
         .collect();
     let mut optimizer = Optimizer::new(ctx, *config, &tensors)?;
+    optimizer.set_clip_grad(options.clip)?;
+    optimizer.set_grad_scaler(options.grad_scaler)?;
+    let mut reports = Vec::new();
     let grads_by_param: Vec<&NamedTensor> = params
         .iter()
         .map(|p| {
@@ -234,6 +311,9 @@ pub fn replay(
             optimizer.apply_schedule(s)?;
         }
         optimizer.step_submit()?;
+        if options.trace {
+            reports.push(optimizer.read_step_report()?);
+        }
         // The step after the last one needs no LR (and OneCycleLR would refuse it).
         if let Some(s) = scheduler.as_mut().filter(|_| step + 1 < steps) {
             s.step()?;
@@ -265,5 +345,13 @@ pub fn replay(
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
-    Ok(out)
+    let grad_scaler = match optimizer.grad_scaler() {
+        Some(_) => Some(optimizer.read_grad_scaler()?),
+        None => None,
+    };
+    Ok(ReplayOutput {
+        tensors: out,
+        grad_scaler,
+        reports,
+    })
 }
