@@ -16,6 +16,7 @@
 //! assert_eq!(state.step, 1);
 //! ```
 
+use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
 use crate::optim::{AdamLike, OptimizerConfig};
 use crate::state::TensorState;
 
@@ -151,5 +152,106 @@ pub fn step(
 fn put(state: &mut TensorState<f64>, name: &str, values: Vec<f64>, keep: bool) {
     if keep {
         state.buffers.insert(name.to_string(), values);
+    }
+}
+
+/// What PyTorch's recipe does to one step's gradients before the optimizer sees them, in f64:
+/// `scaler.unscale_(opt)` when `scale` is given (the gradients are multiplied by `1 / scale`,
+/// and any inf or NaN among the scaled gradients is found), then `clip_grad_norm_` over all
+/// tensors together or `clip_grad_value_`. The gradients are changed in place.
+///
+/// The returned total norm is that of the unscaled gradients (NaN if any is NaN, else inf if
+/// any is inf), taken when clipping by norm, and with the 2-norm when only unscaling; 0
+/// otherwise, as [`Optimizer::read_step_report`](crate::Optimizer::read_step_report) reports.
+/// When `found_inf`, the optimizer step is to be skipped (with a grad scaler).
+///
+/// ```
+/// use wgpu_optim::{ClipGrad, reference};
+/// let mut a = vec![3.0, 0.0];
+/// let mut b = vec![4.0];
+/// let report = reference::prepare_grads(&mut [&mut a, &mut b], Some(&ClipGrad::norm(1.0)), None);
+/// assert_eq!(report.total_norm, 5.0);
+/// assert!((a[0] - 0.6).abs() < 1e-6 && (b[0] - 0.8).abs() < 1e-6);
+/// ```
+pub fn prepare_grads(
+    grads: &mut [&mut [f64]],
+    clip: Option<&ClipGrad>,
+    scale: Option<f32>,
+) -> StepReport {
+    let all = |grads: &mut [&mut [f64]], f: &mut dyn FnMut(&mut f64)| {
+        for g in grads.iter_mut() {
+            g.iter_mut().for_each(&mut *f);
+        }
+    };
+    let mut found_inf = false;
+    if let Some(scale) = scale {
+        let inv = 1.0 / f64::from(scale);
+        all(grads, &mut |g| {
+            found_inf |= !g.is_finite();
+            *g *= inv;
+        });
+    }
+    let norm_type = match clip {
+        Some(ClipGrad::Norm { norm_type, .. }) => Some(*norm_type),
+        _ if scale.is_some() => Some(NormType::L2),
+        _ => None,
+    };
+    let mut total_norm = 0.0;
+    if let Some(norm_type) = norm_type {
+        let (mut acc, mut inf, mut nan) = (0.0f64, false, false);
+        all(grads, &mut |g| {
+            if g.is_nan() {
+                nan = true;
+            } else if g.is_infinite() {
+                inf = true;
+            } else if norm_type == NormType::Inf {
+                acc = acc.max(g.abs());
+            } else {
+                acc += *g * *g;
+            }
+        });
+        total_norm = match (nan, inf, norm_type) {
+            (true, _, _) => f64::NAN,
+            (false, true, _) => f64::INFINITY,
+            (false, false, NormType::Inf) => acc,
+            (false, false, NormType::L2) => acc.sqrt(),
+        };
+    }
+    match clip {
+        Some(ClipGrad::Norm { max_norm, .. }) => {
+            let coef = max_norm / (total_norm + 1e-6);
+            let coef = if coef > 1.0 { 1.0 } else { coef };
+            all(grads, &mut |g| *g *= coef);
+        }
+        Some(ClipGrad::Value { clip_value }) => {
+            all(grads, &mut |g| *g = g.clamp(-clip_value, *clip_value));
+        }
+        None => {}
+    }
+    StepReport {
+        total_norm: total_norm as f32,
+        found_inf,
+    }
+}
+
+/// `GradScaler.update()`: after a step that found inf or NaN, the scale times
+/// `backoff_factor` and the tracker reset; otherwise the tracker counts up, and at
+/// `growth_interval` the scale grows by `growth_factor` (unless that overflows f32) and the
+/// tracker resets. Products are taken in f64 and rounded to f32, as PyTorch rounds them.
+pub fn update_grad_scaler(scaler: &GradScaler, state: &mut GradScalerState, found_inf: bool) {
+    if found_inf {
+        state.scale = (f64::from(state.scale) * scaler.backoff_factor) as f32;
+        state.growth_tracker = 0;
+        return;
+    }
+    let successful = state.growth_tracker + 1;
+    if successful as u32 == scaler.growth_interval {
+        let grown = (f64::from(state.scale) * scaler.growth_factor) as f32;
+        if grown.is_finite() {
+            state.scale = grown;
+        }
+        state.growth_tracker = 0;
+    } else {
+        state.growth_tracker = successful;
     }
 }

@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{POISON, Rng, assert_close, context_with_limits};
+use common::{POISON, Rng, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
     Adagrad, Adam, AdamW, BufferRange, Context, Error, Optimizer, OptimizerConfig, ParamGroup,
     RMSprop, SGD, Tensor, TensorState, reference,
@@ -84,16 +84,6 @@ fn range(at: u64, len: u64) -> std::ops::Range<usize> {
 fn put(ctx: &Context, buffer: &wgpu::Buffer, at: u64, values: &[f32]) {
     ctx.queue()
         .write_buffer(buffer, at * 4, bytemuck::cast_slice(values));
-}
-
-/// The whole buffer, as f32 values.
-fn read_all(ctx: &Context, buffer: &wgpu::Buffer) -> Vec<f32> {
-    ctx.read_f32(&[(buffer, 0, buffer.size() / 4)]).unwrap()
-}
-
-/// The whole buffer as bit patterns, so that NaN compares equal to itself.
-fn bits(ctx: &Context, buffer: &wgpu::Buffer) -> Vec<u32> {
-    read_all(ctx, buffer).iter().map(|v| v.to_bits()).collect()
 }
 
 #[track_caller]

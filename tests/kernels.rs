@@ -2,12 +2,30 @@
 
 mod common;
 
-use common::{POISON, Rng, assert_as_close_as_f32, assert_close, context_with_limits, ctx, write};
+use common::{
+    POISON, Rng, assert_as_close_as_f32, assert_close, bits, context_with_limits, ctx, write,
+};
 use std::collections::HashMap;
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
-    Access, Adam, AdamW, BufferRange, Context, Optimizer, OptimizerConfig, ParamGroup, Tensor,
-    TensorState, reference,
+    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, GradScalerState,
+    NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor, TensorState, reference,
+};
+
+/// What a training loop does around each step, and where it injects non-finite gradients.
+#[derive(Clone, Copy, Debug, Default)]
+struct Recipe {
+    clip: Option<ClipGrad>,
+    scaler: Option<GradScaler>,
+    /// Steps at which one gradient element is set to inf, NaN or -inf in turn.
+    inject: &'static [usize],
+}
+
+/// The plain step.
+const PLAIN: Recipe = Recipe {
+    clip: None,
+    scaler: None,
+    inject: &[],
 };
 
 /// The test context with each access mode.
@@ -17,10 +35,25 @@ fn contexts() -> [Context; 2] {
 
 /// Runs `steps` steps of `config` on tensors of the given sizes (packed into one parameter
 /// buffer and one gradient buffer at unaligned offsets) with fresh random gradients, and checks
-/// parameters and every state buffer against the reference after the last step.
+/// parameters and every state buffer against the reference after the last step. The buffers
+/// start out poisoned; what lies outside the tensors must keep its bits, and the gradients
+/// must never be written.
 fn check_against_reference(
     ctx: &Context,
     config: OptimizerConfig,
+    sizes: &[u64],
+    steps: usize,
+    rng: &mut Rng,
+) {
+    check_recipe(ctx, config, PLAIN, sizes, steps, rng);
+}
+
+/// [`check_against_reference`] with clipping, a grad scaler and injected non-finite gradients:
+/// the step count, the grad scaler and each step's report must match the reference too.
+fn check_recipe(
+    ctx: &Context,
+    config: OptimizerConfig,
+    recipe: Recipe,
     sizes: &[u64],
     steps: usize,
     rng: &mut Rng,
@@ -55,6 +88,14 @@ fn check_against_reference(
         })
         .collect();
     let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
+    opt.set_clip_grad(recipe.clip).unwrap();
+    opt.set_grad_scaler(recipe.scaler).unwrap();
+    let mut scaler = recipe.scaler.map(|s| GradScalerState {
+        scale: s.init_scale as f32,
+        growth_tracker: 0,
+    });
+    let mut taken = 0;
+    let mut last_grads = Vec::new();
     // Tensors sharing buffers take one dispatch, unless they outgrow one storage binding: the
     // batch's state buffers share one binding.
     let states = config.state_names().len().max(1) as u64;
@@ -88,16 +129,56 @@ fn check_against_reference(
                 .collect()
         })
         .collect();
-    for _ in 0..steps {
+    for step in 0..steps {
         let mut g = vec![POISON; total];
-        for (k, (&o, &n)) in offsets.iter().zip(sizes).enumerate() {
-            let values: Vec<f32> = rng.normals(n as usize).iter().map(|v| v * 0.5).collect();
+        let mut raw: Vec<Vec<f32>> = Vec::new();
+        for (&o, &n) in offsets.iter().zip(sizes) {
+            let mut values: Vec<f32> = rng.normals(n as usize).iter().map(|v| v * 0.5).collect();
+            if let Some(s) = &scaler {
+                values.iter_mut().for_each(|v| *v *= s.scale);
+            }
             g[o as usize..(o + n) as usize].copy_from_slice(&values);
-            let g64: Vec<f64> = values.iter().map(|&v| f64::from(v)).collect();
+            raw.push(values);
+        }
+        if let Some(i) = recipe.inject.iter().position(|&k| k == step) {
+            let bad = [f32::INFINITY, f32::NAN, f32::NEG_INFINITY][i % 3];
+            let k = rng.below(sizes.len() as u64) as usize;
+            let at = rng.below(sizes[k]) as usize;
+            raw[k][at] = bad;
+            g[offsets[k] as usize + at] = bad;
+        }
+        let mut g64: Vec<Vec<f64>> = raw
+            .iter()
+            .map(|v| v.iter().map(|&x| f64::from(x)).collect())
+            .collect();
+        let mut views: Vec<&mut [f64]> = g64.iter_mut().map(Vec::as_mut_slice).collect();
+        let report =
+            reference::prepare_grads(&mut views, recipe.clip.as_ref(), scaler.map(|s| s.scale));
+        ctx.queue().write_buffer(&grad, 0, bytemuck::cast_slice(&g));
+        last_grads = g;
+        opt.step_submit().unwrap();
+        let got = opt.read_step_report().unwrap();
+        let skip = recipe.scaler.is_some() && report.found_inf;
+        assert_eq!(got.found_inf, skip, "step {step}: found_inf");
+        let (a, b) = (f64::from(got.total_norm), f64::from(report.total_norm));
+        assert!(
+            (a - b).abs() <= 1e-5 * b.abs() || (a.is_nan() && b.is_nan()) || a == b,
+            "step {step}: total norm {a} but the reference has {b}"
+        );
+        if let (Some(s), Some(state)) = (&recipe.scaler, scaler.as_mut()) {
+            reference::update_grad_scaler(s, state, report.found_inf);
+        }
+        if skip {
+            continue;
+        }
+        taken += 1;
+        for (k, &n) in sizes.iter().enumerate() {
+            // The f32 steps get the gradients as the kernel sees them: unscaled and clipped.
+            let values: Vec<f32> = g64[k].iter().map(|&v| v as f32).collect();
             let mut before = states[k].buffers.clone();
             before.insert("param".into(), params64[k].clone());
             let first = states[k].step == 0;
-            reference::step(&config, &mut states[k], &mut params64[k], &g64);
+            reference::step(&config, &mut states[k], &mut params64[k], &g64[k]);
             wgpu_optim::validate::float32_step(
                 &config,
                 states[k].step,
@@ -120,9 +201,13 @@ fn check_against_reference(
                 }
             }
         }
-        ctx.queue().write_buffer(&grad, 0, bytemuck::cast_slice(&g));
-        opt.step_submit().unwrap();
     }
+    if let Some(want) = scaler {
+        assert_eq!(opt.read_grad_scaler().unwrap(), want, "grad scaler");
+    }
+    // The gradients were only read.
+    let last: Vec<u32> = last_grads.iter().map(|v| v.to_bits()).collect();
+    assert!(bits(ctx, &grad) == last, "the gradients changed");
     let got = ctx.read_f32(&[(&param, 0, total as u64)]).unwrap();
     let what = format!("{config:?} ({})", ctx.access());
     for (k, (&o, &n)) in offsets.iter().zip(sizes).enumerate() {
@@ -137,7 +222,7 @@ fn check_against_reference(
             2e-5,
         );
         let state = opt.read_state(k).unwrap();
-        assert_eq!(state.step, steps as u64);
+        assert_eq!(state.step, taken);
         assert_eq!(
             state.buffers.keys().collect::<Vec<_>>(),
             states[k].buffers.keys().collect::<Vec<_>>()
@@ -156,11 +241,13 @@ fn check_against_reference(
             );
         }
     }
-    // The gaps between tensors, and the end of the buffer, were never written.
+    // The gaps between tensors, and the end of the buffer, kept their bits.
     let mut end = 0;
     for (&o, &n) in offsets.iter().zip(sizes).chain([(&(total as u64), &0)]) {
         assert!(
-            got[end as usize..o as usize].iter().all(|v| v.is_nan()),
+            got[end as usize..o as usize]
+                .iter()
+                .all(|v| v.to_bits() == POISON.to_bits()),
             "{what}: wrote outside its tensors"
         );
         end = o + n;
@@ -198,6 +285,8 @@ fn a_million_elements_match_reference() {
 
 #[test]
 fn more_than_65535_workgroups() {
+    // One tensor of more than 65,535 x 256 elements in scalar access, with the gradient
+    // reduction over all its workgroups (norm and inf check) and a skipped step.
     let mut rng = Rng::fresh("more_than_65535_workgroups");
     let n = 65_535 * 256 + 299;
     let config = AdamW {
@@ -205,8 +294,159 @@ fn more_than_65535_workgroups() {
         amsgrad: true,
         ..Default::default()
     };
+    let recipe = Recipe {
+        clip: Some(ClipGrad::norm(2000.0)),
+        scaler: Some(GradScaler {
+            init_scale: 1024.0,
+            growth_interval: 2,
+            ..Default::default()
+        }),
+        inject: &[1],
+    };
     let scalar = ctx().clone().with_access(Access::Scalar);
-    check_against_reference(&scalar, config.into(), &[n], 3, &mut rng);
+    check_recipe(&scalar, config.into(), recipe, &[n], 4, &mut rng);
+}
+
+/// Clipping and grad scaling recipes: norm (2 and inf) clipping that clips on some steps and
+/// not others (the total norm of the tests' gradients is about 21, the largest element about
+/// 1.7), value clipping, and grad scalers with inf and NaN injected, one of them with factors
+/// that are not powers of two.
+fn recipes() -> Vec<Recipe> {
+    let scaler = GradScaler {
+        init_scale: 1024.0,
+        growth_interval: 3,
+        ..Default::default()
+    };
+    let odd = GradScaler {
+        init_scale: 1000.0,
+        growth_factor: 1.7,
+        backoff_factor: 0.3,
+        growth_interval: 2,
+        ..Default::default()
+    };
+    let inf_norm = |max_norm| {
+        Some(ClipGrad::Norm {
+            max_norm,
+            norm_type: NormType::Inf,
+        })
+    };
+    vec![
+        Recipe {
+            clip: Some(ClipGrad::norm(21.0)),
+            ..PLAIN
+        },
+        Recipe {
+            clip: inf_norm(1.7),
+            ..PLAIN
+        },
+        Recipe {
+            clip: Some(ClipGrad::value(0.3)),
+            ..PLAIN
+        },
+        Recipe {
+            scaler: Some(scaler),
+            inject: &[2, 5, 6, 11],
+            ..PLAIN
+        },
+        Recipe {
+            clip: Some(ClipGrad::norm(21.0)),
+            scaler: Some(odd),
+            inject: &[0, 4, 9],
+        },
+        Recipe {
+            clip: inf_norm(1.7),
+            scaler: Some(scaler),
+            inject: &[3, 13],
+        },
+        Recipe {
+            clip: Some(ClipGrad::value(0.2)),
+            scaler: Some(scaler),
+            inject: &[1],
+        },
+    ]
+}
+
+/// One configuration of each optimizer, with its widest state.
+fn recipe_configs() -> [OptimizerConfig; 5] {
+    [
+        Adam {
+            lr: 0.01,
+            weight_decay: 0.1,
+            ..Default::default()
+        }
+        .into(),
+        AdamW {
+            lr: 0.01,
+            amsgrad: true,
+            ..Default::default()
+        }
+        .into(),
+        SGD {
+            lr: 0.05,
+            momentum: 0.9,
+            nesterov: true,
+            ..Default::default()
+        }
+        .into(),
+        RMSprop {
+            lr: 0.01,
+            momentum: 0.9,
+            centered: true,
+            ..Default::default()
+        }
+        .into(),
+        Adagrad {
+            lr: 0.1,
+            lr_decay: 0.01,
+            ..Default::default()
+        }
+        .into(),
+    ]
+}
+
+#[test]
+fn clipping_and_grad_scaling_match_reference_at_every_size() {
+    let mut rng = Rng::fresh("clipping_and_grad_scaling");
+    for ctx in contexts() {
+        for recipe in recipes() {
+            for config in recipe_configs() {
+                check_recipe(
+                    &ctx,
+                    config,
+                    recipe,
+                    &[1, 255, 256, 257, 1000],
+                    16,
+                    &mut rng,
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn clipping_and_grad_scaling_under_small_limits() {
+    // Windows of 1 MiB and grids of at most 100 workgroups a dimension, as in
+    // `vec4_windows_split_and_grids_fold_under_small_limits`: the reduction covers every
+    // window and folded grid.
+    let small = context_with_limits(|l| {
+        l.max_compute_workgroups_per_dimension = 100;
+        l.max_storage_buffer_binding_size = 1 << 20;
+    });
+    let mut rng = Rng::fresh("clipping_and_grad_scaling_under_small_limits");
+    let recipe = Recipe {
+        clip: Some(ClipGrad::norm(400.0)),
+        scaler: Some(GradScaler {
+            init_scale: 1024.0,
+            growth_interval: 2,
+            ..Default::default()
+        }),
+        inject: &[1],
+    };
+    for access in [Access::Scalar, Access::Vec4] {
+        let ctx = small.clone().with_access(access);
+        let config = recipe_configs()[1];
+        check_recipe(&ctx, config, recipe, &[1000, 700_001, 3], 4, &mut rng);
+    }
 }
 
 /// Vec4 batches on a device with small limits: storage bindings of 1 MiB, so that a tensor is

@@ -95,9 +95,21 @@ impl Rng {
     }
 }
 
-/// A value no kernel produces, written before a kernel runs so that an element the kernel
-/// skipped cannot pass as correct.
-pub(crate) const POISON: f32 = f32::NAN;
+/// A value written before a kernel runs, so that an element the kernel skipped cannot pass as
+/// correct, and an element it must not touch can be checked bit for bit. It is finite and of
+/// moderate size, so that a kernel that wrongly stores a whole vec4 over it (computing with
+/// it) changes its bits: a NaN would stay NaN, and a huge value would survive an update.
+pub(crate) const POISON: f32 = -0.318_309_87;
+
+/// The whole buffer, as f32 values.
+pub(crate) fn read_all(ctx: &Context, buffer: &wgpu::Buffer) -> Vec<f32> {
+    ctx.read_f32(&[(buffer, 0, buffer.size() / 4)]).unwrap()
+}
+
+/// The whole buffer as bit patterns, so that NaN compares equal to itself.
+pub(crate) fn bits(ctx: &Context, buffer: &wgpu::Buffer) -> Vec<u32> {
+    read_all(ctx, buffer).iter().map(|v| v.to_bits()).collect()
+}
 
 /// Largest scaled error `|got - want| / (atol + rtol·(|want| + path))`, with the index where
 /// it occurs. `path` is each element's accumulated magnitude of change (empty for none): over
