@@ -11,8 +11,9 @@ mod common;
 
 use common::{POISON, Rng, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, BufferRange, Context, Error, Optimizer, OptimizerConfig, ParamGroup,
-    RMSprop, SGD, Tensor, TensorState, reference,
+    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, Error, GradScaler,
+    GradScalerState, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor,
+    TensorState, reference,
 };
 
 /// Asserts that `result` is an error matching `pattern`, and returns the error.
@@ -848,19 +849,22 @@ fn params_and_grads_in_one_shared_buffer() {
     let mut rng = Rng::fresh("params_and_grads_in_one_shared_buffer");
     let sizes = [300, 1, 1000, 257];
     // Parameter, gap, gradient, gap, ... at unaligned offsets.
+    // Each gradient at the same lane of a vec4 as its parameter, so that every tensor runs
+    // with vec4 access; each parameter one element after the previous gradient, so that they
+    // share a vec4 that two invocations write and read lane by lane.
     let mut places = Vec::new();
     let mut at = 5;
     for &len in &sizes {
         let param_at = at;
-        let grad_at = param_at + len + 2;
+        let grad_at = param_at + len + 4 - len % 4;
         places.push(Place {
             param_at,
             grad_at,
             len,
         });
-        at = grad_at + len + 3;
+        at = grad_at + len + 1;
     }
-    let total = at as usize;
+    let total = (at as usize).next_multiple_of(4);
     let configs: [OptimizerConfig; 2] = [
         AdamW {
             lr: 0.01,
@@ -883,8 +887,13 @@ fn params_and_grads_in_one_shared_buffer() {
         let shared = ctx
             .create_f32_buffer("shared", &vec![POISON; total])
             .unwrap();
+        let vec4 = |opt: &mut Optimizer| {
+            for k in 0..sizes.len() {
+                assert_eq!(opt.tensor_access(k).unwrap(), Access::Vec4, "tensor {k}");
+            }
+        };
         let (opt, shared_result) =
-            run_against_reference(ctx, config, (&shared, &shared), &places, &data, |_| {});
+            run_against_reference(ctx, config, (&shared, &shared), &places, &data, vec4);
         assert_eq!(opt.dispatches_per_step(), 1);
 
         let param = ctx
@@ -892,7 +901,7 @@ fn params_and_grads_in_one_shared_buffer() {
             .unwrap();
         let grad = ctx.create_f32_buffer("grad", &vec![POISON; total]).unwrap();
         let (opt, separate_result) =
-            run_against_reference(ctx, config, (&param, &grad), &places, &data, |_| {});
+            run_against_reference(ctx, config, (&param, &grad), &places, &data, vec4);
         assert_eq!(opt.dispatches_per_step(), 1);
         for (k, (a, b)) in shared_result.iter().zip(&separate_result).enumerate() {
             assert_same_bits(
@@ -1193,6 +1202,13 @@ fn load_state_errors_change_nothing() {
     );
     assert!(err.to_string().contains("exp_avg_sq"), "{err}");
     assert_err!(opt.load_state(1, &state(&[])), Error::Input(_));
+    // Step counts the GPU cannot keep.
+    for step in [u64::MAX, u64::from(u32::MAX), wgpu_optim::MAX_STEP + 1] {
+        let mut huge = state(&[("exp_avg", 77), ("exp_avg_sq", 77)]);
+        huge.step = step;
+        let err = assert_err!(opt.load_state(1, &huge), Error::Input(_));
+        assert!(err.to_string().contains(&step.to_string()), "{err}");
+    }
 
     for (k, state) in before.iter().enumerate() {
         assert_eq!(&opt.read_state(k).unwrap(), state, "state of tensor {k}");
@@ -1218,6 +1234,224 @@ fn load_state_errors_change_nothing() {
     opt.load_state(1, &good).unwrap();
     assert_eq!(opt.read_state(1).unwrap(), good);
     assert_eq!(opt.read_state(0).unwrap(), before[0]);
+}
+
+#[test]
+fn the_largest_step_count_loads_and_steps() {
+    let ctx = common::ctx();
+    let param = ctx.create_f32_buffer("param", &[1.0, -2.0]).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &[0.5, -0.5]).unwrap();
+    let config = OptimizerConfig::from(Adam {
+        lr: 0.1,
+        ..Default::default()
+    });
+    let mut opt = Optimizer::new(ctx, config, &[t((&param, 0), (&grad, 0), 2)]).unwrap();
+    let buffers = [("exp_avg", [0.1f32, -0.2]), ("exp_avg_sq", [0.01, 0.04])];
+    let loaded = TensorState {
+        step: wgpu_optim::MAX_STEP,
+        buffers: buffers
+            .iter()
+            .map(|(n, v)| (n.to_string(), v.to_vec()))
+            .collect(),
+    };
+    let mut state = TensorState {
+        step: wgpu_optim::MAX_STEP,
+        buffers: buffers
+            .iter()
+            .map(|(n, v)| (n.to_string(), widen(v)))
+            .collect(),
+    };
+    opt.load_state(0, &loaded).unwrap();
+    opt.step_submit().unwrap();
+    // One more step fits in 32 bits; the bias corrections are 1 by then.
+    let mut want = vec![1.0, -2.0];
+    reference::step(&config, &mut state, &mut want, &[0.5, -0.5]);
+    let got = read_all(ctx, &param);
+    assert_close("parameters after step 2^32 - 1", &got, &want, 1e-6, 1e-6);
+    assert_eq!(opt.step_count(0).unwrap(), u64::from(u32::MAX));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Snapshots
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn restoring_a_snapshot_of_another_optimizer_is_an_error() {
+    let ctx = common::ctx();
+    let mut rng = Rng::fresh("restoring_a_snapshot_of_another_optimizer");
+    let f = Fixture::new(ctx, &mut rng, 200);
+    let other = Fixture::new(ctx, &mut rng, 200);
+    let mut adam = Optimizer::new(ctx, Adam::default(), &[f.tensor(0, 100)]).unwrap();
+    adam.step_submit().unwrap();
+    let adam_state = adam.read_state(0).unwrap();
+    let params = bits(ctx, &f.param);
+    // Longer and shorter tensors, another type, and the same layout in another optimizer.
+    let snapshots = [
+        Optimizer::new(ctx, Adam::default(), &[other.tensor(0, 150)]),
+        Optimizer::new(ctx, Adam::default(), &[other.tensor(0, 50)]),
+        Optimizer::new(ctx, sgd(|c| c.momentum = 0.9), &[other.tensor(0, 100)]),
+        Optimizer::new(ctx, Adam::default(), &[other.tensor(0, 100)]),
+    ]
+    .map(|o| o.unwrap().snapshot().unwrap());
+    for snapshot in &snapshots {
+        let err = assert_err!(adam.restore(snapshot), Error::Input(_));
+        assert!(err.to_string().contains("another optimizer"), "{err}");
+    }
+    assert!(
+        bits(ctx, &f.param) == params,
+        "a refused restore changed parameters"
+    );
+    assert_eq!(adam.read_state(0).unwrap(), adam_state);
+    // And the other way round: an Adam snapshot into SGD.
+    let mut sgd_opt =
+        Optimizer::new(ctx, sgd(|c| c.momentum = 0.9), &[other.tensor(100, 100)]).unwrap();
+    assert_err!(sgd_opt.restore(&adam.snapshot().unwrap()), Error::Input(_));
+    // Its own snapshot restores.
+    let own = adam.snapshot().unwrap();
+    adam.step_submit().unwrap();
+    adam.restore(&own).unwrap();
+    assert_eq!(adam.read_state(0).unwrap(), adam_state);
+    assert!(bits(ctx, &f.param) == params);
+}
+
+// ---------------------------------------------------------------------------------------------
+// Clipping and grad scaling
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn bad_clipping_and_grad_scalers_are_refused_and_change_nothing() {
+    let ctx = common::ctx();
+    let mut rng = Rng::fresh("bad_clipping_and_grad_scalers");
+    let f = Fixture::new(ctx, &mut rng, 100);
+    let mut opt = Optimizer::new(ctx, Adam::default(), &[f.tensor(0, 100)]).unwrap();
+    let good_clip = ClipGrad::norm(1.0);
+    let good_scaler = GradScaler {
+        init_scale: 256.0,
+        ..Default::default()
+    };
+    opt.set_clip_grad(Some(good_clip)).unwrap();
+    opt.set_grad_scaler(Some(good_scaler)).unwrap();
+    let bad_clips = [
+        (
+            ClipGrad::norm(-1.0),
+            "max_norm must be a finite number >= 0, got -1.0",
+        ),
+        (
+            ClipGrad::norm(f64::NAN),
+            "max_norm must be a finite number >= 0, got nan",
+        ),
+        (
+            ClipGrad::Norm {
+                max_norm: f64::INFINITY,
+                norm_type: NormType::Inf,
+            },
+            "max_norm must be a finite number >= 0, got inf",
+        ),
+        (
+            ClipGrad::value(-0.5),
+            "clip_value must be a finite number >= 0, got -0.5",
+        ),
+    ];
+    for (clip, message) in bad_clips {
+        let err = assert_err!(
+            opt.set_clip_grad(Some(clip)),
+            Error::InvalidHyperparameter(_)
+        );
+        assert_eq!(err.to_string(), message);
+        assert_eq!(opt.clip_grad(), Some(good_clip));
+    }
+    let scaler = |f: fn(&mut GradScaler)| {
+        let mut s = GradScaler::default();
+        f(&mut s);
+        s
+    };
+    let bad_scalers = [
+        (
+            scaler(|s| s.growth_factor = 1.0),
+            "The growth factor must be > 1.0.",
+        ),
+        (
+            scaler(|s| s.growth_factor = 0.5),
+            "The growth factor must be > 1.0.",
+        ),
+        (
+            scaler(|s| s.growth_factor = f64::NAN),
+            "The growth factor must be > 1.0.",
+        ),
+        (
+            scaler(|s| s.backoff_factor = 1.0),
+            "The backoff factor must be < 1.0.",
+        ),
+        (
+            scaler(|s| s.backoff_factor = 0.0),
+            "The backoff factor must be > 0.0.",
+        ),
+        (
+            scaler(|s| s.backoff_factor = -0.5),
+            "The backoff factor must be > 0.0.",
+        ),
+        (
+            scaler(|s| s.backoff_factor = f64::NAN),
+            "The backoff factor must be < 1.0.",
+        ),
+        (
+            scaler(|s| s.init_scale = 0.0),
+            "init_scale must be a positive number that float32 holds, got 0.0",
+        ),
+        (
+            scaler(|s| s.init_scale = 1e39),
+            "init_scale must be a positive number that float32 holds, got 1e+39",
+        ),
+        (
+            scaler(|s| s.growth_interval = 0),
+            "growth_interval must be at least 1",
+        ),
+    ];
+    for (bad, message) in bad_scalers {
+        let err = assert_err!(
+            opt.set_grad_scaler(Some(bad)),
+            Error::InvalidHyperparameter(_)
+        );
+        assert_eq!(err.to_string(), message, "{bad:?}");
+        assert_eq!(opt.grad_scaler(), Some(good_scaler));
+    }
+    // A disabled scaler is not checked, as in PyTorch, and turns scaling off.
+    opt.set_grad_scaler(Some(scaler(|s| {
+        s.enabled = false;
+        s.growth_factor = 0.5;
+    })))
+    .unwrap();
+    assert_eq!(opt.grad_scaler(), None);
+    let bad_state = [
+        GradScalerState {
+            scale: 0.0,
+            growth_tracker: 0,
+        },
+        GradScalerState {
+            scale: f32::INFINITY,
+            growth_tracker: 0,
+        },
+        GradScalerState {
+            scale: 1.0,
+            growth_tracker: -1,
+        },
+    ];
+    for state in bad_state {
+        assert_err!(opt.load_grad_scaler(state), Error::Input(_));
+    }
+    assert_eq!(
+        opt.read_grad_scaler().unwrap(),
+        GradScalerState {
+            scale: 1.0,
+            growth_tracker: 0
+        }
+    );
+    f.assert_untouched(ctx, "refused clipping and grad scalers");
+    // Norm types other than 2 and inf.
+    for text in ["1", "0", "-inf", "3.0", "two"] {
+        assert_err!(text.parse::<NormType>(), Error::InvalidHyperparameter(_));
+    }
+    assert!(serde_json::from_str::<GradScaler>(r#"{"init_scale": 8.0, "growth": 2}"#).is_err());
 }
 
 // ---------------------------------------------------------------------------------------------
