@@ -19,6 +19,8 @@
 
 const WORKGROUP_SIZE: u32 = 256u;
 const MAX_SEGMENTS: u32 = 256u;
+// Workgroups of a step that one workgroup of the reduction covers.
+const REDUCE_SPAN: u32 = 8u;
 
 struct Segment {
     // Unit offsets inside the bound windows of the parameter, gradient and state buffers: the
@@ -47,9 +49,11 @@ struct SegmentTable {
     state_stride: u32,
     // This batch's first entry in the reduction's partials.
     partial_base: u32,
-    _pad0: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // Workgroups of the reduction (one per REDUCE_SPAN workgroups of the step), and the x
+    // extent of its grid.
+    reduce_workgroups: u32,
+    reduce_dispatch_x: u32,
+    _pad: u32,
     segments: array<Segment, MAX_SEGMENTS>,
 }
 
@@ -120,10 +124,14 @@ struct Site {
 }
 
 fn locate(workgroup_id: vec3<u32>, local_index: u32) -> Site {
+    return locate_in(workgroup_id.x + workgroup_id.y * table.dispatch_x, local_index);
+}
+
+// The site of invocation `local_index` of the step's workgroup `wg` (linearised).
+fn locate_in(wg: u32, local_index: u32) -> Site {
     var site: Site;
     site.lo = 0u;
     site.hi = 0u;
-    let wg = workgroup_id.x + workgroup_id.y * table.dispatch_x;
     if wg >= table.total_workgroups {
         return site;
     }

@@ -31,3 +31,18 @@ fn set_lane(v: ptr<function, V>, k: u32, x: f32) {
 fn splat(x: f32) -> V {
     return x;
 }
+
+// The sum of the squares of the lanes.
+fn sum_squares(v: V) -> f32 {
+    return v * v;
+}
+
+// The largest absolute value of the lanes.
+fn max_abs(v: V) -> f32 {
+    return abs(v);
+}
+
+// Whether no lane is inf or NaN, by the bits.
+fn all_finite(v: V) -> bool {
+    return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}

@@ -32,3 +32,19 @@ fn set_lane(v: ptr<function, V>, k: u32, x: f32) {
 fn splat(x: f32) -> V {
     return V(x);
 }
+
+// The sum of the squares of the lanes.
+fn sum_squares(v: V) -> f32 {
+    return dot(v, v);
+}
+
+// The largest absolute value of the lanes.
+fn max_abs(v: V) -> f32 {
+    let a = abs(v);
+    return max(max(a.x, a.y), max(a.z, a.w));
+}
+
+// Whether no lane is inf or NaN, by the bits.
+fn all_finite(v: V) -> bool {
+    return all((bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) != vec4<u32>(0x7f800000u));
+}

@@ -26,6 +26,7 @@
 //! # }
 //! ```
 
+use crate::amp::{ClipGrad, GradScaler};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::gpu::scoped;
@@ -34,17 +35,24 @@ use crate::optimizer::{BufferRange, Optimizer, Tensor};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-/// One optimizer kernel to benchmark: a configuration that selects it, and the bytes a step
-/// moves per element.
+/// One optimizer kernel to benchmark: a configuration that selects it, what the step does
+/// besides the update, and the bytes a step moves per element.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KernelCase {
     /// A short name: `"sgd"`, `"sgd-momentum"`, `"adam"`, `"adamw"`, `"adam-amsgrad"`,
-    /// `"rmsprop"`, `"rmsprop-centered"`, `"rmsprop-momentum"`, `"rmsprop-centered-momentum"`
-    /// or `"adagrad"`.
+    /// `"rmsprop"`, `"rmsprop-centered"`, `"rmsprop-momentum"`, `"rmsprop-centered-momentum"`,
+    /// `"adagrad"`, or Adam's step with global-norm clipping and a grad scaler:
+    /// `"adam+clip"`, `"adam+scaler"` and `"adam+clip+scaler"`.
     pub name: &'static str,
     /// The hyperparameters (PyTorch's defaults, with what the name asks for turned on).
     pub config: OptimizerConfig,
-    /// Bytes read plus bytes written per element in one step.
+    /// Clipping in each step (`clip_grad_norm_` with max_norm 1).
+    pub clip: Option<ClipGrad>,
+    /// A grad scaler (PyTorch's defaults; the benchmark's gradients never overflow, so no step
+    /// is skipped).
+    pub grad_scaler: Option<GradScaler>,
+    /// Bytes read plus bytes written per element in one step: with clipping by norm or a grad
+    /// scaler, the reduction reads the gradients once more.
     pub bytes_per_element: u64,
 }
 
@@ -105,14 +113,33 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         ),
         ("adagrad", Adagrad::default().into()),
     ];
-    configs
+    let mut cases: Vec<KernelCase> = configs
         .into_iter()
         .map(|(name, config)| KernelCase {
             name,
             config,
+            clip: None,
+            grad_scaler: None,
             bytes_per_element: bytes_per_element(&config),
         })
-        .collect()
+        .collect();
+    let adam: OptimizerConfig = Adam::default().into();
+    let clip = Some(ClipGrad::norm(1.0));
+    let scaler = Some(GradScaler::default());
+    for (name, clip, grad_scaler) in [
+        ("adam+clip", clip, None),
+        ("adam+scaler", None, scaler),
+        ("adam+clip+scaler", clip, scaler),
+    ] {
+        cases.push(KernelCase {
+            name,
+            config: adam,
+            clip,
+            grad_scaler,
+            bytes_per_element: bytes_per_element(&adam) + 4,
+        });
+    }
+    cases
 }
 
 /// The kernel case named `name`, if any.
@@ -475,7 +502,13 @@ impl Workload {
 
     /// One optimizer step of `case` over a single tensor of `elements` elements.
     pub fn kernel(ctx: &Context, case: &KernelCase, elements: u64) -> Result<Self> {
-        Self::tensors(ctx, case.config, &[elements])
+        let mut work = Self::tensors(ctx, case.config, &[elements])?;
+        if let Work::Step { optimizer, .. } = &mut work.work {
+            optimizer.set_clip_grad(case.clip)?;
+            optimizer.set_grad_scaler(case.grad_scaler)?;
+        }
+        work.bytes = case.bytes_per_element.saturating_mul(elements);
+        Ok(work)
     }
 
     /// One optimizer step of `config` over tensors of the given lengths, packed into one
@@ -754,6 +787,21 @@ pub fn measure_rows(
     Ok(rows)
 }
 
+/// For each row of Adam with clipping or a grad scaler, its median step time over plain
+/// Adam's at the same size, from `rows` of [`measure_rows`]: `(name, elements, ratio)`.
+pub fn time_over_adam(rows: &[Row]) -> Vec<(String, u64, f64)> {
+    rows.iter()
+        .filter(|r| r.name.starts_with("adam+"))
+        .filter_map(|r| {
+            let plain = rows
+                .iter()
+                .find(|p| p.name == "adam" && p.elements == r.elements)?;
+            let ratio = r.kernel.seconds / plain.kernel.seconds;
+            Some((r.name.clone(), r.elements, ratio))
+        })
+        .collect()
+}
+
 /// One line per row, starting with the kernel's name:
 /// `adam  4194304  12.3 GB/s  91.2% of copy`.
 pub fn table(rows: &[Row]) -> String {
@@ -816,6 +864,10 @@ mod tests {
             ("rmsprop-momentum", 28),
             ("rmsprop-centered-momentum", 36),
             ("adagrad", 20),
+            // The reduction reads the gradients once more.
+            ("adam+clip", 32),
+            ("adam+scaler", 32),
+            ("adam+clip+scaler", 32),
         ];
         let cases = kernel_cases();
         assert_eq!(cases.len(), want.len());

@@ -286,6 +286,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 ctx.access()
             );
             println!("{}", bench::table(&rows).trim_end());
+            for (name, elements, ratio) in bench::time_over_adam(&rows) {
+                println!("{name} at {elements}: {ratio:.2}x the time of adam");
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { backend } => {

@@ -5,7 +5,7 @@ use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
 use crate::gpu::template::{
     COEFFS_STRIDE, CONTROL_HEADER, STEP_HEADER_SIZE, StepConfig, TABLE_SIZE, TENSOR_STEP_SIZE,
-    flags, segment_table,
+    flags, reduce_workgroups, segment_table,
 };
 use crate::gpu::{Access, CompiledKernel, Context, GradAccess, Pipeline, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
@@ -127,6 +127,8 @@ struct Batch {
     /// The access mode of the batch's tensors.
     access: Access,
     dispatch: (u32, u32),
+    /// The grid of the batch's reduction.
+    reduce_dispatch: (u32, u32),
 }
 
 /// The ring of per-step slots: each slot holds a [`StepConfig`] and one `Hyper` record per
@@ -183,7 +185,7 @@ pub struct Optimizer {
     tensors: Vec<TensorMeta>,
     batches: Vec<Batch>,
     buffers: Buffers,
-    /// Partials of one step: the workgroups of every batch.
+    /// Partials of one step: the reduction's workgroups over every batch.
     partial_count: u32,
     finalize: Arc<CompiledKernel>,
     /// The reduction of each batch, compiled once clipping by norm or a grad scaler is set.
@@ -417,9 +419,11 @@ impl Optimizer {
             }
             debug_assert!(x <= max_x);
             partial_bases.push(partial_count);
-            partial_count = partial_count.checked_add(p.workgroups).ok_or_else(|| {
-                Error::Input("more workgroups in one step than fit 32-bit indices".into())
-            })?;
+            partial_count = partial_count
+                .checked_add(reduce_workgroups(p))
+                .ok_or_else(|| {
+                    Error::Input("more workgroups in one step than fit 32-bit indices".into())
+                })?;
         }
 
         let uniform_align = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
@@ -429,8 +433,9 @@ impl Optimizer {
         let (table, control, derived, partials, states) = scoped(device, || {
             let mut contents = vec![0u8; (table_stride * plans.len() as u64) as usize];
             for (b, p) in plans.iter().enumerate() {
-                let (x, _) = dispatch_size(p.workgroups, max_x);
-                let bytes = segment_table(p, &spans, x, partial_bases[b]);
+                let x = dispatch_size(p.workgroups, max_x).0;
+                let reduce_x = dispatch_size(reduce_workgroups(p), max_x).0;
+                let bytes = segment_table(p, &spans, (x, reduce_x), partial_bases[b]);
                 let at = b * table_stride as usize;
                 contents[at..at + bytes.len()].copy_from_slice(&bytes);
             }
@@ -505,6 +510,7 @@ impl Optimizer {
                     bind_group,
                     state,
                     dispatch: dispatch_size(p.workgroups, max_x),
+                    reduce_dispatch: dispatch_size(reduce_workgroups(&p), max_x),
                     table_offset,
                     grad: grad_buffer.clone(),
                     access: keys[p.key].1,
@@ -600,7 +606,7 @@ impl Optimizer {
                     current = Some(&kernel.pipeline);
                 }
                 pass.set_bind_group(0, group, &[offset]);
-                pass.dispatch_workgroups(batch.dispatch.0, batch.dispatch.1, 1);
+                pass.dispatch_workgroups(batch.reduce_dispatch.0, batch.reduce_dispatch.1, 1);
             }
         }
         pass.set_pipeline(&self.finalize.pipeline);

@@ -414,6 +414,8 @@ mod tests {
             "dispatch_x",
             "state_stride",
             "partial_base",
+            "reduce_workgroups",
+            "reduce_dispatch_x",
         ]);
         table.push(("segments".into(), 32));
         assert_eq!(

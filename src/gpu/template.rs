@@ -6,6 +6,9 @@ use super::plan;
 
 /// Workgroup size of every kernel (`WORKGROUP_SIZE` in shaders/layout.wgsl).
 pub(crate) const WORKGROUP_SIZE: u32 = 256;
+/// Workgroups of a step that one workgroup of the reduction covers (`REDUCE_SPAN` in
+/// shaders/layout.wgsl).
+pub(crate) const REDUCE_SPAN: u32 = 8;
 /// Segments per dispatch (`MAX_SEGMENTS` in shaders/layout.wgsl).
 pub(crate) const MAX_SEGMENTS: usize = 256;
 /// Bytes of the header of a `SegmentTable`.
@@ -57,12 +60,18 @@ pub(crate) struct StepConfig {
 }
 const _: () = assert!(size_of::<StepConfig>() == 48);
 
-/// The bytes of one batch's `SegmentTable`. `partial_base` is the batch's first entry in the
-/// reduction's partials.
+/// The workgroups of a batch's reduction.
+pub(crate) fn reduce_workgroups(p: &plan::Batch) -> u32 {
+    p.workgroups.div_ceil(REDUCE_SPAN)
+}
+
+/// The bytes of one batch's `SegmentTable`. `dispatch_x` and `reduce_dispatch_x` are the x
+/// extents of the step's and the reduction's grids, `partial_base` the batch's first entry in
+/// the reduction's partials.
 pub(crate) fn segment_table(
     p: &plan::Batch,
     spans: &[plan::Span],
-    dispatch_x: u32,
+    (dispatch_x, reduce_dispatch_x): (u32, u32),
     partial_base: u32,
 ) -> Vec<u8> {
     let mut words: Vec<u32> = vec![
@@ -71,8 +80,8 @@ pub(crate) fn segment_table(
         dispatch_x,
         (p.state_len / p.lanes) as u32,
         partial_base,
-        0,
-        0,
+        reduce_workgroups(p),
+        reduce_dispatch_x,
         0,
     ];
     for piece in &p.pieces {
