@@ -6,13 +6,16 @@
 //!
 //! ```
 //! use wgpu_optim::lr_finder::LrFinder;
+//! # fn main() -> Result<(), wgpu_optim::Error> {
 //! // The analysis alone, on losses from any source; no smoothing, to keep the arithmetic plain.
 //! let finder = LrFinder { num_iter: 50, smooth: 1.0, ..Default::default() };
 //! let lrs: Vec<f64> = (0..50).map(|i| finder.lr_at(i)).collect();
 //! let losses: Vec<f64> = lrs.iter().map(|lr| (lr.log10() + 3.0).powi(2) + 1.0).collect();
-//! let test = finder.analyze(&lrs, &losses);
+//! let test = finder.analyze(&lrs, &losses)?;
 //! let best = test.min_loss_lr.unwrap();
 //! assert!((best.log10() + 4.0).abs() < 0.1, "{best}"); // the minimum (1e-3) / 10
+//! # Ok(())
+//! # }
 //! ```
 
 use crate::error::{Error, Result};
@@ -126,8 +129,10 @@ impl LrFinder {
     ) -> Result<RangeTest> {
         self.check()?;
         let snapshot = optimizer.snapshot()?;
-        let mut lrs = Vec::with_capacity(self.num_iter);
-        let mut losses = Vec::with_capacity(self.num_iter);
+        // num_iter is the caller's: reserve for a typical sweep only (a huge one may stop early).
+        let reserve = self.num_iter.min(1 << 12);
+        let mut lrs = Vec::with_capacity(reserve);
+        let mut losses = Vec::with_capacity(reserve);
         let outcome = (|| {
             let mut smoothed: Option<f64> = None;
             let mut best = f64::INFINITY;
@@ -151,11 +156,21 @@ impl LrFinder {
         })();
         optimizer.restore(&snapshot)?;
         outcome?;
-        Ok(self.analyze(&lrs, &losses))
+        self.analyze(&lrs, &losses)
     }
 
-    /// Smooths recorded losses and picks the suggestions, as [`run`](Self::run) does.
-    pub fn analyze(&self, lrs: &[f64], losses: &[f64]) -> RangeTest {
+    /// Smooths recorded losses and picks the suggestions, as [`run`](Self::run) does: `losses[i]`
+    /// is the loss at learning rate `lrs[i]`. An [`Error::Input`] when the two slices differ in
+    /// length.
+    pub fn analyze(&self, lrs: &[f64], losses: &[f64]) -> Result<RangeTest> {
+        if lrs.len() != losses.len() {
+            return Err(Error::Input(format!(
+                "LR finder: analyze needs one loss per learning rate, got {} learning rates and {} \
+                 losses",
+                lrs.len(),
+                losses.len()
+            )));
+        }
         let mut smoothed = Vec::with_capacity(losses.len());
         let mut best = f64::INFINITY;
         let mut diverged = false;
@@ -195,26 +210,28 @@ impl LrFinder {
             .filter(finite)
             .min_by(|a, b| window[*a].total_cmp(&window[*b]))
             .map(|i| lrs[start + i] / 10.0);
-        RangeTest {
+        Ok(RangeTest {
             lrs: lrs.to_vec(),
             losses: losses.to_vec(),
             smoothed,
             diverged,
             steepest_lr,
             min_loss_lr,
-        }
+        })
     }
 }
 
 impl RangeTest {
     /// An SVG chart of the smoothed loss against the learning rate on a log axis, with the
-    /// suggested learning rates marked.
+    /// suggested learning rates marked. Points whose learning rate is not positive cannot be
+    /// drawn on the log axis and are left out, as are learning rates without a smoothed loss.
     pub fn svg(&self) -> Result<String> {
         let loss_at = |lr: f64| {
             self.lrs
                 .iter()
                 .position(|&x| x >= lr)
-                .map_or(f64::NAN, |i| self.smoothed[i])
+                .and_then(|i| self.smoothed.get(i).copied())
+                .unwrap_or(f64::NAN)
         };
         let mut markers = Vec::new();
         let steep_label;

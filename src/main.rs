@@ -63,8 +63,9 @@ enum Command {
         /// '{"type":"StepLR","lr":0.1,"step_size":30}'.
         #[arg(long)]
         spec: String,
-        /// Number of optimizer steps.
-        #[arg(long)]
+        /// Number of optimizer steps, at most 1000000 (fewer with many parameter groups: the
+        /// trace holds at most 4000000 learning rates).
+        #[arg(long, value_parser = parse_steps)]
         steps: usize,
         /// ReduceLROnPlateau's metrics, comma separated: row k is the LR after k calls.
         #[arg(long, value_delimiter = ',')]
@@ -140,6 +141,32 @@ fn parse_count(text: &str) -> Result<u64, String> {
     text.replace('_', "")
         .parse()
         .map_err(|e| format!("{text:?} is not a count: {e}"))
+}
+
+/// Parses `schedule --steps`: a count up to [`schedule::MAX_TRACE_STEPS`].
+fn parse_steps(text: &str) -> Result<usize, String> {
+    let steps: usize = text
+        .parse()
+        .map_err(|e| format!("not a number of steps: {e}"))?;
+    if steps > schedule::MAX_TRACE_STEPS {
+        return Err(format!(
+            "at most {} steps (the trace is kept in memory)",
+            schedule::MAX_TRACE_STEPS
+        ));
+    }
+    Ok(steps)
+}
+
+/// Writes `text` and a newline to stdout; a closed pipe or a full disk is an error, not a panic.
+fn print_stdout(text: &str) -> Result<(), Error> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "{text}")
+        .and_then(|()| out.flush())
+        .map_err(|source| Error::Io {
+            path: "standard output".into(),
+            source,
+        })
 }
 
 /// Output format of `schedule`.
@@ -247,7 +274,17 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             plot,
         } => {
             let spec = parse_json("--spec", &spec)?;
-            let trace = schedule::trace(&spec, steps, metrics.as_deref())?;
+            let scheduler = schedule::Scheduler::from_spec(&spec, 0)?;
+            let max = scheduler.max_trace_steps();
+            if steps > max {
+                return Err(Error::Input(format!(
+                    "--steps {steps} is too many for {} parameter groups: at most {max} (the \
+                     trace holds at most {} learning rates)",
+                    scheduler.groups(),
+                    schedule::MAX_TRACE_VALUES
+                )));
+            }
+            let trace = scheduler.trace(steps, metrics.as_deref(), None)?;
             if let Some(path) = &plot {
                 schedule::plot_trace(&trace, &spec, path)?;
             }
@@ -257,7 +294,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                     serde_json::to_string(&trace).map_err(|e| Error::Input(e.to_string()))?
                 }
             };
-            println!("{}", text.trim_end());
+            print_stdout(text.trim_end())?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Bench {

@@ -29,7 +29,20 @@ fn plot_error(e: impl std::fmt::Display) -> Error {
     Error::Input(format!("cannot draw the plot: {e}"))
 }
 
-/// The range of `values` with a little room, never empty.
+/// Largest magnitude an axis of a linear chart reaches: plotters computes the axis' width, which
+/// must stay finite.
+const LINEAR_LIMIT: f64 = f64::MAX / 4.0;
+
+/// Smallest and largest value of a logarithmic axis, and the largest ratio between its ends:
+/// plotters counts the axis' decades from `end / start`, which must stay finite, and steps
+/// through them by multiplying, which must reach `end`.
+const LOG_MIN: f64 = 1e-300;
+const LOG_MAX: f64 = 1e300;
+const LOG_MAX_RATIO: f64 = 1e300;
+
+/// The range of `values` with a little room, never empty, and within what plotters can draw:
+/// finite, not too wide, and positive on a logarithmic axis. Values outside it are drawn at its
+/// edge (see [`Chart::svg`]).
 fn span(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
     let (lo, hi) = values
         .filter(|v| v.is_finite() && (!log || *v > 0.0))
@@ -40,20 +53,37 @@ fn span(values: impl Iterator<Item = f64>, log: bool) -> (f64, f64) {
         return if log { (1e-8, 1.0) } else { (0.0, 1.0) };
     }
     if log {
+        let (lo, hi) = (lo.clamp(LOG_MIN, LOG_MAX), hi.clamp(LOG_MIN, LOG_MAX));
         let (lo, hi) = if hi > lo {
             (lo, hi)
         } else {
             (lo / 10.0, hi * 10.0)
         };
-        (lo, hi)
+        // Keep the top decades when there are too many.
+        (lo.max(hi / LOG_MAX_RATIO), hi)
     } else {
+        let (lo, hi) = (
+            lo.clamp(-LINEAR_LIMIT, LINEAR_LIMIT),
+            hi.clamp(-LINEAR_LIMIT, LINEAR_LIMIT),
+        );
+        // Each half is at most LINEAR_LIMIT / 20: no overflow.
         let pad = if hi > lo {
-            (hi - lo) * 0.05
+            hi * 0.05 - lo * 0.05
         } else {
             lo.abs().max(1.0) * 0.1
         };
         (lo - pad, hi + pad)
     }
+}
+
+/// A point as drawn on axes `x` and `y`: `None` when it cannot be drawn (not finite, or not
+/// positive on a logarithmic x axis), else clamped into the axes' ranges, so that plotters never
+/// maps a coordinate far outside the chart (where its pixel arithmetic overflows).
+fn drawable(p: (f64, f64), x: (f64, f64), y: (f64, f64), log_x: bool) -> Option<(f64, f64)> {
+    if !(p.0.is_finite() && p.1.is_finite()) || (log_x && p.0 <= 0.0) {
+        return None;
+    }
+    Some((p.0.clamp(x.0, x.1), p.1.clamp(y.0, y.1)))
 }
 
 impl Chart<'_> {
@@ -97,8 +127,7 @@ impl Chart<'_> {
                         let points = s
                             .points
                             .iter()
-                            .copied()
-                            .filter(|p| p.0.is_finite() && p.1.is_finite());
+                            .filter_map(|p| drawable(*p, (x0, x1), (y0, y1), self.log_x));
                         chart
                             .draw_series(LineSeries::new(points, color.stroke_width(2)))
                             .map_err(plot_error)?
@@ -107,12 +136,15 @@ impl Chart<'_> {
                                 PathElement::new(vec![(x, y), (x + 20, y)], color)
                             });
                     }
-                    for (i, m) in self.markers.iter().enumerate() {
+                    let markers = self.markers.iter().filter_map(|m| {
+                        drawable(m.at, (x0, x1), (y0, y1), self.log_x).map(|at| (m.label, at))
+                    });
+                    for (i, (label, at)) in markers.enumerate() {
                         let color = MARKER_COLORS[i % MARKER_COLORS.len()];
                         chart
-                            .draw_series(std::iter::once(Circle::new(m.at, 6, color.filled())))
+                            .draw_series(std::iter::once(Circle::new(at, 6, color.filled())))
                             .map_err(plot_error)?
-                            .label(m.label)
+                            .label(label)
                             .legend(move |(x, y)| Circle::new((x + 10, y), 5, color.filled()));
                     }
                     chart

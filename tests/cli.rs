@@ -2,7 +2,7 @@
 //! line on stderr, a non-zero exit, no output file).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, Output, Stdio};
 use wgpu_optim::replay::{self, NamedTensor};
 
 fn golden(file: &str) -> PathBuf {
@@ -568,4 +568,170 @@ fn bench_prints_a_row_per_kernel_with_its_ratio_to_copy() {
         }
     }
     expect_error(&dir, &["bench", "--access", "vec8"], "unknown access mode");
+}
+
+#[test]
+fn schedule_steps_are_bounded_and_named() {
+    let dir = scratch("schedule-steps");
+    let spec = r#"{"type":"StepLR","lr":0.1,"step_size":2}"#;
+    // 10^19 fits a usize (it used to overflow the capacity of the trace: a panic); 10^12 fits
+    // the capacity (it used to abort on allocation); 1000001 is one past the bound.
+    for steps in ["10000000000000000000", "1000000000000", "1000001"] {
+        expect_error(
+            &dir,
+            &["schedule", "--spec", spec, "--steps", steps],
+            &format!(
+                "invalid value '{steps}' for '--steps <STEPS>': at most 1000000 steps (the trace \
+                 is kept in memory)"
+            ),
+        );
+    }
+    expect_error(
+        &dir,
+        &[
+            "schedule",
+            "--spec",
+            spec,
+            "--steps",
+            "99999999999999999999999",
+        ],
+        "'--steps <STEPS>': not a number of steps",
+    );
+    // With five groups the trace holds 4000000 / 5 = 800000 rows at most.
+    expect_error(
+        &dir,
+        &[
+            "schedule",
+            "--spec",
+            r#"{"type":"StepLR","lr":[0.1,0.2,0.3,0.4,0.5],"step_size":2}"#,
+            "--steps",
+            "800001",
+        ],
+        "--steps 800001 is too many for 5 parameter groups: at most 800000",
+    );
+    // The bound itself is fine.
+    let out = schedule_ok(
+        &[
+            "--spec",
+            r#"{"type":"Fixed","lr":0.5}"#,
+            "--steps",
+            "1000000",
+        ],
+        &dir,
+    );
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 1_000_001);
+    assert_eq!(lines[0], "step,lr");
+    assert_eq!(lines[1_000_000], "999999,0.5");
+}
+
+#[test]
+fn schedule_zero_divisors_name_the_argument() {
+    let dir = scratch("schedule-zero");
+    for (spec, needle) in [
+        (
+            r#"{"type":"StepLR","lr":0.1,"step_size":0}"#,
+            "error: StepLR: step_size must not be 0: the epoch is taken modulo step_size \
+             (integer modulo by zero)",
+        ),
+        (
+            r#"{"type":"CosineAnnealingLR","lr":0.1,"T_max":0}"#,
+            "error: CosineAnnealingLR: T_max must not be 0",
+        ),
+        (
+            r#"{"type":"CyclicLR","base_lr":0.01,"max_lr":0.1,"step_size_up":0,"step_size_down":4}"#,
+            "error: CyclicLR: step_size_up must not be 0",
+        ),
+        (
+            r#"{"type":"OneCycleLR","max_lr":0.1,"total_steps":10,"pct_start":1.0}"#,
+            "error: OneCycleLR: pct_start 1.0 with total_steps 10 leaves phase 2 of 2 with no \
+             length",
+        ),
+        (
+            r#"{"type":"PolynomialLR","lr":0.1,"total_iters":0}"#,
+            "error: PolynomialLR: total_iters must not be 0",
+        ),
+        (
+            r#"{"type":"LinearWarmup","warmup_steps":2,"schedule":{"type":"InverseTimeDecay","initial_learning_rate":0.1,"decay_steps":10,"decay_rate":-1}}"#,
+            "error: InverseTimeDecay: decay_rate must be >= 0, got -1",
+        ),
+    ] {
+        expect_error(&dir, &["schedule", "--spec", spec, "--steps", "5"], needle);
+    }
+}
+
+/// Runs the binary and kills it when it takes more than a minute.
+fn within_a_minute(args: &[&str], dir: &Path) -> Output {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while child.try_wait().unwrap().is_none() {
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("{args:?} ran for more than a minute");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn schedule_plots_learning_rates_near_f64_max() {
+    let dir = scratch("schedule-plot-extreme");
+    let plot = dir.join("extreme.svg");
+    // Keras takes any values: the axis spans about 2e308, more than f64 holds.
+    let run = within_a_minute(
+        &[
+            "schedule",
+            "--spec",
+            r#"{"type":"PiecewiseConstantDecay","boundaries":[1],"values":[-1e308,1e308]}"#,
+            "--steps",
+            "4",
+            "--plot",
+            plot.to_str().unwrap(),
+        ],
+        &dir,
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "step,lr\n0,-1e308\n1,-1e308\n2,1e308\n3,1e308\n"
+    );
+    assert!(std::fs::read_to_string(&plot).unwrap().starts_with("<svg"));
+}
+
+#[test]
+fn schedule_into_a_closed_pipe_is_an_error_not_a_panic() {
+    let dir = scratch("schedule-pipe");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_wgpu-optim"))
+        .args([
+            "schedule",
+            "--spec",
+            r#"{"type":"Fixed","lr":0.5}"#,
+            "--steps",
+            "200000",
+        ])
+        .env("XDG_RUNTIME_DIR", &dir)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Close the reading end before the 2 MB of CSV are written: the write fails with EPIPE.
+    drop(child.stdout.take());
+    let run = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert_eq!(run.status.code(), Some(1), "{stderr}");
+    assert_eq!(
+        stderr,
+        "error: standard output: Broken pipe (os error 32)\n"
+    );
 }

@@ -5,8 +5,8 @@
 
 mod common;
 
-use wgpu_optim::lr_finder::{LrFinder, Sweep};
-use wgpu_optim::{BufferRange, Optimizer, SGD, Tensor};
+use wgpu_optim::lr_finder::{LrFinder, RangeTest, Sweep};
+use wgpu_optim::{BufferRange, Error, Optimizer, SGD, Tensor};
 
 #[test]
 fn range_test_suggests_a_sensible_lr_and_restores_everything() {
@@ -112,7 +112,7 @@ fn linear_sweep_and_analysis() {
     }
     // The EMA follows s_i = 0.05·l_i + 0.95·s_{i-1}.
     let losses = [4.0, 2.0, 1.0, 1.0, 0.5, 0.5, 0.4, 0.3, 0.2, 0.1];
-    let test = finder.analyze(&lrs, &losses);
+    let test = finder.analyze(&lrs, &losses).unwrap();
     let mut s = losses[0];
     for (i, &l) in losses.iter().enumerate().skip(1) {
         s = 0.05 * l + 0.95 * s;
@@ -164,5 +164,114 @@ fn invalid_settings_are_errors_and_change_nothing() {
         );
         assert!(!called);
     }
+    assert_eq!(ctx.read_f32(&[(&param, 0, 4)]).unwrap(), [1.0; 4]);
+}
+
+#[test]
+fn analyze_needs_one_loss_per_learning_rate() {
+    let finder = LrFinder::default();
+    for (lrs, losses) in [
+        (vec![0.1, 0.2, 0.3], vec![1.0, 0.5]),
+        (vec![0.1], vec![1.0, 0.5, 0.25]),
+        (vec![], vec![1.0]),
+    ] {
+        match finder.analyze(&lrs, &losses) {
+            Err(Error::Input(m)) => assert_eq!(
+                m,
+                format!(
+                    "LR finder: analyze needs one loss per learning rate, got {} learning rates \
+                     and {} losses",
+                    lrs.len(),
+                    losses.len()
+                )
+            ),
+            other => panic!("{lrs:?} / {losses:?}: {other:?}"),
+        }
+    }
+    // Equal lengths, even empty, are analyzed.
+    let empty = finder.analyze(&[], &[]).unwrap();
+    assert!(empty.smoothed.is_empty() && empty.steepest_lr.is_none());
+    let two = finder.analyze(&[0.1, 0.2], &[1.0, 3.0]).unwrap();
+    // s1 = 0.05·3 + 0.95·1 = 1.1; the lowest is s0 at lr 0.1, the only slope is at both.
+    assert_eq!(two.smoothed, [1.0, 0.05 * 3.0 + 0.95 * 1.0]);
+    assert_eq!(two.min_loss_lr, Some(0.1 / 10.0));
+}
+
+/// Runs `f` on another thread and fails when it takes longer than a minute (plotters loops
+/// without end on a log axis whose ends are not finite or too far apart).
+fn within_a_minute<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{what}: no result within a minute ({e})"))
+}
+
+/// `RangeTest` is plain data: its plot takes any contents, lengths that differ and learning
+/// rates anywhere in the f64 range included.
+#[test]
+fn range_test_plots_any_contents() {
+    let test = |lrs: Vec<f64>, smoothed: Vec<f64>, marks: Option<f64>| RangeTest {
+        losses: smoothed.clone(),
+        lrs,
+        smoothed,
+        diverged: false,
+        steepest_lr: marks,
+        min_loss_lr: marks,
+    };
+    for (what, t) in [
+        (
+            "more lrs than losses, marked past the losses",
+            test(vec![0.1, 0.2, 0.3], vec![1.0], Some(0.3)),
+        ),
+        ("one tiny lr", test(vec![5e-324], vec![1.0], Some(5e-324))),
+        ("one huge lr", test(vec![1.7e308], vec![1.0], Some(1.7e308))),
+        (
+            "lrs over 600 decades",
+            test(vec![1e-300, 1.0, 1e300], vec![1.0, 0.5, 2.0], Some(1.0)),
+        ),
+        (
+            "lrs that a log axis cannot show",
+            test(
+                vec![0.0, -1.0, f64::INFINITY, 1e-3],
+                vec![1.0, 1.0, 1.0, 1.0],
+                Some(-1.0),
+            ),
+        ),
+        (
+            "losses near f64::MAX",
+            test(vec![1e-3, 1e-2], vec![-1e308, 1e308], None),
+        ),
+    ] {
+        let svg = within_a_minute(what, move || t.svg());
+        assert!(svg.unwrap().starts_with("<svg"), "{what}");
+    }
+}
+
+/// `num_iter` is the caller's: a huge one is not allocated up front. The sweep stops at the
+/// first error of the training step, which comes back, and everything is restored.
+#[test]
+fn huge_num_iter_runs_until_the_training_step_stops_it() {
+    let ctx = common::ctx();
+    let param = ctx.create_f32_buffer("p", &[1.0; 4]).unwrap();
+    let grad = ctx.create_f32_buffer("g", &[1.0; 4]).unwrap();
+    let t = Tensor::new(BufferRange::whole(&param), BufferRange::whole(&grad));
+    let mut opt = Optimizer::new(ctx, SGD::default(), &[t]).unwrap();
+    let finder = LrFinder {
+        num_iter: usize::MAX,
+        ..Default::default()
+    };
+    let mut calls = 0;
+    let r = finder.run(&mut opt, |o| {
+        calls += 1;
+        if calls == 3 {
+            return Err(Error::Input("stop".into()));
+        }
+        o.step_submit()?;
+        Ok(1.0)
+    });
+    assert!(matches!(r, Err(Error::Input(m)) if m == "stop"));
+    assert_eq!(calls, 3);
     assert_eq!(ctx.read_f32(&[(&param, 0, 4)]).unwrap(), [1.0; 4]);
 }

@@ -772,3 +772,365 @@ fn groups_and_accessors() {
             .is_err()
     );
 }
+
+/// Every argument that PyTorch (or Keras, or the textbook formula) would divide by zero with,
+/// at construction or at some later step, is rejected when the schedule is built, with a message
+/// that names it.
+#[test]
+fn zero_divisors_are_rejected_when_built_naming_the_argument() {
+    for (spec, message) in [
+        (
+            json!({"type":"StepLR","lr":0.1,"step_size":0}),
+            "StepLR: step_size must not be 0: the epoch is taken modulo step_size (integer \
+             modulo by zero)",
+        ),
+        (
+            json!({"type":"CosineAnnealingLR","lr":0.1,"T_max":0}),
+            "CosineAnnealingLR: T_max must not be 0: the epoch is taken modulo 2 * T_max and \
+             divided by T_max (integer modulo by zero)",
+        ),
+        (
+            json!({"type":"CosineAnnealingLR","lr":0.1,"T_max":0.0,"eta_min":0.01}),
+            "CosineAnnealingLR: T_max must not be 0: the epoch is taken modulo 2 * T_max and \
+             divided by T_max (integer modulo by zero)",
+        ),
+        (
+            json!({"type":"LinearLR","lr":0.1,"total_iters":0}),
+            "LinearLR: total_iters must not be 0: the closed form (at a SequentialLR milestone, \
+             or step(epoch)) divides by total_iters (float division by zero)",
+        ),
+        (
+            json!({"type":"PolynomialLR","lr":0.1,"total_iters":0}),
+            "PolynomialLR: total_iters must not be 0: the closed form (at a SequentialLR \
+             milestone, or step(epoch)) divides by total_iters (division by zero)",
+        ),
+        (
+            json!({"type":"PolynomialLR","lr":0.1,"total_iters":4,"power":-0.5}),
+            "PolynomialLR: power must not be negative, got -0.5: the decay factor at epoch \
+             total_iters is 0.0 ** power (0.0 cannot be raised to a negative power)",
+        ),
+        (
+            json!({"type":"ConstantLR","lr":0.1,"factor":0.0,"total_iters":3}),
+            "ConstantLR: factor must not be 0 when total_iters > 0: the LR is divided by factor \
+             at epoch total_iters (float division by zero)",
+        ),
+        (
+            json!({"type":"CyclicLR","base_lr":0.01,"max_lr":0.1,"step_size_up":0}),
+            "CyclicLR: step_size_up + step_size_down must not be 0, got 0.0 + 0.0: the cycle's \
+             length divides the step (float division by zero)",
+        ),
+        (
+            json!({"type":"CyclicLR","base_lr":0.01,"max_lr":0.1,"step_size_up":5,
+                   "step_size_down":-5}),
+            "CyclicLR: step_size_up + step_size_down must not be 0, got 5.0 + -5.0: the cycle's \
+             length divides the step (float division by zero)",
+        ),
+        (
+            json!({"type":"CyclicLR","base_lr":0.01,"max_lr":0.1,"step_size_up":0,
+                   "step_size_down":5}),
+            "CyclicLR: step_size_up must not be 0: the LR rises over step_size_up / \
+             (step_size_up + step_size_down) of the cycle, which divides the position in the \
+             cycle (float division by zero)",
+        ),
+        (
+            json!({"type":"CyclicLR","base_lr":0.01,"max_lr":0.1,"step_size_up":1e-300,
+                   "step_size_down":1e300}),
+            "CyclicLR: step_size_up 1e-300 is too small against step_size_down 1e+300: \
+             step_size_up / (step_size_up + step_size_down) rounds to 0, which divides the \
+             position in the cycle (float division by zero)",
+        ),
+        (
+            json!({"type":"OneCycleLR","max_lr":0.1,"total_steps":10,"div_factor":0}),
+            "OneCycleLR: div_factor must not be 0: the initial LR is max_lr / div_factor (float \
+             division by zero)",
+        ),
+        (
+            json!({"type":"OneCycleLR","max_lr":0.1,"total_steps":10,"final_div_factor":0.0}),
+            "OneCycleLR: final_div_factor must not be 0: the minimum LR is initial_lr / \
+             final_div_factor (float division by zero)",
+        ),
+        // Phase 1 ends at 1.0·10 − 1 = 9, where phase 2 ends too: PyTorch divides by zero at
+        // step 10, the last that it allows.
+        (
+            json!({"type":"OneCycleLR","max_lr":0.1,"total_steps":10,"pct_start":1.0}),
+            "OneCycleLR: pct_start 1.0 with total_steps 10 leaves phase 2 of 2 with no length \
+             (it starts and ends at step 9.0): the LR is interpolated over that length (float \
+             division by zero)",
+        ),
+        // 0.1·10 − 1 = 0: PyTorch divides by zero when it is built.
+        (
+            json!({"type":"OneCycleLR","max_lr":0.1,"total_steps":10,"pct_start":0.1,
+                   "three_phase":true}),
+            "OneCycleLR: pct_start 0.1 with total_steps 10 leaves phase 1 of 3 with no length \
+             (it starts and ends at step 0.0): the LR is interpolated over that length (float \
+             division by zero)",
+        ),
+        // Phase 2 ends at 2·0.55·10 − 2 = 9 = total_steps − 1, where phase 3 ends.
+        (
+            json!({"type":"OneCycleLR","max_lr":0.1,"epochs":2,"steps_per_epoch":5,
+                   "pct_start":0.55,"three_phase":true}),
+            "OneCycleLR: pct_start 0.55 with total_steps 10 leaves phase 3 of 3 with no length \
+             (it starts and ends at step 9.0): the LR is interpolated over that length (float \
+             division by zero)",
+        ),
+        (
+            json!({"type":"InverseTimeDecay","initial_learning_rate":0.1,"decay_steps":10,
+                   "decay_rate":-0.5}),
+            "InverseTimeDecay: decay_rate must be >= 0, got -0.5: the LR is \
+             initial_learning_rate / (1 + decay_rate * step / decay_steps), whose divisor \
+             reaches 0 (division by zero)",
+        ),
+        (
+            json!({"type":"PolynomialDecay","initial_learning_rate":0.1,"decay_steps":10,
+                   "power":-1}),
+            "PolynomialDecay: power must be >= 0, got -1: at step decay_steps the LR takes 0 to \
+             the power (division by zero)",
+        ),
+        (
+            json!({"type":"PowerScheduling","lr":0.1,"s":10,"c":-2}),
+            "PowerScheduling: c must be >= 0, got -2.0: the LR is lr / (1 + t/s)^c, whose \
+             divisor reaches 0 for a negative c (division by zero)",
+        ),
+        // Inside composites and warm-ups too, where the division may come at a milestone.
+        (
+            json!({"type":"SequentialLR","lr":0.1,"milestones":[2],"schedulers":[
+                {"type":"ExponentialLR","gamma":0.9},{"type":"LinearLR","total_iters":0}]}),
+            "LinearLR: total_iters must not be 0: the closed form (at a SequentialLR milestone, \
+             or step(epoch)) divides by total_iters (float division by zero)",
+        ),
+        (
+            json!({"type":"ChainedScheduler","lr":0.1,"schedulers":[
+                {"type":"ExponentialLR","gamma":0.9},{"type":"StepLR","step_size":0}]}),
+            "StepLR: step_size must not be 0: the epoch is taken modulo step_size (integer \
+             modulo by zero)",
+        ),
+        (
+            json!({"type":"LinearWarmup","warmup_steps":3,"schedule":
+                {"type":"CosineAnnealingLR","lr":0.1,"T_max":0}}),
+            "CosineAnnealingLR: T_max must not be 0: the epoch is taken modulo 2 * T_max and \
+             divided by T_max (integer modulo by zero)",
+        ),
+    ] {
+        hyper(spec, message);
+    }
+    // Arguments that PyTorch checks itself keep PyTorch's message.
+    hyper(
+        json!({"type":"OneCycleLR","max_lr":0.1,"epochs":0,"steps_per_epoch":5}),
+        "Expected positive integer epochs, but got 0",
+    );
+    hyper(
+        json!({"type":"OneCycleLR","max_lr":0.1,"epochs":3,"steps_per_epoch":0}),
+        "Expected positive integer steps_per_epoch, but got 0",
+    );
+    input(
+        json!({"type":"OneCycleLR","max_lr":0.1,"epochs":4294967296_i64,
+               "steps_per_epoch":4294967296_i64}),
+        "OneCycleLR: epochs * steps_per_epoch is too large (at most 9007199254740992)",
+    );
+    input(
+        json!({"type":"CosineAnnealingWarmRestarts","lr":0.1,"T_0":2,"T_mult":2097152}),
+        "CosineAnnealingWarmRestarts: T_mult is too large, got 2097152 (at most 1048576)",
+    );
+}
+
+/// Values next to the rejected ones that PyTorch steps through without dividing by zero still
+/// build, and give PyTorch's numbers (recorded from torch 2.15).
+#[test]
+fn divisors_pytorch_accepts_still_work() {
+    for (spec, want) in [
+        (
+            json!({"type":"StepLR","lr":0.1,"step_size":-1,"gamma":0.5}),
+            vec![0.1, 0.05, 0.025, 0.0125],
+        ),
+        (
+            json!({"type":"CosineAnnealingLR","lr":0.1,"T_max":-3}),
+            vec![
+                0.1,
+                0.07500000000000001,
+                0.025000000000000015,
+                0.0,
+                0.024999999999999994,
+                0.07500000000000005,
+                0.10000000000000006,
+                0.07500000000000007,
+            ],
+        ),
+        // factor 0 is never divided by when total_iters is 0.
+        (
+            json!({"type":"ConstantLR","lr":0.1,"factor":0.0,"total_iters":0}),
+            vec![0.0; 4],
+        ),
+        (
+            json!({"type":"CyclicLR","base_lr":0.01,"max_lr":0.1,"step_size_up":5,
+                   "step_size_down":0,"cycle_momentum":false}),
+            vec![
+                0.01,
+                0.027999999999999997,
+                0.046,
+                0.06400000000000002,
+                0.082,
+                0.01,
+                0.028000000000000018,
+            ],
+        ),
+        (
+            json!({"type":"LinearLR","lr":0.1,"total_iters":-1}),
+            vec![0.03333333333333333; 3],
+        ),
+        (
+            json!({"type":"PolynomialLR","lr":0.1,"total_iters":-2}),
+            vec![0.1; 3],
+        ),
+        // pct_start 0: phase 1 runs from step 0 to step −1, a length of −1, not 0.
+        (
+            json!({"type":"OneCycleLR","max_lr":0.1,"total_steps":5,"pct_start":0.0,
+                   "cycle_momentum":false}),
+            vec![
+                0.0904508879153485,
+                0.0654509879153485,
+                0.03454941208465151,
+                0.009549512084651508,
+                4e-07,
+            ],
+        ),
+    ] {
+        let what = spec.to_string();
+        assert_close(&lrs0(spec, want.len()), &want, 1e-12, &what);
+    }
+}
+
+/// CosineAnnealingLR takes a fractional T_max, as PyTorch does; for T_max 2/3, PyTorch's
+/// recursive form divides by 1 + cos(π·2/(2/3)) = 0 at step 3. The error names T_max there and
+/// leaves the scheduler as it was.
+#[test]
+fn fractional_t_max_fails_at_the_step_pytorch_fails_naming_t_max() {
+    let spec = json!({"type":"CosineAnnealingLR","lr":0.1,"T_max":2.0 / 3.0});
+    let mut s = Scheduler::from_spec(&spec, 0).unwrap();
+    s.step().unwrap();
+    s.step().unwrap();
+    // torch 2.15: [0.1, 0.04999999999999999, 0.0], then ZeroDivisionError.
+    assert!(s.lrs()[0].abs() < 1e-18, "{:?}", s.lrs());
+    match s.step() {
+        Err(Error::Input(m)) => assert_eq!(
+            m,
+            "CosineAnnealingLR: float division by zero at epoch 3: 1 + cos(pi * 2 / T_max) is 0 \
+             for T_max 0.6666666666666666"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(s.lrs()[0].abs() < 1e-18);
+}
+
+/// `groups` and `steps` are sizes that the caller controls: too large is an error, not a
+/// capacity overflow or an allocation failure.
+#[test]
+fn huge_group_and_step_counts_are_errors() {
+    let spec = json!({"type":"StepLR","lr":0.1,"step_size":2});
+    for groups in [usize::MAX, (1 << 16) + 1] {
+        match Scheduler::from_spec(&spec, groups) {
+            Err(Error::Input(m)) => assert_eq!(
+                m,
+                format!("groups: {groups} parameter groups asked for, at most 65536 are supported")
+            ),
+            other => panic!("{groups}: {other:?}"),
+        }
+    }
+    let keras = json!({"type":"CosineDecay","initial_learning_rate":0.1,"decay_steps":10});
+    assert!(matches!(
+        Scheduler::from_spec(&keras, usize::MAX),
+        Err(Error::Input(_))
+    ));
+    let s = Scheduler::from_spec(&spec, 1 << 16).unwrap();
+    assert_eq!(s.groups(), 65536);
+
+    let one = Scheduler::from_spec(&spec, 0).unwrap();
+    assert_eq!(one.max_trace_steps(), 1_000_000);
+    for steps in [1_000_001, 1_000_000_000_000, usize::MAX] {
+        match one.trace(steps, None, None) {
+            Err(Error::Input(m)) => assert_eq!(
+                m,
+                format!(
+                    "steps: a trace of {steps} steps is too long: at most 1000000 for 1 \
+                     parameter group (the trace is kept in memory)"
+                )
+            ),
+            other => panic!("{steps}: {other:?}"),
+        }
+    }
+    assert!(matches!(
+        wgpu_optim::schedule::trace(&spec, usize::MAX, None),
+        Err(Error::Input(_))
+    ));
+    // 100 groups: 4,000,000 / 100 = 40,000 steps at most.
+    let many = Scheduler::from_spec(&spec, 100).unwrap();
+    assert_eq!(many.max_trace_steps(), 40_000);
+    assert!(matches!(
+        many.trace(40_001, None, None),
+        Err(Error::Input(m)) if m.contains("at most 40000 for 100 parameter groups")
+    ));
+    let t = many.trace(40_000, None, None).unwrap();
+    assert_eq!(t.lr.len(), 40_000);
+    // StepLR(step_size=2, gamma=0.1): 0.1·0.1^⌊k/2⌋.
+    assert_eq!(t.lr[3], vec![0.1 * 0.1; 100]);
+}
+
+/// A `Trace` is plain data that a caller may put together by hand: ragged rows are written as
+/// they are, never indexed past their end.
+#[test]
+fn ragged_traces_print_and_plot_without_panicking() {
+    let t = Trace {
+        lr: vec![vec![0.5, 0.25], vec![0.125]],
+        momentum: Some(vec![vec![0.9, 0.8]]),
+    };
+    assert_eq!(
+        t.to_csv(),
+        "step,lr_0,lr_1,momentum_0,momentum_1\n0,0.5,0.25,0.9,0.8\n1,0.125\n"
+    );
+    assert!(t.svg("ragged").unwrap().starts_with("<svg"));
+    let empty = Trace {
+        lr: vec![vec![]],
+        momentum: None,
+    };
+    // No groups in row 0: no LR columns.
+    assert_eq!(empty.to_csv(), "step\n0\n");
+    assert!(empty.svg("empty").unwrap().starts_with("<svg"));
+}
+
+/// Runs `f` on another thread and fails when it takes longer than a minute (plotters loops
+/// without end on an axis whose width or ratio of ends is not finite).
+fn within_a_minute<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(std::time::Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{what}: no result within a minute ({e})"))
+}
+
+/// Learning rates anywhere in the f64 range plot: the axes stay finite, and values beyond what
+/// plotters can draw sit at the edge.
+#[test]
+fn extreme_learning_rates_plot() {
+    for (what, values) in [
+        ("both signs near f64::MAX", vec![-1e308, 1e308]),
+        ("equal near f64::MAX", vec![1.7e308, 1.7e308]),
+        ("equal and tiny", vec![5e-324, 5e-324]),
+        (
+            "with infinities",
+            vec![f64::INFINITY, 1.0, f64::NEG_INFINITY, f64::NAN],
+        ),
+    ] {
+        let t = Trace {
+            lr: values.iter().map(|v| vec![*v]).collect(),
+            momentum: None,
+        };
+        let svg = within_a_minute(what, move || t.svg("extreme"));
+        assert!(svg.unwrap().starts_with("<svg"), "{what}");
+    }
+    // The same through a schedule: Keras' PiecewiseConstantDecay takes any values.
+    let spec = json!({"type":"PiecewiseConstantDecay","boundaries":[1],"values":[-1e308, 1e308]});
+    let t = wgpu_optim::schedule::trace(&spec, 4, None).unwrap();
+    assert_eq!(t.lr, [[-1e308], [-1e308], [1e308], [1e308]]);
+    let svg = within_a_minute("PiecewiseConstantDecay", move || t.svg("piecewise"));
+    assert!(svg.unwrap().starts_with("<svg"));
+}

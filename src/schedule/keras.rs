@@ -86,6 +86,14 @@ impl Keras {
                 let decay_rate = args.f64("decay_rate")?;
                 let staircase = args.bool_or("staircase", false)?;
                 positive(args, "decay_steps")?;
+                if args.ty == "InverseTimeDecay" && decay_rate < 0.0 {
+                    return Err(Error::InvalidHyperparameter(format!(
+                        "InverseTimeDecay: decay_rate must be >= 0, got {}: the LR is \
+                         initial_learning_rate / (1 + decay_rate * step / decay_steps), whose \
+                         divisor reaches 0 (division by zero)",
+                        args.repr("decay_rate")
+                    )));
+                }
                 if args.ty == "ExponentialDecay" {
                     Keras::Exponential {
                         init,
@@ -138,6 +146,13 @@ impl Keras {
                 let power = args.f64_or("power", 1.0)?;
                 let cycle = args.bool_or("cycle", false)?;
                 positive(args, "decay_steps")?;
+                if power < 0.0 {
+                    return Err(Error::InvalidHyperparameter(format!(
+                        "PolynomialDecay: power must be >= 0, got {}: at step decay_steps the LR \
+                         takes 0 to the power (division by zero)",
+                        args.repr("power")
+                    )));
+                }
                 Keras::Polynomial {
                     init,
                     decay_steps,

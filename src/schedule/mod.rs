@@ -44,8 +44,20 @@
 //! each class's own `get_lr`, `_get_closed_form_lr` and `step` on them with the same float
 //! operations in the same order, so the numbers agree with PyTorch's to rounding (the golden
 //! tests check 1e-9 relative on traces recorded from torch 2.15). PyTorch's checks give
-//! [`Error::InvalidHyperparameter`] with PyTorch's message; float and integer divisions by
-//! zero, which raise ZeroDivisionError in Python, give [`Error::Input`] at the same step.
+//! [`Error::InvalidHyperparameter`] with PyTorch's message.
+//!
+//! Where PyTorch would divide by zero (a ZeroDivisionError in Python, at construction or only
+//! at some later step), the spec is rejected when the schedule is built, with an
+//! [`Error::InvalidHyperparameter`] that names the argument: StepLR `step_size` 0,
+//! CosineAnnealingLR `T_max` 0, LinearLR and PolynomialLR `total_iters` 0, PolynomialLR a
+//! negative `power`, ConstantLR `factor` 0 with `total_iters` > 0, CyclicLR `step_size_up` 0 or
+//! `step_size_up + step_size_down` 0, OneCycleLR `div_factor` or `final_div_factor` 0, and a
+//! `pct_start` that leaves a phase of the cycle with no length for its `total_steps`. This holds
+//! even where the division would come only at a step that a SequentialLR milestone or the end of
+//! the training never reaches. The one division that depends on the step rather than on an
+//! argument alone, CosineAnnealingLR's `1 + cos(π·(t − 1)/T_max)` for a `T_max` that is not a
+//! whole number (e.g. `T_max` 2/3 at step 3), gives [`Error::Input`] at that step, as in PyTorch,
+//! with a message that names `T_max`.
 //!
 //! CyclicLR and OneCycleLR cycle the momentum by default (`cycle_momentum`): then
 //! [`Scheduler::momentum`] gives the value to use as SGD's or RMSprop's `momentum`, or as Adam's
@@ -81,12 +93,22 @@
 //! Momentum, when the child cycles it, is the child's. A ReduceLROnPlateau child ignores the
 //! metrics given during the warm-up.
 //!
+//! Textbook and Keras arguments that would divide by zero are rejected when the schedule is
+//! built, naming the argument: Keras checks its `decay_steps` and `first_decay_steps` itself
+//! (with Keras' message); beyond Keras, InverseTimeDecay's `decay_rate` must be ≥ 0 (else
+//! `1 + decay_rate·step/decay_steps` reaches 0) and PolynomialDecay's `power` ≥ 0 (else it
+//! raises 0 to a negative power at `decay_steps`); PowerScheduling's `c` must be ≥ 0.
+//!
 //! # Steps
 //!
 //! [`Scheduler::lrs`] is the LR per group that the next optimizer step uses; after that
 //! optimizer step, call [`Scheduler::step`] (PyTorch's `scheduler.step()`; for Keras and textbook
 //! schedules, the step count goes up by one), or [`Scheduler::step_metric`] for
 //! ReduceLROnPlateau. Every method that returns an error leaves the scheduler as it was.
+//!
+//! A [`Trace`] holds every value in memory, so [`Scheduler::trace`] takes at most
+//! [`MAX_TRACE_STEPS`] steps and [`MAX_TRACE_VALUES`] learning rates in all
+//! ([`Scheduler::max_trace_steps`]); a schedule has at most [`MAX_GROUPS`] parameter groups.
 
 mod keras;
 mod output;
@@ -127,6 +149,17 @@ pub fn uses_optimizer_lr(schedule_type: &str) -> bool {
 
 /// How deeply `LinearWarmup` specs may nest.
 const MAX_DEPTH: usize = 32;
+
+/// The most parameter groups that [`Scheduler::from_spec`] takes (`groups`, or the length of a
+/// per-group list in the spec).
+pub const MAX_GROUPS: usize = 1 << 16;
+
+/// The most steps that one [`Scheduler::trace`] (and `wgpu-optim schedule --steps`) records.
+pub const MAX_TRACE_STEPS: usize = 1_000_000;
+
+/// The most learning rates (steps × parameter groups) that one [`Scheduler::trace`] records;
+/// the momenta, when the schedule cycles them, are as many again.
+pub const MAX_TRACE_VALUES: usize = 4_000_000;
 
 #[derive(Clone)]
 enum Kind {
@@ -422,6 +455,11 @@ pub struct Trace {
 
 impl Scheduler {
     fn new(spec: &Value, groups: usize, res: Option<&pytorch::Resolver<'_>>) -> Result<Self> {
+        if groups > MAX_GROUPS {
+            return Err(Error::Input(format!(
+                "groups: {groups} parameter groups asked for, at most {MAX_GROUPS} are supported"
+            )));
+        }
         let kind = build_kind(spec, groups, res, 0)?;
         let schedule = Args::new(spec)?.ty.to_string();
         let mut s = Self {
@@ -431,6 +469,13 @@ impl Scheduler {
             momentum: None,
         };
         s.refresh();
+        if s.lrs.len() > MAX_GROUPS {
+            return Err(Error::Input(format!(
+                "{}: the spec gives {} parameter groups, at most {MAX_GROUPS} are supported",
+                s.schedule,
+                s.lrs.len()
+            )));
+        }
         if groups != 0 && s.lrs.len() != groups {
             return Err(Error::Input(format!(
                 "{}: the spec gives {} parameter groups, {groups} were asked for",
@@ -443,12 +488,15 @@ impl Scheduler {
 
     /// Builds a schedule from its spec. `groups` is the number of parameter groups: a scalar LR
     /// is broadcast to that many (as for an optimizer whose groups share one LR), a list of LRs
-    /// must have that length; 0 takes the number from the spec (one for a scalar).
+    /// must have that length; 0 takes the number from the spec (one for a scalar). At most
+    /// [`MAX_GROUPS`].
     ///
     /// Fails with [`Error::Input`] on a malformed spec (unknown type or argument, missing
     /// argument, wrong JSON type, or a closure id, which needs
-    /// [`Scheduler::from_spec_with_closures`]), and with [`Error::InvalidHyperparameter`], with
-    /// PyTorch's or Keras' message, where that library's constructor would raise.
+    /// [`Scheduler::from_spec_with_closures`]) or too many groups, and with
+    /// [`Error::InvalidHyperparameter`], with PyTorch's or Keras' message, where that library's
+    /// constructor would raise, or naming the argument where it would divide by zero later (see
+    /// the [module documentation](self)).
     pub fn from_spec(spec: &Value, groups: usize) -> Result<Self> {
         Self::new(spec, groups, None)
     }
@@ -576,17 +624,36 @@ impl Scheduler {
         self.transact(|k| k.load(&state.state))
     }
 
+    /// The most steps that [`Scheduler::trace`] records for this schedule: [`MAX_TRACE_STEPS`],
+    /// or fewer with many parameter groups, so that the trace holds at most
+    /// [`MAX_TRACE_VALUES`] learning rates.
+    pub fn max_trace_steps(&self) -> usize {
+        MAX_TRACE_STEPS.min(MAX_TRACE_VALUES / self.groups().max(1))
+    }
+
     /// The LRs (and momenta) of the next `steps` optimizer steps, from the current position,
     /// without changing the scheduler: row 0 is [`Scheduler::lrs`] now; between rows the
     /// scheduler steps once, with `metrics[k]` after row `k` for ReduceLROnPlateau (at least
     /// `steps − 1` metrics), or with `step_epoch(epochs[k])` after row `k` when `epochs` is
     /// given (at least `steps − 1` of them), else with [`Scheduler::step`].
+    ///
+    /// `steps` may be at most [`Scheduler::max_trace_steps`]; more is an [`Error::Input`] that
+    /// names `steps`.
     pub fn trace(
         &self,
         steps: usize,
         metrics: Option<&[f64]>,
         epochs: Option<&[f64]>,
     ) -> Result<Trace> {
+        let max = self.max_trace_steps();
+        if steps > max {
+            return Err(Error::Input(format!(
+                "steps: a trace of {steps} steps is too long: at most {max} for {} parameter \
+                 group{} (the trace is kept in memory)",
+                self.groups(),
+                if self.groups() == 1 { "" } else { "s" }
+            )));
+        }
         let needed = steps.saturating_sub(1);
         match (self.needs_metric(), metrics) {
             (true, None) => {
@@ -641,7 +708,8 @@ impl Scheduler {
 }
 
 /// The LRs (and momenta) of the first `steps` optimizer steps of the schedule `spec` (groups
-/// from the spec, no closures): see [`Scheduler::trace`]. `metrics` feeds ReduceLROnPlateau.
+/// from the spec, no closures): see [`Scheduler::trace`], which bounds `steps`. `metrics` feeds
+/// ReduceLROnPlateau.
 pub fn trace(spec: &Value, steps: usize, metrics: Option<&[f64]>) -> Result<Trace> {
     Scheduler::from_spec(spec, 0)?.trace(steps, metrics, None)
 }

@@ -7,7 +7,8 @@ use crate::plot::{Chart, Series};
 impl Trace {
     /// CSV with a header: `step,lr`, plus `momentum` when the schedule cycles it. With several
     /// parameter groups the columns are `lr_0,lr_1,...` and `momentum_0,...`. Numbers are
-    /// written so that they read back exactly.
+    /// written so that they read back exactly. The header follows row 0; a row with fewer
+    /// values (possible only in a `Trace` put together by hand) is written as it is.
     pub fn to_csv(&self) -> String {
         let groups = self.lr.first().map_or(1, Vec::len);
         let names = |base: &str| -> Vec<String> {
@@ -27,8 +28,8 @@ impl Trace {
         for (k, lrs) in self.lr.iter().enumerate() {
             let mut row = vec![k.to_string()];
             row.extend(lrs.iter().map(|v| format!("{v:?}")));
-            if let Some(m) = &self.momentum {
-                row.extend(m[k].iter().map(|v| format!("{v:?}")));
+            if let Some(m) = self.momentum.as_ref().and_then(|m| m.get(k)) {
+                row.extend(m.iter().map(|v| format!("{v:?}")));
             }
             out.push_str(&row.join(","));
             out.push('\n');
@@ -36,7 +37,8 @@ impl Trace {
         out
     }
 
-    /// An SVG chart of the learning rate of each group against the step.
+    /// An SVG chart of the learning rate of each group against the step (as many groups as row 0
+    /// has; a shorter row leaves its missing values out).
     pub fn svg(&self, title: &str) -> Result<String> {
         let groups = self.lr.first().map_or(0, Vec::len);
         let labels: Vec<String> = (0..groups)
@@ -62,7 +64,7 @@ impl Trace {
                         .lr
                         .iter()
                         .enumerate()
-                        .map(|(k, row)| (k as f64, row[g]))
+                        .filter_map(|(k, row)| Some((k as f64, *row.get(g)?)))
                         .collect(),
                 })
                 .collect(),

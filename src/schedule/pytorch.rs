@@ -538,7 +538,15 @@ impl Leaf {
                 } else {
                     let num = 1.0 + div(PI * lef, t_max)?.cos();
                     let den = 1.0 + div(PI * (le - 1) as f64, t_max)?.cos();
-                    let r = div(num, den)?;
+                    if den == 0.0 {
+                        return Err(Error::Input(format!(
+                            "CosineAnnealingLR: float division by zero at epoch {le}: \
+                             1 + cos(pi * {} / T_max) is 0 for T_max {}",
+                            le - 1,
+                            py_float(t_max)
+                        )));
+                    }
+                    let r = num / den;
                     g.iter().map(|x| r * (x.lr - eta_min) + eta_min).collect()
                 }
             }
@@ -1020,6 +1028,15 @@ fn top_groups(args: &Args<'_>, hint: usize) -> Result<Vec<Group>> {
     Ok(lrs.into_iter().map(Group::new).collect())
 }
 
+/// The largest `T_mult` of CosineAnnealingWarmRestarts.
+const MAX_T_MULT: i64 = 1 << 20;
+
+/// An argument that PyTorch would divide by zero with (or take an integer modulo by zero), named
+/// in `message`.
+fn zero_divisor(message: &str) -> Error {
+    Error::InvalidHyperparameter(message.into())
+}
+
 /// A positive integer argument, or PyTorch's message `Expected positive integer {key}, but
 /// got {value}`.
 fn positive_int(args: &Args<'_>, key: &str, v: &Value) -> Result<i64> {
@@ -1155,11 +1172,15 @@ fn build_node(
         }
         "StepLR" => {
             args.allow(&["lr", "step_size", "gamma"])?;
-            let kind = LeafKind::Step {
-                step_size: args.i64("step_size")?,
-                gamma: args.f64_or("gamma", 0.1)?,
-            };
-            leaf("StepLR", kind, g)
+            let step_size = args.i64("step_size")?;
+            let gamma = args.f64_or("gamma", 0.1)?;
+            if step_size == 0 {
+                return Err(zero_divisor(
+                    "StepLR: step_size must not be 0: the epoch is taken modulo step_size \
+                     (integer modulo by zero)",
+                ));
+            }
+            leaf("StepLR", LeafKind::Step { step_size, gamma }, g)
         }
         "MultiStepLR" => {
             args.allow(&["lr", "milestones", "gamma"])?;
@@ -1177,9 +1198,16 @@ fn build_node(
                     "Constant multiplicative factor expected to be between 0 and 1.".into(),
                 ));
             }
+            let total_iters = args.i64_or("total_iters", 5)?;
+            if factor == 0.0 && total_iters > 0 {
+                return Err(zero_divisor(
+                    "ConstantLR: factor must not be 0 when total_iters > 0: the LR is divided by \
+                     factor at epoch total_iters (float division by zero)",
+                ));
+            }
             let kind = LeafKind::Constant {
                 factor,
-                total_iters: args.i64_or("total_iters", 5)?,
+                total_iters,
             };
             leaf("ConstantLR", kind, g)
         }
@@ -1198,10 +1226,17 @@ fn build_node(
                     "Ending multiplicative factor expected to be between 0 and 1.".into(),
                 ));
             }
+            let total_iters = args.i64_or("total_iters", 5)?;
+            if total_iters == 0 {
+                return Err(zero_divisor(
+                    "LinearLR: total_iters must not be 0: the closed form (at a SequentialLR \
+                     milestone, or step(epoch)) divides by total_iters (float division by zero)",
+                ));
+            }
             let kind = LeafKind::Linear {
                 start,
                 end,
-                total_iters: args.i64_or("total_iters", 5)?,
+                total_iters,
             };
             leaf("LinearLR", kind, g)
         }
@@ -1214,18 +1249,35 @@ fn build_node(
         }
         "PolynomialLR" => {
             args.allow(&["lr", "total_iters", "power"])?;
-            let kind = LeafKind::Polynomial {
-                total_iters: args.i64_or("total_iters", 5)?,
-                power: args.f64_or("power", 1.0)?,
-            };
+            let total_iters = args.i64_or("total_iters", 5)?;
+            let power = args.f64_or("power", 1.0)?;
+            if total_iters == 0 {
+                return Err(zero_divisor(
+                    "PolynomialLR: total_iters must not be 0: the closed form (at a SequentialLR \
+                     milestone, or step(epoch)) divides by total_iters (division by zero)",
+                ));
+            }
+            if power < 0.0 {
+                return Err(zero_divisor(&format!(
+                    "PolynomialLR: power must not be negative, got {}: the decay factor at epoch \
+                     total_iters is 0.0 ** power (0.0 cannot be raised to a negative power)",
+                    args.repr("power")
+                )));
+            }
+            let kind = LeafKind::Polynomial { total_iters, power };
             leaf("PolynomialLR", kind, g)
         }
         "CosineAnnealingLR" => {
             args.allow(&["lr", "T_max", "eta_min"])?;
-            let kind = LeafKind::Cosine {
-                t_max: args.f64("T_max")?,
-                eta_min: args.f64_or("eta_min", 0.0)?,
-            };
+            let t_max = args.f64("T_max")?;
+            let eta_min = args.f64_or("eta_min", 0.0)?;
+            if t_max == 0.0 {
+                return Err(zero_divisor(
+                    "CosineAnnealingLR: T_max must not be 0: the epoch is taken modulo 2 * T_max \
+                     and divided by T_max (integer modulo by zero)",
+                ));
+            }
+            let kind = LeafKind::Cosine { t_max, eta_min };
             leaf("CosineAnnealingLR", kind, g)
         }
         "CosineAnnealingWarmRestarts" => {
@@ -1234,7 +1286,13 @@ fn build_node(
             let t_mult = match args.get("T_mult") {
                 None => 1,
                 Some(v) => match v.as_i64() {
-                    Some(m) if (1..=1 << 20).contains(&m) => m,
+                    Some(m) if (1..=MAX_T_MULT).contains(&m) => m,
+                    Some(m) if m > MAX_T_MULT => {
+                        return Err(Error::Input(format!(
+                            "CosineAnnealingWarmRestarts: T_mult is too large, got {m} (at most \
+                             {MAX_T_MULT})"
+                        )));
+                    }
                     _ => {
                         return Err(Error::InvalidHyperparameter(format!(
                             "Expected integer T_mult >= 1, but got {}",
@@ -1273,7 +1331,31 @@ fn build_node(
             let up = args.f64_or("step_size_up", 2000.0)?;
             let down = args.opt_f64("step_size_down")?.unwrap_or(up);
             let total_size = up + down;
-            let step_ratio = div(up, total_size)?;
+            if total_size == 0.0 {
+                return Err(zero_divisor(&format!(
+                    "CyclicLR: step_size_up + step_size_down must not be 0, got {} + {}: the \
+                     cycle's length divides the step (float division by zero)",
+                    py_float(up),
+                    py_float(down)
+                )));
+            }
+            let step_ratio = up / total_size;
+            if step_ratio == 0.0 {
+                return Err(zero_divisor(&if up == 0.0 {
+                    "CyclicLR: step_size_up must not be 0: the LR rises over step_size_up / \
+                     (step_size_up + step_size_down) of the cycle, which divides the position in \
+                     the cycle (float division by zero)"
+                        .to_string()
+                } else {
+                    format!(
+                        "CyclicLR: step_size_up {} is too small against step_size_down {}: \
+                         step_size_up / (step_size_up + step_size_down) rounds to 0, which \
+                         divides the position in the cycle (float division by zero)",
+                        py_float(up),
+                        py_float(down)
+                    )
+                }));
+            }
             let mode = args.str_or("mode", "triangular")?;
             let custom = match args.get("scale_fn") {
                 None => None,
@@ -1341,9 +1423,11 @@ fn build_node(
             } else if let (Some(e), Some(s)) = (args.get("epochs"), args.get("steps_per_epoch")) {
                 let e = positive_int(&args, "epochs", e)?;
                 let s = positive_int(&args, "steps_per_epoch", s)?;
-                e.checked_mul(s)
-                    .filter(|t| *t <= MAX_COUNT)
-                    .ok_or_else(|| Error::Input("OneCycleLR: total_steps is too large".into()))?
+                e.checked_mul(s).filter(|t| *t <= MAX_COUNT).ok_or_else(|| {
+                    Error::Input(format!(
+                        "OneCycleLR: epochs * steps_per_epoch is too large (at most {MAX_COUNT})"
+                    ))
+                })?
             } else {
                 return Err(Error::InvalidHyperparameter(
                     "You must define either total_steps OR (epochs AND steps_per_epoch)".into(),
@@ -1408,6 +1492,18 @@ fn build_node(
             let max_lrs = required_per_group(&args, "max_lr", n)?;
             let div_factor = args.f64_or("div_factor", 25.0)?;
             let final_div_factor = args.f64_or("final_div_factor", 1e4)?;
+            if div_factor == 0.0 {
+                return Err(zero_divisor(
+                    "OneCycleLR: div_factor must not be 0: the initial LR is max_lr / div_factor \
+                     (float division by zero)",
+                ));
+            }
+            if final_div_factor == 0.0 {
+                return Err(zero_divisor(
+                    "OneCycleLR: final_div_factor must not be 0: the minimum LR is initial_lr / \
+                     final_div_factor (float division by zero)",
+                ));
+            }
             for (grp, max_lr) in g.iter_mut().zip(&max_lrs) {
                 let initial = div(*max_lr, div_factor)?;
                 grp.initial_lr = Some(initial);
@@ -1417,6 +1513,22 @@ fn build_node(
             let cycle_momentum = args.bool_or("cycle_momentum", true)?;
             if cycle_momentum {
                 momentums(&args, g, 0.85, 0.95)?;
+            }
+            // get_lr interpolates over each phase, dividing by its length.
+            let mut start_step = 0.0;
+            for (i, phase) in phases.iter().enumerate() {
+                if phase.end_step - start_step == 0.0 {
+                    return Err(zero_divisor(&format!(
+                        "OneCycleLR: pct_start {} with total_steps {total_steps} leaves phase {} of \
+                         {} with no length (it starts and ends at step {}): the LR is \
+                         interpolated over that length (float division by zero)",
+                        py_float(pct_start),
+                        i + 1,
+                        phases.len(),
+                        py_float(phase.end_step)
+                    )));
+                }
+                start_step = phase.end_step;
             }
             let kind = LeafKind::OneCycle(Box::new(OneCycle {
                 total_steps,

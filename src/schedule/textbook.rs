@@ -4,10 +4,10 @@
 //! | type | arguments | LR at step `t` |
 //! |---|---|---|
 //! | `Fixed` | `lr` | `lr` |
-//! | `PowerScheduling` | `lr`, `s`, `c` (default 1) | `lr / (1 + t/s)^c` |
-//! | `TimeBasedDecay` | `lr`, `decay` | `lr / (1 + decay·t)` |
-//! | `ExponentialScheduling` | `lr`, `s` | `lr · 0.1^(t/s)` |
-//! | `StepDecay` | `lr`, `drop`, `s` | `lr · drop^⌊t/s⌋` |
+//! | `PowerScheduling` | `lr`, `s` > 0, `c` ≥ 0 (default 1) | `lr / (1 + t/s)^c` |
+//! | `TimeBasedDecay` | `lr`, `decay` ≥ 0 | `lr / (1 + decay·t)` |
+//! | `ExponentialScheduling` | `lr`, `s` > 0 | `lr · 0.1^(t/s)` |
+//! | `StepDecay` | `lr`, `drop` ≥ 0, `s` > 0 | `lr · drop^⌊t/s⌋` |
 //!
 //! `lr` may be a list (one LR per parameter group). Some printings give the exponential form as
 //! `0.1^(−t/s)` and the step form as `e^⌊t/s⌋`; both grow without bound, so they are misprints:
@@ -70,10 +70,18 @@ impl Textbook {
             }
             "PowerScheduling" => {
                 args.allow(&["lr", "s", "c"])?;
-                Formula::Power {
-                    s: positive(args, "s")?,
-                    c: args.f64_or("c", 1.0)?,
+                let s = positive(args, "s")?;
+                let c = args.f64_or("c", 1.0)?;
+                // The divisor (1 + t/s)^c is at least 1 for c >= 0; a negative c makes the LR
+                // grow until the divisor underflows to 0.
+                if c.is_nan() || c < 0.0 {
+                    return Err(Error::InvalidHyperparameter(format!(
+                        "PowerScheduling: c must be >= 0, got {}: the LR is lr / (1 + t/s)^c, \
+                         whose divisor reaches 0 for a negative c (division by zero)",
+                        py_float(c)
+                    )));
                 }
+                Formula::Power { s, c }
             }
             "TimeBasedDecay" => {
                 args.allow(&["lr", "decay"])?;
