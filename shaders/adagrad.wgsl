@@ -32,17 +32,16 @@ fn coeffs(h: Hyper, t: u32) -> Coeffs {
 // State: sum.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn adagrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo >= site.hi {
+    var u = begin(wid, lid, 1u);
+    if !has_work(u) {
         return;
     }
-    let c = coeffs_at(site);
-    let p = load_param(site);
-    var g = c.grad_sign * load_grad(site);
+    let c = u.c;
+    var g = c.grad_sign * u.g;
     if c.weight_decay != 0.0 {
-        g = g + c.weight_decay * p;
+        g = g + c.weight_decay * u.p;
     }
-    let acc = load_state(site, 0u) + g * g;
-    store_state(site, 0u, acc);
-    store_param(site, p - c.clr * (g / (sqrt(acc) + c.eps)));
+    u.s[0] = u.s[0] + g * g;
+    u.p = u.p - c.clr * (g / (sqrt(u.s[0]) + c.eps));
+    finish(u, 1u);
 }

@@ -53,59 +53,48 @@ fn coeffs(h: Hyper, t: u32) -> Coeffs {
     );
 }
 
-struct Moments {
-    p: V,
-    m: V,
-    v: V,
-}
-
-// Decay, gradient and both moment updates; returns the new (decayed) parameter and moments.
-fn adam_moments(c: Coeffs, site: Site) -> Moments {
-    var out: Moments;
-    var g = c.grad_sign * load_grad(site);
-    out.p = load_param(site);
+// Decay, gradient and both moment updates (exp_avg in s[0], exp_avg_sq in s[1]).
+fn adam_moments(u: ptr<function, Unit>) {
+    let c = (*u).c;
+    var g = c.grad_sign * (*u).g;
     if c.decay != 1.0 {
-        out.p = out.p * c.decay;
+        (*u).p = (*u).p * c.decay;
     }
     if c.weight_decay != 0.0 {
-        g = g + c.weight_decay * out.p;
+        g = g + c.weight_decay * (*u).p;
     }
-    out.m = torch_lerp(load_state(site, 0u), g, c.one_minus_beta1);
-    out.v = load_state(site, 1u) * c.beta2 + c.one_minus_beta2 * g * g;
-    return out;
+    (*u).s[0] = torch_lerp((*u).s[0], g, c.one_minus_beta1);
+    (*u).s[1] = (*u).s[1] * c.beta2 + c.one_minus_beta2 * g * g;
 }
 
-fn adam_param(c: Coeffs, p: V, m: V, v_hat: V) -> V {
+// The update from the moments, with `v_hat` the second moment to use.
+fn adam_param(u: ptr<function, Unit>, v_hat: V) {
+    let c = (*u).c;
     let denom = sqrt(v_hat) / c.bias_correction2_sqrt + c.eps;
-    return p - c.step_size * (m / denom);
+    (*u).p = (*u).p - c.step_size * ((*u).s[0] / denom);
 }
 
 // State: exp_avg, exp_avg_sq.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo >= site.hi {
+    var u = begin(wid, lid, 2u);
+    if !has_work(u) {
         return;
     }
-    let c = coeffs_at(site);
-    let r = adam_moments(c, site);
-    store_state(site, 0u, r.m);
-    store_state(site, 1u, r.v);
-    store_param(site, adam_param(c, r.p, r.m, r.v));
+    adam_moments(&u);
+    adam_param(&u, u.s[1]);
+    finish(u, 2u);
 }
 
 // State: exp_avg, exp_avg_sq, max_exp_avg_sq.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn adam_amsgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo >= site.hi {
+    var u = begin(wid, lid, 3u);
+    if !has_work(u) {
         return;
     }
-    let c = coeffs_at(site);
-    let r = adam_moments(c, site);
-    let v_max = max(load_state(site, 2u), r.v);
-    store_state(site, 0u, r.m);
-    store_state(site, 1u, r.v);
-    store_state(site, 2u, v_max);
-    store_param(site, adam_param(c, r.p, r.m, v_max));
+    adam_moments(&u);
+    u.s[2] = max(u.s[2], u.s[1]);
+    adam_param(&u, u.s[2]);
+    finish(u, 3u);
 }

@@ -41,90 +41,160 @@ struct Derived {
 // Every state buffer of the batch, one after the other, `table.state_stride` units apart.
 @group(0) @binding(4) var<storage, read_write> state: array<E>;
 
-// The invocation's site for a step dispatch; nothing to do (lo == hi) when the step is skipped.
-fn begin(workgroup_id: vec3<u32>, local_index: u32) -> Site {
-    if derived.header.skip != 0u {
-        var none: Site;
-        none.lo = 0u;
-        none.hi = 0u;
-        return none;
-    }
-    return locate(workgroup_id, local_index);
+// Most state buffers of any optimizer.
+const MAX_STATES: u32 = 3u;
+
+// One invocation's work in a step: where it is, the step's values for its tensor, and the
+// values it updates. An entry point gets it from `begin`, applies its formula to `p`, `g` and
+// `s`, and hands it to `finish`, which stores `p` and the first `states` of `s`.
+struct Unit {
+    site: Site,
+    c: Coeffs,
+    // The parameter.
+    p: V,
+    // The gradient as the optimizer sees it: unscaled, then clipped.
+    g: V,
+    // The state buffers, in the order the optimizer names them.
+    s: array<V, MAX_STATES>,
 }
 
-// The step's values for the site's tensor.
-fn coeffs_at(site: Site) -> Coeffs {
-    return derived.tensors[site.segment.tensor];
+// Whether the invocation has work: false past the end of its segment, and when a grad scaler
+// found inf or NaN (then nothing is written).
+fn has_work(u: Unit) -> bool {
+    return u.site.lo < u.site.hi;
 }
 
-fn load_param(site: Site) -> V {
-    if whole(site) {
-        return unpack(param[site.p]);
+// The unit at the head or the tail of a segment that the segment shares with its neighbours,
+// for invocation `lid` of workgroup `wid` of an edge dispatch: two invocations a segment, the
+// head and the tail. No work (lo == hi) where that unit is whole, is the other's, or does not
+// exist.
+fn locate_edge(wid: vec3<u32>, lid: u32) -> Site {
+    var site: Site;
+    site.lo = 0u;
+    site.hi = 0u;
+    let e = wid.x * WORKGROUP_SIZE + lid;
+    let n = e / 2u;
+    if n >= table.count {
+        return site;
     }
-    var v = splat(0.0);
-    for (var k = site.lo; k < site.hi; k++) {
-        set_lane(&v, k, param[site.p][k]);
-    }
-    return v;
-}
-
-fn store_param(site: Site, v: V) {
-    if whole(site) {
-        param[site.p] = pack(v);
+    let seg = table.segments[n];
+    // Lane positions counted from lane 0 of the segment's first unit.
+    let end = seg.head + seg.len;
+    if e % 2u == 0u {
+        if seg.head == 0u {
+            return site;
+        }
+        site.index = 0u;
+        site.lo = seg.head;
+        site.hi = min(LANES, end);
     } else {
-        for (var k = site.lo; k < site.hi; k++) {
-            param[site.p][k] = lane(v, k);
+        site.index = end / LANES;
+        if end % LANES == 0u || (site.index == 0u && seg.head != 0u) {
+            return site;
+        }
+        site.lo = select(0u, seg.head, site.index == 0u);
+        site.hi = end % LANES;
+    }
+    site.segment = seg;
+    site.p = seg.param_offset + site.index;
+    site.g = seg.grad_offset + site.index;
+    site.s = seg.state_offset + site.index;
+    return site;
+}
+
+// Locates the invocation and loads its parameter, gradient and first `states` state buffers.
+// A step runs each batch twice: the main dispatch (`EDGES` false, a constant of the module)
+// takes the whole units, with vector loads and stores; with vec4 access an edge dispatch
+// (`EDGES` true) takes the units that segments share at their heads and tails, reading and
+// writing only its own lanes, so that no two invocations touch one element. The gradient is
+// unscaled, then clipped, in the order of PyTorch's recipe (`scaler.unscale_(opt)`,
+// `clip_grad_norm_` or `clip_grad_value_`, `scaler.step(opt)`), each rounded to f32 as
+// PyTorch's in-place operations round. `FLAGS`, a constant of the module, says which of these
+// the step does.
+fn begin(wid: vec3<u32>, lid: u32, states: u32) -> Unit {
+    var u: Unit;
+    if (FLAGS & SCALER) != 0u && derived.header.skip != 0u {
+        return u;
+    }
+    if EDGES {
+        u.site = locate_edge(wid, lid);
+    } else {
+        u.site = locate(wid, lid);
+        if !whole(u.site) {
+            u.site.hi = u.site.lo;
         }
     }
-}
-
-// State buffer `n` (in the order the optimizer names them) at the site.
-fn load_state(site: Site, n: u32) -> V {
-    let i = site.s + n * table.state_stride;
-    if whole(site) {
-        return unpack(state[i]);
+    if !has_work(u) {
+        return u;
     }
-    var v = splat(0.0);
-    for (var k = site.lo; k < site.hi; k++) {
-        set_lane(&v, k, state[i][k]);
-    }
-    return v;
-}
-
-fn store_state(site: Site, n: u32, v: V) {
-    let i = site.s + n * table.state_stride;
-    if whole(site) {
-        state[i] = pack(v);
-    } else {
+    let site = u.site;
+    u.c = derived.tensors[site.segment.tensor];
+    if EDGES {
+        var p = splat(0.0);
+        var g = splat(0.0);
         for (var k = site.lo; k < site.hi; k++) {
-            state[i][k] = lane(v, k);
-        }
-    }
-}
-
-// The gradient at the site as the optimizer sees it: unscaled, then clipped, in the order of
-// PyTorch's recipe (`scaler.unscale_(opt)`, `clip_grad_norm_` or `clip_grad_value_`,
-// `scaler.step(opt)`), each rounded to f32 as PyTorch's in-place operations round.
-fn load_grad(site: Site) -> V {
-    var g = splat(0.0);
-    if whole(site) {
-        g = unpack(grad[site.g]);
-    } else {
-        for (var k = site.lo; k < site.hi; k++) {
+            set_lane(&p, k, param[site.p][k]);
             set_lane(&g, k, grad[site.g][k]);
         }
+        u.p = p;
+        u.g = g;
+        for (var n = 0u; n < states; n++) {
+            var v = splat(0.0);
+            for (var k = site.lo; k < site.hi; k++) {
+                set_lane(&v, k, state[site.s + n * table.state_stride][k]);
+            }
+            u.s[n] = v;
+        }
+    } else {
+        u.p = unpack(param[site.p]);
+        u.g = unpack(grad[site.g]);
+        // Constant indices, unrolled by hand, so that `s` can live in registers.
+        if states > 0u {
+            u.s[0] = unpack(state[site.s]);
+        }
+        if states > 1u {
+            u.s[1] = unpack(state[site.s + table.state_stride]);
+        }
+        if states > 2u {
+            u.s[2] = unpack(state[site.s + 2u * table.state_stride]);
+        }
     }
-    let h = derived.header;
-    if (h.flags & UNSCALE) != 0u {
-        g = g * h.inv_scale;
+    if (FLAGS & UNSCALE) != 0u {
+        u.g = u.g * derived.header.inv_scale;
     }
-    if (h.flags & CLIP_NORM) != 0u {
-        g = g * h.clip_coef;
+    if (FLAGS & CLIP_NORM) != 0u {
+        u.g = u.g * derived.header.clip_coef;
     }
-    if (h.flags & CLIP_VALUE) != 0u {
-        g = clamp(g, splat(-h.clip_value), splat(h.clip_value));
+    if (FLAGS & CLIP_VALUE) != 0u {
+        let v = derived.header.clip_value;
+        u.g = clamp(u.g, splat(-v), splat(v));
     }
-    return g;
+    return u;
+}
+
+// Stores the unit's parameter and first `states` state buffers: whole units at once in the
+// main dispatch, and the invocation's own lanes in the edge dispatch.
+fn finish(u: Unit, states: u32) {
+    let site = u.site;
+    if EDGES {
+        for (var k = site.lo; k < site.hi; k++) {
+            param[site.p][k] = lane(u.p, k);
+            for (var n = 0u; n < states; n++) {
+                state[site.s + n * table.state_stride][k] = lane(u.s[n], k);
+            }
+        }
+    } else {
+        param[site.p] = pack(u.p);
+        if states > 0u {
+            state[site.s] = pack(u.s[0]);
+        }
+        if states > 1u {
+            state[site.s + table.state_stride] = pack(u.s[1]);
+        }
+        if states > 2u {
+            state[site.s + 2u * table.state_stride] = pack(u.s[2]);
+        }
+    }
 }
 
 // torch.lerp as PyTorch evaluates it for float tensors, lane by lane.

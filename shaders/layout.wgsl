@@ -19,8 +19,6 @@
 
 const WORKGROUP_SIZE: u32 = 256u;
 const MAX_SEGMENTS: u32 = 256u;
-// Workgroups of a step that one workgroup of the reduction covers.
-const REDUCE_SPAN: u32 = 8u;
 
 struct Segment {
     // Unit offsets inside the bound windows of the parameter, gradient and state buffers: the
@@ -49,11 +47,11 @@ struct SegmentTable {
     state_stride: u32,
     // This batch's first entry in the reduction's partials.
     partial_base: u32,
-    // Workgroups of the reduction (one per REDUCE_SPAN workgroups of the step), and the x
-    // extent of its grid.
+    // Workgroups of the reduction, the x extent of its grid, and how many consecutive
+    // workgroups of the step each of its workgroups covers.
     reduce_workgroups: u32,
     reduce_dispatch_x: u32,
-    _pad: u32,
+    reduce_span: u32,
     segments: array<Segment, MAX_SEGMENTS>,
 }
 
@@ -129,13 +127,17 @@ fn locate(workgroup_id: vec3<u32>, local_index: u32) -> Site {
 
 // The site of invocation `local_index` of the step's workgroup `wg` (linearised).
 fn locate_in(wg: u32, local_index: u32) -> Site {
-    var site: Site;
-    site.lo = 0u;
-    site.hi = 0u;
     if wg >= table.total_workgroups {
-        return site;
+        var none: Site;
+        none.lo = 0u;
+        none.hi = 0u;
+        return none;
     }
-    // Last segment whose first workgroup is <= wg.
+    return site_in(table.segments[find_segment(wg)], wg, local_index);
+}
+
+// The last segment whose first workgroup is <= wg (a binary search).
+fn find_segment(wg: u32) -> u32 {
     var lo = 0u;
     var hi = table.count - 1u;
     while lo < hi {
@@ -146,18 +148,26 @@ fn locate_in(wg: u32, local_index: u32) -> Site {
             hi = mid - 1u;
         }
     }
-    site.segment = table.segments[lo];
-    site.index = (wg - site.segment.first_workgroup) * WORKGROUP_SIZE + local_index;
+    return lo;
+}
+
+// The site of invocation `local_index` of the step's workgroup `wg`, which lies in `segment`.
+fn site_in(segment: Segment, wg: u32, local_index: u32) -> Site {
+    var site: Site;
+    site.lo = 0u;
+    site.hi = 0u;
+    site.segment = segment;
+    site.index = (wg - segment.first_workgroup) * WORKGROUP_SIZE + local_index;
     // Lane positions counted from lane 0 of the segment's first unit.
     let first = site.index * LANES;
-    let end = site.segment.head + site.segment.len;
+    let end = segment.head + segment.len;
     if first < end {
-        site.lo = select(0u, site.segment.head, site.index == 0u);
+        site.lo = select(0u, segment.head, site.index == 0u);
         site.hi = min(LANES, end - first);
     }
-    site.p = site.segment.param_offset + site.index;
-    site.g = site.segment.grad_offset + site.index;
-    site.s = site.segment.state_offset + site.index;
+    site.p = segment.param_offset + site.index;
+    site.g = segment.grad_offset + site.index;
+    site.s = segment.state_offset + site.index;
     return site;
 }
 
@@ -182,14 +192,26 @@ var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
 // same inputs give the same bits) and returns the result to every invocation. Call it from
 // uniform control flow.
 fn workgroup_combine(lid: u32, acc: vec4<f32>, norm_inf: bool) -> vec4<f32> {
+    // Three barriers rather than a tree's eight: 16 invocations fold 16 values each, then one
+    // folds their 16 results.
     scratch[lid] = acc;
     workgroupBarrier();
-    for (var width = WORKGROUP_SIZE / 2u; width > 0u; width /= 2u) {
-        if lid < width {
-            scratch[lid] = combine(scratch[lid], scratch[lid + width], norm_inf);
+    if lid < 16u {
+        var a = scratch[16u * lid];
+        for (var i = 1u; i < 16u; i++) {
+            a = combine(a, scratch[16u * lid + i], norm_inf);
         }
-        workgroupBarrier();
+        scratch[16u * lid] = a;
     }
+    workgroupBarrier();
+    if lid == 0u {
+        var a = scratch[0];
+        for (var i = 1u; i < 16u; i++) {
+            a = combine(a, scratch[16u * i], norm_inf);
+        }
+        scratch[0] = a;
+    }
+    workgroupBarrier();
     return scratch[0];
 }
 

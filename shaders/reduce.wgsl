@@ -12,59 +12,51 @@
 @group(0) @binding(3) var<storage, read> rcontrol: Control;
 @group(0) @binding(4) var<storage, read_write> partials_out: array<vec4<f32>>;
 
-fn is_nan(x: f32) -> bool {
-    return (bitcast<u32>(x) & 0x7fffffffu) > F32_INF;
-}
-
 // Adds the gradients of one site to `acc`: (norm accumulator over finite unscaled values,
-// raw inf or NaN, unscaled inf, unscaled NaN).
+// raw inf or NaN, unscaled inf, unscaled NaN). Reads the site's whole unit, which lies inside
+// the bound window, and masks the lanes that are not the segment's: nothing writes the
+// gradients during the reduction. Vector operations throughout, without branches per lane.
 fn accumulate(acc_in: vec4<f32>, site: Site, flags: u32, inv_scale: f32) -> vec4<f32> {
     var acc = acc_in;
-    let norm_inf = (flags & NORM_INF) != 0u;
-    if whole(site) {
-        let raw = unpack(rgrad[site.g]);
-        var u = raw;
-        if (flags & UNSCALE) != 0u {
-            u = raw * inv_scale;
-        }
-        // The common case, a whole unit of finite values, as vector operations.
-        if all_finite(raw) && all_finite(u) {
-            if norm_inf {
-                acc.x = max(acc.x, max_abs(u));
-            } else {
-                acc.x += sum_squares(u);
-            }
-            return acc;
-        }
+    if site.lo >= site.hi {
+        return acc;
     }
-    var g = splat(0.0);
-    for (var k = site.lo; k < site.hi; k++) {
-        set_lane(&g, k, rgrad[site.g][k]);
+    let mine = lanes_in(site.lo, site.hi);
+    let raw = select(splat(0.0), unpack(rgrad[site.g]), mine);
+    var u = raw;
+    if (flags & UNSCALE) != 0u {
+        u = raw * inv_scale;
     }
-    for (var k = site.lo; k < site.hi; k++) {
-        let raw = lane(g, k);
-        if !finite(raw) {
-            acc.y = 1.0;
-        }
-        var u = raw;
-        if (flags & UNSCALE) != 0u {
-            u = raw * inv_scale;
-        }
-        if is_nan(u) {
-            acc.w = 1.0;
-        } else if !finite(u) {
-            acc.z = 1.0;
-        } else if norm_inf {
-            acc.x = max(acc.x, abs(u));
-        } else {
-            acc.x += u * u;
-        }
+    let nan = nan_lanes(u);
+    let finite = finite_lanes(u);
+    if any_lane(!finite_lanes(raw)) {
+        acc.y = 1.0;
+    }
+    if any_lane(nan) {
+        acc.w = 1.0;
+    }
+    if any_lane(!finite & !nan) {
+        acc.z = 1.0;
+    }
+    let kept = select(splat(0.0), u, finite);
+    if (flags & NORM_INF) != 0u {
+        acc.x = max(acc.x, max_abs(kept));
+    } else {
+        acc.x += sum_squares(kept);
     }
     return acc;
 }
 
-// One workgroup covers REDUCE_SPAN consecutive workgroups of the step, so that the reduction
-// has fewer workgroups (and barriers, and partials) than the step.
+// The first workgroup of the segment after segment `n`, or past every workgroup.
+fn next_start(n: u32) -> u32 {
+    if n + 1u < table.count {
+        return table.segments[n + 1u].first_workgroup;
+    }
+    return 0xffffffffu;
+}
+
+// One workgroup covers `table.reduce_span` consecutive workgroups of the step, so that the
+// reduction has fewer workgroups (and barriers, and partials) than the step.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let flags = config.flags;
@@ -74,8 +66,22 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
     }
     let r = wid.x + wid.y * table.reduce_dispatch_x;
     var acc = vec4<f32>(0.0);
-    for (var j = 0u; j < REDUCE_SPAN; j++) {
-        acc = accumulate(acc, locate_in(r * REDUCE_SPAN + j, lid), flags, inv_scale);
+    let first = r * table.reduce_span;
+    if first < table.total_workgroups {
+        // One search for the span's first workgroup, then forward: the span's workgroups are
+        // consecutive, and mostly of one segment.
+        var n = find_segment(first);
+        var segment = table.segments[n];
+        var next = next_start(n);
+        let last = min(first + table.reduce_span, table.total_workgroups);
+        for (var wg = first; wg < last; wg++) {
+            while wg >= next {
+                n += 1u;
+                segment = table.segments[n];
+                next = next_start(n);
+            }
+            acc = accumulate(acc, site_in(segment, wg, lid), flags, inv_scale);
+        }
     }
     let total = workgroup_combine(lid, acc, (flags & NORM_INF) != 0u);
     if lid == 0u && r < table.reduce_workgroups {

@@ -25,60 +25,52 @@ fn coeffs(h: Hyper, t: u32) -> Coeffs {
 }
 
 // State: square_avg, then grad_avg when centered, then momentum_buffer with momentum.
-fn rmsprop_step(site: Site, centered: bool, with_momentum: bool) {
-    let c = coeffs_at(site);
-    let p = load_param(site);
-    var g = c.grad_sign * load_grad(site);
-    if c.weight_decay != 0.0 {
-        g = g + c.weight_decay * p;
+fn rmsprop_step(wid: vec3<u32>, lid: u32, centered: bool, with_momentum: bool) {
+    let states = 1u + u32(centered) + u32(with_momentum);
+    var u = begin(wid, lid, states);
+    if !has_work(u) {
+        return;
     }
-    let sq = load_state(site, 0u) * c.alpha + c.one_minus_alpha * g * g;
-    store_state(site, 0u, sq);
+    let c = u.c;
+    var g = c.grad_sign * u.g;
+    if c.weight_decay != 0.0 {
+        g = g + c.weight_decay * u.p;
+    }
+    let sq = u.s[0] * c.alpha + c.one_minus_alpha * g * g;
+    u.s[0] = sq;
     var avg = sqrt(sq);
     if centered {
-        let ga = torch_lerp(load_state(site, 1u), g, c.one_minus_alpha);
-        store_state(site, 1u, ga);
+        let ga = torch_lerp(u.s[1], g, c.one_minus_alpha);
+        u.s[1] = ga;
         avg = sqrt(sq - ga * ga);
     }
     avg = avg + c.eps;
     if with_momentum {
-        let n = 1u + u32(centered);
-        let buf = load_state(site, n) * c.momentum + g / avg;
-        store_state(site, n, buf);
-        store_param(site, p - c.lr * buf);
+        let n = states - 1u;
+        u.s[n] = u.s[n] * c.momentum + g / avg;
+        u.p = u.p - c.lr * u.s[n];
     } else {
-        store_param(site, p - c.lr * (g / avg));
+        u.p = u.p - c.lr * (g / avg);
     }
+    finish(u, states);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rmsprop(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo < site.hi {
-        rmsprop_step(site, false, false);
-    }
+    rmsprop_step(wid, lid, false, false);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rmsprop_centered(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo < site.hi {
-        rmsprop_step(site, true, false);
-    }
+    rmsprop_step(wid, lid, true, false);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rmsprop_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo < site.hi {
-        rmsprop_step(site, false, true);
-    }
+    rmsprop_step(wid, lid, false, true);
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn rmsprop_centered_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo < site.hi {
-        rmsprop_step(site, true, true);
-    }
+    rmsprop_step(wid, lid, true, true);
 }

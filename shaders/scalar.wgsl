@@ -42,7 +42,25 @@ fn max_abs(v: V) -> f32 {
     return abs(v);
 }
 
-// Whether no lane is inf or NaN, by the bits.
-fn all_finite(v: V) -> bool {
+// A boolean per lane.
+alias B = bool;
+
+// Which lanes lie in [lo, hi).
+fn lanes_in(lo: u32, hi: u32) -> B {
+    return lo == 0u && hi > 0u;
+}
+
+// Which lanes are neither inf nor NaN, by the bits.
+fn finite_lanes(v: V) -> B {
     return (bitcast<u32>(v) & 0x7f800000u) != 0x7f800000u;
+}
+
+// Which lanes are NaN, by the bits.
+fn nan_lanes(v: V) -> B {
+    return (bitcast<u32>(v) & 0x7fffffffu) > 0x7f800000u;
+}
+
+// Whether any lane is true.
+fn any_lane(b: B) -> bool {
+    return b;
 }

@@ -42,44 +42,44 @@ fn coeffs(h: Hyper, t: u32) -> Coeffs {
     );
 }
 
-fn sgd_grad(c: Coeffs, site: Site, p: V) -> V {
-    var g = c.grad_sign * load_grad(site);
-    if c.weight_decay != 0.0 {
-        g = g + c.weight_decay * p;
+// The gradient with weight decay and the sign of `maximize`.
+fn sgd_grad(u: Unit) -> V {
+    var g = u.c.grad_sign * u.g;
+    if u.c.weight_decay != 0.0 {
+        g = g + u.c.weight_decay * u.p;
     }
     return g;
 }
 
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo >= site.hi {
+    var u = begin(wid, lid, 0u);
+    if !has_work(u) {
         return;
     }
-    let c = coeffs_at(site);
-    let p = load_param(site);
-    store_param(site, p - c.lr * sgd_grad(c, site, p));
+    u.p = u.p - u.c.lr * sgd_grad(u);
+    finish(u, 0u);
 }
 
 // State: momentum_buffer.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn sgd_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    let site = begin(wid, lid);
-    if site.lo >= site.hi {
+    var u = begin(wid, lid, 1u);
+    if !has_work(u) {
         return;
     }
-    let c = coeffs_at(site);
-    let p = load_param(site);
-    var g = sgd_grad(c, site, p);
+    let c = u.c;
+    var g = sgd_grad(u);
     var buf = g;
     if c.first_step == 0u {
-        buf = load_state(site, 0u) * c.momentum + c.one_minus_dampening * g;
+        buf = u.s[0] * c.momentum + c.one_minus_dampening * g;
     }
     if c.nesterov != 0u {
         g = g + c.momentum * buf;
     } else {
         g = buf;
     }
-    store_state(site, 0u, buf);
-    store_param(site, p - c.lr * g);
+    u.s[0] = buf;
+    u.p = u.p - c.lr * g;
+    finish(u, 1u);
 }

@@ -44,7 +44,26 @@ fn max_abs(v: V) -> f32 {
     return max(max(a.x, a.y), max(a.z, a.w));
 }
 
-// Whether no lane is inf or NaN, by the bits.
-fn all_finite(v: V) -> bool {
-    return all((bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) != vec4<u32>(0x7f800000u));
+// A boolean per lane.
+alias B = vec4<bool>;
+
+// Which lanes lie in [lo, hi).
+fn lanes_in(lo: u32, hi: u32) -> B {
+    let k = vec4<u32>(0u, 1u, 2u, 3u);
+    return k >= vec4<u32>(lo) & k < vec4<u32>(hi);
+}
+
+// Which lanes are neither inf nor NaN, by the bits.
+fn finite_lanes(v: V) -> B {
+    return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7f800000u)) != vec4<u32>(0x7f800000u);
+}
+
+// Which lanes are NaN, by the bits.
+fn nan_lanes(v: V) -> B {
+    return (bitcast<vec4<u32>>(v) & vec4<u32>(0x7fffffffu)) > vec4<u32>(0x7f800000u);
+}
+
+// Whether any lane is true.
+fn any_lane(b: B) -> bool {
+    return any(b);
 }

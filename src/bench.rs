@@ -787,19 +787,52 @@ pub fn measure_rows(
     Ok(rows)
 }
 
-/// For each row of Adam with clipping or a grad scaler, its median step time over plain
-/// Adam's at the same size, from `rows` of [`measure_rows`]: `(name, elements, ratio)`.
-pub fn time_over_adam(rows: &[Row]) -> Vec<(String, u64, f64)> {
-    rows.iter()
-        .filter(|r| r.name.starts_with("adam+"))
-        .filter_map(|r| {
-            let plain = rows
-                .iter()
-                .find(|p| p.name == "adam" && p.elements == r.elements)?;
-            let ratio = r.kernel.seconds / plain.kernel.seconds;
-            Some((r.name.clone(), r.elements, ratio))
-        })
+/// Times `cases` at `elements` elements one step at a time in turn, `iterations` steps each
+/// after a warm-up, so that a machine whose speed drifts (a shared CPU running lavapipe) slows
+/// them all alike; the medians are then comparable within the run.
+pub fn measure_interleaved(
+    ctx: &Context,
+    cases: &[KernelCase],
+    elements: u64,
+    iterations: usize,
+) -> Result<Vec<Measurement>> {
+    let mut works: Vec<Workload> = cases
+        .iter()
+        .map(|c| Workload::kernel(ctx, c, elements))
+        .collect::<Result<_>>()?;
+    let iterations = iterations.max(1);
+    let mut times: Vec<Vec<Duration>> = vec![Vec::with_capacity(iterations); works.len()];
+    for work in &mut works {
+        work.time(3)?;
+    }
+    for _ in 0..iterations {
+        for (work, t) in works.iter_mut().zip(&mut times) {
+            t.extend(work.time(1)?);
+        }
+    }
+    works
+        .iter()
+        .zip(&times)
+        .map(|(w, t)| Measurement::from_times(t, w.bytes_per_step(), w.timer()))
         .collect()
+}
+
+/// Adam's step with clipping, with a grad scaler and with both, against plain Adam at
+/// `elements` elements, timed in turn ([`measure_interleaved`]): `(name, time over plain
+/// Adam's)` for each.
+pub fn time_over_adam(
+    ctx: &Context,
+    elements: u64,
+    iterations: usize,
+) -> Result<Vec<(&'static str, f64)>> {
+    let names = ["adam", "adam+clip", "adam+scaler", "adam+clip+scaler"];
+    let cases: Vec<KernelCase> = names.iter().filter_map(|n| kernel_case(n)).collect();
+    let m = measure_interleaved(ctx, &cases, elements, iterations)?;
+    Ok(names[1..]
+        .iter()
+        .zip(&m[1..])
+        .map(|(n, t)| (*n, t.seconds / m[0].seconds))
+        .collect())
 }
 
 /// One line per row, starting with the kernel's name:
@@ -934,6 +967,14 @@ mod tests {
             assert_eq!(row.kernel.bytes, case.bytes_per_element * 777);
             assert_eq!(row.copy.bytes, copy_size_for(row.kernel.bytes) * 2);
         }
+
+        let m = measure_interleaved(&ctx, &cases[..2], 500, 3).unwrap();
+        assert_eq!(m.len(), 2);
+        assert_eq!((m[0].bytes, m[0].iterations), (12 * 500, 3));
+        let ratios = time_over_adam(&ctx, 300, 2).unwrap();
+        let names: Vec<&str> = ratios.iter().map(|r| r.0).collect();
+        assert_eq!(names, ["adam+clip", "adam+scaler", "adam+clip+scaler"]);
+        assert!(ratios.iter().all(|r| r.1 > 0.0 && r.1.is_finite()));
 
         let (many, flat) = measure_many_tensors(&ctx, 1 << 30, 2).unwrap();
         assert_eq!((many.bytes, flat.bytes), (28 * 148, 28 * 148));

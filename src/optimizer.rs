@@ -5,9 +5,9 @@ use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
 use crate::gpu::template::{
     COEFFS_STRIDE, CONTROL_HEADER, STEP_HEADER_SIZE, StepConfig, TABLE_SIZE, TENSOR_STEP_SIZE,
-    flags, reduce_workgroups, segment_table,
+    WORKGROUP_SIZE, flags, reduce_workgroups, segment_table,
 };
-use crate::gpu::{Access, CompiledKernel, Context, GradAccess, Pipeline, scoped};
+use crate::gpu::{Access, CompiledKernel, Context, EDGES, GradAccess, Pipeline, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
 use crate::state::TensorState;
 use std::collections::HashMap;
@@ -115,6 +115,8 @@ struct TensorMeta {
 
 struct Batch {
     kernel: Arc<CompiledKernel>,
+    /// With vec4 access, the kernel of the edge dispatch: the units that pieces share.
+    edge_kernel: Option<Arc<CompiledKernel>>,
     bind_group: wgpu::BindGroup,
     /// The batch's state buffers, one after the other (`plan.state_len` elements each), in one
     /// buffer.
@@ -124,11 +126,17 @@ struct Batch {
     table_offset: u64,
     /// The gradient buffer, bound by the reduction.
     grad: wgpu::Buffer,
+    /// The batch's kernel.
+    kernel_id: Kernel,
     /// The access mode of the batch's tensors.
     access: Access,
+    /// How the batch binds its gradients.
+    grad_access: GradAccess,
     dispatch: (u32, u32),
     /// The grid of the batch's reduction.
     reduce_dispatch: (u32, u32),
+    /// Workgroups of the edge dispatch: two invocations a piece.
+    edge_workgroups: u32,
 }
 
 /// The ring of per-step slots: each slot holds a [`StepConfig`] and one `Hyper` record per
@@ -375,7 +383,15 @@ impl Optimizer {
         let shader = first.config.kernel().shader();
         let compiled: Vec<Arc<CompiledKernel>> = keys
             .iter()
-            .map(|k| ctx.kernel(Pipeline::Step(k.0, k.1, k.2)))
+            .map(|k| ctx.kernel(Pipeline::Step(k.0, k.1, k.2, 0)))
+            .collect::<Result<_>>()?;
+        let edges: Vec<Option<Arc<CompiledKernel>>> = keys
+            .iter()
+            .map(|k| {
+                (k.1 == Access::Vec4)
+                    .then(|| ctx.kernel(Pipeline::Step(k.0, k.1, k.2, EDGES)))
+                    .transpose()
+            })
             .collect::<Result<_>>()?;
         let finalize = ctx.kernel(Pipeline::Finalize(shader))?;
 
@@ -507,13 +523,17 @@ impl Optimizer {
                 });
                 batches.push(Batch {
                     kernel,
+                    edge_kernel: edges[p.key].clone(),
+                    edge_workgroups: (2 * p.pieces.len() as u32).div_ceil(WORKGROUP_SIZE),
                     bind_group,
                     state,
                     dispatch: dispatch_size(p.workgroups, max_x),
                     reduce_dispatch: dispatch_size(reduce_workgroups(&p), max_x),
                     table_offset,
                     grad: grad_buffer.clone(),
+                    kernel_id: keys[p.key].0,
                     access: keys[p.key].1,
+                    grad_access: keys[p.key].2,
                     plan: p,
                 });
             }
@@ -620,6 +640,11 @@ impl Optimizer {
             }
             pass.set_bind_group(0, &batch.bind_group, &[]);
             pass.dispatch_workgroups(batch.dispatch.0, batch.dispatch.1, 1);
+            if let Some(edges) = &batch.edge_kernel {
+                pass.set_pipeline(&edges.pipeline);
+                current = Some(&edges.pipeline);
+                pass.dispatch_workgroups(batch.edge_workgroups, 1, 1);
+            }
         }
         Ok(())
     }
@@ -646,6 +671,7 @@ impl Optimizer {
         let mut config = StepConfig {
             tensors: self.tensors.len() as u32,
             partials: if reduce { self.partial_count } else { 0 },
+            flags: Self::step_flags(self.clip, self.scaler),
             ..Default::default()
         };
         match self.clip {
@@ -653,20 +679,15 @@ impl Optimizer {
                 max_norm,
                 norm_type,
             }) => {
-                config.flags |= flags::CLIP_NORM;
                 if norm_type == NormType::Inf {
                     config.flags |= flags::NORM_INF;
                 }
                 config.max_norm = max_norm as f32;
             }
-            Some(ClipGrad::Value { clip_value }) => {
-                config.flags |= flags::CLIP_VALUE;
-                config.clip_value = clip_value as f32;
-            }
+            Some(ClipGrad::Value { clip_value }) => config.clip_value = clip_value as f32,
             None => {}
         }
         if let Some(s) = self.scaler {
-            config.flags |= flags::UNSCALE | flags::SCALER;
             config.growth_interval = s.growth_interval;
             (config.growth_factor, config.growth_factor_lo) = split_f64(s.growth_factor);
             (config.backoff_factor, config.backoff_factor_lo) = split_f64(s.backoff_factor);
@@ -736,13 +757,7 @@ impl Optimizer {
         if let Some(c) = &clip {
             c.validate()?;
         }
-        let old = self.clip;
-        self.clip = clip;
-        if let Err(e) = self.ensure_reduce() {
-            self.clip = old;
-            return Err(e);
-        }
-        Ok(())
+        self.configure(clip, self.scaler)
     }
 
     /// The clipping of every step.
@@ -760,12 +775,7 @@ impl Optimizer {
             s.validate()?;
         }
         let scaler = scaler.filter(|s| s.enabled);
-        let old = self.scaler;
-        self.scaler = scaler;
-        if let Err(e) = self.ensure_reduce() {
-            self.scaler = old;
-            return Err(e);
-        }
+        self.configure(self.clip, scaler)?;
         let scale = scaler.map_or(1.0, |s| s.init_scale as f32);
         self.write_scaler_state(GradScalerState {
             scale,
@@ -829,27 +839,64 @@ impl Optimizer {
         })
     }
 
-    /// Compiles the reductions and makes their bind groups once a step needs them.
-    fn ensure_reduce(&mut self) -> Result<()> {
-        if !self.needs_reduce() || !self.reduce.is_empty() {
-            return Ok(());
+    /// What the step kernels do to the gradients: bits of [`flags`].
+    fn step_flags(clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> u32 {
+        let mut bits = match clip {
+            Some(ClipGrad::Norm { .. }) => flags::CLIP_NORM,
+            Some(ClipGrad::Value { .. }) => flags::CLIP_VALUE,
+            None => 0,
+        };
+        if scaler.is_some() {
+            bits |= flags::UNSCALE | flags::SCALER;
         }
-        let reduce: Vec<Arc<CompiledKernel>> = self
+        bits
+    }
+
+    /// Switches to `clip` and `scaler`: the step kernels compiled for them, and the reduction
+    /// with its bind groups once a step needs it. On error nothing changes.
+    fn configure(&mut self, clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> Result<()> {
+        let bits = Self::step_flags(clip, scaler);
+        type Kernels = (Arc<CompiledKernel>, Option<Arc<CompiledKernel>>);
+        let kernels: Vec<Kernels> = self
             .batches
             .iter()
-            .map(|b| self.ctx.kernel(Pipeline::Reduce(b.access)))
+            .map(|b| {
+                let step = |f| {
+                    self.ctx
+                        .kernel(Pipeline::Step(b.kernel_id, b.access, b.grad_access, f))
+                };
+                let edges = (b.access == Access::Vec4)
+                    .then(|| step(bits | EDGES))
+                    .transpose()?;
+                Ok((step(bits)?, edges))
+            })
             .collect::<Result<_>>()?;
-        let ring = Ring::new(
-            &self.ctx,
-            &self.finalize,
-            &reduce,
-            &self.batches,
-            &self.buffers,
-            self.ring.slot_size,
-            self.ring.held.len(),
-        )?;
-        self.reduce = reduce;
-        self.ring = ring;
+        let reduce_needed = matches!(clip, Some(ClipGrad::Norm { .. })) || scaler.is_some();
+        if reduce_needed && self.reduce.is_empty() {
+            let reduce: Vec<Arc<CompiledKernel>> = self
+                .batches
+                .iter()
+                .map(|b| self.ctx.kernel(Pipeline::Reduce(b.access)))
+                .collect::<Result<_>>()?;
+            let ring = Ring::new(
+                &self.ctx,
+                &self.finalize,
+                &reduce,
+                &self.batches,
+                &self.buffers,
+                self.ring.slot_size,
+                self.ring.held.len(),
+            )?;
+            self.reduce = reduce;
+            self.ring = ring;
+            self.last_slot.clear();
+        }
+        for (batch, (kernel, edges)) in self.batches.iter_mut().zip(kernels) {
+            batch.kernel = kernel;
+            batch.edge_kernel = edges;
+        }
+        self.clip = clip;
+        self.scaler = scaler;
         Ok(())
     }
 

@@ -131,8 +131,9 @@ fn glsl_es310_text(
 fn every_shader_parses_and_validates() {
     let modules = modules();
     // Four optimizer files, each in the scalar and the vec4 access mode with read-only or
-    // shared gradients, and the reduction in both access modes.
-    assert_eq!(modules.len(), 18);
+    // shared gradients, as the plain main kernel and as the edge kernel with every gradient
+    // flag; and the reduction in both access modes.
+    assert_eq!(modules.len(), 34);
 }
 
 #[test]
@@ -156,12 +157,12 @@ fn shaders_have_the_expected_compute_entry_points() {
         }
     }
     found.sort();
-    // Every optimizer entry point once per access mode and gradient binding, `finalize` in each
-    // of the 16 optimizer modules, and `reduce` once per access mode.
+    // Every optimizer entry point and `finalize` once in each of the 32 optimizer modules,
+    // and `reduce` once per access mode.
     let mut expected: Vec<String> = ENTRY_POINTS
         .iter()
-        .flat_map(|e| [e.to_string(), e.to_string(), e.to_string(), e.to_string()])
-        .chain(std::iter::repeat_n("finalize".to_string(), 16))
+        .flat_map(|e| std::iter::repeat_n(e.to_string(), 8))
+        .chain(std::iter::repeat_n("finalize".to_string(), 32))
         .chain(std::iter::repeat_n("reduce".to_string(), 2))
         .collect();
     expected.sort();
@@ -193,7 +194,7 @@ fn every_entry_point_translates_to_every_backend() {
     }
     assert_eq!(
         translated,
-        (4 * ENTRY_POINTS.len() + 16 + 2) * backends.len()
+        (8 * ENTRY_POINTS.len() + 32 + 2) * backends.len()
     );
 }
 

@@ -5,7 +5,7 @@
 //! buffer), shaders/layout.wgsl, the template shaders/common.wgsl and the optimizer's file. The
 //! reduction module is a prologue, layout.wgsl and shaders/reduce.wgsl.
 
-use super::template::{COEFFS_STRIDE, STEP_HEADER_SIZE, TABLE_SIZE, WORKGROUP_SIZE};
+use super::template::{COEFFS_STRIDE, STEP_HEADER_SIZE, TABLE_SIZE, WORKGROUP_SIZE, flags};
 use super::{Access, Context};
 use crate::error::{Error, Result};
 use crate::optim::{Kernel, Shader};
@@ -30,8 +30,10 @@ pub(crate) enum GradAccess {
 /// One shader module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Module {
-    /// An optimizer's step kernels and its `finalize`.
-    Optimizer(Shader, Access, GradAccess),
+    /// An optimizer's step kernels and its `finalize`, with the step's `FLAGS` (bits of
+    /// [`STEP_FLAGS`]) as a constant, so that a step without clipping or a grad scaler reads
+    /// nothing for them.
+    Optimizer(Shader, Access, GradAccess, u32),
     /// The gradient reduction.
     Reduce(Access),
 }
@@ -39,13 +41,35 @@ pub(crate) enum Module {
 /// One pipeline.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Pipeline {
-    /// An optimizer's step kernel.
-    Step(Kernel, Access, GradAccess),
+    /// An optimizer's step kernel, with the step's flags.
+    Step(Kernel, Access, GradAccess, u32),
     /// An optimizer's `finalize`.
     Finalize(Shader),
     /// The gradient reduction.
     Reduce(Access),
 }
+
+/// One bind group layout, shared by the pipelines that bind the same resources, so that their
+/// bind groups serve all of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum Layout {
+    /// A step kernel's batch.
+    Step(Access, GradAccess),
+    /// `finalize`.
+    Finalize,
+    /// A batch's reduction.
+    Reduce(Access),
+}
+
+/// The flags the step kernels compile in: unscaling, the two kinds of clipping, and the grad
+/// scaler's skip.
+pub(crate) const STEP_FLAGS: u32 =
+    flags::UNSCALE | flags::CLIP_NORM | flags::CLIP_VALUE | flags::SCALER;
+
+/// A flag of [`Module::Optimizer`] and [`Pipeline::Step`] beside [`STEP_FLAGS`]: the kernel
+/// of the edge dispatch, which takes the vec4 units that segments share (`EDGES` in
+/// shaders/common.wgsl).
+pub(crate) const EDGES: u32 = 1 << 8;
 
 fn shader_file(shader: Shader) -> &'static str {
     match shader {
@@ -63,7 +87,9 @@ impl Module {
         for access in [Access::Scalar, Access::Vec4] {
             for shader in Shader::ALL {
                 for grad in [GradAccess::ReadOnly, GradAccess::Shared] {
-                    out.push(Module::Optimizer(shader, access, grad));
+                    for flags in [0, STEP_FLAGS | EDGES] {
+                        out.push(Module::Optimizer(shader, access, grad, flags));
+                    }
                 }
             }
             out.push(Module::Reduce(access));
@@ -78,14 +104,20 @@ impl Module {
             Access::Vec4 => VEC4,
         };
         match self {
-            Module::Optimizer(shader, access, grad) => {
+            Module::Optimizer(shader, access, grad, flags) => {
                 let mode = match grad {
                     GradAccess::ReadOnly => "read",
                     GradAccess::Shared => "read_write",
                 };
                 format!(
-                    "{}\n@group(0) @binding(3) var<storage, {mode}> grad: array<E>;\n\n{LAYOUT}\n{COMMON}\n{}",
+                    "{}\n@group(0) @binding(3) var<storage, {mode}> grad: array<E>;\n\
+                     // What the step does to the gradients (bits of StepConfig.flags).\n\
+                     const FLAGS: u32 = {}u;\n\
+                     // Whether this is the kernel of the edge dispatch (see `begin`).\n\
+                     const EDGES: bool = {};\n\n{LAYOUT}\n{COMMON}\n{}",
                     prologue(access),
+                    flags & STEP_FLAGS,
+                    flags & EDGES != 0,
                     shader_file(shader)
                 )
             }
@@ -96,12 +128,17 @@ impl Module {
     /// The shader file's name and variant, as a label.
     pub(crate) fn label(self) -> String {
         match self {
-            Module::Optimizer(shader, access, grad) => {
+            Module::Optimizer(shader, access, grad, flags) => {
                 let grad = match grad {
                     GradAccess::ReadOnly => "read-only gradients",
                     GradAccess::Shared => "gradients in the parameter buffer",
                 };
-                format!("shaders/{} ({access}, {grad})", shader.file())
+                let edges = if flags & EDGES != 0 { ", edges" } else { "" };
+                format!(
+                    "shaders/{} ({access}, {grad}, flags {}{edges})",
+                    shader.file(),
+                    flags & STEP_FLAGS
+                )
             }
             Module::Reduce(access) => format!("shaders/reduce.wgsl ({access})"),
         }
@@ -157,42 +194,20 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
             limits.max_uniform_buffer_binding_size
         )));
     }
-    // A unit of the storage arrays: one f32 or one vec4.
-    let unit = |access: Access| 4 * access.lanes();
-    let (module, entry, entries) = match pipeline {
-        Pipeline::Step(kernel, access, grad) => (
-            Module::Optimizer(kernel.shader(), access, grad),
+    let (module, entry, layout) = match pipeline {
+        Pipeline::Step(kernel, access, grad, flags) => (
+            Module::Optimizer(kernel.shader(), access, grad, flags & (STEP_FLAGS | EDGES)),
             kernel.entry_point(),
-            vec![
-                uniform(0, TABLE_SIZE),
-                storage(1, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
-                storage(2, false, false, unit(access)),
-                storage(3, grad == GradAccess::ReadOnly, false, unit(access)),
-                storage(4, false, false, unit(access)),
-            ],
+            Layout::Step(access, grad),
         ),
         Pipeline::Finalize(shader) => (
-            Module::Optimizer(shader, Access::Scalar, GradAccess::ReadOnly),
+            Module::Optimizer(shader, Access::Scalar, GradAccess::ReadOnly, 0),
             "finalize",
-            vec![
-                storage(0, true, true, 0),
-                storage(1, false, false, 0),
-                storage(2, true, false, 16),
-                storage(3, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
-            ],
+            Layout::Finalize,
         ),
-        Pipeline::Reduce(access) => (
-            Module::Reduce(access),
-            "reduce",
-            vec![
-                uniform(0, TABLE_SIZE),
-                storage(1, true, false, unit(access)),
-                storage(2, true, true, 0),
-                storage(3, true, false, 0),
-                storage(4, false, false, 16),
-            ],
-        ),
+        Pipeline::Reduce(access) => (Module::Reduce(access), "reduce", Layout::Reduce(access)),
     };
+    let entries = layout.entries();
     let storage_count = entries
         .iter()
         .filter(|e| {
@@ -215,10 +230,7 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     let device = ctx.device();
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let label = format!("wgpu-optim {entry} ({})", module.label());
-    let layout = device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-        label: Some(&label),
-        entries: &entries,
-    });
+    let layout = ctx.layout(layout);
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&label),
         bind_group_layouts: &[Some(&layout)],
@@ -237,6 +249,36 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
         return Err(Error::Gpu(format!("compiling {label}: {e}")));
     }
     Ok(CompiledKernel { layout, pipeline })
+}
+
+impl Layout {
+    /// The bindings.
+    pub(crate) fn entries(self) -> Vec<wgpu::BindGroupLayoutEntry> {
+        // A unit of the storage arrays: one f32 or one vec4.
+        let unit = |access: Access| 4 * access.lanes();
+        match self {
+            Layout::Step(access, grad) => vec![
+                uniform(0, TABLE_SIZE),
+                storage(1, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
+                storage(2, false, false, unit(access)),
+                storage(3, grad == GradAccess::ReadOnly, false, unit(access)),
+                storage(4, false, false, unit(access)),
+            ],
+            Layout::Finalize => vec![
+                storage(0, true, true, 0),
+                storage(1, false, false, 0),
+                storage(2, true, false, 16),
+                storage(3, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
+            ],
+            Layout::Reduce(access) => vec![
+                uniform(0, TABLE_SIZE),
+                storage(1, true, false, unit(access)),
+                storage(2, true, true, 0),
+                storage(3, true, false, 0),
+                storage(4, false, false, 16),
+            ],
+        }
+    }
 }
 
 #[cfg(test)]
@@ -293,21 +335,25 @@ mod tests {
             Shader::Adam,
             Access::Vec4,
             GradAccess::ReadOnly,
+            0,
         ));
         let sgd = parse(Module::Optimizer(
             Shader::Sgd,
             Access::Scalar,
             GradAccess::Shared,
+            EDGES,
         ));
         let rms = parse(Module::Optimizer(
             Shader::Rmsprop,
             Access::Vec4,
             GradAccess::Shared,
+            STEP_FLAGS | EDGES,
         ));
         let ada = parse(Module::Optimizer(
             Shader::Adagrad,
             Access::Scalar,
             GradAccess::ReadOnly,
+            STEP_FLAGS,
         ));
         let reduce = parse(Module::Reduce(Access::Vec4));
         let cases = [
@@ -416,6 +462,7 @@ mod tests {
             "partial_base",
             "reduce_workgroups",
             "reduce_dispatch_x",
+            "reduce_span",
         ]);
         table.push(("segments".into(), 32));
         assert_eq!(

@@ -4,7 +4,7 @@ mod kernels;
 pub(crate) mod plan;
 pub(crate) mod template;
 
-pub(crate) use kernels::{CompiledKernel, GradAccess, Module, Pipeline};
+pub(crate) use kernels::{CompiledKernel, EDGES, GradAccess, Layout, Module, Pipeline};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;
@@ -83,6 +83,7 @@ struct Inner {
     queue: wgpu::Queue,
     limits: wgpu::Limits,
     modules: Mutex<HashMap<Module, wgpu::ShaderModule>>,
+    layouts: Mutex<HashMap<Layout, wgpu::BindGroupLayout>>,
     kernels: Mutex<HashMap<Pipeline, Arc<CompiledKernel>>>,
 }
 
@@ -97,6 +98,7 @@ impl Context {
                 queue: queue.clone(),
                 limits: device.limits(),
                 modules: Mutex::new(HashMap::new()),
+                layouts: Mutex::new(HashMap::new()),
                 kernels: Mutex::new(HashMap::new()),
             }),
         }
@@ -206,6 +208,21 @@ impl Context {
         let compiled = Arc::new(kernels::compile(self, pipeline)?);
         cache.insert(pipeline, compiled.clone());
         Ok(compiled)
+    }
+
+    /// A bind group layout, created on first use.
+    pub(crate) fn layout(&self, layout: Layout) -> wgpu::BindGroupLayout {
+        let mut cache = self.inner.layouts.lock().unwrap_or_else(|e| e.into_inner());
+        cache
+            .entry(layout)
+            .or_insert_with(|| {
+                self.device()
+                    .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                        label: Some(&format!("wgpu-optim {layout:?}")),
+                        entries: &layout.entries(),
+                    })
+            })
+            .clone()
     }
 
     /// A shader module, created on first use.

@@ -6,9 +6,6 @@ use super::plan;
 
 /// Workgroup size of every kernel (`WORKGROUP_SIZE` in shaders/layout.wgsl).
 pub(crate) const WORKGROUP_SIZE: u32 = 256;
-/// Workgroups of a step that one workgroup of the reduction covers (`REDUCE_SPAN` in
-/// shaders/layout.wgsl).
-pub(crate) const REDUCE_SPAN: u32 = 8;
 /// Segments per dispatch (`MAX_SEGMENTS` in shaders/layout.wgsl).
 pub(crate) const MAX_SEGMENTS: usize = 256;
 /// Bytes of the header of a `SegmentTable`.
@@ -60,9 +57,18 @@ pub(crate) struct StepConfig {
 }
 const _: () = assert!(size_of::<StepConfig>() == 48);
 
+/// How many consecutive workgroups of a batch's step one workgroup of its reduction covers:
+/// up to 32, so that the reduction has few workgroups (each ends in a workgroup-wide fold), but
+/// at least 128 workgroups where the batch has that many to spread, for wide GPUs. On lavapipe
+/// a span of 32 took Adam with clipping and a grad scaler from 1.56x to 1.33x plain Adam's
+/// time (notes/bandwidth.md).
+pub(crate) fn reduce_span(p: &plan::Batch) -> u32 {
+    (p.workgroups / 128).clamp(1, 32)
+}
+
 /// The workgroups of a batch's reduction.
 pub(crate) fn reduce_workgroups(p: &plan::Batch) -> u32 {
-    p.workgroups.div_ceil(REDUCE_SPAN)
+    p.workgroups.div_ceil(reduce_span(p))
 }
 
 /// The bytes of one batch's `SegmentTable`. `dispatch_x` and `reduce_dispatch_x` are the x
@@ -82,7 +88,7 @@ pub(crate) fn segment_table(
         partial_base,
         reduce_workgroups(p),
         reduce_dispatch_x,
-        0,
+        reduce_span(p),
     ];
     for piece in &p.pieces {
         let s = spans[piece.tensor];
