@@ -325,7 +325,10 @@ fn wait(device: &wgpu::Device, index: Option<wgpu::SubmissionIndex>) -> Result<(
 /// Its size is rounded up to whole vec4s, so that tensors ending in it can use
 /// [`Access::Vec4`](crate::Access::Vec4).
 fn filled_buffer(ctx: &Context, label: &str, elements: u64, value: f32) -> Result<wgpu::Buffer> {
-    let bytes = ctx.check_buffer_size(label, elements.next_multiple_of(4))?;
+    let rounded = elements
+        .checked_next_multiple_of(4)
+        .ok_or_else(|| Error::Input(format!("{elements} elements are too many for a buffer")))?;
+    let bytes = ctx.check_buffer_size(label, rounded)?;
     let buffer = scoped(ctx.device(), || {
         ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),

@@ -39,13 +39,18 @@ enum Command {
         schedule: Option<String>,
         /// Clip each step's gradients as `clip_grad_norm_` over all tensors of the file does,
         /// to this total norm.
-        #[arg(long)]
+        #[arg(long, allow_negative_numbers = true)]
         clip_grad_norm: Option<f64>,
         /// The norm of --clip-grad-norm: 2 or inf.
         #[arg(long, value_parser = parse_norm_type, requires = "clip_grad_norm")]
         norm_type: Option<NormType>,
         /// Clamp each gradient element to [-V, V], as `clip_grad_value_` does.
-        #[arg(long, value_name = "V", conflicts_with = "clip_grad_norm")]
+        #[arg(
+            long,
+            value_name = "V",
+            conflicts_with = "clip_grad_norm",
+            allow_negative_numbers = true
+        )]
         clip_grad_value: Option<f64>,
         /// A grad scaler as JSON with torch.amp.GradScaler's argument names, e.g.
         /// '{"init_scale":1024.0,"growth_interval":3}'. The file's gradients are then the
@@ -96,8 +101,8 @@ enum Command {
         /// Elements over all tensors (underscores allowed: 1_000_003).
         #[arg(long, default_value_t = validate::DEFAULT_SIZE, value_parser = parse_count)]
         size: u64,
-        /// Optimizer steps, for the check and again for the timing.
-        #[arg(long, default_value_t = validate::DEFAULT_STEPS as u64, value_parser = parse_count)]
+        /// Optimizer steps, for the check and again for the timing (at most 10,000).
+        #[arg(long, default_value_t = validate::DEFAULT_STEPS as u64, value_parser = parse_validate_steps)]
         steps: u64,
         /// Seed of the random data (default: from the clock; the table prints it).
         #[arg(long)]
@@ -118,8 +123,8 @@ enum Command {
         /// Elements per kernel (underscores allowed).
         #[arg(long, default_value_t = 1 << 22, value_parser = parse_count)]
         size: u64,
-        /// Timed steps per kernel (the median is reported).
-        #[arg(long, default_value_t = 20, value_parser = parse_count)]
+        /// Timed steps per kernel (the median is reported; at least 1).
+        #[arg(long, default_value_t = 20, value_parser = parse_positive)]
         iterations: u64,
         /// How kernels access memory: scalar or vec4 (default: vec4).
         #[arg(long, value_parser = parse_access)]
@@ -127,11 +132,12 @@ enum Command {
     },
 }
 
-/// Parses an access mode, `scalar` or `vec4`.
+/// Parses a norm type, `2` or `inf`.
 fn parse_norm_type(text: &str) -> Result<NormType, String> {
     text.parse().map_err(|e: Error| e.to_string())
 }
 
+/// Parses an access mode, `scalar` or `vec4`.
 fn parse_access(text: &str) -> Result<Access, String> {
     text.parse().map_err(|e: Error| e.to_string())
 }
@@ -141,6 +147,26 @@ fn parse_count(text: &str) -> Result<u64, String> {
     text.replace('_', "")
         .parse()
         .map_err(|e| format!("{text:?} is not a count: {e}"))
+}
+
+/// Parses a count of at least 1.
+fn parse_positive(text: &str) -> Result<u64, String> {
+    match parse_count(text)? {
+        0 => Err("must be at least 1".into()),
+        n => Ok(n),
+    }
+}
+
+/// Parses `validate --steps`: at most [`validate::MAX_STEPS`].
+fn parse_validate_steps(text: &str) -> Result<u64, String> {
+    let steps = parse_count(text)?;
+    if steps > validate::MAX_STEPS as u64 {
+        return Err(format!(
+            "at most {} steps (each runs the f64 reference on the CPU)",
+            validate::MAX_STEPS
+        ));
+    }
+    Ok(steps)
 }
 
 /// Parses `schedule --steps`: a count up to [`schedule::MAX_TRACE_STEPS`].
@@ -394,9 +420,20 @@ fn main() -> ExitCode {
             return ExitCode::SUCCESS;
         }
         Err(e) => {
+            // clap's message up to its first blank line (some list the arguments they name on
+            // the lines below the first), as one line.
             let text = e.to_string();
-            let first = text.lines().next().unwrap_or("invalid arguments");
-            eprintln!("{} (see --help)", first.trim_end());
+            let words: Vec<&str> = text
+                .lines()
+                .take_while(|l| !l.trim().is_empty())
+                .flat_map(str::split_whitespace)
+                .collect();
+            let line = if words.is_empty() {
+                "invalid arguments".to_string()
+            } else {
+                words.join(" ")
+            };
+            eprintln!("{line} (see --help)");
             return ExitCode::from(2);
         }
     };

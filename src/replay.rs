@@ -131,8 +131,14 @@ fn write_bytes(path: &Path, bytes: &[u8]) -> Result<()> {
 /// all, and no gradient lacks a parameter. Returns `steps`.
 fn check_shapes(params: &[NamedTensor], grads: &[NamedTensor]) -> Result<usize> {
     let mut steps = None;
+    let elements = |t: &NamedTensor| {
+        t.shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .filter(|&n| n == t.data.len())
+    };
     for p in params {
-        if p.data.len() != p.shape.iter().product::<usize>() {
+        if elements(p).is_none() {
             return Err(Error::Input(format!(
                 "parameter {:?}: data does not match shape",
                 p.name
@@ -144,6 +150,12 @@ fn check_shapes(params: &[NamedTensor], grads: &[NamedTensor]) -> Result<usize> 
                 p.name
             ))
         })?;
+        if elements(g).is_none() {
+            return Err(Error::Input(format!(
+                "gradient {:?}: data does not match shape",
+                g.name
+            )));
+        }
         let Some((&s, rest)) = g.shape.split_first() else {
             return Err(Error::Input(format!(
                 "gradient {:?} is a scalar; it needs a leading step dimension",

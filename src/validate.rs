@@ -10,7 +10,7 @@
 //! ([`tensor_sizes`]) in one parameter buffer and one gradient buffer, with NaN in the gaps
 //! between them, which must stay untouched. The second tensor's gradient is misaligned against
 //! its parameter, so that it runs the scalar kernels while the others run the context's
-//! [`Access`](crate::Access) mode (vec4 by default): every configuration checks both. Beside
+//! [`Access`] mode (vec4 by default): every configuration checks both. Beside
 //! the GPU, the same steps run in float32 on
 //! the CPU, to tell a kernel's error from the error that float32 arithmetic itself makes on the
 //! data ([`Row::f32_cpu_error_over_tolerance`]). Each optimizer is then timed separately, and a
@@ -43,6 +43,8 @@ pub const RTOL: f64 = 2e-5;
 pub const DEFAULT_SIZE: u64 = 1_000_003;
 /// Default number of optimizer steps.
 pub const DEFAULT_STEPS: usize = 20;
+/// The most steps `wgpu-optim validate --steps` takes: each runs the f64 reference on the CPU.
+pub const MAX_STEPS: usize = 10_000;
 /// The storage types of parameters, gradients and state that the kernels have. Only f32.
 pub const STORAGE_TYPES: [&str; 1] = ["f32"];
 /// Relative errors are reported over elements whose reference is at least this large in

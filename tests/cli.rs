@@ -208,6 +208,49 @@ fn replay_errors_are_one_line_and_write_nothing() {
     );
     // Gradients passed as parameters: each lacks its step dimension.
     expect_error(&dir, &replay_args(adam, g, g, out), "has shape");
+
+    // Clipping and grad scalers.
+    let with = |extra: &[&'static str]| {
+        let mut args = replay_args(adam, p, g, out);
+        args.extend_from_slice(extra);
+        args
+    };
+    expect_error(
+        &dir,
+        &with(&["--clip-grad-norm", "-1"]),
+        "--clip-grad-norm: max_norm must be a finite number >= 0, got -1.0",
+    );
+    expect_error(
+        &dir,
+        &with(&["--clip-grad-norm", "1", "--norm-type", "1"]),
+        "norm_type must be 2 or inf",
+    );
+    expect_error(&dir, &with(&["--norm-type", "inf"]), "--clip-grad-norm");
+    expect_error(
+        &dir,
+        &with(&["--clip-grad-norm", "1", "--clip-grad-value", "1"]),
+        "--clip-grad-value",
+    );
+    expect_error(
+        &dir,
+        &with(&["--clip-grad-value", "nan"]),
+        "--clip-grad-value: clip_value must be a finite number >= 0, got nan",
+    );
+    expect_error(
+        &dir,
+        &with(&["--grad-scaler", r#"{"growth_factor":1.0}"#]),
+        "--grad-scaler: The growth factor must be > 1.0.",
+    );
+    expect_error(
+        &dir,
+        &with(&["--grad-scaler", r#"{"backoff_factor":0}"#]),
+        "--grad-scaler: The backoff factor must be > 0.0.",
+    );
+    expect_error(
+        &dir,
+        &with(&["--grad-scaler", r#"{"scale":2}"#]),
+        "--grad-scaler: unknown field",
+    );
 }
 
 /// Runs `wgpu-optim schedule` and returns stdout, asserting success.
@@ -501,6 +544,11 @@ fn validate_errors_are_one_line() {
     expect_error(&dir, &["validate", "--size", "ten"], "not a count");
     expect_error(
         &dir,
+        &["validate", "--steps", "100000000000"],
+        "at most 10000 steps",
+    );
+    expect_error(
+        &dir,
         &["validate", "--size", "99_000_000_000_000"],
         "max_buffer_size",
     );
@@ -568,6 +616,12 @@ fn bench_prints_a_row_per_kernel_with_its_ratio_to_copy() {
         }
     }
     expect_error(&dir, &["bench", "--access", "vec8"], "unknown access mode");
+    expect_error(&dir, &["bench", "--iterations", "0"], "must be at least 1");
+    expect_error(
+        &dir,
+        &["bench", "--size", "18446744073709551615"],
+        "too many for a buffer",
+    );
 }
 
 #[test]
@@ -734,4 +788,99 @@ fn schedule_into_a_closed_pipe_is_an_error_not_a_panic() {
         stderr,
         "error: standard output: Broken pipe (os error 32)\n"
     );
+}
+
+#[test]
+fn replay_with_clipping_and_a_grad_scaler_matches_pytorch() {
+    // tests/golden/amp: AdamW with a OneCycleLR schedule that cycles beta1, clip_grad_norm_
+    // and a GradScaler whose gradients overflow at five of the 40 steps.
+    let dir = scratch("replay-amp");
+    let out = dir.join("out.safetensors");
+    let amp = |f: &str| {
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/golden/amp")
+            .join(f)
+    };
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(amp("cases.json")).unwrap()).unwrap();
+    let name = "scaler_clip_norm2_adamw_onecycle";
+    let case = cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap();
+    let (p, g) = (
+        amp("params.safetensors"),
+        amp(&format!("{name}.grads.safetensors")),
+    );
+    let json = |v: &serde_json::Value| v.to_string();
+    let (optimizer, schedule, scaler) = (
+        json(&case["optimizer"]),
+        json(&case["schedule"]),
+        json(&case["grad_scaler"]),
+    );
+    let max_norm = case["clip_grad_norm"].to_string();
+    let mut args = replay_args(
+        &optimizer,
+        p.to_str().unwrap(),
+        g.to_str().unwrap(),
+        out.to_str().unwrap(),
+    );
+    args.extend([
+        "--schedule",
+        &schedule,
+        "--clip-grad-norm",
+        &max_norm,
+        "--norm-type",
+        "2",
+        "--grad-scaler",
+        &scaler,
+    ]);
+    let run = wgpu_optim(&args, &dir);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let read = |path: &Path| -> Vec<(String, safetensors::Dtype, Vec<f64>)> {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut out: Vec<_> = file
+            .tensors()
+            .into_iter()
+            .map(|(n, v)| {
+                let data: Vec<f64> = match v.dtype() {
+                    safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(v.data())
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                    safetensors::Dtype::I32 => bytemuck::pod_collect_to_vec::<u8, i32>(v.data())
+                        .into_iter()
+                        .map(f64::from)
+                        .collect(),
+                    d => panic!("{n}: {d:?}"),
+                };
+                (n, v.dtype(), data)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        out
+    };
+    let ours = read(&out);
+    let torch = read(&amp(&format!("{name}.f32.safetensors")));
+    let names: Vec<&str> = ours.iter().map(|t| t.0.as_str()).collect();
+    assert!(names.contains(&"grad_scaler.scale") && names.contains(&"grad_scaler.growth_tracker"));
+    assert_eq!(ours.len(), torch.len());
+    for (a, b) in ours.iter().zip(&torch) {
+        assert_eq!((&a.0, a.1), (&b.0, b.1), "names and dtypes");
+        for (x, y) in a.2.iter().zip(&b.2) {
+            let tol = if a.0.starts_with("grad_scaler.") {
+                0.0
+            } else {
+                4e-6 * (1.0 + y.abs())
+            };
+            assert!((x - y).abs() <= tol, "{}: {x} vs PyTorch's {y}", a.0);
+        }
+    }
 }
