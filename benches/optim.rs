@@ -11,8 +11,10 @@
 //!
 //! Groups:
 //! - `step`: every kernel at 2^16, 2^18, ... 2^max elements (`WGPU_OPTIM_BENCH_MAX_LOG2`,
-//!   default 24; about 8 minutes on lavapipe with 2 cores and the flags above), and `copy-<B>B` baselines moving B bytes per element (reads plus
-//!   writes), so criterion prints GB/s for both;
+//!   default 24; about 10 minutes on lavapipe with 2 cores and the flags above), including
+//!   Adam with `clip_grad_norm_`, with a grad scaler and with both (`adam+clip`,
+//!   `adam+scaler`, `adam+clip+scaler`), and `copy-<B>B` baselines moving B bytes per element
+//!   (reads plus writes), so criterion prints GB/s for both;
 //! - `many_tensors`: Adam over GPT-2 small's 148 tensors (each divided by
 //!   `WGPU_OPTIM_BENCH_GPT2_DIVISOR`, default 1, 16 on CPU devices) against one flat tensor of
 //!   the same total;
@@ -21,7 +23,8 @@
 //!   and, in a second benchmark, every step.
 //!
 //! At the end a table gives each kernel's bandwidth as a percentage of the matching copy, from
-//! the median of the step times this run collected.
+//! the median of the step times this run collected, and the step time of Adam with clipping
+//! and scaling over plain Adam's at each size.
 
 use criterion::{BenchmarkId, Criterion, SamplingMode, Throughput};
 use std::cell::RefCell;
@@ -142,6 +145,19 @@ fn main() {
     }
     println!("\nBandwidth against a copy of the same bytes ({timer}, medians):");
     print!("{}", bench::table(&rows));
+    // Clipping and grad scaling against plain Adam at each size: the step time ratio.
+    for &n in &sizes {
+        let median = |name: &str| {
+            let times = samples.borrow().get(&format!("{name}/{n}")).cloned()?;
+            bench::median(&times).map(|d| d.as_secs_f64())
+        };
+        let Some(adam) = median("adam") else { continue };
+        let ratios: Vec<String> = ["adam+clip", "adam+scaler", "adam+clip+scaler"]
+            .iter()
+            .filter_map(|name| median(name).map(|t| format!("{name} {:.2}x", t / adam)))
+            .collect();
+        println!("time over adam at {n}: {}", ratios.join(", "));
+    }
     let (total, bytes) = many;
     let m = |k| measurement(&samples, k, bytes, timer);
     if let (Some(tensors), Some(flat)) = (m("gpt2-148-tensors"), m("flat")) {

@@ -119,7 +119,15 @@ fn begin(wid: vec3<u32>, lid: u32, states: u32) -> Unit {
     if EDGES {
         u.site = locate_edge(wid, lid);
     } else {
-        u.site = locate(wid, lid);
+        if SINGLE {
+            // A batch of one segment: no search.
+            let wg = wid.x + wid.y * table.dispatch_x;
+            if wg < table.total_workgroups {
+                u.site = site_in(table.segments[0], wg, lid);
+            }
+        } else {
+            u.site = locate(wid, lid);
+        }
         if !whole(u.site) {
             u.site.hi = u.site.lo;
         }

@@ -19,6 +19,8 @@
 
 const WORKGROUP_SIZE: u32 = 256u;
 const MAX_SEGMENTS: u32 = 256u;
+// Entries of `SegmentTable.coarse`.
+const COARSE_ENTRIES: u32 = 256u;
 
 struct Segment {
     // Unit offsets inside the bound windows of the parameter, gradient and state buffers: the
@@ -52,7 +54,16 @@ struct SegmentTable {
     reduce_workgroups: u32,
     reduce_dispatch_x: u32,
     reduce_span: u32,
+    // log2 of the workgroups between the entries of `coarse`.
+    coarse_shift: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
     segments: array<Segment, MAX_SEGMENTS>,
+    // Entry k (in `x`; a uniform array's elements are 16 bytes apart): the segment of
+    // workgroup k << coarse_shift, so that finding a workgroup's segment searches only between
+    // two entries.
+    coarse: array<vec4<u32>, COARSE_ENTRIES>,
 }
 
 @group(0) @binding(0) var<uniform> table: SegmentTable;
@@ -136,10 +147,12 @@ fn locate_in(wg: u32, local_index: u32) -> Site {
     return site_in(table.segments[find_segment(wg)], wg, local_index);
 }
 
-// The last segment whose first workgroup is <= wg (a binary search).
+// The last segment whose first workgroup is <= wg: a binary search between the two entries of
+// `table.coarse` around it, usually no more than a step or two.
 fn find_segment(wg: u32) -> u32 {
-    var lo = 0u;
-    var hi = table.count - 1u;
+    let k = min(wg >> table.coarse_shift, COARSE_ENTRIES - 1u);
+    var lo = table.coarse[k].x;
+    var hi = select(table.coarse[min(k + 1u, COARSE_ENTRIES - 1u)].x, table.count - 1u, k + 1u == COARSE_ENTRIES);
     while lo < hi {
         let mid = (lo + hi + 1u) / 2u;
         if table.segments[mid].first_workgroup <= wg {

@@ -7,7 +7,7 @@ use crate::gpu::template::{
     COEFFS_STRIDE, CONTROL_HEADER, STEP_HEADER_SIZE, StepConfig, TABLE_SIZE, TENSOR_STEP_SIZE,
     WORKGROUP_SIZE, flags, reduce_workgroups, segment_table,
 };
-use crate::gpu::{Access, CompiledKernel, Context, EDGES, GradAccess, Pipeline, scoped};
+use crate::gpu::{Access, CompiledKernel, Context, EDGES, GradAccess, Pipeline, SINGLE, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
 use crate::state::TensorState;
 use std::collections::HashMap;
@@ -381,28 +381,12 @@ impl Optimizer {
             });
         }
         let shader = first.config.kernel().shader();
-        let compiled: Vec<Arc<CompiledKernel>> = keys
-            .iter()
-            .map(|k| ctx.kernel(Pipeline::Step(k.0, k.1, k.2, 0)))
-            .collect::<Result<_>>()?;
-        let edges: Vec<Option<Arc<CompiledKernel>>> = keys
-            .iter()
-            .map(|k| {
-                (k.1 == Access::Vec4)
-                    .then(|| ctx.kernel(Pipeline::Step(k.0, k.1, k.2, EDGES)))
-                    .transpose()
-            })
-            .collect::<Result<_>>()?;
         let finalize = ctx.kernel(Pipeline::Finalize(shader))?;
 
-        // Bindings stay below 16 GiB, so that element indices inside a window fit in u32.
-        let max_binding = limits
-            .max_storage_buffer_binding_size
-            .min(limits.max_buffer_size)
-            .min(1 << 34)
-            / 16
-            * 16
-            - 16;
+        let max_binding = plan::max_window(
+            limits.max_storage_buffer_binding_size,
+            limits.max_buffer_size,
+        );
         if max_binding < 2 * alignment + 16 {
             return Err(Error::Unsupported(format!(
                 "storage bindings of {max_binding} bytes (max_storage_buffer_binding_size)"
@@ -422,6 +406,14 @@ impl Optimizer {
                 max_state: max_binding / 4 / most_states / 4 * 4,
             },
         );
+        let mut kernels = plans
+            .iter()
+            .map(|p| {
+                let k = keys[p.key];
+                step_kernels(ctx, k.0, k.1, k.2, p.pieces.len(), 0)
+            })
+            .collect::<Result<Vec<_>>>()?
+            .into_iter();
         let max_x = limits.max_compute_workgroups_per_dimension.max(1);
         let mut partial_count: u32 = 0;
         let mut partial_bases = Vec::with_capacity(plans.len());
@@ -504,7 +496,9 @@ impl Optimizer {
         scoped(device, || {
             for ((b, p), state) in plans.into_iter().enumerate().zip(states) {
                 let (param_buffer, grad_buffer) = (keys[p.key].3, keys[p.key].4);
-                let kernel = compiled[p.key].clone();
+                let Some((kernel, edge_kernel)) = kernels.next() else {
+                    break;
+                };
                 let table_offset = b as u64 * table_stride;
                 let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("wgpu-optim batch"),
@@ -523,7 +517,7 @@ impl Optimizer {
                 });
                 batches.push(Batch {
                     kernel,
-                    edge_kernel: edges[p.key].clone(),
+                    edge_kernel,
                     edge_workgroups: (2 * p.pieces.len() as u32).div_ceil(WORKGROUP_SIZE),
                     bind_group,
                     state,
@@ -856,19 +850,18 @@ impl Optimizer {
     /// with its bind groups once a step needs it. On error nothing changes.
     fn configure(&mut self, clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> Result<()> {
         let bits = Self::step_flags(clip, scaler);
-        type Kernels = (Arc<CompiledKernel>, Option<Arc<CompiledKernel>>);
-        let kernels: Vec<Kernels> = self
+        let kernels: Vec<StepKernels> = self
             .batches
             .iter()
             .map(|b| {
-                let step = |f| {
-                    self.ctx
-                        .kernel(Pipeline::Step(b.kernel_id, b.access, b.grad_access, f))
-                };
-                let edges = (b.access == Access::Vec4)
-                    .then(|| step(bits | EDGES))
-                    .transpose()?;
-                Ok((step(bits)?, edges))
+                step_kernels(
+                    &self.ctx,
+                    b.kernel_id,
+                    b.access,
+                    b.grad_access,
+                    b.plan.pieces.len(),
+                    bits,
+                )
             })
             .collect::<Result<_>>()?;
         let reduce_needed = matches!(clip, Some(ClipGrad::Norm { .. })) || scaler.is_some();
@@ -1296,6 +1289,27 @@ impl Ring {
             }
         })
     }
+}
+
+/// A batch's main kernel and, with vec4 access, its edge kernel.
+type StepKernels = (Arc<CompiledKernel>, Option<Arc<CompiledKernel>>);
+
+/// The kernels of a batch of `pieces` pieces with the step's flags `bits`: the main kernel
+/// without a segment search when the batch has one piece, and the edge kernel with vec4 access.
+fn step_kernels(
+    ctx: &Context,
+    kernel: Kernel,
+    access: Access,
+    grad: GradAccess,
+    pieces: usize,
+    bits: u32,
+) -> Result<StepKernels> {
+    let single = if pieces == 1 { SINGLE } else { 0 };
+    let main = ctx.kernel(Pipeline::Step(kernel, access, grad, bits | single))?;
+    let edges = (access == Access::Vec4)
+        .then(|| ctx.kernel(Pipeline::Step(kernel, access, grad, bits | EDGES)))
+        .transpose()?;
+    Ok((main, edges))
 }
 
 /// Bind group entries numbered from 0.

@@ -71,6 +71,11 @@ pub(crate) const STEP_FLAGS: u32 =
 /// shaders/common.wgsl).
 pub(crate) const EDGES: u32 = 1 << 8;
 
+/// A flag of [`Module::Optimizer`] and [`Pipeline::Step`] beside [`STEP_FLAGS`]: the main
+/// kernel of a batch of one segment, which needs no search for it (`SINGLE` in
+/// shaders/common.wgsl).
+pub(crate) const SINGLE: u32 = 1 << 9;
+
 fn shader_file(shader: Shader) -> &'static str {
     match shader {
         Shader::Sgd => include_str!("../../shaders/sgd.wgsl"),
@@ -87,7 +92,7 @@ impl Module {
         for access in [Access::Scalar, Access::Vec4] {
             for shader in Shader::ALL {
                 for grad in [GradAccess::ReadOnly, GradAccess::Shared] {
-                    for flags in [0, STEP_FLAGS | EDGES] {
+                    for flags in [0, SINGLE, STEP_FLAGS | EDGES] {
                         out.push(Module::Optimizer(shader, access, grad, flags));
                     }
                 }
@@ -114,10 +119,13 @@ impl Module {
                      // What the step does to the gradients (bits of StepConfig.flags).\n\
                      const FLAGS: u32 = {}u;\n\
                      // Whether this is the kernel of the edge dispatch (see `begin`).\n\
-                     const EDGES: bool = {};\n\n{LAYOUT}\n{COMMON}\n{}",
+                     const EDGES: bool = {};\n\
+                     // Whether the batch has one segment (see `begin`).\n\
+                     const SINGLE: bool = {};\n\n{LAYOUT}\n{COMMON}\n{}",
                     prologue(access),
                     flags & STEP_FLAGS,
                     flags & EDGES != 0,
+                    flags & SINGLE != 0,
                     shader_file(shader)
                 )
             }
@@ -134,8 +142,13 @@ impl Module {
                     GradAccess::Shared => "gradients in the parameter buffer",
                 };
                 let edges = if flags & EDGES != 0 { ", edges" } else { "" };
+                let single = if flags & SINGLE != 0 {
+                    ", one segment"
+                } else {
+                    ""
+                };
                 format!(
-                    "shaders/{} ({access}, {grad}, flags {}{edges})",
+                    "shaders/{} ({access}, {grad}, flags {}{edges}{single})",
                     shader.file(),
                     flags & STEP_FLAGS
                 )
@@ -196,7 +209,12 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     }
     let (module, entry, layout) = match pipeline {
         Pipeline::Step(kernel, access, grad, flags) => (
-            Module::Optimizer(kernel.shader(), access, grad, flags & (STEP_FLAGS | EDGES)),
+            Module::Optimizer(
+                kernel.shader(),
+                access,
+                grad,
+                flags & (STEP_FLAGS | EDGES | SINGLE),
+            ),
             kernel.entry_point(),
             Layout::Step(access, grad),
         ),
@@ -463,8 +481,10 @@ mod tests {
             "reduce_workgroups",
             "reduce_dispatch_x",
             "reduce_span",
+            "coarse_shift",
         ]);
-        table.push(("segments".into(), 32));
+        table.push(("segments".into(), 48));
+        table.push(("coarse".into(), 48 + 32 * 256));
         assert_eq!(
             naga_layout(&reduce, "SegmentTable"),
             (table, TABLE_SIZE as u32)

@@ -71,6 +71,13 @@ pub(crate) struct Batch {
     pub(crate) lanes: u64,
 }
 
+/// The largest window a batch binds, in bytes, for a device with these limits: within the
+/// storage binding and buffer sizes, a multiple of 16, and below 16 GiB, so that element and
+/// unit indices inside a window fit in the kernels' u32 (an adapter may allow larger bindings).
+pub(crate) fn max_window(max_storage_binding: u64, max_buffer: u64) -> u64 {
+    (max_storage_binding.min(max_buffer).min(1 << 34) / 16 * 16).saturating_sub(16)
+}
+
 /// Largest `n` such that elements `[at, at + 4n)` can join a window `current` without the
 /// window growing past `max` bytes. `None` for an empty window.
 fn room(current: Option<(u64, u64)>, at: u64, limits: &PlanLimits) -> u64 {
@@ -349,6 +356,33 @@ mod tests {
         let batches = plan(&spans, &small);
         assert!(batches.len() >= 7);
         check_cover(&spans, &batches, &small);
+    }
+
+    #[test]
+    fn windows_keep_indices_inside_u32() {
+        // An adapter that binds and allocates anything: a 20 GiB tensor is split so that every
+        // element offset inside a window, every piece length and every state index fits u32.
+        let max_binding = max_window(u64::MAX, u64::MAX);
+        assert_eq!(max_binding, (1 << 34) - 16);
+        assert_eq!(max_window(8, 1 << 20), 0);
+        let huge = PlanLimits {
+            max_binding,
+            alignment: 256,
+            max_state: max_binding / 4 / 3 / 4 * 4,
+        };
+        let spans = [span4(0, 64, 1 << 40, 5 << 30), span(1, 12, 4, 1 << 33)];
+        let batches = plan(&spans, &huge);
+        check_cover(&spans, &batches, &huge);
+        for b in &batches {
+            for p in &b.pieces {
+                let s = spans[p.tensor];
+                let end = s.param_offset + 4 * (p.start + p.len) - b.param_window.0;
+                assert!(end / 4 <= u64::from(u32::MAX) + 1);
+                assert!(p.len <= u64::from(u32::MAX));
+                assert!((p.state_offset + p.len) * 3 <= u64::from(u32::MAX) + 1);
+            }
+        }
+        assert!(batches.len() >= 4);
     }
 
     #[test]

@@ -9,11 +9,14 @@ pub(crate) const WORKGROUP_SIZE: u32 = 256;
 /// Segments per dispatch (`MAX_SEGMENTS` in shaders/layout.wgsl).
 pub(crate) const MAX_SEGMENTS: usize = 256;
 /// Bytes of the header of a `SegmentTable`.
-const TABLE_HEADER: u64 = 32;
+const TABLE_HEADER: u64 = 48;
 /// Bytes of one `Segment`.
 const SEGMENT_SIZE: u64 = 32;
+/// Entries of `SegmentTable.coarse` (`COARSE_ENTRIES` in shaders/layout.wgsl), 16 bytes each.
+const COARSE_ENTRIES: u32 = 256;
 /// Bytes of the segment table uniform (`SegmentTable`).
-pub(crate) const TABLE_SIZE: u64 = TABLE_HEADER + SEGMENT_SIZE * MAX_SEGMENTS as u64;
+pub(crate) const TABLE_SIZE: u64 =
+    TABLE_HEADER + SEGMENT_SIZE * MAX_SEGMENTS as u64 + 16 * COARSE_ENTRIES as u64;
 /// Bytes of `StepHeader` (shaders/common.wgsl), the start of the `Derived` buffer.
 pub(crate) const STEP_HEADER_SIZE: u64 = 32;
 /// Bytes reserved per tensor in the `Derived` buffer: at least the size of every optimizer's
@@ -89,6 +92,10 @@ pub(crate) fn segment_table(
         reduce_workgroups(p),
         reduce_dispatch_x,
         reduce_span(p),
+        coarse_shift(p),
+        0,
+        0,
+        0,
     ];
     for piece in &p.pieces {
         let s = spans[piece.tensor];
@@ -107,5 +114,30 @@ pub(crate) fn segment_table(
             0,
         ]);
     }
+    words.resize(
+        (TABLE_HEADER / 4 + SEGMENT_SIZE / 4 * MAX_SEGMENTS as u64) as usize,
+        0,
+    );
+    // The segment of workgroup k << shift, for each coarse entry k.
+    let shift = coarse_shift(p);
+    let mut segment = 0;
+    for k in 0..u64::from(COARSE_ENTRIES) {
+        let wg = k << shift;
+        while segment + 1 < p.pieces.len() && u64::from(p.pieces[segment + 1].first_workgroup) <= wg
+        {
+            segment += 1;
+        }
+        words.extend([segment as u32, 0, 0, 0]);
+    }
     bytemuck::cast_slice(&words).to_vec()
+}
+
+/// log2 of the workgroups between the entries of a batch's `coarse` map: the entries cover
+/// every workgroup.
+fn coarse_shift(p: &plan::Batch) -> u32 {
+    p.workgroups
+        .div_ceil(COARSE_ENTRIES)
+        .max(1)
+        .next_power_of_two()
+        .trailing_zeros()
 }
