@@ -1,6 +1,8 @@
 //! The `wgpu-optim` binary end to end: `replay` on PyTorch golden data, and its errors (one
 //! line on stderr, a non-zero exit, no output file).
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use wgpu_optim::replay::{self, NamedTensor};
@@ -843,32 +845,8 @@ fn replay_with_clipping_and_a_grad_scaler_matches_pytorch() {
         "{}",
         String::from_utf8_lossy(&run.stderr)
     );
-    let read = |path: &Path| -> Vec<(String, safetensors::Dtype, Vec<f64>)> {
-        let bytes = std::fs::read(path).unwrap();
-        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut out: Vec<_> = file
-            .tensors()
-            .into_iter()
-            .map(|(n, v)| {
-                let data: Vec<f64> = match v.dtype() {
-                    safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(v.data())
-                        .into_iter()
-                        .map(f64::from)
-                        .collect(),
-                    safetensors::Dtype::I32 => bytemuck::pod_collect_to_vec::<u8, i32>(v.data())
-                        .into_iter()
-                        .map(f64::from)
-                        .collect(),
-                    d => panic!("{n}: {d:?}"),
-                };
-                (n, v.dtype(), data)
-            })
-            .collect();
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        out
-    };
-    let ours = read(&out);
-    let torch = read(&amp(&format!("{name}.f32.safetensors")));
+    let ours = common::read_safetensors_f64(&out);
+    let torch = common::read_safetensors_f64(&amp(&format!("{name}.f32.safetensors")));
     let names: Vec<&str> = ours.iter().map(|t| t.0.as_str()).collect();
     assert!(names.contains(&"grad_scaler.scale") && names.contains(&"grad_scaler.growth_tracker"));
     assert_eq!(ours.len(), torch.len());

@@ -22,31 +22,13 @@ fn amp_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/amp")
 }
 
-/// Reads a golden file; the f64 files are converted to f64 here, since `replay` reads f32 only.
+/// Reads a golden file as f64 values by name (the f64 files are read as f64, since `replay`
+/// reads f32 only).
 fn read_f64(path: &Path) -> Vec<(String, Vec<f64>)> {
-    let bytes = std::fs::read(path).unwrap();
-    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-    let mut out: Vec<(String, Vec<f64>)> = file
-        .tensors()
+    common::read_safetensors_f64(path)
         .into_iter()
-        .map(|(name, view)| {
-            let data = match view.dtype() {
-                safetensors::Dtype::F64 => bytemuck::pod_collect_to_vec(view.data()),
-                safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(view.data())
-                    .into_iter()
-                    .map(f64::from)
-                    .collect(),
-                safetensors::Dtype::I32 => bytemuck::pod_collect_to_vec::<u8, i32>(view.data())
-                    .into_iter()
-                    .map(f64::from)
-                    .collect(),
-                d => panic!("unexpected dtype {d:?}"),
-            };
-            (name, data)
-        })
-        .collect();
-    out.sort_by(|a, b| a.0.cmp(&b.0));
-    out
+        .map(|(name, _, data)| (name, data))
+        .collect()
 }
 
 fn max_abs_diff(a: &[f64], b: &[f64]) -> f64 {

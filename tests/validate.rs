@@ -36,7 +36,14 @@ fn every_kernel_passes_and_reports() {
         assert_eq!(row.status, Status::Pass, "{row:?}");
         assert_eq!(row.storage, "f32");
         assert!(row.max_error_over_tolerance.unwrap() <= 1.0, "{row:?}");
-        assert!(row.f32_cpu_error_over_tolerance.unwrap() <= 1.0, "{row:?}");
+        // How far float32 arithmetic itself strays depends on the data (seed 1795956851446045466
+        // gives 68x the tolerance for RMSprop with momentum and weight decay, where a gradient
+        // and its decay term nearly cancel); the kernel is then held to twice that, not to 1.
+        assert!(
+            row.f32_cpu_error_over_tolerance
+                .is_some_and(|e| e.is_finite() && e >= 0.0),
+            "{row:?}"
+        );
         assert!(row.detail.is_none(), "{row:?}");
         assert!(row.max_abs_error.unwrap() <= 2e-5 * 100.0, "{row:?}");
         assert!(row.gb_per_s.unwrap() > 0.0, "{row:?}");

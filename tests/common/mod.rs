@@ -202,3 +202,33 @@ pub(crate) fn assert_as_close_as_f32(
         );
     }
 }
+
+/// Every tensor of a safetensors file, sorted by name, with its dtype and its values as f64
+/// (F64, F32 and I32 files).
+pub(crate) fn read_safetensors_f64(
+    path: &std::path::Path,
+) -> Vec<(String, safetensors::Dtype, Vec<f64>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut out: Vec<_> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| {
+            let data: Vec<f64> = match view.dtype() {
+                safetensors::Dtype::F64 => bytemuck::pod_collect_to_vec(view.data()),
+                safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(view.data())
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+                safetensors::Dtype::I32 => bytemuck::pod_collect_to_vec::<u8, i32>(view.data())
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+                d => panic!("{name}: unexpected dtype {d:?}"),
+            };
+            (name, view.dtype(), data)
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}

@@ -72,6 +72,8 @@ import warnings
 import torch
 from safetensors.torch import save_file
 
+from gen_optim import build_optimizer, build_scheduler, state_tensors
+
 SEED = 20261124
 STEPS = 40
 GRAD_SCALE = 0.5
@@ -152,30 +154,6 @@ def make_problem():
             for name, shape in SHAPES}
     factors = torch.exp2(torch.rand(STEPS, dtype=torch.float32) * 3.0 - 1.5)
     return params, base, factors
-
-
-def build_optimizer(spec, tensors, fused=False):
-    """Construct the torch.optim class named in spec from its JSON form."""
-    args = {k: v for k, v in spec.items() if k != "type"}
-    if "betas" in args:
-        args["betas"] = tuple(float(b) for b in args["betas"])
-    if fused:
-        args["fused"] = True
-    else:
-        args["foreach"] = False  # force the single-tensor CPU implementation
-    cls = getattr(torch.optim, spec["type"])
-    return cls([{"params": tensors}], **args)
-
-
-def build_scheduler(spec, opt):
-    """Construct a torch.optim.lr_scheduler class from its JSON form (children recursively)."""
-    args = {k: v for k, v in spec.items() if k != "type"}
-    cls = getattr(torch.optim.lr_scheduler, spec["type"])
-    if spec["type"] in ("SequentialLR", "ChainedScheduler"):
-        args["schedulers"] = [build_scheduler(c, opt) for c in args["schedulers"]]
-        if spec["type"] == "ChainedScheduler":
-            return cls(args["schedulers"], optimizer=opt)
-    return cls(opt, **args)
 
 
 def scale_sequence(gs_args, inject):
@@ -299,21 +277,7 @@ def run_case(case, params, grads, dtype, fused=False, steps=STEPS):
             for key, val in opt.state[p].items() if p in opt.state else ():
                 out[f"{n}.{key}"] = val
         return out, trace
-    for n, p in zip(NAMES, tensors):
-        out[n] = p.detach().clone().contiguous()
-        for key, val in sorted(opt.state[p].items()):
-            if val is None:
-                continue
-            if not torch.is_tensor(val):
-                raise TypeError(f"unexpected non-tensor state {n}.{key}: {val!r}")
-            t = val.detach().clone().contiguous()
-            if key == "step":
-                if t.dim() != 0:
-                    raise ValueError(f"expected 0-d step tensor, got shape {tuple(t.shape)}")
-                t = t.to(torch.float32)
-            elif t.dtype != dtype:
-                raise TypeError(f"state {n}.{key} has dtype {t.dtype}, expected {dtype}")
-            out[f"{n}.{key}"] = t
+    out = state_tensors(NAMES, tensors, opt, dtype)
     if scaler is not None:
         out["grad_scaler.scale"] = scaler._scale.detach().clone().reshape(1).to(torch.float32)
         out["grad_scaler.growth_tracker"] = (

@@ -148,14 +148,40 @@ def make_problem():
     return params, grads
 
 
-def build_optimizer(spec, tensors):
-    """Construct the torch.optim class named in spec from its JSON form."""
+def build_optimizer(spec, tensors, fused=False):
+    """Construct the torch.optim class named in spec from its JSON form: the single-tensor
+    CPU implementation (foreach=False), or the fused one."""
     args = {k: v for k, v in spec.items() if k != "type"}
     if "betas" in args:
         args["betas"] = tuple(float(b) for b in args["betas"])
-    args["foreach"] = False  # force the single-tensor CPU implementation
+    if fused:
+        args["fused"] = True
+    else:
+        args["foreach"] = False
     cls = getattr(torch.optim, spec["type"])
     return cls([{"params": tensors}], **args)
+
+
+def state_tensors(names, tensors, opt, dtype):
+    """Final params by name and every state tensor as "<name>.<state>" (None skipped; step
+    as a 0-d float32 tensor), checking that state has the run's dtype."""
+    out = {}
+    for n, p in zip(names, tensors):
+        out[n] = p.detach().clone().contiguous()
+        for key, val in sorted(opt.state[p].items()):
+            if val is None:
+                continue
+            if not torch.is_tensor(val):
+                raise TypeError(f"unexpected non-tensor state {n}.{key}: {val!r}")
+            t = val.detach().clone().contiguous()
+            if key == "step":
+                if t.dim() != 0:
+                    raise ValueError(f"expected 0-d step tensor, got shape {tuple(t.shape)}")
+                t = t.to(torch.float32)
+            elif t.dtype != dtype:
+                raise TypeError(f"state {n}.{key} has dtype {t.dtype}, expected {dtype}")
+            out[f"{n}.{key}"] = t
+    return out
 
 
 def build_scheduler(spec, opt):
@@ -182,23 +208,7 @@ def run_case(spec, params, grads, dtype, schedule=None):
         if scheduler is not None and k + 1 < STEPS:
             scheduler.step()
 
-    out = {}
-    for n, p in zip(NAMES, tensors):
-        out[n] = p.detach().clone().contiguous()
-        for key, val in sorted(opt.state[p].items()):
-            if val is None:
-                continue
-            if not torch.is_tensor(val):
-                raise TypeError(f"unexpected non-tensor state {n}.{key}: {val!r}")
-            t = val.detach().clone().contiguous()
-            if key == "step":
-                if t.dim() != 0:
-                    raise ValueError(f"expected 0-d step tensor, got shape {tuple(t.shape)}")
-                t = t.to(torch.float32)
-            elif t.dtype != dtype:
-                raise TypeError(f"state {n}.{key} has dtype {t.dtype}, expected {dtype}")
-            out[f"{n}.{key}"] = t
-    return out
+    return state_tensors(NAMES, tensors, opt, dtype)
 
 
 def main():
