@@ -35,11 +35,8 @@ struct Derived {
 }
 
 @group(0) @binding(1) var<storage, read> derived: Derived;
-@group(0) @binding(2) var<storage, read_write> param: array<E>;
-// @group(0) @binding(3) grad: read-only, or read_write when parameters and gradients share a
-// buffer (written by src/gpu/kernels.rs in front of this file).
-// Every state buffer of the batch, one after the other, `table.state_stride` units apart.
-@group(0) @binding(4) var<storage, read_write> state: array<E>;
+// Bindings 2 to 4, the parameter, gradient and state buffers, and the functions that read and
+// write them, are in shaders/units.wgsl (main dispatch) or shaders/lanes.wgsl (edge dispatch).
 
 // Most state buffers of any optimizer.
 const MAX_STATES: u32 = 3u;
@@ -141,30 +138,30 @@ fn begin(wid: vec3<u32>, lid: u32, states: u32) -> Unit {
         var p = splat(0.0);
         var g = splat(0.0);
         for (var k = site.lo; k < site.hi; k++) {
-            set_lane(&p, k, param[site.p][k]);
-            set_lane(&g, k, grad[site.g][k]);
+            set_lane(&p, k, param_lane(site.p, k));
+            set_lane(&g, k, grad_lane(site.g, k));
         }
         u.p = p;
         u.g = g;
         for (var n = 0u; n < states; n++) {
             var v = splat(0.0);
             for (var k = site.lo; k < site.hi; k++) {
-                set_lane(&v, k, state[site.s + n * table.state_stride][k]);
+                set_lane(&v, k, state_lane(site.s + n * table.state_stride, k));
             }
             u.s[n] = v;
         }
     } else {
-        u.p = unpack(param[site.p]);
-        u.g = unpack(grad[site.g]);
+        u.p = param_unit(site.p);
+        u.g = grad_unit(site.g);
         // Constant indices, unrolled by hand, so that `s` can live in registers.
         if states > 0u {
-            u.s[0] = unpack(state[site.s]);
+            u.s[0] = state_unit(site.s);
         }
         if states > 1u {
-            u.s[1] = unpack(state[site.s + table.state_stride]);
+            u.s[1] = state_unit(site.s + table.state_stride);
         }
         if states > 2u {
-            u.s[2] = unpack(state[site.s + 2u * table.state_stride]);
+            u.s[2] = state_unit(site.s + 2u * table.state_stride);
         }
     }
     if (FLAGS & UNSCALE) != 0u {
@@ -174,8 +171,9 @@ fn begin(wid: vec3<u32>, lid: u32, states: u32) -> Unit {
         u.g = u.g * derived.header.clip_coef;
     }
     if (FLAGS & CLIP_VALUE) != 0u {
+        // clamp_ keeps NaN, which WGSL's clamp need not.
         let v = derived.header.clip_value;
-        u.g = clamp(u.g, splat(-v), splat(v));
+        u.g = select(clamp(u.g, splat(-v), splat(v)), u.g, nan_lanes(u.g));
     }
     return u;
 }
@@ -186,21 +184,21 @@ fn finish(u: Unit, states: u32) {
     let site = u.site;
     if EDGES {
         for (var k = site.lo; k < site.hi; k++) {
-            param[site.p][k] = lane(u.p, k);
+            set_param_lane(site.p, k, lane(u.p, k));
             for (var n = 0u; n < states; n++) {
-                state[site.s + n * table.state_stride][k] = lane(u.s[n], k);
+                set_state_lane(site.s + n * table.state_stride, k, lane(u.s[n], k));
             }
         }
     } else {
-        param[site.p] = pack(u.p);
+        set_param_unit(site.p, u.p);
         if states > 0u {
-            state[site.s] = pack(u.s[0]);
+            set_state_unit(site.s, u.s[0]);
         }
         if states > 1u {
-            state[site.s + table.state_stride] = pack(u.s[1]);
+            set_state_unit(site.s + table.state_stride, u.s[1]);
         }
         if states > 2u {
-            state[site.s + 2u * table.state_stride] = pack(u.s[2]);
+            set_state_unit(site.s + 2u * table.state_stride, u.s[2]);
         }
     }
 }
@@ -268,25 +266,25 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         total_norm = bitcast<f32>(F32_INF);
     }
     let found_inf = (cfg.flags & SCALER) != 0u && total.y > 0.0;
-    let scale = control.scale;
-
-    var header: StepHeader;
-    header.skip = u32(found_inf);
-    header.flags = cfg.flags;
-    header.inv_scale = 1.0;
-    if (cfg.flags & UNSCALE) != 0u {
-        header.inv_scale = reciprocal(scale);
-    }
-    // clip_grad_norm_: max_norm / (total_norm + 1e-6), evaluated as PyTorch's
-    // `reciprocal(total_norm + 1e-6) * max_norm`, then clamped to at most 1 (NaN stays NaN).
-    var coef = reciprocal(total_norm + 1e-6) * cfg.max_norm;
-    if coef > 1.0 {
-        coef = 1.0;
-    }
-    header.clip_coef = coef;
-    header.clip_value = cfg.clip_value;
-
+    // One invocation writes the step's header and the scaler's state, and alone reads the
+    // scale it then updates.
     if lid == 0u {
+        let scale = control.scale;
+        var header: StepHeader;
+        header.skip = u32(found_inf);
+        header.flags = cfg.flags;
+        header.inv_scale = 1.0;
+        if (cfg.flags & UNSCALE) != 0u {
+            header.inv_scale = reciprocal(scale);
+        }
+        // clip_grad_norm_: max_norm / (total_norm + 1e-6), evaluated as PyTorch's
+        // `reciprocal(total_norm + 1e-6) * max_norm`, then clamped to at most 1 (NaN stays NaN).
+        var coef = reciprocal(total_norm + 1e-6) * cfg.max_norm;
+        if coef > 1.0 {
+            coef = 1.0;
+        }
+        header.clip_coef = coef;
+        header.clip_value = cfg.clip_value;
         derived_out.header = header;
         control.total_norm = total_norm;
         control.found_inf = f32(found_inf);

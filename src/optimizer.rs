@@ -609,7 +609,11 @@ impl Optimizer {
         held.fetch_add(1, Ordering::AcqRel);
         let hold = SlotHold(held);
         pass.on_submitted_work_done(move || drop(hold));
-        let offset = (slot as u64 * self.ring.slot_size) as u32;
+        let offset = u32::try_from(slot as u64 * self.ring.slot_size).map_err(|_| {
+            Error::Unsupported(format!(
+                "more than {slot} steps in flight at once (the ring of per-step values would pass 4 GiB)"
+            ))
+        })?;
         let mut current: Option<&wgpu::ComputePipeline> = None;
         if reduce {
             for ((batch, kernel), group) in
@@ -801,9 +805,16 @@ impl Optimizer {
     }
 
     /// Sets the grad scaler's scale and growth tracker (for example from a checkpoint), at the
-    /// next submit. The scale must be positive and finite, the tracker at least 0. On error
-    /// nothing changes.
+    /// next submit. A grad scaler must be set first ([`set_grad_scaler`](Self::set_grad_scaler)
+    /// starts from `init_scale`). The scale must be positive and finite, the tracker at least
+    /// 0. On error nothing changes.
     pub fn load_grad_scaler(&mut self, state: GradScalerState) -> Result<()> {
+        if self.scaler.is_none() {
+            return Err(Error::Input(
+                "no grad scaler is set: set one with set_grad_scaler before loading its state"
+                    .into(),
+            ));
+        }
         if !(state.scale > 0.0 && state.scale.is_finite()) || state.growth_tracker < 0 {
             return Err(Error::Input(format!(
                 "grad scaler state with scale {} and growth tracker {}: the scale must be positive and finite, the tracker at least 0",
@@ -898,7 +909,9 @@ impl Optimizer {
         &self.ctx
     }
 
-    /// Dispatches each step records.
+    /// Optimizer dispatches each step records: one per batch. Besides these, a step records
+    /// one single-workgroup `finalize` dispatch, with vec4 access one small edge dispatch per
+    /// batch, and with clipping by norm or a grad scaler one reduction per batch.
     pub fn dispatches_per_step(&self) -> usize {
         self.batches.len()
     }

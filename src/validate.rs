@@ -364,12 +364,12 @@ pub struct LimitsSummary {
     pub max_buffer_size: u64,
     /// Largest storage binding, in bytes: larger tensors are split across dispatches.
     pub max_storage_buffer_binding_size: u64,
-    /// Largest uniform binding, in bytes: the segment table and per-tensor values need 8 KiB.
+    /// Largest uniform binding, in bytes: a batch's segment table needs about 12 KiB.
     pub max_uniform_buffer_binding_size: u64,
     /// Largest dispatch along one dimension.
     pub max_compute_workgroups_per_dimension: u32,
-    /// Storage buffers one kernel may bind: 2 plus its state buffers (5 for AMSGrad and
-    /// centered RMSprop with momentum).
+    /// Storage buffers one kernel may bind: every kernel binds 4 (step coefficients,
+    /// parameters, gradients, and all state buffers in one).
     pub max_storage_buffers_per_shader_stage: u32,
     /// Alignment of storage binding offsets, in bytes.
     pub min_storage_buffer_offset_alignment: u32,

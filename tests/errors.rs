@@ -9,7 +9,7 @@
 
 mod common;
 
-use common::{POISON, Rng, assert_close, bits, context_with_limits, read_all};
+use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
     Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, Error, GradScaler,
     GradScalerState, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor,
@@ -201,15 +201,14 @@ fn run_against_reference(
         .collect();
     let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
     prepare(&mut opt);
-    let mut want: Vec<Vec<f64>> = data.init.iter().map(|v| widen(v)).collect();
-    let mut states = vec![TensorState::<f64>::default(); places.len()];
+    let mut tracked: Vec<Tracked> = data.init.iter().map(|v| Tracked::new(config, v)).collect();
     for step_grads in &data.grads {
         for (k, (p, g)) in places.iter().zip(step_grads).enumerate() {
             put(ctx, grad, p.grad_at, g);
             if param == grad {
                 outside[range(p.grad_at, p.len)].copy_from_slice(g);
             }
-            reference::step(&config, &mut states[k], &mut want[k], &widen(g));
+            tracked[k].step(g);
         }
         opt.step_submit().unwrap();
     }
@@ -218,28 +217,7 @@ fn run_against_reference(
     for (k, p) in places.iter().enumerate() {
         let r = range(p.param_at, p.len);
         let what = format!("{config:?}, tensor {k} of {}", p.len);
-        assert_close(
-            &format!("{what}: parameter"),
-            &got[r.clone()],
-            &want[k],
-            2e-5,
-            2e-5,
-        );
-        let state = opt.read_state(k).unwrap();
-        assert_eq!(state.step, data.grads.len() as u64, "{what}: step");
-        assert!(
-            state.buffers.keys().eq(states[k].buffers.keys()),
-            "{what}: state names"
-        );
-        for (name, want) in &states[k].buffers {
-            assert_close(
-                &format!("{what}: {name}"),
-                &state.buffers[name],
-                want,
-                2e-5,
-                2e-5,
-            );
-        }
+        tracked[k].assert_matches(&what, &got[r.clone()], &opt.read_state(k).unwrap());
         outside[r.clone()].copy_from_slice(&got[r.clone()]);
         finals.push(got[r].to_vec());
     }
@@ -1415,13 +1393,6 @@ fn bad_clipping_and_grad_scalers_are_refused_and_change_nothing() {
         assert_eq!(err.to_string(), message, "{bad:?}");
         assert_eq!(opt.grad_scaler(), Some(good_scaler));
     }
-    // A disabled scaler is not checked, as in PyTorch, and turns scaling off.
-    opt.set_grad_scaler(Some(scaler(|s| {
-        s.enabled = false;
-        s.growth_factor = 0.5;
-    })))
-    .unwrap();
-    assert_eq!(opt.grad_scaler(), None);
     let bad_state = [
         GradScalerState {
             scale: 0.0,
@@ -1437,8 +1408,33 @@ fn bad_clipping_and_grad_scalers_are_refused_and_change_nothing() {
         },
     ];
     for state in bad_state {
-        assert_err!(opt.load_grad_scaler(state), Error::Input(_));
+        let err = assert_err!(opt.load_grad_scaler(state), Error::Input(_));
+        assert!(
+            err.to_string().contains("the scale must be positive"),
+            "{err}"
+        );
     }
+    assert_eq!(
+        opt.read_grad_scaler().unwrap(),
+        GradScalerState {
+            scale: 256.0,
+            growth_tracker: 0
+        }
+    );
+    // A disabled scaler is not checked, as in PyTorch, and turns scaling off (scale 1); then
+    // there is no scaler state to load.
+    opt.set_grad_scaler(Some(scaler(|s| {
+        s.enabled = false;
+        s.growth_factor = 0.5;
+    })))
+    .unwrap();
+    assert_eq!(opt.grad_scaler(), None);
+    let good_state = GradScalerState {
+        scale: 8.0,
+        growth_tracker: 1,
+    };
+    let err = assert_err!(opt.load_grad_scaler(good_state), Error::Input(_));
+    assert!(err.to_string().contains("no grad scaler is set"), "{err}");
     assert_eq!(
         opt.read_grad_scaler().unwrap(),
         GradScalerState {

@@ -131,9 +131,10 @@ fn glsl_es310_text(
 fn every_shader_parses_and_validates() {
     let modules = modules();
     // Four optimizer files, each in the scalar and the vec4 access mode with read-only or
-    // shared gradients, as the plain main kernel, the main kernel of a one-segment batch, and
-    // the edge kernel with every gradient flag; and the reduction in both access modes.
-    assert_eq!(modules.len(), 50);
+    // shared gradients, as the main kernel, the main kernel of a one-segment batch, and the
+    // edge kernel, each without and with every gradient flag; and the reduction in both
+    // access modes.
+    assert_eq!(modules.len(), 98);
 }
 
 #[test]
@@ -157,12 +158,12 @@ fn shaders_have_the_expected_compute_entry_points() {
         }
     }
     found.sort();
-    // Every optimizer entry point and `finalize` once in each of the 48 optimizer modules,
+    // Every optimizer entry point and `finalize` once in each of the 96 optimizer modules,
     // and `reduce` once per access mode.
     let mut expected: Vec<String> = ENTRY_POINTS
         .iter()
-        .flat_map(|e| std::iter::repeat_n(e.to_string(), 12))
-        .chain(std::iter::repeat_n("finalize".to_string(), 48))
+        .flat_map(|e| std::iter::repeat_n(e.to_string(), 24))
+        .chain(std::iter::repeat_n("finalize".to_string(), 96))
         .chain(std::iter::repeat_n("reduce".to_string(), 2))
         .collect();
     expected.sort();
@@ -194,7 +195,7 @@ fn every_entry_point_translates_to_every_backend() {
     }
     assert_eq!(
         translated,
-        (12 * ENTRY_POINTS.len() + 48 + 2) * backends.len()
+        (24 * ENTRY_POINTS.len() + 96 + 2) * backends.len()
     );
 }
 

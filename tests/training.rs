@@ -290,3 +290,47 @@ fn the_same_inputs_give_the_same_bits() {
     assert_eq!(first.4, 4);
     assert!(first.2[2].1 && f32::from_bits(first.2[2].0).is_nan());
 }
+
+#[test]
+fn clip_grad_value_keeps_nan() {
+    // torch.clamp_ keeps NaN; WGSL's clamp need not. Without a grad scaler nothing skips the
+    // step, so a NaN gradient makes its parameter NaN, as in PyTorch, and only that one.
+    let ctx = ctx();
+    let param = ctx.create_f32_buffer("param", &[1.0; 9]).unwrap();
+    let grad = ctx
+        .create_f32_buffer(
+            "grad",
+            &[0.5, -3.0, f32::NAN, 2.0, 0.1, 0.0, -0.2, 9.0, f32::NAN],
+        )
+        .unwrap();
+    for access in [wgpu_optim::Access::Scalar, wgpu_optim::Access::Vec4] {
+        let ctx = ctx.clone().with_access(access);
+        ctx.queue()
+            .write_buffer(&param, 0, bytemuck::cast_slice(&[1.0f32; 9]));
+        let tensors = [
+            Tensor::new(
+                BufferRange::new(&param, 0, 5),
+                BufferRange::new(&grad, 0, 5),
+            ),
+            Tensor::new(
+                BufferRange::new(&param, 20, 4),
+                BufferRange::new(&grad, 20, 4),
+            ),
+        ];
+        let sgd = SGD {
+            lr: 0.1,
+            ..Default::default()
+        };
+        let mut opt = Optimizer::new(&ctx, sgd, &tensors).unwrap();
+        opt.set_clip_grad(Some(ClipGrad::value(1.0))).unwrap();
+        opt.step_submit().unwrap();
+        let got = read_all(&ctx, &param);
+        let want = [0.95, 1.1, f32::NAN, 0.9, 0.99, 1.0, 1.02, 0.9, f32::NAN];
+        for (i, (g, w)) in got.iter().zip(want).enumerate() {
+            assert!(
+                (g.is_nan() && w.is_nan()) || (g - w).abs() < 1e-6,
+                "{access}: element {i} is {g}, not {w}"
+            );
+        }
+    }
+}

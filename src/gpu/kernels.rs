@@ -16,6 +16,8 @@ const VEC4: &str = include_str!("../../shaders/vec4.wgsl");
 const LAYOUT: &str = include_str!("../../shaders/layout.wgsl");
 const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
+const UNITS: &str = include_str!("../../shaders/units.wgsl");
+const LANES: &str = include_str!("../../shaders/lanes.wgsl");
 
 /// How a step kernel binds the gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -92,7 +94,14 @@ impl Module {
         for access in [Access::Scalar, Access::Vec4] {
             for shader in Shader::ALL {
                 for grad in [GradAccess::ReadOnly, GradAccess::Shared] {
-                    for flags in [0, SINGLE, STEP_FLAGS | EDGES] {
+                    for flags in [
+                        0,
+                        SINGLE,
+                        EDGES,
+                        STEP_FLAGS,
+                        STEP_FLAGS | SINGLE,
+                        STEP_FLAGS | EDGES,
+                    ] {
                         out.push(Module::Optimizer(shader, access, grad, flags));
                     }
                 }
@@ -114,18 +123,20 @@ impl Module {
                     GradAccess::ReadOnly => "read",
                     GradAccess::Shared => "read_write",
                 };
+                let storage = if flags & EDGES != 0 { LANES } else { UNITS };
                 format!(
-                    "{}\n@group(0) @binding(3) var<storage, {mode}> grad: array<E>;\n\
+                    "{}\n\
                      // What the step does to the gradients (bits of StepConfig.flags).\n\
                      const FLAGS: u32 = {}u;\n\
                      // Whether this is the kernel of the edge dispatch (see `begin`).\n\
                      const EDGES: bool = {};\n\
                      // Whether the batch has one segment (see `begin`).\n\
-                     const SINGLE: bool = {};\n\n{LAYOUT}\n{COMMON}\n{}",
+                     const SINGLE: bool = {};\n\n{LAYOUT}\n{}\n{COMMON}\n{}",
                     prologue(access),
                     flags & STEP_FLAGS,
                     flags & EDGES != 0,
                     flags & SINGLE != 0,
+                    storage.replace("GRAD_ACCESS", mode),
                     shader_file(shader)
                 )
             }

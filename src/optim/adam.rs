@@ -158,8 +158,10 @@ impl AdamLike {
             one_minus_beta1: (1.0 - b1) as f32,
             beta2: b2 as f32,
             one_minus_beta2: (1.0 - b2) as f32,
-            ln_beta1: b1.ln() as f32,
-            ln_beta2: b2.ln() as f32,
+            // ln 0 is -inf; -87 gives the same bias corrections (1 - e^(-87t) is 1 in f32)
+            // without inf arithmetic, which WGSL implementations may assume away.
+            ln_beta1: b1.ln().max(-87.0) as f32,
+            ln_beta2: b2.ln().max(-87.0) as f32,
             eps: self.eps as f32,
             weight_decay: weight_decay as f32,
             decay: decay as f32,

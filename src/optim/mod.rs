@@ -1,5 +1,5 @@
 //! Optimizer configurations: PyTorch's class names, argument names, defaults and checks, and the
-//! per-tensor uniform values each kernel reads.
+//! per-group values each kernel reads for a step.
 //!
 //! Each configuration type mirrors one `torch.optim` class. It deserializes from JSON with
 //! PyTorch's argument names (missing arguments take PyTorch's defaults), and

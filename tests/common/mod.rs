@@ -232,3 +232,116 @@ pub(crate) fn read_safetensors_f64(
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
 }
+
+/// One tensor stepped on the CPU two ways: the f64 reference, and the same steps in float32
+/// (`wgpu_optim::validate::float32_step`), with each element's sum of |change| along the way,
+/// so that a GPU result can be held to [`assert_as_close_as_f32`]: the tolerance, or twice the
+/// error that float32 arithmetic itself makes on this data.
+pub(crate) struct Tracked {
+    config: wgpu_optim::OptimizerConfig,
+    /// The reference's parameters and state.
+    pub(crate) param: Vec<f64>,
+    pub(crate) state: wgpu_optim::TensorState<f64>,
+    param32: Vec<f32>,
+    state32: Vec<Vec<f32>>,
+    /// Per buffer ("param" and each state): each element's sum of |change|.
+    paths: std::collections::HashMap<String, Vec<f64>>,
+}
+
+impl Tracked {
+    pub(crate) fn new(config: wgpu_optim::OptimizerConfig, init: &[f32]) -> Self {
+        let n = init.len();
+        let init_state = |name: &str| match config {
+            wgpu_optim::OptimizerConfig::Adagrad(c) if name == "sum" => {
+                c.initial_accumulator_value as f32
+            }
+            _ => 0.0,
+        };
+        Self {
+            config,
+            param: init.iter().map(|&v| f64::from(v)).collect(),
+            state: Default::default(),
+            param32: init.to_vec(),
+            state32: config
+                .state_names()
+                .iter()
+                .map(|name| vec![init_state(name); n])
+                .collect(),
+            paths: Default::default(),
+        }
+    }
+
+    /// One step with gradient `grad`.
+    pub(crate) fn step(&mut self, grad: &[f32]) {
+        let g: Vec<f64> = grad.iter().map(|&v| f64::from(v)).collect();
+        let mut before = self.state.buffers.clone();
+        before.insert("param".into(), self.param.clone());
+        let first = self.state.step == 0;
+        wgpu_optim::reference::step(&self.config, &mut self.state, &mut self.param, &g);
+        wgpu_optim::validate::float32_step(
+            &self.config,
+            self.state.step,
+            first,
+            &mut self.param32,
+            grad,
+            &mut self.state32,
+        );
+        for (name, old) in before {
+            let new = if name == "param" {
+                &self.param
+            } else {
+                &self.state.buffers[&name]
+            };
+            let path = self
+                .paths
+                .entry(name)
+                .or_insert_with(|| vec![0.0; old.len()]);
+            for ((p, a), b) in path.iter_mut().zip(&old).zip(new) {
+                *p += (a - b).abs();
+            }
+        }
+    }
+
+    /// Asserts the GPU's parameters and state match, within the tolerance or twice the error of
+    /// float32 arithmetic itself.
+    #[track_caller]
+    pub(crate) fn assert_matches(
+        &self,
+        what: &str,
+        param: &[f32],
+        state: &wgpu_optim::TensorState<f32>,
+    ) {
+        let path = |name: &str| self.paths.get(name).map_or(&[][..], Vec::as_slice);
+        assert_as_close_as_f32(
+            &format!("{what}: parameter"),
+            param,
+            &self.param,
+            path("param"),
+            &self.param32,
+            2e-5,
+            2e-5,
+        );
+        assert_eq!(state.step, self.state.step, "{what}: step");
+        assert!(
+            state.buffers.keys().eq(self.state.buffers.keys()),
+            "{what}: state names"
+        );
+        for (name, want) in &self.state.buffers {
+            let index = self
+                .config
+                .state_names()
+                .iter()
+                .position(|s| s == name)
+                .unwrap();
+            assert_as_close_as_f32(
+                &format!("{what}: {name}"),
+                &state.buffers[name],
+                want,
+                path(name),
+                &self.state32[index],
+                2e-5,
+                2e-5,
+            );
+        }
+    }
+}
