@@ -7,8 +7,8 @@
 //! reference](crate::reference): `|gpu − ref| ≤ ATOL + RTOL·(|ref| + path)`, where `path` is
 //! the sum of the element's `|change|` over the steps ([`tolerance`], the bound of
 //! `tests/kernels.rs`). The parameters are split into a few tensors of uneven sizes
-//! ([`tensor_sizes`]) in one parameter buffer and one gradient buffer, with NaN in the gaps
-//! between them, which must stay untouched. The second tensor's gradient is misaligned against
+//! ([`tensor_sizes`]) in one parameter buffer and one gradient buffer, with a sentinel value
+//! in the gaps between them, which must keep its bits. The second tensor's gradient is misaligned against
 //! its parameter, so that it runs the scalar kernels while the others run the context's
 //! [`Access`] mode (vec4 by default): every configuration checks both. Beside
 //! the GPU, the same steps run in float32 on
@@ -27,6 +27,7 @@
 //! # }
 //! ```
 
+use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Context};
 use crate::optim::{Adagrad, Adam, AdamLike, AdamW, Kernel, OptimizerConfig, RMSprop, SGD};
@@ -59,6 +60,11 @@ const LEAD: u64 = 5;
 /// The tensor whose gradient [`run`] misaligns against its parameter, so that it runs the
 /// scalar kernels (see [`crate::Access`]).
 const SCALAR_TENSOR: usize = 1;
+
+/// What the gaps between tensors hold, compared bit for bit after the steps: finite and of
+/// moderate size, so that a kernel that wrongly stores a whole vec4 over it, computing with it,
+/// changes its bits (a NaN would stay NaN).
+const GAP: f32 = -0.318_309_87;
 
 /// SplitMix64: a small generator, deterministic for a seed, for the validation data.
 #[derive(Clone, Debug)]
@@ -197,6 +203,105 @@ pub fn all_configs() -> Vec<OptimizerConfig> {
         }
     }
     out
+}
+
+/// What a training loop does around the step, as [`run`] checks it: clipping, and a grad
+/// scaler whose gradients overflow at the second step (so that the step is skipped and the
+/// scale backs off).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Recipe {
+    /// `clip_grad_norm_` or `clip_grad_value_` in each step.
+    pub clip: Option<ClipGrad>,
+    /// A grad scaler; the gradients written are then the scaled ones.
+    pub grad_scaler: Option<GradScaler>,
+}
+
+impl Recipe {
+    /// How the recipe reads in the report's options column, e.g.
+    /// `clip_grad_norm(1, 2) GradScaler(1024)`.
+    pub fn label(&self) -> String {
+        let mut parts = Vec::new();
+        match self.clip {
+            Some(ClipGrad::Norm {
+                max_norm,
+                norm_type,
+            }) => parts.push(format!("clip_grad_norm({max_norm}, {norm_type})")),
+            Some(ClipGrad::Value { clip_value }) => {
+                parts.push(format!("clip_grad_value({clip_value})"));
+            }
+            None => {}
+        }
+        if let Some(s) = self.grad_scaler {
+            parts.push(format!("GradScaler({})", s.init_scale));
+        }
+        parts.join(" ")
+    }
+}
+
+/// The clipping and grad-scaling rows of [`run`], each with one optimizer: norm clipping
+/// (2 and inf) with a grad scaler, value clipping, and a scaler alone. Gradients are normal
+/// times 0.5 (times the scale): the total norm of a million is about 500, so these norms clip.
+pub fn all_recipes() -> Vec<(OptimizerConfig, Recipe)> {
+    let scaler = Some(GradScaler {
+        init_scale: 1024.0,
+        growth_interval: 2,
+        ..Default::default()
+    });
+    vec![
+        (
+            Adam {
+                lr: 0.01,
+                weight_decay: 0.05,
+                ..Default::default()
+            }
+            .into(),
+            Recipe {
+                clip: Some(ClipGrad::norm(1.0)),
+                grad_scaler: scaler,
+            },
+        ),
+        (
+            SGD {
+                lr: 0.05,
+                momentum: 0.9,
+                nesterov: true,
+                ..Default::default()
+            }
+            .into(),
+            Recipe {
+                clip: Some(ClipGrad::Norm {
+                    max_norm: 1.0,
+                    norm_type: NormType::Inf,
+                }),
+                grad_scaler: scaler,
+            },
+        ),
+        (
+            AdamW {
+                lr: 0.01,
+                amsgrad: true,
+                ..Default::default()
+            }
+            .into(),
+            Recipe {
+                clip: Some(ClipGrad::value(0.5)),
+                grad_scaler: None,
+            },
+        ),
+        (
+            RMSprop {
+                lr: 0.01,
+                momentum: 0.9,
+                centered: true,
+                ..Default::default()
+            }
+            .into(),
+            Recipe {
+                clip: None,
+                grad_scaler: scaler,
+            },
+        ),
+    ]
 }
 
 /// The order of the report's rows: by optimizer class, then kernel, then options.
@@ -709,7 +814,7 @@ impl Report {
         let mut out = String::new();
         out.push_str(&format!("wgpu-optim validate on {}\n", self.adapter));
         out.push_str(&format!(
-            "{} elements in {} tensors {:?} with NaN gaps; {} steps; seed {} (--seed {} repeats this data)\n",
+            "{} elements in {} tensors {:?} with poisoned gaps; {} steps; seed {} (--seed {} repeats this data)\n",
             self.size,
             self.tensor_sizes.len(),
             self.tensor_sizes,
@@ -789,7 +894,7 @@ pub fn run_with_progress(
             limit_name: "max_buffer_size",
         });
     }
-    let param = ctx.create_f32_buffer("validate params", &try_vec(layout.total, f32::NAN)?)?;
+    let param = ctx.create_f32_buffer("validate params", &try_vec(layout.total, GAP)?)?;
     let grad = ctx.create_f32_buffer("validate grads", &try_vec(layout.total, f32::NAN)?)?;
     let buffers = Buffers {
         param: &param,
@@ -798,13 +903,25 @@ pub fn run_with_progress(
     let configs = all_configs();
     let mut order: Vec<usize> = (0..configs.len()).collect();
     order.sort_by_cached_key(|&i| display_key(&configs[i]));
-    let total_rows = configs.len() * STORAGE_TYPES.len();
+    let recipes = all_recipes();
+    let total_rows = (configs.len() + recipes.len()) * STORAGE_TYPES.len();
     let mut rows = Vec::with_capacity(total_rows);
+    let plain = Recipe {
+        clip: None,
+        grad_scaler: None,
+    };
     for storage in STORAGE_TYPES {
-        for &i in &order {
-            let config = &configs[i];
+        let cases = order.iter().map(|&i| (i, &configs[i], plain)).chain(
+            recipes
+                .iter()
+                .enumerate()
+                .map(|(j, (c, r))| (configs.len() + j, c, *r)),
+        );
+        for (i, config, recipe) in cases {
             let data_seed = Rng::stream(seed, i as u64).next_u64();
-            let row = run_row(ctx, config, storage, &layout, buffers, steps, data_seed)?;
+            let row = run_row(
+                ctx, config, recipe, storage, &layout, buffers, steps, data_seed,
+            )?;
             progress(rows.len() + 1, total_rows, &row);
             rows.push(row);
         }
@@ -906,6 +1023,8 @@ struct Chunk {
     param32: Vec<f32>,
     state32: Vec<Vec<f32>>,
     rng: Rng,
+    /// A step's gradients after unscaling and clipping, for [`Chunk::step_f64`].
+    prepared: Vec<f64>,
 }
 
 impl Chunk {
@@ -913,6 +1032,17 @@ impl Chunk {
     /// at the second step, as in `tests/kernels.rs` (the state does not exist before the first).
     fn step(&mut self, config: &OptimizerConfig, grad: &[f32]) {
         let g: Vec<f64> = grad.iter().map(|&v| f64::from(v)).collect();
+        self.step_both(config, &g, grad);
+    }
+
+    /// [`step`](Self::step) with gradients prepared in f64 (unscaled, clipped); the float32
+    /// steps get them rounded to f32.
+    fn step_f64(&mut self, config: &OptimizerConfig, grad: &[f64]) {
+        let g32: Vec<f32> = grad.iter().map(|&v| v as f32).collect();
+        self.step_both(config, grad, &g32);
+    }
+
+    fn step_both(&mut self, config: &OptimizerConfig, g: &[f64], grad: &[f32]) {
         let first = self.state.step == 0;
         let before_param = self.param.clone();
         let before_state = if first {
@@ -920,7 +1050,7 @@ impl Chunk {
         } else {
             self.state.buffers.clone()
         };
-        crate::reference::step(config, &mut self.state, &mut self.param, &g);
+        crate::reference::step(config, &mut self.state, &mut self.param, g);
         float32_step(
             config,
             self.state.step,
@@ -1168,9 +1298,11 @@ impl Errors {
 }
 
 /// Runs one configuration: the correctness check, then the timing.
+#[allow(clippy::too_many_arguments)]
 fn run_row(
     ctx: &Context,
     config: &OptimizerConfig,
+    recipe: Recipe,
     storage: &'static str,
     layout: &Layout,
     buffers: Buffers<'_>,
@@ -1180,7 +1312,11 @@ fn run_row(
     let mut row = Row {
         optimizer: config.type_name(),
         kernel: kernel_name(config),
-        options: options(config),
+        options: [options(config), recipe.label()]
+            .into_iter()
+            .filter(|s| !s.is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
         config: *config,
         storage,
         status: Status::Pass,
@@ -1192,7 +1328,11 @@ fn run_row(
         gb_per_s: None,
         detail: None,
     };
-    match check_row(ctx, config, layout, buffers, steps, seed) {
+    // The reduction of norm clipping and of a grad scaler reads the gradients once more.
+    if matches!(recipe.clip, Some(ClipGrad::Norm { .. })) || recipe.grad_scaler.is_some() {
+        row.bytes_per_element += 4;
+    }
+    match check_row(ctx, config, recipe, layout, buffers, steps, seed) {
         Ok((errors, mut opt)) => {
             let ratio = errors.max_ratio;
             row.max_abs_error = Some(errors.max_abs);
@@ -1237,6 +1377,7 @@ fn run_row(
 fn check_row(
     ctx: &Context,
     config: &OptimizerConfig,
+    recipe: Recipe,
     layout: &Layout,
     buffers: Buffers<'_>,
     steps: usize,
@@ -1252,6 +1393,8 @@ fn check_row(
         })
         .collect();
     let mut opt = Optimizer::new(ctx, *config, &tensors)?;
+    opt.set_clip_grad(recipe.clip)?;
+    opt.set_grad_scaler(recipe.grad_scaler)?;
     let mut errors = Errors::default();
     // Vec4 access needs storage binding offsets aligned to 16 bytes (see `Access::Vec4`).
     let vec4_alignment = ctx
@@ -1291,11 +1434,12 @@ fn check_row(
                 param32: Vec::new(),
                 state32: Vec::new(),
                 rng,
+                prepared: Vec::new(),
             });
             start += len;
         }
     }
-    let mut host = try_vec(layout.total, f32::NAN)?;
+    let mut host = try_vec(layout.total, GAP)?;
     for c in &mut chunks {
         c.param = try_vec(c.len, 0.0)?;
         c.param_path = try_vec(c.len, 0.0)?;
@@ -1320,15 +1464,75 @@ fn check_row(
     ctx.queue()
         .write_buffer(buffers.param, 0, bytemuck::cast_slice(&host));
     host.fill(f32::NAN);
-    for _ in 0..steps {
-        // Fresh gradients (normal, times 0.5) for the GPU and the reference.
-        parallel(&mut chunks, &mut host, |c| c.grad_at, &|c, slice| {
-            c.rng.fill_normal(slice, 0.5);
-            c.step(config, slice);
-        });
+    let mut scaler = recipe.grad_scaler.map(|s| GradScalerState {
+        scale: s.init_scale as f32,
+        growth_tracker: 0,
+    });
+    let mut taken = 0;
+    for step in 0..steps {
+        if recipe.clip.is_none() && scaler.is_none() {
+            // Fresh gradients (normal, times 0.5) for the GPU and the reference.
+            parallel(&mut chunks, &mut host, |c| c.grad_at, &|c, slice| {
+                c.rng.fill_normal(slice, 0.5);
+                c.step(config, slice);
+            });
+        } else {
+            // The scaled gradients the engine would write, one of them inf at the second step;
+            // then the recipe on the whole set in f64, and the step unless the scaler skips it.
+            let scale = scaler.map_or(1.0, |s| s.scale);
+            parallel(&mut chunks, &mut host, |c| c.grad_at, &|c, slice| {
+                c.rng.fill_normal(slice, 0.5);
+                slice.iter_mut().for_each(|g| *g *= scale);
+            });
+            if step == 1 && scaler.is_some() {
+                host[layout.grad_offsets[0] as usize] = f32::INFINITY;
+            }
+            let mut grads: Vec<Vec<f64>> = chunks
+                .iter()
+                .map(|c| {
+                    let at = c.grad_at as usize;
+                    host[at..at + c.len as usize]
+                        .iter()
+                        .map(|&g| f64::from(g))
+                        .collect()
+                })
+                .collect();
+            let mut views: Vec<&mut [f64]> = grads.iter_mut().map(Vec::as_mut_slice).collect();
+            let report = crate::reference::prepare_grads(
+                &mut views,
+                recipe.clip.as_ref(),
+                scaler.map(|s| s.scale),
+            );
+            if let (Some(s), Some(state)) = (&recipe.grad_scaler, scaler.as_mut()) {
+                crate::reference::update_grad_scaler(s, state, report.found_inf);
+            }
+            if !(recipe.grad_scaler.is_some() && report.found_inf) {
+                taken += 1;
+                for (c, g) in chunks.iter_mut().zip(grads) {
+                    c.prepared = g;
+                }
+                let mut prepared = try_vec(layout.total, 0.0f32)?;
+                parallel(&mut chunks, &mut prepared, |c| c.grad_at, &|c, _| {
+                    let g = std::mem::take(&mut c.prepared);
+                    c.step_f64(config, &g);
+                });
+            }
+        }
         ctx.queue()
             .write_buffer(buffers.grad, 0, bytemuck::cast_slice(&host));
         opt.step_submit()?;
+    }
+    if recipe.clip.is_none() && scaler.is_none() {
+        taken = steps;
+    }
+    if let Some(want) = scaler {
+        let got = opt.read_grad_scaler()?;
+        if got != want {
+            errors.fail(format!(
+                "the grad scaler holds scale {} and tracker {}, not {} and {}",
+                got.scale, got.growth_tracker, want.scale, want.growth_tracker
+            ));
+        }
     }
 
     let got = ctx.read_f32(&[(buffers.param, 0, layout.total)])?;
@@ -1343,7 +1547,7 @@ fn check_row(
     for (&o, &n) in layout.offsets.iter().zip(&layout.sizes) {
         in_tensor[o as usize..(o + n) as usize].fill(true);
     }
-    if let Some(i) = (0..got.len()).find(|&i| !in_tensor[i] && !got[i].is_nan()) {
+    if let Some(i) = (0..got.len()).find(|&i| !in_tensor[i] && got[i].to_bits() != GAP.to_bits()) {
         errors.fail(format!(
             "element {i} of the parameter buffer, in a gap between tensors, was written ({})",
             got[i]
@@ -1358,9 +1562,9 @@ fn check_row(
     for (k, &n) in layout.sizes.iter().enumerate() {
         let state = opt.read_state(k)?;
         let names = config.state_names();
-        if state.step != steps as u64 {
+        if state.step != taken as u64 {
             errors.fail(format!(
-                "tensor {k} counts {} steps instead of {steps}",
+                "tensor {k} counts {} steps instead of {taken}",
                 state.step
             ));
         }

@@ -491,8 +491,16 @@ fn validate_prints_a_passing_row_per_kernel() {
         String::from_utf8_lossy(&run.stderr)
     );
     let configs = wgpu_optim::validate::all_configs();
+    let recipes = wgpu_optim::validate::all_recipes();
     let rows: Vec<&str> = stdout.lines().filter(|l| l.contains("  f32  ")).collect();
-    assert_eq!(rows.len(), configs.len(), "{stdout}");
+    assert_eq!(rows.len(), configs.len() + recipes.len(), "{stdout}");
+    for (_, recipe) in &recipes {
+        assert!(
+            rows.iter().any(|r| r.contains(&recipe.label())),
+            "no row for {}: {stdout}",
+            recipe.label()
+        );
+    }
     assert!(rows.iter().all(|r| r.contains(" pass ")), "{stdout}");
     for kernel in wgpu_optim::validate::kernel_names() {
         assert!(
@@ -507,7 +515,7 @@ fn validate_prints_a_passing_row_per_kernel() {
         "--seed ",
         "~GB/s",
         "copy_buffer_to_buffer",
-        "56 passed, 0 failed",
+        "60 passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing: {stdout}");
     }
@@ -518,7 +526,10 @@ fn validate_prints_a_passing_row_per_kernel() {
     let run = wgpu_optim(&json_args, &dir);
     assert!(run.status.success());
     let report: serde_json::Value = serde_json::from_slice(&run.stdout).unwrap();
-    assert_eq!(report["rows"].as_array().unwrap().len(), configs.len());
+    assert_eq!(
+        report["rows"].as_array().unwrap().len(),
+        configs.len() + recipes.len()
+    );
     assert!(report["adapter"]["name"].is_string());
     assert_eq!(report["storage"], serde_json::json!(["f32"]));
     assert!(report["seed"].is_u64());

@@ -22,10 +22,21 @@ fn every_kernel_passes_and_reports() {
     eprintln!("{table}");
 
     let configs = validate::all_configs();
+    let recipes = validate::all_recipes();
     assert_eq!(
         report.rows.len(),
-        configs.len() * validate::STORAGE_TYPES.len()
+        (configs.len() + recipes.len()) * validate::STORAGE_TYPES.len()
     );
+    for (config, recipe) in &recipes {
+        assert!(
+            report
+                .rows
+                .iter()
+                .any(|r| r.config == *config && r.options.ends_with(&recipe.label())),
+            "no row for {config:?} with {}",
+            recipe.label()
+        );
+    }
     for config in &configs {
         assert!(
             report.rows.iter().any(|r| r.config == *config),
@@ -45,15 +56,24 @@ fn every_kernel_passes_and_reports() {
             "{row:?}"
         );
         assert!(row.detail.is_none(), "{row:?}");
-        assert!(row.max_abs_error.unwrap() <= 2e-5 * 100.0, "{row:?}");
+        // The absolute error itself can exceed the tolerance where float32 arithmetic does
+        // (ill-conditioned data); `max_error_over_tolerance` above already allows for that.
+        assert!(row.max_abs_error.is_some_and(f64::is_finite), "{row:?}");
         assert!(row.gb_per_s.unwrap() > 0.0, "{row:?}");
+        // The reduction of clipping and grad scaling reads the gradients once more.
+        let reduction =
+            if row.options.contains("clip_grad_norm") || row.options.contains("GradScaler") {
+                4
+            } else {
+                0
+            };
         assert_eq!(
             row.bytes_per_element,
-            wgpu_optim::bench::bytes_per_element(&row.config)
+            wgpu_optim::bench::bytes_per_element(&row.config) + reduction
         );
     }
     assert!(report.passed());
-    assert_eq!(report.counts(), (configs.len(), 0, 0));
+    assert_eq!(report.counts(), (configs.len() + recipes.len(), 0, 0));
     for kernel in validate::kernel_names() {
         assert!(
             report.rows.iter().any(|r| r.kernel == kernel),
