@@ -72,7 +72,7 @@ import warnings
 import torch
 from safetensors.torch import save_file
 
-from gen_optim import build_optimizer, build_scheduler, state_tensors
+from gen_optim import build_optimizer, build_scheduler, finish_output_dir, state_tensors
 
 SEED = 20261124
 STEPS = 40
@@ -82,7 +82,6 @@ NAMES = [n for n, _ in SHAPES]
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT_DIR = os.path.join(REPO_ROOT, "tests", "golden", "amp")
-MAX_TOTAL_BYTES = 2 * 1024 * 1024
 
 # Non-finite injections: (step, name, flat index, value).  With growth_interval 3
 # the scale grows after every 3 clean steps and backs off at each injected step;
@@ -432,18 +431,7 @@ def main():
     for note in notes:
         print(note)
 
-    # Remove stale per-case files from earlier runs.
-    for fname in sorted(os.listdir(OUT_DIR)):
-        if fname.endswith(".safetensors") and fname not in expected:
-            os.remove(os.path.join(OUT_DIR, fname))
-            print(f"removed stale {fname}")
-
-    total = sum(os.path.getsize(os.path.join(OUT_DIR, f)) for f in os.listdir(OUT_DIR))
-    print(f"total size of {os.path.relpath(OUT_DIR, REPO_ROOT)}: {total} bytes")
-    if total > MAX_TOTAL_BYTES:
-        print("error: golden files exceed 2 MB", file=sys.stderr)
-        return 1
-    return 0
+    return finish_output_dir(OUT_DIR, expected)
 
 
 if __name__ == "__main__":

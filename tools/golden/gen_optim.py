@@ -136,6 +136,21 @@ SCHEDULED_CASES = [
 ]
 
 
+def finish_output_dir(out_dir, expected):
+    """Removes stale per-case files from earlier runs and checks the directory's size.
+    Returns the exit status: 1 when the golden files exceed MAX_TOTAL_BYTES."""
+    for fname in sorted(os.listdir(out_dir)):
+        if fname.endswith(".safetensors") and fname not in expected:
+            os.remove(os.path.join(out_dir, fname))
+            print(f"removed stale {fname}")
+    total = sum(os.path.getsize(os.path.join(out_dir, f)) for f in os.listdir(out_dir))
+    print(f"total size of {os.path.relpath(out_dir, REPO_ROOT)}: {total} bytes")
+    if total > MAX_TOTAL_BYTES:
+        print("error: golden files exceed 2 MB", file=sys.stderr)
+        return 1
+    return 0
+
+
 def make_problem():
     """Seeded initial params and per-step grads (float32, CPU)."""
     torch.manual_seed(SEED)
@@ -263,18 +278,7 @@ def main():
               + " ".join(f"{e:.3e}" for e in per_name)
               + f"   state: {', '.join(sorted({k.split('.', 1)[1] for k in r32 if '.' in k}))}")
 
-    # Remove stale per-case files from earlier runs.
-    for fname in sorted(os.listdir(OUT_DIR)):
-        if fname.endswith(".safetensors") and fname not in expected:
-            os.remove(os.path.join(OUT_DIR, fname))
-            print(f"removed stale {fname}")
-
-    total = sum(os.path.getsize(os.path.join(OUT_DIR, f)) for f in os.listdir(OUT_DIR))
-    print(f"total size of {os.path.relpath(OUT_DIR, REPO_ROOT)}: {total} bytes")
-    if total > MAX_TOTAL_BYTES:
-        print("error: golden files exceed 2 MB", file=sys.stderr)
-        return 1
-    return 0
+    return finish_output_dir(OUT_DIR, expected)
 
 
 if __name__ == "__main__":
