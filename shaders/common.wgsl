@@ -20,13 +20,13 @@
 struct StepHeader {
     // 1 when the step is skipped: nothing is written.
     skip: u32,
-    flags: u32,
     inv_scale: f32,
     clip_coef: f32,
     clip_value: f32,
     _pad0: u32,
     _pad1: u32,
     _pad2: u32,
+    _pad3: u32,
 }
 
 struct Derived {
@@ -272,7 +272,6 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         let scale = control.scale;
         var header: StepHeader;
         header.skip = u32(found_inf);
-        header.flags = cfg.flags;
         header.inv_scale = 1.0;
         if (cfg.flags & UNSCALE) != 0u {
             header.inv_scale = reciprocal(scale);

@@ -68,7 +68,7 @@ struct SegmentTable {
 
 @group(0) @binding(0) var<uniform> table: SegmentTable;
 
-// Bits of `StepConfig.flags` and `StepHeader.flags`.
+// Bits of `StepConfig.flags` (and of the module constant `FLAGS`).
 // Gradients are divided by the grad scaler's scale (multiplied by its reciprocal).
 const UNSCALE: u32 = 1u;
 // Gradients are multiplied by the clip coefficient of clip_grad_norm_.

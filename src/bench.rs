@@ -62,6 +62,18 @@ pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
     12 + 8 * config.state_names().len() as u64
 }
 
+/// [`bytes_per_element`] of a step that also clips and scales: clipping by norm and a grad
+/// scaler run a reduction that reads the gradients once more (4 bytes); clipping by value
+/// adds nothing.
+pub fn bytes_per_element_with(
+    config: &OptimizerConfig,
+    clip: Option<ClipGrad>,
+    grad_scaler: Option<GradScaler>,
+) -> u64 {
+    let reduction = matches!(clip, Some(ClipGrad::Norm { .. })) || grad_scaler.is_some();
+    bytes_per_element(config) + if reduction { 4 } else { 0 }
+}
+
 /// Every kernel, once each (AdamW shares Adam's memory traffic but not its shader path).
 pub fn kernel_cases() -> Vec<KernelCase> {
     let rms = RMSprop::default();
@@ -136,7 +148,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             config: adam,
             clip,
             grad_scaler,
-            bytes_per_element: bytes_per_element(&adam) + 4,
+            bytes_per_element: bytes_per_element_with(&adam, clip, grad_scaler),
         });
     }
     cases

@@ -602,18 +602,15 @@ impl Optimizer {
 
     /// Records one optimizer step into a compute pass the caller has begun.
     pub fn record(&mut self, pass: &mut wgpu::ComputePass<'_>) -> Result<()> {
-        let reduce = self.needs_reduce();
+        let reduce = reduces(self.clip, self.scaler);
         self.write_host_slot(reduce);
         let slot = self.acquire_slot()?;
         let held = self.ring.held[slot].clone();
         held.fetch_add(1, Ordering::AcqRel);
         let hold = SlotHold(held);
         pass.on_submitted_work_done(move || drop(hold));
-        let offset = u32::try_from(slot as u64 * self.ring.slot_size).map_err(|_| {
-            Error::Unsupported(format!(
-                "more than {slot} steps in flight at once (the ring of per-step values would pass 4 GiB)"
-            ))
-        })?;
+        // Ring::new keeps every slot's offset within u32.
+        let offset = (slot as u64 * self.ring.slot_size) as u32;
         let mut current: Option<&wgpu::ComputePipeline> = None;
         if reduce {
             for ((batch, kernel), group) in
@@ -657,11 +654,6 @@ impl Optimizer {
                 });
         self.step(&mut encoder)?;
         Ok(self.ctx.queue().submit([encoder.finish()]))
-    }
-
-    /// Whether steps run the gradient reduction: for the norm, or for a grad scaler's inf check.
-    fn needs_reduce(&self) -> bool {
-        matches!(self.clip, Some(ClipGrad::Norm { .. })) || self.scaler.is_some()
     }
 
     /// Fills `host_slot` with this step's `StepConfig` and group records.
@@ -875,8 +867,7 @@ impl Optimizer {
                 )
             })
             .collect::<Result<_>>()?;
-        let reduce_needed = matches!(clip, Some(ClipGrad::Norm { .. })) || scaler.is_some();
-        if reduce_needed && self.reduce.is_empty() {
+        if reduces(clip, scaler) && self.reduce.is_empty() {
             let reduce: Vec<Arc<CompiledKernel>> = self
                 .batches
                 .iter()
@@ -1245,6 +1236,12 @@ impl Ring {
         slot_size: u64,
         slots: usize,
     ) -> Result<Self> {
+        // Dynamic offsets are u32.
+        if (slots as u64).saturating_sub(1).saturating_mul(slot_size) > u64::from(u32::MAX) {
+            return Err(Error::Unsupported(format!(
+                "{slots} steps in flight at once: the ring of per-step values would pass 4 GiB"
+            )));
+        }
         let device = ctx.device();
         scoped(device, || {
             let buffer = device.create_buffer(&wgpu::BufferDescriptor {
@@ -1302,6 +1299,12 @@ impl Ring {
             }
         })
     }
+}
+
+/// Whether a step with `clip` and `scaler` runs the gradient reduction: for the norm, or for
+/// the grad scaler's inf check.
+fn reduces(clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> bool {
+    matches!(clip, Some(ClipGrad::Norm { .. })) || scaler.is_some()
 }
 
 /// A batch's main kernel and, with vec4 access, its edge kernel.

@@ -1324,14 +1324,14 @@ fn run_row(
         max_rel_error: None,
         max_error_over_tolerance: None,
         f32_cpu_error_over_tolerance: None,
-        bytes_per_element: crate::bench::bytes_per_element(config),
+        bytes_per_element: crate::bench::bytes_per_element_with(
+            config,
+            recipe.clip,
+            recipe.grad_scaler,
+        ),
         gb_per_s: None,
         detail: None,
     };
-    // The reduction of norm clipping and of a grad scaler reads the gradients once more.
-    if matches!(recipe.clip, Some(ClipGrad::Norm { .. })) || recipe.grad_scaler.is_some() {
-        row.bytes_per_element += 4;
-    }
     match check_row(ctx, config, recipe, layout, buffers, steps, seed) {
         Ok((errors, mut opt)) => {
             let ratio = errors.max_ratio;

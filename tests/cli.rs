@@ -809,20 +809,9 @@ fn replay_with_clipping_and_a_grad_scaler_matches_pytorch() {
     // and a GradScaler whose gradients overflow at five of the 40 steps.
     let dir = scratch("replay-amp");
     let out = dir.join("out.safetensors");
-    let amp = |f: &str| {
-        Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("tests/golden/amp")
-            .join(f)
-    };
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(amp("cases.json")).unwrap()).unwrap();
+    let amp = common::amp_golden;
     let name = "scaler_clip_norm2_adamw_onecycle";
-    let case = cases["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap();
+    let case = common::amp_case(name);
     let (p, g) = (
         amp("params.safetensors"),
         amp(&format!("{name}.grads.safetensors")),

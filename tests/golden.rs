@@ -19,7 +19,7 @@ fn dir() -> &'static Path {
 }
 
 fn amp_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/amp")
+    common::amp_golden("")
 }
 
 /// Reads a golden file as f64 values by name (the f64 files are read as f64, since `replay`
@@ -245,14 +245,7 @@ fn a_skipped_first_step_leaves_everything_bit_identical() {
     let ctx = common::ctx();
     let dir = amp_dir();
     let name = "scaler_sgd_nesterov_skip_first";
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
-    let case = cases["cases"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == name)
-        .unwrap();
+    let case = &common::amp_case(name);
     assert_eq!(case["trace"]["found_inf"][0], 1);
     let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
     let params = replay::read_safetensors(&dir.join("params.safetensors")).unwrap();

@@ -2,10 +2,7 @@
 
 mod common;
 
-use common::{
-    POISON, Rng, assert_as_close_as_f32, assert_close, bits, context_with_limits, ctx, write,
-};
-use std::collections::HashMap;
+use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, ctx, write};
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
     Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, GradScalerState,
@@ -69,11 +66,11 @@ fn check_recipe(
     // Whole vec4s, so that every tensor can use the context's access mode.
     let total = at.next_multiple_of(4) as usize;
     let mut init = vec![POISON; total];
-    let mut params64: Vec<Vec<f64>> = Vec::new();
+    let mut tracked = Vec::new();
     for (&o, &n) in offsets.iter().zip(sizes) {
         let values = rng.normals(n as usize);
         init[o as usize..(o + n) as usize].copy_from_slice(&values);
-        params64.push(values.iter().map(|&v| f64::from(v)).collect());
+        tracked.push(Tracked::new(config, &values));
     }
     let param = ctx.create_f32_buffer("param", &init).unwrap();
     let grad = ctx.create_f32_buffer("grad", &vec![POISON; total]).unwrap();
@@ -107,28 +104,6 @@ fn check_recipe(
     for k in 0..sizes.len() {
         assert_eq!(opt.tensor_access(k).unwrap(), ctx.access());
     }
-    let mut states = vec![TensorState::<f64>::default(); sizes.len()];
-    // Per tensor, per buffer ("param" and each state): the sum of |change| over the steps.
-    let mut paths: Vec<HashMap<String, Vec<f64>>> = vec![HashMap::new(); sizes.len()];
-    // The same steps in float32 on the CPU: how far f32 arithmetic itself strays.
-    let mut params32: Vec<Vec<f32>> = params64
-        .iter()
-        .map(|p| p.iter().map(|&v| v as f32).collect())
-        .collect();
-    let init = |name: &str| match config {
-        OptimizerConfig::Adagrad(c) if name == "sum" => c.initial_accumulator_value as f32,
-        _ => 0.0,
-    };
-    let mut states32: Vec<Vec<Vec<f32>>> = sizes
-        .iter()
-        .map(|&n| {
-            config
-                .state_names()
-                .iter()
-                .map(|name| vec![init(name); n as usize])
-                .collect()
-        })
-        .collect();
     for step in 0..steps {
         let mut g = vec![POISON; total];
         let mut raw: Vec<Vec<f32>> = Vec::new();
@@ -172,34 +147,9 @@ fn check_recipe(
             continue;
         }
         taken += 1;
-        for (k, &n) in sizes.iter().enumerate() {
-            // The f32 steps get the gradients as the kernel sees them: unscaled and clipped.
-            let values: Vec<f32> = g64[k].iter().map(|&v| v as f32).collect();
-            let mut before = states[k].buffers.clone();
-            before.insert("param".into(), params64[k].clone());
-            let first = states[k].step == 0;
-            reference::step(&config, &mut states[k], &mut params64[k], &g64[k]);
-            wgpu_optim::validate::float32_step(
-                &config,
-                states[k].step,
-                first,
-                &mut params32[k],
-                &values,
-                &mut states32[k],
-            );
-            for (name, old) in before {
-                let new = if name == "param" {
-                    &params64[k]
-                } else {
-                    &states[k].buffers[&name]
-                };
-                let path = paths[k]
-                    .entry(name)
-                    .or_insert_with(|| vec![0.0; n as usize]);
-                for ((p, a), b) in path.iter_mut().zip(&old).zip(new) {
-                    *p += (a - b).abs();
-                }
-            }
+        // The f32 steps get the gradients as the kernel sees them: unscaled and clipped.
+        for (t, g) in tracked.iter_mut().zip(&g64) {
+            t.step_f64(g);
         }
     }
     if let Some(want) = scaler {
@@ -212,34 +162,9 @@ fn check_recipe(
     let what = format!("{config:?} ({})", ctx.access());
     for (k, (&o, &n)) in offsets.iter().zip(sizes).enumerate() {
         let range = o as usize..(o + n) as usize;
-        assert_as_close_as_f32(
-            &format!("{what} param of size {n}"),
-            &got[range],
-            &params64[k],
-            &paths[k]["param"],
-            &params32[k],
-            2e-5,
-            2e-5,
-        );
         let state = opt.read_state(k).unwrap();
         assert_eq!(state.step, taken);
-        assert_eq!(
-            state.buffers.keys().collect::<Vec<_>>(),
-            states[k].buffers.keys().collect::<Vec<_>>()
-        );
-        for (name, want) in &states[k].buffers {
-            let path = paths[k].get(name).map_or(&[][..], Vec::as_slice);
-            let index = config.state_names().iter().position(|s| s == name).unwrap();
-            assert_as_close_as_f32(
-                &format!("{what} {name} of size {n}"),
-                &state.buffers[name],
-                want,
-                path,
-                &states32[k][index],
-                2e-5,
-                2e-5,
-            );
-        }
+        tracked[k].assert_matches(&format!("{what}, size {n}"), &got[range], &state);
     }
     // The gaps between tensors, and the end of the buffer, kept their bits.
     let mut end = 0;

@@ -274,10 +274,21 @@ impl Tracked {
     /// One step with gradient `grad`.
     pub(crate) fn step(&mut self, grad: &[f32]) {
         let g: Vec<f64> = grad.iter().map(|&v| f64::from(v)).collect();
+        self.step_both(&g, grad);
+    }
+
+    /// One step with a gradient prepared in f64 (unscaled and clipped); the float32 steps get
+    /// it rounded to f32, as the kernel sees it.
+    pub(crate) fn step_f64(&mut self, grad: &[f64]) {
+        let g32: Vec<f32> = grad.iter().map(|&v| v as f32).collect();
+        self.step_both(grad, &g32);
+    }
+
+    fn step_both(&mut self, g: &[f64], grad: &[f32]) {
         let mut before = self.state.buffers.clone();
         before.insert("param".into(), self.param.clone());
         let first = self.state.step == 0;
-        wgpu_optim::reference::step(&self.config, &mut self.state, &mut self.param, &g);
+        wgpu_optim::reference::step(&self.config, &mut self.state, &mut self.param, g);
         wgpu_optim::validate::float32_step(
             &self.config,
             self.state.step,
@@ -344,4 +355,24 @@ impl Tracked {
             );
         }
     }
+}
+
+/// A file of tests/golden/amp (written by tools/golden/gen_amp.py).
+pub(crate) fn amp_golden(file: &str) -> std::path::PathBuf {
+    std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/golden/amp")
+        .join(file)
+}
+
+/// The case called `name` in tests/golden/amp/cases.json.
+pub(crate) fn amp_case(name: &str) -> serde_json::Value {
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(amp_golden("cases.json")).unwrap()).unwrap();
+    cases["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == name)
+        .unwrap_or_else(|| panic!("no golden case {name}"))
+        .clone()
 }
