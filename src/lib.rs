@@ -18,6 +18,7 @@ pub use amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
 pub use error::{Error, Result};
 pub use gpu::{Access, Context};
 pub use optim::{Adagrad, Adam, AdamW, OptimizerConfig, RMSprop, SGD};
+pub use optimizer::checkpoint;
 pub use optimizer::{BufferRange, MAX_STEP, Optimizer, ParamGroup, Snapshot, Tensor};
 pub use state::TensorState;
 

@@ -14,6 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+pub mod checkpoint;
+
 /// A range of f32 elements in a caller-owned buffer: byte `offset` (a multiple of 4) and `len`
 /// elements.
 #[derive(Clone, Copy, Debug)]
@@ -46,19 +48,46 @@ impl<'a> BufferRange<'a> {
     }
 }
 
-/// One parameter tensor: where its values and its gradient live.
+/// One parameter tensor: where its values and its gradient live, and optionally its name and
+/// shape, which [checkpoints](crate::checkpoint) record.
 #[derive(Clone, Copy, Debug)]
 pub struct Tensor<'a> {
     /// The parameter values, updated in place.
     pub param: BufferRange<'a>,
     /// The gradient, only read.
     pub grad: BufferRange<'a>,
+    /// The tensor's name, as in `model.named_parameters()`; `param.<i>` when `None`, with `i`
+    /// its index over all groups.
+    pub name: Option<&'a str>,
+    /// The tensor's shape; `[len]` when `None`. Its elements must multiply to the length.
+    pub shape: Option<&'a [usize]>,
 }
 
 impl<'a> Tensor<'a> {
     /// A tensor from its parameter and gradient ranges.
     pub fn new(param: BufferRange<'a>, grad: BufferRange<'a>) -> Self {
-        Self { param, grad }
+        Self {
+            param,
+            grad,
+            name: None,
+            shape: None,
+        }
+    }
+
+    /// This tensor under `name` (see [`Tensor::name`]).
+    pub fn named(self, name: &'a str) -> Self {
+        Self {
+            name: Some(name),
+            ..self
+        }
+    }
+
+    /// This tensor with `shape` (see [`Tensor::shape`]).
+    pub fn with_shape(self, shape: &'a [usize]) -> Self {
+        Self {
+            shape: Some(shape),
+            ..self
+        }
     }
 }
 
@@ -104,6 +133,10 @@ impl std::fmt::Debug for Snapshot {
 struct TensorMeta {
     group: usize,
     len: u64,
+    /// The tensor's name: given, or `param.<index>`.
+    name: String,
+    /// The tensor's shape, when given.
+    given_shape: Option<Vec<usize>>,
     /// The caller's parameter buffer and the byte offset of this tensor in it.
     param: wgpu::Buffer,
     param_offset: u64,
@@ -111,6 +144,15 @@ struct TensorMeta {
     access: Access,
     /// `(batch, piece)` indices covering the tensor in order.
     pieces: Vec<(usize, usize)>,
+}
+
+impl TensorMeta {
+    /// The tensor's shape: given, or `[len]`.
+    fn shape(&self) -> Vec<usize> {
+        self.given_shape
+            .clone()
+            .unwrap_or_else(|| vec![self.len as usize])
+    }
 }
 
 struct Batch {
@@ -294,6 +336,29 @@ fn check_overlaps(tensors: &[Tensor<'_>]) -> Result<()> {
     Ok(())
 }
 
+/// Rejects shapes that do not match their tensor's length, and names given twice.
+fn check_names(tensors: &[Tensor<'_>]) -> Result<()> {
+    let mut names = std::collections::HashSet::new();
+    for (i, t) in tensors.iter().enumerate() {
+        if let Some(shape) = t.shape {
+            let elements = shape.iter().try_fold(1u64, |n, &d| n.checked_mul(d as u64));
+            if elements != Some(t.param.len) {
+                return Err(Error::Input(format!(
+                    "tensor {i}: shape {shape:?} does not hold its {} elements",
+                    t.param.len
+                )));
+            }
+        }
+        let name = t.name.map_or_else(|| format!("param.{i}"), str::to_string);
+        if !names.insert(name.clone()) {
+            return Err(Error::Input(format!(
+                "tensor {i}: two tensors are named {name:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
 impl Optimizer {
     /// An optimizer with one parameter group.
     pub fn new(
@@ -345,6 +410,7 @@ impl Optimizer {
         }
         let tensors: Vec<Tensor<'_>> = all.iter().map(|(_, t)| *t).collect();
         check_overlaps(&tensors)?;
+        check_names(&tensors)?;
 
         let limits = ctx.limits();
         let alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
@@ -539,6 +605,8 @@ impl Optimizer {
             .map(|(i, (g, t))| TensorMeta {
                 group: *g,
                 len: t.param.len,
+                name: t.name.map_or_else(|| format!("param.{i}"), str::to_string),
+                given_shape: t.shape.map(<[usize]>::to_vec),
                 param: t.param.buffer.clone(),
                 param_offset: t.param.offset,
                 access: keys[spans[i].key].1,

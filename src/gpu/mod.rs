@@ -254,72 +254,105 @@ impl Context {
 
     /// As [`read_f32`](Self::read_f32), for any 4-byte words.
     pub(crate) fn read_words(&self, ranges: &[(&wgpu::Buffer, u64, u64)]) -> Result<Vec<u32>> {
-        for &(buffer, offset, len) in ranges {
+        let mut out = Vec::with_capacity(ranges.iter().map(|r| r.2 as usize).sum());
+        let bytes: Vec<_> = ranges
+            .iter()
+            .map(|&(b, o, len)| (b, o, len.saturating_mul(4)))
+            .collect();
+        self.read_stream(&bytes, READ_CHUNK, |data| {
+            out.extend(
+                data.chunks_exact(4)
+                    .map(|w| u32::from_le_bytes([w[0], w[1], w[2], w[3]])),
+            );
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Copies byte ranges out of GPU buffers, `(buffer, byte offset, bytes)`, each a multiple
+    /// of 4, and hands them to `sink` in order, in pieces of at most `chunk` bytes that go
+    /// through one staging buffer of at most that size: the host holds one piece at a time.
+    /// The buffers need `COPY_SRC`. Blocks.
+    pub(crate) fn read_stream(
+        &self,
+        ranges: &[(&wgpu::Buffer, u64, u64)],
+        chunk: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for &(buffer, offset, bytes) in ranges {
             if !buffer.usage().contains(wgpu::BufferUsages::COPY_SRC) {
                 return Err(Error::Input(
                     "buffer to read lacks the COPY_SRC usage".into(),
                 ));
             }
-            let end = len.checked_mul(4).and_then(|b| b.checked_add(offset));
-            if !offset.is_multiple_of(4) || end.is_none_or(|end| end > buffer.size()) {
+            let end = offset.checked_add(bytes);
+            if !offset.is_multiple_of(4)
+                || !bytes.is_multiple_of(4)
+                || end.is_none_or(|end| end > buffer.size())
+            {
                 return Err(Error::Input(format!(
-                    "read of {len} elements at byte offset {offset} is outside a {}-byte buffer",
+                    "read of {bytes} bytes at byte offset {offset} is outside a {}-byte buffer",
                     buffer.size()
                 )));
             }
         }
-        // Staging chunks: at most max_buffer_size, and at most 256 MiB of host-visible memory.
-        let chunk = (self.limits().max_buffer_size.min(1 << 28) / 4).max(1);
-        let mut out = Vec::with_capacity(ranges.iter().map(|r| r.2 as usize).sum());
-        let mut pending: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
-        let mut pending_len = 0;
-        for &(buffer, offset, len) in ranges {
-            let mut done = 0;
-            while done < len {
-                let n = (len - done).min(chunk - pending_len);
-                pending.push((buffer, offset + 4 * done, n));
-                pending_len += n;
-                done += n;
-                if pending_len == chunk {
-                    self.read_chunk(&pending, pending_len, &mut out)?;
-                    pending.clear();
-                    pending_len = 0;
-                }
-            }
+        // At most max_buffer_size, and a multiple of 4.
+        let chunk = (chunk.min(self.limits().max_buffer_size) & !3).max(4);
+        let total: u64 = ranges.iter().map(|r| r.2).sum();
+        if total == 0 {
+            return Ok(());
         }
-        if pending_len > 0 {
-            self.read_chunk(&pending, pending_len, &mut out)?;
-        }
-        Ok(out)
-    }
-
-    /// Reads `ranges`, holding `total` elements, through one staging buffer.
-    fn read_chunk(
-        &self,
-        ranges: &[(&wgpu::Buffer, u64, u64)],
-        total: u64,
-        out: &mut Vec<u32>,
-    ) -> Result<()> {
         let device = self.device();
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
         let staging = device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-optim readback"),
-            size: total * 4,
+            size: chunk.min(total),
             usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         });
         if let Some(e) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(e.to_string()));
         }
+        let mut pending: Vec<(&wgpu::Buffer, u64, u64)> = Vec::new();
+        let mut pending_len = 0;
+        for &(buffer, offset, bytes) in ranges {
+            let mut done = 0;
+            while done < bytes {
+                let n = (bytes - done).min(chunk - pending_len);
+                pending.push((buffer, offset + done, n));
+                pending_len += n;
+                done += n;
+                if pending_len == chunk {
+                    self.read_chunk(&staging, &pending, pending_len, &mut sink)?;
+                    pending.clear();
+                    pending_len = 0;
+                }
+            }
+        }
+        if pending_len > 0 {
+            self.read_chunk(&staging, &pending, pending_len, &mut sink)?;
+        }
+        Ok(())
+    }
+
+    /// Reads `ranges`, holding `total` bytes, through `staging`, and hands them to `sink`.
+    fn read_chunk(
+        &self,
+        staging: &wgpu::Buffer,
+        ranges: &[(&wgpu::Buffer, u64, u64)],
+        total: u64,
+        sink: &mut impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        let device = self.device();
         let mut encoder = device.create_command_encoder(&Default::default());
         let mut at = 0;
-        for &(buffer, offset, len) in ranges {
-            encoder.copy_buffer_to_buffer(buffer, offset, &staging, at, len * 4);
-            at += len * 4;
+        for &(buffer, offset, bytes) in ranges {
+            encoder.copy_buffer_to_buffer(buffer, offset, staging, at, bytes);
+            at += bytes;
         }
         let index = self.queue().submit([encoder.finish()]);
         let (tx, rx) = std::sync::mpsc::channel();
-        staging.map_async(wgpu::MapMode::Read, .., move |r| {
+        staging.map_async(wgpu::MapMode::Read, ..total, move |r| {
             let _ = tx.send(r);
         });
         device
@@ -332,12 +365,12 @@ impl Context {
             .map_err(|e| Error::Gpu(e.to_string()))?
             .map_err(|e| Error::Gpu(e.to_string()))?;
         let data = staging
-            .get_mapped_range(..)
+            .get_mapped_range(..total)
             .map_err(|e| Error::Gpu(e.to_string()))?;
-        out.extend_from_slice(bytemuck::cast_slice(&data[..]));
+        let result = sink(&data[..]);
         drop(data);
         staging.unmap();
-        Ok(())
+        result
     }
 
     /// The byte size of a buffer of `elements` f32 values (at least 4), or
@@ -380,6 +413,9 @@ impl Context {
         Ok(buffer)
     }
 }
+
+/// Bytes of host-visible memory a readback uses at once.
+pub(crate) const READ_CHUNK: u64 = 1 << 28;
 
 /// Runs `f` inside out-of-memory and validation error scopes and reports what they caught.
 pub(crate) fn scoped<T>(device: &wgpu::Device, f: impl FnOnce() -> T) -> Result<T> {
