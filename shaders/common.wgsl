@@ -34,7 +34,7 @@ struct Derived {
     tensors: array<Coeffs>,
 }
 
-@group(0) @binding(1) var<storage, read> derived: Derived;
+@group(0) @binding(0) var<storage, read> derived: Derived;
 // Bindings 2 to 4, the parameter, gradient and state buffers, and the functions that read and
 // write them, are in shaders/units.wgsl (main dispatch) or shaders/lanes.wgsl (edge dispatch).
 

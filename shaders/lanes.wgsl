@@ -5,10 +5,10 @@
 // vectors at all.) Prepended by src/gpu/kernels.rs, which writes GRAD_ACCESS; shaders/units.wgsl
 // defines the same functions for the main dispatch. Indices are in units, as there.
 
-@group(0) @binding(2) var<storage, read_write> param: array<f32>;
-@group(0) @binding(3) var<storage, GRAD_ACCESS> grad: array<f32>;
+@group(0) @binding(1) var<storage, read_write> param: array<f32>;
+@group(0) @binding(2) var<storage, GRAD_ACCESS> grad: array<f32>;
 // Every state buffer of the batch, one after the other, `table.state_stride` units apart.
-@group(0) @binding(4) var<storage, read_write> state: array<f32>;
+@group(0) @binding(3) var<storage, read_write> state: array<f32>;
 
 fn param_lane(i: u32, k: u32) -> f32 {
     return param[i * LANES + k];

@@ -66,7 +66,9 @@ struct SegmentTable {
     coarse: array<vec4<u32>, COARSE_ENTRIES>,
 }
 
-@group(0) @binding(0) var<uniform> table: SegmentTable;
+// In a bind group of its own, bound at a dynamic offset, so that the bind group of a batch's
+// buffers (group 0) serves every set of segment tables that binds the same buffers.
+@group(1) @binding(0) var<uniform> table: SegmentTable;
 
 // Bits of `StepConfig.flags` (and of the module constant `FLAGS`).
 // Gradients are divided by the grad scaler's scale (multiplied by its reciprocal).

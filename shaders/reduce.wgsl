@@ -7,10 +7,10 @@
 //
 // For a multi-GPU engine (ZeRO-1), these partials are the per-rank values to all-reduce.
 
-@group(0) @binding(1) var<storage, read> rgrad: array<E>;
-@group(0) @binding(2) var<storage, read> config: StepConfig;
-@group(0) @binding(3) var<storage, read> rcontrol: Control;
-@group(0) @binding(4) var<storage, read_write> partials_out: array<vec4<f32>>;
+@group(0) @binding(0) var<storage, read> rgrad: array<E>;
+@group(0) @binding(1) var<storage, read> config: StepConfig;
+@group(0) @binding(2) var<storage, read> rcontrol: Control;
+@group(0) @binding(3) var<storage, read_write> partials_out: array<vec4<f32>>;
 
 // Adds the gradients of one site to `acc`: (norm accumulator over finite unscaled values,
 // raw inf or NaN, unscaled inf, unscaled NaN). Reads the site's whole unit, which lies inside

@@ -3,10 +3,10 @@
 // which writes GRAD_ACCESS (read, or read_write when parameters and gradients share a buffer);
 // shaders/lanes.wgsl defines the same functions for the edge dispatch.
 
-@group(0) @binding(2) var<storage, read_write> param: array<E>;
-@group(0) @binding(3) var<storage, GRAD_ACCESS> grad: array<E>;
+@group(0) @binding(1) var<storage, read_write> param: array<E>;
+@group(0) @binding(2) var<storage, GRAD_ACCESS> grad: array<E>;
 // Every state buffer of the batch, one after the other, `table.state_stride` units apart.
-@group(0) @binding(4) var<storage, read_write> state: array<E>;
+@group(0) @binding(3) var<storage, read_write> state: array<E>;
 
 fn param_unit(i: u32) -> V {
     return unpack(param[i]);

@@ -19,7 +19,9 @@ pub use error::{Error, Result};
 pub use gpu::{Access, Context};
 pub use optim::{Adagrad, Adam, AdamW, OptimizerConfig, RMSprop, SGD};
 pub use optimizer::checkpoint;
-pub use optimizer::{BufferRange, MAX_STEP, Optimizer, ParamGroup, Snapshot, Tensor};
+pub use optimizer::{
+    BIND_GROUP_CACHE, BufferRange, LAYOUT_CACHE, MAX_STEP, Optimizer, ParamGroup, Snapshot, Tensor,
+};
 pub use state::TensorState;
 
 /// The WGSL source of every shader module this crate compiles, each with its prologues in

@@ -2,10 +2,9 @@
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport, split_f64};
 use crate::error::{Error, Result};
-use crate::gpu::plan::{self, PlanLimits, Span};
+use crate::gpu::plan;
 use crate::gpu::template::{
-    COEFFS_STRIDE, CONTROL_HEADER, STEP_HEADER_SIZE, StepConfig, TABLE_SIZE, TENSOR_STEP_SIZE,
-    WORKGROUP_SIZE, flags, reduce_workgroups, segment_table,
+    COEFFS_STRIDE, CONTROL_HEADER, STEP_HEADER_SIZE, StepConfig, TENSOR_STEP_SIZE, flags,
 };
 use crate::gpu::{Access, CompiledKernel, Context, EDGES, GradAccess, Pipeline, SINGLE, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
@@ -14,7 +13,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
+mod bind;
 pub mod checkpoint;
+pub use bind::{BIND_GROUP_CACHE, LAYOUT_CACHE};
 
 /// A range of f32 elements in a caller-owned buffer: byte `offset` (a multiple of 4) and `len`
 /// elements.
@@ -137,13 +138,16 @@ struct TensorMeta {
     name: String,
     /// The tensor's shape, when given.
     given_shape: Option<Vec<usize>>,
-    /// The caller's parameter buffer and the byte offset of this tensor in it.
+    /// The caller's parameter buffer and the byte offset of this tensor in it, now.
     param: wgpu::Buffer,
     param_offset: u64,
-    /// How the kernel reads and writes this tensor.
-    access: Access,
-    /// `(batch, piece)` indices covering the tensor in order.
-    pieces: Vec<(usize, usize)>,
+    /// The kernel of the tensor's group.
+    kernel: Kernel,
+    /// The access mode its state was laid out for, and the lane of its first element there.
+    state_access: Access,
+    lane: u64,
+    /// Where its state lives, in order; fixed for the optimizer's lifetime.
+    pieces: Vec<plan::StatePiece>,
 }
 
 impl TensorMeta {
@@ -153,32 +157,6 @@ impl TensorMeta {
             .clone()
             .unwrap_or_else(|| vec![self.len as usize])
     }
-}
-
-struct Batch {
-    kernel: Arc<CompiledKernel>,
-    /// With vec4 access, the kernel of the edge dispatch: the units that pieces share.
-    edge_kernel: Option<Arc<CompiledKernel>>,
-    bind_group: wgpu::BindGroup,
-    /// The batch's state buffers, one after the other (`plan.state_len` elements each), in one
-    /// buffer.
-    state: wgpu::Buffer,
-    plan: plan::Batch,
-    /// Byte offset of the batch's segment table in the table buffer.
-    table_offset: u64,
-    /// The gradient buffer, bound by the reduction.
-    grad: wgpu::Buffer,
-    /// The batch's kernel.
-    kernel_id: Kernel,
-    /// The access mode of the batch's tensors.
-    access: Access,
-    /// How the batch binds its gradients.
-    grad_access: GradAccess,
-    dispatch: (u32, u32),
-    /// The grid of the batch's reduction.
-    reduce_dispatch: (u32, u32),
-    /// Workgroups of the edge dispatch: two invocations a piece.
-    edge_workgroups: u32,
 }
 
 /// The ring of per-step slots: each slot holds a [`StepConfig`] and one `Hyper` record per
@@ -193,8 +171,6 @@ struct Ring {
     /// The slot last written, whose bytes are `Optimizer::last_slot`.
     last: Option<usize>,
     finalize: wgpu::BindGroup,
-    /// One bind group per batch, when the reduction runs.
-    reduce: Vec<wgpu::BindGroup>,
 }
 
 /// Releases its ring slot when dropped: when the GPU has finished the step, or when the step's
@@ -218,10 +194,12 @@ pub const MAX_STEP: u64 = u32::MAX as u64 - 1;
 /// Build it once with the engine's buffers; each [`step`](Self::step) then records a few
 /// dispatches into the caller's encoder: one per batch of tensors sharing a kernel, an
 /// [`Access`] mode, a parameter buffer and a gradient buffer (more only when a batch outgrows a
-/// binding or holds more than 256 tensors), one single-workgroup dispatch that advances the
-/// step counts, and, with norm clipping or a grad scaler, one reduction per batch. Engines that
-/// keep parameters in one buffer and gradients in another get one optimizer dispatch per step,
-/// whatever the tensor count. Nothing is compiled or read back per step; the step counts, the
+/// binding, holds more than 256 tensors or its state fills a state block), one
+/// single-workgroup dispatch that advances the step counts, and, with norm clipping or a grad
+/// scaler, one reduction per batch. Engines that keep parameters in one buffer and gradients in
+/// another get one optimizer dispatch per step, whatever the tensor count. Engines whose memory
+/// pool hands out new gradient buffers every step move the tensors with
+/// [`rebind`](Self::rebind) before each step. Nothing is compiled or read back per step; the step counts, the
 /// bias corrections, the clip coefficient and the grad scaler live on the GPU. The host writes
 /// each step's hyperparameters (learning rate, cycled momentum) with
 /// [`wgpu::Queue::write_buffer`], which lands before the next submit.
@@ -233,13 +211,21 @@ pub struct Optimizer {
     id: u64,
     groups: Vec<OptimizerConfig>,
     tensors: Vec<TensorMeta>,
-    batches: Vec<Batch>,
+    /// The state, fixed when built.
+    blocks: Vec<bind::StateBlock>,
+    /// The dispatches of the current ranges, and of ranges used before.
+    bound: bind::Bound,
+    cache: Vec<bind::Bound>,
+    bind_groups: bind::BindGroups,
     buffers: Buffers,
-    /// Partials of one step: the reduction's workgroups over every batch.
-    partial_count: u32,
+    /// Partials the partials buffer holds.
+    partial_capacity: u32,
+    /// Counts rebuilds of the ring and the partials buffer, which the reduction's bind groups
+    /// bind.
+    generation: u64,
+    /// Counts uses of bindings, for least-recently-used eviction.
+    tick: u64,
     finalize: Arc<CompiledKernel>,
-    /// The reduction of each batch, compiled once clipping by norm or a grad scaler is set.
-    reduce: Vec<Arc<CompiledKernel>>,
     ring: Ring,
     /// The slot bytes of the step being recorded, and of the last slot written.
     host_slot: Vec<u8>,
@@ -253,7 +239,7 @@ impl std::fmt::Debug for Optimizer {
         f.debug_struct("Optimizer")
             .field("groups", &self.groups)
             .field("tensors", &self.tensors.len())
-            .field("dispatches", &self.batches.len())
+            .field("dispatches", &self.bound.dispatches.len())
             .field("clip", &self.clip)
             .field("scaler", &self.scaler)
             .finish()
@@ -413,121 +399,78 @@ impl Optimizer {
         check_names(&tensors)?;
 
         let limits = ctx.limits();
-        let alignment = u64::from(limits.min_storage_buffer_offset_alignment).max(4);
+        let plan_limits = bind::plan_limits(limits);
         if all.len() > u32::MAX as usize {
             return Err(Error::Input("more tensors than fit 32-bit indices".into()));
         }
-        // Batch keys: kernel, access mode, gradient binding, parameter buffer, gradient buffer.
-        let mut keys: Vec<(Kernel, Access, GradAccess, &wgpu::Buffer, &wgpu::Buffer)> = Vec::new();
-        let mut spans = Vec::with_capacity(all.len());
-        for (g, t) in &all {
-            let access = access_for(ctx.access(), alignment, t);
-            let grad = if t.param.buffer == t.grad.buffer {
-                GradAccess::Shared
-            } else {
-                GradAccess::ReadOnly
-            };
-            let k = (
-                groups[*g].config.kernel(),
-                access,
-                grad,
-                t.param.buffer,
-                t.grad.buffer,
-            );
-            let key = keys.iter().position(|x| *x == k).unwrap_or_else(|| {
-                keys.push(k);
-                keys.len() - 1
-            });
-            spans.push(Span {
-                key,
-                param_offset: t.param.offset,
-                grad_offset: t.grad.offset,
-                len: t.param.len,
-                lanes: access.lanes(),
-            });
+        if plan_limits.max_binding < 2 * plan_limits.alignment + 16 {
+            return Err(Error::Unsupported(format!(
+                "storage bindings of {} bytes (max_storage_buffer_binding_size)",
+                plan_limits.max_binding
+            )));
         }
         let shader = first.config.kernel().shader();
         let finalize = ctx.kernel(Pipeline::Finalize(shader))?;
 
-        let max_binding = plan::max_window(
-            limits.max_storage_buffer_binding_size,
-            limits.max_buffer_size,
-        );
-        if max_binding < 2 * alignment + 16 {
-            return Err(Error::Unsupported(format!(
-                "storage bindings of {max_binding} bytes (max_storage_buffer_binding_size)"
-            )));
+        // The state: tensors of one kernel and access mode share blocks, each at its
+        // parameter's lane.
+        let mut block_keys: Vec<(Kernel, Access)> = Vec::new();
+        let mut metas = Vec::with_capacity(all.len());
+        let mut state_spans = Vec::with_capacity(all.len());
+        for (i, (g, t)) in all.iter().enumerate() {
+            let kernel = groups[*g].config.kernel();
+            let access = access_for(ctx.access(), plan_limits.alignment, t);
+            let k = (kernel, access);
+            let key = block_keys.iter().position(|x| *x == k).unwrap_or_else(|| {
+                block_keys.push(k);
+                block_keys.len() - 1
+            });
+            let lane = t.param.offset / 4 % access.lanes();
+            state_spans.push(plan::StateSpan {
+                key,
+                len: t.param.len,
+                lane,
+                lanes: access.lanes(),
+            });
+            metas.push(TensorMeta {
+                group: *g,
+                len: t.param.len,
+                name: t.name.map_or_else(|| format!("param.{i}"), str::to_string),
+                given_shape: t.shape.map(<[usize]>::to_vec),
+                param: t.param.buffer.clone(),
+                param_offset: t.param.offset,
+                kernel,
+                state_access: access,
+                lane,
+                pieces: Vec::new(),
+            });
         }
-        let most_states = keys
+        let most_states = block_keys
             .iter()
             .map(|k| k.0.state_names().len() as u64)
             .max()
             .unwrap_or(1)
             .max(1);
-        let plans = plan::plan(
-            &spans,
-            &PlanLimits {
-                max_binding,
-                alignment,
-                max_state: max_binding / 4 / most_states / 4 * 4,
-            },
-        );
-        let mut kernels = plans
-            .iter()
-            .map(|p| {
-                let k = keys[p.key];
-                step_kernels(ctx, k.0, k.1, k.2, p.pieces.len(), 0)
-            })
-            .collect::<Result<Vec<_>>>()?
-            .into_iter();
-        let max_x = limits.max_compute_workgroups_per_dimension.max(1);
-        let mut partial_count: u32 = 0;
-        let mut partial_bases = Vec::with_capacity(plans.len());
-        for p in &plans {
-            let (x, y) = dispatch_size(p.workgroups, max_x);
-            if y > max_x {
-                return Err(Error::Unsupported(format!(
-                    "a dispatch of {} workgroups (max_compute_workgroups_per_dimension is {max_x})",
-                    p.workgroups
-                )));
-            }
-            debug_assert!(x <= max_x);
-            partial_bases.push(partial_count);
-            partial_count = partial_count
-                .checked_add(reduce_workgroups(p))
-                .ok_or_else(|| {
-                    Error::Input("more workgroups in one step than fit 32-bit indices".into())
-                })?;
+        let max_state = plan_limits.max_binding / 4 / most_states / 4 * 4;
+        let (block_plans, pieces) = plan::state_blocks(&state_spans, max_state);
+        for piece in pieces {
+            metas[piece.tensor].pieces.push(piece);
         }
+        let ranges: Vec<bind::Ranges> = all
+            .iter()
+            .map(|(_, t)| {
+                (
+                    t.param.buffer.clone(),
+                    t.param.offset,
+                    t.grad.buffer.clone(),
+                    t.grad.offset,
+                )
+            })
+            .collect();
 
-        let uniform_align = u64::from(limits.min_uniform_buffer_offset_alignment).max(16);
-        let table_stride = round_up(TABLE_SIZE, uniform_align);
         let n = all.len() as u64;
         let device = ctx.device();
-        let (table, control, derived, partials, states) = scoped(device, || {
-            let mut contents = vec![0u8; (table_stride * plans.len() as u64) as usize];
-            for (b, p) in plans.iter().enumerate() {
-                let x = dispatch_size(p.workgroups, max_x).0;
-                let reduce_x = dispatch_size(reduce_workgroups(p), max_x).0;
-                let bytes = segment_table(p, &spans, (x, reduce_x), partial_bases[b]);
-                let at = b * table_stride as usize;
-                contents[at..at + bytes.len()].copy_from_slice(&bytes);
-            }
-            let init = |label, contents: &[u8], usage| {
-                wgpu::util::DeviceExt::create_buffer_init(
-                    device,
-                    &wgpu::util::BufferInitDescriptor {
-                        label: Some(label),
-                        contents,
-                        usage,
-                    },
-                )
-            };
-            let table = init(
-                "wgpu-optim segment tables",
-                &contents,
-                wgpu::BufferUsages::UNIFORM,
-            );
+        let (control, derived, blocks) = scoped(device, || {
             let copy = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
             let mut control_bytes =
                 Vec::with_capacity((CONTROL_HEADER + TENSOR_STEP_SIZE * n) as usize);
@@ -535,10 +478,13 @@ impl Optimizer {
             for (g, _) in &all {
                 control_bytes.extend_from_slice(bytemuck::cast_slice(&[0u32, *g as u32]));
             }
-            let control = init(
-                "wgpu-optim control",
-                &control_bytes,
-                wgpu::BufferUsages::STORAGE | copy,
+            let control = wgpu::util::DeviceExt::create_buffer_init(
+                device,
+                &wgpu::util::BufferInitDescriptor {
+                    label: Some("wgpu-optim control"),
+                    contents: &control_bytes,
+                    usage: wgpu::BufferUsages::STORAGE | copy,
+                },
             );
             let derived = device.create_buffer(&wgpu::BufferDescriptor {
                 label: Some("wgpu-optim step coefficients"),
@@ -546,115 +492,60 @@ impl Optimizer {
                 usage: wgpu::BufferUsages::STORAGE,
                 mapped_at_creation: false,
             });
-            let partials = device.create_buffer(&wgpu::BufferDescriptor {
-                label: Some("wgpu-optim gradient partials"),
-                size: 16 * u64::from(partial_count).max(1),
-                usage: wgpu::BufferUsages::STORAGE,
-                mapped_at_creation: false,
-            });
-            let states: Vec<wgpu::Buffer> = plans
+            let blocks: Vec<bind::StateBlock> = block_plans
                 .iter()
-                .map(|p| state_buffer(device, groups, &all, p, keys[p.key].0.state_names()))
+                .enumerate()
+                .map(|(b, p)| bind::StateBlock {
+                    buffer: state_buffer(device, groups, &all, &metas, b, p, block_keys[p.key].0),
+                    plan: *p,
+                })
                 .collect();
-            (table, control, derived, partials, states)
+            (control, derived, blocks)
         })?;
-        let mut batches = Vec::with_capacity(plans.len());
-        scoped(device, || {
-            for ((b, p), state) in plans.into_iter().enumerate().zip(states) {
-                let (param_buffer, grad_buffer) = (keys[p.key].3, keys[p.key].4);
-                let Some((kernel, edge_kernel)) = kernels.next() else {
-                    break;
-                };
-                let table_offset = b as u64 * table_stride;
-                let bind_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
-                    label: Some("wgpu-optim batch"),
-                    layout: &kernel.layout,
-                    entries: &entries(&[
-                        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                            buffer: &table,
-                            offset: table_offset,
-                            size: wgpu::BufferSize::new(TABLE_SIZE),
-                        }),
-                        derived.as_entire_binding(),
-                        wgpu::BindingResource::Buffer(window(param_buffer, p.param_window)),
-                        wgpu::BindingResource::Buffer(window(grad_buffer, p.grad_window)),
-                        state.as_entire_binding(),
-                    ]),
-                });
-                batches.push(Batch {
-                    kernel,
-                    edge_kernel,
-                    edge_workgroups: (2 * p.pieces.len() as u32).div_ceil(WORKGROUP_SIZE),
-                    bind_group,
-                    state,
-                    dispatch: dispatch_size(p.workgroups, max_x),
-                    reduce_dispatch: dispatch_size(reduce_workgroups(&p), max_x),
-                    table_offset,
-                    grad: grad_buffer.clone(),
-                    kernel_id: keys[p.key].0,
-                    access: keys[p.key].1,
-                    grad_access: keys[p.key].2,
-                    plan: p,
-                });
-            }
-        })?;
-
-        let metas: Vec<TensorMeta> = all
-            .iter()
-            .enumerate()
-            .map(|(i, (g, t))| TensorMeta {
-                group: *g,
-                len: t.param.len,
-                name: t.name.map_or_else(|| format!("param.{i}"), str::to_string),
-                given_shape: t.shape.map(<[usize]>::to_vec),
-                param: t.param.buffer.clone(),
-                param_offset: t.param.offset,
-                access: keys[spans[i].key].1,
-                pieces: Vec::new(),
-            })
-            .collect();
+        let layout = bind::layout(ctx, &metas, &blocks, &ranges)?;
+        let partial_capacity = layout.partial_count.max(1);
+        let buffers = Buffers {
+            control,
+            derived,
+            partials: partials_buffer(device, partial_capacity)?,
+        };
         let storage_align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
         let slot_size = round_up(
             size_of::<StepConfig>() as u64 + shader.hyper_size() * groups.len() as u64,
             storage_align,
         );
-        let buffers = Buffers {
-            table,
-            control,
-            derived,
-            partials,
-        };
-        let ring = Ring::new(
+        let ring = Ring::new(ctx, &finalize, &buffers, slot_size, RING_SLOTS)?;
+        let mut bind_groups = bind::BindGroups::default();
+        let bound = bind::Parts {
             ctx,
-            &finalize,
-            &[],
-            &batches,
-            &buffers,
-            slot_size,
-            RING_SLOTS,
-        )?;
-        let mut optimizer = Self {
+            blocks: &blocks,
+            ring: &ring,
+            buffers: &buffers,
+            groups: &mut bind_groups,
+            generation: 0,
+            tick: 0,
+        }
+        .realize(layout, ranges, 0, false)?;
+        Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ring,
             ctx: ctx.clone(),
             groups: groups.iter().map(|g| g.config).collect(),
             tensors: metas,
-            batches,
+            blocks,
+            bound,
+            cache: Vec::new(),
+            bind_groups,
             buffers,
-            partial_count,
+            partial_capacity,
+            generation: 0,
+            tick: 0,
             finalize,
-            reduce: Vec::new(),
             host_slot: vec![0; slot_size as usize],
             last_slot: Vec::new(),
             clip: None,
             scaler: None,
-        };
-        for (b, batch) in optimizer.batches.iter().enumerate() {
-            for (i, piece) in batch.plan.pieces.iter().enumerate() {
-                optimizer.tensors[piece.tensor].pieces.push((b, i));
-            }
-        }
-        Ok(optimizer)
+        })
     }
 
     /// Records one optimizer step into `encoder`, in a compute pass of its own. Nothing is
@@ -671,42 +562,50 @@ impl Optimizer {
     /// Records one optimizer step into a compute pass the caller has begun.
     pub fn record(&mut self, pass: &mut wgpu::ComputePass<'_>) -> Result<()> {
         let reduce = reduces(self.clip, self.scaler);
+        let bits = Self::step_flags(self.clip, self.scaler);
         self.write_host_slot(reduce);
         let slot = self.acquire_slot()?;
+        // The ring may have grown: the reduction's bind groups must bind the new one.
+        let (mut parts, bound) = self.parts();
+        parts.refresh(bound, bits, reduce)?;
         let held = self.ring.held[slot].clone();
         held.fetch_add(1, Ordering::AcqRel);
         let hold = SlotHold(held);
         pass.on_submitted_work_done(move || drop(hold));
         // Ring::new keeps every slot's offset within u32.
         let offset = (slot as u64 * self.ring.slot_size) as u32;
+        let bound = &self.bound;
         let mut current: Option<&wgpu::ComputePipeline> = None;
         if reduce {
-            for ((batch, kernel), group) in
-                self.batches.iter().zip(&self.reduce).zip(&self.ring.reduce)
-            {
+            for d in &bound.dispatches {
+                let (Some(kernel), Some(group)) = (&d.reduce_kernel, &d.reduce_group) else {
+                    continue;
+                };
                 if current != Some(&kernel.pipeline) {
                     pass.set_pipeline(&kernel.pipeline);
                     current = Some(&kernel.pipeline);
                 }
                 pass.set_bind_group(0, group, &[offset]);
-                pass.dispatch_workgroups(batch.reduce_dispatch.0, batch.reduce_dispatch.1, 1);
+                pass.set_bind_group(1, &bound.table, &[d.table_offset]);
+                pass.dispatch_workgroups(d.reduce_dispatch.0, d.reduce_dispatch.1, 1);
             }
         }
         pass.set_pipeline(&self.finalize.pipeline);
         pass.set_bind_group(0, &self.ring.finalize, &[offset]);
         pass.dispatch_workgroups(1, 1, 1);
         current = Some(&self.finalize.pipeline);
-        for batch in &self.batches {
-            if current != Some(&batch.kernel.pipeline) {
-                pass.set_pipeline(&batch.kernel.pipeline);
-                current = Some(&batch.kernel.pipeline);
+        for d in &bound.dispatches {
+            if current != Some(&d.kernel.pipeline) {
+                pass.set_pipeline(&d.kernel.pipeline);
+                current = Some(&d.kernel.pipeline);
             }
-            pass.set_bind_group(0, &batch.bind_group, &[]);
-            pass.dispatch_workgroups(batch.dispatch.0, batch.dispatch.1, 1);
-            if let Some(edges) = &batch.edge_kernel {
+            pass.set_bind_group(0, &d.group, &[]);
+            pass.set_bind_group(1, &bound.table, &[d.table_offset]);
+            pass.dispatch_workgroups(d.dispatch.0, d.dispatch.1, 1);
+            if let Some(edges) = &d.edge_kernel {
                 pass.set_pipeline(&edges.pipeline);
                 current = Some(&edges.pipeline);
-                pass.dispatch_workgroups(batch.edge_workgroups, 1, 1);
+                pass.dispatch_workgroups(d.edge_workgroups, 1, 1);
             }
         }
         Ok(())
@@ -728,7 +627,7 @@ impl Optimizer {
     fn write_host_slot(&mut self, reduce: bool) {
         let mut config = StepConfig {
             tensors: self.tensors.len() as u32,
-            partials: if reduce { self.partial_count } else { 0 },
+            partials: if reduce { self.bound.partial_count } else { 0 },
             flags: Self::step_flags(self.clip, self.scaler),
             ..Default::default()
         };
@@ -779,12 +678,11 @@ impl Optimizer {
                 self.ring = Ring::new(
                     &self.ctx,
                     &self.finalize,
-                    &self.reduce,
-                    &self.batches,
                     &self.buffers,
                     self.ring.slot_size,
                     slots,
                 )?;
+                self.generation += 1;
                 0
             }
         };
@@ -918,48 +816,39 @@ impl Optimizer {
     }
 
     /// Switches to `clip` and `scaler`: the step kernels compiled for them, and the reduction
-    /// with its bind groups once a step needs it. On error nothing changes.
+    /// with its bind groups once a step needs it. Cached bindings catch up when used. On error
+    /// nothing changes.
     fn configure(&mut self, clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> Result<()> {
         let bits = Self::step_flags(clip, scaler);
-        let kernels: Vec<StepKernels> = self
-            .batches
-            .iter()
-            .map(|b| {
-                step_kernels(
-                    &self.ctx,
-                    b.kernel_id,
-                    b.access,
-                    b.grad_access,
-                    b.plan.pieces.len(),
-                    bits,
-                )
-            })
-            .collect::<Result<_>>()?;
-        if reduces(clip, scaler) && self.reduce.is_empty() {
-            let reduce: Vec<Arc<CompiledKernel>> = self
-                .batches
-                .iter()
-                .map(|b| self.ctx.kernel(Pipeline::Reduce(b.access)))
-                .collect::<Result<_>>()?;
-            let ring = Ring::new(
-                &self.ctx,
-                &self.finalize,
-                &reduce,
-                &self.batches,
-                &self.buffers,
-                self.ring.slot_size,
-                self.ring.held.len(),
-            )?;
-            self.reduce = reduce;
-            self.ring = ring;
-            self.last_slot.clear();
-        }
-        for (batch, (kernel, edges)) in self.batches.iter_mut().zip(kernels) {
-            batch.kernel = kernel;
-            batch.edge_kernel = edges;
-        }
+        let reduce = reduces(clip, scaler);
+        let (mut parts, bound) = self.parts();
+        parts.refresh(bound, bits, reduce)?;
         self.clip = clip;
         self.scaler = scaler;
+        Ok(())
+    }
+
+    /// Grows the partials buffer to hold `count` partials: a new buffer, and a new ring whose
+    /// `finalize` bind group binds it.
+    fn grow_partials(&mut self, count: u32) -> Result<()> {
+        let partials = partials_buffer(self.ctx.device(), count)?;
+        let buffers = Buffers {
+            control: self.buffers.control.clone(),
+            derived: self.buffers.derived.clone(),
+            partials,
+        };
+        let ring = Ring::new(
+            &self.ctx,
+            &self.finalize,
+            &buffers,
+            self.ring.slot_size,
+            self.ring.held.len(),
+        )?;
+        self.buffers = buffers;
+        self.ring = ring;
+        self.last_slot.clear();
+        self.partial_capacity = count;
+        self.generation += 1;
         Ok(())
     }
 
@@ -972,7 +861,7 @@ impl Optimizer {
     /// one single-workgroup `finalize` dispatch, with vec4 access one small edge dispatch per
     /// batch, and with clipping by norm or a grad scaler one reduction per batch.
     pub fn dispatches_per_step(&self) -> usize {
-        self.batches.len()
+        self.bound.dispatches.len()
     }
 
     /// Number of tensors, over all groups.
@@ -980,10 +869,12 @@ impl Optimizer {
         self.tensors.len()
     }
 
-    /// How the kernels access tensor `tensor` (numbered over all groups in order): the
-    /// context's [`Access`], or [`Access::Scalar`] where the tensor cannot use vec4 access.
+    /// How the kernels access tensor `tensor` (numbered over all groups in order) at its
+    /// current ranges: the context's [`Access`], or [`Access::Scalar`] where the tensor cannot
+    /// use vec4 access.
     pub fn tensor_access(&self, tensor: usize) -> Result<Access> {
-        Ok(self.meta(tensor)?.access)
+        self.meta(tensor)?;
+        Ok(self.bound.access[tensor])
     }
 
     /// The hyperparameters of every group.
@@ -1092,11 +983,10 @@ impl Optimizer {
     fn state_ranges(&self, meta: &TensorMeta, n: u64) -> Vec<(&wgpu::Buffer, u64, u64)> {
         meta.pieces
             .iter()
-            .map(|&(b, p)| {
-                let batch = &self.batches[b];
-                let piece = &batch.plan.pieces[p];
-                let at = 4 * (n * batch.plan.state_len + piece.state_offset);
-                (&batch.state, at, piece.len)
+            .map(|p| {
+                let block = &self.blocks[p.block];
+                let at = 4 * (n * block.plan.len + p.state_offset);
+                (&block.buffer, at, p.len)
             })
             .collect()
     }
@@ -1216,9 +1106,9 @@ impl Optimizer {
             optimizer: self.id,
             params: copy_of("wgpu-optim snapshot parameters", (total * 4).max(4)),
             states: self
-                .batches
+                .blocks
                 .iter()
-                .map(|b| copy_of("wgpu-optim snapshot state", b.state.size()))
+                .map(|b| copy_of("wgpu-optim snapshot state", b.buffer.size()))
                 .collect(),
             control: copy_of("wgpu-optim snapshot control", self.buffers.control.size()),
             groups: self.groups.clone(),
@@ -1266,8 +1156,8 @@ impl Optimizer {
             }
             at += meta.len * 4;
         }
-        for (batch, saved) in self.batches.iter().zip(&snapshot.states) {
-            copy((&batch.state, 0), (saved, 0), batch.state.size());
+        for (block, saved) in self.blocks.iter().zip(&snapshot.states) {
+            copy((&block.buffer, 0), (saved, 0), block.buffer.size());
         }
         copy(
             (&self.buffers.control, 0),
@@ -1282,8 +1172,6 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
 /// The buffers every step binds besides the caller's.
 struct Buffers {
-    /// Segment tables of every batch.
-    table: wgpu::Buffer,
     /// `Control` (shaders/layout.wgsl): scaler state, last report, per-tensor step counts.
     control: wgpu::Buffer,
     /// `Derived` (shaders/common.wgsl): what `finalize` decided for the step.
@@ -1293,13 +1181,10 @@ struct Buffers {
 }
 
 impl Ring {
-    /// A ring of `slots` slots and the bind groups that read it: `finalize`'s, and one per
-    /// batch for the reduction when `reduce` (one kernel per batch) is not empty.
+    /// A ring of `slots` slots, and `finalize`'s bind group that reads it.
     fn new(
         ctx: &Context,
         finalize: &CompiledKernel,
-        reduce: &[Arc<CompiledKernel>],
-        batches: &[Batch],
         buffers: &Buffers,
         slot_size: u64,
         slots: usize,
@@ -1327,46 +1212,42 @@ impl Ring {
                 label: Some("wgpu-optim finalize"),
                 layout: &finalize.layout,
                 entries: &entries(&[
-                    slot.clone(),
+                    slot,
                     buffers.control.as_entire_binding(),
                     buffers.partials.as_entire_binding(),
                     buffers.derived.as_entire_binding(),
                 ]),
             });
-            let reduce = reduce
-                .iter()
-                .zip(batches)
-                .map(|(kernel, batch)| {
-                    device.create_bind_group(&wgpu::BindGroupDescriptor {
-                        label: Some("wgpu-optim reduce"),
-                        layout: &kernel.layout,
-                        entries: &entries(&[
-                            wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                buffer: &buffers.table,
-                                offset: batch.table_offset,
-                                size: wgpu::BufferSize::new(TABLE_SIZE),
-                            }),
-                            wgpu::BindingResource::Buffer(window(
-                                &batch.grad,
-                                batch.plan.grad_window,
-                            )),
-                            slot.clone(),
-                            buffers.control.as_entire_binding(),
-                            buffers.partials.as_entire_binding(),
-                        ]),
-                    })
-                })
-                .collect();
             Ring {
                 held: (0..slots).map(|_| Arc::new(AtomicUsize::new(0))).collect(),
                 buffer,
                 slot_size,
                 last: None,
                 finalize,
-                reduce,
             }
         })
     }
+
+    /// One slot of the ring, for a binding at a dynamic offset.
+    fn slot_binding(&self) -> wgpu::BindingResource<'_> {
+        wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+            buffer: &self.buffer,
+            offset: 0,
+            size: wgpu::BufferSize::new(self.slot_size),
+        })
+    }
+}
+
+/// A buffer for `count` partials of the gradient reduction.
+fn partials_buffer(device: &wgpu::Device, count: u32) -> Result<wgpu::Buffer> {
+    scoped(device, || {
+        device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some("wgpu-optim gradient partials"),
+            size: 16 * u64::from(count).max(1),
+            usage: wgpu::BufferUsages::STORAGE,
+            mapped_at_creation: false,
+        })
+    })
 }
 
 /// Whether a step with `clip` and `scaler` runs the gradient reduction: for the norm, or for
@@ -1439,22 +1320,31 @@ fn access_for(preferred: Access, alignment: u64, t: &Tensor<'_>) -> Access {
     }
 }
 
-/// A batch's state buffers, one after the other in one buffer, each filled with each piece's
-/// initial value. At least one unit, so that kernels without state can bind it.
+/// State block `b`'s buffer: its state buffers one after the other, each filled with each
+/// piece's initial value. At least one unit, so that kernels without state can bind it.
 fn state_buffer(
     device: &wgpu::Device,
     groups: &[ParamGroup<'_>],
     all: &[(usize, Tensor<'_>)],
-    p: &plan::Batch,
-    names: &[&str],
+    metas: &[TensorMeta],
+    b: usize,
+    block: &plan::Block,
+    kernel: Kernel,
 ) -> wgpu::Buffer {
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    let len = p.state_len * names.len() as u64;
+    let names = kernel.state_names();
+    let len = block.len * names.len() as u64;
+    let pieces = || {
+        metas
+            .iter()
+            .flat_map(|m| &m.pieces)
+            .filter(|p| p.block == b)
+    };
     let init = |t: usize, name: &str| groups[all[t].0].config.initial_state_value(name);
     let all_zero = names
         .iter()
-        .all(|name| p.pieces.iter().all(|piece| init(piece.tensor, name) == 0.0));
+        .all(|name| pieces().all(|piece| init(piece.tensor, name) == 0.0));
     if all_zero {
         // wgpu zero-initializes new buffers.
         return device.create_buffer(&wgpu::BufferDescriptor {
@@ -1466,8 +1356,8 @@ fn state_buffer(
     }
     let mut values = vec![0f32; len as usize];
     for (n, name) in names.iter().enumerate() {
-        for piece in &p.pieces {
-            let at = (n as u64 * p.state_len + piece.state_offset) as usize;
+        for piece in pieces() {
+            let at = (n as u64 * block.len + piece.state_offset) as usize;
             values[at..at + piece.len as usize].fill(init(piece.tensor, name));
         }
     }

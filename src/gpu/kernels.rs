@@ -61,6 +61,9 @@ pub(crate) enum Layout {
     Finalize,
     /// A batch's reduction.
     Reduce(Access),
+    /// The segment tables (group 1 of the step kernels and the reduction), at a dynamic
+    /// offset.
+    Table,
 }
 
 /// The flags the step kernels compile in: unscaling, the two kinds of clipping, and the grad
@@ -182,7 +185,7 @@ fn uniform(binding: u32, size: u64) -> wgpu::BindGroupLayoutEntry {
         visibility: wgpu::ShaderStages::COMPUTE,
         ty: wgpu::BindingType::Buffer {
             ty: wgpu::BufferBindingType::Uniform,
-            has_dynamic_offset: false,
+            has_dynamic_offset: true,
             min_binding_size: NonZeroU64::new(size),
         },
         count: None,
@@ -259,10 +262,16 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     let device = ctx.device();
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let label = format!("wgpu-optim {entry} ({})", module.label());
+    let table = match layout {
+        Layout::Step(..) | Layout::Reduce(_) => Some(ctx.layout(Layout::Table)),
+        Layout::Finalize | Layout::Table => None,
+    };
     let layout = ctx.layout(layout);
+    let groups: Vec<Option<&wgpu::BindGroupLayout>> =
+        std::iter::once(&layout).chain(&table).map(Some).collect();
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&label),
-        bind_group_layouts: &[Some(&layout)],
+        bind_group_layouts: &groups,
         immediate_size: 0,
     });
     let module = ctx.module(module);
@@ -287,11 +296,10 @@ impl Layout {
         let unit = |access: Access| 4 * access.lanes();
         match self {
             Layout::Step(access, grad) => vec![
-                uniform(0, TABLE_SIZE),
-                storage(1, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
-                storage(2, false, false, unit(access)),
-                storage(3, grad == GradAccess::ReadOnly, false, unit(access)),
-                storage(4, false, false, unit(access)),
+                storage(0, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
+                storage(1, false, false, unit(access)),
+                storage(2, grad == GradAccess::ReadOnly, false, unit(access)),
+                storage(3, false, false, unit(access)),
             ],
             Layout::Finalize => vec![
                 storage(0, true, true, 0),
@@ -300,12 +308,12 @@ impl Layout {
                 storage(3, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
             ],
             Layout::Reduce(access) => vec![
-                uniform(0, TABLE_SIZE),
-                storage(1, true, false, unit(access)),
-                storage(2, true, true, 0),
-                storage(3, true, false, 0),
-                storage(4, false, false, 16),
+                storage(0, true, false, unit(access)),
+                storage(1, true, true, 0),
+                storage(2, true, false, 0),
+                storage(3, false, false, 16),
             ],
+            Layout::Table => vec![uniform(0, TABLE_SIZE)],
         }
     }
 }

@@ -1,29 +1,34 @@
-//! Splits an optimizer's tensors into batches, one dispatch each.
+//! Lays out an optimizer's state, and splits its tensors into batches, one dispatch each.
 //!
-//! A batch holds pieces of tensors that share a kernel, a parameter buffer and a gradient
-//! buffer. Each batch binds one window of the parameter buffer and one of the gradient buffer,
-//! each no larger than `max_storage_buffer_binding_size` and starting at an offset aligned to
-//! `min_storage_buffer_offset_alignment`, and owns state buffers that hold its pieces back to
-//! back. A tensor that does not fit one window is split into pieces in several batches. At most
-//! `MAX_SEGMENTS` pieces and `MAX_SEGMENTS` distinct tensors go in one batch.
+//! **State blocks** are fixed when the optimizer is built: [`state_blocks`] places each
+//! tensor's state in a block (one buffer holding the block's state buffers one after the
+//! other), splitting a tensor across blocks where one would grow past `max_state`. A tensor
+//! planned for vec4 access starts at the same lane of a vec4 in its state as in its parameter
+//! buffer.
 //!
-//! Tensors planned for vec4 access (`lanes == 4`) also get windows whose ends are rounded up to
-//! 16 bytes, and state offsets padded so that each piece starts at the same lane of a vec4 in
-//! its state buffers as in its parameter and gradient windows.
+//! **Batches** follow where the parameters and gradients are, which may change every step:
+//! [`plan`] groups the state pieces that share a key (kernel, access mode, parameter buffer
+//! and gradient buffer) and a block into batches. Each batch binds one window of the parameter
+//! buffer and one of the gradient buffer, each no larger than `max_storage_buffer_binding_size`
+//! and starting at an offset aligned to `min_storage_buffer_offset_alignment`; a piece that
+//! does not fit one window is split. At most `MAX_SEGMENTS` pieces and `MAX_SEGMENTS` distinct
+//! tensors go in one batch. Batches of vec4 access get windows whose ends are rounded up to
+//! 16 bytes.
 
 use super::template::{MAX_SEGMENTS, WORKGROUP_SIZE};
 
-/// Where one tensor lives. Offsets are in bytes, lengths in f32 elements.
+/// Where one tensor lives now. Offsets are in bytes, lengths in f32 elements.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Span {
-    /// Tensors with equal keys share kernel, parameter buffer and gradient buffer.
+    /// Tensors with equal keys may share a batch: same kernel, access mode, parameter buffer
+    /// and gradient buffer.
     pub(crate) key: usize,
     pub(crate) param_offset: u64,
     pub(crate) grad_offset: u64,
-    pub(crate) len: u64,
     /// Elements per kernel invocation, 1 or 4; equal for equal keys. With 4, the caller
-    /// guarantees `param_offset % 16 == grad_offset % 16` and that both ranges, rounded out
-    /// to 16 bytes, lie inside their buffers.
+    /// guarantees `param_offset % 16 == grad_offset % 16`, that both ranges, rounded out to
+    /// 16 bytes, lie inside their buffers, and that the tensor's state pieces start at the
+    /// same lane as its parameter elements.
     pub(crate) lanes: u64,
 }
 
@@ -34,8 +39,88 @@ pub(crate) struct PlanLimits {
     pub(crate) max_binding: u64,
     /// Storage binding offset alignment, in bytes (a multiple of 16 if any span has 4 lanes).
     pub(crate) alignment: u64,
-    /// Most elements one state buffer may hold (a multiple of 4).
-    pub(crate) max_state: u64,
+}
+
+/// One state block: a buffer holding the state of some tensors.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Block {
+    /// The tensors' block key (their kernel and access mode).
+    pub(crate) key: usize,
+    /// Elements of each state buffer in the block, a multiple of `lanes`.
+    pub(crate) len: u64,
+    pub(crate) lanes: u64,
+}
+
+/// Where a contiguous piece of a tensor keeps its state, for the optimizer's lifetime.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct StatePiece {
+    pub(crate) tensor: usize,
+    /// First element of the piece within its tensor.
+    pub(crate) start: u64,
+    pub(crate) len: u64,
+    pub(crate) block: usize,
+    /// First element of the piece within its block's state buffers.
+    pub(crate) state_offset: u64,
+}
+
+/// One tensor to place in state blocks.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct StateSpan {
+    /// Tensors with equal keys share blocks (same kernel, same access mode).
+    pub(crate) key: usize,
+    pub(crate) len: u64,
+    /// The lane of the tensor's first parameter element (its element offset modulo `lanes`).
+    pub(crate) lane: u64,
+    pub(crate) lanes: u64,
+}
+
+/// Places every tensor's state: tensors of one key back to back in blocks of at most
+/// `max_state` elements (a multiple of 4), each piece at its parameter's lane. Returns the
+/// blocks and the pieces, in tensor order.
+pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, Vec<StatePiece>) {
+    let mut blocks: Vec<Block> = Vec::new();
+    // The open block of each key.
+    let mut open: Vec<(usize, usize)> = Vec::new();
+    let mut pieces = Vec::new();
+    for (tensor, s) in spans.iter().enumerate() {
+        let mut start = 0;
+        while start < s.len {
+            let block = match open.iter().find(|(k, _)| *k == s.key) {
+                Some(&(_, b)) => b,
+                None => {
+                    blocks.push(Block {
+                        key: s.key,
+                        len: 0,
+                        lanes: s.lanes,
+                    });
+                    open.push((s.key, blocks.len() - 1));
+                    blocks.len() - 1
+                }
+            };
+            let b = &mut blocks[block];
+            let head = (s.lane + start) % s.lanes;
+            let at = b.len + (head + s.lanes - b.len % s.lanes) % s.lanes;
+            let n = (s.len - start).min(max_state.saturating_sub(at));
+            if n == 0 {
+                assert!(b.len > 0, "a state block smaller than one vec4");
+                open.retain(|(k, _)| *k != s.key);
+                continue;
+            }
+            pieces.push(StatePiece {
+                tensor,
+                start,
+                len: n,
+                block,
+                state_offset: at,
+            });
+            b.len = at + n;
+            start += n;
+        }
+    }
+    for b in &mut blocks {
+        b.len = b.len.next_multiple_of(b.lanes).max(b.lanes);
+    }
+    (blocks, pieces)
 }
 
 /// A contiguous piece of one tensor inside a batch.
@@ -57,6 +142,8 @@ pub(crate) struct Piece {
 #[derive(Clone, Debug, Default)]
 pub(crate) struct Batch {
     pub(crate) key: usize,
+    /// The state block the batch's pieces keep their state in.
+    pub(crate) block: usize,
     /// Bound byte range `[start, end)` of the parameter buffer.
     pub(crate) param_window: (u64, u64),
     /// Bound byte range of the gradient buffer.
@@ -64,7 +151,7 @@ pub(crate) struct Batch {
     pub(crate) pieces: Vec<Piece>,
     /// Tensor index of each uniform slot.
     pub(crate) slots: Vec<usize>,
-    /// Elements of each state buffer, a multiple of `lanes`.
+    /// Elements of each state buffer of the block, a multiple of `lanes`.
     pub(crate) state_len: u64,
     pub(crate) workgroups: u32,
     /// Elements per invocation (the spans' lanes).
@@ -112,27 +199,44 @@ fn grow(
     }
 }
 
-/// Plans the batches. Tensors of one key keep their order; keys come in order of first use.
-pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
-    let mut keys: Vec<usize> = Vec::new();
-    for s in spans {
-        if !keys.contains(&s.key) {
-            keys.push(s.key);
+/// Plans the batches: the state pieces of one span key and one block, in order, grouped into
+/// windows. Keys and blocks come in order of first use.
+pub(crate) fn plan(
+    spans: &[Span],
+    state: &[StatePiece],
+    blocks: &[Block],
+    limits: &PlanLimits,
+) -> Vec<Batch> {
+    let mut groups: Vec<(usize, usize)> = Vec::new();
+    for p in state {
+        let g = (spans[p.tensor].key, p.block);
+        if !groups.contains(&g) {
+            groups.push(g);
         }
     }
     let mut batches = Vec::new();
-    for key in keys {
-        // Spans of one key share their lanes.
-        let lanes = spans.iter().find(|s| s.key == key).map_or(1, |s| s.lanes);
+    for (key, block) in groups {
+        let lanes = state
+            .iter()
+            .find(|p| spans[p.tensor].key == key)
+            .map_or(1, |p| spans[p.tensor].lanes);
         let new_batch = || Batch {
             key,
+            block,
             lanes,
+            state_len: blocks[block].len,
             ..Default::default()
         };
         let mut batch = new_batch();
-        for (tensor, span) in spans.iter().enumerate().filter(|(_, s)| s.key == key) {
-            let mut start = 0;
-            while start < span.len {
+        for sp in state
+            .iter()
+            .filter(|p| p.block == block && spans[p.tensor].key == key)
+        {
+            let span = spans[sp.tensor];
+            let tensor = sp.tensor;
+            let mut done = 0;
+            while done < sp.len {
+                let start = sp.start + done;
                 let empty = batch.pieces.is_empty();
                 let new_slot = batch.slots.last() != Some(&tensor);
                 let param_at = span.param_offset + 4 * start;
@@ -140,16 +244,14 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
                 // The lane of the piece's first element; windows start at multiples of 16
                 // bytes, so it is the same in the parameter, gradient and state windows.
                 let head = param_at / 4 % lanes;
-                let state_at = batch.state_len + (head + lanes - batch.state_len % lanes) % lanes;
+                let state_at = sp.state_offset + done;
+                debug_assert_eq!(state_at % lanes, head);
                 let fits_tables = batch.pieces.len() < MAX_SEGMENTS
                     && (!new_slot || batch.slots.len() < MAX_SEGMENTS);
                 let n = if fits_tables {
                     let param = room((!empty).then_some(batch.param_window), param_at, limits);
                     let grad = room((!empty).then_some(batch.grad_window), grad_at, limits);
-                    (span.len - start)
-                        .min(param)
-                        .min(grad)
-                        .min(limits.max_state.saturating_sub(state_at))
+                    (sp.len - done).min(param).min(grad)
                 } else {
                     0
                 };
@@ -185,19 +287,35 @@ pub(crate) fn plan(spans: &[Span], limits: &PlanLimits) -> Vec<Batch> {
                     first_workgroup: batch.workgroups,
                     slot: (batch.slots.len() - 1) as u32,
                 });
-                batch.state_len = state_at + n;
                 batch.workgroups += (head + n).div_ceil(lanes * u64::from(WORKGROUP_SIZE)) as u32;
-                start += n;
+                done += n;
             }
         }
         if !batch.pieces.is_empty() {
             batches.push(batch);
         }
     }
-    for batch in &mut batches {
-        batch.state_len = batch.state_len.next_multiple_of(batch.lanes);
-    }
     batches
+}
+
+/// Widens a batch's windows to the whole buffers where they fit one binding, so that the
+/// batch's bind group depends on the buffers alone, not on where in them the tensors lie.
+/// `sizes` are the parameter and gradient buffers' sizes in bytes.
+pub(crate) fn widen(batch: &mut Batch, (param, grad): (u64, u64), limits: &PlanLimits) {
+    let whole = |size: u64| {
+        let end = size / (4 * batch.lanes) * (4 * batch.lanes);
+        (end <= limits.max_binding).then_some((0, end))
+    };
+    if let Some(w) = whole(param)
+        && w.1 >= batch.param_window.1
+    {
+        batch.param_window = w;
+    }
+    if let Some(w) = whole(grad)
+        && w.1 >= batch.grad_window.1
+    {
+        batch.grad_window = w;
+    }
 }
 
 #[cfg(test)]
@@ -207,11 +325,21 @@ mod tests {
     const BIG: PlanLimits = PlanLimits {
         max_binding: 1 << 30,
         alignment: 256,
-        max_state: 1 << 28,
     };
+    const BIG_STATE: u64 = 1 << 28;
 
-    fn span(key: usize, param_offset: u64, grad_offset: u64, len: u64) -> Span {
-        Span {
+    /// A tensor: its span and its length.
+    #[derive(Clone, Copy)]
+    struct T {
+        key: usize,
+        param_offset: u64,
+        grad_offset: u64,
+        len: u64,
+        lanes: u64,
+    }
+
+    fn span(key: usize, param_offset: u64, grad_offset: u64, len: u64) -> T {
+        T {
             key,
             param_offset,
             grad_offset,
@@ -220,28 +348,82 @@ mod tests {
         }
     }
 
-    fn span4(key: usize, param_offset: u64, grad_offset: u64, len: u64) -> Span {
-        Span {
+    fn span4(key: usize, param_offset: u64, grad_offset: u64, len: u64) -> T {
+        T {
             lanes: 4,
             ..span(key, param_offset, grad_offset, len)
         }
     }
 
-    /// Every element of every tensor is covered exactly once, inside its batch's windows.
-    fn check_cover(spans: &[Span], batches: &[Batch], limits: &PlanLimits) {
+    fn spans_of(tensors: &[T]) -> Vec<Span> {
+        tensors
+            .iter()
+            .map(|t| Span {
+                key: t.key,
+                param_offset: t.param_offset,
+                grad_offset: t.grad_offset,
+                lanes: t.lanes,
+            })
+            .collect()
+    }
+
+    /// State blocks by the spans' keys, then the batches.
+    fn plan_all(
+        spans: &[T],
+        limits: &PlanLimits,
+        max_state: u64,
+    ) -> (Vec<Block>, Vec<StatePiece>, Vec<Batch>) {
+        let state: Vec<StateSpan> = spans
+            .iter()
+            .map(|s| StateSpan {
+                key: s.key,
+                len: s.len,
+                lane: s.param_offset / 4 % s.lanes,
+                lanes: s.lanes,
+            })
+            .collect();
+        let (blocks, pieces) = state_blocks(&state, max_state);
+        let batches = plan(&spans_of(spans), &pieces, &blocks, limits);
+        (blocks, pieces, batches)
+    }
+
+    /// Every element of every tensor is covered exactly once, inside its batch's windows, with
+    /// its state where the state blocks put it.
+    fn check_cover(
+        spans: &[T],
+        (blocks, state, batches): &(Vec<Block>, Vec<StatePiece>, Vec<Batch>),
+        limits: &PlanLimits,
+        max_state: u64,
+    ) {
+        // State pieces: in tensor order, each within its block, at its parameter's lane, not
+        // overlapping another.
+        let mut used: Vec<Vec<(u64, u64)>> = vec![Vec::new(); blocks.len()];
+        for p in state {
+            let b = blocks[p.block];
+            assert!(b.len <= max_state && b.len % b.lanes == 0);
+            assert!(p.state_offset + p.len <= b.len);
+            let s = spans[p.tensor];
+            assert_eq!(
+                p.state_offset % b.lanes,
+                (s.param_offset / 4 + p.start) % b.lanes
+            );
+            used[p.block].push((p.state_offset, p.state_offset + p.len));
+        }
+        for u in &mut used {
+            u.sort_unstable();
+            assert!(u.windows(2).all(|w| w[0].1 <= w[1].0));
+        }
         let mut covered = vec![0u64; spans.len()];
         for b in batches {
             assert!(b.param_window.1 - b.param_window.0 <= limits.max_binding);
             assert!(b.grad_window.1 - b.grad_window.0 <= limits.max_binding);
             assert_eq!(b.param_window.0 % limits.alignment, 0);
             assert_eq!(b.grad_window.0 % limits.alignment, 0);
-            assert!(b.state_len <= limits.max_state);
+            assert_eq!(b.state_len, blocks[b.block].len);
             assert!(b.pieces.len() <= MAX_SEGMENTS && b.slots.len() <= MAX_SEGMENTS);
             let lanes = b.lanes;
             assert_eq!(b.param_window.1 % (4 * lanes), 0);
             assert_eq!(b.grad_window.1 % (4 * lanes), 0);
-            assert_eq!(b.state_len % lanes, 0);
-            let mut state = 0;
             let mut wg = 0;
             for p in &b.pieces {
                 let s = spans[p.tensor];
@@ -250,22 +432,28 @@ mod tests {
                 assert_eq!(b.slots[p.slot as usize], p.tensor);
                 assert_eq!(p.start, covered[p.tensor], "pieces in order, no gaps");
                 covered[p.tensor] += p.len;
+                // The piece's state is where the state blocks put it.
+                let sp = state
+                    .iter()
+                    .find(|sp| {
+                        sp.tensor == p.tensor && sp.start <= p.start && p.start < sp.start + sp.len
+                    })
+                    .unwrap();
+                assert_eq!(sp.block, b.block);
+                assert!(p.start + p.len <= sp.start + sp.len);
+                assert_eq!(p.state_offset, sp.state_offset + (p.start - sp.start));
                 let pa = s.param_offset + 4 * p.start;
                 let ga = s.grad_offset + 4 * p.start;
                 assert!(pa >= b.param_window.0 && pa + 4 * p.len <= b.param_window.1);
                 assert!(ga >= b.grad_window.0 && ga + 4 * p.len <= b.grad_window.1);
-                // State pieces in order, not overlapping, each at the same lane as its
-                // parameter and gradient elements.
+                // Each at the same lane in its parameter, gradient and state windows.
                 let head = pa / 4 % lanes;
                 assert_eq!((ga - b.grad_window.0) / 4 % lanes, head);
                 assert_eq!((pa - b.param_window.0) / 4 % lanes, head);
-                assert!(p.state_offset >= state && p.state_offset < state + lanes);
                 assert_eq!(p.state_offset % lanes, head);
                 assert_eq!(p.first_workgroup, wg);
-                state = p.state_offset + p.len;
                 wg += (head + p.len).div_ceil(256 * lanes) as u32;
             }
-            assert_eq!(b.state_len, state.next_multiple_of(lanes));
             assert_eq!(b.workgroups, wg);
         }
         for (c, s) in covered.iter().zip(spans) {
@@ -275,29 +463,29 @@ mod tests {
 
     #[test]
     fn tensors_sharing_buffers_form_one_batch() {
-        let spans: Vec<Span> = (0..148)
+        let spans: Vec<T> = (0..148)
             .map(|i| span(0, i * 4000, i * 4000 + 4, 1000))
             .collect();
-        let batches = plan(&spans, &BIG);
-        assert_eq!(batches.len(), 1);
-        check_cover(&spans, &batches, &BIG);
+        let planned = plan_all(&spans, &BIG, BIG_STATE);
+        assert_eq!(planned.2.len(), 1);
+        check_cover(&spans, &planned, &BIG, BIG_STATE);
     }
 
     #[test]
     fn more_tensors_than_slots_split_batches() {
-        let spans: Vec<Span> = (0..600).map(|i| span(0, i * 40, i * 40, 10)).collect();
-        let batches = plan(&spans, &BIG);
-        assert_eq!(batches.len(), 3);
-        check_cover(&spans, &batches, &BIG);
+        let spans: Vec<T> = (0..600).map(|i| span(0, i * 40, i * 40, 10)).collect();
+        let planned = plan_all(&spans, &BIG, BIG_STATE);
+        assert_eq!(planned.2.len(), 3);
+        check_cover(&spans, &planned, &BIG, BIG_STATE);
     }
 
     #[test]
     fn keys_do_not_mix() {
         let spans = [span(0, 0, 0, 5), span(1, 0, 0, 7), span(0, 20, 20, 3)];
-        let batches = plan(&spans, &BIG);
-        assert_eq!(batches.len(), 2);
-        assert_eq!(batches[0].slots, [0, 2]);
-        check_cover(&spans, &batches, &BIG);
+        let planned = plan_all(&spans, &BIG, BIG_STATE);
+        assert_eq!(planned.2.len(), 2);
+        assert_eq!(planned.2[0].slots, [0, 2]);
+        check_cover(&spans, &planned, &BIG, BIG_STATE);
     }
 
     #[test]
@@ -305,7 +493,6 @@ mod tests {
         let small = PlanLimits {
             max_binding: 4096,
             alignment: 256,
-            max_state: 1 << 20,
         };
         // Unaligned offsets, a tensor several windows long, and small ones around it.
         let spans = [
@@ -313,23 +500,22 @@ mod tests {
             span(0, 1_000, 100_000, 5_000),
             span(0, 30_000, 4, 3),
         ];
-        let batches = plan(&spans, &small);
-        assert!(batches.len() >= 5);
-        check_cover(&spans, &batches, &small);
-        let state_limited = PlanLimits {
+        let planned = plan_all(&spans, &small, 1 << 20);
+        assert!(planned.2.len() >= 5);
+        check_cover(&spans, &planned, &small, 1 << 20);
+        let wide = PlanLimits {
             max_binding: 1 << 20,
             alignment: 4,
-            max_state: 1000,
         };
-        let batches = plan(&spans, &state_limited);
-        check_cover(&spans, &batches, &state_limited);
-        assert!(batches.iter().all(|b| b.state_len <= 1000));
+        let planned = plan_all(&spans, &wide, 1000);
+        check_cover(&spans, &planned, &wide, 1000);
+        assert!(planned.0.len() >= 6);
     }
 
     #[test]
     fn vec4_pieces_keep_their_lane_in_state() {
         // Heads 0..3, lengths that end inside a vec4, neighbours sharing a vec4.
-        let spans: Vec<Span> = (0..40)
+        let spans: Vec<T> = (0..40)
             .map(|i| {
                 span4(
                     0,
@@ -339,13 +525,12 @@ mod tests {
                 )
             })
             .collect();
-        let batches = plan(&spans, &BIG);
-        assert_eq!(batches.len(), 1);
-        check_cover(&spans, &batches, &BIG);
+        let planned = plan_all(&spans, &BIG, BIG_STATE);
+        assert_eq!(planned.2.len(), 1);
+        check_cover(&spans, &planned, &BIG, BIG_STATE);
         let small = PlanLimits {
             max_binding: 4096,
             alignment: 256,
-            max_state: 1000,
         };
         let spans = [
             span4(0, 12, 44, 100),
@@ -353,9 +538,29 @@ mod tests {
             span4(0, 30_008, 8, 3),
             span(1, 4, 8, 5_000),
         ];
-        let batches = plan(&spans, &small);
-        assert!(batches.len() >= 7);
-        check_cover(&spans, &batches, &small);
+        let planned = plan_all(&spans, &small, 1000);
+        assert!(planned.2.len() >= 7);
+        check_cover(&spans, &planned, &small, 1000);
+    }
+
+    #[test]
+    fn tensors_that_move_keep_their_state() {
+        // The state is laid out for one placement; the tensors then move to other buffers
+        // (other keys) and offsets at the same lanes, and come apart into other batches.
+        let before = [
+            span4(0, 20, 20, 10),
+            span4(0, 68, 68, 33),
+            span4(0, 408, 408, 7),
+        ];
+        let (blocks, state, _) = plan_all(&before, &BIG, BIG_STATE);
+        let after = [
+            span4(1, 4096 + 20, 36, 10),
+            span4(2, 4096 + 68, 8192 + 68, 33),
+            span4(1, 1024 + 408, 2048 + 408, 7),
+        ];
+        let batches = plan(&spans_of(&after), &state, &blocks, &BIG);
+        assert_eq!(batches.len(), 2);
+        check_cover(&after, &(blocks, state, batches), &BIG, BIG_STATE);
     }
 
     #[test]
@@ -368,12 +573,12 @@ mod tests {
         let huge = PlanLimits {
             max_binding,
             alignment: 256,
-            max_state: max_binding / 4 / 3 / 4 * 4,
         };
+        let max_state = max_binding / 4 / 3 / 4 * 4;
         let spans = [span4(0, 64, 1 << 40, 5 << 30), span(1, 12, 4, 1 << 33)];
-        let batches = plan(&spans, &huge);
-        check_cover(&spans, &batches, &huge);
-        for b in &batches {
+        let planned = plan_all(&spans, &huge, max_state);
+        check_cover(&spans, &planned, &huge, max_state);
+        for b in &planned.2 {
             for p in &b.pieces {
                 let s = spans[p.tensor];
                 let end = s.param_offset + 4 * (p.start + p.len) - b.param_window.0;
@@ -382,15 +587,30 @@ mod tests {
                 assert!((p.state_offset + p.len) * 3 <= u64::from(u32::MAX) + 1);
             }
         }
-        assert!(batches.len() >= 4);
+        assert!(planned.2.len() >= 4);
     }
 
     #[test]
     fn zero_length_tensors_are_skipped() {
         let spans = [span(0, 0, 0, 0), span(0, 0, 0, 3)];
-        let batches = plan(&spans, &BIG);
-        assert_eq!(batches.len(), 1);
-        assert_eq!(batches[0].slots, [1]);
-        check_cover(&spans, &batches, &BIG);
+        let planned = plan_all(&spans, &BIG, BIG_STATE);
+        assert_eq!(planned.2.len(), 1);
+        assert_eq!(planned.2[0].slots, [1]);
+        check_cover(&spans, &planned, &BIG, BIG_STATE);
+    }
+
+    #[test]
+    fn whole_buffers_are_bound_where_they_fit() {
+        let spans = [span4(0, 1024, 2048, 100)];
+        let mut planned = plan_all(&spans, &BIG, BIG_STATE);
+        let b = &mut planned.2[0];
+        assert_eq!(b.param_window.0, 1024);
+        widen(b, (8000, 1 << 31), &BIG);
+        assert_eq!(b.param_window, (0, 8000));
+        assert_eq!(
+            b.grad_window.0, 2048,
+            "a buffer larger than a binding keeps its window"
+        );
+        check_cover(&spans, &planned, &BIG, BIG_STATE);
     }
 }
