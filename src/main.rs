@@ -57,6 +57,14 @@ enum Command {
         /// scaled ones: each step unscales them, skips on inf or NaN and updates the scale.
         #[arg(long)]
         grad_scaler: Option<String>,
+        /// Resume from this checkpoint (as `--save-checkpoint` or tools/torch_checkpoint.py
+        /// writes it): its parameters, optimizer state, hyperparameters, grad scaler and
+        /// scheduler state replace the starting point; --params still gives names and shapes.
+        #[arg(long, value_name = "CKPT")]
+        resume: Option<PathBuf>,
+        /// Also save a checkpoint after the last step, parameters included.
+        #[arg(long, value_name = "CKPT")]
+        save_checkpoint: Option<PathBuf>,
         /// The wgpu backend to run on (default: the best adapter of any backend).
         #[arg(long)]
         backend: Option<Backend>,
@@ -239,6 +247,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             norm_type,
             clip_grad_value,
             grad_scaler,
+            resume,
+            save_checkpoint,
             backend,
         } => {
             let config: OptimizerConfig = serde_json::from_str(&optimizer)
@@ -287,6 +297,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 clip,
                 grad_scaler,
                 trace: false,
+                resume: resume.as_deref(),
+                save_checkpoint: save_checkpoint.as_deref(),
             };
             let result = replay::replay(&ctx, &config, &options, &params, &grads)?;
             replay::write_output(&out, &result)?;

@@ -11,6 +11,7 @@
 //! scaler.update()` does; the gradients in the file are then the scaled ones.
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, StepReport};
+use crate::checkpoint::{LoadOptions, SaveOptions};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::optim::OptimizerConfig;
@@ -239,6 +240,15 @@ pub struct ReplayOptions<'a> {
     /// Read back each step's [`StepReport`] (total norm, found_inf): one blocking readback a
     /// step.
     pub trace: bool,
+    /// A [checkpoint](crate::checkpoint) to resume from before the first step: its
+    /// parameters (which it must hold) replace the parameter file's values, and its state,
+    /// step counts, hyperparameters, grad scaler and, with a schedule, scheduler state are
+    /// loaded. Names and shapes come from the parameter file and must match it.
+    pub resume: Option<&'a Path>,
+    /// Where to save a checkpoint after the last step, with the parameters and the
+    /// scheduler's state (the scheduler steps after the last step too, as a PyTorch loop does
+    /// before saving).
+    pub save_checkpoint: Option<&'a Path>,
 }
 
 /// What [`replay`] returns.
@@ -297,11 +307,22 @@ pub fn replay(
                 BufferRange::new(&param_buffer, o * 4, n),
                 BufferRange::new(&grad_buffer, o * 4, n),
             )
+            .named(&p.name)
+            .with_shape(&p.shape)
         })
         .collect();
     let mut optimizer = Optimizer::new(ctx, *config, &tensors)?;
     optimizer.set_clip_grad(options.clip)?;
     optimizer.set_grad_scaler(options.grad_scaler)?;
+    if let Some(path) = options.resume {
+        let load = LoadOptions {
+            scheduler: scheduler.as_mut(),
+            parameters: true,
+        };
+        optimizer
+            .load(path, load)
+            .map_err(|e| Error::Input(format!("--resume: {e}")))?;
+    }
     let mut reports = Vec::new();
     let grads_by_param: Vec<&NamedTensor> = params
         .iter()
@@ -326,10 +347,22 @@ pub fn replay(
         if options.trace {
             reports.push(optimizer.read_step_report()?);
         }
-        // The step after the last one needs no LR (and OneCycleLR would refuse it).
-        if let Some(s) = scheduler.as_mut().filter(|_| step + 1 < steps) {
+        // The step after the last one needs no LR (and OneCycleLR would refuse it), unless
+        // a checkpoint is saved for a later run.
+        let last = step + 1 == steps;
+        if let Some(s) = scheduler
+            .as_mut()
+            .filter(|_| !last || options.save_checkpoint.is_some())
+        {
             s.step()?;
         }
+    }
+    if let Some(path) = options.save_checkpoint {
+        let save = SaveOptions {
+            scheduler: scheduler.as_ref(),
+            parameters: true,
+        };
+        optimizer.save(path, &save)?;
     }
     let final_params = ctx.read_f32(&[(&param_buffer, 0, flat.len() as u64)])?;
     let mut out = Vec::new();

@@ -7,6 +7,9 @@
 //! tests/golden/amp, written by tools/golden/gen_amp.py, holds 40-step trajectories of
 //! PyTorch's training-loop recipe with `clip_grad_norm_` (norm 2 and inf), `clip_grad_value_`
 //! and `torch.amp.GradScaler("cpu")` with inf and NaN injected into chosen steps.
+//!
+//! tests/golden/checkpoint, written by tools/golden/gen_checkpoint.py, carries runs between
+//! PyTorch and `replay` through checkpoints (tools/torch_checkpoint.py), both ways.
 
 mod common;
 
@@ -107,6 +110,39 @@ fn compare(
     }
 }
 
+/// Checks the grad scaler's state against PyTorch's, bit for bit, and takes it out of
+/// PyTorch's tensors.
+fn check_scaler(
+    name: &str,
+    ours: &replay::ReplayOutput,
+    torch32: &mut Vec<(String, Vec<f64>)>,
+    torch64: &mut Vec<(String, Vec<f64>)>,
+) {
+    let scaler32: Vec<(String, Vec<f64>)> = torch32
+        .iter()
+        .filter(|t| t.0.starts_with("grad_scaler."))
+        .cloned()
+        .collect();
+    torch32.retain(|t| !t.0.starts_with("grad_scaler."));
+    torch64.retain(|t| !t.0.starts_with("grad_scaler."));
+    match ours.grad_scaler {
+        Some(s) => {
+            assert_eq!(
+                scaler32,
+                [
+                    (
+                        "grad_scaler.growth_tracker".to_string(),
+                        vec![f64::from(s.growth_tracker)]
+                    ),
+                    ("grad_scaler.scale".to_string(), vec![f64::from(s.scale)]),
+                ],
+                "{name}: grad scaler state"
+            );
+        }
+        None => assert!(scaler32.is_empty(), "{name}: PyTorch used a grad scaler"),
+    }
+}
+
 /// A trace value of the generator: a number, or "nan" / "inf" / "-inf".
 fn trace_value(v: &serde_json::Value) -> f64 {
     match v {
@@ -118,7 +154,9 @@ fn trace_value(v: &serde_json::Value) -> f64 {
 /// The clipping and grad scaler of a case of tests/golden/amp/cases.json.
 fn amp_options(case: &serde_json::Value) -> (Option<ClipGrad>, Option<GradScaler>) {
     let clip = if let Some(max_norm) = case.get("clip_grad_norm") {
-        let norm_type: NormType = serde_json::from_value(case["norm_type"].clone()).unwrap();
+        let norm_type: NormType = case
+            .get("norm_type")
+            .map_or(NormType::L2, |t| serde_json::from_value(t.clone()).unwrap());
         Some(ClipGrad::Norm {
             max_norm: max_norm.as_f64().unwrap(),
             norm_type,
@@ -157,34 +195,12 @@ fn replay_with_clipping_and_grad_scaling_matches_pytorch() {
             clip,
             grad_scaler,
             trace: true,
+            ..Default::default()
         };
         let ours = replay::replay(ctx, &config, &options, &params, &grads).unwrap();
         let mut torch32 = read_f64(&dir.join(format!("{name}.f32.safetensors")));
         let mut torch64 = read_f64(&dir.join(format!("{name}.f64.safetensors")));
-        // The grad scaler's state: the same scale and growth tracker, bit for bit.
-        let scaler32: Vec<(String, Vec<f64>)> = torch32
-            .iter()
-            .filter(|t| t.0.starts_with("grad_scaler."))
-            .cloned()
-            .collect();
-        torch32.retain(|t| !t.0.starts_with("grad_scaler."));
-        torch64.retain(|t| !t.0.starts_with("grad_scaler."));
-        match ours.grad_scaler {
-            Some(s) => {
-                assert_eq!(
-                    scaler32,
-                    [
-                        (
-                            "grad_scaler.growth_tracker".to_string(),
-                            vec![f64::from(s.growth_tracker)]
-                        ),
-                        ("grad_scaler.scale".to_string(), vec![f64::from(s.scale)]),
-                    ],
-                    "{name}: grad scaler state"
-                );
-            }
-            None => assert!(scaler32.is_empty(), "{name}: PyTorch used a grad scaler"),
-        }
+        check_scaler(name, &ours, &mut torch32, &mut torch64);
         compare(name, &ours.tensors, &torch32, &torch64, &mut worst_ratio);
 
         // Each step: the same skips, and the total norm clip_grad_norm_ returned.
@@ -283,4 +299,165 @@ fn a_skipped_first_step_leaves_everything_bit_identical() {
     }
     let scaler = ours.grad_scaler.unwrap();
     assert_eq!((scaler.scale, scaler.growth_tracker), (512.0, 0));
+}
+
+/// tests/golden/checkpoint, written by tools/golden/gen_checkpoint.py with
+/// tools/torch_checkpoint.py: 20-step runs of PyTorch, checkpointed after 10.
+fn checkpoint_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/checkpoint")
+}
+
+/// Reads the tensors and metadata of a safetensors file: `(name, dtype, shape)` sorted, the
+/// values as f64, and the metadata.
+#[allow(clippy::type_complexity)]
+fn read_checkpoint(
+    path: &Path,
+) -> (
+    Vec<(String, String, Vec<usize>, Vec<f64>)>,
+    std::collections::HashMap<String, String>,
+) {
+    let bytes = std::fs::read(path).unwrap();
+    let (_, meta) = safetensors::SafeTensors::read_metadata(&bytes).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut tensors: Vec<_> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, v)| {
+            let values = match v.dtype() {
+                safetensors::Dtype::F32 => bytemuck::pod_collect_to_vec::<u8, f32>(v.data())
+                    .into_iter()
+                    .map(f64::from)
+                    .collect(),
+                safetensors::Dtype::I64 => bytemuck::pod_collect_to_vec::<u8, i64>(v.data())
+                    .into_iter()
+                    .map(|x| x as f64)
+                    .collect(),
+                d => panic!("{name}: unexpected {d:?}"),
+            };
+            (name, format!("{:?}", v.dtype()), v.shape().to_vec(), values)
+        })
+        .collect();
+    tensors.sort_by(|a, b| a.0.cmp(&b.0));
+    (tensors, meta.metadata().clone().unwrap_or_default())
+}
+
+#[test]
+fn checkpoints_carry_runs_between_pytorch_and_replay() {
+    let ctx = common::ctx();
+    let dir = checkpoint_dir();
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let cases = cases["cases"].as_array().unwrap();
+    assert!(cases.len() >= 7);
+    let mut worst_ratio = (0.0f64, String::new());
+    let tmp = std::env::temp_dir().join(format!("wgpu-optim-golden-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for case in cases {
+        let name = case["name"].as_str().unwrap();
+        let file = |what: &str| dir.join(format!("{name}.{what}.safetensors"));
+        let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
+        let (clip, grad_scaler) = amp_options(case);
+        let params = replay::read_safetensors(&file("params")).unwrap();
+        let head = replay::read_safetensors(&file("head")).unwrap();
+        let tail = replay::read_safetensors(&file("tail")).unwrap();
+        let torch10 = file("torch10");
+
+        // PyTorch's 10 steps, exported by tools/torch_checkpoint.py, continued by replay:
+        // PyTorch's uninterrupted 20 steps.
+        let resume = ReplayOptions {
+            clip,
+            grad_scaler,
+            resume: Some(&torch10),
+            ..Default::default()
+        };
+        let ours = replay::replay(ctx, &config, &resume, &params, &tail).unwrap();
+        let mut torch32 = read_f64(&file("torch20"));
+        let mut torch64 = read_f64(&file("f64"));
+        check_scaler(name, &ours, &mut torch32, &mut torch64);
+        compare(name, &ours.tensors, &torch32, &torch64, &mut worst_ratio);
+
+        // replay's own 10 steps, saved: PyTorch's checkpoint, key for key, in float32
+        // accuracy; the same metadata.
+        let saved = tmp.join(format!("{name}.safetensors"));
+        let save = ReplayOptions {
+            clip,
+            grad_scaler,
+            save_checkpoint: Some(&saved),
+            ..Default::default()
+        };
+        replay::replay(ctx, &config, &save, &params, &head).unwrap();
+        let (ours, ours_meta) = read_checkpoint(&saved);
+        let (theirs, their_meta) = read_checkpoint(&torch10);
+        let layout = |t: &[(String, String, Vec<usize>, Vec<f64>)]| -> Vec<_> {
+            t.iter()
+                .map(|(n, d, s, _)| (n.clone(), d.clone(), s.clone()))
+                .collect()
+        };
+        assert_eq!(layout(&ours), layout(&theirs), "{name}: checkpoint layout");
+        for key in ["format", "version", "optimizer"] {
+            assert_eq!(ours_meta.get(key), their_meta.get(key), "{name}: {key}");
+        }
+        let json = |m: &std::collections::HashMap<String, String>, key: &str| {
+            m.get(key)
+                .map(|v| serde_json::from_str::<serde_json::Value>(v).unwrap())
+        };
+        assert_eq!(
+            json(&ours_meta, "grad_scaler"),
+            json(&their_meta, "grad_scaler"),
+            "{name}: grad_scaler"
+        );
+        // The same hyperparameters and tensors per group (replay orders tensors by name).
+        let groups = |m: &std::collections::HashMap<String, String>| -> serde_json::Value {
+            let mut g: serde_json::Value = serde_json::from_str(&m["param_groups"]).unwrap();
+            for group in g.as_array_mut().unwrap() {
+                let mut names: Vec<String> =
+                    serde_json::from_value(group["params"].take()).unwrap();
+                names.sort();
+                group["params"] = names.into();
+            }
+            g
+        };
+        assert_eq!(
+            groups(&ours_meta),
+            groups(&their_meta),
+            "{name}: param_groups"
+        );
+        for ((n, _, _, a), (_, _, _, b)) in ours.iter().zip(&theirs) {
+            if n.ends_with(".step") && config.type_name() == "SGD" {
+                // PyTorch's SGD keeps no count: the tool writes 1 once a buffer exists.
+                assert_eq!(a[0] > 0.0, b[0] > 0.0, "{name} {n}");
+                continue;
+            }
+            for (x, y) in a.iter().zip(b) {
+                assert!(
+                    (x - y).abs() <= 1e-6 * (1.0 + y.abs()),
+                    "{name} {n}: {x} vs PyTorch's {y}"
+                );
+            }
+        }
+
+        // PyTorch resumed from replay's checkpoint (the generator ran it): replay's own
+        // 20 steps, in float32 accuracy.
+        let mut all = head.clone();
+        for (g, t) in all.iter_mut().zip(&tail) {
+            assert_eq!(g.name, t.name);
+            g.data.extend_from_slice(&t.data);
+            g.shape[0] += t.shape[0];
+        }
+        let whole = ReplayOptions {
+            clip,
+            grad_scaler,
+            ..Default::default()
+        };
+        let ours20 = replay::replay(ctx, &config, &whole, &params, &all).unwrap();
+        let mut resumed = read_f64(&file("torch_resumed"));
+        let mut torch64 = read_f64(&file("f64"));
+        check_scaler(name, &ours20, &mut resumed, &mut torch64);
+        compare(name, &ours20.tensors, &resumed, &torch64, &mut worst_ratio);
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
+    eprintln!(
+        "worst ratio of our error to PyTorch's float32 error, against float64: {:.3} ({})",
+        worst_ratio.0, worst_ratio.1
+    );
 }

@@ -1,0 +1,415 @@
+#!/usr/bin/env python3
+"""Generate golden checkpoints that carry a run between PyTorch and wgpu-optim, both ways,
+and check that a resumed run continues the uninterrupted one.
+
+Run from the repository root, after building the binary (`cargo build`):
+
+    python3 tools/golden/gen_checkpoint.py
+
+It needs ``target/debug/wgpu-optim`` (or the binary named by $WGPU_OPTIM_BIN), which it runs
+with ``replay --resume`` and ``replay --save-checkpoint``, and tools/torch_checkpoint.py.
+
+Each case runs the real ``torch.optim`` class (single-tensor CPU path, foreach=False) over
+three parameters of a small module, "layer.weight" [4,6], "layer.bias" [6] and "gain" [5]
+(seeded randn init; gradients randn * 0.5, seeded per case), for STEPS = 20 iterations, and
+writes a checkpoint with ``to_wgpu_optim`` after SPLIT = 10.  The scaler case runs
+
+    scaler = torch.amp.GradScaler("cpu", **grad_scaler)
+    p.grad = <gradient file>[k]; scaler.unscale_(opt)
+    torch.nn.utils.clip_grad_norm_(params, clip_grad_norm, foreach=False)
+    scaler.step(opt); scaler.update()
+
+whose gradient file holds the *scaled* gradients (as tools/golden/gen_amp.py builds them:
+``f32(g_k * scale_k)``, then +inf at the elements listed in "inject", steps 4 and 13, which
+the scaler skips).  Files under ``tests/golden/checkpoint/``, per case <c>:
+
+* ``<c>.params.safetensors``  - initial parameters (F32) by name.
+* ``<c>.head.safetensors``    - gradients of steps 0..9, shape [10, *shape] (F32).
+* ``<c>.tail.safetensors``    - gradients of steps 10..19, shape [10, *shape] (F32).
+* ``<c>.torch10.safetensors`` - the wgpu-optim checkpoint tools/torch_checkpoint.py's
+                                ``to_wgpu_optim`` writes after 10 float32 steps (parameters,
+                                I64 steps, state, param_groups and grad_scaler metadata; the
+                                metadata keys are sorted in the header so the file is
+                                byte-stable across reruns).
+* ``<c>.torch20.safetensors`` - the uninterrupted 20-step float32 run, in the format of
+                                ``replay --out``: final params by name, every state tensor as
+                                ``<name>.<state>`` (``step`` as 0-d F32; SGD has none), and
+                                for the scaler case ``grad_scaler.scale`` (F32 [1]) and
+                                ``grad_scaler.growth_tracker`` (I32 [1]).
+* ``<c>.f64.safetensors``     - the same 20-step run in float64 (params upcast, the float32
+                                file gradients upcast; the scaler's scale stays float32).
+* ``<c>.torch_resumed.safetensors`` - what PyTorch produces when it loads wgpu-optim's own
+                                10-step checkpoint (``replay --grads <c>.head.safetensors
+                                --save-checkpoint``) with ``from_wgpu_optim`` into a fresh
+                                model/optimizer/scaler (zero params, the optimizer built with
+                                3x the lr, both replaced by the load) and runs steps 10..19
+                                (torch20's format).
+* ``cases.json``              - {"steps": 20, "split": 10, "names": [...], "cases": [{"name",
+    "optimizer" (format of tests/golden/optim/cases.json), and for the scaler case
+    "clip_grad_norm", "grad_scaler" (torch.amp.GradScaler arguments, device "cpu" implied)
+    and "inject" ({"step", "name", "index" (flat), "value"})}]}.
+
+The script checks, per case, that
+  (a) forward: ``replay --params <c>.params --grads <c>.tail --resume <c>.torch10`` ends
+      where torch20 does, and
+  (b) reverse: the 10-step ``replay --save-checkpoint`` checkpoint matches torch10, and
+      PyTorch resumed from it (torch_resumed) ends where torch20 does,
+each tensor within float32 accuracy: |x - torch32| <= 4 |torch32 - torch64| + 1e-6 (1 +
+|torch64|) elementwise, with steps, the scale and the growth tracker exact (SGD's checkpoint
+step is 1 from PyTorch, the step count from wgpu-optim: only whether it is 0 is compared).
+It prints the worst ratio |x - torch32| / bound per case and direction and fails above 1.
+It also checks that ``replay --resume`` with 3x the lr in --optimizer gives the same output
+bit for bit (the checkpoint's hyperparameters win) and that the 10-step ``replay --out``
+equals its own checkpoint.
+Rerunning is deterministic; stale files are removed.
+"""
+
+import json
+import os
+import struct
+import subprocess
+import sys
+import tempfile
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from gen_optim import REPO_ROOT, build_optimizer, finish_output_dir, state_tensors
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from torch_checkpoint import from_wgpu_optim, read_checkpoint, to_wgpu_optim  # noqa: E402
+
+SEED = 20261125
+STEPS = 20
+SPLIT = 10
+GRAD_SCALE = 0.5
+SHAPES = [("layer.weight", (4, 6)), ("layer.bias", (6,)), ("gain", (5,))]
+NAMES = [n for n, _ in SHAPES]
+
+OUT_DIR = os.path.join(REPO_ROOT, "tests", "golden", "checkpoint")
+BINARY = os.environ.get("WGPU_OPTIM_BIN", os.path.join(REPO_ROOT, "target", "debug", "wgpu-optim"))
+
+CASES = [
+    {"name": "adam_amsgrad_wd",
+     "optimizer": {"type": "Adam", "lr": 0.01, "weight_decay": 0.1, "amsgrad": True}},
+    {"name": "adamw_betas", "optimizer": {"type": "AdamW", "lr": 0.01, "betas": [0.8, 0.95]}},
+    {"name": "sgd_nesterov",
+     "optimizer": {"type": "SGD", "lr": 0.05, "momentum": 0.9, "nesterov": True}},
+    {"name": "sgd_momentum_dampening_wd",
+     "optimizer": {"type": "SGD", "lr": 0.05, "momentum": 0.9, "dampening": 0.2,
+                   "weight_decay": 0.01}},
+    {"name": "rmsprop_centered_momentum",
+     "optimizer": {"type": "RMSprop", "lr": 0.01, "momentum": 0.5, "centered": True}},
+    {"name": "adagrad_lr_decay_init_acc",
+     "optimizer": {"type": "Adagrad", "lr": 0.1, "lr_decay": 0.01,
+                   "initial_accumulator_value": 0.1}},
+    {"name": "scaler_clip_adam", "optimizer": {"type": "Adam", "lr": 0.01},
+     "clip_grad_norm": 1.0, "grad_scaler": {"init_scale": 1024.0, "growth_interval": 3},
+     "inject": [{"step": 4, "name": "layer.bias", "index": 2, "value": "inf"},
+                {"step": 13, "name": "gain", "index": 3, "value": "inf"}]},
+]
+
+
+class Model(torch.nn.Module):
+    """The parameters under their checkpoint names (named_parameters() lists "gain" first,
+    the optimizer holds them in SHAPES order: names are matched by identity)."""
+
+    def __init__(self, params, dtype):
+        super().__init__()
+        self.gain = torch.nn.Parameter(params["gain"].detach().clone().to(dtype))
+        self.layer = torch.nn.Module()
+        self.layer.weight = torch.nn.Parameter(params["layer.weight"].detach().clone().to(dtype))
+        self.layer.bias = torch.nn.Parameter(params["layer.bias"].detach().clone().to(dtype))
+
+    def ordered(self):
+        return [self.layer.weight, self.layer.bias, self.gain]
+
+
+def make_problem(index):
+    """Seeded initial params and unscaled gradients [STEPS, *shape] of case `index`."""
+    torch.manual_seed(SEED + index)
+    params = {n: torch.randn(shape, dtype=torch.float32) for n, shape in SHAPES}
+    grads = {n: torch.randn((STEPS, *shape), dtype=torch.float32) * GRAD_SCALE
+             for n, shape in SHAPES}
+    return params, grads
+
+
+def scale_sequence(gs_args, bad_steps):
+    """Scale before each step, from a real GradScaler whose optimizer sees a non-finite
+    gradient exactly at bad_steps."""
+    dummy = torch.zeros(1, dtype=torch.float32)
+    opt = torch.optim.SGD([dummy], lr=0.0, foreach=False)
+    scaler = torch.amp.GradScaler("cpu", **gs_args)
+    scales = []
+    for k in range(STEPS):
+        scaler.scale(torch.ones((), dtype=torch.float32))  # lazy init, as scale(loss) does
+        scales.append(scaler.get_scale())
+        dummy.grad = torch.full((1,), float("inf") if k in bad_steps else 1.0)
+        scaler.unscale_(opt)
+        scaler.step(opt)
+        scaler.update()
+    return scales
+
+
+def case_grads(case, grads):
+    """The F32 gradient file of a case (scaled, with injections, for the scaler case)."""
+    if "grad_scaler" not in case:
+        return grads
+    scales = scale_sequence(case["grad_scaler"], {i["step"] for i in case["inject"]})
+    out = {n: torch.stack([grads[n][k] * scales[k] for k in range(STEPS)]) for n in NAMES}
+    for i in case["inject"]:
+        out[i["name"]][i["step"]].view(-1)[i["index"]] = float(i["value"])
+    return out
+
+
+class Run:
+    """A model, its optimizer and (for the scaler case) its GradScaler, stepped as the case's
+    training loop does."""
+
+    def __init__(self, case, params, dtype, optimizer=None):
+        self.case, self.dtype = case, dtype
+        self.model = Model(params, dtype)
+        self.opt = build_optimizer(optimizer or case["optimizer"], self.model.ordered())
+        self.scaler = (torch.amp.GradScaler("cpu", **case["grad_scaler"])
+                       if "grad_scaler" in case else None)
+        self.found_inf = []
+        self.scales = []
+
+    def step(self, grads, k):
+        """Step with grads[name][k] (cast to the run's dtype)."""
+        tensors = self.model.ordered()
+        for n, p in zip(NAMES, tensors):
+            p.grad = grads[n][k].to(self.dtype).clone()
+        if self.scaler is not None:
+            self.scaler.scale(torch.ones((), dtype=torch.float32))  # lazy init
+            self.scales.append(self.scaler.get_scale())
+            self.scaler.unscale_(self.opt)
+        if "clip_grad_norm" in self.case:
+            torch.nn.utils.clip_grad_norm_(tensors, self.case["clip_grad_norm"], foreach=False)
+        if self.scaler is not None:
+            states = self.scaler._per_optimizer_states[id(self.opt)]["found_inf_per_device"]
+            self.found_inf.append(int(sum(v.item() for v in states.values()) > 0))
+            self.scaler.step(self.opt)
+            self.scaler.update()
+        else:
+            self.opt.step()
+
+    def result(self):
+        """Final params and state in the format of replay's output."""
+        out = state_tensors(NAMES, self.model.ordered(), self.opt, self.dtype)
+        if self.scaler is not None:
+            out["grad_scaler.scale"] = (
+                self.scaler._scale.detach().clone().reshape(1).to(torch.float32))
+            out["grad_scaler.growth_tracker"] = (
+                self.scaler._growth_tracker.detach().clone().reshape(1).to(torch.int32))
+        return out
+
+
+def canonicalize(path):
+    """Rewrites a safetensors header with its metadata keys sorted (safetensors writes them in
+    hash order), so that the file is the same on every run."""
+    with open(path, "rb") as f:
+        data = f.read()
+    (n,) = struct.unpack("<Q", data[:8])
+    header = json.loads(data[8:8 + n])
+    header["__metadata__"] = dict(sorted(header["__metadata__"].items()))
+    text = json.dumps(header, separators=(",", ":"), ensure_ascii=False).encode()
+    if len(text) > n:
+        raise RuntimeError(f"{path}: canonical header longer than the original")
+    text += b" " * (n - len(text))
+    with open(path, "wb") as f:
+        f.write(data[:8] + text + data[8 + n:])
+
+
+def replay(case, params_file, grads_file, out, resume=None, save_checkpoint=None,
+           optimizer=None):
+    cmd = [BINARY, "replay", "--optimizer", json.dumps(optimizer or case["optimizer"]),
+           "--params", params_file, "--grads", grads_file, "--out", out]
+    if "clip_grad_norm" in case:
+        cmd += ["--clip-grad-norm", str(case["clip_grad_norm"])]
+    if "grad_scaler" in case:
+        cmd += ["--grad-scaler", json.dumps(case["grad_scaler"])]
+    if resume is not None:
+        cmd += ["--resume", resume]
+    if save_checkpoint is not None:
+        cmd += ["--save-checkpoint", save_checkpoint]
+    env = dict(os.environ)
+    env.setdefault("XDG_RUNTIME_DIR", "/tmp")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{case['name']}: replay failed ({proc.returncode}):\n  "
+                           + " ".join(cmd) + "\n" + proc.stdout + proc.stderr)
+
+
+def worst_ratio(what, ours, t32, t64):
+    """Checks ours against the float32 run t32, bounded by the float64 run t64. Returns
+    (worst ratio, where)."""
+    if set(ours) != set(t32):
+        raise RuntimeError(f"{what}: tensors {sorted(ours)} != expected {sorted(t32)}")
+    worst, where = 0.0, None
+    for key, ref in t32.items():
+        got = ours[key]
+        if tuple(got.shape) != tuple(ref.shape):
+            raise RuntimeError(f"{what}: {key} has shape {tuple(got.shape)}, "
+                               f"expected {tuple(ref.shape)}")
+        if key.endswith(".step") or key.startswith("grad_scaler."):
+            if not torch.equal(got.double(), ref.double()):
+                raise RuntimeError(f"{what}: {key} is {got.tolist()}, expected {ref.tolist()}")
+            continue
+        g, r, r64 = got.double(), ref.double(), t64[key].double()
+        bound = 4 * (r - r64).abs() + 1e-6 * (1 + r64.abs())
+        ratio = (g - r).abs() / bound
+        i = int(ratio.argmax())
+        if ratio.view(-1)[i].item() > worst or where is None:
+            worst = ratio.view(-1)[i].item()
+            where = (f"{key}[{i}]: ours {g.view(-1)[i].item():.9g} torch32 "
+                     f"{r.view(-1)[i].item():.9g} torch64 {r64.view(-1)[i].item():.9g}")
+    if not worst <= 1.0:
+        raise RuntimeError(f"{what}: beyond float32 accuracy (ratio {worst:.3g}) at {where}")
+    return worst, where
+
+
+def other_lr(case):
+    """The case's optimizer with another lr, which loading a checkpoint must replace."""
+    return {**case["optimizer"], "lr": case["optimizer"]["lr"] * 3}
+
+
+def checkpoint_as_result(path, sgd):
+    """A checkpoint in the format of a result: step as 0-d F32 (none for SGD, whose step count
+    only says whether the momentum buffer is set), the grad scaler's scale and tracker."""
+    tensors, metadata = read_checkpoint(path)
+    out = {}
+    for key, t in tensors.items():
+        if key.endswith(".step"):
+            if sgd and t.item() <= 0:
+                raise RuntimeError(f"{path}: {key} is {t.item()} after {SPLIT} steps")
+            if not sgd:
+                out[key] = t.to(torch.float32)
+        else:
+            out[key] = t
+    if "grad_scaler" in metadata:
+        gs = json.loads(metadata["grad_scaler"])
+        out["grad_scaler.scale"] = torch.tensor([gs["scale"]], dtype=torch.float32)
+        out["grad_scaler.growth_tracker"] = torch.tensor([gs["_growth_tracker"]], dtype=torch.int32)
+    return out
+
+
+def main():
+    torch.set_num_threads(1)
+    torch.use_deterministic_algorithms(True)
+    os.makedirs(OUT_DIR, exist_ok=True)
+    if not os.access(BINARY, os.X_OK):
+        print(f"error: {BINARY} not found; run `cargo build` or set WGPU_OPTIM_BIN",
+              file=sys.stderr)
+        return 1
+
+    cases_json = [{k: v for k, v in case.items()} for case in CASES]
+    doc = json.loads(json.dumps({"steps": STEPS, "split": SPLIT, "names": NAMES,
+                                 "cases": cases_json}))
+    with open(os.path.join(OUT_DIR, "cases.json"), "w", newline="\n") as f:
+        json.dump(doc, f, indent=2)
+        f.write("\n")
+    expected = {"cases.json"}
+
+    print(f"torch {torch.__version__}; {len(doc['cases'])} cases, {STEPS} steps, "
+          f"checkpoint after {SPLIT}; worst |x - torch32| / (4|torch32 - torch64| + 1e-6(1+|torch64|))")
+    print(f"{'case':28s} {'max|f32-f64|':>12s} {'fwd resume':>10s} {'ours@10':>10s} "
+          f"{'rev resume':>10s}")
+    details = []
+    with tempfile.TemporaryDirectory(prefix="gen_checkpoint.") as tmp:
+        for index, case in enumerate(doc["cases"]):
+            name = case["name"]
+            sgd = case["optimizer"]["type"] == "SGD"
+            params, base = make_problem(index)
+            grads = case_grads(case, base)
+            files = {}
+
+            def path(suffix):
+                fname = f"{name}.{suffix}.safetensors"
+                expected.add(fname)
+                files[suffix] = os.path.join(OUT_DIR, fname)
+                return files[suffix]
+
+            save_file({n: params[n].contiguous() for n in NAMES}, path("params"))
+            save_file({n: grads[n][:SPLIT].contiguous() for n in NAMES}, path("head"))
+            save_file({n: grads[n][SPLIT:].contiguous() for n in NAMES}, path("tail"))
+
+            # The uninterrupted runs, with a checkpoint (f32) and a snapshot (both) after SPLIT.
+            r32, r64 = Run(case, params, torch.float32), Run(case, params, torch.float64)
+            for k in range(SPLIT):
+                r32.step(grads, k)
+                r64.step(grads, k)
+            to_wgpu_optim(r32.opt, r32.model.named_parameters(), path("torch10"),
+                          grad_scaler=r32.scaler)
+            canonicalize(files["torch10"])
+            mid32, mid64 = r32.result(), r64.result()
+            for k in range(SPLIT, STEPS):
+                r32.step(grads, k)
+                r64.step(grads, k)
+            if r32.found_inf != r64.found_inf or r32.scales != r64.scales:
+                raise RuntimeError(f"{name}: f32 and f64 runs skip different steps / scales")
+            if "inject" in case:
+                skipped = [k for k, f in enumerate(r32.found_inf) if f]
+                if skipped != sorted(i["step"] for i in case["inject"]):
+                    raise RuntimeError(f"{name}: skipped steps {skipped}")
+            t32, t64 = r32.result(), r64.result()
+            save_file(t32, path("torch20"))
+            save_file(t64, path("f64"))
+            torch_err = max((t32[n].double() - t64[n]).abs().max().item() for n in NAMES)
+
+            # (a) forward: wgpu-optim resumes from PyTorch's checkpoint.
+            out_a = os.path.join(tmp, f"{name}.fwd.safetensors")
+            replay(case, files["params"], files["tail"], out_a, resume=files["torch10"])
+            fwd = worst_ratio(f"{name} forward (replay --resume torch10)", load_file(out_a),
+                              t32, t64)
+            # The checkpoint's hyperparameters replace --optimizer's: another lr changes nothing.
+            out_lr = os.path.join(tmp, f"{name}.fwd_lr.safetensors")
+            replay(case, files["params"], files["tail"], out_lr, resume=files["torch10"],
+                   optimizer=other_lr(case))
+            for key, t in load_file(out_lr).items():
+                if not torch.equal(t, load_file(out_a)[key]):
+                    raise RuntimeError(f"{name}: replay --resume with another --optimizer lr "
+                                       f"differs at {key}: the checkpoint's lr was not used")
+
+            # (b) reverse: PyTorch resumes from wgpu-optim's checkpoint.
+            ours10 = os.path.join(tmp, f"{name}.ours10.safetensors")
+            out_b = os.path.join(tmp, f"{name}.head.safetensors")
+            replay(case, files["params"], files["head"], out_b, save_checkpoint=ours10)
+            ckpt = checkpoint_as_result(ours10, sgd)
+            at10 = worst_ratio(f"{name} wgpu-optim checkpoint after {SPLIT} steps",
+                               ckpt, mid32, mid64)
+            # The replay output after 10 steps holds the same values as its checkpoint.
+            head_out = load_file(out_b)
+            for key, t in head_out.items():
+                if not torch.equal(t, ckpt[key]):
+                    raise RuntimeError(f"{name}: replay --out and --save-checkpoint differ at {key}")
+            fresh = {n: torch.zeros(shape) for n, shape in SHAPES}  # overwritten by the load
+            rr = Run(case, fresh, torch.float32, optimizer=other_lr(case))  # lr from the file
+            from_wgpu_optim(ours10, rr.opt, rr.model.named_parameters(), grad_scaler=rr.scaler)
+            for k in range(SPLIT, STEPS):
+                rr.step(grads, k)
+            if "inject" in case:
+                if rr.found_inf != r32.found_inf[SPLIT:] or rr.scales != r32.scales[SPLIT:]:
+                    raise RuntimeError(f"{name}: the resumed run skips steps "
+                                       f"{rr.found_inf} / scales {rr.scales}, expected "
+                                       f"{r32.found_inf[SPLIT:]} / {r32.scales[SPLIT:]}")
+            resumed = rr.result()
+            save_file(resumed, path("torch_resumed"))
+            rev = worst_ratio(f"{name} reverse (torch from_wgpu_optim of replay's checkpoint)",
+                              resumed, t32, t64)
+
+            print(f"{name:28s} {torch_err:12.3e} {fwd[0]:10.3f} {at10[0]:10.3f} {rev[0]:10.3f}")
+            details.append(f"  {name}: forward worst at {fwd[1]}\n"
+                           f"  {name}: ours@10 worst at {at10[1]}\n"
+                           f"  {name}: reverse worst at {rev[1]}")
+            if "grad_scaler" in case:
+                details.append(f"  {name}: skipped steps "
+                               f"{[k for k, f in enumerate(r32.found_inf) if f]}, scales {r32.scales},"
+                               f" final scale {t32['grad_scaler.scale'].item()!r} growth_tracker "
+                               f"{t32['grad_scaler.growth_tracker'].item()}")
+    print("\n".join(details))
+    return finish_output_dir(OUT_DIR, expected)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

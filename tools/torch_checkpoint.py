@@ -1,0 +1,582 @@
+#!/usr/bin/env python3
+"""Convert between PyTorch optimizer state and wgpu-optim checkpoints.
+
+A wgpu-optim checkpoint (see src/optimizer/checkpoint.rs) is one safetensors file:
+
+* ``<name>.step``    - I64, shape ``[]``: the tensor's step count (every optimizer, SGD too).
+* ``<name>.<state>`` - F32, the parameter's shape: each state buffer under PyTorch's state
+  name (Adam/AdamW: exp_avg, exp_avg_sq, max_exp_avg_sq with amsgrad; SGD: momentum_buffer
+  when momentum != 0; RMSprop: square_avg, momentum_buffer when momentum > 0, grad_avg when
+  centered; Adagrad: sum).
+* ``<name>``         - F32, the parameter's shape: the parameter (optional in general;
+  :func:`to_wgpu_optim` always writes it).
+* metadata: ``format`` = ``wgpu-optim``, ``version`` = ``1``, ``optimizer`` = the class name
+  (SGD, Adam, AdamW, RMSprop, Adagrad), ``param_groups`` = a JSON list with one object per
+  group (its hyperparameters under PyTorch's argument names, and ``params``: its tensors'
+  names), optionally ``grad_scaler`` = JSON with exactly the keys of
+  ``torch.amp.GradScaler.state_dict()``, optionally ``scheduler`` (wgpu-optim's own scheduler
+  state).
+
+Python API::
+
+    to_wgpu_optim(optimizer, model.named_parameters(), "ckpt.safetensors", grad_scaler=scaler)
+    from_wgpu_optim("ckpt.safetensors", optimizer, model.named_parameters(), grad_scaler=scaler)
+
+CLI::
+
+    python3 tools/torch_checkpoint.py to-wgpu IN.pt OUT.safetensors --optimizer Adam [--names a,b]
+    python3 tools/torch_checkpoint.py from-wgpu IN.safetensors OUT.pt
+
+where IN.pt / OUT.pt hold ``{"model": model.state_dict(), "optimizer": opt.state_dict(),
+["grad_scaler": scaler.state_dict()]}``.
+
+Conversion rules:
+
+* Tensors are named by the model's parameter names.  The optimizer's parameter indices map
+  to names in the order ``optimizer.param_groups[g]["params"]`` holds the parameters (over
+  all groups), matched to ``named_parameters`` by identity.  In the CLI the names are, in
+  that order, ``--names`` when given, else the groups' ``param_names`` when the optimizer was
+  built from named parameters, else the keys of the model's state dict (whose count must
+  then equal the optimizer's parameter count: a model with buffers or frozen parameters
+  needs ``--names``).
+* PyTorch keeps ``step`` as a float 0-d tensor; it becomes an I64 on export and a
+  ``torch.optim.optimizer._get_scalar_dtype()`` 0-d tensor on import.  SGD keeps no step: the
+  export writes step 1 where a momentum buffer exists and 0 elsewhere; the import restores
+  momentum_buffer only where step > 0 and momentum != 0.  Adam, AdamW and RMSprop get no state
+  where step is 0 (PyTorch's state for a parameter that has not stepped); Adagrad always does.
+  A parameter without PyTorch state exports step 0 and its initial buffers (zeros; Adagrad's
+  sum: initial_accumulator_value).
+* State buffers are written as float32 (a float64 model's state is rounded).  Which buffers
+  a parameter has follows from its group's hyperparameters; PyTorch state that the
+  hyperparameters do not use, or that they need and is missing, is a ValueError.
+* Only hyperparameters wgpu-optim's configurations accept are exported.  PyTorch's foreach,
+  capturable, differentiable, fused, param_names and decoupled_weight_decay (which must be
+  False for Adam and True or absent for AdamW) are dropped, as are the keys LR schedulers add
+  to groups (initial_lr, max_lr, min_lr, base_momentum, max_momentum); on import they come
+  from the target optimizer's own groups.  Any other group key is a ValueError.
+* LR schedulers are not converted: the export writes no ``scheduler`` entry, and the import
+  ignores one (with a warning).  Save and restore a PyTorch scheduler separately.
+* A disabled GradScaler (empty state dict) is no grad scaler.  A checkpoint's grad_scaler
+  state is loaded only into a given scaler (a warning says when one is ignored).
+"""
+
+import argparse
+import json
+import math
+import sys
+import warnings
+from collections import OrderedDict
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+try:
+    from torch.optim.optimizer import _get_scalar_dtype
+except ImportError:  # older or newer torch without the private helper
+    def _get_scalar_dtype():
+        return torch.float64 if torch.get_default_dtype() == torch.float64 else torch.float32
+
+FORMAT = "wgpu-optim"
+VERSION = "1"
+
+# Hyperparameters per class, under PyTorch's argument names: what wgpu-optim accepts.
+HYPERPARAMETERS = {
+    "SGD": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
+    "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"),
+    "AdamW": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"),
+    "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
+    "Adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"),
+}
+BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered"}
+# PyTorch group keys that are implementation choices or bookkeeping, not hyperparameters.
+DROPPED_KEYS = {"foreach", "capturable", "differentiable", "fused", "param_names",
+                "decoupled_weight_decay"}
+# Keys LR schedulers add to param groups (the scheduler's state, not the optimizer's).
+SCHEDULER_KEYS = {"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"}
+SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
+
+
+def optimizer_class_name(optimizer):
+    """The wgpu-optim name of a torch.optim optimizer: its class, or the nearest of SGD, Adam,
+    AdamW, RMSprop, Adagrad it derives from (AdamW before Adam)."""
+    for cls in type(optimizer).__mro__:
+        if cls.__module__.startswith("torch.optim") and cls.__name__ in HYPERPARAMETERS:
+            return cls.__name__
+    raise ValueError(f"{type(optimizer).__name__} is not one of {', '.join(HYPERPARAMETERS)}")
+
+
+def state_names(cls_name, hyper):
+    """The state buffers a group with these hyperparameters keeps, as PyTorch names them."""
+    if cls_name == "SGD":
+        return ["momentum_buffer"] if hyper.get("momentum", 0) != 0 else []
+    if cls_name in ("Adam", "AdamW"):
+        return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if hyper.get("amsgrad") else [])
+    if cls_name == "RMSprop":
+        return (["square_avg"] + (["grad_avg"] if hyper.get("centered") else [])
+                + (["momentum_buffer"] if hyper.get("momentum", 0) > 0 else []))
+    if cls_name == "Adagrad":
+        return ["sum"]
+    raise ValueError(f"unknown optimizer {cls_name!r}; expected one of {', '.join(HYPERPARAMETERS)}")
+
+
+def _float(x, what):
+    if torch.is_tensor(x):
+        if x.numel() != 1:
+            raise ValueError(f"{what} is a tensor of shape {tuple(x.shape)}, expected a scalar")
+        x = x.item()
+    if isinstance(x, bool) or not isinstance(x, (int, float)):
+        raise ValueError(f"{what} is {x!r}, expected a number")
+    return float(x)
+
+
+def _hyper_value(key, value, what):
+    """A hyperparameter in the JSON form wgpu-optim reads."""
+    if key in BOOL_KEYS:
+        if not isinstance(value, bool):
+            raise ValueError(f"{what}: {key} is {value!r}, expected a bool")
+        return value
+    if key == "betas":
+        if len(value) != 2:
+            raise ValueError(f"{what}: betas is {value!r}, expected two numbers")
+        return [_float(b, f"{what}: betas") for b in value]
+    return _float(value, f"{what}: {key}")
+
+
+def _export_group(cls_name, group, g):
+    """A torch param group's hyperparameters (without "params") in wgpu-optim's form."""
+    what = f"param group {g}"
+    allowed = HYPERPARAMETERS[cls_name]
+    out = {}
+    for key, value in group.items():
+        if key == "params" or key in DROPPED_KEYS or key in SCHEDULER_KEYS:
+            continue
+        if key not in allowed:
+            raise ValueError(f"{what}: {cls_name} hyperparameter {key!r} is not supported by "
+                             f"wgpu-optim (supported: {', '.join(allowed)})")
+        out[key] = _hyper_value(key, value, what)
+    dwd = group.get("decoupled_weight_decay")
+    if cls_name == "Adam" and dwd not in (None, False):
+        raise ValueError(f"{what}: Adam with decoupled_weight_decay={dwd!r} is AdamW; "
+                         "convert it as an AdamW optimizer")
+    if cls_name == "AdamW" and dwd not in (None, True):
+        raise ValueError(f"{what}: AdamW with decoupled_weight_decay={dwd!r} is not supported")
+    # Keep the order of the class's argument list, so the JSON is stable.
+    return {key: out[key] for key in allowed if key in out}
+
+
+def _as_f32(t, what, shape):
+    if not torch.is_tensor(t):
+        raise ValueError(f"{what} is {type(t).__name__}, expected a tensor")
+    if t.is_complex():
+        raise ValueError(f"{what} is complex ({t.dtype}); wgpu-optim holds real tensors only")
+    if not t.is_floating_point():
+        raise ValueError(f"{what} has dtype {t.dtype}, expected a floating-point tensor")
+    if tuple(t.shape) != tuple(shape):
+        raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {tuple(shape)}")
+    return t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+
+
+def _step_count(value, what):
+    v = _float(value, what)
+    if not (v >= 0 and math.isfinite(v) and v == int(v)):
+        raise ValueError(f"{what} is {v!r}, expected a whole number >= 0")
+    return int(v)
+
+
+def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_state=None):
+    """Converts a torch optimizer state dict into a checkpoint's tensors and metadata.
+
+    cls_name: "SGD", "Adam", "AdamW", "RMSprop" or "Adagrad".  state_dict: as
+    ``optimizer.state_dict()`` returns it.  names: the tensor names in the order the groups'
+    "params" lists hold the indices (over all groups).  params: name -> parameter tensor
+    (its shape gives every state tensor's shape; its values are written under the name).
+    grad_scaler_state: ``GradScaler.state_dict()`` or None.
+
+    Returns (tensors, metadata): arguments for ``safetensors.torch.save_file``.
+    """
+    if cls_name not in HYPERPARAMETERS:
+        raise ValueError(f"unknown optimizer {cls_name!r}; expected one of {', '.join(HYPERPARAMETERS)}")
+    groups = state_dict["param_groups"]
+    flat = [i for group in groups for i in group["params"]]
+    if len(flat) != len(names):
+        raise ValueError(f"the optimizer holds {len(flat)} parameters but {len(names)} names were given")
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise ValueError(f"tensor name {dup!r} is given twice")
+    if len(set(flat)) != len(flat):
+        raise ValueError("the optimizer state dict lists a parameter index twice")
+    name_of = dict(zip(flat, names))
+    unknown = [k for k in state_dict["state"] if k not in name_of]
+    if unknown:
+        raise ValueError(f"the optimizer state holds index {unknown[0]!r}, which no param group lists")
+
+    tensors = {}
+    meta_groups = []
+    for g, group in enumerate(groups):
+        hyper = _export_group(cls_name, group, g)
+        wanted = state_names(cls_name, hyper)
+        for index in group["params"]:
+            name = name_of[index]
+            if name not in params:
+                raise ValueError(f"no parameter values for tensor {name!r}")
+            param = _as_f32(params[name], f"parameter {name!r}", tuple(params[name].shape))
+            shape = tuple(param.shape)
+            state = {k: v for k, v in state_dict["state"].get(index, {}).items() if v is not None}
+            extra = sorted(set(state) - set(wanted) - ({"step"} if cls_name != "SGD" else set()))
+            if extra:
+                raise ValueError(f"{name}: PyTorch state {extra} is not used by {cls_name} with "
+                                 f"the hyperparameters of group {g} ({json.dumps(hyper)})")
+            if cls_name == "SGD":
+                step = 1 if "momentum_buffer" in state else 0
+            elif state:
+                if "step" not in state:
+                    raise ValueError(f"{name}: PyTorch state without a step")
+                step = _step_count(state["step"], f"{name}.step")
+            else:
+                step = 0
+            if state:
+                missing = [s for s in wanted if s not in state]
+                if missing:
+                    raise ValueError(f"{name}: PyTorch state lacks {missing}, which {cls_name} with "
+                                     f"the hyperparameters of group {g} keeps")
+            tensors[f"{name}.step"] = torch.tensor(step, dtype=torch.int64)
+            for s in wanted:
+                if s in state:
+                    tensors[f"{name}.{s}"] = _as_f32(state[s], f"{name}.{s}", shape)
+                else:
+                    init = hyper.get("initial_accumulator_value", 0.0) if s == "sum" else 0.0
+                    tensors[f"{name}.{s}"] = torch.full(shape, init, dtype=torch.float32)
+            tensors[name] = param
+        meta_groups.append({**hyper, "params": [name_of[i] for i in group["params"]]})
+
+    metadata = {"format": FORMAT, "version": VERSION, "optimizer": cls_name,
+                "param_groups": json.dumps(meta_groups)}
+    if grad_scaler_state:  # a disabled scaler's state dict is empty
+        if set(grad_scaler_state) != set(SCALER_KEYS):
+            raise ValueError(f"grad scaler state with keys {sorted(grad_scaler_state)}, "
+                             f"expected {list(SCALER_KEYS)}")
+        metadata["grad_scaler"] = json.dumps({
+            "scale": _float(grad_scaler_state["scale"], "grad scaler scale"),
+            "growth_factor": _float(grad_scaler_state["growth_factor"], "growth_factor"),
+            "backoff_factor": _float(grad_scaler_state["backoff_factor"], "backoff_factor"),
+            "growth_interval": int(grad_scaler_state["growth_interval"]),
+            "_growth_tracker": int(grad_scaler_state["_growth_tracker"]),
+        })
+    return tensors, metadata
+
+
+def read_checkpoint(path):
+    """(tensors, metadata) of a safetensors file."""
+    with safe_open(str(path), framework="pt") as f:
+        metadata = dict(f.metadata() or {})
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    return tensors, metadata
+
+
+def _import_group(cls_name, saved, g, what):
+    """A checkpoint group's hyperparameters in torch's form (betas as a tuple)."""
+    allowed = HYPERPARAMETERS[cls_name]
+    out = {}
+    for key, value in saved.items():
+        if key not in allowed:
+            raise ValueError(f"{what}: group {g} holds {key!r}, which is no {cls_name} hyperparameter "
+                             f"({', '.join(allowed)})")
+        value = _hyper_value(key, value, f"{what}: group {g}")
+        out[key] = tuple(value) if key == "betas" else value
+    return out
+
+
+def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parameters=True,
+                             what="checkpoint"):
+    """Converts a checkpoint's tensors and metadata into a torch optimizer state dict.
+
+    cls_name: the target optimizer's class (None: take the checkpoint's).  groups: the
+    target's groups, a list of (names, current) with names in the order the group holds its
+    parameters and current the group's torch keys (without "params"), which the checkpoint's
+    hyperparameters override.  shapes: name -> expected shape (a name may be missing).
+    parameters: the saved parameters must be present (else they are checked only if present).
+
+    Everything is checked before returning.  Returns (state_dict, params, scaler_state):
+    params maps names to the saved parameters (those present), scaler_state is the
+    GradScaler state dict or None.  Indices run over the groups' names in order.
+    """
+    def meta(key):
+        if key not in metadata:
+            raise ValueError(f"{what}: not a wgpu-optim checkpoint (no {key!r} in its metadata)")
+        return metadata[key]
+
+    if meta("format") != FORMAT:
+        raise ValueError(f"{what}: not a wgpu-optim checkpoint (format {meta('format')!r})")
+    if meta("version") != VERSION:
+        raise ValueError(f"{what}: checkpoint version {meta('version')!r}; this tool reads {VERSION}")
+    saved_cls = meta("optimizer")
+    if saved_cls not in HYPERPARAMETERS:
+        raise ValueError(f"{what}: unknown optimizer {saved_cls!r}")
+    if cls_name is not None and saved_cls != cls_name:
+        raise ValueError(f"{what}: the checkpoint is of optimizer class {saved_cls}, the target is {cls_name}")
+    cls_name = saved_cls
+    try:
+        saved_groups = json.loads(meta("param_groups"))
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{what}: malformed param_groups: {e}") from None
+    if not isinstance(saved_groups, list) or not all(isinstance(s, dict) for s in saved_groups):
+        raise ValueError(f"{what}: malformed param_groups: expected a list of objects")
+    if len(saved_groups) != len(groups):
+        raise ValueError(f"{what}: the checkpoint has {len(saved_groups)} parameter groups, "
+                         f"the target optimizer {len(groups)}")
+
+    state, torch_groups, params = {}, [], {}
+    expected = set()
+    index = 0
+    for g, (saved, (names, current)) in enumerate(zip(saved_groups, groups)):
+        saved = dict(saved)
+        saved_names = saved.pop("params", None)
+        if not isinstance(saved_names, list):
+            raise ValueError(f"{what}: group {g} has no \"params\" list")
+        if len(set(saved_names)) != len(saved_names):
+            raise ValueError(f"{what}: group {g} names a tensor twice")
+        missing = [n for n in names if n not in saved_names]
+        if missing:
+            raise ValueError(f"{what}: tensor {missing[0]!r} is not in the checkpoint's group {g}")
+        extra = [n for n in saved_names if n not in names]
+        if extra:
+            raise ValueError(f"{what}: the checkpoint's group {g} holds {extra[0]!r}, "
+                             f"which the target's group {g} lacks")
+        hyper = _import_group(cls_name, saved, g, what)
+        group = {k: v for k, v in current.items() if k != "params"}
+        group.update(hyper)
+        wanted = state_names(cls_name, group)
+        indices = []
+        for name in names:
+            step_key = f"{name}.step"
+            if step_key not in tensors:
+                raise ValueError(f"{what}: the checkpoint lacks tensor {step_key!r}")
+            step_t = tensors[step_key]
+            if step_t.dtype != torch.int64 or step_t.dim() != 0:
+                raise ValueError(f"{what}: tensor {step_key!r} is {step_t.dtype} of shape "
+                                 f"{list(step_t.shape)}, expected a 0-d int64 (I64)")
+            step = int(step_t.item())
+            if step < 0:
+                raise ValueError(f"{what}: {step_key} is {step}, expected >= 0")
+            expected.add(step_key)
+            shape = shapes.get(name)
+            keys = [f"{name}.{s}" for s in wanted]
+            if parameters or name in tensors:
+                keys.append(name)
+            loaded = {}
+            for key in keys:
+                if key not in tensors:
+                    raise ValueError(f"{what}: the checkpoint lacks tensor {key!r}")
+                t = tensors[key]
+                if t.dtype != torch.float32:
+                    raise ValueError(f"{what}: tensor {key!r} is {t.dtype}, expected float32 (F32)")
+                if shape is None:
+                    shape = tuple(t.shape)
+                if tuple(t.shape) != tuple(shape):
+                    raise ValueError(f"{what}: tensor {key!r} has shape {list(t.shape)}, "
+                                     f"expected {list(shape)}")
+                expected.add(key)
+                loaded[key] = t
+            if name in loaded:
+                params[name] = loaded[name]
+            entry = {}
+            if cls_name == "SGD":
+                if step > 0 and wanted:
+                    entry["momentum_buffer"] = loaded[f"{name}.momentum_buffer"]
+            elif step > 0 or cls_name == "Adagrad":
+                entry["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
+                for s in wanted:
+                    entry[s] = loaded[f"{name}.{s}"]
+            if entry:
+                state[index] = entry
+            indices.append(index)
+            index += 1
+        group["params"] = indices
+        torch_groups.append(group)
+
+    extra = sorted(k for k in tensors if k not in expected)
+    if extra:
+        raise ValueError(f"{what}: the checkpoint holds {extra[0]!r}, which belongs to no tensor "
+                         "of the target optimizer")
+
+    scaler_state = None
+    if "grad_scaler" in metadata:
+        try:
+            scaler_state = json.loads(metadata["grad_scaler"])
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{what}: malformed grad_scaler state: {e}") from None
+        if not isinstance(scaler_state, dict) or set(scaler_state) != set(SCALER_KEYS):
+            raise ValueError(f"{what}: grad_scaler state {metadata['grad_scaler']!r}: expected "
+                             f"exactly the keys {list(SCALER_KEYS)}")
+        scaler_state = {
+            "scale": _float(scaler_state["scale"], "grad_scaler scale"),
+            "growth_factor": _float(scaler_state["growth_factor"], "grad_scaler growth_factor"),
+            "backoff_factor": _float(scaler_state["backoff_factor"], "grad_scaler backoff_factor"),
+            "growth_interval": int(scaler_state["growth_interval"]),
+            "_growth_tracker": int(scaler_state["_growth_tracker"]),
+        }
+    return {"state": state, "param_groups": torch_groups}, params, scaler_state
+
+
+def _names_by_identity(optimizer, named_parameters):
+    """The names of the optimizer's parameters, in the order its groups hold them."""
+    by_id = {}
+    for name, p in named_parameters:
+        by_id.setdefault(id(p), (name, p))
+    names = []
+    for g, group in enumerate(optimizer.param_groups):
+        for k, p in enumerate(group["params"]):
+            hit = by_id.get(id(p))
+            if hit is None or hit[1] is not p:
+                raise ValueError(f"parameter {k} of param group {g} (shape {tuple(p.shape)}) is "
+                                 "not among named_parameters")
+            names.append(hit[0])
+    return names
+
+
+def to_wgpu_optim(optimizer, named_parameters, path, grad_scaler=None):
+    """Writes a wgpu-optim checkpoint of a torch optimizer (and a torch.amp.GradScaler) to path.
+
+    named_parameters: (name, parameter) pairs, e.g. ``model.named_parameters()``; every
+    parameter the optimizer holds must be among them (by identity), and the parameters'
+    current values are written too.  Raises ValueError for anything the checkpoint cannot
+    hold (another optimizer class, unsupported hyperparameters, inconsistent state).
+    """
+    cls_name = optimizer_class_name(optimizer)
+    names = _names_by_identity(optimizer, named_parameters)
+    flat = [p for group in optimizer.param_groups for p in group["params"]]
+    params = dict(zip(names, flat))
+    scaler_state = grad_scaler.state_dict() if grad_scaler is not None else None
+    tensors, metadata = state_dict_to_checkpoint(cls_name, optimizer.state_dict(), names, params,
+                                                 scaler_state)
+    save_file(tensors, str(path), metadata=metadata)
+
+
+def from_wgpu_optim(path, optimizer, named_parameters, grad_scaler=None, *, load_parameters=True):
+    """Loads a wgpu-optim checkpoint into a torch optimizer built over the model's parameters.
+
+    The optimizer must be of the checkpoint's class, with the same groups holding the same
+    parameter names; every tensor must be present with the parameter's shape and the
+    checkpoint's dtypes.  Any mismatch is a ValueError raised before anything changes.  The
+    checkpoint's hyperparameters replace the groups' (other keys, such as foreach, stay), its
+    state is loaded with ``optimizer.load_state_dict``, its parameters are copied into the
+    model's (with load_parameters; they must then be present), and its grad scaler state into
+    grad_scaler when one is given (the checkpoint must then hold one).
+    """
+    cls_name = optimizer_class_name(optimizer)
+    names = _names_by_identity(optimizer, named_parameters)
+    groups, shapes, by_name = [], {}, {}
+    start = 0
+    for group in optimizer.param_groups:
+        n = len(group["params"])
+        groups.append((names[start:start + n], {k: v for k, v in group.items() if k != "params"}))
+        for name, p in zip(names[start:start + n], group["params"]):
+            shapes[name] = tuple(p.shape)
+            by_name[name] = p
+        start += n
+    tensors, metadata = read_checkpoint(path)
+    sd, params, scaler_state = checkpoint_to_state_dict(
+        tensors, metadata, cls_name, groups, shapes, parameters=load_parameters, what=str(path))
+    if grad_scaler is not None:
+        if scaler_state is None:
+            raise ValueError(f"{path}: the checkpoint holds no grad scaler state")
+        if not grad_scaler.is_enabled():
+            raise ValueError("the grad scaler is disabled; it cannot take the checkpoint's state")
+    elif scaler_state is not None:
+        warnings.warn(f"{path}: the checkpoint's grad scaler state is ignored (no grad_scaler given)")
+    if "scheduler" in metadata:
+        warnings.warn(f"{path}: the checkpoint's scheduler state is not converted")
+    optimizer.load_state_dict(sd)
+    if load_parameters:
+        with torch.no_grad():
+            for name, value in params.items():
+                by_name[name].copy_(value)
+    if grad_scaler is not None:
+        grad_scaler.load_state_dict(scaler_state)
+
+
+def _cli_to_wgpu(args):
+    blob = torch.load(args.input, map_location="cpu", weights_only=True)
+    for key in ("model", "optimizer"):
+        if key not in blob:
+            raise ValueError(f"{args.input}: expected a dict with \"model\" and \"optimizer\"")
+    model, sd = blob["model"], blob["optimizer"]
+    count = sum(len(g["params"]) for g in sd["param_groups"])
+    if args.names is not None:
+        names = [n for n in args.names.split(",") if n]
+        source = "--names"
+    elif all("param_names" in g for g in sd["param_groups"]):
+        names = [n for g in sd["param_groups"] for n in g["param_names"]]
+        source = "the optimizer's param_names"
+    else:
+        names = list(model.keys())
+        source = "the model's state dict keys"
+    if len(names) != count:
+        raise ValueError(f"the optimizer holds {count} parameters but {source} give {len(names)} "
+                         "names (pass --names a,b,c in the optimizer's parameter order)")
+    missing = [n for n in names if n not in model]
+    if missing:
+        raise ValueError(f"{missing[0]!r} is not in the model's state dict")
+    tensors, metadata = state_dict_to_checkpoint(args.optimizer, sd, names, model,
+                                                 blob.get("grad_scaler"))
+    save_file(tensors, args.output, metadata=metadata)
+
+
+def _cli_from_wgpu(args):
+    tensors, metadata = read_checkpoint(args.input)
+    cls_name = metadata.get("optimizer")
+    if cls_name not in HYPERPARAMETERS:
+        raise ValueError(f"{args.input}: not a wgpu-optim checkpoint of a known optimizer "
+                         f"(optimizer {cls_name!r})")
+    try:
+        saved_groups = json.loads(metadata["param_groups"])
+        groups = []
+        for g, saved in enumerate(saved_groups):
+            hyper = _import_group(cls_name, {k: v for k, v in saved.items() if k != "params"},
+                                  g, args.input)
+            # PyTorch's defaults for the other keys (foreach, fused, ...), from a throwaway
+            # optimizer that also validates the hyperparameters.
+            dummy = getattr(torch.optim, cls_name)([torch.zeros(1)], **hyper)
+            current = {k: v for k, v in dummy.param_groups[0].items() if k != "params"}
+            groups.append((list(saved["params"]), current))
+    except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
+        raise ValueError(f"{args.input}: malformed param_groups: {e!r}") from None
+    sd, params, scaler_state = checkpoint_to_state_dict(
+        tensors, metadata, cls_name, groups, {}, parameters=True, what=args.input)
+    if "scheduler" in metadata:
+        print(f"note: {args.input}: the scheduler state is not converted", file=sys.stderr)
+    model = OrderedDict((name, params[name]) for names, _ in groups for name in names)
+    out = {"model": model, "optimizer": sd}
+    if scaler_state is not None:
+        out["grad_scaler"] = scaler_state
+    torch.save(out, args.output)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    to = sub.add_parser("to-wgpu", help="torch.save'd {model, optimizer[, grad_scaler]} -> checkpoint")
+    to.add_argument("input", help=".pt file with model and optimizer state dicts")
+    to.add_argument("output", help="the wgpu-optim checkpoint (.safetensors) to write")
+    to.add_argument("--optimizer", required=True, choices=sorted(HYPERPARAMETERS),
+                    help="the torch.optim class the optimizer state dict comes from")
+    to.add_argument("--names", help="comma-separated tensor names in the optimizer's parameter "
+                    "order (default: its param_names, else the model state dict's keys)")
+    fr = sub.add_parser("from-wgpu", help="checkpoint -> torch.save'd {model, optimizer[, grad_scaler]}")
+    fr.add_argument("input", help="the wgpu-optim checkpoint (.safetensors)")
+    fr.add_argument("output", help=".pt file to write")
+    args = parser.parse_args(argv)
+    try:
+        if args.command == "to-wgpu":
+            _cli_to_wgpu(args)
+        else:
+            _cli_from_wgpu(args)
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
