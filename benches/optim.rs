@@ -20,7 +20,9 @@
 //!   the same total;
 //! - `host_overhead`: host time to record and submit one Adam step over the 148 tensors (scaled
 //!   down 4096 times), not waiting for the GPU; the GPU is waited for, untimed, every 50 steps
-//!   and, in a second benchmark, every step.
+//!   and, in a second benchmark, every step; and, waiting every 50 steps, with the gradients
+//!   moving to the next of 3 buffers before each step (`Optimizer::rebind`, as an engine's
+//!   memory pool hands them out).
 //!
 //! At the end a table gives each kernel's bandwidth as a percentage of the matching copy, from
 //! the median of the step times this run collected, and the step time of Adam with clipping
@@ -168,10 +170,10 @@ fn main() {
             100.0 * tensors.gb_per_s() / flat.gb_per_s()
         );
     }
-    for (wait_every, times) in host {
+    for (case, times) in host {
         if let Some(median) = bench::median(&times.borrow()) {
             println!(
-                "host overhead: {:.1} µs to record and submit one 148-tensor Adam step (median; GPU waited for every {wait_every} steps, untimed)",
+                "host overhead: {:.1} µs to record and submit one 148-tensor Adam step (median; {case}; GPU waits untimed)",
                 median.as_secs_f64() * 1e6
             );
         }
@@ -242,7 +244,10 @@ fn many_tensors_group(
 
 /// Host time per step, by wait interval: every 50 iterations (the GPU works meanwhile) and
 /// every iteration (an idle GPU; on CPU devices the GPU work competes with the host).
-fn host_overhead_group(c: &mut Criterion, ctx: &Context) -> Vec<(u64, Rc<RefCell<Vec<Duration>>>)> {
+fn host_overhead_group(
+    c: &mut Criterion,
+    ctx: &Context,
+) -> Vec<(String, Rc<RefCell<Vec<Duration>>>)> {
     let lens = bench::gpt2_small_lengths(bench::HOST_OVERHEAD_DIVISOR)
         .unwrap_or_else(|e| fail("GPT-2 shapes", e));
     let mut group = c.benchmark_group("host_overhead");
@@ -262,8 +267,27 @@ fn host_overhead_group(c: &mut Criterion, ctx: &Context) -> Vec<(u64, Rc<RefCell
                 total
             });
         });
-        out.push((wait_every, times));
+        out.push((format!("wait every {wait_every}"), times));
     }
+    // Gradients in a new buffer every step, the pool's 3 buffers used in turn.
+    let times: Rc<RefCell<Vec<Duration>>> = Rc::default();
+    let id = BenchmarkId::new(
+        "record-submit-148-tensors-moving-gradients-wait-every",
+        bench::HOST_OVERHEAD_WAIT_EVERY,
+    );
+    group.bench_function(id, |b| {
+        let mut work = Workload::tensors_in(ctx, wgpu_optim::Adam::default().into(), &lens, 3)
+            .unwrap_or_else(|e| fail("building the 148-tensor step", e));
+        b.iter_custom(|iters| {
+            let t = work
+                .record_and_submit(iters, bench::HOST_OVERHEAD_WAIT_EVERY)
+                .unwrap_or_else(|e| fail("record and submit", e));
+            let total = t.iter().sum();
+            times.borrow_mut().extend(t);
+            total
+        });
+    });
+    out.push(("moving gradients".to_string(), times));
     group.finish();
     out
 }

@@ -472,6 +472,16 @@ enum Work {
         optimizer: Box<Optimizer>,
         _buffers: [wgpu::Buffer; 2],
     },
+    /// An optimizer step whose gradients move to the next of `pool` buffers before each step,
+    /// as an engine's memory pool hands them out.
+    Moving {
+        optimizer: Box<Optimizer>,
+        /// The parameters, then the gradient buffers.
+        buffers: Vec<wgpu::Buffer>,
+        /// Each tensor's element offset and length.
+        layout: Vec<(u64, u64)>,
+        next: usize,
+    },
     /// A buffer copy of `bytes` bytes.
     Copy {
         src: wgpu::Buffer,
@@ -530,6 +540,19 @@ impl Workload {
     /// parameter buffer and one gradient buffer at 256-byte aligned offsets (so one dispatch
     /// covers up to 256 of them).
     pub fn tensors(ctx: &Context, config: OptimizerConfig, lens: &[u64]) -> Result<Self> {
+        Self::tensors_in(ctx, config, lens, 1)
+    }
+
+    /// As [`tensors`](Self::tensors), with the gradients in `pool` buffers (at least 1): before
+    /// each step the optimizer moves to the next one with [`Optimizer::rebind`], as it does for
+    /// an engine whose memory pool hands out new gradient buffers every step. The host time of
+    /// [`record_and_submit`](Self::record_and_submit) then includes the rebind.
+    pub fn tensors_in(
+        ctx: &Context,
+        config: OptimizerConfig,
+        lens: &[u64],
+        pool: usize,
+    ) -> Result<Self> {
         config.validate()?;
         if lens.is_empty() || lens.contains(&0) {
             return Err(Error::Input(
@@ -548,28 +571,37 @@ impl Workload {
             end = next;
         }
         let params = filled_buffer(ctx, "bench parameters", end, 0.5)?;
-        let grads = filled_buffer(ctx, "bench gradients", end, 0.01)?;
+        let grads = (0..pool.max(1))
+            .map(|_| filled_buffer(ctx, "bench gradients", end, 0.01))
+            .collect::<Result<Vec<_>>>()?;
         let tensors: Vec<Tensor<'_>> = offsets
             .iter()
             .zip(lens)
             .map(|(&at, &len)| {
                 Tensor::new(
                     BufferRange::new(&params, 4 * at, len),
-                    BufferRange::new(&grads, 4 * at, len),
+                    BufferRange::new(&grads[0], 4 * at, len),
                 )
             })
             .collect();
-        let optimizer = Optimizer::new(ctx, config, &tensors)?;
+        let optimizer = Box::new(Optimizer::new(ctx, config, &tensors)?);
         let total: u64 = lens.iter().sum();
         let bytes = bytes_per_element(&config).saturating_mul(total);
-        Self::with_work(
-            ctx,
+        let work = if pool > 1 {
+            Work::Moving {
+                optimizer,
+                buffers: std::iter::once(params).chain(grads).collect(),
+                layout: offsets.into_iter().zip(lens.iter().copied()).collect(),
+                next: 0,
+            }
+        } else {
+            let grads = grads.into_iter().next().expect("one buffer");
             Work::Step {
-                optimizer: Box::new(optimizer),
+                optimizer,
                 _buffers: [params, grads],
-            },
-            bytes,
-        )
+            }
+        };
+        Self::with_work(ctx, work, bytes)
     }
 
     /// A `copy_buffer_to_buffer` of `bytes` bytes (rounded up to a multiple of 4) between two
@@ -601,7 +633,9 @@ impl Workload {
     /// Dispatches one step records (1 for a copy).
     pub fn dispatches(&self) -> usize {
         match &self.work {
-            Work::Step { optimizer, .. } => optimizer.dispatches_per_step(),
+            Work::Step { optimizer, .. } | Work::Moving { optimizer, .. } => {
+                optimizer.dispatches_per_step()
+            }
             Work::Copy { .. } => 1,
         }
     }
@@ -609,6 +643,22 @@ impl Workload {
     fn record(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
         match &mut self.work {
             Work::Step { optimizer, .. } => optimizer.step(encoder)?,
+            Work::Moving {
+                optimizer,
+                buffers,
+                layout,
+                next,
+            } => {
+                let pool = &buffers[1..];
+                let grads = &pool[*next % pool.len()];
+                *next += 1;
+                let ranges: Vec<BufferRange<'_>> = layout
+                    .iter()
+                    .map(|&(at, len)| BufferRange::new(grads, 4 * at, len))
+                    .collect();
+                optimizer.rebind(&ranges, None)?;
+                optimizer.step(encoder)?;
+            }
             Work::Copy { src, dst, bytes } => {
                 encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
             }

@@ -38,14 +38,7 @@ fn fixed_run(
     let grad = ctx
         .create_f32_buffer("grad", &vec![0.0; TOTAL as usize])
         .unwrap();
-    let tensors: Vec<Tensor<'_>> = (0..3)
-        .map(|i| {
-            Tensor::new(
-                BufferRange::new(&param, OFFSETS[i] * 4, LENS[i]),
-                BufferRange::new(&grad, OFFSETS[i] * 4, LENS[i]),
-            )
-        })
-        .collect();
+    let tensors = at_offsets(&param, &grad);
     let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
     setup(&mut opt);
     for g in grads {
@@ -53,6 +46,18 @@ fn fixed_run(
         opt.step_submit().unwrap();
     }
     (tensor_bits(ctx, &param, &OFFSETS), opt)
+}
+
+/// The three tensors at the fixed layout's offsets of `param` and `grad`.
+fn at_offsets<'a>(param: &'a wgpu::Buffer, grad: &'a wgpu::Buffer) -> Vec<Tensor<'a>> {
+    (0..3)
+        .map(|i| {
+            Tensor::new(
+                BufferRange::new(param, OFFSETS[i] * 4, LENS[i]),
+                BufferRange::new(grad, OFFSETS[i] * 4, LENS[i]),
+            )
+        })
+        .collect()
 }
 
 /// The bits of the three tensors at `offsets` of `buffer`.
@@ -149,14 +154,7 @@ fn gradients_in_new_buffers_every_step_give_the_same_bits() {
         let first = ctx
             .create_f32_buffer("first grads", &vec![0.0; TOTAL as usize])
             .unwrap();
-        let tensors: Vec<Tensor<'_>> = (0..3)
-            .map(|i| {
-                Tensor::new(
-                    BufferRange::new(&param, OFFSETS[i] * 4, LENS[i]),
-                    BufferRange::new(&first, OFFSETS[i] * 4, LENS[i]),
-                )
-            })
-            .collect();
+        let tensors = at_offsets(&param, &first);
         let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
         opt.set_clip_grad(clip).unwrap();
         let pool = Pool::new(ctx, 3);
@@ -200,14 +198,7 @@ fn clipping_and_the_grad_scaler_follow_the_gradients() {
     let first = ctx
         .create_f32_buffer("first grads", &vec![0.0; TOTAL as usize])
         .unwrap();
-    let tensors: Vec<Tensor<'_>> = (0..3)
-        .map(|i| {
-            Tensor::new(
-                BufferRange::new(&param, OFFSETS[i] * 4, LENS[i]),
-                BufferRange::new(&first, OFFSETS[i] * 4, LENS[i]),
-            )
-        })
-        .collect();
+    let tensors = at_offsets(&param, &first);
     let mut opt = Optimizer::new(ctx, adam(), &tensors).unwrap();
     setup(&mut opt);
     let pool = Pool::new(ctx, 2);
@@ -232,14 +223,7 @@ fn gradients_split_over_buffers_take_a_dispatch_each_and_misaligned_ones_go_scal
     let param = ctx.create_f32_buffer("param", &init).unwrap();
     let a = ctx.create_f32_buffer("a", &vec![POISON; 2000]).unwrap();
     let b = ctx.create_f32_buffer("b", &vec![POISON; 2000]).unwrap();
-    let tensors: Vec<Tensor<'_>> = (0..3)
-        .map(|i| {
-            Tensor::new(
-                BufferRange::new(&param, OFFSETS[i] * 4, LENS[i]),
-                BufferRange::new(&a, OFFSETS[i] * 4, LENS[i]),
-            )
-        })
-        .collect();
+    let tensors = at_offsets(&param, &a);
     let mut opt = Optimizer::new(ctx, adam(), &tensors).unwrap();
     for (k, g) in grads.iter().enumerate() {
         // Tensor 1 alternates between buffer b, at a lane its parameter does not have (so
@@ -351,14 +335,7 @@ fn more_layouts_than_the_cache_holds_evict_the_least_recently_used() {
     let first = ctx
         .create_f32_buffer("first", &vec![0.0; TOTAL as usize])
         .unwrap();
-    let tensors: Vec<Tensor<'_>> = (0..3)
-        .map(|i| {
-            Tensor::new(
-                BufferRange::new(&param, OFFSETS[i] * 4, LENS[i]),
-                BufferRange::new(&first, OFFSETS[i] * 4, LENS[i]),
-            )
-        })
-        .collect();
+    let tensors = at_offsets(&param, &first);
     let mut opt = Optimizer::new(ctx, adam(), &tensors).unwrap();
     let pool = Pool::new(ctx, LAYOUT_CACHE + 3);
     for (k, g) in many.iter().enumerate() {
