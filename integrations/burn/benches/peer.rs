@@ -6,7 +6,7 @@
 //! cargo bench -p wgpu-optim-burn --bench peer -- --warm-up-time 2 --measurement-time 5
 //! ```
 //!
-//! Each timed step includes waiting for the GPU (`Device::sync`), as a training loop that reads
+//! Each optimizer steps a model of its own. Each timed step includes waiting for the GPU (`Device::sync`), as a training loop that reads
 //! its loss does. Besides criterion's per-case times, a summary measures both optimizers in
 //! alternation in one loop (the fairest comparison on a noisy machine) and prints, per case,
 //! the median step time, GB/s (Adam's bytes per element over the step time), and the host time
@@ -127,7 +127,9 @@ fn main() {
     let mut c = Criterion::default().configure_from_args();
     let mut summary = Vec::new();
     for (name, lens) in &cases {
+        // Each optimizer steps a model of its own, as in a training loop.
         let mut case = Case::new(name, &shared, lens);
+        let mut fused_case = Case::new(name, &shared, lens);
         let mut burn: ModuleOptimizer = AdamConfig::new().init();
         let mut fused = FusedOptimizer::new(&shared, adam);
         let mut burn_step = |m: Params, g| burn.step(lr, m, g);
@@ -135,7 +137,7 @@ fn main() {
         // Warm-up: autotune, pipelines, the fused optimizer's first step.
         for _ in 0..3 {
             case.step(&mut burn_step);
-            case.step(&mut fused_step);
+            fused_case.step(&mut fused_step);
         }
         let mut group = c.benchmark_group("peer");
         group.sampling_mode(SamplingMode::Flat);
@@ -144,7 +146,7 @@ fn main() {
             b.iter_custom(|iters| (0..iters).map(|_| case.step(&mut burn_step).1).sum());
         });
         group.bench_function(BenchmarkId::new("fused-adam", name), |b| {
-            b.iter_custom(|iters| (0..iters).map(|_| case.step(&mut fused_step).1).sum());
+            b.iter_custom(|iters| (0..iters).map(|_| fused_case.step(&mut fused_step).1).sum());
         });
         group.finish();
         // Both in alternation, for the summary.
@@ -154,9 +156,22 @@ fn main() {
             let (h, w) = case.step(&mut burn_step);
             bh.push(h);
             bw.push(w);
-            let (h, w) = case.step(&mut fused_step);
+            let (h, w) = fused_case.step(&mut fused_step);
             fh.push(h);
             fw.push(w);
+        }
+        if let Some(opt) = fused.optimizer() {
+            let scalar = (0..opt.tensor_count())
+                .filter(|&t| opt.tensor_access(t).ok() == Some(wgpu_optim::Access::Scalar))
+                .count();
+            println!(
+                "{}: the fused step made {} dispatches, {scalar} of {} tensors in scalar access, {} copies of shared parameters; cached ranges and bind groups {:?}",
+                case.name,
+                opt.dispatches_per_step(),
+                opt.tensor_count(),
+                fused.copies(),
+                opt.cached_bindings()
+            );
         }
         summary.push((
             case.name.clone(),

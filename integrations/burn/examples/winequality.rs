@@ -179,13 +179,26 @@ fn train(
         let (valid, _, _) = evaluate(&model, device, &data.valid);
         let train = total / batches as f32;
         log.epochs.push((train, valid));
-        bar.println(format!(
-            "epoch {:>2}: train loss {train:.4}, validation loss {valid:.4}, lr {:.2e}",
-            epoch + 1,
-            sched.lrs()[0]
-        ));
+        say(
+            bar,
+            format!(
+                "epoch {:>2}: train loss {train:.4}, validation loss {valid:.4}, lr {:.2e}",
+                epoch + 1,
+                sched.lrs()[0]
+            ),
+        );
     }
     model
+}
+
+/// Prints a line above the progress bar, or plainly where the bar is hidden (output that is
+/// not a terminal).
+fn say(bar: &ProgressBar, line: String) {
+    if bar.is_hidden() {
+        println!("{line}");
+    } else {
+        bar.println(line);
+    }
 }
 
 /// The fused optimizer's step, following the scheduler it is given.
@@ -273,7 +286,10 @@ fn main() {
 
     // A fresh model (other initial values), optimizer and schedule resume from the checkpoint.
     let bar = ProgressBar::new((total_steps - half * batches) as u64).with_style(style.clone());
-    bar.println("resuming a fresh model and optimizer from the halfway checkpoint:");
+    say(
+        &bar,
+        "resuming a fresh model and optimizer from the halfway checkpoint:".into(),
+    );
     let mut resumed_log = Log::default();
     let mut sched = new_sched();
     let mut optim = FusedOptimizer::new(&shared, config).with_clip_grad(clip);

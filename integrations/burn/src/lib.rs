@@ -48,6 +48,7 @@ use burn_cubecl::tensor::CubeTensor;
 use burn_fusion::FusionTensor;
 use burn_fusion::custom::{OperationIr, OperationOutput, StreamId};
 use burn_ir::InitOperationIr;
+use std::collections::HashMap;
 use std::path::Path;
 use wgpu_optim::checkpoint::{LoadOptions, SaveOptions};
 use wgpu_optim::schedule::Scheduler;
@@ -346,6 +347,14 @@ impl ModuleMapper for Gather<'_> {
 /// The wgpu buffer and byte range of a resolved tensor, pinned while held.
 type Resource = cubecl_runtime::storage::ManagedResource<WgpuResource>;
 
+/// What identifies a tensor's memory: the allocation and the range of it the handle covers.
+type MemoryKey = (usize, Option<u64>, Option<u64>);
+
+fn memory_key(cube: &CubeTensor) -> MemoryKey {
+    let h = &cube.handle;
+    (h.memory.descriptor().id.value, h.offset_start, h.offset_end)
+}
+
 /// Looks up where `cube`'s memory lives.
 fn lookup(name: &str, cube: &CubeTensor) -> Result<Resource> {
     cube.client
@@ -369,6 +378,9 @@ pub struct FusedOptimizer {
     ids: Vec<ParamId>,
     /// Scratch gradients of an optimizer built by `load` before the first step.
     scratch: Option<wgpu::Buffer>,
+    /// Each parameter's buffer lookup, by the memory it was made for: held, the lookup pins the
+    /// memory in place, so a parameter that keeps its memory costs no lookup the next step.
+    pinned: HashMap<ParamId, (MemoryKey, Resource)>,
     /// Copies of shared parameters made so far.
     copies: usize,
 }
@@ -399,6 +411,7 @@ impl FusedOptimizer {
             optimizer: None,
             ids: Vec::new(),
             scratch: None,
+            pinned: HashMap::new(),
             copies: 0,
         }
     }
@@ -482,10 +495,19 @@ impl FusedOptimizer {
         if gathered.is_empty() {
             return Err(Error::Parameters("no parameter has a gradient".into()));
         }
-        let params = gathered
-            .iter()
-            .map(|g| lookup(&g.name, &g.param))
-            .collect::<Result<Vec<_>>>()?;
+        for g in &gathered {
+            let key = memory_key(&g.param);
+            if self.pinned.get(&g.id).is_none_or(|(k, _)| *k != key) {
+                let resource = lookup(&g.name, &g.param)?;
+                self.pinned.insert(g.id, (key, resource));
+            }
+        }
+        // Parameters the module no longer has lose their pins.
+        if self.pinned.len() > gathered.len() {
+            let live: std::collections::HashSet<ParamId> = gathered.iter().map(|g| g.id).collect();
+            self.pinned.retain(|id, _| live.contains(id));
+        }
+        let params: Vec<&Resource> = gathered.iter().map(|g| &self.pinned[&g.id].1).collect();
         let grads = gathered
             .iter()
             .map(|g| lookup(&g.name, g.grad.as_ref().expect("a step gathers gradients")))
