@@ -20,9 +20,9 @@
 //!   the same total;
 //! - `host_overhead`: host time to record and submit one Adam step over the 148 tensors (scaled
 //!   down 4096 times), not waiting for the GPU; the GPU is waited for, untimed, every 50 steps
-//!   and, in a second benchmark, every step; and, waiting every 50 steps, with the gradients
-//!   moving to the next of 3 buffers before each step (`Optimizer::rebind`, as an engine's
-//!   memory pool hands them out).
+//!   and, in a second benchmark, every step; and both again with the gradients moving to the
+//!   next of 3 buffers before each step (`Optimizer::rebind`, as an engine's memory pool hands
+//!   them out).
 //!
 //! At the end a table gives each kernel's bandwidth as a percentage of the matching copy, from
 //! the median of the step times this run collected, and the step time of Adam with clipping
@@ -270,24 +270,26 @@ fn host_overhead_group(
         out.push((format!("wait every {wait_every}"), times));
     }
     // Gradients in a new buffer every step, the pool's 3 buffers used in turn.
-    let times: Rc<RefCell<Vec<Duration>>> = Rc::default();
-    let id = BenchmarkId::new(
-        "record-submit-148-tensors-moving-gradients-wait-every",
-        bench::HOST_OVERHEAD_WAIT_EVERY,
-    );
-    group.bench_function(id, |b| {
-        let mut work = Workload::tensors_in(ctx, wgpu_optim::Adam::default().into(), &lens, 3)
-            .unwrap_or_else(|e| fail("building the 148-tensor step", e));
-        b.iter_custom(|iters| {
-            let t = work
-                .record_and_submit(iters, bench::HOST_OVERHEAD_WAIT_EVERY)
-                .unwrap_or_else(|e| fail("record and submit", e));
-            let total = t.iter().sum();
-            times.borrow_mut().extend(t);
-            total
+    for wait_every in [bench::HOST_OVERHEAD_WAIT_EVERY, 1] {
+        let times: Rc<RefCell<Vec<Duration>>> = Rc::default();
+        let id = BenchmarkId::new(
+            "record-submit-148-tensors-moving-gradients-wait-every",
+            wait_every,
+        );
+        group.bench_function(id, |b| {
+            let mut work = Workload::tensors_in(ctx, wgpu_optim::Adam::default().into(), &lens, 3)
+                .unwrap_or_else(|e| fail("building the 148-tensor step", e));
+            b.iter_custom(|iters| {
+                let t = work
+                    .record_and_submit(iters, wait_every)
+                    .unwrap_or_else(|e| fail("record and submit", e));
+                let total = t.iter().sum();
+                times.borrow_mut().extend(t);
+                total
+            });
         });
-    });
-    out.push(("moving gradients".to_string(), times));
+        out.push((format!("moving gradients, wait every {wait_every}"), times));
+    }
     group.finish();
     out
 }

@@ -23,7 +23,8 @@ use crate::gpu::{Access, CompiledKernel, Context, GradAccess, Layout, Pipeline, 
 use crate::optim::Kernel;
 use std::sync::Arc;
 
-/// Sets of ranges whose [`Bound`] stays cached besides the current one.
+/// Sets of ranges whose dispatches, segment tables and bind groups stay cached besides the
+/// current one (see [`Optimizer::rebind`]).
 pub const LAYOUT_CACHE: usize = 8;
 /// Bind groups of the caller's buffers kept for reuse.
 pub const BIND_GROUP_CACHE: usize = 64;
@@ -486,8 +487,10 @@ impl Optimizer {
     /// were recorded with.
     ///
     /// For engines whose memory pool hands out new gradient buffers every step: ranges seen
-    /// before cost a comparison, new ones a plan and a few bind groups (see the [module
-    /// documentation](self)). Tensors whose ranges share buffers share dispatches. The state,
+    /// before (the [`LAYOUT_CACHE`] most recently used sets) cost a comparison; new ones cost a
+    /// plan on the host, one small buffer of segment tables, and one bind group per batch whose
+    /// buffers no cached bind group binds ([`BIND_GROUP_CACHE`] of them, cached by buffer
+    /// identity). Tensors whose ranges share buffers share dispatches. The state,
     /// step counts and everything else stay as they are. The same checks as at construction
     /// apply; on error nothing changes.
     pub fn rebind(
