@@ -490,7 +490,8 @@ impl Optimizer {
     /// before (the [`LAYOUT_CACHE`] most recently used sets) cost a comparison; new ones cost a
     /// plan on the host, one small buffer of segment tables, and one bind group per batch whose
     /// buffers no cached bind group binds ([`BIND_GROUP_CACHE`] of them, cached by buffer
-    /// identity). Tensors whose ranges share buffers share dispatches. The state,
+    /// identity). Tensors whose ranges share buffers share dispatches. Cached sets and bind
+    /// groups hold their buffers (wgpu buffers are reference counted) until they are evicted. The state,
     /// step counts and everything else stay as they are. The same checks as at construction
     /// apply; on error nothing changes.
     pub fn rebind(
