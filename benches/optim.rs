@@ -252,43 +252,33 @@ fn host_overhead_group(
         .unwrap_or_else(|e| fail("GPT-2 shapes", e));
     let mut group = c.benchmark_group("host_overhead");
     let mut out = Vec::new();
-    for wait_every in [bench::HOST_OVERHEAD_WAIT_EVERY, 1] {
-        let times: Rc<RefCell<Vec<Duration>>> = Rc::default();
-        let id = BenchmarkId::new("record-submit-148-tensors-wait-every", wait_every);
-        group.bench_function(id, |b| {
-            let mut work = Workload::tensors(ctx, wgpu_optim::Adam::default().into(), &lens)
-                .unwrap_or_else(|e| fail("building the 148-tensor step", e));
-            b.iter_custom(|iters| {
-                let t = work
-                    .record_and_submit(iters, wait_every)
-                    .unwrap_or_else(|e| fail("record and submit", e));
-                let total = t.iter().sum();
-                times.borrow_mut().extend(t);
-                total
-            });
-        });
-        out.push((format!("wait every {wait_every}"), times));
-    }
-    // Gradients in a new buffer every step, the pool's 3 buffers used in turn.
-    for wait_every in [bench::HOST_OVERHEAD_WAIT_EVERY, 1] {
-        let times: Rc<RefCell<Vec<Duration>>> = Rc::default();
-        let id = BenchmarkId::new(
+    // Fixed buffers, and gradients in a new buffer every step (the pool's 3 buffers in turn).
+    let cases = [
+        (1, "record-submit-148-tensors-wait-every", ""),
+        (
+            3,
             "record-submit-148-tensors-moving-gradients-wait-every",
-            wait_every,
-        );
-        group.bench_function(id, |b| {
-            let mut work = Workload::tensors_in(ctx, wgpu_optim::Adam::default().into(), &lens, 3)
-                .unwrap_or_else(|e| fail("building the 148-tensor step", e));
-            b.iter_custom(|iters| {
-                let t = work
-                    .record_and_submit(iters, wait_every)
-                    .unwrap_or_else(|e| fail("record and submit", e));
-                let total = t.iter().sum();
-                times.borrow_mut().extend(t);
-                total
+            "moving gradients, ",
+        ),
+    ];
+    for (pool, name, label) in cases {
+        for wait_every in [bench::HOST_OVERHEAD_WAIT_EVERY, 1] {
+            let times: Rc<RefCell<Vec<Duration>>> = Rc::default();
+            group.bench_function(BenchmarkId::new(name, wait_every), |b| {
+                let adam = wgpu_optim::Adam::default().into();
+                let mut work = Workload::tensors_in(ctx, adam, &lens, pool)
+                    .unwrap_or_else(|e| fail("building the 148-tensor step", e));
+                b.iter_custom(|iters| {
+                    let t = work
+                        .record_and_submit(iters, wait_every)
+                        .unwrap_or_else(|e| fail("record and submit", e));
+                    let total = t.iter().sum();
+                    times.borrow_mut().extend(t);
+                    total
+                });
             });
-        });
-        out.push((format!("moving gradients, wait every {wait_every}"), times));
+            out.push((format!("{label}wait every {wait_every}"), times));
+        }
     }
     group.finish();
     out
