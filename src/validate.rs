@@ -1234,11 +1234,15 @@ pub fn tolerance(want: f64, path: f64) -> f64 {
 /// itself makes there (the float32 CPU evaluation of the same steps), whichever is larger. Where
 /// the data is ill-conditioned (a gradient and its weight decay that nearly cancel, say) float32
 /// cannot do better than that, and the golden test holds the kernels to PyTorch in the same way.
+///
+/// Only a finite float32 error widens the bound: where float32 on the CPU also ends in inf or
+/// NaN, the kernel is still held to the tolerance (an infinite allowance would let a NaN pass,
+/// since inf / inf is NaN and NaN compares false).
 pub fn allowed(tolerance: f64, float32_error: f64) -> f64 {
-    if float32_error.is_nan() {
-        tolerance
-    } else {
+    if float32_error.is_finite() {
         tolerance.max(2.0 * float32_error)
+    } else {
+        tolerance
     }
 }
 
@@ -1711,6 +1715,29 @@ fn time_copy(ctx: &Context, size: u64, steps: usize) -> Result<CopyBandwidth> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_non_finite_result_fails_even_where_float32_is_non_finite_too() {
+        assert_eq!(allowed(1e-6, f64::INFINITY), 1e-6);
+        assert_eq!(allowed(1e-6, f64::NAN), 1e-6);
+        assert_eq!(allowed(1e-6, 1e-3), 2e-3);
+        for (got, cpu32) in [
+            (f32::NAN, f32::NAN),
+            (f32::INFINITY, f32::INFINITY),
+            (f32::NAN, f32::INFINITY),
+            (f32::NAN, 0.5),
+        ] {
+            let mut errors = Errors::default();
+            let what = |i: usize| format!("element {i}");
+            errors.compare(&what, &[0.5, got], &[0.5, 0.5], &[0.0, 0.0], &[0.5, cpu32]);
+            assert!(
+                errors.max_ratio > 1.0,
+                "{got} (float32 on the CPU {cpu32}) against 0.5 passed: ratio {}",
+                errors.max_ratio
+            );
+            assert!(errors.worst.unwrap().contains("element 1"));
+        }
+    }
 
     #[test]
     fn tensor_sizes_add_up_and_are_uneven() {
