@@ -118,6 +118,10 @@ enum Command {
         /// Print the report as JSON instead of a table.
         #[arg(long)]
         json: bool,
+        /// Scales the CPU reference's learning rate (not the GPU's), to check that validate
+        /// fails: the tests run it with 1.01.
+        #[arg(long, hide = true, default_value_t = 1.0)]
+        reference_lr_scale: f64,
     },
     /// Measure every kernel's GB/s against a buffer copy of the same bytes, on the same adapter
     /// in the same run.
@@ -383,11 +387,18 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             steps,
             seed,
             json,
+            reference_lr_scale,
         } => {
             let steps = usize::try_from(steps)
                 .map_err(|_| Error::Input(format!("--steps {steps} is too large")))?;
-            let options =
-                validate::Options::new(size, steps, seed.unwrap_or_else(validate::Rng::clock_seed));
+            let options = validate::Options {
+                reference_lr_scale,
+                ..validate::Options::new(
+                    size,
+                    steps,
+                    seed.unwrap_or_else(validate::Rng::clock_seed),
+                )
+            };
             let (ctx, _) = Context::request(Backend::backends(backend), adapter.as_deref())?;
             // Progress on a terminal only: the run takes a while on CPU adapters.
             let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());

@@ -599,7 +599,7 @@ pub fn adapters(backends: wgpu::Backends) -> Result<Vec<AdapterDetails>> {
 }
 
 /// What [`run`] does: how many elements, how many steps, and the seed of the data.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize)]
 pub struct Options {
     /// Elements over all tensors (at least 1).
     pub size: u64,
@@ -607,12 +607,20 @@ pub struct Options {
     pub steps: usize,
     /// Seed of the random parameters and gradients; the same seed gives the same data.
     pub seed: u64,
+    /// Factor on the learning rate of the CPU reference (and of its float32 evaluation) only,
+    /// 1 for a real check. Anything else must make rows fail: this checks the failure path.
+    pub reference_lr_scale: f64,
 }
 
 impl Options {
-    /// Options with these values.
+    /// Options with these values, checking against the true reference.
     pub fn new(size: u64, steps: usize, seed: u64) -> Self {
-        Self { size, steps, seed }
+        Self {
+            size,
+            steps,
+            seed,
+            reference_lr_scale: 1.0,
+        }
     }
 }
 
@@ -876,7 +884,17 @@ pub fn run_with_progress(
     mut progress: impl FnMut(usize, usize, &Row),
 ) -> Result<Report> {
     let started = Instant::now();
-    let Options { size, steps, seed } = *options;
+    let Options {
+        size,
+        steps,
+        seed,
+        reference_lr_scale,
+    } = *options;
+    if !(reference_lr_scale.is_finite() && reference_lr_scale > 0.0) {
+        return Err(Error::Input(format!(
+            "--reference-lr-scale must be a positive number, got {reference_lr_scale}"
+        )));
+    }
     if size == 0 {
         return Err(Error::Input("--size must be at least 1".into()));
     }
@@ -920,7 +938,13 @@ pub fn run_with_progress(
         for (i, config, recipe) in cases {
             let data_seed = Rng::stream(seed, i as u64).next_u64();
             let row = run_row(
-                ctx, config, recipe, storage, &layout, buffers, steps, data_seed,
+                ctx,
+                config,
+                recipe,
+                storage,
+                &layout,
+                buffers,
+                (steps, data_seed, reference_lr_scale),
             )?;
             progress(rows.len() + 1, total_rows, &row);
             rows.push(row);
@@ -1310,8 +1334,7 @@ fn run_row(
     storage: &'static str,
     layout: &Layout,
     buffers: Buffers<'_>,
-    steps: usize,
-    seed: u64,
+    run: (usize, u64, f64),
 ) -> Result<Row> {
     let mut row = Row {
         optimizer: config.type_name(),
@@ -1336,7 +1359,8 @@ fn run_row(
         gb_per_s: None,
         detail: None,
     };
-    match check_row(ctx, config, recipe, layout, buffers, steps, seed) {
+    let steps = run.0;
+    match check_row(ctx, config, recipe, layout, buffers, run) {
         Ok((errors, mut opt)) => {
             let ratio = errors.max_ratio;
             row.max_abs_error = Some(errors.max_abs);
@@ -1384,9 +1408,11 @@ fn check_row(
     recipe: Recipe,
     layout: &Layout,
     buffers: Buffers<'_>,
-    steps: usize,
-    seed: u64,
+    (steps, seed, reference_lr_scale): (usize, u64, f64),
 ) -> Result<(Errors, Optimizer)> {
+    // The configuration the CPU reference steps with (see `Options::reference_lr_scale`).
+    let mut reference = *config;
+    reference.set_lr(config.lr() * reference_lr_scale);
     let tensors: Vec<Tensor<'_>> = (0..layout.sizes.len())
         .map(|k| {
             let n = layout.sizes[k];
@@ -1478,7 +1504,7 @@ fn check_row(
             // Fresh gradients (normal, times 0.5) for the GPU and the reference.
             parallel(&mut chunks, &mut host, |c| c.grad_at, &|c, slice| {
                 c.rng.fill_normal(slice, 0.5);
-                c.step(config, slice);
+                c.step(&reference, slice);
             });
         } else {
             // The scaled gradients the engine would write, one of them inf at the second step;
@@ -1518,7 +1544,7 @@ fn check_row(
                 let mut prepared = try_vec(layout.total, 0.0f32)?;
                 parallel(&mut chunks, &mut prepared, |c| c.grad_at, &|c, _| {
                     let g = std::mem::take(&mut c.prepared);
-                    c.step_f64(config, &g);
+                    c.step_f64(&reference, &g);
                 });
             }
         }

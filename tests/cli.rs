@@ -862,3 +862,49 @@ fn replay_with_clipping_and_a_grad_scaler_matches_pytorch() {
         }
     }
 }
+
+#[test]
+fn validate_fails_against_a_perturbed_reference() {
+    // The GPU steps with the real learning rate, the CPU reference with 1.01 times it: every
+    // row must fail, each with its worst element named, and the command must exit 1.
+    let dir = scratch("validate-fails");
+    let out = wgpu_optim(
+        &[
+            "validate",
+            "--size",
+            "1000",
+            "--steps",
+            "3",
+            "--seed",
+            "7",
+            "--reference-lr-scale",
+            "1.01",
+        ],
+        &dir,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let rows = stdout.lines().filter(|l| l.contains(" FAIL ")).count();
+    let reasons = stdout
+        .lines()
+        .filter(|l| l.starts_with("FAIL ") && l.contains("but the reference is"))
+        .count();
+    assert!(rows >= 56, "{stdout}");
+    assert_eq!(reasons, rows, "one reason line per failing row: {stdout}");
+    assert_eq!(
+        stderr.trim().lines().last(),
+        Some(format!("error: {rows} of {rows} rows failed validation").as_str())
+    );
+    // The same run with the true reference passes.
+    let out = wgpu_optim(
+        &["validate", "--size", "1000", "--steps", "3", "--seed", "7"],
+        &dir,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let _ = std::fs::remove_dir_all(dir);
+}
