@@ -120,7 +120,12 @@ enum Command {
         json: bool,
         /// Scales the CPU reference's learning rate (not the GPU's), to check that validate
         /// fails: the tests run it with 1.01.
-        #[arg(long, hide = true, default_value_t = 1.0, allow_negative_numbers = true)]
+        #[arg(
+            long,
+            hide = true,
+            default_value_t = 1.0,
+            allow_negative_numbers = true
+        )]
         reference_lr_scale: f64,
     },
     /// Measure every kernel's GB/s against a buffer copy of the same bytes, on the same adapter
