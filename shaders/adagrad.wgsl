@@ -1,5 +1,5 @@
-// torch.optim.Adagrad. Entry point: `adagrad`. Requires an access prologue, layout.wgsl and
-// common.wgsl in front.
+// torch.optim.Adagrad: the update formula, in the kernel template (shaders/common.wgsl).
+// State: sum.
 
 // One parameter group's values for one step. Must be kept in sync with `AdagradHyper` in
 // src/optim/adagrad.rs.
@@ -29,19 +29,12 @@ fn coeffs(h: Hyper, t: u32) -> Coeffs {
     return Coeffs(clr, h.eps, h.weight_decay, h.grad_sign);
 }
 
-// State: sum.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn adagrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var u = begin(wid, lid, 1u);
-    if !has_work(u) {
-        return;
-    }
-    let c = u.c;
-    var g = c.grad_sign * u.g;
+fn update(u: ptr<function, Unit>) {
+    let c = (*u).c;
+    var g = c.grad_sign * (*u).g;
     if c.weight_decay != 0.0 {
-        g = g + c.weight_decay * u.p;
+        g = g + c.weight_decay * (*u).p;
     }
-    u.s[0] = u.s[0] + g * g;
-    u.p = u.p - c.clr * (g / (sqrt(u.s[0]) + c.eps));
-    finish(u, 1u);
+    (*u).s[0] = (*u).s[0] + g * g;
+    (*u).p = (*u).p - c.clr * (g / (sqrt((*u).s[0]) + c.eps));
 }

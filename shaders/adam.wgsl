@@ -1,5 +1,8 @@
-// torch.optim.Adam and torch.optim.AdamW. Entry points: `adam` and `adam_amsgrad`.
-// Requires an access prologue, layout.wgsl and common.wgsl in front.
+// torch.optim.Adam and torch.optim.AdamW: the update formula, in the kernel template
+// (shaders/common.wgsl). State: exp_avg, exp_avg_sq, and max_exp_avg_sq with AMSGRAD.
+
+// AMSGrad: the running max of exp_avg_sq in a third state buffer.
+override AMSGRAD: bool = false;
 
 // One parameter group's values for one step. Must be kept in sync with `AdamHyper` in
 // src/optim/adam.rs.
@@ -53,8 +56,7 @@ fn coeffs(h: Hyper, t: u32) -> Coeffs {
     );
 }
 
-// Decay, gradient and both moment updates (exp_avg in s[0], exp_avg_sq in s[1]).
-fn adam_moments(u: ptr<function, Unit>) {
+fn update(u: ptr<function, Unit>) {
     let c = (*u).c;
     var g = c.grad_sign * (*u).g;
     if c.decay != 1.0 {
@@ -65,36 +67,11 @@ fn adam_moments(u: ptr<function, Unit>) {
     }
     (*u).s[0] = torch_lerp((*u).s[0], g, c.one_minus_beta1);
     (*u).s[1] = (*u).s[1] * c.beta2 + c.one_minus_beta2 * g * g;
-}
-
-// The update from the moments, with `v_hat` the second moment to use.
-fn adam_param(u: ptr<function, Unit>, v_hat: V) {
-    let c = (*u).c;
+    var v_hat = (*u).s[1];
+    if AMSGRAD {
+        (*u).s[2] = max((*u).s[2], (*u).s[1]);
+        v_hat = (*u).s[2];
+    }
     let denom = sqrt(v_hat) / c.bias_correction2_sqrt + c.eps;
     (*u).p = (*u).p - c.step_size * ((*u).s[0] / denom);
-}
-
-// State: exp_avg, exp_avg_sq.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn adam(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var u = begin(wid, lid, 2u);
-    if !has_work(u) {
-        return;
-    }
-    adam_moments(&u);
-    adam_param(&u, u.s[1]);
-    finish(u, 2u);
-}
-
-// State: exp_avg, exp_avg_sq, max_exp_avg_sq.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn adam_amsgrad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var u = begin(wid, lid, 3u);
-    if !has_work(u) {
-        return;
-    }
-    adam_moments(&u);
-    u.s[2] = max(u.s[2], u.s[1]);
-    adam_param(&u, u.s[2]);
-    finish(u, 3u);
 }

@@ -1,10 +1,11 @@
 // The kernel template shared by every optimizer (prepended, after one access prologue,
-// shaders/layout.wgsl and the gradient binding that src/gpu/kernels.rs writes, to each
-// optimizer's shader). An optimizer's shader declares `Hyper` (its per-group
-// values, written by the host for each step), `Coeffs` (its per-tensor values for one step),
-// `fn coeffs(h: Hyper, t: u32) -> Coeffs` (from the group's values and the tensor's step count
-// `t`, counted from 1 as PyTorch counts after `step += 1`) and its step entry points, which only
-// state the update formula through the helpers below.
+// shaders/layout.wgsl and the storage bindings that src/gpu/kernels.rs writes, to each
+// optimizer's shader). An optimizer's shader states only its formula. It declares `Hyper` (its
+// per-group values, written by the host for each step), `Coeffs` (its per-tensor values for
+// one step), `fn coeffs(h: Hyper, t: u32) -> Coeffs` (from the group's values and the tensor's
+// step count `t`, counted from 1 as PyTorch counts after `step += 1`) and
+// `fn update(u: ptr<function, Unit>)`, which applies the update to the unit's parameter and
+// state (see `Unit`). Variants of a formula are pipeline-overridable booleans of the shader.
 //
 // One step runs, in one compute pass:
 // 1. `reduce` (shaders/reduce.wgsl), when the step clips by norm or unscales: per-workgroup
@@ -12,7 +13,7 @@
 // 2. `finalize` (below), one workgroup: reduces the partials in a fixed order, forms the clip
 //    coefficient, decides whether the step is skipped (a grad scaler found inf or NaN), advances
 //    the step counts of the tensors, updates the grad scaler, and writes every tensor's `Coeffs`;
-// 3. one dispatch of the optimizer's entry point per batch.
+// 3. `step` (below) once per batch: locate, load, unscale and clip, `update`, store.
 //
 // Must be kept in sync with `StepHeader` in src/gpu/template.rs.
 
@@ -41,9 +42,24 @@ struct Derived {
 // Most state buffers of any optimizer.
 const MAX_STATES: u32 = 3u;
 
+// State buffers of the kernel's optimizer and options (set when the pipeline is made).
+override STATES: u32 = 0u;
+
+// One step of the optimizer on one unit: the template's locate, load, unscale and clip, the
+// shader's `update`, and the store.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    var u = begin(wid, lid, STATES);
+    if !has_work(u) {
+        return;
+    }
+    update(&u);
+    finish(u, STATES);
+}
+
 // One invocation's work in a step: where it is, the step's values for its tensor, and the
-// values it updates. An entry point gets it from `begin`, applies its formula to `p`, `g` and
-// `s`, and hands it to `finish`, which stores `p` and the first `states` of `s`.
+// values it updates. `step` gets it from `begin`, the shader's `update` applies its formula to
+// `p`, `g` and `s`, and `finish` stores `p` and the first `STATES` of `s`.
 struct Unit {
     site: Site,
     c: Coeffs,

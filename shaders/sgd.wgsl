@@ -1,5 +1,7 @@
-// torch.optim.SGD. Entry points: `sgd` (momentum == 0) and `sgd_momentum`.
-// Requires an access prologue, layout.wgsl and common.wgsl in front.
+// torch.optim.SGD: the update formula, in the kernel template (shaders/common.wgsl).
+
+// With momentum: one state buffer, momentum_buffer.
+override MOMENTUM: bool = false;
 
 // One parameter group's values for one step. Must be kept in sync with `SgdHyper` in
 // src/optim/sgd.rs.
@@ -42,44 +44,23 @@ fn coeffs(h: Hyper, t: u32) -> Coeffs {
     );
 }
 
-// The gradient with weight decay and the sign of `maximize`.
-fn sgd_grad(u: Unit) -> V {
-    var g = u.c.grad_sign * u.g;
-    if u.c.weight_decay != 0.0 {
-        g = g + u.c.weight_decay * u.p;
+fn update(u: ptr<function, Unit>) {
+    let c = (*u).c;
+    var g = c.grad_sign * (*u).g;
+    if c.weight_decay != 0.0 {
+        g = g + c.weight_decay * (*u).p;
     }
-    return g;
-}
-
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn sgd(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var u = begin(wid, lid, 0u);
-    if !has_work(u) {
-        return;
+    if MOMENTUM {
+        var buf = g;
+        if c.first_step == 0u {
+            buf = (*u).s[0] * c.momentum + c.one_minus_dampening * g;
+        }
+        if c.nesterov != 0u {
+            g = g + c.momentum * buf;
+        } else {
+            g = buf;
+        }
+        (*u).s[0] = buf;
     }
-    u.p = u.p - u.c.lr * sgd_grad(u);
-    finish(u, 0u);
-}
-
-// State: momentum_buffer.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn sgd_momentum(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var u = begin(wid, lid, 1u);
-    if !has_work(u) {
-        return;
-    }
-    let c = u.c;
-    var g = sgd_grad(u);
-    var buf = g;
-    if c.first_step == 0u {
-        buf = u.s[0] * c.momentum + c.one_minus_dampening * g;
-    }
-    if c.nesterov != 0u {
-        g = g + c.momentum * buf;
-    } else {
-        g = buf;
-    }
-    u.s[0] = buf;
-    u.p = u.p - c.lr * g;
-    finish(u, 1u);
+    (*u).p = (*u).p - c.lr * g;
 }

@@ -30,7 +30,7 @@ use crate::amp::{ClipGrad, GradScaler};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::gpu::scoped;
-use crate::optim::{Adagrad, Adam, AdamW, OptimizerConfig, RMSprop, SGD};
+use crate::optim::{Adam, OptimizerConfig};
 use crate::optimizer::{BufferRange, Optimizer, Tensor};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
@@ -74,58 +74,10 @@ pub fn bytes_per_element_with(
     bytes_per_element(config) + if reduction { 4 } else { 0 }
 }
 
-/// Every kernel, once each (AdamW shares Adam's memory traffic but not its shader path).
+/// Every kernel, once each (AdamW shares Adam's memory traffic but not its shader path), from
+/// every class's bench cases, then Adam with clipping and a grad scaler.
 pub fn kernel_cases() -> Vec<KernelCase> {
-    let rms = RMSprop::default();
-    let configs: [(&'static str, OptimizerConfig); 10] = [
-        ("sgd", SGD::default().into()),
-        (
-            "sgd-momentum",
-            SGD {
-                momentum: 0.9,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ("adam", Adam::default().into()),
-        ("adamw", AdamW::default().into()),
-        (
-            "adam-amsgrad",
-            Adam {
-                amsgrad: true,
-                ..Default::default()
-            }
-            .into(),
-        ),
-        ("rmsprop", rms.into()),
-        (
-            "rmsprop-centered",
-            RMSprop {
-                centered: true,
-                ..rms
-            }
-            .into(),
-        ),
-        (
-            "rmsprop-momentum",
-            RMSprop {
-                momentum: 0.9,
-                ..rms
-            }
-            .into(),
-        ),
-        (
-            "rmsprop-centered-momentum",
-            RMSprop {
-                centered: true,
-                momentum: 0.9,
-                ..rms
-            }
-            .into(),
-        ),
-        ("adagrad", Adagrad::default().into()),
-    ];
-    let mut cases: Vec<KernelCase> = configs
+    let mut cases: Vec<KernelCase> = OptimizerConfig::all_bench_cases()
         .into_iter()
         .map(|(name, config)| KernelCase {
             name,
@@ -955,13 +907,17 @@ mod tests {
             ("sgd", 12),
             ("sgd-momentum", 20),
             ("adam", 28),
-            ("adamw", 28),
             ("adam-amsgrad", 36),
+            ("adamw", 28),
             ("rmsprop", 20),
             ("rmsprop-centered", 28),
             ("rmsprop-momentum", 28),
             ("rmsprop-centered-momentum", 36),
             ("adagrad", 20),
+            ("adamax", 28),
+            ("radam", 28),
+            ("adadelta", 28),
+            ("rprop", 28),
             // The reduction reads the gradients once more.
             ("adam+clip", 32),
             ("adam+scaler", 32),

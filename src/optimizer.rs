@@ -409,7 +409,7 @@ impl Optimizer {
                 plan_limits.max_binding
             )));
         }
-        let shader = first.config.kernel().shader();
+        let shader = first.config.kernel().shader;
         let finalize = ctx.kernel(Pipeline::Finalize(shader))?;
 
         // The state: tensors of one kernel and access mode share blocks, each at its
@@ -447,7 +447,7 @@ impl Optimizer {
         }
         let most_states = block_keys
             .iter()
-            .map(|k| k.0.state_names().len() as u64)
+            .map(|k| u64::from(k.0.states))
             .max()
             .unwrap_or(1)
             .max(1);
@@ -511,7 +511,7 @@ impl Optimizer {
         };
         let storage_align = u64::from(limits.min_storage_buffer_offset_alignment).max(16);
         let slot_size = round_up(
-            size_of::<StepConfig>() as u64 + shader.hyper_size() * groups.len() as u64,
+            size_of::<StepConfig>() as u64 + shader.hyper_size * groups.len() as u64,
             storage_align,
         );
         let ring = Ring::new(ctx, &finalize, &buffers, slot_size, RING_SLOTS)?;
@@ -651,7 +651,10 @@ impl Optimizer {
         }
         let head = size_of::<StepConfig>();
         self.host_slot[..head].copy_from_slice(bytemuck::bytes_of(&config));
-        let size = self.groups.first().map_or(0, |g| g.kernel().hyper_size()) as usize;
+        let size = self
+            .groups
+            .first()
+            .map_or(0, |g| g.kernel().shader.hyper_size) as usize;
         for (g, config) in self.groups.iter().enumerate() {
             let at = head + g * size;
             config.write_hyper(&mut self.host_slot[at..at + size]);
@@ -1333,15 +1336,18 @@ fn state_buffer(
 ) -> wgpu::Buffer {
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    let names = kernel.state_names();
-    let len = block.len * names.len() as u64;
+    let len = block.len * u64::from(kernel.states);
     let pieces = || {
         metas
             .iter()
             .flat_map(|m| &m.pieces)
             .filter(|p| p.block == b)
     };
-    let init = |t: usize, name: &str| groups[all[t].0].config.initial_state_value(name);
+    // Tensors of one kernel keep the same state buffers.
+    let names = pieces()
+        .next()
+        .map_or(&[][..], |p| groups[all[p.tensor].0].config.state_names());
+    let init = |t: usize, name: &str| groups[all[t].0].config.initial_state_value(name) as f32;
     let all_zero = names
         .iter()
         .all(|name| pieces().all(|piece| init(piece.tensor, name) == 0.0));

@@ -1,15 +1,15 @@
-//! The CPU reference: every optimizer step on slices, in f64.
+//! The CPU reference: every optimizer step on slices, in f64, and the same code in f32.
 //!
-//! It follows the formulas documented on each configuration type ([`SGD`](crate::SGD),
-//! [`Adam`](crate::Adam), [`AdamW`](crate::AdamW), [`RMSprop`](crate::RMSprop),
-//! [`Adagrad`](crate::Adagrad)), written independently of the WGSL kernels, and is what the
-//! tests and `wgpu-optim validate` hold the GPU to.
+//! Each class's step follows the formula documented on its configuration type
+//! ([`SGD`](crate::SGD), [`Adam`](crate::Adam), ...), written once, generically over [`Real`],
+//! independently of the WGSL kernels. In f64 it is what the tests and `wgpu-optim validate`
+//! hold the GPU to; in f32 it shows the error of float32 arithmetic itself on the same data.
 //!
 //! ```
 //! use wgpu_optim::{reference, Adam, OptimizerConfig, TensorState};
 //! let cfg = OptimizerConfig::from(Adam { lr: 0.1, ..Default::default() });
 //! let mut state = TensorState::default();
-//! let mut param = vec![1.0, -2.0];
+//! let mut param = vec![1.0f64, -2.0];
 //! reference::step(&cfg, &mut state, &mut param, &[0.5, -0.5]);
 //! // Adam's first step moves each element by lr in the direction of -sign(grad).
 //! assert!((param[0] - 0.9).abs() < 1e-6 && (param[1] + 1.9).abs() < 1e-6);
@@ -17,141 +17,142 @@
 //! ```
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
-use crate::optim::{AdamLike, OptimizerConfig};
+use crate::optim::OptimizerConfig;
 use crate::state::TensorState;
+use std::fmt::Debug;
+use std::ops::{Add, AddAssign, Div, DivAssign, Mul, MulAssign, Neg, Sub, SubAssign};
 
-/// Takes one step of `config` on `param` with gradient `grad`, updating `state`.
+mod private {
+    pub trait Sealed {}
+    impl Sealed for f32 {}
+    impl Sealed for f64 {}
+}
+
+/// The float types the reference runs in: `f64`, the reference itself, and `f32`, which shows
+/// how far float32 arithmetic alone strays on the same data (what `validate` and the tests
+/// allow a kernel beyond their tolerance). Sealed: implemented for `f32` and `f64` only.
+pub trait Real:
+    Copy
+    + PartialOrd
+    + Debug
+    + Default
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + AddAssign
+    + SubAssign
+    + MulAssign
+    + DivAssign
+    + private::Sealed
+    + 'static
+{
+    /// `x` rounded to this type.
+    fn of(x: f64) -> Self;
+    /// The value as f64 (exact).
+    fn to_f64(self) -> f64;
+    /// The square root.
+    fn sqrt(self) -> Self;
+    /// The absolute value.
+    fn abs(self) -> Self;
+    /// The larger of the two (the other where one is NaN).
+    fn max(self, other: Self) -> Self;
+    /// The smaller of the two (the other where one is NaN).
+    fn min(self, other: Self) -> Self;
+    /// `torch.sign`: -1, 0 or 1, NaN for NaN.
+    fn sign(self) -> Self;
+    /// Runs one step of `config`'s class in this type.
+    #[doc(hidden)]
+    fn class_step(
+        config: &OptimizerConfig,
+        t: u64,
+        param: &mut [Self],
+        grad: &[Self],
+        state: &mut [Vec<Self>],
+    );
+}
+
+macro_rules! real {
+    ($t:ty, $method:ident) => {
+        impl Real for $t {
+            fn of(x: f64) -> Self {
+                x as $t
+            }
+            fn to_f64(self) -> f64 {
+                f64::from(self)
+            }
+            fn sqrt(self) -> Self {
+                <$t>::sqrt(self)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn max(self, other: Self) -> Self {
+                <$t>::max(self, other)
+            }
+            fn min(self, other: Self) -> Self {
+                <$t>::min(self, other)
+            }
+            fn sign(self) -> Self {
+                if self == 0.0 { 0.0 } else { self.signum() }
+            }
+            fn class_step(
+                config: &OptimizerConfig,
+                t: u64,
+                param: &mut [Self],
+                grad: &[Self],
+                state: &mut [Vec<Self>],
+            ) {
+                config.class().$method(t, param, grad, state);
+            }
+        }
+    };
+}
+real!(f32, reference_f32);
+real!(f64, reference_f64);
+
+/// `torch.lerp(start, end, weight)` as PyTorch evaluates it for float tensors.
+pub fn lerp<F: Real>(start: F, end: F, weight: F) -> F {
+    if weight.abs() < F::of(0.5) {
+        start + weight * (end - start)
+    } else {
+        end - (end - start) * (F::of(1.0) - weight)
+    }
+}
+
+/// Takes one step of `config` on `param` with gradient `grad`, updating `state`, in `F`: `f64`
+/// for the reference, `f32` for float32 arithmetic itself. Per-step scalars (bias corrections,
+/// decayed learning rates) are computed in f64 and rounded once to `F`, as the host rounds
+/// the values it writes for the kernels.
 ///
 /// Missing state buffers are created as PyTorch creates them (zeros, or Adagrad's
 /// `initial_accumulator_value`; SGD's momentum buffer starts as a copy of the first gradient).
 ///
 /// # Panics
 /// If `param` and `grad` differ in length, or a state buffer in `state` has another length.
-pub fn step(
+pub fn step<F: Real>(
     config: &OptimizerConfig,
-    state: &mut TensorState<f64>,
-    param: &mut [f64],
-    grad: &[f64],
+    state: &mut TensorState<F>,
+    param: &mut [F],
+    grad: &[F],
 ) {
     assert_eq!(param.len(), grad.len(), "param and grad lengths differ");
     let n = param.len();
-    let first = state.step == 0;
     state.step += 1;
-    let t = state.step as f64;
-    for name in config.state_names() {
-        let init = f64::from(config.initial_state_value(name));
-        let buf = state
-            .buffers
-            .entry(name.to_string())
-            .or_insert_with(|| vec![init; n]);
-        assert_eq!(buf.len(), n, "state {name} has the wrong length");
-    }
-    let mut take = |name: &str| state.buffers.remove(name).unwrap_or_default();
-    let sign = |maximize: bool| if maximize { -1.0 } else { 1.0 };
-
-    match *config {
-        OptimizerConfig::SGD(c) => {
-            let mut buf = take("momentum_buffer");
-            for i in 0..n {
-                let mut g = sign(c.maximize) * grad[i] + c.weight_decay * param[i];
-                if c.momentum != 0.0 {
-                    buf[i] = if first {
-                        g
-                    } else {
-                        c.momentum * buf[i] + (1.0 - c.dampening) * g
-                    };
-                    g = if c.nesterov {
-                        g + c.momentum * buf[i]
-                    } else {
-                        buf[i]
-                    };
-                }
-                param[i] -= c.lr * g;
-            }
-            put(state, "momentum_buffer", buf, c.momentum != 0.0);
-        }
-        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
-            let AdamLike {
-                lr,
-                betas: (b1, b2),
-                eps,
-                weight_decay: wd,
-                amsgrad,
-                maximize,
-                decoupled,
-            } = match *config {
-                OptimizerConfig::Adam(c) => c.like(),
-                OptimizerConfig::AdamW(c) => c.like(),
-                _ => unreachable!(),
-            };
-            let (mut m, mut v, mut vmax) =
-                (take("exp_avg"), take("exp_avg_sq"), take("max_exp_avg_sq"));
-            let bc1 = 1.0 - b1.powf(t);
-            let bc2 = 1.0 - b2.powf(t);
-            for i in 0..n {
-                let mut g = sign(maximize) * grad[i];
-                if decoupled {
-                    param[i] *= 1.0 - lr * wd;
-                } else {
-                    g += wd * param[i];
-                }
-                m[i] = b1 * m[i] + (1.0 - b1) * g;
-                v[i] = b2 * v[i] + (1.0 - b2) * g * g;
-                let mut second = v[i];
-                if amsgrad {
-                    vmax[i] = vmax[i].max(v[i]);
-                    second = vmax[i];
-                }
-                let m_hat = m[i] / bc1;
-                let v_hat = second / bc2;
-                param[i] -= lr * m_hat / (v_hat.sqrt() + eps);
-            }
-            put(state, "exp_avg", m, true);
-            put(state, "exp_avg_sq", v, true);
-            put(state, "max_exp_avg_sq", vmax, amsgrad);
-        }
-        OptimizerConfig::RMSprop(c) => {
-            let (mut sq, mut ga, mut buf) = (
-                take("square_avg"),
-                take("grad_avg"),
-                take("momentum_buffer"),
-            );
-            for i in 0..n {
-                let g = sign(c.maximize) * grad[i] + c.weight_decay * param[i];
-                sq[i] = c.alpha * sq[i] + (1.0 - c.alpha) * g * g;
-                let mut var = sq[i];
-                if c.centered {
-                    ga[i] = c.alpha * ga[i] + (1.0 - c.alpha) * g;
-                    var -= ga[i] * ga[i];
-                }
-                let d = var.sqrt() + c.eps;
-                if c.momentum > 0.0 {
-                    buf[i] = c.momentum * buf[i] + g / d;
-                    param[i] -= c.lr * buf[i];
-                } else {
-                    param[i] -= c.lr * g / d;
-                }
-            }
-            put(state, "square_avg", sq, true);
-            put(state, "grad_avg", ga, c.centered);
-            put(state, "momentum_buffer", buf, c.momentum > 0.0);
-        }
-        OptimizerConfig::Adagrad(c) => {
-            let mut sum = take("sum");
-            let clr = c.clr(state.step);
-            for i in 0..n {
-                let g = sign(c.maximize) * grad[i] + c.weight_decay * param[i];
-                sum[i] += g * g;
-                param[i] -= clr * g / (sum[i].sqrt() + c.eps);
-            }
-            put(state, "sum", sum, true);
-        }
-    }
-}
-
-fn put(state: &mut TensorState<f64>, name: &str, values: Vec<f64>, keep: bool) {
-    if keep {
-        state.buffers.insert(name.to_string(), values);
+    let names = config.state_names();
+    let mut buffers: Vec<Vec<F>> = names
+        .iter()
+        .map(|name| {
+            let init = F::of(config.initial_state_value(name));
+            let buf = state.buffers.remove(*name).unwrap_or_else(|| vec![init; n]);
+            assert_eq!(buf.len(), n, "state {name} has the wrong length");
+            buf
+        })
+        .collect();
+    F::class_step(config, state.step, param, grad, &mut buffers);
+    for (name, buf) in names.iter().zip(buffers) {
+        state.buffers.insert(name.to_string(), buf);
     }
 }
 

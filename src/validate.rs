@@ -30,7 +30,7 @@
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Context};
-use crate::optim::{Adagrad, Adam, AdamLike, AdamW, Kernel, OptimizerConfig, RMSprop, SGD};
+use crate::optim::{Adam, AdamW, OptimizerConfig, RMSprop, SGD};
 use crate::optimizer::{BufferRange, Optimizer, Tensor};
 use crate::state::TensorState;
 use serde::Serialize;
@@ -127,82 +127,11 @@ impl Rng {
     }
 }
 
-/// Every option combination of every optimizer, with non-default hyperparameters: SGD plain,
-/// with momentum, with dampening and with Nesterov momentum; Adam and AdamW with and without
-/// AMSGrad; RMSprop plain, centered, with momentum and both; Adagrad with and without
-/// `lr_decay` and `initial_accumulator_value`. Each with and without weight decay and
-/// `maximize`: 56 configurations, covering every kernel.
+/// Every option combination of every optimizer ([`OptimizerConfig`]'s registry): each
+/// class's kernels with non-default hyperparameters, each with and without weight decay and
+/// `maximize`.
 pub fn all_configs() -> Vec<OptimizerConfig> {
-    let mut out = Vec::new();
-    for maximize in [false, true] {
-        for wd in [0.0, 0.05] {
-            let sgd = |momentum, dampening, nesterov| SGD {
-                lr: 0.05,
-                momentum,
-                dampening,
-                nesterov,
-                weight_decay: wd,
-                maximize,
-            };
-            out.push(sgd(0.0, 0.0, false).into());
-            out.push(sgd(0.9, 0.0, false).into());
-            out.push(sgd(0.8, 0.3, false).into());
-            out.push(sgd(0.9, 0.0, true).into());
-            for amsgrad in [false, true] {
-                out.push(
-                    Adam {
-                        lr: 0.01,
-                        betas: (0.8, 0.99),
-                        weight_decay: wd,
-                        amsgrad,
-                        maximize,
-                        ..Default::default()
-                    }
-                    .into(),
-                );
-                out.push(
-                    AdamW {
-                        lr: 0.01,
-                        weight_decay: wd * 2.0,
-                        amsgrad,
-                        maximize,
-                        ..Default::default()
-                    }
-                    .into(),
-                );
-            }
-            for centered in [false, true] {
-                for momentum in [0.0, 0.9] {
-                    out.push(
-                        RMSprop {
-                            lr: 0.01,
-                            alpha: 0.9,
-                            weight_decay: wd,
-                            momentum,
-                            centered,
-                            maximize,
-                            ..Default::default()
-                        }
-                        .into(),
-                    );
-                }
-            }
-            for (lr_decay, initial_accumulator_value) in [(0.01, 0.1), (0.0, 0.0)] {
-                out.push(
-                    Adagrad {
-                        lr: 0.1,
-                        lr_decay,
-                        weight_decay: wd,
-                        initial_accumulator_value,
-                        maximize,
-                        ..Default::default()
-                    }
-                    .into(),
-                );
-            }
-        }
-    }
-    out
+    OptimizerConfig::all_cases()
 }
 
 /// What a training loop does around the step, as [`run`] checks it: clipping, and a grad
@@ -304,100 +233,38 @@ pub fn all_recipes() -> Vec<(OptimizerConfig, Recipe)> {
     ]
 }
 
-/// The order of the report's rows: by optimizer class, then kernel, then options.
-fn display_key(config: &OptimizerConfig) -> (usize, usize, String) {
-    let class = ["SGD", "Adam", "AdamW", "RMSprop", "Adagrad"]
+/// The order of the report's rows: by optimizer class (in the registry's order), then kernel,
+/// then options.
+fn display_key(config: &OptimizerConfig) -> (usize, String, String) {
+    let class = OptimizerConfig::CLASSES
         .iter()
         .position(|c| *c == config.type_name())
         .unwrap_or(usize::MAX);
-    let kernel = Kernel::ALL
-        .iter()
-        .position(|k| *k == config.kernel())
-        .unwrap_or(usize::MAX);
-    (class, kernel, options(config))
+    (class, config.kernel_name(), config.options())
 }
 
-/// The WGSL entry point that runs `config`, e.g. `"adam_amsgrad"` (AdamW runs Adam's kernels).
-pub fn kernel_name(config: &OptimizerConfig) -> &'static str {
-    config.kernel().entry_point()
+/// The name of the kernel that runs `config`, e.g. `"adam_amsgrad"` (AdamW runs Adam's
+/// kernels).
+pub fn kernel_name(config: &OptimizerConfig) -> String {
+    config.kernel_name()
 }
 
-/// The entry points of every kernel.
-pub fn kernel_names() -> Vec<&'static str> {
-    Kernel::ALL.iter().map(|k| k.entry_point()).collect()
+/// The names of every kernel, once each, in the registry's order.
+pub fn kernel_names() -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for config in all_configs() {
+        let name = config.kernel_name();
+        if !out.contains(&name) {
+            out.push(name);
+        }
+    }
+    out
 }
 
 /// The hyperparameters of `config` that differ from PyTorch's defaults, as `name=value`
 /// (flags that are on by their name alone), or `"defaults"`.
 pub fn options(config: &OptimizerConfig) -> String {
-    let mut p: Vec<String> = Vec::new();
-    match *config {
-        OptimizerConfig::SGD(c) => {
-            let d = SGD::default();
-            num(&mut p, "lr", c.lr, d.lr);
-            num(&mut p, "momentum", c.momentum, d.momentum);
-            num(&mut p, "dampening", c.dampening, d.dampening);
-            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
-            flag(&mut p, "nesterov", c.nesterov);
-            flag(&mut p, "maximize", c.maximize);
-        }
-        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
-            let (c, d) = match *config {
-                OptimizerConfig::Adam(c) => (c.like(), Adam::default().like()),
-                OptimizerConfig::AdamW(c) => (c.like(), AdamW::default().like()),
-                _ => unreachable!(),
-            };
-            num(&mut p, "lr", c.lr, d.lr);
-            adam_like(&mut p, c.betas, d.betas, c.eps, d.eps);
-            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
-            flag(&mut p, "amsgrad", c.amsgrad);
-            flag(&mut p, "maximize", c.maximize);
-        }
-        OptimizerConfig::RMSprop(c) => {
-            let d = RMSprop::default();
-            num(&mut p, "lr", c.lr, d.lr);
-            num(&mut p, "alpha", c.alpha, d.alpha);
-            num(&mut p, "eps", c.eps, d.eps);
-            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
-            num(&mut p, "momentum", c.momentum, d.momentum);
-            flag(&mut p, "centered", c.centered);
-            flag(&mut p, "maximize", c.maximize);
-        }
-        OptimizerConfig::Adagrad(c) => {
-            let d = Adagrad::default();
-            num(&mut p, "lr", c.lr, d.lr);
-            num(&mut p, "lr_decay", c.lr_decay, d.lr_decay);
-            num(&mut p, "weight_decay", c.weight_decay, d.weight_decay);
-            let (init, d_init) = (c.initial_accumulator_value, d.initial_accumulator_value);
-            num(&mut p, "initial_accumulator_value", init, d_init);
-            num(&mut p, "eps", c.eps, d.eps);
-            flag(&mut p, "maximize", c.maximize);
-        }
-    }
-    if p.is_empty() {
-        "defaults".into()
-    } else {
-        p.join(" ")
-    }
-}
-
-fn num(parts: &mut Vec<String>, name: &str, value: f64, default: f64) {
-    if value != default {
-        parts.push(format!("{name}={value}"));
-    }
-}
-
-fn flag(parts: &mut Vec<String>, name: &str, on: bool) {
-    if on {
-        parts.push(name.to_string());
-    }
-}
-
-fn adam_like(parts: &mut Vec<String>, betas: (f64, f64), d: (f64, f64), eps: f64, d_eps: f64) {
-    if betas != d {
-        parts.push(format!("betas=({},{})", betas.0, betas.1));
-    }
-    num(parts, "eps", eps, d_eps);
+    config.options()
 }
 
 /// How [`run`] splits `size` elements into tensors: uneven sizes that add up to `size`,
@@ -652,8 +519,8 @@ impl Status {
 pub struct Row {
     /// PyTorch's class name, e.g. `"AdamW"`.
     pub optimizer: &'static str,
-    /// The WGSL entry point, e.g. `"adam_amsgrad"`.
-    pub kernel: &'static str,
+    /// The kernel, e.g. `"adam_amsgrad"`.
+    pub kernel: String,
     /// The hyperparameters that differ from PyTorch's defaults (see [`options`]).
     pub options: String,
     /// The full configuration.
@@ -1042,10 +909,10 @@ struct Chunk {
     /// buffer (see [`tolerance`]).
     param_path: Vec<f64>,
     state_paths: std::collections::BTreeMap<String, Vec<f64>>,
-    /// The same steps in float32 on the CPU (see [`float32_step`]): parameters and state in
-    /// the kernel's binding order.
+    /// The same steps in float32 on the CPU ([`reference::step`](crate::reference::step) in
+    /// f32).
     param32: Vec<f32>,
-    state32: Vec<Vec<f32>>,
+    state32: TensorState<f32>,
     rng: Rng,
     /// A step's gradients after unscaling and clipping, for [`Chunk::step_f64`].
     prepared: Vec<f64>,
@@ -1075,14 +942,7 @@ impl Chunk {
             self.state.buffers.clone()
         };
         crate::reference::step(config, &mut self.state, &mut self.param, g);
-        float32_step(
-            config,
-            self.state.step,
-            first,
-            &mut self.param32,
-            grad,
-            &mut self.state32,
-        );
+        crate::reference::step(config, &mut self.state32, &mut self.param32, grad);
         let add = |path: &mut [f64], old: &[f64], new: &[f64]| {
             for ((p, a), b) in path.iter_mut().zip(old).zip(new) {
                 *p += (a - b).abs();
@@ -1094,153 +954,6 @@ impl Chunk {
                 (self.state.buffers.get(name), self.state_paths.get_mut(name))
             {
                 add(path, old, new);
-            }
-        }
-    }
-}
-
-/// One step of `config` in float32 on the CPU, with the per-step scalars computed in f64 and
-/// rounded once, in the order of PyTorch's single-tensor implementation. It shows how far f32
-/// arithmetic itself strays from the f64 reference on the same data: a kernel whose error is
-/// near it is as accurate as float32 allows. `step` is the step number (1 for the first);
-/// `state` holds the state buffers in [`OptimizerConfig::state_names`] order.
-pub fn float32_step(
-    config: &OptimizerConfig,
-    step: u64,
-    first: bool,
-    param: &mut [f32],
-    grad: &[f32],
-    state: &mut [Vec<f32>],
-) {
-    let lerp = |start: f32, end: f32, weight: f32| {
-        if weight.abs() < 0.5 {
-            start + weight * (end - start)
-        } else {
-            end - (end - start) * (1.0 - weight)
-        }
-    };
-    let sign = |maximize: bool| if maximize { -1.0f32 } else { 1.0 };
-    let [s0, s1, s2] = match state {
-        [] => [None, None, None],
-        [a] => [Some(a), None, None],
-        [a, b] => [Some(a), Some(b), None],
-        [a, b, c, ..] => [Some(a), Some(b), Some(c)],
-    };
-    let s0 = s0.map(Vec::as_mut_slice).unwrap_or_default();
-    let mut s1 = s1.map(Vec::as_mut_slice).unwrap_or_default();
-    let mut s2 = s2.map(Vec::as_mut_slice).unwrap_or_default();
-    let n = param.len();
-    match *config {
-        OptimizerConfig::SGD(c) => {
-            let (lr, mom, damp, wd) = (
-                c.lr as f32,
-                c.momentum as f32,
-                (1.0 - c.dampening) as f32,
-                c.weight_decay as f32,
-            );
-            for i in 0..n.min(grad.len()) {
-                let p = param[i];
-                let mut g = sign(c.maximize) * grad[i];
-                if wd != 0.0 {
-                    g += wd * p;
-                }
-                if let Some(buf) = s0.get_mut(i) {
-                    *buf = if first { g } else { *buf * mom + damp * g };
-                    g = if c.nesterov { g + mom * *buf } else { *buf };
-                }
-                param[i] = p - lr * g;
-            }
-        }
-        OptimizerConfig::Adam(_) | OptimizerConfig::AdamW(_) => {
-            let AdamLike {
-                lr,
-                betas: (b1, b2),
-                eps,
-                weight_decay: wd,
-                amsgrad,
-                maximize,
-                decoupled,
-            } = match *config {
-                OptimizerConfig::Adam(c) => c.like(),
-                OptimizerConfig::AdamW(c) => c.like(),
-                _ => return,
-            };
-            let t = step as f64;
-            let step_size = (lr / (1.0 - b1.powf(t))) as f32;
-            let bc2_sqrt = (1.0 - b2.powf(t)).sqrt() as f32;
-            let decay = (1.0 - lr * wd) as f32;
-            let (wd, eps) = (wd as f32, eps as f32);
-            let (one_minus_b1, b2, one_minus_b2) =
-                ((1.0 - b1) as f32, b2 as f32, (1.0 - b2) as f32);
-            for i in 0..n.min(grad.len()).min(s0.len()).min(s1.len()) {
-                let mut p = param[i];
-                let mut g = sign(maximize) * grad[i];
-                if decoupled {
-                    p *= decay;
-                } else if wd != 0.0 {
-                    g += wd * p;
-                }
-                let m = lerp(s0[i], g, one_minus_b1);
-                let v = s1[i] * b2 + one_minus_b2 * g * g;
-                s0[i] = m;
-                s1[i] = v;
-                let mut second = v;
-                if amsgrad && let Some(vmax) = s2.get_mut(i) {
-                    *vmax = vmax.max(v);
-                    second = *vmax;
-                }
-                param[i] = p - step_size * (m / (second.sqrt() / bc2_sqrt + eps));
-            }
-        }
-        OptimizerConfig::RMSprop(c) => {
-            let (lr, alpha, one_minus_alpha, eps, wd, mom) = (
-                c.lr as f32,
-                c.alpha as f32,
-                (1.0 - c.alpha) as f32,
-                c.eps as f32,
-                c.weight_decay as f32,
-                c.momentum as f32,
-            );
-            // grad_avg and momentum_buffer follow square_avg, when present, in that order.
-            let (grad_avg, momentum_buffer) = if c.centered {
-                (&mut s1, &mut s2)
-            } else {
-                (&mut s2, &mut s1)
-            };
-            for i in 0..n.min(grad.len()).min(s0.len()) {
-                let p = param[i];
-                let mut g = sign(c.maximize) * grad[i];
-                if wd != 0.0 {
-                    g += wd * p;
-                }
-                let sq = s0[i] * alpha + one_minus_alpha * g * g;
-                s0[i] = sq;
-                let mut var = sq;
-                if let (true, Some(ga)) = (c.centered, grad_avg.get_mut(i)) {
-                    *ga = lerp(*ga, g, one_minus_alpha);
-                    var = sq - *ga * *ga;
-                }
-                let d = var.sqrt() + eps;
-                param[i] = match momentum_buffer.get_mut(i) {
-                    Some(buf) if c.momentum > 0.0 => {
-                        *buf = *buf * mom + g / d;
-                        p - lr * *buf
-                    }
-                    _ => p - lr * (g / d),
-                };
-            }
-        }
-        OptimizerConfig::Adagrad(c) => {
-            let (clr, eps, wd) = (c.clr(step) as f32, c.eps as f32, c.weight_decay as f32);
-            for i in 0..n.min(grad.len()).min(s0.len()) {
-                let p = param[i];
-                let mut g = sign(c.maximize) * grad[i];
-                if wd != 0.0 {
-                    g += wd * p;
-                }
-                let acc = s0[i] + g * g;
-                s0[i] = acc;
-                param[i] = p - clr * (g / (acc.sqrt() + eps));
             }
         }
     }
@@ -1462,7 +1175,7 @@ fn check_row(
                 param_path: Vec::new(),
                 state_paths: Default::default(),
                 param32: Vec::new(),
-                state32: Vec::new(),
+                state32: TensorState::default(),
                 rng,
                 prepared: Vec::new(),
             });
@@ -1475,12 +1188,14 @@ fn check_row(
         c.param_path = try_vec(c.len, 0.0)?;
         c.param32 = try_vec(c.len, 0.0)?;
         for name in config.state_names() {
-            let init = f64::from(config.initial_state_value(name));
+            let init = config.initial_state_value(name);
             c.state
                 .buffers
                 .insert(name.to_string(), try_vec(c.len, init)?);
             c.state_paths.insert(name.to_string(), try_vec(c.len, 0.0)?);
-            c.state32.push(try_vec(c.len, init as f32)?);
+            c.state32
+                .buffers
+                .insert(name.to_string(), try_vec(c.len, init as f32)?);
         }
     }
     // Initial parameters, standard normal.
@@ -1598,7 +1313,7 @@ fn check_row(
                 state.step
             ));
         }
-        for (s, name) in names.iter().enumerate() {
+        for name in names {
             let Some(values) = state.get(name).filter(|v| v.len() as u64 == n) else {
                 errors.fail(format!("tensor {k} has no state {name:?} of {n} elements"));
                 continue;
@@ -1607,7 +1322,7 @@ fn check_row(
                 let (Some(want), Some(path), Some(cpu32)) = (
                     c.state.get(name),
                     c.state_paths.get(*name),
-                    c.state32.get(s),
+                    c.state32.get(name),
                 ) else {
                     errors.fail(format!("the reference kept no state {name:?}"));
                     continue;
@@ -1780,7 +1495,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 56);
+        assert_eq!(configs.len(), 80);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1807,6 +1522,10 @@ mod tests {
             ("rmsprop_momentum", 28),
             ("rmsprop_centered_momentum", 36),
             ("adagrad", 20),
+            ("adamax", 28),
+            ("radam", 28),
+            ("adadelta", 28),
+            ("rprop", 28),
         ] {
             assert_eq!(by_kernel(k), Some(b), "{k}");
         }

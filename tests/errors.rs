@@ -498,8 +498,10 @@ fn json_rejects_unknown_types_unknown_fields_and_wrong_types() {
         r#"{"type":"Nadam"}"#,
         r#"{"type":"sgd"}"#,
         r#"{"lr":0.1}"#,
-        r#"{"type":"SGD","foreach":true}"#,
-        r#"{"type":"Adam","capturable":false}"#,
+        // torch.optim.SGD takes no `capturable`; nothing here is differentiable.
+        r#"{"type":"SGD","capturable":true}"#,
+        r#"{"type":"Adam","differentiable":true}"#,
+        r#"{"type":"Adam","foreach":true,"fused":true}"#,
         r#"{"type":"Adam","momentum":0.9}"#,
         r#"{"type":"SGD","lr":"0.1"}"#,
         r#"{"type":"SGD","nesterov":1}"#,

@@ -10,19 +10,6 @@ use naga::back::{glsl, hlsl, msl, spv};
 use naga::valid::{Capabilities, ModuleInfo, ValidationFlags, Validator};
 use naga::{Module, ShaderStage};
 
-/// The compute entry point of every kernel.
-const ENTRY_POINTS: [&str; 9] = [
-    "sgd",
-    "sgd_momentum",
-    "adam",
-    "adam_amsgrad",
-    "rmsprop",
-    "rmsprop_centered",
-    "rmsprop_momentum",
-    "rmsprop_centered_momentum",
-    "adagrad",
-];
-
 /// Parses and validates one shader, panicking with the file name and naga's report.
 fn parse_and_validate(name: &str, source: &str) -> (Module, ModuleInfo) {
     let module = naga::front::wgsl::parse_str(source).unwrap_or_else(|e| {
@@ -42,15 +29,39 @@ fn parse_and_validate(name: &str, source: &str) -> (Module, ModuleInfo) {
     (module, info)
 }
 
-/// Every shader, parsed and validated.
-fn modules() -> Vec<(String, Module, ModuleInfo)> {
+/// Every shader module, parsed and validated, with its pipelines.
+fn modules() -> Vec<(wgpu_optim::ShaderSource, Module, ModuleInfo)> {
     wgpu_optim::shader_sources()
         .into_iter()
-        .map(|(name, source)| {
-            let (module, info) = parse_and_validate(&name, &source);
-            (name, module, info)
+        .map(|shader| {
+            let (module, info) = parse_and_validate(&shader.label, &shader.source);
+            (shader, module, info)
         })
         .collect()
+}
+
+/// Every pipeline the crate makes: its name, its entry point, and its module with the
+/// pipeline-overridable constants set, as wgpu sets them before translating.
+fn pipelines() -> Vec<(String, String, Module, ModuleInfo)> {
+    let mut out = Vec::new();
+    for (shader, module, info) in modules() {
+        for (entry, constants) in &shader.pipelines {
+            let mut values = naga::back::PipelineConstants::default();
+            for (name, value) in constants {
+                values.insert(name.clone(), *value);
+            }
+            let (m, i) = naga::back::pipeline_constants::process_overrides(
+                &module,
+                &info,
+                Some((ShaderStage::Compute, entry)),
+                &values,
+            )
+            .unwrap_or_else(|e| panic!("{}: {entry} {constants:?}: {e}", shader.label));
+            let name = format!("{}: {entry} {constants:?}", shader.label);
+            out.push((name, entry.clone(), m.into_owned(), i.into_owned()));
+        }
+    }
+    out
 }
 
 fn spirv_words(module: &Module, info: &ModuleInfo, entry_point: &str) -> Result<Vec<u32>, String> {
@@ -130,48 +141,61 @@ fn glsl_es310_text(
 #[test]
 fn every_shader_parses_and_validates() {
     let modules = modules();
-    // Four optimizer files, each in the scalar and the vec4 access mode with read-only or
-    // shared gradients, as the main kernel, the main kernel of a one-segment batch, and the
-    // edge kernel, each without and with every gradient flag; and the reduction in both
-    // access modes.
-    assert_eq!(modules.len(), 98);
+    let optimizers = modules
+        .iter()
+        .filter(|(s, ..)| !s.label.contains("reduce.wgsl"))
+        .count();
+    // Each optimizer file in the scalar and the vec4 access mode with read-only or shared
+    // gradients, as the main kernel, the main kernel of a one-segment batch, and the edge
+    // kernel, each without and with every gradient flag; and the reduction in both access
+    // modes.
+    assert_eq!(optimizers % 24, 0);
+    assert!(optimizers >= 24 * 4, "{optimizers} optimizer modules");
+    assert_eq!(modules.len(), optimizers + 2);
 }
 
 #[test]
 fn shaders_have_the_expected_compute_entry_points() {
-    let mut found = Vec::new();
-    for (name, module, _) in modules() {
+    for (shader, module, _) in modules() {
+        let mut found: Vec<&str> = Vec::new();
         for ep in &module.entry_points {
             assert_eq!(
                 ep.stage,
                 ShaderStage::Compute,
-                "{name}: entry point {} is not a compute shader",
+                "{}: entry point {} is not a compute shader",
+                shader.label,
                 ep.name
             );
             assert_eq!(
                 ep.workgroup_size,
                 [256, 1, 1],
-                "{name}: entry point {} has another workgroup size",
+                "{}: entry point {} has another workgroup size",
+                shader.label,
                 ep.name
             );
-            found.push(ep.name.clone());
+            found.push(&ep.name);
+        }
+        found.sort();
+        // The template's `step` (the optimizer's formula) and `finalize`; or `reduce`.
+        let want: &[&str] = if shader.label.contains("reduce.wgsl") {
+            &["reduce"]
+        } else {
+            &["finalize", "step"]
+        };
+        assert_eq!(found, want, "{}", shader.label);
+        // Every entry point makes a pipeline, and `step` one per kernel of the class.
+        for ep in want {
+            assert!(
+                shader.pipelines.iter().any(|(e, _)| e == ep),
+                "{}: no {ep} pipeline",
+                shader.label
+            );
         }
     }
-    found.sort();
-    // Every optimizer entry point and `finalize` once in each of the 96 optimizer modules,
-    // and `reduce` once per access mode.
-    let mut expected: Vec<String> = ENTRY_POINTS
-        .iter()
-        .flat_map(|e| std::iter::repeat_n(e.to_string(), 24))
-        .chain(std::iter::repeat_n("finalize".to_string(), 96))
-        .chain(std::iter::repeat_n("reduce".to_string(), 2))
-        .collect();
-    expected.sort();
-    assert_eq!(found, expected);
 }
 
 #[test]
-fn every_entry_point_translates_to_every_backend() {
+fn every_pipeline_translates_to_every_backend() {
     type Translate = fn(&Module, &ModuleInfo, &str) -> Result<(), String>;
     let backends: [(&str, Translate); 4] = [
         ("SPIR-V", to_spirv),
@@ -179,24 +203,16 @@ fn every_entry_point_translates_to_every_backend() {
         ("HLSL SM 6.0", to_hlsl),
         ("GLSL ES 3.10", to_glsl_es310),
     ];
-    let mut translated = 0;
-    for (name, module, info) in modules() {
-        for ep in &module.entry_points {
-            for (backend, translate) in backends {
-                if let Err(e) = translate(&module, &info, &ep.name) {
-                    panic!(
-                        "{name}: entry point {} fails to translate to {backend}: {e}",
-                        ep.name
-                    );
-                }
-                translated += 1;
+    let pipelines = pipelines();
+    // Every kernel of SGD (2), Adam (2), RMSprop (4) and Adagrad (1) at least.
+    assert!(pipelines.len() >= 24 * 13, "{} pipelines", pipelines.len());
+    for (name, entry, module, info) in pipelines {
+        for (backend, translate) in backends {
+            if let Err(e) = translate(&module, &info, &entry) {
+                panic!("{name} fails to translate to {backend}: {e}");
             }
         }
     }
-    assert_eq!(
-        translated,
-        (24 * ENTRY_POINTS.len() + 96 + 2) * backends.len()
-    );
 }
 
 /// Whether an external validator is installed. Under CI (`CI=true`, where `.ci/run` installs
@@ -241,18 +257,16 @@ fn spirv_val_accepts_every_entry_point() {
     if !tool("spirv-val") {
         return;
     }
-    for (name, module, info) in modules() {
-        for ep in &module.entry_points {
-            let words = spirv_words(&module, &info, &ep.name).unwrap();
-            let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-            let file = format!("{}.spv", ep.name);
-            external_check(
-                &["spirv-val", "--target-env", "vulkan1.1"],
-                &file,
-                &bytes,
-                &format!("{name}:{}", ep.name),
-            );
-        }
+    for (name, entry, module, info) in pipelines() {
+        let words = spirv_words(&module, &info, &entry).unwrap();
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let file = format!("{entry}.spv");
+        external_check(
+            &["spirv-val", "--target-env", "vulkan1.1"],
+            &file,
+            &bytes,
+            &name,
+        );
     }
 }
 
@@ -261,16 +275,9 @@ fn glslang_accepts_every_entry_point_as_glsl_es() {
     if !tool("glslangValidator") {
         return;
     }
-    for (name, module, info) in modules() {
-        for ep in &module.entry_points {
-            let text = glsl_es310_text(&module, &info, &ep.name).unwrap();
-            let file = format!("{}.comp", ep.name);
-            external_check(
-                &["glslangValidator"],
-                &file,
-                text.as_bytes(),
-                &format!("{name}:{}", ep.name),
-            );
-        }
+    for (name, entry, module, info) in pipelines() {
+        let text = glsl_es310_text(&module, &info, &entry).unwrap();
+        let file = format!("{entry}.comp");
+        external_check(&["glslangValidator"], &file, text.as_bytes(), &name);
     }
 }

@@ -79,7 +79,7 @@ fn every_kernel_passes_and_reports() {
             report.rows.iter().any(|r| r.kernel == kernel),
             "kernel {kernel} has no row"
         );
-        assert!(table.contains(kernel), "table lacks {kernel}");
+        assert!(table.contains(&kernel), "table lacks {kernel}");
     }
     assert!(table.contains("copy"));
     assert!(table.contains(&format!("seed {seed}")));

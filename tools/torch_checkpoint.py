@@ -50,8 +50,8 @@ Conversion rules:
   a parameter has follows from its group's hyperparameters; PyTorch state that the
   hyperparameters do not use, or that they need and is missing, is a ValueError.
 * Only hyperparameters wgpu-optim's configurations accept are exported.  PyTorch's foreach,
-  capturable, differentiable, fused, param_names and decoupled_weight_decay (which must be
-  False for Adam and True or absent for AdamW) are dropped, as are the keys LR schedulers add
+  capturable, differentiable, fused and param_names are dropped, and so is AdamW's
+  decoupled_weight_decay (which must be True or absent; Adam keeps its own), as are the keys LR schedulers add
   to groups (initial_lr, max_lr, min_lr, base_momentum, max_momentum); on import they come
   from the target optimizer's own groups.  Any other group key is a ValueError.
 * LR schedulers are not converted: the export writes no ``scheduler`` entry, and the import
@@ -83,15 +83,15 @@ VERSION = "1"
 # Hyperparameters per class, under PyTorch's argument names: what wgpu-optim accepts.
 HYPERPARAMETERS = {
     "SGD": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
-    "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"),
+    "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
+             "decoupled_weight_decay"),
     "AdamW": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"),
     "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
     "Adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"),
 }
-BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered"}
+BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered", "decoupled_weight_decay"}
 # PyTorch group keys that are implementation choices or bookkeeping, not hyperparameters.
-DROPPED_KEYS = {"foreach", "capturable", "differentiable", "fused", "param_names",
-                "decoupled_weight_decay"}
+DROPPED_KEYS = {"foreach", "capturable", "differentiable", "fused", "param_names"}
 # Keys LR schedulers add to param groups (the scheduler's state, not the optimizer's).
 SCHEDULER_KEYS = {"initial_lr", "max_lr", "min_lr", "base_momentum", "max_momentum"}
 SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_growth_tracker")
@@ -151,14 +151,13 @@ def _export_group(cls_name, group, g):
     for key, value in group.items():
         if key == "params" or key in DROPPED_KEYS or key in SCHEDULER_KEYS:
             continue
+        if key == "decoupled_weight_decay" and cls_name == "AdamW":
+            continue
         if key not in allowed:
             raise ValueError(f"{what}: {cls_name} hyperparameter {key!r} is not supported by "
                              f"wgpu-optim (supported: {', '.join(allowed)})")
         out[key] = _hyper_value(key, value, what)
     dwd = group.get("decoupled_weight_decay")
-    if cls_name == "Adam" and dwd not in (None, False):
-        raise ValueError(f"{what}: Adam with decoupled_weight_decay={dwd!r} is AdamW; "
-                         "convert it as an AdamW optimizer")
     if cls_name == "AdamW" and dwd not in (None, True):
         raise ValueError(f"{what}: AdamW with decoupled_weight_decay={dwd!r} is not supported")
     # Keep the order of the class's argument list, so the JSON is stable.

@@ -8,7 +8,7 @@
 use super::template::{COEFFS_STRIDE, STEP_HEADER_SIZE, TABLE_SIZE, WORKGROUP_SIZE, flags};
 use super::{Access, Context};
 use crate::error::{Error, Result};
-use crate::optim::{Kernel, Shader};
+use crate::optim::{Kernel, OptimizerConfig, Shader};
 use std::num::NonZeroU64;
 
 const SCALAR: &str = include_str!("../../shaders/scalar.wgsl");
@@ -32,10 +32,10 @@ pub(crate) enum GradAccess {
 /// One shader module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Module {
-    /// An optimizer's step kernels and its `finalize`, with the step's `FLAGS` (bits of
+    /// An optimizer's step kernel and its `finalize`, with the step's `FLAGS` (bits of
     /// [`STEP_FLAGS`]) as a constant, so that a step without clipping or a grad scaler reads
     /// nothing for them.
-    Optimizer(Shader, Access, GradAccess, u32),
+    Optimizer(&'static Shader, Access, GradAccess, u32),
     /// The gradient reduction.
     Reduce(Access),
 }
@@ -46,7 +46,7 @@ pub(crate) enum Pipeline {
     /// An optimizer's step kernel, with the step's flags.
     Step(Kernel, Access, GradAccess, u32),
     /// An optimizer's `finalize`.
-    Finalize(Shader),
+    Finalize(&'static Shader),
     /// The gradient reduction.
     Reduce(Access),
 }
@@ -81,21 +81,12 @@ pub(crate) const EDGES: u32 = 1 << 8;
 /// shaders/common.wgsl).
 pub(crate) const SINGLE: u32 = 1 << 9;
 
-fn shader_file(shader: Shader) -> &'static str {
-    match shader {
-        Shader::Sgd => include_str!("../../shaders/sgd.wgsl"),
-        Shader::Adam => include_str!("../../shaders/adam.wgsl"),
-        Shader::Rmsprop => include_str!("../../shaders/rmsprop.wgsl"),
-        Shader::Adagrad => include_str!("../../shaders/adagrad.wgsl"),
-    }
-}
-
 impl Module {
     /// Every module this crate compiles.
     pub(crate) fn all() -> Vec<Module> {
         let mut out = Vec::new();
         for access in [Access::Scalar, Access::Vec4] {
-            for shader in Shader::ALL {
+            for shader in OptimizerConfig::shaders() {
                 for grad in [GradAccess::ReadOnly, GradAccess::Shared] {
                     for flags in [
                         0,
@@ -140,10 +131,36 @@ impl Module {
                     flags & EDGES != 0,
                     flags & SINGLE != 0,
                     storage.replace("GRAD_ACCESS", mode),
-                    shader_file(shader)
+                    shader.source
                 )
             }
             Module::Reduce(access) => format!("{}\n{LAYOUT}\n{REDUCE}", prologue(access)),
+        }
+    }
+
+    /// The pipelines made from this module: each entry point with the values of its
+    /// pipeline-overridable constants, one for every kernel of the shader.
+    pub(crate) fn pipelines(self) -> Vec<(String, Vec<(String, f64)>)> {
+        match self {
+            Module::Optimizer(shader, ..) => {
+                let mut out = vec![("finalize".to_string(), Vec::new())];
+                let mut kernels: Vec<Kernel> = Vec::new();
+                for config in OptimizerConfig::all_cases() {
+                    let k = config.kernel();
+                    if k.shader == shader && !kernels.contains(&k) {
+                        kernels.push(k);
+                    }
+                }
+                for k in kernels {
+                    let constants = k.constants().into_iter();
+                    out.push((
+                        "step".to_string(),
+                        constants.map(|(n, v)| (n.to_string(), v)).collect(),
+                    ));
+                }
+                out
+            }
+            Module::Reduce(_) => vec![("reduce".to_string(), Vec::new())],
         }
     }
 
@@ -163,7 +180,7 @@ impl Module {
                 };
                 format!(
                     "shaders/{} ({access}, {grad}, flags {}{edges}{single})",
-                    shader.file(),
+                    shader.file,
                     flags & STEP_FLAGS
                 )
             }
@@ -221,23 +238,34 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
             limits.max_uniform_buffer_binding_size
         )));
     }
-    let (module, entry, layout) = match pipeline {
+    let (module, entry, layout, constants) = match pipeline {
         Pipeline::Step(kernel, access, grad, flags) => (
             Module::Optimizer(
-                kernel.shader(),
+                kernel.shader,
                 access,
                 grad,
                 flags & (STEP_FLAGS | EDGES | SINGLE),
             ),
-            kernel.entry_point(),
+            "step",
             Layout::Step(access, grad),
+            kernel.constants(),
         ),
         Pipeline::Finalize(shader) => (
             Module::Optimizer(shader, Access::Scalar, GradAccess::ReadOnly, 0),
             "finalize",
             Layout::Finalize,
+            Vec::new(),
         ),
-        Pipeline::Reduce(access) => (Module::Reduce(access), "reduce", Layout::Reduce(access)),
+        Pipeline::Reduce(access) => (
+            Module::Reduce(access),
+            "reduce",
+            Layout::Reduce(access),
+            Vec::new(),
+        ),
+    };
+    let name = match pipeline {
+        Pipeline::Step(kernel, ..) => kernel.name(),
+        _ => entry.to_string(),
     };
     let entries = layout.entries();
     let storage_count = entries
@@ -254,14 +282,14 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
         .count() as u32;
     if storage_count > limits.max_storage_buffers_per_shader_stage {
         return Err(Error::Unsupported(format!(
-            "the {entry} kernel: it binds {storage_count} storage buffers but the device allows {} per shader stage (max_storage_buffers_per_shader_stage)",
+            "the {name} kernel: it binds {storage_count} storage buffers but the device allows {} per shader stage (max_storage_buffers_per_shader_stage)",
             limits.max_storage_buffers_per_shader_stage
         )));
     }
 
     let device = ctx.device();
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
-    let label = format!("wgpu-optim {entry} ({})", module.label());
+    let label = format!("wgpu-optim {name} ({})", module.label());
     let table = match layout {
         Layout::Step(..) | Layout::Reduce(_) => Some(ctx.layout(Layout::Table)),
         Layout::Finalize | Layout::Table => None,
@@ -280,7 +308,10 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
         layout: Some(&pipeline_layout),
         module: &module,
         entry_point: Some(entry),
-        compilation_options: Default::default(),
+        compilation_options: wgpu::PipelineCompilationOptions {
+            constants: &constants,
+            ..Default::default()
+        },
         cache: None,
     });
     if let Some(e) = pollster::block_on(scope.pop()) {
@@ -324,7 +355,6 @@ mod tests {
 
     use super::*;
     use crate::gpu::template::{CONTROL_HEADER, StepConfig, TENSOR_STEP_SIZE};
-    use crate::optim::{AdagradHyper, AdamHyper, RmspropHyper, SgdHyper};
     use std::mem::offset_of;
 
     fn parse(module: Module) -> naga::Module {
@@ -366,112 +396,60 @@ mod tests {
         };
     }
 
+    /// Every shader's `Hyper` is as large as the record its class writes, whose fields are all
+    /// 4-byte scalars (a field out of order fails the kernels' tests against the CPU
+    /// reference), and its `Coeffs` fits the stride `finalize` writes them at.
     #[test]
-    fn host_structs_match_naga_layouts() {
+    fn every_shader_matches_its_host_records() {
+        for shader in OptimizerConfig::shaders() {
+            for access in [Access::Scalar, Access::Vec4] {
+                let module = parse(Module::Optimizer(shader, access, GradAccess::ReadOnly, 0));
+                let (_, hyper) = naga_layout(&module, "Hyper");
+                assert_eq!(u64::from(hyper), shader.hyper_size, "{}", shader.file);
+                // A `Coeffs` that aliases `Hyper` is not a struct of its own.
+                let own = module
+                    .types
+                    .iter()
+                    .any(|(_, t)| t.name.as_deref() == Some("Coeffs"));
+                let coeffs = if own {
+                    naga_layout(&module, "Coeffs").1
+                } else {
+                    hyper
+                };
+                assert!(u64::from(coeffs) <= COEFFS_STRIDE, "{}", shader.file);
+                let (fields, _) = naga_layout(&module, "Derived");
+                assert_eq!(fields[1], ("tensors".into(), STEP_HEADER_SIZE as u32));
+            }
+        }
+    }
+
+    #[test]
+    fn template_structs_match_naga_layouts() {
         let adam = parse(Module::Optimizer(
-            Shader::Adam,
+            OptimizerConfig::shaders()[0],
             Access::Vec4,
             GradAccess::ReadOnly,
             0,
         ));
-        let sgd = parse(Module::Optimizer(
-            Shader::Sgd,
-            Access::Scalar,
-            GradAccess::Shared,
-            EDGES,
-        ));
-        let rms = parse(Module::Optimizer(
-            Shader::Rmsprop,
-            Access::Vec4,
-            GradAccess::Shared,
-            STEP_FLAGS | EDGES,
-        ));
-        let ada = parse(Module::Optimizer(
-            Shader::Adagrad,
-            Access::Scalar,
-            GradAccess::ReadOnly,
-            STEP_FLAGS,
-        ));
         let reduce = parse(Module::Reduce(Access::Vec4));
-        let cases = [
-            (
-                &adam,
-                "Hyper",
-                rust_layout!(
-                    AdamHyper,
-                    [
-                        lr,
-                        one_minus_beta1,
-                        beta2,
-                        one_minus_beta2,
-                        ln_beta1,
-                        ln_beta2,
-                        eps,
-                        weight_decay,
-                        decay,
-                        grad_sign,
-                    ]
-                ),
-            ),
-            (
-                &sgd,
-                "Hyper",
-                rust_layout!(
-                    SgdHyper,
-                    [
-                        lr,
-                        momentum,
-                        one_minus_dampening,
-                        weight_decay,
-                        grad_sign,
-                        nesterov,
-                    ]
-                ),
-            ),
-            (
-                &rms,
-                "Hyper",
-                rust_layout!(
-                    RmspropHyper,
-                    [
-                        lr,
-                        alpha,
-                        one_minus_alpha,
-                        eps,
-                        weight_decay,
-                        momentum,
-                        grad_sign,
-                    ]
-                ),
-            ),
-            (
-                &ada,
-                "Hyper",
-                rust_layout!(AdagradHyper, [lr, lr_decay, eps, weight_decay, grad_sign]),
-            ),
-            (
-                &reduce,
-                "StepConfig",
-                rust_layout!(
-                    StepConfig,
-                    [
-                        tensors,
-                        partials,
-                        flags,
-                        growth_interval,
-                        max_norm,
-                        clip_value,
-                        growth_factor,
-                        growth_factor_lo,
-                        backoff_factor,
-                        backoff_factor_lo,
-                    ]
-                ),
-            ),
-        ];
-        for (module, name, want) in cases {
-            assert_eq!(naga_layout(module, name), want, "{name}");
-        }
+        assert_eq!(
+            naga_layout(&reduce, "StepConfig"),
+            rust_layout!(
+                StepConfig,
+                [
+                    tensors,
+                    partials,
+                    flags,
+                    growth_interval,
+                    max_norm,
+                    clip_value,
+                    growth_factor,
+                    growth_factor_lo,
+                    backoff_factor,
+                    backoff_factor_lo,
+                ]
+            )
+        );
         // Written word by word by `segment_table`, and read back by `step_count`,
         // `read_grad_scaler` and `read_step_report`.
         let words = |names: &[&str]| -> Vec<(String, u32)> {
@@ -520,17 +498,5 @@ mod tests {
             naga_layout(&adam, "StepHeader"),
             (header, STEP_HEADER_SIZE as u32)
         );
-        // RMSprop's `Coeffs` is an alias of its `Hyper`.
-        for (module, coeffs) in [
-            (&adam, "Coeffs"),
-            (&sgd, "Coeffs"),
-            (&rms, "Hyper"),
-            (&ada, "Coeffs"),
-        ] {
-            let (_, size) = naga_layout(module, coeffs);
-            assert!(u64::from(size) <= COEFFS_STRIDE, "Coeffs of {size} bytes");
-            let (fields, _) = naga_layout(module, "Derived");
-            assert_eq!(fields[1], ("tensors".into(), STEP_HEADER_SIZE as u32));
-        }
     }
 }

@@ -1,5 +1,6 @@
-use super::{check, grad_sign, non_negative, py_float};
+use super::{Class, Shader, TorchSwitch, check_non_negative, grad_sign, with_wd_and_maximize};
 use crate::error::Result;
+use crate::reference::Real;
 use serde::{Deserialize, Serialize};
 
 /// `torch.optim.Adagrad`.
@@ -58,39 +59,56 @@ pub(crate) struct AdagradHyper {
 }
 const _: () = assert!(size_of::<AdagradHyper>() == 32);
 
-impl Adagrad {
-    /// PyTorch's constructor checks.
-    pub fn validate(&self) -> Result<()> {
-        check(non_negative(self.lr), || {
-            format!("Invalid learning rate: {}", py_float(self.lr))
-        })?;
-        check(non_negative(self.lr_decay), || {
-            format!("Invalid lr_decay value: {}", py_float(self.lr_decay))
-        })?;
-        check(non_negative(self.weight_decay), || {
-            format!(
-                "Invalid weight_decay value: {}",
-                py_float(self.weight_decay)
-            )
-        })?;
-        check(non_negative(self.initial_accumulator_value), || {
-            format!(
-                "Invalid initial_accumulator_value value: {}",
-                py_float(self.initial_accumulator_value)
-            )
-        })?;
-        check(non_negative(self.eps), || {
-            format!("Invalid epsilon value: {}", py_float(self.eps))
-        })
-    }
+/// The kernel template's view of `shaders/adagrad.wgsl`.
+const SHADER: Shader = Shader {
+    file: "adagrad.wgsl",
+    source: include_str!("../../shaders/adagrad.wgsl"),
+    switches: &[],
+    hyper_size: size_of::<AdagradHyper>() as u64,
+};
 
+impl Adagrad {
     /// The effective learning rate of step `t` (1-based), computed in f64 as PyTorch does.
     pub fn clr(&self, t: u64) -> f64 {
         self.lr / (1.0 + (t as f64 - 1.0) * self.lr_decay)
     }
+}
 
-    /// The group's record for one step; the kernel forms `clr` from each tensor's step count.
-    pub(crate) fn hyper(&self) -> AdagradHyper {
+impl Class for Adagrad {
+    const NAME: &'static str = "Adagrad";
+    const SHADER: &'static Shader = &SHADER;
+    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
+        TorchSwitch::Foreach,
+        TorchSwitch::Differentiable,
+        TorchSwitch::Fused,
+    ];
+    type Hyper = AdagradHyper;
+
+    fn validate(&self) -> Result<()> {
+        check_non_negative("learning rate", self.lr)?;
+        check_non_negative("lr_decay value", self.lr_decay)?;
+        check_non_negative("weight_decay value", self.weight_decay)?;
+        check_non_negative(
+            "initial_accumulator_value value",
+            self.initial_accumulator_value,
+        )?;
+        check_non_negative("epsilon value", self.eps)
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["sum"]
+    }
+
+    fn initial_state(&self, _name: &str) -> f64 {
+        self.initial_accumulator_value
+    }
+
+    /// The kernel forms `clr` from each tensor's step count.
+    fn hyper(&self) -> AdagradHyper {
         AdagradHyper {
             lr: self.lr as f32,
             lr_decay: self.lr_decay as f32,
@@ -99,5 +117,43 @@ impl Adagrad {
             grad_sign: grad_sign(self.maximize),
             _pad: [0.0; 3],
         }
+    }
+
+    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+        let (clr, eps, wd, sign) = (
+            F::of(self.clr(t)),
+            F::of(self.eps),
+            F::of(self.weight_decay),
+            F::of(grad_sign(self.maximize).into()),
+        );
+        let sum = &mut state[0];
+        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+            let mut g = sign * g;
+            if self.weight_decay != 0.0 {
+                g += wd * *p;
+            }
+            sum[i] += g * g;
+            *p -= clr * (g / (sum[i].sqrt() + eps));
+        }
+    }
+
+    fn cases() -> Vec<Self> {
+        with_wd_and_maximize(0.05, |weight_decay, maximize| {
+            [(0.01, 0.1), (0.0, 0.0)]
+                .into_iter()
+                .map(|(lr_decay, initial_accumulator_value)| Adagrad {
+                    lr: 0.1,
+                    lr_decay,
+                    weight_decay,
+                    initial_accumulator_value,
+                    maximize,
+                    ..Default::default()
+                })
+                .collect()
+        })
+    }
+
+    fn bench_cases() -> Vec<(&'static str, Self)> {
+        vec![("adagrad", Adagrad::default())]
     }
 }

@@ -1,5 +1,9 @@
-use super::{Kernel, check, grad_sign, non_negative, py_float};
+use super::{
+    Class, Shader, TorchSwitch, check_betas, check_lr_eps, check_non_negative, grad_sign,
+    with_wd_and_maximize,
+};
 use crate::error::Result;
+use crate::reference::{Real, lerp};
 use serde::{Deserialize, Serialize};
 
 /// `torch.optim.Adam`, with L2 weight decay added to the gradient.
@@ -15,8 +19,9 @@ use serde::{Deserialize, Serialize};
 /// θ ← θ − lr/(1 − β1ᵗ) · m / (√v̂ / √(1 − β2ᵗ) + ε)
 /// ```
 ///
-/// ε is added after bias-correcting √v̂. State: `exp_avg`, `exp_avg_sq`, and `max_exp_avg_sq`
-/// with `amsgrad`.
+/// ε is added after bias-correcting √v̂. With `decoupled_weight_decay`, `θ ← θ·(1 − lr·λ)`
+/// replaces the first line, as in [`AdamW`]. State: `exp_avg`, `exp_avg_sq`, and
+/// `max_exp_avg_sq` with `amsgrad`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Adam {
@@ -33,6 +38,9 @@ pub struct Adam {
     pub amsgrad: bool,
     /// Maximize the objective instead of minimizing (default false).
     pub maximize: bool,
+    /// Decay the parameters by `lr·weight_decay` instead of adding `weight_decay·θ` to the
+    /// gradient: AdamW's rule (default false).
+    pub decoupled_weight_decay: bool,
 }
 
 /// `torch.optim.AdamW`: [`Adam`] with decoupled weight decay. Before the Adam update,
@@ -63,6 +71,7 @@ impl Default for Adam {
             weight_decay: 0.0,
             amsgrad: false,
             maximize: false,
+            decoupled_weight_decay: false,
         }
     }
 }
@@ -99,56 +108,59 @@ pub(crate) struct AdamHyper {
 }
 const _: () = assert!(size_of::<AdamHyper>() == 48);
 
-/// The fields Adam and AdamW share, with how weight decay applies.
-#[derive(Clone, Copy, Debug)]
-pub(crate) struct AdamLike {
-    pub(crate) lr: f64,
-    pub(crate) betas: (f64, f64),
-    pub(crate) eps: f64,
-    pub(crate) weight_decay: f64,
-    pub(crate) amsgrad: bool,
-    pub(crate) maximize: bool,
-    /// AdamW's decoupled decay (`param *= 1 - lr * weight_decay`) instead of Adam's L2 term.
-    pub(crate) decoupled: bool,
-}
+/// The kernel template's view of `shaders/adam.wgsl`, which Adam and AdamW share.
+const SHADER: Shader = Shader {
+    file: "adam.wgsl",
+    source: include_str!("../../shaders/adam.wgsl"),
+    switches: &["AMSGRAD"],
+    hyper_size: size_of::<AdamHyper>() as u64,
+};
 
-impl AdamLike {
+/// The implementation switches `torch.optim.Adam` and `AdamW` take.
+const SWITCHES: &[TorchSwitch] = &[
+    TorchSwitch::Foreach,
+    TorchSwitch::Capturable,
+    TorchSwitch::Differentiable,
+    TorchSwitch::Fused,
+];
+
+impl Class for Adam {
+    const NAME: &'static str = "Adam";
+    const SHADER: &'static Shader = &SHADER;
+    const TORCH_SWITCHES: &'static [TorchSwitch] = SWITCHES;
+    type Hyper = AdamHyper;
+
     fn validate(&self) -> Result<()> {
-        check(non_negative(self.lr), || {
-            format!("Invalid learning rate: {}", py_float(self.lr))
-        })?;
-        check(non_negative(self.eps), || {
-            format!("Invalid epsilon value: {}", py_float(self.eps))
-        })?;
-        let (b1, b2) = self.betas;
-        check(non_negative(b1) && b1 < 1.0, || {
-            format!("Invalid beta parameter at index 0: {}", py_float(b1))
-        })?;
-        check(non_negative(b2) && b2 < 1.0, || {
-            format!("Invalid beta parameter at index 1: {}", py_float(b2))
-        })?;
-        check(non_negative(self.weight_decay), || {
-            format!(
-                "Invalid weight_decay value: {}",
-                py_float(self.weight_decay)
-            )
-        })
+        check_lr_eps(self.lr, self.eps)?;
+        check_betas(self.betas)?;
+        check_non_negative("weight_decay value", self.weight_decay)
     }
 
-    fn kernel(&self) -> Kernel {
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.betas.0)
+    }
+
+    fn switches(&self) -> u32 {
+        u32::from(self.amsgrad)
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
         if self.amsgrad {
-            Kernel::AdamAmsgrad
+            &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]
         } else {
-            Kernel::Adam
+            &["exp_avg", "exp_avg_sq"]
         }
     }
 
-    /// The group's record for one step. The kernel forms the bias corrections `1 − βᵗ` from
-    /// each tensor's step count `t` on the GPU, as `-expm1(t·ln β)`, with `ln β` computed here
-    /// in f64.
+    /// The kernel forms the bias corrections `1 − βᵗ` from each tensor's step count `t` on the
+    /// GPU, as `-expm1(t·ln β)`, with `ln β` computed here in f64.
     fn hyper(&self) -> AdamHyper {
         let (b1, b2) = self.betas;
-        let (weight_decay, decay) = if self.decoupled {
+        let (weight_decay, decay) = if self.decoupled_weight_decay {
             (0.0, 1.0 - self.lr * self.weight_decay)
         } else {
             (self.weight_decay, 1.0)
@@ -169,60 +181,130 @@ impl AdamLike {
             _pad: [0.0; 2],
         }
     }
-}
 
-impl Adam {
-    /// The shared Adam/AdamW view of this config.
-    pub(crate) fn like(&self) -> AdamLike {
-        AdamLike {
-            lr: self.lr,
-            betas: self.betas,
-            eps: self.eps,
-            weight_decay: self.weight_decay,
-            amsgrad: self.amsgrad,
-            maximize: self.maximize,
-            decoupled: false,
+    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+        let (b1, b2) = self.betas;
+        let t = t as f64;
+        let step_size = F::of(self.lr / (1.0 - b1.powf(t)));
+        let bc2_sqrt = F::of((1.0 - b2.powf(t)).sqrt());
+        let decay = F::of(1.0 - self.lr * self.weight_decay);
+        let (wd, eps, sign) = (
+            F::of(self.weight_decay),
+            F::of(self.eps),
+            F::of(grad_sign(self.maximize).into()),
+        );
+        let (one_minus_b1, beta2, one_minus_b2) = (F::of(1.0 - b1), F::of(b2), F::of(1.0 - b2));
+        let [m, v, rest @ ..] = state else {
+            panic!("Adam keeps exp_avg and exp_avg_sq");
+        };
+        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+            let mut g = sign * g;
+            if self.decoupled_weight_decay {
+                *p *= decay;
+            } else if self.weight_decay != 0.0 {
+                g += wd * *p;
+            }
+            m[i] = lerp(m[i], g, one_minus_b1);
+            v[i] = v[i] * beta2 + one_minus_b2 * g * g;
+            let mut second = v[i];
+            if let Some(vmax) = rest.first_mut().map(|b| &mut b[i]) {
+                *vmax = vmax.max(v[i]);
+                second = *vmax;
+            }
+            *p -= step_size * (m[i] / (second.sqrt() / bc2_sqrt + eps));
         }
     }
 
-    /// PyTorch's constructor checks.
-    pub fn validate(&self) -> Result<()> {
-        self.like().validate()
+    fn cases() -> Vec<Self> {
+        with_wd_and_maximize(0.05, |weight_decay, maximize| {
+            let adam = |amsgrad, decoupled_weight_decay| Adam {
+                lr: 0.01,
+                betas: (0.8, 0.99),
+                weight_decay,
+                amsgrad,
+                maximize,
+                decoupled_weight_decay,
+                ..Default::default()
+            };
+            vec![adam(false, false), adam(true, false), adam(false, true)]
+        })
     }
 
-    pub(crate) fn kernel(&self) -> Kernel {
-        self.like().kernel()
-    }
-
-    pub(crate) fn hyper(&self) -> AdamHyper {
-        self.like().hyper()
+    fn bench_cases() -> Vec<(&'static str, Self)> {
+        let amsgrad = Adam {
+            amsgrad: true,
+            ..Default::default()
+        };
+        vec![("adam", Adam::default()), ("adam-amsgrad", amsgrad)]
     }
 }
 
 impl AdamW {
-    /// The shared Adam/AdamW view of this config.
-    pub(crate) fn like(&self) -> AdamLike {
-        AdamLike {
+    /// This configuration as [`Adam`] with `decoupled_weight_decay`, which is what PyTorch's
+    /// `AdamW` is.
+    pub fn adam(&self) -> Adam {
+        Adam {
             lr: self.lr,
             betas: self.betas,
             eps: self.eps,
             weight_decay: self.weight_decay,
             amsgrad: self.amsgrad,
             maximize: self.maximize,
-            decoupled: true,
+            decoupled_weight_decay: true,
         }
     }
+}
 
-    /// PyTorch's constructor checks (the same as Adam's).
-    pub fn validate(&self) -> Result<()> {
-        self.like().validate()
+impl Class for AdamW {
+    const NAME: &'static str = "AdamW";
+    const SHADER: &'static Shader = &SHADER;
+    const TORCH_SWITCHES: &'static [TorchSwitch] = SWITCHES;
+    type Hyper = AdamHyper;
+
+    fn validate(&self) -> Result<()> {
+        Class::validate(&self.adam())
     }
 
-    pub(crate) fn kernel(&self) -> Kernel {
-        self.like().kernel()
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
     }
 
-    pub(crate) fn hyper(&self) -> AdamHyper {
-        self.like().hyper()
+    fn momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.betas.0)
+    }
+
+    fn switches(&self) -> u32 {
+        self.adam().switches()
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
+        Class::state_names(&self.adam())
+    }
+
+    fn hyper(&self) -> AdamHyper {
+        self.adam().hyper()
+    }
+
+    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+        self.adam().reference(t, param, grad, state);
+    }
+
+    fn cases() -> Vec<Self> {
+        with_wd_and_maximize(0.1, |weight_decay, maximize| {
+            [false, true]
+                .into_iter()
+                .map(|amsgrad| AdamW {
+                    lr: 0.01,
+                    weight_decay,
+                    amsgrad,
+                    maximize,
+                    ..Default::default()
+                })
+                .collect()
+        })
+    }
+
+    fn bench_cases() -> Vec<(&'static str, Self)> {
+        vec![("adamw", AdamW::default())]
     }
 }

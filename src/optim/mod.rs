@@ -1,5 +1,6 @@
-//! Optimizer configurations: PyTorch's class names, argument names, defaults and checks, and the
-//! per-group values each kernel reads for a step.
+//! Optimizer classes: PyTorch's class names, argument names, defaults and checks, the per-group
+//! values each kernel reads for a step, and the registry that carries every class to the
+//! optimizer, the CLI, `validate`, `bench`, `replay` and the tests.
 //!
 //! Each configuration type mirrors one `torch.optim` class. It deserializes from JSON with
 //! PyTorch's argument names (missing arguments take PyTorch's defaults), and
@@ -13,29 +14,426 @@
 //! cfg.validate().unwrap();
 //! assert_eq!(cfg.state_names(), ["exp_avg", "exp_avg_sq", "max_exp_avg_sq"]);
 //! ```
+//!
+//! PyTorch's implementation switches (`foreach`, `fused`, `capturable`, `differentiable`) are
+//! accepted where the class takes them. Every step here is one fused multi-tensor kernel whose
+//! step count lives on the GPU, so `foreach`, `fused` and `capturable` change nothing;
+//! `differentiable` must be false, since no autograd graph records the step.
+//!
+//! # Adding an optimizer
+//! One Rust file here implements [`Class`] for its configuration (PyTorch's defaults and checks,
+//! its state, its `Hyper` record, its CPU reference and the option combinations the tests
+//! cover), one WGSL file under shaders/ states its update formula in the kernel template
+//! (shaders/common.wgsl), and one line of the `registry!` below names it.
 
+mod adadelta;
 mod adagrad;
 mod adam;
+mod adamax;
+mod radam;
 mod rmsprop;
+mod rprop;
 mod sgd;
 
+pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
-pub(crate) use adagrad::AdagradHyper;
 pub use adam::{Adam, AdamW};
-pub(crate) use adam::{AdamHyper, AdamLike};
+pub use adamax::Adamax;
+pub use radam::RAdam;
 pub use rmsprop::RMSprop;
-pub(crate) use rmsprop::RmspropHyper;
+pub use rprop::Rprop;
 pub use sgd::SGD;
-pub(crate) use sgd::SgdHyper;
 
 use crate::error::{Error, Result};
-use serde::{Deserialize, Serialize};
+use crate::reference::Real;
+use serde::de::{DeserializeOwned, Error as _};
+use serde::{Deserialize, Deserializer, Serialize};
+use serde_json::{Map, Value};
 
-/// The hyperparameters of one parameter group: which `torch.optim` class, and its arguments.
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type")]
-#[allow(clippy::upper_case_acronyms)]
-pub enum OptimizerConfig {
+/// One optimizer shader: the WGSL file that states an update formula in the kernel template.
+/// Shaders are told apart by file name.
+#[derive(Debug)]
+pub(crate) struct Shader {
+    /// The file name under shaders/, e.g. `"adam.wgsl"`.
+    pub(crate) file: &'static str,
+    /// The file's WGSL.
+    pub(crate) source: &'static str,
+    /// The names of the shader's `override` booleans, in the order of [`Class::switches`]'s
+    /// bits, e.g. `["AMSGRAD"]`.
+    pub(crate) switches: &'static [&'static str],
+    /// Bytes of one parameter group's record (`Hyper` in the shader).
+    pub(crate) hyper_size: u64,
+}
+
+impl PartialEq for Shader {
+    fn eq(&self, other: &Self) -> bool {
+        self.file == other.file
+    }
+}
+
+impl Eq for Shader {}
+
+impl std::hash::Hash for Shader {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.file.hash(state);
+    }
+}
+
+/// One compiled step kernel: a shader with its switches set and its number of state buffers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Kernel {
+    pub(crate) shader: &'static Shader,
+    /// Bits of [`Shader::switches`] that are on.
+    pub(crate) switches: u32,
+    /// State buffers the kernel loads and stores (`STATES` in shaders/common.wgsl).
+    pub(crate) states: u32,
+}
+
+impl Kernel {
+    /// The kernel's name: the shader's file stem and the switches that are on, lower case,
+    /// e.g. `"adam_amsgrad"` or `"rmsprop_centered_momentum"`.
+    pub(crate) fn name(&self) -> String {
+        let mut name = self.shader.file.trim_end_matches(".wgsl").to_string();
+        for (bit, switch) in self.shader.switches.iter().enumerate() {
+            if self.switches & (1 << bit) != 0 {
+                name.push('_');
+                name.push_str(&switch.to_lowercase());
+            }
+        }
+        name
+    }
+
+    /// The values of the shader's pipeline-overridable constants.
+    pub(crate) fn constants(&self) -> Vec<(&'static str, f64)> {
+        let mut out = vec![("STATES", f64::from(self.states))];
+        for (bit, switch) in self.shader.switches.iter().enumerate() {
+            out.push((switch, f64::from(self.switches >> bit & 1)));
+        }
+        out
+    }
+}
+
+/// What the crate needs of one optimizer class, declared in the class's own file.
+pub(crate) trait Class:
+    Copy + Default + PartialEq + std::fmt::Debug + Serialize + DeserializeOwned + 'static
+{
+    /// PyTorch's class name.
+    const NAME: &'static str;
+    /// The shader that states the update formula.
+    const SHADER: &'static Shader;
+    /// Which of PyTorch's implementation switches the class's constructor takes.
+    const TORCH_SWITCHES: &'static [TorchSwitch];
+    /// Whether PyTorch keeps a `step` entry in the per-parameter state.
+    const STEP_STATE: bool = true;
+    /// One parameter group's record for one step (`Hyper` in the shader).
+    type Hyper: bytemuck::Pod;
+
+    /// PyTorch's constructor checks, with PyTorch's messages.
+    fn validate(&self) -> Result<()>;
+    /// The learning rate.
+    fn lr_mut(&mut self) -> &mut f64;
+    /// The value a scheduler's `cycle_momentum` cycles (momentum, or beta1), if the class has
+    /// one.
+    fn momentum_mut(&mut self) -> Option<&mut f64> {
+        None
+    }
+    /// Bits of the shader's switches this configuration turns on.
+    fn switches(&self) -> u32 {
+        0
+    }
+    /// PyTorch's names of the state buffers, in the order the kernel binds them.
+    fn state_names(&self) -> &'static [&'static str];
+    /// The value a state buffer holds before the first step.
+    fn initial_state(&self, _name: &str) -> f64 {
+        0.0
+    }
+    /// The group's record for one step.
+    fn hyper(&self) -> Self::Hyper;
+    /// One step on the CPU, in `F`: step number `t` (1 for the first), the state buffers in
+    /// [`state_names`](Self::state_names) order. Per-step scalars are computed in f64 and
+    /// rounded once, as the host rounds what it writes for the kernel; elementwise arithmetic
+    /// runs in `F`, in the order of PyTorch's single-tensor implementation.
+    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]);
+    /// The option combinations `validate` and the tests run: every kernel of the class, with
+    /// and without weight decay and `maximize`.
+    fn cases() -> Vec<Self>;
+    /// The benchmark cases, one per kernel, named as `wgpu-optim bench` lists them.
+    fn bench_cases() -> Vec<(&'static str, Self)>;
+}
+
+/// One of PyTorch's implementation switches a constructor may take.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum TorchSwitch {
+    /// `foreach`: `None` or a bool. Changes nothing here.
+    Foreach,
+    /// `fused`: `None` or a bool. Changes nothing here.
+    Fused,
+    /// `capturable`: a bool. Changes nothing here (the step count lives on the GPU).
+    Capturable,
+    /// `differentiable`: must be false.
+    Differentiable,
+}
+
+impl TorchSwitch {
+    fn name(self) -> &'static str {
+        match self {
+            Self::Foreach => "foreach",
+            Self::Fused => "fused",
+            Self::Capturable => "capturable",
+            Self::Differentiable => "differentiable",
+        }
+    }
+
+    /// Checks the switch's value as given in JSON.
+    fn check(self, value: &Value) -> std::result::Result<(), String> {
+        let name = self.name();
+        match (self, value) {
+            (Self::Differentiable, Value::Bool(true)) => Err(
+                "differentiable=True is not supported: no autograd graph records a wgpu-optim step"
+                    .into(),
+            ),
+            (_, Value::Bool(_)) => Ok(()),
+            (Self::Foreach | Self::Fused, Value::Null) => Ok(()),
+            _ => Err(format!("{name} must be a bool, not {value}")),
+        }
+    }
+}
+
+/// The object-safe face of [`Class`], through which [`OptimizerConfig`] reaches its class.
+pub(crate) trait DynClass {
+    fn name(&self) -> &'static str;
+    fn validate(&self) -> Result<()>;
+    fn lr(&self) -> f64;
+    fn set_lr(&mut self, lr: f64);
+    fn momentum_mut(&mut self) -> Option<&mut f64>;
+    fn kernel(&self) -> Kernel;
+    fn state_names(&self) -> &'static [&'static str];
+    fn initial_state(&self, name: &str) -> f64;
+    fn step_state(&self) -> bool;
+    fn write_hyper(&self, out: &mut [u8]);
+    fn options(&self) -> String;
+    fn reference_f64(&self, t: u64, param: &mut [f64], grad: &[f64], state: &mut [Vec<f64>]);
+    fn reference_f32(&self, t: u64, param: &mut [f32], grad: &[f32], state: &mut [Vec<f32>]);
+}
+
+impl<C: Class> DynClass for C {
+    fn name(&self) -> &'static str {
+        C::NAME
+    }
+    fn validate(&self) -> Result<()> {
+        Class::validate(self)
+    }
+    fn lr(&self) -> f64 {
+        *self.clone().lr_mut()
+    }
+    fn set_lr(&mut self, lr: f64) {
+        *self.lr_mut() = lr;
+    }
+    fn momentum_mut(&mut self) -> Option<&mut f64> {
+        Class::momentum_mut(self)
+    }
+    fn kernel(&self) -> Kernel {
+        Kernel {
+            shader: C::SHADER,
+            switches: self.switches(),
+            states: Class::state_names(self).len() as u32,
+        }
+    }
+    fn state_names(&self) -> &'static [&'static str] {
+        Class::state_names(self)
+    }
+    fn initial_state(&self, name: &str) -> f64 {
+        Class::initial_state(self, name)
+    }
+    fn step_state(&self) -> bool {
+        C::STEP_STATE
+    }
+    fn write_hyper(&self, out: &mut [u8]) {
+        out.copy_from_slice(bytemuck::bytes_of(&self.hyper()));
+    }
+    fn options(&self) -> String {
+        options(self, &C::default())
+    }
+    fn reference_f64(&self, t: u64, param: &mut [f64], grad: &[f64], state: &mut [Vec<f64>]) {
+        self.reference(t, param, grad, state);
+    }
+    fn reference_f32(&self, t: u64, param: &mut [f32], grad: &[f32], state: &mut [Vec<f32>]) {
+        self.reference(t, param, grad, state);
+    }
+}
+
+/// The arguments of `config` that differ from `default`, as `name=value` (flags that are on by
+/// their name alone, pairs as `(a,b)`), or `"defaults"`.
+fn options<C: Serialize + DeserializeOwned>(config: &C, default: &C) -> String {
+    let (Ok(Value::Object(ours)), Ok(Value::Object(theirs))) =
+        (serde_json::to_value(config), serde_json::to_value(default))
+    else {
+        return String::new();
+    };
+    let show = |v: &Value| match v {
+        Value::Array(items) => {
+            let items: Vec<String> = items.iter().map(|i| i.to_string()).collect();
+            format!("({})", items.join(","))
+        }
+        Value::Number(n) => n.as_f64().map_or(n.to_string(), |x| x.to_string()),
+        other => other.to_string(),
+    };
+    let parts: Vec<String> = field_names::<C>()
+        .iter()
+        .filter_map(|k| Some((*k, ours.get(*k)?)))
+        .filter(|(k, v)| theirs.get(*k) != Some(v))
+        .map(|(k, v)| match v {
+            Value::Bool(true) => k.to_string(),
+            _ => format!("{k}={}", show(v)),
+        })
+        .collect();
+    if parts.is_empty() {
+        "defaults".into()
+    } else {
+        parts.join(" ")
+    }
+}
+
+/// The field names of a struct that derives `Deserialize`, in declaration order: what its
+/// derived impl hands `deserialize_struct`, caught by a deserializer that reads nothing else.
+fn field_names<C: DeserializeOwned>() -> &'static [&'static str] {
+    struct Catch(&'static [&'static str]);
+    #[derive(Debug)]
+    struct Caught;
+    impl std::fmt::Display for Caught {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("field names caught")
+        }
+    }
+    impl std::error::Error for Caught {}
+    impl serde::de::Error for Caught {
+        fn custom<T: std::fmt::Display>(_: T) -> Self {
+            Caught
+        }
+    }
+    impl<'de> Deserializer<'de> for &mut Catch {
+        type Error = Caught;
+        fn deserialize_any<V: serde::de::Visitor<'de>>(
+            self,
+            _: V,
+        ) -> std::result::Result<V::Value, Caught> {
+            Err(Caught)
+        }
+        fn deserialize_struct<V: serde::de::Visitor<'de>>(
+            self,
+            _: &'static str,
+            fields: &'static [&'static str],
+            _: V,
+        ) -> std::result::Result<V::Value, Caught> {
+            self.0 = fields;
+            Err(Caught)
+        }
+        serde::forward_to_deserialize_any! {
+            bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string bytes
+            byte_buf option unit unit_struct newtype_struct seq tuple tuple_struct map enum
+            identifier ignored_any
+        }
+    }
+    let mut catch = Catch(&[]);
+    let _ = C::deserialize(&mut catch);
+    catch.0
+}
+
+/// Parses a class's configuration from its JSON object (without `"type"`), after checking and
+/// removing the implementation switches the class takes.
+fn parse_class<C: Class>(mut object: Map<String, Value>) -> std::result::Result<C, String> {
+    let mut on = Vec::new();
+    for switch in C::TORCH_SWITCHES {
+        if let Some(value) = object.remove(switch.name()) {
+            switch.check(&value)?;
+            if value == Value::Bool(true) {
+                on.push(*switch);
+            }
+        }
+    }
+    if on.contains(&TorchSwitch::Fused) && on.contains(&TorchSwitch::Foreach) {
+        return Err("`fused` and `foreach` cannot be `True` together.".into());
+    }
+    serde_json::from_value(Value::Object(object)).map_err(|e| e.to_string())
+}
+
+/// Declares [`OptimizerConfig`] over every class: one line per class.
+macro_rules! registry {
+    ($($(#[$doc:meta])* $variant:ident($ty:ty),)*) => {
+        /// The hyperparameters of one parameter group: which `torch.optim` class (or which
+        /// class of another package, named as that package names it), and its arguments.
+        #[derive(Clone, Copy, Debug, PartialEq, Serialize)]
+        #[serde(tag = "type")]
+        #[allow(clippy::upper_case_acronyms)]
+        pub enum OptimizerConfig {
+            $($(#[$doc])* $variant($ty),)*
+        }
+
+        $(impl From<$ty> for OptimizerConfig {
+            fn from(c: $ty) -> Self {
+                Self::$variant(c)
+            }
+        })*
+
+        impl OptimizerConfig {
+            /// Every class name, in the registry's order.
+            pub const CLASSES: &'static [&'static str] = &[$(<$ty as Class>::NAME,)*];
+
+            /// The class behind this configuration.
+            pub(crate) fn class(&self) -> &dyn DynClass {
+                match self {
+                    $(Self::$variant(c) => c,)*
+                }
+            }
+
+            fn class_mut(&mut self) -> &mut dyn DynClass {
+                match self {
+                    $(Self::$variant(c) => c,)*
+                }
+            }
+
+            /// Parses the configuration of the class named `name`.
+            fn parse(name: &str, object: Map<String, Value>) -> std::result::Result<Self, String> {
+                $(if name == <$ty as Class>::NAME {
+                    return parse_class::<$ty>(object).map(Self::from);
+                })*
+                let expected: Vec<String> =
+                    Self::CLASSES.iter().map(|c| format!("`{c}`")).collect();
+                Err(format!(
+                    "unknown variant `{name}`, expected one of {}",
+                    expected.join(", ")
+                ))
+            }
+
+            /// Every class's option combinations ([`Class::cases`]), in the registry's order.
+            pub(crate) fn all_cases() -> Vec<Self> {
+                let mut out = Vec::new();
+                $(out.extend(<$ty as Class>::cases().into_iter().map(Self::from));)*
+                out
+            }
+
+            /// Every class's benchmark cases ([`Class::bench_cases`]).
+            pub(crate) fn all_bench_cases() -> Vec<(&'static str, Self)> {
+                let mut out = Vec::new();
+                $(out.extend(
+                    <$ty as Class>::bench_cases().into_iter().map(|(n, c)| (n, Self::from(c))),
+                );)*
+                out
+            }
+
+            /// Every shader, once each.
+            pub(crate) fn shaders() -> Vec<&'static Shader> {
+                let mut out: Vec<&'static Shader> = Vec::new();
+                $(if !out.iter().any(|s| s.file == <$ty as Class>::SHADER.file) {
+                    out.push(<$ty as Class>::SHADER);
+                })*
+                out
+            }
+        }
+    };
+}
+
+registry! {
     /// `torch.optim.SGD`.
     SGD(SGD),
     /// `torch.optim.Adam`.
@@ -46,74 +444,69 @@ pub enum OptimizerConfig {
     RMSprop(RMSprop),
     /// `torch.optim.Adagrad`.
     Adagrad(Adagrad),
+    /// `torch.optim.Adamax`.
+    Adamax(Adamax),
+    /// `torch.optim.RAdam`.
+    RAdam(RAdam),
+    /// `torch.optim.Adadelta`.
+    Adadelta(Adadelta),
+    /// `torch.optim.Rprop`.
+    Rprop(Rprop),
+}
+
+impl<'de> Deserialize<'de> for OptimizerConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let mut object = Map::<String, Value>::deserialize(d)?;
+        let name = match object.remove("type") {
+            Some(Value::String(name)) => name,
+            Some(other) => {
+                return Err(D::Error::custom(format!(
+                    "\"type\" must be a class name, not {other}"
+                )));
+            }
+            None => return Err(D::Error::missing_field("type")),
+        };
+        Self::parse(&name, object).map_err(D::Error::custom)
+    }
 }
 
 impl OptimizerConfig {
-    /// PyTorch's class name: `"SGD"`, `"Adam"`, `"AdamW"`, `"RMSprop"` or `"Adagrad"`.
+    /// PyTorch's class name, e.g. `"SGD"` or `"AdamW"`.
     pub fn type_name(&self) -> &'static str {
-        match self {
-            Self::SGD(_) => "SGD",
-            Self::Adam(_) => "Adam",
-            Self::AdamW(_) => "AdamW",
-            Self::RMSprop(_) => "RMSprop",
-            Self::Adagrad(_) => "Adagrad",
-        }
+        self.class().name()
     }
 
     /// Runs PyTorch's constructor checks, with PyTorch's messages. NaN is rejected wherever a
     /// range is checked.
     pub fn validate(&self) -> Result<()> {
-        match self {
-            Self::SGD(c) => c.validate(),
-            Self::Adam(c) => c.validate(),
-            Self::AdamW(c) => c.validate(),
-            Self::RMSprop(c) => c.validate(),
-            Self::Adagrad(c) => c.validate(),
-        }
+        self.class().validate()
     }
 
     /// The learning rate.
     pub fn lr(&self) -> f64 {
-        match self {
-            Self::SGD(c) => c.lr,
-            Self::Adam(c) => c.lr,
-            Self::AdamW(c) => c.lr,
-            Self::RMSprop(c) => c.lr,
-            Self::Adagrad(c) => c.lr,
-        }
+        self.class().lr()
     }
 
     /// Sets the learning rate (not validated here; [`Optimizer::set_lr`](crate::Optimizer::set_lr)
     /// validates).
     pub fn set_lr(&mut self, lr: f64) {
-        match self {
-            Self::SGD(c) => c.lr = lr,
-            Self::Adam(c) => c.lr = lr,
-            Self::AdamW(c) => c.lr = lr,
-            Self::RMSprop(c) => c.lr = lr,
-            Self::Adagrad(c) => c.lr = lr,
-        }
+        self.class_mut().set_lr(lr);
     }
 
     /// This configuration with a scheduler's values for one step: the learning rate, and the
     /// momentum (SGD, RMSprop) or beta1 (Adam, AdamW) when the schedule cycles momentum.
-    /// Validated; Adagrad has nothing to cycle, which is PyTorch's error too.
+    /// Validated; a class with nothing to cycle gets PyTorch's error.
     pub fn scheduled(&self, lr: f64, momentum: Option<f64>) -> Result<Self> {
         let mut out = *self;
         out.set_lr(lr);
         if let Some(m) = momentum {
-            match &mut out {
-                Self::SGD(c) => c.momentum = m,
-                Self::RMSprop(c) => c.momentum = m,
-                Self::Adam(c) => c.betas.0 = m,
-                Self::AdamW(c) => c.betas.0 = m,
-                Self::Adagrad(_) => {
-                    return Err(Error::InvalidHyperparameter(
-                        "optimizer must support momentum or beta1 with `cycle_momentum` option enabled"
-                            .into(),
-                    ));
-                }
-            }
+            let Some(slot) = out.class_mut().momentum_mut() else {
+                return Err(Error::InvalidHyperparameter(
+                    "optimizer must support momentum or beta1 with `cycle_momentum` option enabled"
+                        .into(),
+                ));
+            };
+            *slot = m;
         }
         out.validate()?;
         Ok(out)
@@ -122,184 +515,43 @@ impl OptimizerConfig {
     /// PyTorch's names of the per-tensor state buffers, in the order the kernel binds them. The
     /// step count is kept too, but is not a buffer and is not listed.
     pub fn state_names(&self) -> &'static [&'static str] {
-        self.kernel().state_names()
+        self.class().state_names()
     }
 
     /// Whether PyTorch keeps a `step` entry in this optimizer's per-parameter state (every
     /// optimizer here but SGD).
     pub fn has_step_state(&self) -> bool {
-        !matches!(self, Self::SGD(_))
+        self.class().step_state()
     }
 
-    /// The value a state buffer holds before the first step.
-    pub(crate) fn initial_state_value(&self, name: &str) -> f32 {
-        match self {
-            Self::Adagrad(c) if name == "sum" => c.initial_accumulator_value as f32,
-            _ => 0.0,
-        }
+    /// The value a state buffer holds before the first step (zero, or Adagrad's
+    /// `initial_accumulator_value`).
+    pub fn initial_state_value(&self, name: &str) -> f64 {
+        self.class().initial_state(name)
+    }
+
+    /// The arguments that differ from PyTorch's defaults, as `name=value` (flags that are on
+    /// by their name alone, pairs as `(a,b)`), or `"defaults"`.
+    pub fn options(&self) -> String {
+        self.class().options()
+    }
+
+    /// The name of the kernel that runs this configuration: the shader's and the switches
+    /// that are on, e.g. `"adam_amsgrad"` (AdamW runs Adam's kernels).
+    pub fn kernel_name(&self) -> String {
+        self.kernel().name()
     }
 
     /// The kernel this configuration runs.
     pub(crate) fn kernel(&self) -> Kernel {
-        match self {
-            Self::SGD(c) => c.kernel(),
-            Self::Adam(c) => c.kernel(),
-            Self::AdamW(c) => c.kernel(),
-            Self::RMSprop(c) => c.kernel(),
-            Self::Adagrad(_) => Kernel::Adagrad,
-        }
+        self.class().kernel()
     }
 
     /// Writes the group's record for one step (`Hyper` in the shader) into `out`, which is
-    /// [`Kernel::hyper_size`] bytes long. The kernels derive whatever depends on a tensor's step
-    /// count on the GPU.
+    /// [`Shader::hyper_size`] bytes long. The kernels derive whatever depends on a tensor's
+    /// step count on the GPU.
     pub(crate) fn write_hyper(&self, out: &mut [u8]) {
-        fn put<T: bytemuck::Pod>(out: &mut [u8], value: T) {
-            out.copy_from_slice(bytemuck::bytes_of(&value));
-        }
-        match self {
-            Self::SGD(c) => put(out, c.hyper()),
-            Self::Adam(c) => put(out, c.hyper()),
-            Self::AdamW(c) => put(out, c.hyper()),
-            Self::RMSprop(c) => put(out, c.hyper()),
-            Self::Adagrad(c) => put(out, c.hyper()),
-        }
-    }
-}
-
-impl From<SGD> for OptimizerConfig {
-    fn from(c: SGD) -> Self {
-        Self::SGD(c)
-    }
-}
-impl From<Adam> for OptimizerConfig {
-    fn from(c: Adam) -> Self {
-        Self::Adam(c)
-    }
-}
-impl From<AdamW> for OptimizerConfig {
-    fn from(c: AdamW) -> Self {
-        Self::AdamW(c)
-    }
-}
-impl From<RMSprop> for OptimizerConfig {
-    fn from(c: RMSprop) -> Self {
-        Self::RMSprop(c)
-    }
-}
-impl From<Adagrad> for OptimizerConfig {
-    fn from(c: Adagrad) -> Self {
-        Self::Adagrad(c)
-    }
-}
-
-/// One compiled kernel: a shader entry point with its binding layout.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Kernel {
-    Sgd,
-    SgdMomentum,
-    Adam,
-    AdamAmsgrad,
-    Rmsprop,
-    RmspropCentered,
-    RmspropMomentum,
-    RmspropCenteredMomentum,
-    Adagrad,
-}
-
-/// The shader files, each compiled once per device.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub(crate) enum Shader {
-    Sgd,
-    Adam,
-    Rmsprop,
-    Adagrad,
-}
-
-impl Kernel {
-    /// Every kernel, for tests and validation.
-    pub(crate) const ALL: [Kernel; 9] = [
-        Kernel::Sgd,
-        Kernel::SgdMomentum,
-        Kernel::Adam,
-        Kernel::AdamAmsgrad,
-        Kernel::Rmsprop,
-        Kernel::RmspropCentered,
-        Kernel::RmspropMomentum,
-        Kernel::RmspropCenteredMomentum,
-        Kernel::Adagrad,
-    ];
-
-    pub(crate) fn shader(self) -> Shader {
-        match self {
-            Kernel::Sgd | Kernel::SgdMomentum => Shader::Sgd,
-            Kernel::Adam | Kernel::AdamAmsgrad => Shader::Adam,
-            Kernel::Rmsprop
-            | Kernel::RmspropCentered
-            | Kernel::RmspropMomentum
-            | Kernel::RmspropCenteredMomentum => Shader::Rmsprop,
-            Kernel::Adagrad => Shader::Adagrad,
-        }
-    }
-
-    pub(crate) fn entry_point(self) -> &'static str {
-        match self {
-            Kernel::Sgd => "sgd",
-            Kernel::SgdMomentum => "sgd_momentum",
-            Kernel::Adam => "adam",
-            Kernel::AdamAmsgrad => "adam_amsgrad",
-            Kernel::Rmsprop => "rmsprop",
-            Kernel::RmspropCentered => "rmsprop_centered",
-            Kernel::RmspropMomentum => "rmsprop_momentum",
-            Kernel::RmspropCenteredMomentum => "rmsprop_centered_momentum",
-            Kernel::Adagrad => "adagrad",
-        }
-    }
-
-    /// State buffers in binding order (bindings 4, 5, ...).
-    pub(crate) fn state_names(self) -> &'static [&'static str] {
-        match self {
-            Kernel::Sgd => &[],
-            Kernel::SgdMomentum => &["momentum_buffer"],
-            Kernel::Adam => &["exp_avg", "exp_avg_sq"],
-            Kernel::AdamAmsgrad => &["exp_avg", "exp_avg_sq", "max_exp_avg_sq"],
-            Kernel::Rmsprop => &["square_avg"],
-            Kernel::RmspropCentered => &["square_avg", "grad_avg"],
-            Kernel::RmspropMomentum => &["square_avg", "momentum_buffer"],
-            Kernel::RmspropCenteredMomentum => &["square_avg", "grad_avg", "momentum_buffer"],
-            Kernel::Adagrad => &["sum"],
-        }
-    }
-
-    /// Size in bytes of one parameter group's record (`Hyper` in the shader).
-    pub(crate) fn hyper_size(self) -> u64 {
-        self.shader().hyper_size()
-    }
-}
-
-impl Shader {
-    /// Every shader file.
-    pub(crate) const ALL: [Shader; 4] =
-        [Shader::Sgd, Shader::Adam, Shader::Rmsprop, Shader::Adagrad];
-
-    /// The file name under shaders/.
-    pub(crate) fn file(self) -> &'static str {
-        match self {
-            Shader::Sgd => "sgd.wgsl",
-            Shader::Adam => "adam.wgsl",
-            Shader::Rmsprop => "rmsprop.wgsl",
-            Shader::Adagrad => "adagrad.wgsl",
-        }
-    }
-
-    /// Size in bytes of one parameter group's record (`Hyper` in the shader).
-    pub(crate) fn hyper_size(self) -> u64 {
-        (match self {
-            Shader::Sgd => size_of::<SgdHyper>(),
-            Shader::Adam => size_of::<AdamHyper>(),
-            Shader::Rmsprop => size_of::<RmspropHyper>(),
-            Shader::Adagrad => size_of::<AdagradHyper>(),
-        }) as u64
+        self.class().write_hyper(out);
     }
 }
 
@@ -310,6 +562,36 @@ pub(crate) fn check(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
     } else {
         Err(Error::InvalidHyperparameter(message()))
     }
+}
+
+/// PyTorch's `if not 0.0 <= value: raise ValueError(f"Invalid {what}: {value}")`, false for
+/// NaN: `what` is e.g. `"learning rate"`, `"epsilon value"` or `"weight_decay value"`.
+pub(crate) fn check_non_negative(what: &str, value: f64) -> Result<()> {
+    check(non_negative(value), || {
+        format!("Invalid {what}: {}", py_float(value))
+    })
+}
+
+/// `0.0 <= x`, false for NaN.
+pub(crate) fn non_negative(x: f64) -> bool {
+    x >= 0.0
+}
+
+/// The checks of `lr`, `eps` and `weight_decay` that most classes make, in PyTorch's order
+/// for Adam: learning rate, epsilon, then (after the class's own) weight decay.
+pub(crate) fn check_lr_eps(lr: f64, eps: f64) -> Result<()> {
+    check_non_negative("learning rate", lr)?;
+    check_non_negative("epsilon value", eps)
+}
+
+/// PyTorch's check of a `betas` pair: each in [0, 1).
+pub(crate) fn check_betas((b1, b2): (f64, f64)) -> Result<()> {
+    for (i, b) in [b1, b2].into_iter().enumerate() {
+        check((0.0..1.0).contains(&b), || {
+            format!("Invalid beta parameter at index {i}: {}", py_float(b))
+        })?;
+    }
+    Ok(())
 }
 
 /// Formats `x` as Python's `repr(float)` does, so that messages read exactly as PyTorch's:
@@ -334,19 +616,29 @@ pub(crate) fn py_float(x: f64) -> String {
     }
 }
 
-/// `0.0 <= x`, false for NaN.
-pub(crate) fn non_negative(x: f64) -> bool {
-    x >= 0.0
-}
-
 /// -1 when maximizing, else 1.
 pub(crate) fn grad_sign(maximize: bool) -> f32 {
     if maximize { -1.0 } else { 1.0 }
 }
 
+/// `f(weight_decay, maximize)` for each of: no weight decay, and `weight_decay`; not
+/// maximizing, and maximizing. The cross product every class's [`Class::cases`] covers.
+pub(crate) fn with_wd_and_maximize<C>(
+    weight_decay: f64,
+    f: impl Fn(f64, bool) -> Vec<C>,
+) -> Vec<C> {
+    let mut out = Vec::new();
+    for maximize in [false, true] {
+        for wd in [0.0, weight_decay] {
+            out.extend(f(wd, maximize));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
-    use super::py_float;
+    use super::*;
 
     #[test]
     fn floats_print_as_python_repr() {
@@ -365,6 +657,36 @@ mod tests {
             (f64::NEG_INFINITY, "-inf"),
         ] {
             assert_eq!(py_float(x), want);
+        }
+    }
+
+    #[test]
+    fn implementation_switches_are_accepted_where_pytorch_takes_them() {
+        let parse = |json: &str| serde_json::from_str::<OptimizerConfig>(json);
+        let adam = parse(
+            r#"{"type":"Adam","foreach":null,"fused":false,"capturable":true,"differentiable":false}"#,
+        )
+        .unwrap();
+        assert_eq!(adam, Adam::default().into());
+        let e = parse(r#"{"type":"Adam","differentiable":true}"#).unwrap_err();
+        assert!(e.to_string().contains("differentiable=True"), "{e}");
+        let e = parse(r#"{"type":"Adam","foreach":3}"#).unwrap_err();
+        assert!(e.to_string().contains("foreach must be a bool"), "{e}");
+        // torch.optim.SGD takes no `capturable`.
+        let e = parse(r#"{"type":"SGD","capturable":false}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown field `capturable`"), "{e}");
+        let e = parse(r#"{"type":"Lamb2"}"#).unwrap_err();
+        assert!(e.to_string().contains("unknown variant `Lamb2`"), "{e}");
+        let e = parse(r#"{"lr":0.1}"#).unwrap_err();
+        assert!(e.to_string().contains("missing field `type`"), "{e}");
+    }
+
+    #[test]
+    fn every_class_round_trips_through_json() {
+        for config in OptimizerConfig::all_cases() {
+            let json = serde_json::to_string(&config).unwrap();
+            let back: OptimizerConfig = serde_json::from_str(&json).unwrap();
+            assert_eq!(back, config, "{json}");
         }
     }
 }

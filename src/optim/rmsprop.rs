@@ -1,5 +1,8 @@
-use super::{Kernel, check, grad_sign, non_negative, py_float};
+use super::{
+    Class, Shader, TorchSwitch, check_lr_eps, check_non_negative, grad_sign, with_wd_and_maximize,
+};
 use crate::error::Result;
+use crate::reference::{Real, lerp};
 use serde::{Deserialize, Serialize};
 
 /// `torch.optim.RMSprop`.
@@ -65,40 +68,53 @@ pub(crate) struct RmspropHyper {
 }
 const _: () = assert!(size_of::<RmspropHyper>() == 32);
 
-impl RMSprop {
-    /// PyTorch's constructor checks.
-    pub fn validate(&self) -> Result<()> {
-        check(non_negative(self.lr), || {
-            format!("Invalid learning rate: {}", py_float(self.lr))
-        })?;
-        check(non_negative(self.eps), || {
-            format!("Invalid epsilon value: {}", py_float(self.eps))
-        })?;
-        check(non_negative(self.momentum), || {
-            format!("Invalid momentum value: {}", py_float(self.momentum))
-        })?;
-        check(non_negative(self.weight_decay), || {
-            format!(
-                "Invalid weight_decay value: {}",
-                py_float(self.weight_decay)
-            )
-        })?;
-        check(non_negative(self.alpha), || {
-            format!("Invalid alpha value: {}", py_float(self.alpha))
-        })
+/// The kernel template's view of `shaders/rmsprop.wgsl`.
+const SHADER: Shader = Shader {
+    file: "rmsprop.wgsl",
+    source: include_str!("../../shaders/rmsprop.wgsl"),
+    switches: &["CENTERED", "MOMENTUM"],
+    hyper_size: size_of::<RmspropHyper>() as u64,
+};
+
+impl Class for RMSprop {
+    const NAME: &'static str = "RMSprop";
+    const SHADER: &'static Shader = &SHADER;
+    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
+        TorchSwitch::Capturable,
+        TorchSwitch::Foreach,
+        TorchSwitch::Differentiable,
+    ];
+    type Hyper = RmspropHyper;
+
+    fn validate(&self) -> Result<()> {
+        check_lr_eps(self.lr, self.eps)?;
+        check_non_negative("momentum value", self.momentum)?;
+        check_non_negative("weight_decay value", self.weight_decay)?;
+        check_non_negative("alpha value", self.alpha)
     }
 
-    pub(crate) fn kernel(&self) -> Kernel {
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.momentum)
+    }
+
+    fn switches(&self) -> u32 {
+        u32::from(self.centered) | u32::from(self.momentum > 0.0) << 1
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
         match (self.centered, self.momentum > 0.0) {
-            (false, false) => Kernel::Rmsprop,
-            (true, false) => Kernel::RmspropCentered,
-            (false, true) => Kernel::RmspropMomentum,
-            (true, true) => Kernel::RmspropCenteredMomentum,
+            (false, false) => &["square_avg"],
+            (true, false) => &["square_avg", "grad_avg"],
+            (false, true) => &["square_avg", "momentum_buffer"],
+            (true, true) => &["square_avg", "grad_avg", "momentum_buffer"],
         }
     }
 
-    /// The group's record for one step.
-    pub(crate) fn hyper(&self) -> RmspropHyper {
+    fn hyper(&self) -> RmspropHyper {
         RmspropHyper {
             lr: self.lr as f32,
             alpha: self.alpha as f32,
@@ -109,5 +125,91 @@ impl RMSprop {
             grad_sign: grad_sign(self.maximize),
             _pad: 0.0,
         }
+    }
+
+    fn reference<F: Real>(&self, _t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+        let (lr, alpha, one_minus_alpha, eps, wd, momentum, sign) = (
+            F::of(self.lr),
+            F::of(self.alpha),
+            F::of(1.0 - self.alpha),
+            F::of(self.eps),
+            F::of(self.weight_decay),
+            F::of(self.momentum),
+            F::of(grad_sign(self.maximize).into()),
+        );
+        // grad_avg and momentum_buffer follow square_avg, when present, in that order.
+        let [sq, rest @ ..] = state else {
+            panic!("RMSprop keeps square_avg");
+        };
+        let (grad_avg, momentum_buffer) = match rest {
+            [a, b] => (Some(a), Some(b)),
+            [a] if self.centered => (Some(a), None),
+            [b] => (None, Some(b)),
+            _ => (None, None),
+        };
+        let (mut grad_avg, mut momentum_buffer) = (grad_avg, momentum_buffer);
+        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+            let mut g = sign * g;
+            if self.weight_decay != 0.0 {
+                g += wd * *p;
+            }
+            sq[i] = sq[i] * alpha + one_minus_alpha * g * g;
+            let mut var = sq[i];
+            if let Some(ga) = grad_avg.as_deref_mut() {
+                ga[i] = lerp(ga[i], g, one_minus_alpha);
+                var -= ga[i] * ga[i];
+            }
+            let d = var.sqrt() + eps;
+            match momentum_buffer.as_deref_mut() {
+                Some(buf) => {
+                    buf[i] = buf[i] * momentum + g / d;
+                    *p -= lr * buf[i];
+                }
+                None => *p -= lr * (g / d),
+            }
+        }
+    }
+
+    fn cases() -> Vec<Self> {
+        with_wd_and_maximize(0.05, |weight_decay, maximize| {
+            let mut out = Vec::new();
+            for centered in [false, true] {
+                for momentum in [0.0, 0.9] {
+                    out.push(RMSprop {
+                        lr: 0.01,
+                        alpha: 0.9,
+                        weight_decay,
+                        momentum,
+                        centered,
+                        maximize,
+                        ..Default::default()
+                    });
+                }
+            }
+            out
+        })
+    }
+
+    fn bench_cases() -> Vec<(&'static str, Self)> {
+        let rms = RMSprop::default();
+        let centered = RMSprop {
+            centered: true,
+            ..rms
+        };
+        let momentum = RMSprop {
+            momentum: 0.9,
+            ..rms
+        };
+        let both = RMSprop {
+            centered: true,
+            momentum: 0.9,
+            ..rms
+        };
+        vec![
+            ("rmsprop", rms),
+            ("rmsprop-centered", centered),
+            ("rmsprop-momentum", momentum),
+            ("rmsprop-centered-momentum", both),
+        ]
     }
 }

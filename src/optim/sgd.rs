@@ -1,5 +1,9 @@
-use super::{Kernel, check, grad_sign, non_negative, py_float};
+use super::{
+    Class, Shader, TorchSwitch, check, check_non_negative, grad_sign, py_float,
+    with_wd_and_maximize,
+};
 use crate::error::Result;
+use crate::reference::Real;
 use serde::{Deserialize, Serialize};
 
 /// `torch.optim.SGD`: stochastic gradient descent with optional momentum, Nesterov momentum and
@@ -62,21 +66,29 @@ pub(crate) struct SgdHyper {
 }
 const _: () = assert!(size_of::<SgdHyper>() == 32);
 
-impl SGD {
-    /// PyTorch's constructor checks.
-    pub fn validate(&self) -> Result<()> {
-        check(non_negative(self.lr), || {
-            format!("Invalid learning rate: {}", py_float(self.lr))
-        })?;
-        check(non_negative(self.momentum), || {
-            format!("Invalid momentum value: {}", py_float(self.momentum))
-        })?;
-        check(non_negative(self.weight_decay), || {
-            format!(
-                "Invalid weight_decay value: {}",
-                py_float(self.weight_decay)
-            )
-        })?;
+/// The kernel template's view of `shaders/sgd.wgsl`.
+const SHADER: Shader = Shader {
+    file: "sgd.wgsl",
+    source: include_str!("../../shaders/sgd.wgsl"),
+    switches: &["MOMENTUM"],
+    hyper_size: size_of::<SgdHyper>() as u64,
+};
+
+impl Class for SGD {
+    const NAME: &'static str = "SGD";
+    const SHADER: &'static Shader = &SHADER;
+    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
+        TorchSwitch::Foreach,
+        TorchSwitch::Differentiable,
+        TorchSwitch::Fused,
+    ];
+    const STEP_STATE: bool = false;
+    type Hyper = SgdHyper;
+
+    fn validate(&self) -> Result<()> {
+        check_non_negative("learning rate", self.lr)?;
+        check_non_negative("momentum value", self.momentum)?;
+        check_non_negative("weight_decay value", self.weight_decay)?;
         check(!self.dampening.is_nan(), || {
             format!("Invalid dampening value: {}", py_float(self.dampening))
         })?;
@@ -86,17 +98,29 @@ impl SGD {
         )
     }
 
-    pub(crate) fn kernel(&self) -> Kernel {
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.momentum)
+    }
+
+    fn switches(&self) -> u32 {
+        u32::from(self.momentum != 0.0)
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
         if self.momentum != 0.0 {
-            Kernel::SgdMomentum
+            &["momentum_buffer"]
         } else {
-            Kernel::Sgd
+            &[]
         }
     }
 
-    /// The group's record for one step. Whether the momentum buffer exists yet (PyTorch's
-    /// `buf is None`) follows from each tensor's step count on the GPU.
-    pub(crate) fn hyper(&self) -> SgdHyper {
+    /// Whether the momentum buffer exists yet (PyTorch's `buf is None`) follows from each
+    /// tensor's step count on the GPU.
+    fn hyper(&self) -> SgdHyper {
         SgdHyper {
             lr: self.lr as f32,
             momentum: self.momentum as f32,
@@ -106,5 +130,59 @@ impl SGD {
             nesterov: self.nesterov as u32,
             _pad: [0; 2],
         }
+    }
+
+    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+        let sign = F::of(grad_sign(self.maximize).into());
+        let (lr, wd) = (F::of(self.lr), F::of(self.weight_decay));
+        let (momentum, damp) = (F::of(self.momentum), F::of(1.0 - self.dampening));
+        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+            let mut g = sign * g;
+            if self.weight_decay != 0.0 {
+                g += wd * *p;
+            }
+            if let Some(buf) = state.first_mut().map(|b| &mut b[i]) {
+                *buf = if t == 1 {
+                    g
+                } else {
+                    *buf * momentum + damp * g
+                };
+                g = if self.nesterov {
+                    g + momentum * *buf
+                } else {
+                    *buf
+                };
+            }
+            *p -= lr * g;
+        }
+    }
+
+    fn cases() -> Vec<Self> {
+        with_wd_and_maximize(0.05, |weight_decay, maximize| {
+            [
+                (0.0, 0.0, false),
+                (0.9, 0.0, false),
+                (0.8, 0.3, false),
+                (0.9, 0.0, true),
+            ]
+            .into_iter()
+            .map(|(momentum, dampening, nesterov)| SGD {
+                lr: 0.05,
+                momentum,
+                dampening,
+                nesterov,
+                weight_decay,
+                maximize,
+            })
+            .collect()
+        })
+    }
+
+    fn bench_cases() -> Vec<(&'static str, Self)> {
+        let momentum = SGD {
+            momentum: 0.9,
+            ..Default::default()
+        };
+        vec![("sgd", SGD::default()), ("sgd-momentum", momentum)]
     }
 }

@@ -177,7 +177,7 @@ pub(crate) fn write(buffer: &wgpu::Buffer, element_offset: u64, data: &[f32]) {
 
 /// Asserts every element is within `max(atol + rtol·(|want| + path), 2·|float32 - want|)`:
 /// the tolerance, or twice the error float32 arithmetic itself makes at that element (`float32`
-/// is the same steps evaluated in f32 on the CPU, `wgpu_optim::validate::float32_step`). Where
+/// is the same steps evaluated in f32 on the CPU, `wgpu_optim::reference::step` in f32). Where
 /// the data is ill-conditioned, e.g. a gradient and its weight-decay term that nearly cancel,
 /// no float32 kernel can do better than that.
 #[track_caller]
@@ -234,7 +234,7 @@ pub(crate) fn read_safetensors_f64(
 }
 
 /// One tensor stepped on the CPU two ways: the f64 reference, and the same steps in float32
-/// (`wgpu_optim::validate::float32_step`), with each element's sum of |change| along the way,
+/// (`wgpu_optim::reference::step` in f32), with each element's sum of |change| along the way,
 /// so that a GPU result can be held to [`assert_as_close_as_f32`]: the tolerance, or twice the
 /// error that float32 arithmetic itself makes on this data.
 pub(crate) struct Tracked {
@@ -243,30 +243,19 @@ pub(crate) struct Tracked {
     pub(crate) param: Vec<f64>,
     pub(crate) state: wgpu_optim::TensorState<f64>,
     param32: Vec<f32>,
-    state32: Vec<Vec<f32>>,
+    state32: wgpu_optim::TensorState<f32>,
     /// Per buffer ("param" and each state): each element's sum of |change|.
     paths: std::collections::HashMap<String, Vec<f64>>,
 }
 
 impl Tracked {
     pub(crate) fn new(config: wgpu_optim::OptimizerConfig, init: &[f32]) -> Self {
-        let n = init.len();
-        let init_state = |name: &str| match config {
-            wgpu_optim::OptimizerConfig::Adagrad(c) if name == "sum" => {
-                c.initial_accumulator_value as f32
-            }
-            _ => 0.0,
-        };
         Self {
             config,
             param: init.iter().map(|&v| f64::from(v)).collect(),
             state: Default::default(),
             param32: init.to_vec(),
-            state32: config
-                .state_names()
-                .iter()
-                .map(|name| vec![init_state(name); n])
-                .collect(),
+            state32: Default::default(),
             paths: Default::default(),
         }
     }
@@ -287,16 +276,8 @@ impl Tracked {
     fn step_both(&mut self, g: &[f64], grad: &[f32]) {
         let mut before = self.state.buffers.clone();
         before.insert("param".into(), self.param.clone());
-        let first = self.state.step == 0;
         wgpu_optim::reference::step(&self.config, &mut self.state, &mut self.param, g);
-        wgpu_optim::validate::float32_step(
-            &self.config,
-            self.state.step,
-            first,
-            &mut self.param32,
-            grad,
-            &mut self.state32,
-        );
+        wgpu_optim::reference::step(&self.config, &mut self.state32, &mut self.param32, grad);
         for (name, old) in before {
             let new = if name == "param" {
                 &self.param
@@ -338,18 +319,12 @@ impl Tracked {
             "{what}: state names"
         );
         for (name, want) in &self.state.buffers {
-            let index = self
-                .config
-                .state_names()
-                .iter()
-                .position(|s| s == name)
-                .unwrap();
             assert_as_close_as_f32(
                 &format!("{what}: {name}"),
                 &state.buffers[name],
                 want,
                 path(name),
-                &self.state32[index],
+                &self.state32.buffers[name],
                 2e-5,
                 2e-5,
             );

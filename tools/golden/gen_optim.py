@@ -5,8 +5,9 @@ Run from the repository root:
 
     python3 tools/golden/gen_optim.py
 
-It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad)
-on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
+It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad,
+RAdam, Adamax, Adadelta, Rprop) on CPU over a fixed, seeded problem and writes,
+under ``tests/golden/optim/``:
 
 * ``params.safetensors``  - initial parameters (F32), one tensor per name
                             ("w" [7,5], "b" [13], "v" [300]).
@@ -28,12 +29,23 @@ on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
 In the per-case files, final params are stored under their names and every
 optimizer state tensor under ``<name>.<state name>`` exactly as
 ``optimizer.state`` names it (momentum_buffer, exp_avg, exp_avg_sq,
-max_exp_avg_sq, square_avg, grad_avg, sum, step).  ``step`` is stored as a
-0-d F32 tensor in both files.  State entries that are None are skipped.
+max_exp_avg_sq, square_avg, grad_avg, sum, step; Adamax: exp_inf;
+Adadelta: square_avg, acc_delta; Rprop: prev, step_size).  State entries that
+are None are skipped.  The 0-d per-parameter ``step`` is stored as a 0-d F32
+tensor in both files: torch creates it in its scalar dtype (float32 while the
+default dtype is float32, which this script leaves alone), not in the param
+dtype.  Every other state tensor has the run's dtype.
+
+While it runs, the script checks that the cases reach the branches they are
+there for, and prints where: RAdam's rectification switch (rho_t > 5),
+Rprop's clamp of step_size at either bound of step_sizes (counted from the
+pre-clamp value, recomputed before each step).
 
 The Rust tests read these committed files, so CI needs no Python.  Rerunning
 this script is deterministic and rewrites the same files (stale per-case files
-in the output directory are removed).  It prints, per case, PyTorch's own
+in the output directory are removed) on the same machine and torch build;
+another CPU or torch build may differ in the last bit of float32 results
+(torch's vectorized CPU kernels fuse multiply-adds, their scalar tails may not).  It prints, per case, PyTorch's own
 float32 error: the max abs difference between the f32 and f64 final params.
 """
 
@@ -104,6 +116,29 @@ CASES = [
     ("adagrad_lr_decay_init_acc_wd",
      {"type": "Adagrad", "lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.02,
       "initial_accumulator_value": 0.1}),
+    # --- RAdam (rho_t > 5 from step 6 on for these betas: both branches are taken) ---
+    ("radam", {"type": "RAdam", "lr": 0.01}),
+    ("radam_wd", {"type": "RAdam", "lr": 0.01, "weight_decay": 0.1}),
+    ("radam_decoupled_wd",
+     {"type": "RAdam", "lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("radam_maximize", {"type": "RAdam", "lr": 0.01, "maximize": True}),
+    ("radam_betas", {"type": "RAdam", "lr": 0.01, "betas": [0.8, 0.99]}),
+    # --- Adamax ---
+    ("adamax", {"type": "Adamax", "lr": 0.01}),
+    ("adamax_wd", {"type": "Adamax", "lr": 0.01, "weight_decay": 0.1}),
+    ("adamax_maximize", {"type": "Adamax", "lr": 0.01, "maximize": True}),
+    ("adamax_betas_eps", {"type": "Adamax", "lr": 0.01, "betas": [0.8, 0.99], "eps": 1e-4}),
+    # --- Adadelta (default lr is 1.0) ---
+    ("adadelta", {"type": "Adadelta", "lr": 1.0}),
+    ("adadelta_rho_eps", {"type": "Adadelta", "lr": 1.0, "rho": 0.5, "eps": 1e-4}),
+    ("adadelta_wd", {"type": "Adadelta", "lr": 1.0, "weight_decay": 0.1}),
+    ("adadelta_maximize", {"type": "Adadelta", "lr": 1.0, "maximize": True}),
+    ("adadelta_lr", {"type": "Adadelta", "lr": 0.3}),
+    # --- Rprop (rprop_step_sizes clamps at both bounds; rprop_etas at the default lower one) ---
+    ("rprop", {"type": "Rprop", "lr": 0.01}),
+    ("rprop_etas", {"type": "Rprop", "lr": 0.01, "etas": [0.3, 1.5]}),
+    ("rprop_step_sizes", {"type": "Rprop", "lr": 0.01, "step_sizes": [0.003, 0.02]}),
+    ("rprop_maximize", {"type": "Rprop", "lr": 0.01, "maximize": True}),
 ]
 
 # (case name, optimizer spec, schedule spec): trajectories with a learning-rate schedule,
@@ -133,7 +168,15 @@ SCHEDULED_CASES = [
      {"type": "ChainedScheduler", "schedulers": [
          {"type": "ConstantLR", "factor": 0.5, "total_iters": 3},
          {"type": "ExponentialLR", "gamma": 0.95}]}),
+    ("sched_radam_steplr", {"type": "RAdam", "lr": 0.02},
+     {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
+    ("sched_adadelta_cosine", {"type": "Adadelta", "lr": 1.0},
+     {"type": "CosineAnnealingLR", "T_max": 10, "eta_min": 0.1}),
 ]
+
+# Per-parameter 0-d states that torch creates in its scalar dtype (torch.optim.optimizer.
+# _get_scalar_dtype(): float32 unless the default dtype is float64), whatever the param dtype.
+SCALAR_STATES = ("step",)
 
 
 def finish_output_dir(out_dir, expected):
@@ -178,8 +221,9 @@ def build_optimizer(spec, tensors, fused=False):
 
 
 def state_tensors(names, tensors, opt, dtype):
-    """Final params by name and every state tensor as "<name>.<state>" (None skipped; step
-    as a 0-d float32 tensor), checking that state has the run's dtype."""
+    """Final params by name and every state tensor as "<name>.<state>" (None skipped; the
+    SCALAR_STATES as 0-d float32 tensors), checking that every other state has the run's
+    dtype."""
     out = {}
     for n, p in zip(names, tensors):
         out[n] = p.detach().clone().contiguous()
@@ -193,10 +237,78 @@ def state_tensors(names, tensors, opt, dtype):
                 if t.dim() != 0:
                     raise ValueError(f"expected 0-d step tensor, got shape {tuple(t.shape)}")
                 t = t.to(torch.float32)
+            elif key in SCALAR_STATES:
+                if t.dim() != 0 or t.dtype != torch.float32:
+                    raise TypeError(f"state {n}.{key} is {t.dtype} of shape {tuple(t.shape)}, "
+                                    "expected a 0-d float32 tensor")
             elif t.dtype != dtype:
                 raise TypeError(f"state {n}.{key} has dtype {t.dtype}, expected {dtype}")
             out[f"{n}.{key}"] = t
     return out
+
+
+class BranchProbe:
+    """Records, for one run, where the branches a case is there for are taken: RAdam's
+    rectification (rho_t > 5), and Rprop's clamp at either step_sizes bound (from the
+    pre-clamp value, recomputed from the state before each step exactly as torch computes
+    it)."""
+
+    def __init__(self, spec):
+        self.kind = spec["type"]
+        self.rect_steps = []        # RAdam: steps with rho_t > 5
+        self.clamp_lo = []          # Rprop: (step, elements clamped up to step_size_min)
+        self.clamp_hi = []          # Rprop: (step, elements clamped down to step_size_max)
+
+    def before(self, k, opt, tensors):
+        group = opt.param_groups[0]
+        if self.kind == "RAdam":
+            beta2 = group["betas"][1]
+            step = float(k + 1)     # all params' step counters move together
+            rho_inf = 2 / (1 - beta2) - 1
+            if rho_inf - 2 * step * (beta2**step) / (1 - beta2**step) > 5.0:
+                self.rect_steps.append(k + 1)
+        elif self.kind == "Rprop":
+            etaminus, etaplus = group["etas"]
+            lo, hi = group["step_sizes"]
+            n_lo = n_hi = 0
+            for p in tensors:
+                state = opt.state[p]
+                if state:
+                    step_size, prev = state["step_size"], state["prev"]
+                else:
+                    step_size, prev = torch.full_like(p, group["lr"]), torch.zeros_like(p)
+                grad = -p.grad if group["maximize"] else p.grad
+                sign = grad.mul(prev).sign()
+                sign[sign.gt(0)] = etaplus
+                sign[sign.lt(0)] = etaminus
+                sign[sign.eq(0)] = 1
+                unclamped = step_size * sign
+                n_lo += int((unclamped < lo).sum())
+                n_hi += int((unclamped > hi).sum())
+            if n_lo:
+                self.clamp_lo.append((k + 1, n_lo))
+            if n_hi:
+                self.clamp_hi.append((k + 1, n_hi))
+
+    def summary(self):
+        if self.kind == "RAdam":
+            return f"rho_t>5 from step {self.rect_steps[0] if self.rect_steps else 'never'}"
+        if self.kind == "Rprop":
+            def first(hits):
+                return (f"from step {hits[0][0]}, {sum(c for _, c in hits)} element-steps"
+                        if hits else "never")
+            return f"clamp at min {first(self.clamp_lo)}; at max {first(self.clamp_hi)}"
+        return ""
+
+    def check(self, name, spec):
+        """The branches a case's options are there for must be taken within STEPS steps."""
+        problems = []
+        if self.kind == "RAdam" and not (self.rect_steps and self.rect_steps[0] > 1):
+            problems.append("RAdam must take both sides of rho_t > 5")
+        if self.kind == "Rprop" and "step_sizes" in spec and not (self.clamp_lo and self.clamp_hi):
+            problems.append("non-default step_sizes must clamp at both bounds")
+        if problems:
+            raise RuntimeError(f"{name}: " + "; ".join(problems))
 
 
 def build_scheduler(spec, opt):
@@ -210,7 +322,7 @@ def build_scheduler(spec, opt):
     return cls(opt, **args)
 
 
-def run_case(spec, params, grads, dtype, schedule=None):
+def run_case(spec, params, grads, dtype, schedule=None, probe=None):
     tensors = [params[n].detach().clone().to(dtype) for n in NAMES]
     step_grads = {n: grads[n].to(dtype) for n in NAMES}
     opt = build_optimizer(spec, tensors)
@@ -218,6 +330,8 @@ def run_case(spec, params, grads, dtype, schedule=None):
     for k in range(STEPS):
         for n, p in zip(NAMES, tensors):
             p.grad = step_grads[n][k].clone()
+        if probe is not None:
+            probe.before(k, opt, tensors)
         opt.step()
         # OneCycleLR refuses to step past total_steps; the last step needs no next LR.
         if scheduler is not None and k + 1 < STEPS:
@@ -265,8 +379,11 @@ def main():
     for case in doc["cases"]:
         name, spec = case["name"], case["optimizer"]
         schedule = case.get("schedule")
-        r32 = run_case(spec, params, grads, torch.float32, schedule)
-        r64 = run_case(spec, params, grads, torch.float64, schedule)
+        probe32, probe64 = BranchProbe(spec), BranchProbe(spec)
+        r32 = run_case(spec, params, grads, torch.float32, schedule, probe32)
+        r64 = run_case(spec, params, grads, torch.float64, schedule, probe64)
+        probe32.check(name, spec)
+        probe64.check(name, spec)
         if set(r32) != set(r64):
             raise RuntimeError(f"{name}: state keys differ between f32 and f64 runs")
         for suffix, res in (("f32", r32), ("f64", r64)):
@@ -277,6 +394,10 @@ def main():
         print(f"{name:40s} {max(per_name):20.3e}  "
               + " ".join(f"{e:.3e}" for e in per_name)
               + f"   state: {', '.join(sorted({k.split('.', 1)[1] for k in r32 if '.' in k}))}")
+        if probe32.summary():
+            print(f"{'':40s} f32: {probe32.summary()}")
+            if probe64.summary() != probe32.summary():
+                print(f"{'':40s} f64: {probe64.summary()}")
 
     return finish_output_dir(OUT_DIR, expected)
 

@@ -1,0 +1,112 @@
+// torch.optim.RAdam: the update formula, in the kernel template (shaders/common.wgsl).
+// State: exp_avg, exp_avg_sq.
+
+// One parameter group's values for one step. Must be kept in sync with `RadamHyper` in
+// src/optim/radam.rs.
+struct Hyper {
+    lr: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    // ln(beta1), for the bias correction 1 - beta1^t
+    ln_beta1: f32,
+    // -ln(beta2) > 0 (87 for beta2 = 0)
+    neg_ln_beta2: f32,
+    // 2 / (1 - beta2) - 1
+    rho_inf: f32,
+    eps: f32,
+    // L2 penalty added to the gradient; 0 with decoupled weight decay
+    weight_decay: f32,
+    // 1 - lr * weight_decay with decoupled weight decay, else 1
+    decay: f32,
+    // -1 when maximize, else 1
+    grad_sign: f32,
+    _pad: f32,
+}
+
+// One tensor's values for one step.
+struct Coeffs {
+    lr: f32,
+    // 1 - beta1^t
+    bias_correction1: f32,
+    // sqrt(1 - beta2^t)
+    bias_correction2_sqrt: f32,
+    // The rectification term when rho_t > 5, else 0 (no adaptive step)
+    rect: f32,
+    one_minus_beta1: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    eps: f32,
+    weight_decay: f32,
+    decay: f32,
+    grad_sign: f32,
+}
+
+// rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t), with d = -ln(beta2). Where t d <= 1 the two
+// terms nearly cancel, so it is summed as the series t + sum_k a_k (d^(2k-1) - t (t d)^(2k-1))
+// (from the Bernoulli expansion of y / (e^y - 1)), which is accurate to f32 rounding there.
+fn radam_rho(t: f32, d: f32, rho_inf: f32) -> f32 {
+    let y = t * d;
+    if y <= 1.0 {
+        let d2 = d * d;
+        let y2 = y * y;
+        let d3 = d * d2;
+        let y3 = y * y2;
+        let d5 = d3 * d2;
+        let y5 = y3 * y2;
+        let d7 = d5 * d2;
+        let y7 = y5 * y2;
+        let d9 = d7 * d2;
+        let y9 = y7 * y2;
+        var rho = t + (d - t * y) / 6.0;
+        rho -= (d3 - t * y3) / 360.0;
+        rho += (d5 - t * y5) / 15120.0;
+        rho -= (d7 - t * y7) / 604800.0;
+        rho += (d9 - t * y9) / 23950080.0;
+        return rho;
+    }
+    return rho_inf - 2.0 * t * exp(-y) / one_minus_exp(-y);
+}
+
+fn coeffs(h: Hyper, t: u32) -> Coeffs {
+    let steps = f32(t);
+    let rho_t = radam_rho(steps, h.neg_ln_beta2, h.rho_inf);
+    var rect = 0.0;
+    if rho_t > 5.0 {
+        let r = h.rho_inf;
+        rect = sqrt((rho_t - 4.0) * (rho_t - 2.0) * r / ((r - 4.0) * (r - 2.0) * rho_t));
+    }
+    return Coeffs(
+        h.lr,
+        one_minus_exp(steps * h.ln_beta1),
+        sqrt(one_minus_exp(-steps * h.neg_ln_beta2)),
+        rect,
+        h.one_minus_beta1,
+        h.beta2,
+        h.one_minus_beta2,
+        h.eps,
+        h.weight_decay,
+        h.decay,
+        h.grad_sign,
+    );
+}
+
+fn update(u: ptr<function, Unit>) {
+    let c = (*u).c;
+    var g = c.grad_sign * (*u).g;
+    if c.decay != 1.0 {
+        (*u).p = (*u).p * c.decay;
+    }
+    if c.weight_decay != 0.0 {
+        g = g + c.weight_decay * (*u).p;
+    }
+    (*u).s[0] = torch_lerp((*u).s[0], g, c.one_minus_beta1);
+    (*u).s[1] = (*u).s[1] * c.beta2 + c.one_minus_beta2 * g * g;
+    let corrected = (*u).s[0] / c.bias_correction1;
+    if c.rect > 0.0 {
+        let adaptive = 1.0 / (sqrt((*u).s[1]) + c.eps) * c.bias_correction2_sqrt;
+        (*u).p = (*u).p - corrected * c.lr * adaptive * c.rect;
+    } else {
+        (*u).p = (*u).p - corrected * c.lr;
+    }
+}
