@@ -42,26 +42,16 @@ struct Derived {
 // Most state buffers of any optimizer.
 const MAX_STATES: u32 = 3u;
 
+// The most chunks a workgroup of the main dispatch takes (`table.step_span` is at most this).
+const MAX_STEP_SPAN: u32 = 16u;
+
 // State buffers of the kernel's optimizer and options (set when the pipeline is made).
 override STATES: u32 = 0u;
 
-// One step of the optimizer on one unit: the template's locate, load, unscale and clip, the
-// shader's `update`, and the store.
-@compute @workgroup_size(WORKGROUP_SIZE)
-fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-    var u = begin(wid, lid, STATES);
-    if !has_work(u) {
-        return;
-    }
-    update(&u);
-    finish(u, STATES);
-}
-
-// One invocation's work in a step: where it is, the step's values for its tensor, and the
-// values it updates. `step` gets it from `begin`, the shader's `update` applies its formula to
-// `p`, `g` and `s`, and `finish` stores `p` and the first `STATES` of `s`.
+// One invocation's work on one unit: the step's values for its tensor, and the values it
+// updates. `step` loads it, the shader's `update` applies its formula to `p`, `g` and `s`, and
+// `step` stores `p` and the first `STATES` of `s`.
 struct Unit {
-    site: Site,
     c: Coeffs,
     // The parameter.
     p: V,
@@ -71,10 +61,145 @@ struct Unit {
     s: array<V, MAX_STATES>,
 }
 
-// Whether the invocation has work: false past the end of its segment, and when a grad scaler
-// found inf or NaN (then nothing is written).
-fn has_work(u: Unit) -> bool {
-    return u.site.lo < u.site.hi;
+// One step of the optimizer: the template's locate, load, unscale and clip, the shader's
+// `update`, and the store. A step runs each batch twice: the main dispatch (`EDGES` false, a
+// constant of the module) takes the whole units, with vector loads and stores; with vec4
+// access an edge dispatch (`EDGES` true) takes the units that segments share at their heads
+// and tails, reading and writing only its own lanes, so that no two invocations touch one
+// element. Nothing is written when a grad scaler found inf or NaN.
+@compute @workgroup_size(WORKGROUP_SIZE)
+fn step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    if (FLAGS & SCALER) != 0u && derived.header.skip != 0u {
+        return;
+    }
+    if EDGES {
+        step_edge(wid, lid);
+    } else {
+        step_units(wid, lid);
+    }
+}
+
+// The main dispatch. A workgroup takes `table.step_span` consecutive chunks of WORKGROUP_SIZE
+// units, which may belong to consecutive segments, so that finding the segment and loading
+// the tensor's coefficients are shared by several units.
+fn step_units(wid: vec3<u32>, lid: u32) {
+    let span = table.step_span;
+    let first = (wid.x + wid.y * table.dispatch_x) * span;
+    if first >= table.total_workgroups {
+        return;
+    }
+    var n = 0u;
+    if !SINGLE {
+        n = find_segment(first);
+    }
+    var seg = table.segments[n];
+    var next = next_start(n);
+    var c = derived.tensors[seg.tensor];
+    let stride = table.state_stride;
+    let last = min(first + span, table.total_workgroups);
+    // A constant trip count, which the compiler may unroll.
+    for (var k = 0u; k < MAX_STEP_SPAN; k++) {
+        let wg = first + k;
+        if wg >= last {
+            break;
+        }
+        // Every segment has a chunk at least, so the next chunk is the current segment's or
+        // the next one's.
+        if !SINGLE && wg >= next {
+            n += 1u;
+            seg = table.segments[n];
+            next = next_start(n);
+            c = derived.tensors[seg.tensor];
+        }
+        // The unit's index in the segment; its lanes are [i * LANES, i * LANES + LANES)
+        // counted from lane 0 of the segment's first unit, whole when they lie in
+        // [head, head + len).
+        let i = (wg - seg.first_workgroup) * WORKGROUP_SIZE + lid;
+        if (i == 0u && seg.head != 0u) || i * LANES + LANES > seg.head + seg.len {
+            continue;
+        }
+        let p = seg.param_offset + i;
+        let s = seg.state_offset + i;
+        var u: Unit;
+        u.c = c;
+        u.p = param_unit(p);
+        u.g = prepare_grad(grad_unit(seg.grad_offset + i));
+        // Constant indices, unrolled by hand, so that `s` can live in registers.
+        if STATES > 0u {
+            u.s[0] = state_unit(s);
+        }
+        if STATES > 1u {
+            u.s[1] = state_unit(s + stride);
+        }
+        if STATES > 2u {
+            u.s[2] = state_unit(s + 2u * stride);
+        }
+        update(&u);
+        set_param_unit(p, u.p);
+        if STATES > 0u {
+            set_state_unit(s, u.s[0]);
+        }
+        if STATES > 1u {
+            set_state_unit(s + stride, u.s[1]);
+        }
+        if STATES > 2u {
+            set_state_unit(s + 2u * stride, u.s[2]);
+        }
+    }
+}
+
+// The edge dispatch: the invocation's unit at the head or the tail of a segment (see
+// `locate_edge`), lane by lane.
+fn step_edge(wid: vec3<u32>, lid: u32) {
+    let site = locate_edge(wid, lid);
+    if site.lo >= site.hi {
+        return;
+    }
+    let stride = table.state_stride;
+    var u: Unit;
+    u.c = derived.tensors[site.segment.tensor];
+    var p = splat(0.0);
+    var g = splat(0.0);
+    for (var k = site.lo; k < site.hi; k++) {
+        set_lane(&p, k, param_lane(site.p, k));
+        set_lane(&g, k, grad_lane(site.g, k));
+    }
+    u.p = p;
+    u.g = prepare_grad(g);
+    for (var n = 0u; n < STATES; n++) {
+        var v = splat(0.0);
+        for (var k = site.lo; k < site.hi; k++) {
+            set_lane(&v, k, state_lane(site.s + n * stride, k));
+        }
+        u.s[n] = v;
+    }
+    update(&u);
+    for (var k = site.lo; k < site.hi; k++) {
+        set_param_lane(site.p, k, lane(u.p, k));
+        for (var n = 0u; n < STATES; n++) {
+            set_state_lane(site.s + n * stride, k, lane(u.s[n], k));
+        }
+    }
+}
+
+// The gradient as the optimizer sees it: unscaled, then clipped, in the order of PyTorch's
+// recipe (`scaler.unscale_(opt)`, `clip_grad_norm_` or `clip_grad_value_`,
+// `scaler.step(opt)`), each rounded to f32 as PyTorch's in-place operations round. `FLAGS`, a
+// constant of the module, says which of these the step does.
+fn prepare_grad(raw: V) -> V {
+    var g = raw;
+    if (FLAGS & UNSCALE) != 0u {
+        g = g * derived.header.inv_scale;
+    }
+    if (FLAGS & CLIP_NORM) != 0u {
+        g = g * derived.header.clip_coef;
+    }
+    if (FLAGS & CLIP_VALUE) != 0u {
+        // clamp_ keeps NaN, which WGSL's clamp need not.
+        let v = derived.header.clip_value;
+        g = select(clamp(g, splat(-v), splat(v)), g, nan_lanes(g));
+    }
+    return g;
 }
 
 // The unit at the head or the tail of a segment that the segment shares with its neighbours,
@@ -115,116 +240,12 @@ fn locate_edge(wid: vec3<u32>, lid: u32) -> Site {
     return site;
 }
 
-// Locates the invocation and loads its parameter, gradient and first `states` state buffers.
-// A step runs each batch twice: the main dispatch (`EDGES` false, a constant of the module)
-// takes the whole units, with vector loads and stores; with vec4 access an edge dispatch
-// (`EDGES` true) takes the units that segments share at their heads and tails, reading and
-// writing only its own lanes, so that no two invocations touch one element. The gradient is
-// unscaled, then clipped, in the order of PyTorch's recipe (`scaler.unscale_(opt)`,
-// `clip_grad_norm_` or `clip_grad_value_`, `scaler.step(opt)`), each rounded to f32 as
-// PyTorch's in-place operations round. `FLAGS`, a constant of the module, says which of these
-// the step does.
-fn begin(wid: vec3<u32>, lid: u32, states: u32) -> Unit {
-    var u: Unit;
-    if (FLAGS & SCALER) != 0u && derived.header.skip != 0u {
-        return u;
-    }
-    if EDGES {
-        u.site = locate_edge(wid, lid);
-    } else {
-        if SINGLE {
-            // A batch of one segment: no search.
-            let wg = wid.x + wid.y * table.dispatch_x;
-            if wg < table.total_workgroups {
-                u.site = site_in(table.segments[0], wg, lid);
-            }
-        } else {
-            u.site = locate(wid, lid);
-        }
-        if !whole(u.site) {
-            u.site.hi = u.site.lo;
-        }
-    }
-    if !has_work(u) {
-        return u;
-    }
-    let site = u.site;
-    u.c = derived.tensors[site.segment.tensor];
-    if EDGES {
-        var p = splat(0.0);
-        var g = splat(0.0);
-        for (var k = site.lo; k < site.hi; k++) {
-            set_lane(&p, k, param_lane(site.p, k));
-            set_lane(&g, k, grad_lane(site.g, k));
-        }
-        u.p = p;
-        u.g = g;
-        for (var n = 0u; n < states; n++) {
-            var v = splat(0.0);
-            for (var k = site.lo; k < site.hi; k++) {
-                set_lane(&v, k, state_lane(site.s + n * table.state_stride, k));
-            }
-            u.s[n] = v;
-        }
-    } else {
-        u.p = param_unit(site.p);
-        u.g = grad_unit(site.g);
-        // Constant indices, unrolled by hand, so that `s` can live in registers.
-        if states > 0u {
-            u.s[0] = state_unit(site.s);
-        }
-        if states > 1u {
-            u.s[1] = state_unit(site.s + table.state_stride);
-        }
-        if states > 2u {
-            u.s[2] = state_unit(site.s + 2u * table.state_stride);
-        }
-    }
-    if (FLAGS & UNSCALE) != 0u {
-        u.g = u.g * derived.header.inv_scale;
-    }
-    if (FLAGS & CLIP_NORM) != 0u {
-        u.g = u.g * derived.header.clip_coef;
-    }
-    if (FLAGS & CLIP_VALUE) != 0u {
-        // clamp_ keeps NaN, which WGSL's clamp need not.
-        let v = derived.header.clip_value;
-        u.g = select(clamp(u.g, splat(-v), splat(v)), u.g, nan_lanes(u.g));
-    }
-    return u;
-}
-
-// Stores the unit's parameter and first `states` state buffers: whole units at once in the
-// main dispatch, and the invocation's own lanes in the edge dispatch.
-fn finish(u: Unit, states: u32) {
-    let site = u.site;
-    if EDGES {
-        for (var k = site.lo; k < site.hi; k++) {
-            set_param_lane(site.p, k, lane(u.p, k));
-            for (var n = 0u; n < states; n++) {
-                set_state_lane(site.s + n * table.state_stride, k, lane(u.s[n], k));
-            }
-        }
-    } else {
-        set_param_unit(site.p, u.p);
-        if states > 0u {
-            set_state_unit(site.s, u.s[0]);
-        }
-        if states > 1u {
-            set_state_unit(site.s + table.state_stride, u.s[1]);
-        }
-        if states > 2u {
-            set_state_unit(site.s + 2u * table.state_stride, u.s[2]);
-        }
-    }
-}
-
 // torch.lerp as PyTorch evaluates it for float tensors, lane by lane.
+// Both forms are evaluated and one selected, without a branch: on CPU adapters (lavapipe) a
+// branch on a value loaded from a storage buffer costs more than the other form.
 fn torch_lerp(start: V, end: V, weight: f32) -> V {
-    if abs(weight) < 0.5 {
-        return start + weight * (end - start);
-    }
-    return end - (end - start) * (1.0 - weight);
+    let d = end - start;
+    return select(end - d * (1.0 - weight), start + weight * d, abs(weight) < 0.5);
 }
 
 // 1 - e^x for x <= 0, accurate to a few ulp: a Taylor series where 1 - e^x would cancel, and

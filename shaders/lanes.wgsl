@@ -30,7 +30,7 @@ fn set_state_lane(i: u32, k: u32, x: f32) {
     state[i * LANES + k] = x;
 }
 
-// Whole units are not touched here; these exist so that `begin` and `finish` compile in both
+// Whole units are not touched here; these exist so that `step_units` compiles in both
 // dispatches.
 fn param_unit(i: u32) -> V {
     var v = splat(0.0);

@@ -1,13 +1,15 @@
 // Layout shared by every kernel (prepended, after one access prologue, to the optimizer
 // shaders and to shaders/reduce.wgsl): the segment table that maps workgroups to pieces of
-// tensors, the flags of a step, the GPU-side control state, and `locate`.
+// tensors, the flags of a step, the GPU-side control state, and finding a segment.
 //
 // One dispatch covers a *batch*: up to MAX_SEGMENTS contiguous pieces ("segments") of
 // tensors whose parameters live in one buffer and whose gradients live in one buffer. Each
 // invocation handles one *unit* of LANES consecutive elements (one element, or one aligned
-// vec4), and each workgroup handles WORKGROUP_SIZE consecutive units of exactly one segment, so
-// per-tensor values are uniform across a workgroup. The host lays segments out back to back in
-// workgroup space; a workgroup finds its segment by binary search over `first_workgroup`.
+// vec4) at a time. The host lays segments out back to back in chunks of WORKGROUP_SIZE
+// consecutive units, each of exactly one segment, so that per-tensor values are uniform across
+// a chunk; it calls the chunks "workgroups". A workgroup of the step takes `step_span` of
+// them in turn, and one of the reduction `reduce_span`; each finds the segment of its first
+// chunk by binary search over `first_workgroup`, then walks forward.
 //
 // A segment need not start or end on a unit boundary: its first element is lane `head` of its
 // first unit, in the parameter, gradient and state windows alike (the host only batches tensors
@@ -18,6 +20,8 @@
 // Must be kept in sync with src/gpu/template.rs (`segment_table`, `StepConfig`, `Control`).
 
 const WORKGROUP_SIZE: u32 = 256u;
+// Chunks of WORKGROUP_SIZE units one workgroup of the main step dispatch takes in turn.
+const STEP_SPAN: u32 = 16u;
 const MAX_SEGMENTS: u32 = 256u;
 // Entries of `SegmentTable.coarse`.
 const COARSE_ENTRIES: u32 = 256u;
@@ -56,7 +60,9 @@ struct SegmentTable {
     reduce_span: u32,
     // log2 of the workgroups between the entries of `coarse`.
     coarse_shift: u32,
-    _pad0: u32,
+    // How many consecutive workgroups (chunks of WORKGROUP_SIZE units) one workgroup of the
+    // main step dispatch takes in turn.
+    step_span: u32,
     _pad1: u32,
     _pad2: u32,
     segments: array<Segment, MAX_SEGMENTS>,
@@ -134,21 +140,6 @@ struct Site {
     s: u32,
 }
 
-fn locate(workgroup_id: vec3<u32>, local_index: u32) -> Site {
-    return locate_in(workgroup_id.x + workgroup_id.y * table.dispatch_x, local_index);
-}
-
-// The site of invocation `local_index` of the step's workgroup `wg` (linearised).
-fn locate_in(wg: u32, local_index: u32) -> Site {
-    if wg >= table.total_workgroups {
-        var none: Site;
-        none.lo = 0u;
-        none.hi = 0u;
-        return none;
-    }
-    return site_in(table.segments[find_segment(wg)], wg, local_index);
-}
-
 // The last segment whose first workgroup is <= wg: a binary search between the two entries of
 // `table.coarse` around it, usually no more than a step or two.
 fn find_segment(wg: u32) -> u32 {
@@ -164,6 +155,14 @@ fn find_segment(wg: u32) -> u32 {
         }
     }
     return lo;
+}
+
+// The first workgroup of the segment after segment `n`, or past every workgroup.
+fn next_start(n: u32) -> u32 {
+    if n + 1u < table.count {
+        return table.segments[n + 1u].first_workgroup;
+    }
+    return 0xffffffffu;
 }
 
 // The site of invocation `local_index` of the step's workgroup `wg`, which lies in `segment`.
@@ -184,12 +183,6 @@ fn site_in(segment: Segment, wg: u32, local_index: u32) -> Site {
     site.g = segment.grad_offset + site.index;
     site.s = segment.state_offset + site.index;
     return site;
-}
-
-// True when every lane of the invocation's unit belongs to its segment, so whole units may be
-// read and written; otherwise only lanes [lo, hi) may be touched.
-fn whole(site: Site) -> bool {
-    return site.lo == 0u && site.hi == LANES;
 }
 
 // Combines two partials of the gradient reduction (shaders/reduce.wgsl): (norm accumulator, raw non-finite, unscaled inf, unscaled NaN).

@@ -47,14 +47,6 @@ fn accumulate(acc_in: vec4<f32>, site: Site, flags: u32, inv_scale: f32) -> vec4
     return acc;
 }
 
-// The first workgroup of the segment after segment `n`, or past every workgroup.
-fn next_start(n: u32) -> u32 {
-    if n + 1u < table.count {
-        return table.segments[n + 1u].first_workgroup;
-    }
-    return 0xffffffffu;
-}
-
 // One workgroup covers `table.reduce_span` consecutive workgroups of the step, so that the
 // reduction has fewer workgroups (and barriers, and partials) than the step.
 @compute @workgroup_size(WORKGROUP_SIZE)

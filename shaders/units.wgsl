@@ -28,8 +28,8 @@ fn set_state_unit(i: u32, v: V) {
     state[i] = pack(v);
 }
 
-// Lanes are not touched one by one here; these exist so that `begin` and `finish` compile in
-// both dispatches.
+// Lanes are not touched one by one here; these exist so that `step_edge` compiles in both
+// dispatches.
 fn param_lane(i: u32, k: u32) -> f32 {
     return lane(param_unit(i), k);
 }

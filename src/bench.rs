@@ -35,6 +35,8 @@ use crate::optimizer::{BufferRange, Optimizer, Tensor};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+mod minimal;
+
 /// One optimizer kernel to benchmark: a configuration that selects it, what the step does
 /// besides the update, and the bytes a step moves per element.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,6 +56,11 @@ pub struct KernelCase {
     /// Bytes read plus bytes written per element in one step: with clipping by norm or a grad
     /// scaler, the reduction reads the gradients once more.
     pub bytes_per_element: u64,
+    /// Instead of the optimizer, a minimal kernel of the same update: one flat tensor, one
+    /// vec4 per invocation, no segment table, no step state on the GPU
+    /// (shaders/bench/minimal_adam.wgsl, Adam only). Timed beside Adam's step, it shows what
+    /// the kernel template costs.
+    pub minimal: bool,
 }
 
 /// Bytes read plus bytes written per element by one step of `config`'s kernel: the parameter is
@@ -85,9 +92,18 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             clip: None,
             grad_scaler: None,
             bytes_per_element: bytes_per_element(&config),
+            minimal: false,
         })
         .collect();
     let adam: OptimizerConfig = Adam::default().into();
+    cases.push(KernelCase {
+        name: "adam-minimal",
+        config: adam,
+        clip: None,
+        grad_scaler: None,
+        bytes_per_element: bytes_per_element(&adam),
+        minimal: true,
+    });
     let clip = Some(ClipGrad::norm(1.0));
     let scaler = Some(GradScaler::default());
     for (name, clip, grad_scaler) in [
@@ -101,6 +117,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             clip,
             grad_scaler,
             bytes_per_element: bytes_per_element_with(&adam, clip, grad_scaler),
+            minimal: false,
         });
     }
     cases
@@ -434,6 +451,8 @@ enum Work {
         layout: Vec<(u64, u64)>,
         next: usize,
     },
+    /// The minimal Adam kernel.
+    Minimal(minimal::MinimalAdam),
     /// A buffer copy of `bytes` bytes.
     Copy {
         src: wgpu::Buffer,
@@ -479,6 +498,15 @@ impl Workload {
 
     /// One optimizer step of `case` over a single tensor of `elements` elements.
     pub fn kernel(ctx: &Context, case: &KernelCase, elements: u64) -> Result<Self> {
+        if case.minimal {
+            if elements == 0 {
+                return Err(Error::Input(
+                    "every benchmarked tensor needs at least one element".into(),
+                ));
+            }
+            let work = Work::Minimal(minimal::MinimalAdam::new(ctx, elements)?);
+            return Self::with_work(ctx, work, case.bytes_per_element.saturating_mul(elements));
+        }
         let mut work = Self::tensors(ctx, case.config, &[elements])?;
         if let Work::Step { optimizer, .. } = &mut work.work {
             optimizer.set_clip_grad(case.clip)?;
@@ -588,7 +616,7 @@ impl Workload {
             Work::Step { optimizer, .. } | Work::Moving { optimizer, .. } => {
                 optimizer.dispatches_per_step()
             }
-            Work::Copy { .. } => 1,
+            Work::Copy { .. } | Work::Minimal(_) => 1,
         }
     }
 
@@ -611,6 +639,7 @@ impl Workload {
                 optimizer.rebind(&ranges, None)?;
                 optimizer.step(encoder)?;
             }
+            Work::Minimal(kernel) => kernel.record(encoder),
             Work::Copy { src, dst, bytes } => {
                 encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
             }
@@ -834,15 +863,22 @@ pub fn measure_interleaved(
         .collect()
 }
 
-/// Adam's step with clipping, with a grad scaler and with both, against plain Adam at
-/// `elements` elements, timed in turn ([`measure_interleaved`]): `(name, time over plain
-/// Adam's)` for each.
+/// The minimal Adam kernel, and Adam's step with clipping, with a grad scaler and with both,
+/// against plain Adam at `elements` elements, timed in turn ([`measure_interleaved`]):
+/// `(name, time over plain Adam's)` for each. The minimal kernel's ratio shows what the kernel
+/// template costs: at 1 it would cost nothing, at 0.91 Adam takes 10% longer.
 pub fn time_over_adam(
     ctx: &Context,
     elements: u64,
     iterations: usize,
 ) -> Result<Vec<(&'static str, f64)>> {
-    let names = ["adam", "adam+clip", "adam+scaler", "adam+clip+scaler"];
+    let names = [
+        "adam",
+        "adam-minimal",
+        "adam+clip",
+        "adam+scaler",
+        "adam+clip+scaler",
+    ];
     let cases: Vec<KernelCase> = names.iter().filter_map(|n| kernel_case(n)).collect();
     let m = measure_interleaved(ctx, &cases, elements, iterations)?;
     Ok(names[1..]
@@ -918,6 +954,7 @@ mod tests {
             ("radam", 28),
             ("adadelta", 28),
             ("rprop", 28),
+            ("adam-minimal", 28),
             // The reduction reads the gradients once more.
             ("adam+clip", 32),
             ("adam+scaler", 32),
@@ -994,7 +1031,15 @@ mod tests {
         assert_eq!((m[0].bytes, m[0].iterations), (12 * 500, 3));
         let ratios = time_over_adam(&ctx, 300, 2).unwrap();
         let names: Vec<&str> = ratios.iter().map(|r| r.0).collect();
-        assert_eq!(names, ["adam+clip", "adam+scaler", "adam+clip+scaler"]);
+        assert_eq!(
+            names,
+            [
+                "adam-minimal",
+                "adam+clip",
+                "adam+scaler",
+                "adam+clip+scaler"
+            ]
+        );
         assert!(ratios.iter().all(|r| r.1 > 0.0 && r.1.is_finite()));
 
         let (many, flat) = measure_many_tensors(&ctx, 1 << 30, 2).unwrap();
@@ -1008,6 +1053,12 @@ mod tests {
 
         // Bad input is an error, not a panic.
         assert!(measure_kernel(&ctx, &adam, 0, 1).is_err());
+        let minimal = kernel_case("adam-minimal").unwrap();
+        assert!(measure_kernel(&ctx, &minimal, 0, 1).is_err());
+        assert_eq!(
+            measure_kernel(&ctx, &minimal, 1001, 2).unwrap().bytes,
+            28 * 1001
+        );
         assert!(measure_many_tensors(&ctx, 0, 1).is_err());
         assert!(matches!(
             measure_copy(&ctx, u64::MAX, 1),

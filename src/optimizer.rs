@@ -602,7 +602,9 @@ impl Optimizer {
             pass.set_bind_group(0, &d.group, &[]);
             pass.set_bind_group(1, &bound.table, &[d.table_offset]);
             pass.dispatch_workgroups(d.dispatch.0, d.dispatch.1, 1);
-            if let Some(edges) = &d.edge_kernel {
+            if let Some(edges) = &d.edge_kernel
+                && d.edge_workgroups > 0
+            {
                 pass.set_pipeline(&edges.pipeline);
                 current = Some(&edges.pipeline);
                 pass.dispatch_workgroups(d.edge_workgroups, 1, 1);

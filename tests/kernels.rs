@@ -209,6 +209,35 @@ fn a_million_elements_match_reference() {
 }
 
 #[test]
+fn workgroups_that_span_several_tensors_match_reference() {
+    // A batch of more than 512 chunks of 256 units, so that a workgroup of the main dispatch
+    // takes several chunks in turn, with tensor boundaries inside such a span: the workgroup
+    // must move on to the next tensor's segment (and coefficients) there.
+    let mut rng = Rng::fresh("workgroups_that_span_several_tensors");
+    let sizes = [300_001, 7, 1_000_003, 524_289];
+    let configs: [OptimizerConfig; 2] = [
+        AdamW {
+            lr: 0.01,
+            amsgrad: true,
+            ..Default::default()
+        }
+        .into(),
+        RMSprop {
+            lr: 0.01,
+            momentum: 0.9,
+            centered: true,
+            ..Default::default()
+        }
+        .into(),
+    ];
+    for ctx in contexts() {
+        for config in configs {
+            check_against_reference(&ctx, config, &sizes, 3, &mut rng);
+        }
+    }
+}
+
+#[test]
 fn more_than_65535_workgroups() {
     // One tensor of more than 65,535 x 256 elements in scalar access, with the gradient
     // reduction over all its workgroups (norm and inf check) and a skipped step.
@@ -400,12 +429,19 @@ fn vec4_windows_split_and_grids_fold_under_small_limits() {
 fn many_tensors_in_several_groups() {
     let mut rng = Rng::fresh("many_tensors_in_several_groups");
     for ctx in contexts() {
-        many_tensors(&ctx, &mut rng);
+        // More than one batch's 256 slots.
+        let sizes: Vec<u64> = (0..300).map(|_| 1 + rng.below(700)).collect();
+        many_tensors(&ctx, &sizes, 20, &mut rng);
+        // Large tensors, so that a workgroup of the main dispatch takes several chunks in
+        // turn and crosses from one group's tensor into another's, whose coefficients differ.
+        let sizes: Vec<u64> = (0..9).map(|_| 100_000 + rng.below(200_000)).collect();
+        many_tensors(&ctx, &sizes, 3, &mut rng);
     }
 }
 
-/// 300 tensors back to back in three groups (neighbours share vec4s).
-fn many_tensors(ctx: &Context, rng: &mut Rng) {
+/// Tensors of the given sizes back to back in three groups (neighbours share vec4s), stepped
+/// `steps` times.
+fn many_tensors(ctx: &Context, sizes: &[u64], steps: usize, rng: &mut Rng) {
     let configs: [OptimizerConfig; 3] = [
         Adam {
             lr: 0.01,
@@ -427,8 +463,6 @@ fn many_tensors(ctx: &Context, rng: &mut Rng) {
         }
         .into(),
     ];
-    // 300 tensors of mixed sizes: more than one batch's 256 slots.
-    let sizes: Vec<u64> = (0..300).map(|_| 1 + rng.below(700)).collect();
     let total: u64 = sizes.iter().sum::<u64>().next_multiple_of(4);
     let init = rng.normals(total as usize);
     let param = ctx.create_f32_buffer("param", &init).unwrap();
@@ -455,10 +489,10 @@ fn many_tensors(ctx: &Context, rng: &mut Rng) {
         "{} dispatches",
         opt.dispatches_per_step()
     );
-    assert!((0..300).all(|k| opt.tensor_access(k).unwrap() == ctx.access()));
+    assert!((0..sizes.len()).all(|k| opt.tensor_access(k).unwrap() == ctx.access()));
     let mut p64: Vec<f64> = init.iter().map(|&v| f64::from(v)).collect();
     let mut states = vec![TensorState::<f64>::default(); sizes.len()];
-    for _ in 0..20 {
+    for _ in 0..steps {
         let g = rng.normals(total as usize);
         write(&grad, 0, &g);
         opt.step_submit().unwrap();
@@ -470,7 +504,11 @@ fn many_tensors(ctx: &Context, rng: &mut Rng) {
         }
     }
     let got = ctx.read_f32(&[(&param, 0, total)]).unwrap();
-    let what = format!("params of 300 tensors in 3 groups ({})", ctx.access());
+    let what = format!(
+        "params of {} tensors in 3 groups ({})",
+        sizes.len(),
+        ctx.access()
+    );
     assert_close(&what, &got, &p64, 2e-5, 2e-5);
 }
 

@@ -122,9 +122,9 @@ impl Module {
                     "{}\n\
                      // What the step does to the gradients (bits of StepConfig.flags).\n\
                      const FLAGS: u32 = {}u;\n\
-                     // Whether this is the kernel of the edge dispatch (see `begin`).\n\
+                     // Whether this is the kernel of the edge dispatch (see `step`).\n\
                      const EDGES: bool = {};\n\
-                     // Whether the batch has one segment (see `begin`).\n\
+                     // Whether the batch has one segment (see `step`).\n\
                      const SINGLE: bool = {};\n\n{LAYOUT}\n{}\n{COMMON}\n{}",
                     prologue(access),
                     flags & STEP_FLAGS,
@@ -479,6 +479,7 @@ mod tests {
             "reduce_dispatch_x",
             "reduce_span",
             "coarse_shift",
+            "step_span",
         ]);
         table.push(("segments".into(), 48));
         table.push(("coarse".into(), 48 + 32 * 256));

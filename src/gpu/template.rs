@@ -60,6 +60,26 @@ pub(crate) struct StepConfig {
 }
 const _: () = assert!(size_of::<StepConfig>() == 48);
 
+/// How many consecutive chunks of [`WORKGROUP_SIZE`] units (the plan's workgroups) one
+/// workgroup of a batch's main step dispatch takes in turn (`step_span` of the segment table),
+/// so that what an invocation does once (finding its segment, loading the tensor's
+/// coefficients) is shared by several units: up to 16, but at least 256 workgroups where the
+/// batch has that many chunks to spread, for wide GPUs. On lavapipe, Adam over 4,194,304
+/// elements took 1.8x the time of a minimal kernel with one unit per invocation, and 1.2x
+/// with 16 (notes/bandwidth.md); 64 was slower again.
+pub(crate) fn step_span(p: &plan::Batch) -> u32 {
+    (p.workgroups / 256).clamp(1, MAX_STEP_SPAN)
+}
+
+/// The most chunks a workgroup of the main step dispatch takes (`MAX_STEP_SPAN` in
+/// shaders/common.wgsl).
+const MAX_STEP_SPAN: u32 = 16;
+
+/// The workgroups of a batch's main step dispatch.
+pub(crate) fn step_workgroups(p: &plan::Batch) -> u32 {
+    p.workgroups.div_ceil(step_span(p))
+}
+
 /// How many consecutive workgroups of a batch's step one workgroup of its reduction covers:
 /// up to 32, so that the reduction has few workgroups (each ends in a workgroup-wide fold), but
 /// at least 128 workgroups where the batch has that many to spread, for wide GPUs. On lavapipe
@@ -75,7 +95,7 @@ pub(crate) fn reduce_workgroups(p: &plan::Batch) -> u32 {
 }
 
 /// The bytes of one batch's `SegmentTable`. `dispatch_x` and `reduce_dispatch_x` are the x
-/// extents of the step's and the reduction's grids, `partial_base` the batch's first entry in
+/// extents of the main step's and the reduction's grids, `partial_base` the batch's first entry in
 /// the reduction's partials.
 pub(crate) fn segment_table(
     p: &plan::Batch,
@@ -93,7 +113,7 @@ pub(crate) fn segment_table(
         reduce_dispatch_x,
         reduce_span(p),
         coarse_shift(p),
-        0,
+        step_span(p),
         0,
         0,
     ];
@@ -130,6 +150,17 @@ pub(crate) fn segment_table(
         words.extend([segment as u32, 0, 0, 0]);
     }
     bytemuck::cast_slice(&words).to_vec()
+}
+
+/// Whether a piece of the batch starts or ends inside a unit, so that the edge dispatch has
+/// work (the lanes of such units are written one by one there).
+pub(crate) fn has_edges(p: &plan::Batch, spans: &[plan::Span]) -> bool {
+    p.lanes > 1
+        && p.pieces.iter().any(|piece| {
+            let s = spans[piece.tensor];
+            let head = (s.param_offset + 4 * piece.start - p.param_window.0) / 4 % p.lanes;
+            head != 0 || !(head + piece.len).is_multiple_of(p.lanes)
+        })
 }
 
 /// log2 of the workgroups between the entries of a batch's `coarse` map: the entries cover

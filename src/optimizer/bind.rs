@@ -18,7 +18,9 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
-use crate::gpu::template::{TABLE_SIZE, WORKGROUP_SIZE, reduce_workgroups, segment_table};
+use crate::gpu::template::{
+    TABLE_SIZE, WORKGROUP_SIZE, has_edges, reduce_workgroups, segment_table, step_workgroups,
+};
 use crate::gpu::{Access, CompiledKernel, Context, GradAccess, Layout, Pipeline, scoped};
 use crate::optim::Kernel;
 use std::sync::Arc;
@@ -58,7 +60,8 @@ pub(super) struct Dispatch {
     pieces: usize,
     pub(super) dispatch: (u32, u32),
     pub(super) reduce_dispatch: (u32, u32),
-    /// Workgroups of the edge dispatch: two invocations a piece.
+    /// Workgroups of the edge dispatch: two invocations a piece; none where every piece
+    /// starts and ends on a unit boundary.
     pub(super) edge_workgroups: u32,
 }
 
@@ -204,7 +207,7 @@ pub(super) fn layout(
     let mut partial_count: u32 = 0;
     let mut partial_bases = Vec::with_capacity(plans.len());
     for p in &plans {
-        if dispatch_size(p.workgroups, max_x).1 > max_x {
+        if dispatch_size(step_workgroups(p), max_x).1 > max_x {
             return Err(Error::Unsupported(format!(
                 "a dispatch of {} workgroups (max_compute_workgroups_per_dimension is {max_x})",
                 p.workgroups
@@ -276,7 +279,7 @@ impl Parts<'_> {
         }
         let mut contents = vec![0u8; (table_stride * layout.plans.len().max(1) as u64) as usize];
         for (b, p) in layout.plans.iter().enumerate() {
-            let x = dispatch_size(p.workgroups, max_x).0;
+            let x = dispatch_size(step_workgroups(p), max_x).0;
             let reduce_x = dispatch_size(reduce_workgroups(p), max_x).0;
             let bytes = segment_table(p, &layout.spans, (x, reduce_x), layout.partial_bases[b]);
             let at = b * table_stride as usize;
@@ -334,9 +337,13 @@ impl Parts<'_> {
                 access,
                 grad_access,
                 pieces: p.pieces.len(),
-                dispatch: dispatch_size(p.workgroups, max_x),
+                dispatch: dispatch_size(step_workgroups(p), max_x),
                 reduce_dispatch: dispatch_size(reduce_workgroups(p), max_x),
-                edge_workgroups: (2 * p.pieces.len() as u32).div_ceil(WORKGROUP_SIZE),
+                edge_workgroups: if has_edges(p, &layout.spans) {
+                    (2 * p.pieces.len() as u32).div_ceil(WORKGROUP_SIZE)
+                } else {
+                    0
+                },
             });
         }
         Ok(Bound {
