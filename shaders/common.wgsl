@@ -2,8 +2,10 @@
 // shaders/layout.wgsl and the storage bindings that src/gpu/kernels.rs writes, to each
 // optimizer's shader). An optimizer's shader states only its formula. It declares `Hyper` (its
 // per-group values, written by the host for each step), `Coeffs` (its per-tensor values for
-// one step), `fn coeffs(h: Hyper, t: u32) -> Coeffs` (from the group's values and the tensor's
-// step count `t`, counted from 1 as PyTorch counts after `step += 1`) and
+// one step), `fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs` (from the
+// group's values, the tensor's step count `t`, counted from 1 as PyTorch counts after
+// `step += 1`, and the tensor's scalar state `x`, which it advances; a skipped step keeps the
+// old) and
 // `fn update(u: ptr<function, Unit>)`, which applies the update to the unit's parameter and
 // state (see `Unit`). Variants of a formula are pipeline-overridable booleans of the shader.
 //
@@ -349,6 +351,10 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
             t += 1u;
             control.tensors[i].step = t;
         }
-        derived_out.tensors[i] = coeffs(slot.groups[control.tensors[i].group], t);
+        var scalars = control.tensors[i].scalars;
+        derived_out.tensors[i] = coeffs(slot.groups[control.tensors[i].group], t, &scalars);
+        if !found_inf {
+            control.tensors[i].scalars = scalars;
+        }
     }
 }

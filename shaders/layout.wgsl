@@ -113,6 +113,9 @@ struct TensorStep {
     step: u32,
     // Parameter group of the tensor.
     group: u32,
+    // The optimizer's per-tensor scalar state, in the order it names it (NAdam's
+    // `mu_product`; ASGD's `eta` and `mu`), advanced by `coeffs` in `finalize`.
+    scalars: vec2<f32>,
 }
 
 // The optimizer's state that lives on the GPU besides the state buffers.

@@ -954,6 +954,8 @@ mod tests {
             ("radam", 28),
             ("adadelta", 28),
             ("rprop", 28),
+            ("nadam", 28),
+            ("asgd", 20),
             ("adam-minimal", 28),
             // The reduction reads the gradients once more.
             ("adam+clip", 32),

@@ -18,7 +18,8 @@ pub use amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
 pub use error::{Error, Result};
 pub use gpu::{Access, Context};
 pub use optim::{
-    Adadelta, Adagrad, Adam, AdamW, Adamax, OptimizerConfig, RAdam, RMSprop, Rprop, SGD,
+    ASGD, Adadelta, Adagrad, Adam, AdamW, Adamax, NAdam, OptimizerConfig, RAdam, RMSprop, Rprop,
+    SGD,
 };
 pub use optimizer::checkpoint;
 pub use optimizer::{

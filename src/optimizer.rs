@@ -4,7 +4,8 @@ use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport, sp
 use crate::error::{Error, Result};
 use crate::gpu::plan;
 use crate::gpu::template::{
-    COEFFS_STRIDE, CONTROL_HEADER, STEP_HEADER_SIZE, StepConfig, TENSOR_STEP_SIZE, flags,
+    COEFFS_STRIDE, CONTROL_HEADER, MAX_SCALARS, STEP_HEADER_SIZE, StepConfig, TENSOR_STEP_SIZE,
+    flags,
 };
 use crate::gpu::{Access, CompiledKernel, Context, EDGES, GradAccess, Pipeline, SINGLE, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
@@ -476,7 +477,13 @@ impl Optimizer {
                 Vec::with_capacity((CONTROL_HEADER + TENSOR_STEP_SIZE * n) as usize);
             control_bytes.extend_from_slice(bytemuck::cast_slice(&[1.0f32.to_bits(), 0, 0, 0]));
             for (g, _) in &all {
-                control_bytes.extend_from_slice(bytemuck::cast_slice(&[0u32, *g as u32]));
+                let config = &groups[*g].config;
+                let mut words = [0u32; 2 + MAX_SCALARS];
+                words[1] = *g as u32;
+                for (k, name) in config.scalar_names().iter().enumerate() {
+                    words[2 + k] = (config.initial_scalar_value(name) as f32).to_bits();
+                }
+                control_bytes.extend_from_slice(bytemuck::cast_slice(&words));
             }
             let control = wgpu::util::DeviceExt::create_buffer_init(
                 device,
@@ -1005,20 +1012,29 @@ impl Optimizer {
             ranges.extend(self.state_ranges(meta, n as u64));
         }
         let values = self.ctx.read_f32(&ranges)?;
-        let step = self.step_count(tensor)?;
+        let at = CONTROL_HEADER + TENSOR_STEP_SIZE * tensor as u64;
+        let words = self
+            .ctx
+            .read_words(&[(&self.buffers.control, at, TENSOR_STEP_SIZE / 4)])?;
         let len = meta.len as usize;
+        let scalar_names = self.groups[meta.group].scalar_names();
         Ok(TensorState {
-            step,
+            step: u64::from(words[0]),
             buffers: names
                 .iter()
                 .enumerate()
                 .map(|(n, name)| (name.to_string(), values[n * len..(n + 1) * len].to_vec()))
                 .collect(),
+            scalars: scalar_names
+                .iter()
+                .enumerate()
+                .map(|(k, name)| (name.to_string(), f32::from_bits(words[2 + k])))
+                .collect(),
         })
     }
 
-    /// Replaces the state of `tensor`: its step count and every state buffer, under PyTorch's
-    /// names. The buffers are written with [`wgpu::Queue::write_buffer`], so they take effect
+    /// Replaces the state of `tensor`: its step count, every state buffer and every scalar
+    /// state, under PyTorch's names. The buffers are written with [`wgpu::Queue::write_buffer`], so they take effect
     /// at the next submit. The step count may be at most [`MAX_STEP`]. SGD's momentum buffer
     /// counts as existing once loaded, whatever the step. On error nothing changes.
     pub fn load_state(&mut self, tensor: usize, state: &TensorState<f32>) -> Result<()> {
@@ -1054,6 +1070,27 @@ impl Optimizer {
                 config.type_name()
             )));
         }
+        let scalar_names = config.scalar_names();
+        if let Some(name) = state
+            .scalars
+            .keys()
+            .find(|n| !scalar_names.contains(&n.as_str()))
+        {
+            return Err(Error::UnknownState {
+                name: name.clone(),
+                optimizer: config.type_name(),
+                known: scalar_names.join(", "),
+            });
+        }
+        if let Some(missing) = scalar_names
+            .iter()
+            .find(|n| !state.scalars.contains_key(**n))
+        {
+            return Err(Error::Input(format!(
+                "state of tensor {tensor} lacks the scalar {missing:?}, which {} keeps",
+                config.type_name()
+            )));
+        }
         for (n, name) in names.iter().enumerate() {
             let values = &state.buffers[*name];
             let mut start = 0;
@@ -1071,11 +1108,21 @@ impl Optimizer {
         } else {
             state.step.max(1)
         };
-        self.ctx.queue().write_buffer(
+        let at = CONTROL_HEADER + TENSOR_STEP_SIZE * tensor as u64;
+        let queue = self.ctx.queue();
+        queue.write_buffer(
             &self.buffers.control,
-            CONTROL_HEADER + TENSOR_STEP_SIZE * tensor as u64,
+            at,
             bytemuck::bytes_of(&(step as u32)),
         );
+        let scalars: Vec<f32> = scalar_names.iter().map(|n| state.scalars[*n]).collect();
+        if !scalars.is_empty() {
+            queue.write_buffer(
+                &self.buffers.control,
+                at + 8,
+                bytemuck::cast_slice(&scalars),
+            );
+        }
         Ok(())
     }
 

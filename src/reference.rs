@@ -70,6 +70,7 @@ pub trait Real:
         param: &mut [Self],
         grad: &[Self],
         state: &mut [Vec<Self>],
+        scalars: &mut [Self],
     );
 }
 
@@ -103,8 +104,9 @@ macro_rules! real {
                 param: &mut [Self],
                 grad: &[Self],
                 state: &mut [Vec<Self>],
+                scalars: &mut [Self],
             ) {
-                config.class().$method(t, param, grad, state);
+                config.class().$method(t, param, grad, state, scalars);
             }
         }
     };
@@ -126,8 +128,9 @@ pub fn lerp<F: Real>(start: F, end: F, weight: F) -> F {
 /// decayed learning rates) are computed in f64 and rounded once to `F`, as the host rounds
 /// the values it writes for the kernels.
 ///
-/// Missing state buffers are created as PyTorch creates them (zeros, or Adagrad's
-/// `initial_accumulator_value`; SGD's momentum buffer starts as a copy of the first gradient).
+/// Missing state is created as PyTorch creates it (zeros, or Adagrad's
+/// `initial_accumulator_value`; SGD's momentum buffer starts as a copy of the first gradient;
+/// NAdam's `mu_product` 1).
 ///
 /// # Panics
 /// If `param` and `grad` differ in length, or a state buffer in `state` has another length.
@@ -150,9 +153,20 @@ pub fn step<F: Real>(
             buf
         })
         .collect();
-    F::class_step(config, state.step, param, grad, &mut buffers);
+    let scalar_names = config.scalar_names();
+    let mut scalars: Vec<F> = scalar_names
+        .iter()
+        .map(|name| {
+            (state.scalars.remove(*name))
+                .unwrap_or_else(|| F::of(config.initial_scalar_value(name)))
+        })
+        .collect();
+    F::class_step(config, state.step, param, grad, &mut buffers, &mut scalars);
     for (name, buf) in names.iter().zip(buffers) {
         state.buffers.insert(name.to_string(), buf);
+    }
+    for (name, x) in scalar_names.iter().zip(scalars) {
+        state.scalars.insert(name.to_string(), x);
     }
 }
 

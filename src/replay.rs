@@ -388,6 +388,13 @@ pub fn replay(
                 data: vec![state.step as f32],
             });
         }
+        for (name, value) in state.scalars {
+            out.push(NamedTensor {
+                name: format!("{}.{name}", p.name),
+                shape: Vec::new(),
+                data: vec![value],
+            });
+        }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     let grad_scaler = match optimizer.grad_scaler() {

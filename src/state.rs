@@ -13,6 +13,9 @@ pub struct TensorState<T> {
     pub step: u64,
     /// State buffers by PyTorch name. Each has as many elements as the parameter.
     pub buffers: BTreeMap<String, Vec<T>>,
+    /// Scalar (0-d) state besides the step count, by PyTorch name: NAdam's `mu_product`,
+    /// ASGD's `eta` and `mu` ([`OptimizerConfig::scalar_names`](crate::OptimizerConfig::scalar_names)).
+    pub scalars: BTreeMap<String, T>,
 }
 
 impl<T> TensorState<T> {

@@ -1332,6 +1332,21 @@ fn check_row(
                 errors.compare(&what, got, want, path, cpu32);
             }
         }
+        // Scalar state: every chunk of a tensor keeps the same.
+        if let Some(c) = chunks.iter().find(|c| c.tensor == k) {
+            for name in config.scalar_names() {
+                let (Some(&got), Some(&want), Some(&cpu32)) = (
+                    state.scalars.get(*name),
+                    c.state.scalars.get(*name),
+                    c.state32.scalars.get(*name),
+                ) else {
+                    errors.fail(format!("tensor {k} has no scalar state {name:?}"));
+                    continue;
+                };
+                let what = |_: usize| format!("tensor {k} {name}");
+                errors.compare(&what, &[got], &[want], &[0.0], &[cpu32]);
+            }
+        }
     }
     Ok((errors, opt))
 }
@@ -1495,7 +1510,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 80);
+        assert_eq!(configs.len(), 92);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1526,6 +1541,8 @@ mod tests {
             ("radam", 28),
             ("adadelta", 28),
             ("rprop", 28),
+            ("nadam", 28),
+            ("asgd", 20),
         ] {
             assert_eq!(by_kernel(k), Some(b), "{k}");
         }

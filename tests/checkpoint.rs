@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use wgpu_optim::checkpoint::{LoadOptions, SaveOptions};
 use wgpu_optim::schedule::Scheduler;
 use wgpu_optim::{
-    Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, NormType, Optimizer,
-    OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor,
+    ASGD, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, NAdam, NormType,
+    Optimizer, OptimizerConfig, ParamGroup, RMSprop, Rprop, SGD, Tensor,
 };
 
 const STEPS: usize = 20;
@@ -71,6 +71,18 @@ fn cases() -> Vec<Case> {
         initial_accumulator_value: 0.1,
         ..Default::default()
     };
+    let nadam = NAdam {
+        lr: 0.01,
+        weight_decay: 0.05,
+        decoupled_weight_decay: true,
+        ..Default::default()
+    };
+    let asgd = ASGD {
+        lr: 0.05,
+        lambd: 0.5,
+        t0: 3.0,
+        ..Default::default()
+    };
     let two = |a: OptimizerConfig| {
         let mut b = a;
         b.set_lr(a.lr() * 0.5);
@@ -126,9 +138,32 @@ fn cases() -> Vec<Case> {
         Case {
             name: "RMSprop centered with momentum, OneCycleLR and a grad scaler",
             groups: two(rmsprop.into()),
+            schedule: Some(one_cycle.clone()),
+            clip: None,
+            scaler: Some(scaler),
+        },
+        // NAdam's mu_product and ASGD's eta and mu are scalar state on the GPU; OneCycleLR
+        // cycles NAdam's beta1, which mu_product keeps a product of.
+        Case {
+            name: "NAdam decoupled, OneCycleLR and a grad scaler",
+            groups: two(nadam.into()),
             schedule: Some(one_cycle),
             clip: None,
             scaler: Some(scaler),
+        },
+        Case {
+            name: "ASGD averaging, StepLR, clip_grad_value",
+            groups: two(asgd.into()),
+            schedule: Some(step_lr.clone()),
+            clip: Some(ClipGrad::value(0.5)),
+            scaler: None,
+        },
+        Case {
+            name: "Rprop, StepLR",
+            groups: two(Rprop::default().into()),
+            schedule: Some(step_lr.clone()),
+            clip: None,
+            scaler: None,
         },
         Case {
             name: "Adagrad, StepLR, clip_grad_norm",

@@ -1146,6 +1146,7 @@ fn load_state_errors_change_nothing() {
             .iter()
             .map(|&(name, len)| (name.to_string(), vec![42.0; len]))
             .collect(),
+        ..Default::default()
     };
     let unknown = state(&[("exp_avg", 77), ("exp_avg_sq", 77), ("momentum_buffer", 77)]);
     let err = assert_err!(
@@ -1210,6 +1211,7 @@ fn load_state_errors_change_nothing() {
             ),
         ]
         .into(),
+        ..Default::default()
     };
     opt.load_state(1, &good).unwrap();
     assert_eq!(opt.read_state(1).unwrap(), good);
@@ -1233,6 +1235,7 @@ fn the_largest_step_count_loads_and_steps() {
             .iter()
             .map(|(n, v)| (n.to_string(), v.to_vec()))
             .collect(),
+        ..Default::default()
     };
     let mut state = TensorState {
         step: wgpu_optim::MAX_STEP,
@@ -1240,6 +1243,7 @@ fn the_largest_step_count_loads_and_steps() {
             .iter()
             .map(|(n, v)| (n.to_string(), widen(v)))
             .collect(),
+        ..Default::default()
     };
     opt.load_state(0, &loaded).unwrap();
     opt.step_submit().unwrap();
@@ -1590,6 +1594,7 @@ fn tensors_larger_than_a_binding_are_split_across_dispatches() {
                 .iter()
                 .map(|name| (name.to_string(), rng.normals(big as usize)))
                 .collect(),
+            ..Default::default()
         };
         opt.load_state(0, &state).unwrap();
         assert_eq!(opt.read_state(0).unwrap(), state, "{config:?}");

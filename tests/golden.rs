@@ -95,7 +95,13 @@ fn compare(
             "{name} {}: differs from PyTorch float32 by {vs_torch:e} (scale {scale:e})",
             t.name
         );
-        // Error against float64 within the range of PyTorch's own float32 error.
+        // Error against float64 within the range of PyTorch's own float32 error. PyTorch keeps
+        // some scalar state in float32 in its float64 run too (NAdam's mu_product, ASGD's eta
+        // and mu), so that its two runs agree bit for bit there and the float64 run is no
+        // truth to measure against: those are held to float32 PyTorch above only.
+        if t.shape.is_empty() && t32 == t64 {
+            continue;
+        }
         let ours_err = max_abs_diff(&ours, t64);
         let torch_err = max_abs_diff(t32, t64);
         let bound = 2.0 * torch_err + 2e-7 * scale;

@@ -492,7 +492,14 @@ mod tests {
         assert_eq!(naga_layout(&adam, "Control").0, control);
         assert_eq!(
             naga_layout(&adam, "TensorStep"),
-            (words(&["step", "group"]), TENSOR_STEP_SIZE as u32)
+            (
+                vec![
+                    ("step".into(), 0),
+                    ("group".into(), 4),
+                    ("scalars".into(), 8)
+                ],
+                TENSOR_STEP_SIZE as u32
+            )
         );
         let header = words(&["skip", "inv_scale", "clip_coef", "clip_value"]);
         assert_eq!(

@@ -24,8 +24,11 @@ pub(crate) const STEP_HEADER_SIZE: u64 = 32;
 pub(crate) const COEFFS_STRIDE: u64 = 64;
 /// Bytes of the header of `Control` (scale, growth tracker, total norm, found_inf).
 pub(crate) const CONTROL_HEADER: u64 = 16;
-/// Bytes of one `TensorStep` in `Control`.
-pub(crate) const TENSOR_STEP_SIZE: u64 = 8;
+/// Bytes of one `TensorStep` in `Control`: the step count, the group, and two words of
+/// per-tensor scalar state.
+pub(crate) const TENSOR_STEP_SIZE: u64 = 16;
+/// Per-tensor scalar state words in a `TensorStep`.
+pub(crate) const MAX_SCALARS: usize = 2;
 
 /// Bits of `StepConfig::flags` (shaders/layout.wgsl).
 pub(crate) mod flags {

@@ -105,7 +105,14 @@ impl Class for Adadelta {
         }
     }
 
-    fn reference<F: Real>(&self, _t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+    fn reference<F: Real>(
+        &self,
+        _t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
         let (lr, rho, one_minus_rho, eps, wd) = (
             F::of(self.lr),
             F::of(self.rho),

@@ -119,7 +119,14 @@ impl Class for Adagrad {
         }
     }
 
-    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
         let (clr, eps, wd, sign) = (
             F::of(self.clr(t)),
             F::of(self.eps),

@@ -182,7 +182,14 @@ impl Class for Adam {
         }
     }
 
-    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
         let (b1, b2) = self.betas;
         let t = t as f64;
         let step_size = F::of(self.lr / (1.0 - b1.powf(t)));
@@ -285,8 +292,15 @@ impl Class for AdamW {
         self.adam().hyper()
     }
 
-    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
-        self.adam().reference(t, param, grad, state);
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
+        self.adam().reference(t, param, grad, state, _scalars);
     }
 
     fn cases() -> Vec<Self> {

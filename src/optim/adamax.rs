@@ -111,7 +111,14 @@ impl Class for Adamax {
         }
     }
 
-    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
         let (b1, b2) = self.betas;
         let neg_clr = F::of(-(self.lr / (1.0 - b1.powf(t as f64))));
         let (one_minus_b1, beta2, eps, wd) = (

@@ -30,6 +30,8 @@ mod adadelta;
 mod adagrad;
 mod adam;
 mod adamax;
+mod asgd;
+mod nadam;
 mod radam;
 mod rmsprop;
 mod rprop;
@@ -39,6 +41,8 @@ pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
+pub use asgd::ASGD;
+pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RMSprop;
 pub use rprop::Rprop;
@@ -147,13 +151,30 @@ pub(crate) trait Class:
     fn initial_state(&self, _name: &str) -> f64 {
         0.0
     }
+    /// PyTorch's names of the per-tensor scalar (0-d) state, at most two (NAdam's
+    /// `mu_product`, ASGD's `eta` and `mu`); the shader's `coeffs` advances them on the GPU.
+    fn scalar_names(&self) -> &'static [&'static str] {
+        &[]
+    }
+    /// The value a scalar state holds before the first step.
+    fn initial_scalar(&self, _name: &str) -> f64 {
+        0.0
+    }
     /// The group's record for one step.
     fn hyper(&self) -> Self::Hyper;
     /// One step on the CPU, in `F`: step number `t` (1 for the first), the state buffers in
-    /// [`state_names`](Self::state_names) order. Per-step scalars are computed in f64 and
+    /// [`state_names`](Self::state_names) order and the scalar state in
+    /// [`scalar_names`](Self::scalar_names) order. Per-step scalars are computed in f64 and
     /// rounded once, as the host rounds what it writes for the kernel; elementwise arithmetic
     /// runs in `F`, in the order of PyTorch's single-tensor implementation.
-    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]);
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        scalars: &mut [F],
+    );
     /// The option combinations `validate` and the tests run: every kernel of the class, with
     /// and without weight decay and `maximize`.
     fn cases() -> Vec<Self>;
@@ -209,11 +230,13 @@ pub(crate) trait DynClass {
     fn kernel(&self) -> Kernel;
     fn state_names(&self) -> &'static [&'static str];
     fn initial_state(&self, name: &str) -> f64;
+    fn scalar_names(&self) -> &'static [&'static str];
+    fn initial_scalar(&self, name: &str) -> f64;
     fn step_state(&self) -> bool;
     fn write_hyper(&self, out: &mut [u8]);
     fn options(&self) -> String;
-    fn reference_f64(&self, t: u64, param: &mut [f64], grad: &[f64], state: &mut [Vec<f64>]);
-    fn reference_f32(&self, t: u64, param: &mut [f32], grad: &[f32], state: &mut [Vec<f32>]);
+    fn reference_f64(&self, t: u64, p: &mut [f64], g: &[f64], s: &mut [Vec<f64>], x: &mut [f64]);
+    fn reference_f32(&self, t: u64, p: &mut [f32], g: &[f32], s: &mut [Vec<f32>], x: &mut [f32]);
 }
 
 impl<C: Class> DynClass for C {
@@ -245,6 +268,12 @@ impl<C: Class> DynClass for C {
     fn initial_state(&self, name: &str) -> f64 {
         Class::initial_state(self, name)
     }
+    fn scalar_names(&self) -> &'static [&'static str] {
+        Class::scalar_names(self)
+    }
+    fn initial_scalar(&self, name: &str) -> f64 {
+        Class::initial_scalar(self, name)
+    }
     fn step_state(&self) -> bool {
         C::STEP_STATE
     }
@@ -254,11 +283,11 @@ impl<C: Class> DynClass for C {
     fn options(&self) -> String {
         options(self, &C::default())
     }
-    fn reference_f64(&self, t: u64, param: &mut [f64], grad: &[f64], state: &mut [Vec<f64>]) {
-        self.reference(t, param, grad, state);
+    fn reference_f64(&self, t: u64, p: &mut [f64], g: &[f64], s: &mut [Vec<f64>], x: &mut [f64]) {
+        self.reference(t, p, g, s, x);
     }
-    fn reference_f32(&self, t: u64, param: &mut [f32], grad: &[f32], state: &mut [Vec<f32>]) {
-        self.reference(t, param, grad, state);
+    fn reference_f32(&self, t: u64, p: &mut [f32], g: &[f32], s: &mut [Vec<f32>], x: &mut [f32]) {
+        self.reference(t, p, g, s, x);
     }
 }
 
@@ -452,6 +481,10 @@ registry! {
     Adadelta(Adadelta),
     /// `torch.optim.Rprop`.
     Rprop(Rprop),
+    /// `torch.optim.NAdam`.
+    NAdam(NAdam),
+    /// `torch.optim.ASGD`.
+    ASGD(ASGD),
 }
 
 impl<'de> Deserialize<'de> for OptimizerConfig {
@@ -528,6 +561,18 @@ impl OptimizerConfig {
     /// `initial_accumulator_value`).
     pub fn initial_state_value(&self, name: &str) -> f64 {
         self.class().initial_state(name)
+    }
+
+    /// PyTorch's names of the per-tensor scalar (0-d) state that is not the step count: NAdam's
+    /// `mu_product`, ASGD's `eta` and `mu`; none for the others. It lives on the GPU with the
+    /// step count, in f32, as PyTorch keeps it.
+    pub fn scalar_names(&self) -> &'static [&'static str] {
+        self.class().scalar_names()
+    }
+
+    /// The value a scalar state holds before the first step.
+    pub fn initial_scalar_value(&self, name: &str) -> f64 {
+        self.class().initial_scalar(name)
     }
 
     /// The arguments that differ from PyTorch's defaults, as `name=value` (flags that are on
@@ -679,6 +724,14 @@ mod tests {
         assert!(e.to_string().contains("unknown variant `Lamb2`"), "{e}");
         let e = parse(r#"{"lr":0.1}"#).unwrap_err();
         assert!(e.to_string().contains("missing field `type`"), "{e}");
+    }
+
+    #[test]
+    fn scalar_state_fits_the_control_buffer() {
+        for config in OptimizerConfig::all_cases() {
+            let n = config.scalar_names().len();
+            assert!(n <= crate::gpu::template::MAX_SCALARS, "{config:?}");
+        }
     }
 
     #[test]

@@ -143,7 +143,14 @@ impl Class for RAdam {
         }
     }
 
-    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
         let (b1, b2) = self.betas;
         let t = t as f64;
         let bc1 = F::of(1.0 - b1.powf(t));

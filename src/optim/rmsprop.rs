@@ -127,7 +127,14 @@ impl Class for RMSprop {
         }
     }
 
-    fn reference<F: Real>(&self, _t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+    fn reference<F: Real>(
+        &self,
+        _t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
         let (lr, alpha, one_minus_alpha, eps, wd, momentum, sign) = (
             F::of(self.lr),
             F::of(self.alpha),

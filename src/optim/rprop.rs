@@ -111,7 +111,14 @@ impl Class for Rprop {
         }
     }
 
-    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
         let (minus, plus) = (F::of(self.etas.0), F::of(self.etas.1));
         let (lo, hi) = (F::of(self.step_sizes.0), F::of(self.step_sizes.1));
         let (zero, one, sign) = (

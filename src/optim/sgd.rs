@@ -132,7 +132,14 @@ impl Class for SGD {
         }
     }
 
-    fn reference<F: Real>(&self, t: u64, param: &mut [F], grad: &[F], state: &mut [Vec<F>]) {
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
         let sign = F::of(grad_sign(self.maximize).into());
         let (lr, wd) = (F::of(self.lr), F::of(self.weight_decay));
         let (momentum, damp) = (F::of(self.momentum), F::of(1.0 - self.dampening));

@@ -99,6 +99,8 @@ impl PendingSave {
 enum Source {
     /// Tensor `i`'s step count, from the control buffer.
     Step(usize),
+    /// Scalar state `k` of tensor `i`, from the control buffer.
+    Scalar(usize, usize),
     /// Byte ranges `(buffer, offset, bytes)` of GPU buffers, in order.
     Gpu(Vec<(wgpu::Buffer, u64, u64)>),
 }
@@ -229,6 +231,16 @@ impl Optimizer {
                 });
             }
         }
+        for (i, meta) in self.tensors.iter().enumerate() {
+            for (k, scalar) in self.groups[meta.group].scalar_names().iter().enumerate() {
+                entries.push(Entry {
+                    name: format!("{}.{scalar}", meta.name),
+                    dtype: "F32",
+                    shape: Vec::new(),
+                    source: Source::Scalar(i, k),
+                });
+            }
+        }
         let mut control = (self.buffers.control.clone(), self.buffers.control.size());
         if copy {
             let device = self.ctx.device();
@@ -293,8 +305,10 @@ impl Optimizer {
     fn check_keys(&self) -> Result<()> {
         let mut seen = HashMap::new();
         for (i, meta) in self.tensors.iter().enumerate() {
-            let states = self.groups[meta.group].state_names();
-            let suffixes = std::iter::once("step").chain(states.iter().copied());
+            let config = &self.groups[meta.group];
+            let suffixes = std::iter::once("step")
+                .chain(config.state_names().iter().copied())
+                .chain(config.scalar_names().iter().copied());
             let keys = std::iter::once(meta.name.clone())
                 .chain(suffixes.map(|s| format!("{}.{s}", meta.name)));
             for key in keys {
@@ -341,11 +355,19 @@ impl Optimizer {
                 let start = file.tensors[&format!("{}.{state}", meta.name)].start;
                 stream.upload(&mut file, start, &self.state_ranges(meta, n as u64))?;
             }
+            let at = super::CONTROL_HEADER + super::TENSOR_STEP_SIZE * i as u64;
             queue.write_buffer(
                 &self.buffers.control,
-                super::CONTROL_HEADER + super::TENSOR_STEP_SIZE * i as u64,
+                at,
                 bytemuck::bytes_of(&(plan.steps[i] as u32)),
             );
+            if !plan.scalars[i].is_empty() {
+                queue.write_buffer(
+                    &self.buffers.control,
+                    at + 8,
+                    bytemuck::cast_slice(&plan.scalars[i]),
+                );
+            }
         }
         stream.finish()?;
         if let Some((_, state)) = plan.scaler {
@@ -397,6 +419,7 @@ impl Optimizer {
         // Every tensor the optimizer needs, with its dtype and shape; no tensor besides.
         let mut expected = HashSet::new();
         let mut steps = Vec::with_capacity(self.tensors.len());
+        let mut scalars = Vec::with_capacity(self.tensors.len());
         for t in &self.tensors {
             let step_key = format!("{}.step", t.name);
             file.expect(&step_key, "I64", Some(&[]), 1)?;
@@ -408,6 +431,14 @@ impl Optimizer {
             }
             steps.push(step as u64);
             expected.insert(step_key);
+            let mut values = Vec::new();
+            for scalar in self.groups[t.group].scalar_names() {
+                let key = format!("{}.{scalar}", t.name);
+                file.expect(&key, "F32", Some(&[]), 1)?;
+                values.push(file.read_f32(&key)?);
+                expected.insert(key);
+            }
+            scalars.push(values);
             for state in self.groups[t.group].state_names() {
                 let key = format!("{}.{state}", t.name);
                 file.expect(&key, "F32", t.given_shape.as_deref(), t.len)?;
@@ -449,6 +480,7 @@ impl Optimizer {
         Ok(LoadPlan {
             groups,
             steps,
+            scalars,
             scaler,
             scheduler,
         })
@@ -513,6 +545,8 @@ impl Optimizer {
 struct LoadPlan {
     groups: Vec<OptimizerConfig>,
     steps: Vec<u64>,
+    /// Each tensor's scalar state, in its class's order.
+    scalars: Vec<Vec<f32>>,
     scaler: Option<(GradScaler, GradScalerState)>,
     scheduler: Option<Scheduler>,
 }
@@ -563,9 +597,10 @@ impl SavePlan {
                 .map_err(|e| Error::Input(format!("cannot write the grad scaler state: {e}")))?;
             self.metadata.insert("grad_scaler".into(), json);
         }
-        let step = |i: usize| {
-            let at = (super::CONTROL_HEADER / 4) as usize + 2 * i;
-            i64::from(control[at])
+        let word = |i: usize, k: usize| {
+            control[(super::CONTROL_HEADER / 4) as usize
+                + (super::TENSOR_STEP_SIZE / 4) as usize * i
+                + k]
         };
 
         let mut header = Map::new();
@@ -577,6 +612,7 @@ impl SavePlan {
         for e in &self.entries {
             let bytes = match &e.source {
                 Source::Step(_) => 8,
+                Source::Scalar(..) => 4,
                 Source::Gpu(ranges) => ranges.iter().map(|r| r.2).sum(),
             };
             header.insert(
@@ -601,7 +637,12 @@ impl SavePlan {
             out.write_all(&json).map_err(io)?;
             for e in &self.entries {
                 match &e.source {
-                    Source::Step(i) => out.write_all(&step(*i).to_le_bytes()).map_err(io)?,
+                    Source::Step(i) => out
+                        .write_all(&i64::from(word(*i, 0)).to_le_bytes())
+                        .map_err(io)?,
+                    Source::Scalar(i, k) => {
+                        out.write_all(&word(*i, 2 + *k).to_le_bytes()).map_err(io)?
+                    }
                     Source::Gpu(ranges) => {
                         let ranges: Vec<_> = ranges.iter().map(|(b, o, n)| (b, *o, *n)).collect();
                         self.ctx.read_stream(&ranges, STREAM_CHUNK, |data| {
@@ -767,6 +808,12 @@ impl CheckpointFile {
         let mut bytes = [0u8; 8];
         self.read_at(self.tensors[key].start, &mut bytes)?;
         Ok(i64::from_le_bytes(bytes))
+    }
+
+    fn read_f32(&mut self, key: &str) -> Result<f32> {
+        let mut bytes = [0u8; 4];
+        self.read_at(self.tensors[key].start, &mut bytes)?;
+        Ok(f32::from_le_bytes(bytes))
     }
 
     fn read_at(&mut self, at: u64, into: &mut [u8]) -> Result<()> {

@@ -318,6 +318,21 @@ impl Tracked {
             state.buffers.keys().eq(self.state.buffers.keys()),
             "{what}: state names"
         );
+        assert!(
+            state.scalars.keys().eq(self.state.scalars.keys()),
+            "{what}: scalar state names"
+        );
+        for (name, want) in &self.state.scalars {
+            assert_as_close_as_f32(
+                &format!("{what}: {name}"),
+                &[state.scalars[name]],
+                &[*want],
+                &[0.0],
+                &[self.state32.scalars[name]],
+                2e-5,
+                2e-5,
+            );
+        }
         for (name, want) in &self.state.buffers {
             assert_as_close_as_f32(
                 &format!("{what}: {name}"),

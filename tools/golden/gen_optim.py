@@ -6,8 +6,8 @@ Run from the repository root:
     python3 tools/golden/gen_optim.py
 
 It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad,
-RAdam, Adamax, Adadelta, Rprop) on CPU over a fixed, seeded problem and writes,
-under ``tests/golden/optim/``:
+NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD) on CPU over a fixed, seeded
+problem and writes, under ``tests/golden/optim/``:
 
 * ``params.safetensors``  - initial parameters (F32), one tensor per name
                             ("w" [7,5], "b" [13], "v" [300]).
@@ -29,17 +29,21 @@ under ``tests/golden/optim/``:
 In the per-case files, final params are stored under their names and every
 optimizer state tensor under ``<name>.<state name>`` exactly as
 ``optimizer.state`` names it (momentum_buffer, exp_avg, exp_avg_sq,
-max_exp_avg_sq, square_avg, grad_avg, sum, step; Adamax: exp_inf;
-Adadelta: square_avg, acc_delta; Rprop: prev, step_size).  State entries that
-are None are skipped.  The 0-d per-parameter ``step`` is stored as a 0-d F32
-tensor in both files: torch creates it in its scalar dtype (float32 while the
-default dtype is float32, which this script leaves alone), not in the param
-dtype.  Every other state tensor has the run's dtype.
+max_exp_avg_sq, square_avg, grad_avg, sum, step; NAdam: mu_product;
+Adamax: exp_inf; Adadelta: square_avg, acc_delta; Rprop: prev, step_size;
+ASGD: eta, mu, ax).  State entries that are None are skipped.  The 0-d
+per-parameter scalars ``step``, ``mu_product`` (NAdam), ``eta`` and ``mu``
+(ASGD) are stored as 0-d F32 tensors in both files: torch creates them in its
+scalar dtype (float32 while the default dtype is float32, which this script
+leaves alone), not in the param dtype, so the float64 run's are float32 too
+(and torch's float64 trajectory really does round mu_product, eta and mu to
+float32 every step).  Every other state tensor has the run's dtype.
 
 While it runs, the script checks that the cases reach the branches they are
 there for, and prints where: RAdam's rectification switch (rho_t > 5),
 Rprop's clamp of step_size at either bound of step_sizes (counted from the
-pre-clamp value, recomputed before each step).
+pre-clamp value, recomputed before each step), and the step from which ASGD's
+average ``ax`` differs from the param.
 
 The Rust tests read these committed files, so CI needs no Python.  Rerunning
 this script is deterministic and rewrites the same files (stale per-case files
@@ -116,6 +120,14 @@ CASES = [
     ("adagrad_lr_decay_init_acc_wd",
      {"type": "Adagrad", "lr": 0.1, "lr_decay": 0.01, "weight_decay": 0.02,
       "initial_accumulator_value": 0.1}),
+    # --- NAdam (mu_product is a 0-d float32 state) ---
+    ("nadam", {"type": "NAdam", "lr": 0.01}),
+    ("nadam_wd", {"type": "NAdam", "lr": 0.01, "weight_decay": 0.1}),
+    ("nadam_momentum_decay", {"type": "NAdam", "lr": 0.01, "momentum_decay": 0.05}),
+    ("nadam_decoupled_wd",
+     {"type": "NAdam", "lr": 0.01, "weight_decay": 0.1, "decoupled_weight_decay": True}),
+    ("nadam_maximize", {"type": "NAdam", "lr": 0.01, "maximize": True}),
+    ("nadam_betas_eps", {"type": "NAdam", "lr": 0.01, "betas": [0.8, 0.99], "eps": 1e-6}),
     # --- RAdam (rho_t > 5 from step 6 on for these betas: both branches are taken) ---
     ("radam", {"type": "RAdam", "lr": 0.01}),
     ("radam_wd", {"type": "RAdam", "lr": 0.01, "weight_decay": 0.1}),
@@ -139,6 +151,12 @@ CASES = [
     ("rprop_etas", {"type": "Rprop", "lr": 0.01, "etas": [0.3, 1.5]}),
     ("rprop_step_sizes", {"type": "Rprop", "lr": 0.01, "step_sizes": [0.003, 0.02]}),
     ("rprop_maximize", {"type": "Rprop", "lr": 0.01, "maximize": True}),
+    # --- ASGD (eta and mu are 0-d float32 states; with t0 = 5 averaging starts at step 8) ---
+    ("asgd", {"type": "ASGD", "lr": 0.05}),
+    ("asgd_t0", {"type": "ASGD", "lr": 0.05, "t0": 5.0}),
+    ("asgd_lambd_alpha_t0", {"type": "ASGD", "lr": 0.05, "lambd": 0.5, "alpha": 0.5, "t0": 5.0}),
+    ("asgd_wd", {"type": "ASGD", "lr": 0.05, "weight_decay": 0.1}),
+    ("asgd_maximize", {"type": "ASGD", "lr": 0.05, "maximize": True}),
 ]
 
 # (case name, optimizer spec, schedule spec): trajectories with a learning-rate schedule,
@@ -168,6 +186,9 @@ SCHEDULED_CASES = [
      {"type": "ChainedScheduler", "schedulers": [
          {"type": "ConstantLR", "factor": 0.5, "total_iters": 3},
          {"type": "ExponentialLR", "gamma": 0.95}]}),
+    # NAdam has "betas", so OneCycleLR cycles its beta1 (0.95 -> 0.85 -> 0.95 by default).
+    ("sched_nadam_onecycle", {"type": "NAdam", "lr": 0.01},
+     {"type": "OneCycleLR", "max_lr": 0.02, "total_steps": STEPS}),
     ("sched_radam_steplr", {"type": "RAdam", "lr": 0.02},
      {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
     ("sched_adadelta_cosine", {"type": "Adadelta", "lr": 1.0},
@@ -176,7 +197,7 @@ SCHEDULED_CASES = [
 
 # Per-parameter 0-d states that torch creates in its scalar dtype (torch.optim.optimizer.
 # _get_scalar_dtype(): float32 unless the default dtype is float64), whatever the param dtype.
-SCALAR_STATES = ("step",)
+SCALAR_STATES = ("step", "mu_product", "eta", "mu")
 
 
 def finish_output_dir(out_dir, expected):
@@ -238,6 +259,7 @@ def state_tensors(names, tensors, opt, dtype):
                     raise ValueError(f"expected 0-d step tensor, got shape {tuple(t.shape)}")
                 t = t.to(torch.float32)
             elif key in SCALAR_STATES:
+                # NAdam's mu_product, ASGD's eta and mu: float32 even in the float64 run.
                 if t.dim() != 0 or t.dtype != torch.float32:
                     raise TypeError(f"state {n}.{key} is {t.dtype} of shape {tuple(t.shape)}, "
                                     "expected a 0-d float32 tensor")
@@ -249,15 +271,16 @@ def state_tensors(names, tensors, opt, dtype):
 
 class BranchProbe:
     """Records, for one run, where the branches a case is there for are taken: RAdam's
-    rectification (rho_t > 5), and Rprop's clamp at either step_sizes bound (from the
-    pre-clamp value, recomputed from the state before each step exactly as torch computes
-    it)."""
+    rectification (rho_t > 5), Rprop's clamp at either step_sizes bound (from the pre-clamp
+    value, recomputed from the state before each step exactly as torch computes it), and
+    ASGD's averaging (ax differs from the param)."""
 
     def __init__(self, spec):
         self.kind = spec["type"]
         self.rect_steps = []        # RAdam: steps with rho_t > 5
         self.clamp_lo = []          # Rprop: (step, elements clamped up to step_size_min)
         self.clamp_hi = []          # Rprop: (step, elements clamped down to step_size_max)
+        self.ax_steps = []          # ASGD: steps after which ax != param somewhere
 
     def before(self, k, opt, tensors):
         group = opt.param_groups[0]
@@ -290,6 +313,11 @@ class BranchProbe:
             if n_hi:
                 self.clamp_hi.append((k + 1, n_hi))
 
+    def after(self, k, opt, tensors):
+        if self.kind == "ASGD":
+            if any(bool((opt.state[p]["ax"] != p).any()) for p in tensors):
+                self.ax_steps.append(k + 1)
+
     def summary(self):
         if self.kind == "RAdam":
             return f"rho_t>5 from step {self.rect_steps[0] if self.rect_steps else 'never'}"
@@ -298,6 +326,9 @@ class BranchProbe:
                 return (f"from step {hits[0][0]}, {sum(c for _, c in hits)} element-steps"
                         if hits else "never")
             return f"clamp at min {first(self.clamp_lo)}; at max {first(self.clamp_hi)}"
+        if self.kind == "ASGD":
+            return (f"ax != param from step {self.ax_steps[0]}" if self.ax_steps
+                    else "ax == param throughout (no averaging)")
         return ""
 
     def check(self, name, spec):
@@ -307,6 +338,8 @@ class BranchProbe:
             problems.append("RAdam must take both sides of rho_t > 5")
         if self.kind == "Rprop" and "step_sizes" in spec and not (self.clamp_lo and self.clamp_hi):
             problems.append("non-default step_sizes must clamp at both bounds")
+        if self.kind == "ASGD" and spec.get("t0", 1e6) < STEPS and not self.ax_steps:
+            problems.append("a t0 below STEPS must start the averaging")
         if problems:
             raise RuntimeError(f"{name}: " + "; ".join(problems))
 
@@ -333,6 +366,8 @@ def run_case(spec, params, grads, dtype, schedule=None, probe=None):
         if probe is not None:
             probe.before(k, opt, tensors)
         opt.step()
+        if probe is not None:
+            probe.after(k, opt, tensors)
         # OneCycleLR refuses to step past total_steps; the last step needs no next LR.
         if scheduler is not None and k + 1 < STEPS:
             scheduler.step()
