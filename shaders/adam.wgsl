@@ -58,15 +58,8 @@ fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
 
 fn update(u: ptr<function, Unit>) {
     let c = (*u).c;
-    var g = c.grad_sign * (*u).g;
-    if c.decay != 1.0 {
-        (*u).p = (*u).p * c.decay;
-    }
-    if c.weight_decay != 0.0 {
-        g = g + c.weight_decay * (*u).p;
-    }
-    (*u).s[0] = torch_lerp((*u).s[0], g, c.one_minus_beta1);
-    (*u).s[1] = (*u).s[1] * c.beta2 + c.one_minus_beta2 * g * g;
+    let g = decayed_grad(u, c.grad_sign, c.decay, c.weight_decay);
+    adam_moments(u, g, c.one_minus_beta1, c.beta2, c.one_minus_beta2);
     var v_hat = (*u).s[1];
     if AMSGRAD {
         (*u).s[2] = max((*u).s[2], (*u).s[1]);

@@ -242,6 +242,32 @@ fn locate_edge(wid: vec3<u32>, lid: u32) -> Site {
     return site;
 }
 
+// The gradient as PyTorch's formulas take it: negated when maximizing (`grad_sign` -1), plus
+// `weight_decay` times the parameter where that is not 0 (L2 weight decay).
+fn l2_grad(u: Unit, grad_sign: f32, weight_decay: f32) -> V {
+    var g = grad_sign * u.g;
+    if weight_decay != 0.0 {
+        g = g + weight_decay * u.p;
+    }
+    return g;
+}
+
+// `l2_grad` after the parameter's decoupled decay (`p *= decay` where `decay` is not 1): the
+// first lines of Adam's family, where one of the two decays applies.
+fn decayed_grad(u: ptr<function, Unit>, grad_sign: f32, decay: f32, weight_decay: f32) -> V {
+    if decay != 1.0 {
+        (*u).p = (*u).p * decay;
+    }
+    return l2_grad(*u, grad_sign, weight_decay);
+}
+
+// Adam's moments: exp_avg (`s[0]`) lerps toward `g` by 1 - beta1 (`exp_avg.lerp_`), and
+// exp_avg_sq (`s[1]`) becomes beta2 times itself plus (1 - beta2) g².
+fn adam_moments(u: ptr<function, Unit>, g: V, one_minus_beta1: f32, beta2: f32, one_minus_beta2: f32) {
+    (*u).s[0] = torch_lerp((*u).s[0], g, one_minus_beta1);
+    (*u).s[1] = (*u).s[1] * beta2 + one_minus_beta2 * g * g;
+}
+
 // torch.lerp as PyTorch evaluates it for float tensors, lane by lane.
 // Both forms are evaluated and one selected, without a branch: on CPU adapters (lavapipe) a
 // branch on a value loaded from a storage buffer costs more than the other form.

@@ -30,10 +30,7 @@ fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
 
 fn update(u: ptr<function, Unit>) {
     let c = (*u).c;
-    var g = c.grad_sign * (*u).g;
-    if c.weight_decay != 0.0 {
-        g = g + c.weight_decay * (*u).p;
-    }
+    let g = l2_grad(*u, c.grad_sign, c.weight_decay);
     let sq = (*u).s[0] * c.alpha + c.one_minus_alpha * g * g;
     (*u).s[0] = sq;
     var avg = sqrt(sq);

@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, check, check_non_negative, grad_sign, py_float,
+    Class, Shader, TorchSwitch, WeightDecay, check, check_non_negative, grad_sign, py_float,
     with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -113,22 +113,19 @@ impl Class for Adadelta {
         state: &mut [Vec<F>],
         _scalars: &mut [F],
     ) {
-        let (lr, rho, one_minus_rho, eps, wd) = (
+        let (lr, rho, one_minus_rho, eps) = (
             F::of(self.lr),
             F::of(self.rho),
             F::of(1.0 - self.rho),
             F::of(self.eps),
-            F::of(self.weight_decay),
         );
+        let decay = WeightDecay::l2(self.weight_decay);
         let sign = F::of(grad_sign(self.maximize).into());
         let [sq, acc] = state else {
             panic!("Adadelta keeps square_avg and acc_delta");
         };
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.weight_decay != 0.0 {
-                g += wd * *p;
-            }
+            let g = decay.grad(sign, p, g);
             sq[i] = sq[i] * rho + one_minus_rho * g * g;
             let std = (sq[i] + eps).sqrt();
             let delta = (acc[i] + eps).sqrt() / std * g;

@@ -1,4 +1,6 @@
-use super::{Class, Shader, TorchSwitch, check_non_negative, grad_sign, with_wd_and_maximize};
+use super::{
+    Class, Shader, TorchSwitch, WeightDecay, check_non_negative, grad_sign, with_wd_and_maximize,
+};
 use crate::error::Result;
 use crate::reference::Real;
 use serde::{Deserialize, Serialize};
@@ -127,18 +129,15 @@ impl Class for Adagrad {
         state: &mut [Vec<F>],
         _scalars: &mut [F],
     ) {
-        let (clr, eps, wd, sign) = (
+        let (clr, eps, sign) = (
             F::of(self.clr(t)),
             F::of(self.eps),
-            F::of(self.weight_decay),
             F::of(grad_sign(self.maximize).into()),
         );
+        let decay = WeightDecay::l2(self.weight_decay);
         let sum = &mut state[0];
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.weight_decay != 0.0 {
-                g += wd * *p;
-            }
+            let g = decay.grad(sign, p, g);
             sum[i] += g * g;
             *p -= clr * (g / (sum[i].sqrt() + eps));
         }

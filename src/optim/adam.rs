@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, check_betas, check_lr_eps, check_non_negative, grad_sign,
-    with_wd_and_maximize,
+    Class, Shader, TorchSwitch, WeightDecay, check_betas, check_lr_eps, check_non_negative,
+    grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -124,6 +124,13 @@ const SWITCHES: &[TorchSwitch] = &[
     TorchSwitch::Fused,
 ];
 
+impl Adam {
+    /// How the group's weight decay applies: L2, or decoupled.
+    fn decay_rule(&self) -> WeightDecay {
+        WeightDecay::new(self.lr, self.weight_decay, self.decoupled_weight_decay)
+    }
+}
+
 impl Class for Adam {
     const NAME: &'static str = "Adam";
     const SHADER: &'static Shader = &SHADER;
@@ -160,11 +167,7 @@ impl Class for Adam {
     /// GPU, as `-expm1(t·ln β)`, with `ln β` computed here in f64.
     fn hyper(&self) -> AdamHyper {
         let (b1, b2) = self.betas;
-        let (weight_decay, decay) = if self.decoupled_weight_decay {
-            (0.0, 1.0 - self.lr * self.weight_decay)
-        } else {
-            (self.weight_decay, 1.0)
-        };
+        let (weight_decay, decay) = self.decay_rule().hyper();
         AdamHyper {
             lr: self.lr as f32,
             one_minus_beta1: (1.0 - b1) as f32,
@@ -175,8 +178,8 @@ impl Class for Adam {
             ln_beta1: b1.ln().max(-87.0) as f32,
             ln_beta2: b2.ln().max(-87.0) as f32,
             eps: self.eps as f32,
-            weight_decay: weight_decay as f32,
-            decay: decay as f32,
+            weight_decay,
+            decay,
             grad_sign: grad_sign(self.maximize),
             _pad: [0.0; 2],
         }
@@ -194,23 +197,14 @@ impl Class for Adam {
         let t = t as f64;
         let step_size = F::of(self.lr / (1.0 - b1.powf(t)));
         let bc2_sqrt = F::of((1.0 - b2.powf(t)).sqrt());
-        let decay = F::of(1.0 - self.lr * self.weight_decay);
-        let (wd, eps, sign) = (
-            F::of(self.weight_decay),
-            F::of(self.eps),
-            F::of(grad_sign(self.maximize).into()),
-        );
+        let decay = self.decay_rule();
+        let (eps, sign) = (F::of(self.eps), F::of(grad_sign(self.maximize).into()));
         let (one_minus_b1, beta2, one_minus_b2) = (F::of(1.0 - b1), F::of(b2), F::of(1.0 - b2));
         let [m, v, rest @ ..] = state else {
             panic!("Adam keeps exp_avg and exp_avg_sq");
         };
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.decoupled_weight_decay {
-                *p *= decay;
-            } else if self.weight_decay != 0.0 {
-                g += wd * *p;
-            }
+            let g = decay.grad(sign, p, g);
             m[i] = lerp(m[i], g, one_minus_b1);
             v[i] = v[i] * beta2 + one_minus_b2 * g * g;
             let mut second = v[i];

@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, check_betas, check_lr_eps, check_non_negative, grad_sign,
-    with_wd_and_maximize,
+    Class, Shader, TorchSwitch, WeightDecay, check_betas, check_lr_eps, check_non_negative,
+    grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -121,21 +121,14 @@ impl Class for Adamax {
     ) {
         let (b1, b2) = self.betas;
         let neg_clr = F::of(-(self.lr / (1.0 - b1.powf(t as f64))));
-        let (one_minus_b1, beta2, eps, wd) = (
-            F::of(1.0 - b1),
-            F::of(b2),
-            F::of(self.eps),
-            F::of(self.weight_decay),
-        );
+        let (one_minus_b1, beta2, eps) = (F::of(1.0 - b1), F::of(b2), F::of(self.eps));
+        let decay = WeightDecay::l2(self.weight_decay);
         let sign = F::of(grad_sign(self.maximize).into());
         let [m, u] = state else {
             panic!("Adamax keeps exp_avg and exp_inf");
         };
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.weight_decay != 0.0 {
-                g += wd * *p;
-            }
+            let g = decay.grad(sign, p, g);
             m[i] = lerp(m[i], g, one_minus_b1);
             u[i] = (u[i] * beta2).max(g.abs() + eps);
             *p += (neg_clr * m[i]) / u[i];

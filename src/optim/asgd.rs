@@ -1,4 +1,6 @@
-use super::{Class, Shader, TorchSwitch, check_non_negative, grad_sign, with_wd_and_maximize};
+use super::{
+    Class, Shader, TorchSwitch, WeightDecay, check_non_negative, grad_sign, with_wd_and_maximize,
+};
 use crate::error::Result;
 use crate::reference::Real;
 use serde::{Deserialize, Serialize};
@@ -137,14 +139,12 @@ impl Class for ASGD {
         };
         let mu = scalars[1].to_f64();
         let decay = F::of(1.0 - self.lambd * eta);
-        let (eta_f, mu_f, wd) = (F::of(eta), F::of(mu), F::of(self.weight_decay));
+        let (eta_f, mu_f) = (F::of(eta), F::of(mu));
+        let weight_decay = WeightDecay::l2(self.weight_decay);
         let sign = F::of(grad_sign(self.maximize).into());
         let ax = &mut state[0];
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.weight_decay != 0.0 {
-                g += wd * *p;
-            }
+            let g = weight_decay.grad(sign, p, g);
             *p *= decay;
             *p -= eta_f * g;
             ax[i] = if mu != 1.0 {

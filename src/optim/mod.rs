@@ -639,6 +639,58 @@ pub(crate) fn check_betas((b1, b2): (f64, f64)) -> Result<()> {
     Ok(())
 }
 
+/// A group's weight decay as PyTorch applies it: added to the gradient (L2), or, with
+/// `decoupled_weight_decay`, the parameter decayed by `1 − lr·λ` before the update.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct WeightDecay {
+    /// Added to the gradient, times the parameter (0 when decoupled).
+    l2: f64,
+    /// The parameter's factor (1 unless decoupled).
+    decay: f64,
+}
+
+impl WeightDecay {
+    /// `weight_decay` at learning rate `lr`, decoupled or not.
+    pub(crate) fn new(lr: f64, weight_decay: f64, decoupled: bool) -> Self {
+        if decoupled {
+            Self {
+                l2: 0.0,
+                decay: 1.0 - lr * weight_decay,
+            }
+        } else {
+            Self {
+                l2: weight_decay,
+                decay: 1.0,
+            }
+        }
+    }
+
+    /// L2 weight decay only, as most classes have.
+    pub(crate) fn l2(weight_decay: f64) -> Self {
+        Self::new(0.0, weight_decay, false)
+    }
+
+    /// The group record's `(weight_decay, decay)`: what the shaders' `decayed_grad` and
+    /// `l2_grad` take.
+    pub(crate) fn hyper(self) -> (f32, f32) {
+        (self.l2 as f32, self.decay as f32)
+    }
+
+    /// One element's gradient as the CPU reference takes it: `sign·g` (−1 when maximizing),
+    /// plus the L2 term where it is not 0, after decaying `p` where the decay is not 1.
+    pub(crate) fn grad<F: Real>(self, sign: F, p: &mut F, g: F) -> F {
+        if self.decay != 1.0 {
+            *p *= F::of(self.decay);
+        }
+        let g = sign * g;
+        if self.l2 != 0.0 {
+            g + F::of(self.l2) * *p
+        } else {
+            g
+        }
+    }
+}
+
 /// Formats `x` as Python's `repr(float)` does, so that messages read exactly as PyTorch's:
 /// `1e-08`, `1e+16`, `-1.0`, `nan`, `inf`.
 pub(crate) fn py_float(x: f64) -> String {

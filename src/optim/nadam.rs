@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, check_betas, check_lr_eps, check_non_negative, grad_sign,
-    with_wd_and_maximize,
+    Class, Shader, TorchSwitch, WeightDecay, check_betas, check_lr_eps, check_non_negative,
+    grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -90,6 +90,13 @@ impl NAdam {
     }
 }
 
+impl NAdam {
+    /// How the group's weight decay applies: L2, or decoupled.
+    fn decay_rule(&self) -> WeightDecay {
+        WeightDecay::new(self.lr, self.weight_decay, self.decoupled_weight_decay)
+    }
+}
+
 impl Class for NAdam {
     const NAME: &'static str = "NAdam";
     const SHADER: &'static Shader = &SHADER;
@@ -129,11 +136,7 @@ impl Class for NAdam {
 
     fn hyper(&self) -> NadamHyper {
         let (b1, b2) = self.betas;
-        let (weight_decay, decay) = if self.decoupled_weight_decay {
-            (0.0, 1.0 - self.lr * self.weight_decay)
-        } else {
-            (self.weight_decay, 1.0)
-        };
+        let (weight_decay, decay) = self.decay_rule().hyper();
         NadamHyper {
             lr: self.lr as f32,
             beta1: b1 as f32,
@@ -143,8 +146,8 @@ impl Class for NAdam {
             ln_beta2: b2.ln().max(-87.0) as f32,
             psi_ln_096: (self.momentum_decay * 0.96f64.ln()) as f32,
             eps: self.eps as f32,
-            weight_decay: weight_decay as f32,
-            decay: decay as f32,
+            weight_decay,
+            decay,
             grad_sign: grad_sign(self.maximize),
             _pad: 0.0,
         }
@@ -167,25 +170,14 @@ impl Class for NAdam {
         let coef_grad = F::of(-self.lr * (1.0 - mu) / (1.0 - mu_product));
         let coef_avg = F::of(-self.lr * mu_next / (1.0 - mu_product * mu_next));
         let bc2 = F::of(1.0 - b2.powf(t));
-        let decay = F::of(1.0 - self.lr * self.weight_decay);
-        let (eps, wd, sign) = (
-            F::of(self.eps),
-            F::of(self.weight_decay),
-            F::of(grad_sign(self.maximize).into()),
-        );
+        let decay = self.decay_rule();
+        let (eps, sign) = (F::of(self.eps), F::of(grad_sign(self.maximize).into()));
         let (one_minus_b1, beta2, one_minus_b2) = (F::of(1.0 - b1), F::of(b2), F::of(1.0 - b2));
         let [m, v] = state else {
             panic!("NAdam keeps exp_avg and exp_avg_sq");
         };
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.weight_decay != 0.0 {
-                if self.decoupled_weight_decay {
-                    *p *= decay;
-                } else {
-                    g += wd * *p;
-                }
-            }
+            let g = decay.grad(sign, p, g);
             m[i] = lerp(m[i], g, one_minus_b1);
             v[i] = v[i] * beta2 + one_minus_b2 * g * g;
             let denom = (v[i] / bc2).sqrt() + eps;

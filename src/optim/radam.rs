@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, check_betas, check_lr_eps, check_non_negative, grad_sign,
-    with_wd_and_maximize,
+    Class, Shader, TorchSwitch, WeightDecay, check_betas, check_lr_eps, check_non_negative,
+    grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -92,6 +92,13 @@ impl RAdam {
     }
 }
 
+impl RAdam {
+    /// How the group's weight decay applies: L2, or decoupled.
+    fn decay_rule(&self) -> WeightDecay {
+        WeightDecay::new(self.lr, self.weight_decay, self.decoupled_weight_decay)
+    }
+}
+
 impl Class for RAdam {
     const NAME: &'static str = "RAdam";
     const SHADER: &'static Shader = &SHADER;
@@ -122,11 +129,7 @@ impl Class for RAdam {
 
     fn hyper(&self) -> RadamHyper {
         let (b1, b2) = self.betas;
-        let (weight_decay, decay) = if self.decoupled_weight_decay {
-            (0.0, 1.0 - self.lr * self.weight_decay)
-        } else {
-            (self.weight_decay, 1.0)
-        };
+        let (weight_decay, decay) = self.decay_rule().hyper();
         RadamHyper {
             lr: self.lr as f32,
             one_minus_beta1: (1.0 - b1) as f32,
@@ -136,8 +139,8 @@ impl Class for RAdam {
             neg_ln_beta2: -b2.ln().max(-87.0) as f32,
             rho_inf: self.rho(1.0).1 as f32,
             eps: self.eps as f32,
-            weight_decay: weight_decay as f32,
-            decay: decay as f32,
+            weight_decay,
+            decay,
             grad_sign: grad_sign(self.maximize),
             _pad: 0.0,
         }
@@ -163,27 +166,15 @@ impl Class for RAdam {
                     .sqrt(),
             )
         });
-        let decay = F::of(1.0 - self.lr * self.weight_decay);
-        let (lr, eps, wd, one) = (
-            F::of(self.lr),
-            F::of(self.eps),
-            F::of(self.weight_decay),
-            F::of(1.0),
-        );
+        let decay = self.decay_rule();
+        let (lr, eps, one) = (F::of(self.lr), F::of(self.eps), F::of(1.0));
         let (one_minus_b1, beta2, one_minus_b2) = (F::of(1.0 - b1), F::of(b2), F::of(1.0 - b2));
         let sign = F::of(grad_sign(self.maximize).into());
         let [m, v] = state else {
             panic!("RAdam keeps exp_avg and exp_avg_sq");
         };
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.weight_decay != 0.0 {
-                if self.decoupled_weight_decay {
-                    *p *= decay;
-                } else {
-                    g += wd * *p;
-                }
-            }
+            let g = decay.grad(sign, p, g);
             m[i] = lerp(m[i], g, one_minus_b1);
             v[i] = v[i] * beta2 + one_minus_b2 * g * g;
             let corrected = m[i] / bc1;

@@ -1,5 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, check_lr_eps, check_non_negative, grad_sign, with_wd_and_maximize,
+    Class, Shader, TorchSwitch, WeightDecay, check_lr_eps, check_non_negative, grad_sign,
+    with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -135,15 +136,15 @@ impl Class for RMSprop {
         state: &mut [Vec<F>],
         _scalars: &mut [F],
     ) {
-        let (lr, alpha, one_minus_alpha, eps, wd, momentum, sign) = (
+        let (lr, alpha, one_minus_alpha, eps, momentum, sign) = (
             F::of(self.lr),
             F::of(self.alpha),
             F::of(1.0 - self.alpha),
             F::of(self.eps),
-            F::of(self.weight_decay),
             F::of(self.momentum),
             F::of(grad_sign(self.maximize).into()),
         );
+        let decay = WeightDecay::l2(self.weight_decay);
         // grad_avg and momentum_buffer follow square_avg, when present, in that order.
         let [sq, rest @ ..] = state else {
             panic!("RMSprop keeps square_avg");
@@ -156,10 +157,7 @@ impl Class for RMSprop {
         };
         let (mut grad_avg, mut momentum_buffer) = (grad_avg, momentum_buffer);
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.weight_decay != 0.0 {
-                g += wd * *p;
-            }
+            let g = decay.grad(sign, p, g);
             sq[i] = sq[i] * alpha + one_minus_alpha * g * g;
             let mut var = sq[i];
             if let Some(ga) = grad_avg.as_deref_mut() {

@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, check, check_non_negative, grad_sign, py_float,
+    Class, Shader, TorchSwitch, WeightDecay, check, check_non_negative, grad_sign, py_float,
     with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -141,13 +141,11 @@ impl Class for SGD {
         _scalars: &mut [F],
     ) {
         let sign = F::of(grad_sign(self.maximize).into());
-        let (lr, wd) = (F::of(self.lr), F::of(self.weight_decay));
+        let lr = F::of(self.lr);
+        let decay = WeightDecay::l2(self.weight_decay);
         let (momentum, damp) = (F::of(self.momentum), F::of(1.0 - self.dampening));
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let mut g = sign * g;
-            if self.weight_decay != 0.0 {
-                g += wd * *p;
-            }
+            let mut g = decay.grad(sign, p, g);
             if let Some(buf) = state.first_mut().map(|b| &mut b[i]) {
                 *buf = if t == 1 {
                     g
