@@ -988,18 +988,8 @@ impl Torch {
 /// The optimizer's param groups: their number and `lr` from the spec's "lr" (CyclicLR and
 /// OneCycleLR may omit it: their own per-group lists, or `hint`, give the number).
 fn top_groups(args: &Args<'_>, hint: usize) -> Result<Vec<Group>> {
-    let lrs = match args.per_group("lr")? {
-        Some(PerGroup::One(x)) => vec![x; hint.max(1)],
-        Some(PerGroup::Many(v)) => {
-            if hint != 0 && v.len() != hint {
-                return Err(Error::Input(format!(
-                    "{}: lr has {} values but {hint} parameter groups were asked for",
-                    args.ty,
-                    v.len()
-                )));
-            }
-            v
-        }
+    let lrs = match args.group_lrs(hint)? {
+        Some(v) => v,
         None => {
             let keys: &[&str] = match args.ty {
                 "CyclicLR" => &["base_lr", "max_lr", "base_momentum", "max_momentum"],

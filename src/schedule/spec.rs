@@ -203,6 +203,25 @@ impl<'a> Args<'a> {
         }
     }
 
+    /// The per-group learning rates of "lr": one number for each of `hint` groups (at least
+    /// one), or a list of `hint` numbers (any length when `hint` is 0); `None` when absent.
+    pub(crate) fn group_lrs(&self, hint: usize) -> Result<Option<Vec<f64>>> {
+        Ok(match self.per_group("lr")? {
+            None => None,
+            Some(PerGroup::One(x)) => Some(vec![x; hint.max(1)]),
+            Some(PerGroup::Many(v)) => {
+                if hint != 0 && v.len() != hint {
+                    return Err(Error::Input(format!(
+                        "{}: lr has {} values but {hint} parameter groups were asked for",
+                        self.ty,
+                        v.len()
+                    )));
+                }
+                Some(v)
+            }
+        })
+    }
+
     /// The value as Python would print it (for PyTorch's and Keras' messages).
     pub(crate) fn repr(&self, key: &str) -> String {
         self.get(key).map_or_else(|| "None".into(), py_repr)

@@ -16,7 +16,7 @@
 //!
 //! `LinearWarmup` (in [`super`]) puts a linear warm-up in front of any schedule.
 
-use super::spec::{Args, PerGroup};
+use super::spec::Args;
 use crate::error::{Error, Result};
 use crate::optim::{non_negative, py_float};
 
@@ -116,20 +116,9 @@ impl Textbook {
             }
             other => return Err(Error::Input(format!("unknown schedule type {other:?}"))),
         };
-        let lrs = match args.per_group("lr")? {
-            None => return Err(Error::Input(format!("{}: missing argument lr", args.ty))),
-            Some(PerGroup::One(x)) => vec![x; hint.max(1)],
-            Some(PerGroup::Many(v)) => {
-                if hint != 0 && v.len() != hint {
-                    return Err(Error::Input(format!(
-                        "{}: lr has {} values but {hint} parameter groups were asked for",
-                        args.ty,
-                        v.len()
-                    )));
-                }
-                v
-            }
-        };
+        let lrs = args
+            .group_lrs(hint)?
+            .ok_or_else(|| Error::Input(format!("{}: missing argument lr", args.ty)))?;
         for &lr in &lrs {
             if !non_negative(lr) {
                 return Err(Error::InvalidHyperparameter(format!(
