@@ -11,9 +11,9 @@ mod common;
 
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
-    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, Error, GradScaler,
-    GradScalerState, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor,
-    TensorState, reference,
+    ASGD, Access, Adadelta, Adagrad, Adam, AdamW, Adamax, BufferRange, ClipGrad, Context, Error,
+    GradScaler, GradScalerState, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RAdam,
+    RMSprop, Rprop, SGD, Tensor, TensorState, reference,
 };
 
 /// Asserts that `result` is an error matching `pattern`, and returns the error.
@@ -361,6 +361,115 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
         ),
     ];
     cases.extend(first_wins);
+    // The classes added in issue 11, with the messages torch 2.15 gives for them.
+    let nan = f64::NAN;
+    let added: Vec<(OptimizerConfig, &'static str)> = vec![
+        (
+            RAdam {
+                betas: (1.0, 0.9),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid beta parameter at index 0: 1.0",
+        ),
+        (
+            NAdam {
+                betas: (0.9, nan),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid beta parameter at index 1: nan",
+        ),
+        (
+            NAdam {
+                momentum_decay: -0.1,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid momentum_decay value: -0.1",
+        ),
+        (
+            Adamax {
+                eps: -1.0,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid epsilon value: -1.0",
+        ),
+        (
+            Adadelta {
+                rho: 1.5,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid rho value: 1.5",
+        ),
+        (
+            Adadelta {
+                rho: nan,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid rho value: nan",
+        ),
+        (
+            Adadelta {
+                lr: -0.5,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid learning rate: -0.5",
+        ),
+        (
+            Rprop {
+                etas: (1.5, 1.2),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid eta values: 1.5, 1.2",
+        ),
+        (
+            Rprop {
+                etas: (0.5, 1.0),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid eta values: 0.5, 1.0",
+        ),
+        (
+            Rprop {
+                etas: (nan, 1.2),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid eta values: nan, 1.2",
+        ),
+        (
+            ASGD {
+                lambd: -1.0,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid lambd value: -1.0",
+        ),
+        (
+            ASGD {
+                alpha: -1.0,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid alpha value: -1.0",
+        ),
+        (
+            ASGD {
+                weight_decay: -2.0,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid weight_decay value: -2.0",
+        ),
+    ];
+    cases.extend(added);
     cases
 }
 
@@ -411,6 +520,28 @@ fn validate_accepts_pytorch_defaults_and_boundaries() {
         SGD::default().into(),
         RMSprop::default().into(),
         Adagrad::default().into(),
+        Adamax::default().into(),
+        RAdam::default().into(),
+        NAdam::default().into(),
+        Adadelta::default().into(),
+        Rprop::default().into(),
+        ASGD::default().into(),
+        // PyTorch allows rho = 1 and does not check Rprop's step_sizes or ASGD's t0.
+        Adadelta {
+            rho: 1.0,
+            ..Default::default()
+        }
+        .into(),
+        Rprop {
+            step_sizes: (1.0, 1e-3),
+            ..Default::default()
+        }
+        .into(),
+        ASGD {
+            t0: -5.0,
+            ..Default::default()
+        }
+        .into(),
         sgd(|c| c.lr = 0.0),
         sgd(|c| {
             c.momentum = 0.9;
