@@ -7,15 +7,18 @@ A wgpu-optim checkpoint (see src/optimizer/checkpoint.rs) is one safetensors fil
 * ``<name>.<state>`` - F32, the parameter's shape: each state buffer under PyTorch's state
   name (Adam/AdamW: exp_avg, exp_avg_sq, max_exp_avg_sq with amsgrad; SGD: momentum_buffer
   when momentum != 0; RMSprop: square_avg, momentum_buffer when momentum > 0, grad_avg when
-  centered; Adagrad: sum).
+  centered; Adagrad: sum; Adamax: exp_avg, exp_inf; RAdam and NAdam: exp_avg, exp_avg_sq;
+  Adadelta: square_avg, acc_delta; Rprop: prev, step_size; ASGD: ax).
+* ``<name>.<scalar>`` - F32, shape ``[]``: each per-tensor scalar state that is not the step,
+  under PyTorch's state name (NAdam: mu_product; ASGD: eta, mu).
 * ``<name>``         - F32, the parameter's shape: the parameter (optional in general;
   :func:`to_wgpu_optim` always writes it).
 * metadata: ``format`` = ``wgpu-optim``, ``version`` = ``1``, ``optimizer`` = the class name
-  (SGD, Adam, AdamW, RMSprop, Adagrad), ``param_groups`` = a JSON list with one object per
-  group (its hyperparameters under PyTorch's argument names, and ``params``: its tensors'
-  names), optionally ``grad_scaler`` = JSON with exactly the keys of
-  ``torch.amp.GradScaler.state_dict()``, optionally ``scheduler`` (wgpu-optim's own scheduler
-  state).
+  (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, RAdam, NAdam, Adadelta, Rprop, ASGD),
+  ``param_groups`` = a JSON list with one object per group (its hyperparameters under
+  PyTorch's argument names, and ``params``: its tensors' names), optionally ``grad_scaler``
+  = JSON with exactly the keys of ``torch.amp.GradScaler.state_dict()``, optionally
+  ``scheduler`` (wgpu-optim's own scheduler state).
 
 Python API::
 
@@ -42,18 +45,28 @@ Conversion rules:
 * PyTorch keeps ``step`` as a float 0-d tensor; it becomes an I64 on export and a
   ``torch.optim.optimizer._get_scalar_dtype()`` 0-d tensor on import.  SGD keeps no step: the
   export writes step 1 where a momentum buffer exists and 0 elsewhere; the import restores
-  momentum_buffer only where step > 0 and momentum != 0.  Adam, AdamW and RMSprop get no state
-  where step is 0 (PyTorch's state for a parameter that has not stepped); Adagrad always does.
-  A parameter without PyTorch state exports step 0 and its initial buffers (zeros; Adagrad's
-  sum: initial_accumulator_value).
-* State buffers are written as float32 (a float64 model's state is rounded).  Which buffers
-  a parameter has follows from its group's hyperparameters; PyTorch state that the
-  hyperparameters do not use, or that they need and is missing, is a ValueError.
-* Only hyperparameters wgpu-optim's configurations accept are exported.  PyTorch's foreach,
-  capturable, differentiable, fused and param_names are dropped, and so is AdamW's
-  decoupled_weight_decay (which must be True or absent; Adam keeps its own), as are the keys LR schedulers add
-  to groups (initial_lr, max_lr, min_lr, base_momentum, max_momentum); on import they come
-  from the target optimizer's own groups.  Any other group key is a ValueError.
+  momentum_buffer only where step > 0 and momentum != 0.  Every other class but Adagrad gets
+  no state where step is 0 (PyTorch's state for a parameter that has not stepped: PyTorch
+  creates it at the first step, from the group's hyperparameters of that step); Adagrad
+  always does.  A parameter without PyTorch state exports step 0 and its initial state:
+  buffers of zeros, but Adagrad's sum = initial_accumulator_value and Rprop's step_size = the
+  group's lr; scalars mu_product = 1 (NAdam), eta = the group's lr rounded to float32 and
+  mu = 1 (ASGD).
+* State buffers and scalars are written as float32 (a float64 model's state is rounded).
+  Scalars (NAdam's mu_product, ASGD's eta and mu: 0-d tensors in PyTorch, or numbers in old
+  pickles) are imported as ``_get_scalar_dtype()`` 0-d tensors, as PyTorch creates them
+  (``load_state_dict`` then casts them to the parameter's dtype and device, as it does when
+  PyTorch loads its own state dict).  Which buffers and scalars a parameter has follows from
+  its class and its group's hyperparameters; PyTorch state that they do not use, or that they
+  need and is missing, is a ValueError.
+* Only hyperparameters wgpu-optim's configurations accept are exported: numbers as floats
+  (an int such as PyTorch's default weight_decay 0 or Rprop's step_sizes (1e-6, 50) comes back
+  as 0.0 / 50.0), pairs (betas, etas, step_sizes) as two-element lists (tuples on import).
+  PyTorch's foreach, capturable, differentiable, fused and param_names are dropped, and so is
+  AdamW's decoupled_weight_decay (which must be True or absent; Adam, RAdam and NAdam keep
+  their own), as are the keys LR schedulers add to groups (initial_lr, max_lr, min_lr,
+  base_momentum, max_momentum); on import they come from the target optimizer's own groups.
+  Any other group key is a ValueError.
 * LR schedulers are not converted: the export writes no ``scheduler`` entry, and the import
   ignores one (with a warning).  Save and restore a PyTorch scheduler separately.
 * A disabled GradScaler (empty state dict) is no grad scaler.  A checkpoint's grad_scaler
@@ -88,8 +101,17 @@ HYPERPARAMETERS = {
     "AdamW": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize"),
     "RMSprop": ("lr", "alpha", "eps", "weight_decay", "momentum", "centered", "maximize"),
     "Adagrad": ("lr", "lr_decay", "weight_decay", "initial_accumulator_value", "eps", "maximize"),
+    "Adamax": ("lr", "betas", "eps", "weight_decay", "maximize"),
+    "RAdam": ("lr", "betas", "eps", "weight_decay", "decoupled_weight_decay", "maximize"),
+    "NAdam": ("lr", "betas", "eps", "weight_decay", "momentum_decay", "decoupled_weight_decay",
+              "maximize"),
+    "Adadelta": ("lr", "rho", "eps", "weight_decay", "maximize"),
+    "Rprop": ("lr", "etas", "step_sizes", "maximize"),
+    "ASGD": ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize"),
 }
 BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered", "decoupled_weight_decay"}
+# Hyperparameters that are pairs of numbers (tuples in PyTorch, two-element lists in JSON).
+PAIR_KEYS = {"betas", "etas", "step_sizes"}
 # PyTorch group keys that are implementation choices or bookkeeping, not hyperparameters.
 DROPPED_KEYS = {"foreach", "capturable", "differentiable", "fused", "param_names"}
 # Keys LR schedulers add to param groups (the scheduler's state, not the optimizer's).
@@ -98,8 +120,8 @@ SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_
 
 
 def optimizer_class_name(optimizer):
-    """The wgpu-optim name of a torch.optim optimizer: its class, or the nearest of SGD, Adam,
-    AdamW, RMSprop, Adagrad it derives from (AdamW before Adam)."""
+    """The wgpu-optim name of a torch.optim optimizer: its class, or the nearest of the
+    classes in HYPERPARAMETERS it derives from (AdamW before Adam)."""
     for cls in type(optimizer).__mro__:
         if cls.__module__.startswith("torch.optim") and cls.__name__ in HYPERPARAMETERS:
             return cls.__name__
@@ -117,7 +139,38 @@ def state_names(cls_name, hyper):
                 + (["momentum_buffer"] if hyper.get("momentum", 0) > 0 else []))
     if cls_name == "Adagrad":
         return ["sum"]
+    if cls_name == "Adamax":
+        return ["exp_avg", "exp_inf"]
+    if cls_name in ("RAdam", "NAdam"):
+        return ["exp_avg", "exp_avg_sq"]
+    if cls_name == "Adadelta":
+        return ["square_avg", "acc_delta"]
+    if cls_name == "Rprop":
+        return ["prev", "step_size"]
+    if cls_name == "ASGD":
+        return ["ax"]
     raise ValueError(f"unknown optimizer {cls_name!r}; expected one of {', '.join(HYPERPARAMETERS)}")
+
+
+def scalar_names(cls_name):
+    """The per-tensor scalar (0-d) state besides the step, as PyTorch names it."""
+    return {"NAdam": ["mu_product"], "ASGD": ["eta", "mu"]}.get(cls_name, [])
+
+
+def initial_state_value(cls_name, hyper, name):
+    """The value a state buffer holds before a parameter's first step."""
+    if cls_name == "Adagrad" and name == "sum":
+        return hyper.get("initial_accumulator_value", 0.0)
+    if cls_name == "Rprop" and name == "step_size":
+        return hyper["lr"]
+    return 0.0
+
+
+def initial_scalar_value(cls_name, hyper, name):
+    """The value a scalar state holds before a parameter's first step (as float32 holds it)."""
+    if cls_name == "ASGD" and name == "eta":
+        return float(torch.tensor(hyper["lr"], dtype=torch.float32))
+    return 1.0
 
 
 def _float(x, what):
@@ -136,10 +189,10 @@ def _hyper_value(key, value, what):
         if not isinstance(value, bool):
             raise ValueError(f"{what}: {key} is {value!r}, expected a bool")
         return value
-    if key == "betas":
-        if len(value) != 2:
-            raise ValueError(f"{what}: betas is {value!r}, expected two numbers")
-        return [_float(b, f"{what}: betas") for b in value]
+    if key in PAIR_KEYS:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
+            raise ValueError(f"{what}: {key} is {value!r}, expected two numbers")
+        return [_float(b, f"{what}: {key}") for b in value]
     return _float(value, f"{what}: {key}")
 
 
@@ -176,6 +229,17 @@ def _as_f32(t, what, shape):
     return t.detach().to(device="cpu", dtype=torch.float32).contiguous()
 
 
+def _scalar_f32(value, what):
+    """A scalar state (a one-element real tensor or a number) as a float32 0-d tensor."""
+    if torch.is_tensor(value):
+        if value.is_complex() or not value.is_floating_point():
+            raise ValueError(f"{what} has dtype {value.dtype}, expected a floating-point scalar")
+        if value.numel() != 1:
+            raise ValueError(f"{what} is a tensor of shape {tuple(value.shape)}, expected a scalar")
+        return value.detach().to(device="cpu", dtype=torch.float32).reshape(()).clone()
+    return torch.tensor(_float(value, what), dtype=torch.float32)
+
+
 def _step_count(value, what):
     v = _float(value, what)
     if not (v >= 0 and math.isfinite(v) and v == int(v)):
@@ -186,7 +250,7 @@ def _step_count(value, what):
 def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_state=None):
     """Converts a torch optimizer state dict into a checkpoint's tensors and metadata.
 
-    cls_name: "SGD", "Adam", "AdamW", "RMSprop" or "Adagrad".  state_dict: as
+    cls_name: a key of HYPERPARAMETERS ("SGD", "Adam", ...).  state_dict: as
     ``optimizer.state_dict()`` returns it.  names: the tensor names in the order the groups'
     "params" lists hold the indices (over all groups).  params: name -> parameter tensor
     (its shape gives every state tensor's shape; its values are written under the name).
@@ -215,6 +279,7 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
     for g, group in enumerate(groups):
         hyper = _export_group(cls_name, group, g)
         wanted = state_names(cls_name, hyper)
+        scalars = scalar_names(cls_name)
         for index in group["params"]:
             name = name_of[index]
             if name not in params:
@@ -222,7 +287,8 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
             param = _as_f32(params[name], f"parameter {name!r}", tuple(params[name].shape))
             shape = tuple(param.shape)
             state = {k: v for k, v in state_dict["state"].get(index, {}).items() if v is not None}
-            extra = sorted(set(state) - set(wanted) - ({"step"} if cls_name != "SGD" else set()))
+            extra = sorted(set(state) - set(wanted) - set(scalars)
+                           - ({"step"} if cls_name != "SGD" else set()))
             if extra:
                 raise ValueError(f"{name}: PyTorch state {extra} is not used by {cls_name} with "
                                  f"the hyperparameters of group {g} ({json.dumps(hyper)})")
@@ -235,7 +301,7 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
             else:
                 step = 0
             if state:
-                missing = [s for s in wanted if s not in state]
+                missing = [s for s in wanted + scalars if s not in state]
                 if missing:
                     raise ValueError(f"{name}: PyTorch state lacks {missing}, which {cls_name} with "
                                      f"the hyperparameters of group {g} keeps")
@@ -244,8 +310,14 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
                 if s in state:
                     tensors[f"{name}.{s}"] = _as_f32(state[s], f"{name}.{s}", shape)
                 else:
-                    init = hyper.get("initial_accumulator_value", 0.0) if s == "sum" else 0.0
+                    init = initial_state_value(cls_name, hyper, s)
                     tensors[f"{name}.{s}"] = torch.full(shape, init, dtype=torch.float32)
+            for s in scalars:
+                if s in state:
+                    tensors[f"{name}.{s}"] = _scalar_f32(state[s], f"{name}.{s}")
+                else:
+                    tensors[f"{name}.{s}"] = torch.tensor(
+                        initial_scalar_value(cls_name, hyper, s), dtype=torch.float32)
             tensors[name] = param
         meta_groups.append({**hyper, "params": [name_of[i] for i in group["params"]]})
 
@@ -274,7 +346,7 @@ def read_checkpoint(path):
 
 
 def _import_group(cls_name, saved, g, what):
-    """A checkpoint group's hyperparameters in torch's form (betas as a tuple)."""
+    """A checkpoint group's hyperparameters in torch's form (pairs such as betas as tuples)."""
     allowed = HYPERPARAMETERS[cls_name]
     out = {}
     for key, value in saved.items():
@@ -282,7 +354,7 @@ def _import_group(cls_name, saved, g, what):
             raise ValueError(f"{what}: group {g} holds {key!r}, which is no {cls_name} hyperparameter "
                              f"({', '.join(allowed)})")
         value = _hyper_value(key, value, f"{what}: group {g}")
-        out[key] = tuple(value) if key == "betas" else value
+        out[key] = tuple(value) if key in PAIR_KEYS else value
     return out
 
 
@@ -346,6 +418,7 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
         group = {k: v for k, v in current.items() if k != "params"}
         group.update(hyper)
         wanted = state_names(cls_name, group)
+        scalars = scalar_names(cls_name)
         indices = []
         for name in names:
             step_key = f"{name}.step"
@@ -379,6 +452,16 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                 loaded[key] = t
             if name in loaded:
                 params[name] = loaded[name]
+            for s in scalars:
+                key = f"{name}.{s}"
+                if key not in tensors:
+                    raise ValueError(f"{what}: the checkpoint lacks tensor {key!r}")
+                t = tensors[key]
+                if t.dtype != torch.float32 or t.dim() != 0:
+                    raise ValueError(f"{what}: tensor {key!r} is {t.dtype} of shape "
+                                     f"{list(t.shape)}, expected a 0-d float32 (F32)")
+                expected.add(key)
+                loaded[key] = t
             entry = {}
             if cls_name == "SGD":
                 if step > 0 and wanted:
@@ -387,6 +470,8 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                 entry["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
                 for s in wanted:
                     entry[s] = loaded[f"{name}.{s}"]
+                for s in scalars:
+                    entry[s] = loaded[f"{name}.{s}"].to(_get_scalar_dtype())
             if entry:
                 state[index] = entry
             indices.append(index)

@@ -10,6 +10,7 @@
 //! |---|---|---|---|
 //! | `<name>.step` | I64 | `[]` | the tensor's step count (every optimizer, SGD included) |
 //! | `<name>.<state>` | F32 | the tensor's | each state buffer under PyTorch's name (`exp_avg`, `momentum_buffer`, ...) |
+//! | `<name>.<scalar>` | F32 | `[]` | each scalar state under PyTorch's name (NAdam's `mu_product`, ASGD's `eta` and `mu`) |
 //! | `<name>` | F32 | the tensor's | the parameter, with [`SaveOptions::parameters`] |
 //!
 //! The safetensors metadata (string to string) holds, as JSON where it is structured:
