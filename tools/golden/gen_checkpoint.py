@@ -107,6 +107,14 @@ CASES = [
      "clip_grad_norm": 1.0, "grad_scaler": {"init_scale": 1024.0, "growth_interval": 3},
      "inject": [{"step": 4, "name": "layer.bias", "index": 2, "value": "inf"},
                 {"step": 13, "name": "gain", "index": 3, "value": "inf"}]},
+    # Scalar state: NAdam's mu_product, ASGD's eta and mu (0-d F32 in the checkpoint).
+    {"name": "nadam_decoupled_wd",
+     "optimizer": {"type": "NAdam", "lr": 0.01, "weight_decay": 0.05,
+                   "decoupled_weight_decay": True}},
+    {"name": "asgd_averaging",
+     "optimizer": {"type": "ASGD", "lr": 0.05, "lambd": 0.5, "alpha": 0.5, "t0": 3.0}},
+    {"name": "rprop_step_sizes",
+     "optimizer": {"type": "Rprop", "lr": 0.01, "step_sizes": [0.003, 0.02]}},
 ]
 
 
