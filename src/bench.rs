@@ -956,6 +956,7 @@ mod tests {
             ("rprop", 28),
             ("nadam", 28),
             ("asgd", 20),
+            ("lion", 20),
             ("adam-minimal", 28),
             // The reduction reads the gradients once more.
             ("adam+clip", 32),
@@ -972,7 +973,7 @@ mod tests {
             kernel_case("adagrad").map(|c| c.bytes_per_element),
             Some(20)
         );
-        assert!(kernel_case("lion").is_none());
+        assert!(kernel_case("lamb").is_none());
     }
 
     #[test]

@@ -211,6 +211,9 @@ pub struct Optimizer {
     ctx: Context,
     id: u64,
     groups: Vec<OptimizerConfig>,
+    /// The groups as the optimizer was built (Lion's decoupled weight decay divides by the
+    /// learning rate it was built with, as lion-pytorch's `_init_lr`).
+    built: Vec<OptimizerConfig>,
     tensors: Vec<TensorMeta>,
     /// The state, fixed when built.
     blocks: Vec<bind::StateBlock>,
@@ -538,6 +541,7 @@ impl Optimizer {
             ring,
             ctx: ctx.clone(),
             groups: groups.iter().map(|g| g.config).collect(),
+            built: groups.iter().map(|g| g.config).collect(),
             tensors: metas,
             blocks,
             bound,
@@ -664,9 +668,9 @@ impl Optimizer {
             .groups
             .first()
             .map_or(0, |g| g.kernel().shader.hyper_size) as usize;
-        for (g, config) in self.groups.iter().enumerate() {
+        for (g, (config, built)) in self.groups.iter().zip(&self.built).enumerate() {
             let at = head + g * size;
-            config.write_hyper(&mut self.host_slot[at..at + size]);
+            config.write_hyper(built, &mut self.host_slot[at..at + size]);
         }
     }
 

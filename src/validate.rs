@@ -1510,7 +1510,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 92);
+        assert_eq!(configs.len(), 96);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1543,6 +1543,7 @@ mod tests {
             ("rprop", 28),
             ("nadam", 28),
             ("asgd", 20),
+            ("lion", 20),
         ] {
             assert_eq!(by_kernel(k), Some(b), "{k}");
         }

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use wgpu_optim::checkpoint::{LoadOptions, SaveOptions};
 use wgpu_optim::schedule::Scheduler;
 use wgpu_optim::{
-    ASGD, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, NAdam, NormType,
+    ASGD, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, Lion, NAdam, NormType,
     Optimizer, OptimizerConfig, ParamGroup, RMSprop, Rprop, SGD, Tensor,
 };
 
@@ -156,6 +156,22 @@ fn cases() -> Vec<Case> {
             groups: two(asgd.into()),
             schedule: Some(step_lr.clone()),
             clip: Some(ClipGrad::value(0.5)),
+            scaler: None,
+        },
+        // Lion's decoupled weight decay divides by the learning rate it was built with, which
+        // a checkpoint does not carry (as lion-pytorch's `_init_lr`): the resumed optimizer is
+        // built with the same.
+        Case {
+            name: "Lion decoupled, StepLR",
+            groups: two(Lion {
+                lr: 0.01,
+                weight_decay: 0.1,
+                decoupled_weight_decay: true,
+                ..Default::default()
+            }
+            .into()),
+            schedule: Some(step_lr.clone()),
+            clip: None,
             scaler: None,
         },
         Case {

@@ -12,8 +12,8 @@ mod common;
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
     ASGD, Access, Adadelta, Adagrad, Adam, AdamW, Adamax, BufferRange, ClipGrad, Context, Error,
-    GradScaler, GradScalerState, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RAdam,
-    RMSprop, Rprop, SGD, Tensor, TensorState, reference,
+    GradScaler, GradScalerState, Lion, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup,
+    RAdam, RMSprop, Rprop, SGD, Tensor, TensorState, reference,
 };
 
 /// Asserts that `result` is an error matching `pattern`, and returns the error.
@@ -470,6 +470,25 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
         ),
     ];
     cases.extend(added);
+    // lion-pytorch asserts these without a message; the messages here name the check.
+    cases.extend([
+        (
+            Lion {
+                lr: 0.0,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid learning rate: 0.0 (Lion needs lr > 0)",
+        ),
+        (
+            Lion {
+                betas: (0.9, 1.5),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid beta parameter at index 1: 1.5 (Lion needs 0 <= beta <= 1)",
+        ),
+    ]);
     cases
 }
 

@@ -31,6 +31,7 @@ mod adagrad;
 mod adam;
 mod adamax;
 mod asgd;
+mod lion;
 mod nadam;
 mod radam;
 mod rmsprop;
@@ -42,6 +43,7 @@ pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
 pub use asgd::ASGD;
+pub use lion::Lion;
 pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RMSprop;
@@ -162,6 +164,12 @@ pub(crate) trait Class:
     }
     /// The group's record for one step.
     fn hyper(&self) -> Self::Hyper;
+    /// The group's record for one step, given also the group as the optimizer was built
+    /// (`built`): only Lion's decoupled weight decay reads it.
+    fn hyper_from(&self, built: &Self) -> Self::Hyper {
+        let _ = built;
+        self.hyper()
+    }
     /// One step on the CPU, in `F`: step number `t` (1 for the first), the state buffers in
     /// [`state_names`](Self::state_names) order and the scalar state in
     /// [`scalar_names`](Self::scalar_names) order. Per-step scalars are computed in f64 and
@@ -233,7 +241,6 @@ pub(crate) trait DynClass {
     fn scalar_names(&self) -> &'static [&'static str];
     fn initial_scalar(&self, name: &str) -> f64;
     fn step_state(&self) -> bool;
-    fn write_hyper(&self, out: &mut [u8]);
     fn options(&self) -> String;
     fn reference_f64(&self, t: u64, p: &mut [f64], g: &[f64], s: &mut [Vec<f64>], x: &mut [f64]);
     fn reference_f32(&self, t: u64, p: &mut [f32], g: &[f32], s: &mut [Vec<f32>], x: &mut [f32]);
@@ -276,9 +283,6 @@ impl<C: Class> DynClass for C {
     }
     fn step_state(&self) -> bool {
         C::STEP_STATE
-    }
-    fn write_hyper(&self, out: &mut [u8]) {
-        out.copy_from_slice(bytemuck::bytes_of(&self.hyper()));
     }
     fn options(&self) -> String {
         options(self, &C::default())
@@ -450,6 +454,21 @@ macro_rules! registry {
                 out
             }
 
+            /// Writes the group's record for one step (`Hyper` in the shader) into `out`, which
+            /// is [`Shader::hyper_size`] bytes long, given also the group as the optimizer was
+            /// built (of the same class; another is taken as this one). The kernels derive
+            /// whatever depends on a tensor's step count on the GPU.
+            pub(crate) fn write_hyper(&self, built: &Self, out: &mut [u8]) {
+                match (self, built) {
+                    $((Self::$variant(c), Self::$variant(b)) => {
+                        out.copy_from_slice(bytemuck::bytes_of(&c.hyper_from(b)));
+                    })*
+                    $((Self::$variant(c), _) => {
+                        out.copy_from_slice(bytemuck::bytes_of(&c.hyper()));
+                    })*
+                }
+            }
+
             /// Every shader, once each.
             pub(crate) fn shaders() -> Vec<&'static Shader> {
                 let mut out: Vec<&'static Shader> = Vec::new();
@@ -485,6 +504,8 @@ registry! {
     NAdam(NAdam),
     /// `torch.optim.ASGD`.
     ASGD(ASGD),
+    /// `Lion` of the lion-pytorch package.
+    Lion(Lion),
 }
 
 impl<'de> Deserialize<'de> for OptimizerConfig {
@@ -590,13 +611,6 @@ impl OptimizerConfig {
     /// The kernel this configuration runs.
     pub(crate) fn kernel(&self) -> Kernel {
         self.class().kernel()
-    }
-
-    /// Writes the group's record for one step (`Hyper` in the shader) into `out`, which is
-    /// [`Shader::hyper_size`] bytes long. The kernels derive whatever depends on a tensor's
-    /// step count on the GPU.
-    pub(crate) fn write_hyper(&self, out: &mut [u8]) {
-        self.class().write_hyper(out);
     }
 }
 

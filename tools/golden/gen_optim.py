@@ -6,8 +6,10 @@ Run from the repository root:
     python3 tools/golden/gen_optim.py
 
 It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad,
-NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD) on CPU over a fixed, seeded
-problem and writes, under ``tests/golden/optim/``:
+NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD), and ``Lion`` from lion-pytorch
+(``pip install lion-pytorch==0.2.5``; the script refuses other versions, see
+PACKAGE_OPTIMIZERS), on CPU over a fixed, seeded problem and writes, under
+``tests/golden/optim/``:
 
 * ``params.safetensors``  - initial parameters (F32), one tensor per name
                             ("w" [7,5], "b" [13], "v" [300]).
@@ -157,6 +159,13 @@ CASES = [
     ("asgd_lambd_alpha_t0", {"type": "ASGD", "lr": 0.05, "lambd": 0.5, "alpha": 0.5, "t0": 5.0}),
     ("asgd_wd", {"type": "ASGD", "lr": 0.05, "weight_decay": 0.1}),
     ("asgd_maximize", {"type": "ASGD", "lr": 0.05, "maximize": True}),
+    # --- Lion (lion-pytorch; default lr is 1e-4, betas (0.9, 0.99); no step count) ---
+    ("lion", {"type": "Lion", "lr": 0.01}),
+    ("lion_default_lr", {"type": "Lion", "lr": 1e-4}),
+    ("lion_betas", {"type": "Lion", "lr": 0.01, "betas": [0.95, 0.98]}),
+    ("lion_wd", {"type": "Lion", "lr": 0.01, "weight_decay": 0.5}),
+    ("lion_decoupled_wd",
+     {"type": "Lion", "lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True}),
 ]
 
 # (case name, optimizer spec, schedule spec): trajectories with a learning-rate schedule,
@@ -193,6 +202,10 @@ SCHEDULED_CASES = [
      {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
     ("sched_adadelta_cosine", {"type": "Adadelta", "lr": 1.0},
      {"type": "CosineAnnealingLR", "T_max": 10, "eta_min": 0.1}),
+    # Lion's decoupled weight decay divides by the constructor's lr, not the scheduled one.
+    ("sched_lion_decoupled_wd_steplr",
+     {"type": "Lion", "lr": 0.01, "weight_decay": 0.05, "decoupled_weight_decay": True},
+     {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
 ]
 
 # Per-parameter 0-d states that torch creates in its scalar dtype (torch.optim.optimizer.
@@ -227,12 +240,40 @@ def make_problem():
     return params, grads
 
 
+# Optimizers from outside torch.optim: spec["type"] -> (module, class name, pip package,
+# version the golden files were written with).
+PACKAGE_OPTIMIZERS = {
+    "Lion": ("lion_pytorch", "Lion", "lion-pytorch", "0.2.5"),
+}
+
+
+def package_class(kind):
+    """The class named kind from its package, at the version in PACKAGE_OPTIMIZERS."""
+    import importlib
+    from importlib.metadata import PackageNotFoundError, version
+
+    module, cls_name, dist, want = PACKAGE_OPTIMIZERS[kind]
+    try:
+        have = version(dist)
+    except PackageNotFoundError:
+        raise RuntimeError(f"{kind} needs `pip install {dist}=={want}`") from None
+    if have != want:
+        raise RuntimeError(f"{kind}: {dist} {have} is installed, the golden files are written "
+                           f"with {dist}=={want}")
+    return getattr(importlib.import_module(module), cls_name)
+
+
 def build_optimizer(spec, tensors, fused=False):
-    """Construct the torch.optim class named in spec from its JSON form: the single-tensor
-    CPU implementation (foreach=False), or the fused one."""
+    """Construct the optimizer class named in spec from its JSON form: a torch.optim class with
+    its single-tensor CPU implementation (foreach=False), or the fused one; a class from
+    PACKAGE_OPTIMIZERS from its package, with that package's defaults."""
     args = {k: v for k, v in spec.items() if k != "type"}
     if "betas" in args:
         args["betas"] = tuple(float(b) for b in args["betas"])
+    if spec["type"] in PACKAGE_OPTIMIZERS:
+        if fused:
+            raise ValueError(f"{spec['type']} has no fused implementation")
+        return package_class(spec["type"])([{"params": tensors}], **args)
     if fused:
         args["fused"] = True
     else:
