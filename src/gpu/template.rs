@@ -122,9 +122,7 @@ pub(crate) fn segment_table(
     ];
     for piece in &p.pieces {
         let s = spans[piece.tensor];
-        // Element offsets inside the windows; the plan puts the piece's first element at the
-        // same lane of a unit in all three.
-        let param = (s.param_offset + 4 * piece.start - p.param_window.0) / 4;
+        let param = param_element(p, spans, piece);
         let grad = (s.grad_offset + 4 * piece.start - p.grad_window.0) / 4;
         words.extend([
             (param / p.lanes) as u32,
@@ -160,10 +158,16 @@ pub(crate) fn segment_table(
 pub(crate) fn has_edges(p: &plan::Batch, spans: &[plan::Span]) -> bool {
     p.lanes > 1
         && p.pieces.iter().any(|piece| {
-            let s = spans[piece.tensor];
-            let head = (s.param_offset + 4 * piece.start - p.param_window.0) / 4 % p.lanes;
+            let head = param_element(p, spans, piece) % p.lanes;
             head != 0 || !(head + piece.len).is_multiple_of(p.lanes)
         })
+}
+
+/// The element offset of a piece's first parameter inside its batch's parameter window; the
+/// plan puts the piece's first element at the same lane of a unit in the gradient and state
+/// windows too.
+fn param_element(p: &plan::Batch, spans: &[plan::Span], piece: &plan::Piece) -> u64 {
+    (spans[piece.tensor].param_offset + 4 * piece.start - p.param_window.0) / 4
 }
 
 /// log2 of the workgroups between the entries of a batch's `coarse` map: the entries cover

@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check, check_non_negative, grad_sign, py_float,
-    with_wd_and_maximize,
+    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check, check_non_negative, grad_sign,
+    py_float, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::Real;
@@ -69,11 +69,7 @@ const SHADER: Shader = Shader {
 impl Class for Adadelta {
     const NAME: &'static str = "Adadelta";
     const SHADER: &'static Shader = &SHADER;
-    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
-        TorchSwitch::Foreach,
-        TorchSwitch::Capturable,
-        TorchSwitch::Differentiable,
-    ];
+    const TORCH_SWITCHES: &'static [TorchSwitch] = UNFUSED;
     type Hyper = AdadeltaHyper;
 
     fn validate(&self) -> Result<()> {

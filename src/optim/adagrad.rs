@@ -1,5 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check_non_negative, grad_sign, with_wd_and_maximize,
+    Class, NOT_CAPTURABLE, Shader, TorchSwitch, WeightDecay, check_non_negative, grad_sign,
+    with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::Real;
@@ -79,11 +80,7 @@ impl Adagrad {
 impl Class for Adagrad {
     const NAME: &'static str = "Adagrad";
     const SHADER: &'static Shader = &SHADER;
-    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
-        TorchSwitch::Foreach,
-        TorchSwitch::Differentiable,
-        TorchSwitch::Fused,
-    ];
+    const TORCH_SWITCHES: &'static [TorchSwitch] = NOT_CAPTURABLE;
     type Hyper = AdagradHyper;
 
     fn validate(&self) -> Result<()> {

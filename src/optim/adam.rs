@@ -1,6 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check_betas, check_lr_eps, check_non_negative,
-    grad_sign, with_wd_and_maximize,
+    Class, Shader, TorchSwitch, WeightDecay, check_adam_args, grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -138,9 +137,7 @@ impl Class for Adam {
     type Hyper = AdamHyper;
 
     fn validate(&self) -> Result<()> {
-        check_lr_eps(self.lr, self.eps)?;
-        check_betas(self.betas)?;
-        check_non_negative("weight_decay value", self.weight_decay)
+        check_adam_args(self.lr, self.eps, self.betas, self.weight_decay)
     }
 
     fn lr_mut(&mut self) -> &mut f64 {

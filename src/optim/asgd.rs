@@ -1,5 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check_non_negative, grad_sign, with_wd_and_maximize,
+    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check_non_negative, grad_sign,
+    with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::Real;
@@ -79,11 +80,7 @@ fn f32_of(x: f64) -> f64 {
 impl Class for ASGD {
     const NAME: &'static str = "ASGD";
     const SHADER: &'static Shader = &SHADER;
-    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
-        TorchSwitch::Foreach,
-        TorchSwitch::Differentiable,
-        TorchSwitch::Capturable,
-    ];
+    const TORCH_SWITCHES: &'static [TorchSwitch] = UNFUSED;
     type Hyper = AsgdHyper;
 
     /// PyTorch checks lr, lambd, alpha and weight_decay; not t0.

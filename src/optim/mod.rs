@@ -228,6 +228,20 @@ impl TorchSwitch {
     }
 }
 
+/// The switches of the classes PyTorch has no fused implementation of.
+pub(crate) const UNFUSED: &[TorchSwitch] = &[
+    TorchSwitch::Foreach,
+    TorchSwitch::Capturable,
+    TorchSwitch::Differentiable,
+];
+
+/// The switches of the classes whose step count PyTorch keeps on the host (SGD, Adagrad).
+pub(crate) const NOT_CAPTURABLE: &[TorchSwitch] = &[
+    TorchSwitch::Foreach,
+    TorchSwitch::Differentiable,
+    TorchSwitch::Fused,
+];
+
 /// The object-safe face of [`Class`], through which [`OptimizerConfig`] reaches its class.
 pub(crate) trait DynClass {
     fn name(&self) -> &'static str;
@@ -641,6 +655,19 @@ pub(crate) fn non_negative(x: f64) -> bool {
 pub(crate) fn check_lr_eps(lr: f64, eps: f64) -> Result<()> {
     check_non_negative("learning rate", lr)?;
     check_non_negative("epsilon value", eps)
+}
+
+/// The checks of Adam and its relatives, in their order: learning rate, epsilon, betas and
+/// weight decay.
+pub(crate) fn check_adam_args(
+    lr: f64,
+    eps: f64,
+    betas: (f64, f64),
+    weight_decay: f64,
+) -> Result<()> {
+    check_lr_eps(lr, eps)?;
+    check_betas(betas)?;
+    check_non_negative("weight_decay value", weight_decay)
 }
 
 /// PyTorch's check of a `betas` pair: each in [0, 1).

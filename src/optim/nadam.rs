@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check_betas, check_lr_eps, check_non_negative,
+    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check_adam_args, check_non_negative,
     grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -100,17 +100,11 @@ impl NAdam {
 impl Class for NAdam {
     const NAME: &'static str = "NAdam";
     const SHADER: &'static Shader = &SHADER;
-    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
-        TorchSwitch::Foreach,
-        TorchSwitch::Capturable,
-        TorchSwitch::Differentiable,
-    ];
+    const TORCH_SWITCHES: &'static [TorchSwitch] = UNFUSED;
     type Hyper = NadamHyper;
 
     fn validate(&self) -> Result<()> {
-        check_lr_eps(self.lr, self.eps)?;
-        check_betas(self.betas)?;
-        check_non_negative("weight_decay value", self.weight_decay)?;
+        check_adam_args(self.lr, self.eps, self.betas, self.weight_decay)?;
         check_non_negative("momentum_decay value", self.momentum_decay)
     }
 

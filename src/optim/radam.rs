@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check_betas, check_lr_eps, check_non_negative,
-    grad_sign, with_wd_and_maximize,
+    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check_adam_args, grad_sign,
+    with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -102,17 +102,11 @@ impl RAdam {
 impl Class for RAdam {
     const NAME: &'static str = "RAdam";
     const SHADER: &'static Shader = &SHADER;
-    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
-        TorchSwitch::Foreach,
-        TorchSwitch::Capturable,
-        TorchSwitch::Differentiable,
-    ];
+    const TORCH_SWITCHES: &'static [TorchSwitch] = UNFUSED;
     type Hyper = RadamHyper;
 
     fn validate(&self) -> Result<()> {
-        check_lr_eps(self.lr, self.eps)?;
-        check_betas(self.betas)?;
-        check_non_negative("weight_decay value", self.weight_decay)
+        check_adam_args(self.lr, self.eps, self.betas, self.weight_decay)
     }
 
     fn lr_mut(&mut self) -> &mut f64 {

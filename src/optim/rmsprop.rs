@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check_lr_eps, check_non_negative, grad_sign,
+    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check_lr_eps, check_non_negative, grad_sign,
     with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -80,11 +80,7 @@ const SHADER: Shader = Shader {
 impl Class for RMSprop {
     const NAME: &'static str = "RMSprop";
     const SHADER: &'static Shader = &SHADER;
-    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
-        TorchSwitch::Capturable,
-        TorchSwitch::Foreach,
-        TorchSwitch::Differentiable,
-    ];
+    const TORCH_SWITCHES: &'static [TorchSwitch] = UNFUSED;
     type Hyper = RmspropHyper;
 
     fn validate(&self) -> Result<()> {

@@ -1,4 +1,4 @@
-use super::{Class, Shader, TorchSwitch, check, check_non_negative, grad_sign, py_float};
+use super::{Class, Shader, TorchSwitch, UNFUSED, check, check_non_negative, grad_sign, py_float};
 use crate::error::Result;
 use crate::reference::Real;
 use serde::{Deserialize, Serialize};
@@ -66,11 +66,7 @@ const SHADER: Shader = Shader {
 impl Class for Rprop {
     const NAME: &'static str = "Rprop";
     const SHADER: &'static Shader = &SHADER;
-    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
-        TorchSwitch::Capturable,
-        TorchSwitch::Foreach,
-        TorchSwitch::Differentiable,
-    ];
+    const TORCH_SWITCHES: &'static [TorchSwitch] = UNFUSED;
     type Hyper = RpropHyper;
 
     /// PyTorch checks the learning rate and the etas; it does not check `step_sizes`.

@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check, check_non_negative, grad_sign, py_float,
-    with_wd_and_maximize,
+    Class, NOT_CAPTURABLE, Shader, TorchSwitch, WeightDecay, check, check_non_negative, grad_sign,
+    py_float, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::Real;
@@ -77,11 +77,7 @@ const SHADER: Shader = Shader {
 impl Class for SGD {
     const NAME: &'static str = "SGD";
     const SHADER: &'static Shader = &SHADER;
-    const TORCH_SWITCHES: &'static [TorchSwitch] = &[
-        TorchSwitch::Foreach,
-        TorchSwitch::Differentiable,
-        TorchSwitch::Fused,
-    ];
+    const TORCH_SWITCHES: &'static [TorchSwitch] = NOT_CAPTURABLE;
     const STEP_STATE: bool = false;
     type Hyper = SgdHyper;
 
