@@ -470,6 +470,26 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
         ),
     ];
     cases.extend(added);
+    // PyTorch accepts these at construction and fails at the step, converting them into the
+    // float32 parameters' dtype; here they are errors before anything runs.
+    cases.extend([
+        (
+            Adam {
+                lr: 1e39,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid learning rate: 1e+39 does not fit in float32 (PyTorch fails at the step: value cannot be converted to type float without overflow)",
+        ),
+        (
+            Rprop {
+                step_sizes: (1e-6, 1e300),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid step_sizes value: 1e+300 does not fit in float32 (PyTorch fails at the step: value cannot be converted to type float without overflow)",
+        ),
+    ]);
     // lion-pytorch asserts these without a message; the messages here name the check.
     cases.extend([
         (
@@ -545,6 +565,8 @@ fn validate_accepts_pytorch_defaults_and_boundaries() {
         Adadelta::default().into(),
         Rprop::default().into(),
         ASGD::default().into(),
+        // An infinite learning rate converts to float32, and PyTorch steps with it.
+        sgd(|c| c.lr = f64::INFINITY),
         // PyTorch allows rho = 1 and does not check Rprop's step_sizes or ASGD's t0.
         Adadelta {
             rho: 1.0,

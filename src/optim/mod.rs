@@ -545,9 +545,12 @@ impl OptimizerConfig {
     }
 
     /// Runs PyTorch's constructor checks, with PyTorch's messages. NaN is rejected wherever a
-    /// range is checked.
+    /// range is checked, and so is a learning rate beyond float32's range, which PyTorch takes
+    /// into the float32 parameters' update and fails on at the step ("value cannot be converted
+    /// to type float without overflow").
     pub fn validate(&self) -> Result<()> {
-        self.class().validate()
+        self.class().validate()?;
+        check_fits_f32("learning rate", self.lr())
     }
 
     /// The learning rate.
@@ -642,6 +645,17 @@ pub(crate) fn check(ok: bool, message: impl FnOnce() -> String) -> Result<()> {
 pub(crate) fn check_non_negative(what: &str, value: f64) -> Result<()> {
     check(non_negative(value), || {
         format!("Invalid {what}: {}", py_float(value))
+    })
+}
+
+/// Fails, naming `what`, where `x` is finite but beyond float32's range: PyTorch converts such
+/// a value into the float32 parameters' dtype at the step and fails there (infinity converts).
+pub(crate) fn check_fits_f32(what: &str, x: f64) -> Result<()> {
+    check(!(x.is_finite() && x.abs() > f64::from(f32::MAX)), || {
+        format!(
+            "Invalid {what}: {} does not fit in float32 (PyTorch fails at the step: value cannot be converted to type float without overflow)",
+            py_float(x)
+        )
     })
 }
 

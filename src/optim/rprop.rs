@@ -1,4 +1,7 @@
-use super::{Class, Shader, TorchSwitch, UNFUSED, check, check_non_negative, grad_sign, py_float};
+use super::{
+    Class, Shader, TorchSwitch, UNFUSED, check, check_fits_f32, check_non_negative, grad_sign,
+    py_float,
+};
 use crate::error::Result;
 use crate::reference::Real;
 use serde::{Deserialize, Serialize};
@@ -69,7 +72,8 @@ impl Class for Rprop {
     const TORCH_SWITCHES: &'static [TorchSwitch] = UNFUSED;
     type Hyper = RpropHyper;
 
-    /// PyTorch checks the learning rate and the etas; it does not check `step_sizes`.
+    /// PyTorch checks the learning rate and the etas; it does not check `step_sizes`, but fails
+    /// at the step where one does not fit in float32.
     fn validate(&self) -> Result<()> {
         check_non_negative("learning rate", self.lr)?;
         let (minus, plus) = self.etas;
@@ -79,7 +83,9 @@ impl Class for Rprop {
                 py_float(minus),
                 py_float(plus)
             )
-        })
+        })?;
+        check_fits_f32("step_sizes value", self.step_sizes.0)?;
+        check_fits_f32("step_sizes value", self.step_sizes.1)
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
