@@ -138,7 +138,7 @@ enum Command {
         #[arg(long)]
         adapter: Option<String>,
         /// Elements per kernel (underscores allowed).
-        #[arg(long, default_value_t = 1 << 22, value_parser = parse_count)]
+        #[arg(long, default_value_t = 1 << 22, value_parser = parse_positive)]
         size: u64,
         /// Timed steps per kernel (the median is reported; at least 1).
         #[arg(long, default_value_t = 20, value_parser = parse_positive)]

@@ -635,6 +635,7 @@ fn bench_prints_a_row_per_kernel_with_its_ratio_to_copy() {
     }
     expect_error(&dir, &["bench", "--access", "vec8"], "unknown access mode");
     expect_error(&dir, &["bench", "--iterations", "0"], "must be at least 1");
+    expect_error(&dir, &["bench", "--size", "0"], "--size");
     expect_error(
         &dir,
         &["bench", "--size", "18446744073709551615"],
