@@ -1870,3 +1870,33 @@ fn every_kernel_runs_on_four_storage_buffers_and_none_on_three() {
         );
     }
 }
+
+/// Scalar state (NAdam's mu_product, ASGD's eta and mu) in `load_state`: missing, foreign or
+/// another optimizer's scalar is an error that changes nothing; a full state round-trips.
+#[test]
+fn load_state_checks_scalar_state() {
+    let ctx = common::ctx();
+    let param = ctx.create_f32_buffer("param", &[0.5; 8]).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &[0.25; 8]).unwrap();
+    let tensor = Tensor::new(
+        BufferRange::new(&param, 0, 8),
+        BufferRange::new(&grad, 0, 8),
+    );
+    let mut opt = Optimizer::new(ctx, NAdam::default(), &[tensor]).unwrap();
+    opt.step_submit().unwrap();
+    let before = opt.read_state(0).unwrap();
+    assert_eq!(before.scalars.keys().collect::<Vec<_>>(), ["mu_product"]);
+    let mut missing = before.clone();
+    missing.scalars.clear();
+    let err = assert_err!(opt.load_state(0, &missing), Error::Input(_));
+    assert!(err.to_string().contains("mu_product"), "{err}");
+    let mut foreign = before.clone();
+    foreign.scalars.insert("eta".into(), 0.1);
+    assert_err!(opt.load_state(0, &foreign), Error::UnknownState { .. });
+    assert_eq!(opt.read_state(0).unwrap(), before);
+    let mut loaded = before.clone();
+    loaded.scalars.insert("mu_product".into(), 0.25);
+    loaded.step = 3;
+    opt.load_state(0, &loaded).unwrap();
+    assert_eq!(opt.read_state(0).unwrap(), loaded);
+}
