@@ -957,6 +957,8 @@ mod tests {
             ("nadam", 28),
             ("asgd", 20),
             ("lion", 20),
+            ("adopt", 28),
+            ("ademamix", 36),
             ("adam-minimal", 28),
             // The reduction reads the gradients once more.
             ("adam+clip", 32),

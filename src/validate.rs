@@ -1510,7 +1510,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 96);
+        assert_eq!(configs.len(), 120);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1544,6 +1544,8 @@ mod tests {
             ("nadam", 28),
             ("asgd", 20),
             ("lion", 20),
+            ("adopt", 28),
+            ("ademamix", 36),
         ] {
             assert_eq!(by_kernel(k), Some(b), "{k}");
         }

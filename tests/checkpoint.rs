@@ -10,8 +10,8 @@ use std::path::{Path, PathBuf};
 use wgpu_optim::checkpoint::{LoadOptions, SaveOptions};
 use wgpu_optim::schedule::Scheduler;
 use wgpu_optim::{
-    ASGD, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, Lion, NAdam, NormType,
-    Optimizer, OptimizerConfig, ParamGroup, RMSprop, Rprop, SGD, Tensor,
+    ADOPT, ASGD, AdEMAMix, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, Lion,
+    NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, Rprop, SGD, Tensor,
 };
 
 const STEPS: usize = 20;
@@ -147,9 +147,40 @@ fn cases() -> Vec<Case> {
         Case {
             name: "NAdam decoupled, OneCycleLR and a grad scaler",
             groups: two(nadam.into()),
+            schedule: Some(one_cycle.clone()),
+            clip: None,
+            scaler: Some(scaler),
+        },
+        // ADOPT's first step only accumulates exp_avg_sq, and its clip bound and AdEMAMix's
+        // warm-up follow the step count; OneCycleLR cycles ADOPT's beta1.
+        Case {
+            name: "ADOPT coupled weight decay, OneCycleLR and a grad scaler",
+            groups: two(ADOPT {
+                lr: 0.01,
+                weight_decay: 0.1,
+                ..Default::default()
+            }
+            .into()),
             schedule: Some(one_cycle),
             clip: None,
             scaler: Some(scaler),
+        },
+        Case {
+            name: "AdEMAMix warm-up, decoupled weight decay, StepLR, clip_grad_norm",
+            groups: two(AdEMAMix {
+                lr: 0.01,
+                weight_decay: 0.1,
+                weight_decouple: true,
+                t_alpha_beta3: Some(6.0),
+                ..Default::default()
+            }
+            .into()),
+            schedule: Some(step_lr.clone()),
+            clip: Some(ClipGrad::Norm {
+                max_norm: 1.0,
+                norm_type: NormType::L2,
+            }),
+            scaler: None,
         },
         Case {
             name: "ASGD averaging, StepLR, clip_grad_value",

@@ -11,9 +11,9 @@ mod common;
 
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
-    ASGD, Access, Adadelta, Adagrad, Adam, AdamW, Adamax, BufferRange, ClipGrad, Context, Error,
-    GradScaler, GradScalerState, Lion, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup,
-    RAdam, RMSprop, Rprop, SGD, Tensor, TensorState, reference,
+    ADOPT, ASGD, Access, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, BufferRange, ClipGrad,
+    Context, Error, GradScaler, GradScalerState, Lion, NAdam, NormType, Optimizer, OptimizerConfig,
+    ParamGroup, RAdam, RMSprop, Rprop, SGD, Tensor, TensorState, reference,
 };
 
 /// Asserts that `result` is an error matching `pattern`, and returns the error.
@@ -507,6 +507,99 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             }
             .into(),
             "Invalid beta parameter at index 1: 1.5 (Lion needs 0 <= beta <= 1)",
+        ),
+    ]);
+    // pytorch-optimizer's messages; then what it accepts and fails on at the step, and the
+    // options that need a per-tensor reduction.
+    cases.extend([
+        (
+            ADOPT {
+                lr: -0.1,
+                ..Default::default()
+            }
+            .into(),
+            "learning rate must be positive. (-0.1 > 0)",
+        ),
+        (
+            ADOPT {
+                betas: (1.0, 0.9),
+                ..Default::default()
+            }
+            .into(),
+            "beta1 must be in the range [0.0, 1.0)",
+        ),
+        (
+            ADOPT {
+                eps: -1e-6,
+                ..Default::default()
+            }
+            .into(),
+            "eps must be non-negative",
+        ),
+        (
+            ADOPT {
+                clip_lambda: Some(f64::INFINITY),
+                ..Default::default()
+            }
+            .into(),
+            "clip_lambda must be null or a finite exponent, not inf",
+        ),
+        (
+            ADOPT {
+                cautious: true,
+                ..Default::default()
+            }
+            .into(),
+            "ADOPT: cautious=True needs a per-tensor reduction before the update, which wgpu-optim does not run yet",
+        ),
+        (
+            AdEMAMix {
+                betas: (0.9, 0.999, 1.5),
+                ..Default::default()
+            }
+            .into(),
+            "beta3 must be in the range [0.0, 1.0]",
+        ),
+        (
+            AdEMAMix {
+                alpha: -5.0,
+                ..Default::default()
+            }
+            .into(),
+            "alpha must be non-negative",
+        ),
+        (
+            AdEMAMix {
+                weight_decay: -0.1,
+                ..Default::default()
+            }
+            .into(),
+            "weight_decay must be non-negative",
+        ),
+        (
+            AdEMAMix {
+                t_alpha_beta3: Some(0.0),
+                ..Default::default()
+            }
+            .into(),
+            "t_alpha_beta3 must be positive: pytorch-optimizer divides by it at the step",
+        ),
+        (
+            AdEMAMix {
+                betas: (0.0, 0.999, 0.9999),
+                t_alpha_beta3: Some(10.0),
+                ..Default::default()
+            }
+            .into(),
+            "with t_alpha_beta3, beta1 and beta3 must be positive: pytorch-optimizer takes their logarithms at the step",
+        ),
+        (
+            AdEMAMix {
+                stable_adamw: true,
+                ..Default::default()
+            }
+            .into(),
+            "AdEMAMix: stable_adamw=True needs a per-tensor reduction before the update, which wgpu-optim does not run yet",
         ),
     ]);
     cases

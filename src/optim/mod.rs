@@ -30,6 +30,8 @@ mod adadelta;
 mod adagrad;
 mod adam;
 mod adamax;
+mod ademamix;
+mod adopt;
 mod asgd;
 mod lion;
 mod nadam;
@@ -42,6 +44,8 @@ pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
+pub use ademamix::AdEMAMix;
+pub use adopt::ADOPT;
 pub use asgd::ASGD;
 pub use lion::Lion;
 pub use nadam::NAdam;
@@ -234,6 +238,9 @@ pub(crate) const UNFUSED: &[TorchSwitch] = &[
     TorchSwitch::Capturable,
     TorchSwitch::Differentiable,
 ];
+
+/// The switch pytorch-optimizer's classes take: `foreach`.
+pub(crate) const FOREACH: &[TorchSwitch] = &[TorchSwitch::Foreach];
 
 /// The switches of the classes whose step count PyTorch keeps on the host (SGD, Adagrad).
 pub(crate) const NOT_CAPTURABLE: &[TorchSwitch] = &[
@@ -520,6 +527,10 @@ registry! {
     ASGD(ASGD),
     /// `Lion` of the lion-pytorch package.
     Lion(Lion),
+    /// `ADOPT` of the pytorch-optimizer package.
+    ADOPT(ADOPT),
+    /// `AdEMAMix` of the pytorch-optimizer package.
+    AdEMAMix(AdEMAMix),
 }
 
 impl<'de> Deserialize<'de> for OptimizerConfig {
@@ -694,6 +705,33 @@ pub(crate) fn check_betas((b1, b2): (f64, f64)) -> Result<()> {
     Ok(())
 }
 
+/// pytorch-optimizer's `validate_learning_rate`: a negative learning rate fails (NaN too,
+/// here), with the package's message.
+pub(crate) fn check_po_lr(lr: f64) -> Result<()> {
+    check(non_negative(lr), || {
+        format!("learning rate must be positive. ({} > 0)", py_float(lr))
+    })
+}
+
+/// pytorch-optimizer's `validate_non_negative(x, name)` (NaN fails too, here).
+pub(crate) fn check_po_non_negative(name: &str, x: f64) -> Result<()> {
+    check(non_negative(x), || format!("{name} must be non-negative"))
+}
+
+/// pytorch-optimizer's `validate_betas`: beta1 and beta2 in [0, 1), and a third beta, where
+/// given, in [0, 1].
+pub(crate) fn check_po_betas(betas: &[f64]) -> Result<()> {
+    for (i, &b) in betas.iter().enumerate() {
+        let (ok, range) = if i < 2 {
+            ((0.0..1.0).contains(&b), "[0.0, 1.0)")
+        } else {
+            ((0.0..=1.0).contains(&b), "[0.0, 1.0]")
+        };
+        check(ok, || format!("beta{} must be in the range {range}", i + 1))?;
+    }
+    Ok(())
+}
+
 /// A group's weight decay as PyTorch applies it: added to the gradient (L2), or, with
 /// `decoupled_weight_decay`, the parameter decayed by `1 − lr·λ` before the update.
 #[derive(Clone, Copy, Debug)]
@@ -718,6 +756,18 @@ impl WeightDecay {
                 decay: 1.0,
             }
         }
+    }
+
+    /// pytorch-optimizer's `apply_weight_decay`: added to the gradient, or, with
+    /// `weight_decouple`, the parameter decayed by `1 − lr·λ` (`1 − λ` with `fixed_decay`).
+    pub(crate) fn pytorch_optimizer(
+        lr: f64,
+        weight_decay: f64,
+        weight_decouple: bool,
+        fixed_decay: bool,
+    ) -> Self {
+        let lr = if fixed_decay { 1.0 } else { lr };
+        Self::new(lr, weight_decay, weight_decouple)
     }
 
     /// L2 weight decay only, as most classes have.

@@ -6,10 +6,10 @@ Run from the repository root:
     python3 tools/golden/gen_optim.py
 
 It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad,
-NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD), and ``Lion`` from lion-pytorch
-(``pip install lion-pytorch==0.2.5``; the script refuses other versions, see
-PACKAGE_OPTIMIZERS), on CPU over a fixed, seeded problem and writes, under
-``tests/golden/optim/``:
+NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD), ``Lion`` from lion-pytorch and
+``ADOPT`` and ``AdEMAMix`` from pytorch-optimizer, at the versions in
+tools/golden/requirements.txt (the script refuses others, see PACKAGE_OPTIMIZERS),
+on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
 
 * ``params.safetensors``  - initial parameters (F32), one tensor per name
                             ("w" [7,5], "b" [13], "v" [300]).
@@ -18,13 +18,19 @@ PACKAGE_OPTIMIZERS), on CPU over a fixed, seeded problem and writes, under
 * ``cases.json``          - {"steps": STEPS, "names": [...], "cases": [
                               {"name": ..., "optimizer": {"type": <torch class>,
                                "lr": ..., <non-default args, torch names>}}, ...]}
+  For the classes from outside torch.optim, "type" is the package's class name
+  and the other keys are the package's own argument names; ADOPT's
+  ``"clip_lambda": null`` stands for ``clip_lambda=None`` (no clipping; the
+  package's default is ``step ** 0.25``).
   A case may also carry a ``"schedule"``: a torch.optim.lr_scheduler spec in
   the format of tests/golden/schedules/SPEC.md, without "lr" (the base LR is
   the optimizer's). The scheduler is stepped after every optimizer step, as
   ``wgpu-optim replay --schedule`` does.
 * ``<case>.f32.safetensors`` - final params and optimizer state after STEPS
                             steps, computed in float32 with torch's single-tensor
-                            CPU path (foreach=False).
+                            CPU path (foreach=False) for torch.optim classes; the
+                            others with their package's default (pytorch-optimizer:
+                            its foreach path, on CPU too).
 * ``<case>.f64.safetensors`` - the same run in float64 (params and grads
                             upcast before the run); F64 tensors.
 
@@ -40,12 +46,15 @@ scalar dtype (float32 while the default dtype is float32, which this script
 leaves alone), not in the param dtype, so the float64 run's are float32 too
 (and torch's float64 trajectory really does round mu_product, eta and mu to
 float32 every step).  Every other state tensor has the run's dtype.
+pytorch-optimizer keeps one ``step`` per param group (GROUP_STEP): it is stored
+as every param's ``<name>.step``, as wgpu-optim keeps it per tensor.
 
 While it runs, the script checks that the cases reach the branches they are
 there for, and prints where: RAdam's rectification switch (rho_t > 5),
 Rprop's clamp of step_size at either bound of step_sizes (counted from the
-pre-clamp value, recomputed before each step), and the step from which ASGD's
-average ``ax`` differs from the param.
+pre-clamp value, recomputed before each step), the step from which ASGD's
+average ``ax`` differs from the param, and ADOPT's clipping of the normalized
+gradient at clip_lambda(step).
 
 The Rust tests read these committed files, so CI needs no Python.  Rerunning
 this script is deterministic and rewrites the same files (stale per-case files
@@ -166,6 +175,30 @@ CASES = [
     ("lion_wd", {"type": "Lion", "lr": 0.01, "weight_decay": 0.5}),
     ("lion_decoupled_wd",
      {"type": "Lion", "lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True}),
+    # --- ADOPT (pytorch-optimizer; default betas (0.9, 0.9999), eps 1e-6, clip step**0.25) ---
+    ("adopt", {"type": "ADOPT", "lr": 0.01}),
+    ("adopt_no_clip", {"type": "ADOPT", "lr": 0.01, "clip_lambda": None}),
+    ("adopt_wd", {"type": "ADOPT", "lr": 0.01, "weight_decay": 0.1}),
+    ("adopt_wd_decoupled",
+     {"type": "ADOPT", "lr": 0.01, "weight_decay": 0.1, "weight_decouple": True}),
+    ("adopt_wd_fixed",
+     {"type": "ADOPT", "lr": 0.01, "weight_decay": 0.01, "weight_decouple": True,
+      "fixed_decay": True}),
+    ("adopt_betas_eps_maximize",
+     {"type": "ADOPT", "lr": 0.01, "betas": [0.8, 0.99], "eps": 0.1, "maximize": True}),
+    # --- AdEMAMix (pytorch-optimizer; default betas (0.9, 0.999, 0.9999), alpha 5, eps 1e-8) ---
+    ("ademamix", {"type": "AdEMAMix", "lr": 0.01}),
+    ("ademamix_betas_alpha", {"type": "AdEMAMix", "lr": 0.01, "betas": [0.8, 0.99, 0.95],
+                              "alpha": 2.0}),
+    ("ademamix_t_alpha_beta3",
+     {"type": "AdEMAMix", "lr": 0.01, "betas": [0.9, 0.999, 0.99], "t_alpha_beta3": 12}),
+    ("ademamix_wd", {"type": "AdEMAMix", "lr": 0.01, "weight_decay": 0.1}),
+    ("ademamix_wd_decoupled",
+     {"type": "AdEMAMix", "lr": 0.01, "weight_decay": 0.1, "weight_decouple": True}),
+    ("ademamix_wd_fixed_eps",
+     {"type": "AdEMAMix", "lr": 0.01, "weight_decay": 0.01, "weight_decouple": True,
+      "fixed_decay": True, "eps": 1e-3}),
+    ("ademamix_maximize", {"type": "AdEMAMix", "lr": 0.01, "maximize": True}),
 ]
 
 # (case name, optimizer spec, schedule spec): trajectories with a learning-rate schedule,
@@ -206,6 +239,12 @@ SCHEDULED_CASES = [
     ("sched_lion_decoupled_wd_steplr",
      {"type": "Lion", "lr": 0.01, "weight_decay": 0.05, "decoupled_weight_decay": True},
      {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
+    ("sched_ademamix_linear", {"type": "AdEMAMix", "lr": 0.01, "weight_decay": 0.1,
+                               "weight_decouple": True},
+     {"type": "LinearLR", "start_factor": 0.2, "total_iters": 8}),
+    # OneCycleLR cycles beta1, the first of ADOPT's betas.
+    ("sched_adopt_onecycle", {"type": "ADOPT", "lr": 0.01},
+     {"type": "OneCycleLR", "max_lr": 0.02, "total_steps": STEPS}),
 ]
 
 # Per-parameter 0-d states that torch creates in its scalar dtype (torch.optim.optimizer.
@@ -244,7 +283,12 @@ def make_problem():
 # version the golden files were written with).
 PACKAGE_OPTIMIZERS = {
     "Lion": ("lion_pytorch", "Lion", "lion-pytorch", "0.2.5"),
+    "ADOPT": ("pytorch_optimizer", "ADOPT", "pytorch-optimizer", "4.1.0"),
+    "AdEMAMix": ("pytorch_optimizer", "AdEMAMix", "pytorch-optimizer", "4.1.0"),
 }
+
+# Package classes that count steps per param group (group["step"]), not per param.
+GROUP_STEP = ("ADOPT", "AdEMAMix")
 
 
 def package_class(kind):
@@ -314,7 +358,8 @@ class BranchProbe:
     """Records, for one run, where the branches a case is there for are taken: RAdam's
     rectification (rho_t > 5), Rprop's clamp at either step_sizes bound (from the pre-clamp
     value, recomputed from the state before each step exactly as torch computes it), and
-    ASGD's averaging (ax differs from the param)."""
+    ASGD's averaging (ax differs from the param), and ADOPT's clipping of the normalized
+    gradient (from the state before each step, as the package computes it)."""
 
     def __init__(self, spec):
         self.kind = spec["type"]
@@ -322,6 +367,8 @@ class BranchProbe:
         self.clamp_lo = []          # Rprop: (step, elements clamped up to step_size_min)
         self.clamp_hi = []          # Rprop: (step, elements clamped down to step_size_max)
         self.ax_steps = []          # ASGD: steps after which ax != param somewhere
+        self.clipped = []           # ADOPT: (step, elements beyond +-step**0.25)
+        self.clip_on = spec.get("clip_lambda", True) is not None
 
     def before(self, k, opt, tensors):
         group = opt.param_groups[0]
@@ -353,6 +400,19 @@ class BranchProbe:
                 self.clamp_lo.append((k + 1, n_lo))
             if n_hi:
                 self.clamp_hi.append((k + 1, n_hi))
+        elif self.kind == "ADOPT":
+            step = group.get("step", 0) + 1
+            if step > 1:
+                clip = step ** 0.25
+                n_clip = 0
+                for p in tensors:
+                    grad = -p.grad if opt.maximize else p.grad
+                    if group["weight_decay"] != 0.0 and not group["weight_decouple"]:
+                        grad = grad + group["weight_decay"] * p
+                    de_nom = opt.state[p]["exp_avg_sq"].sqrt().clamp(min=group["eps"])
+                    n_clip += int(((grad / de_nom).abs() > clip).sum())
+                if n_clip:
+                    self.clipped.append((step, n_clip))
 
     def after(self, k, opt, tensors):
         if self.kind == "ASGD":
@@ -370,6 +430,10 @@ class BranchProbe:
         if self.kind == "ASGD":
             return (f"ax != param from step {self.ax_steps[0]}" if self.ax_steps
                     else "ax == param throughout (no averaging)")
+        if self.kind == "ADOPT":
+            what = "clipped" if self.clip_on else "beyond step**0.25 (not clipped)"
+            return (f"{what}: {sum(c for _, c in self.clipped)} element-steps over "
+                    f"{len(self.clipped)} steps" if self.clipped else f"{what}: never")
         return ""
 
     def check(self, name, spec):
@@ -381,6 +445,8 @@ class BranchProbe:
             problems.append("non-default step_sizes must clamp at both bounds")
         if self.kind == "ASGD" and spec.get("t0", 1e6) < STEPS and not self.ax_steps:
             problems.append("a t0 below STEPS must start the averaging")
+        if self.kind == "ADOPT" and not self.clipped:
+            problems.append("ADOPT: the normalized gradient must exceed step**0.25 somewhere")
         if problems:
             raise RuntimeError(f"{name}: " + "; ".join(problems))
 
@@ -413,7 +479,12 @@ def run_case(spec, params, grads, dtype, schedule=None, probe=None):
         if scheduler is not None and k + 1 < STEPS:
             scheduler.step()
 
-    return state_tensors(NAMES, tensors, opt, dtype)
+    out = state_tensors(NAMES, tensors, opt, dtype)
+    if spec["type"] in GROUP_STEP:
+        step = torch.tensor(float(opt.param_groups[0]["step"]), dtype=torch.float32)
+        for n in NAMES:
+            out[f"{n}.step"] = step.clone()
+    return out
 
 
 def main():
