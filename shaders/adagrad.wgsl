@@ -24,7 +24,7 @@ struct Coeffs {
     grad_sign: f32,
 }
 
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     let clr = h.lr / (1.0 + (f32(t) - 1.0) * h.lr_decay);
     return Coeffs(clr, h.eps, h.weight_decay, h.grad_sign);
 }

@@ -41,7 +41,7 @@ struct Coeffs {
     grad_sign: f32,
 }
 
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     let steps = f32(t);
     return Coeffs(
         h.lr / one_minus_exp(steps * h.ln_beta1),

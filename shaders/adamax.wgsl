@@ -27,7 +27,7 @@ struct Coeffs {
     grad_sign: f32,
 }
 
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     let neg_clr = -(h.lr / one_minus_exp(f32(t) * h.ln_beta1));
     return Coeffs(neg_clr, h.one_minus_beta1, h.beta2, h.eps, h.weight_decay, h.grad_sign);
 }

@@ -47,7 +47,7 @@ struct Coeffs {
     grad_sign: f32,
 }
 
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     let steps = f32(t);
     var alpha = h.alpha;
     var one_minus_beta3 = h.one_minus_beta3;

@@ -28,7 +28,7 @@ struct Coeffs {
 }
 
 // x is (eta, mu): this step uses the values of the step before and leaves its own.
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     var eta = (*x).x;
     if t == 1u {
         // PyTorch creates eta from the learning rate of the tensor's first step.

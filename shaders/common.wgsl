@@ -2,7 +2,7 @@
 // shaders/layout.wgsl and the storage bindings that src/gpu/kernels.rs writes, to each
 // optimizer's shader). An optimizer's shader states only its formula. It declares `Hyper` (its
 // per-group values, written by the host for each step), `Coeffs` (its per-tensor values for
-// one step), `fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs` (from the
+// one step), `fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs` (from the
 // group's values, the tensor's step count `t`, counted from 1 as PyTorch counts after
 // `step += 1`, and the tensor's scalar state `x`, which it advances; a skipped step keeps the
 // old) and

@@ -108,14 +108,18 @@ struct StepConfig {
     _pad1: u32,
 }
 
+// A tensor's scalar state (see `TensorStep`).
+alias Scalars = vec4<f32>;
+
 struct TensorStep {
     // Steps taken (PyTorch's `step`).
     step: u32,
     // Parameter group of the tensor.
     group: u32,
     // The optimizer's per-tensor scalar state, in the order it names it (NAdam's
-    // `mu_product`; ASGD's `eta` and `mu`), advanced by `coeffs` in `finalize`.
-    scalars: vec2<f32>,
+    // `mu_product`; ASGD's `eta` and `mu`), advanced by `coeffs` in `finalize`. At byte 16,
+    // the alignment of a vec4.
+    scalars: Scalars,
 }
 
 // The optimizer's state that lives on the GPU besides the state buffers.

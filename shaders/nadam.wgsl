@@ -41,7 +41,7 @@ struct Coeffs {
 }
 
 // x.x is mu_product, which this step multiplies by mu_t (in f32, as PyTorch's f32 tensor).
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     let steps = f32(t);
     let mu = h.beta1 * (1.0 - 0.5 * exp(steps * h.psi_ln_096));
     let mu_next = h.beta1 * (1.0 - 0.5 * exp((steps + 1.0) * h.psi_ln_096));

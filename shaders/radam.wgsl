@@ -68,7 +68,7 @@ fn radam_rho(t: f32, d: f32, rho_inf: f32) -> f32 {
     return rho_inf - 2.0 * t * exp(-y) / one_minus_exp(-y);
 }
 
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     let steps = f32(t);
     let rho_t = radam_rho(steps, h.neg_ln_beta2, h.rho_inf);
     var rect = 0.0;

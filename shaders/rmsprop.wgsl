@@ -24,7 +24,7 @@ struct Hyper {
 // One tensor's values for one step: the group's (RMSprop does not depend on the step count).
 alias Coeffs = Hyper;
 
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     return h;
 }
 

@@ -32,7 +32,7 @@ struct Coeffs {
     first_step: u32,
 }
 
-fn coeffs(h: Hyper, t: u32, x: ptr<function, vec2<f32>>) -> Coeffs {
+fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     return Coeffs(
         h.lr,
         h.momentum,

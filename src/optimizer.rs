@@ -4,8 +4,8 @@ use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport, sp
 use crate::error::{Error, Result};
 use crate::gpu::plan;
 use crate::gpu::template::{
-    COEFFS_STRIDE, CONTROL_HEADER, MAX_SCALARS, STEP_HEADER_SIZE, StepConfig, TENSOR_STEP_SIZE,
-    flags,
+    COEFFS_STRIDE, CONTROL_HEADER, MAX_SCALARS, SCALAR_WORD, STEP_HEADER_SIZE, StepConfig,
+    TENSOR_STEP_SIZE, flags,
 };
 use crate::gpu::{Access, CompiledKernel, Context, EDGES, GradAccess, Pipeline, SINGLE, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
@@ -481,10 +481,10 @@ impl Optimizer {
             control_bytes.extend_from_slice(bytemuck::cast_slice(&[1.0f32.to_bits(), 0, 0, 0]));
             for (g, _) in &all {
                 let config = &groups[*g].config;
-                let mut words = [0u32; 2 + MAX_SCALARS];
+                let mut words = [0u32; SCALAR_WORD + MAX_SCALARS];
                 words[1] = *g as u32;
                 for (k, name) in config.scalar_names().iter().enumerate() {
-                    words[2 + k] = (config.initial_scalar_value(name) as f32).to_bits();
+                    words[SCALAR_WORD + k] = (config.initial_scalar_value(name) as f32).to_bits();
                 }
                 control_bytes.extend_from_slice(bytemuck::cast_slice(&words));
             }
@@ -1032,7 +1032,7 @@ impl Optimizer {
             scalars: scalar_names
                 .iter()
                 .enumerate()
-                .map(|(k, name)| (name.to_string(), f32::from_bits(words[2 + k])))
+                .map(|(k, name)| (name.to_string(), f32::from_bits(words[SCALAR_WORD + k])))
                 .collect(),
         })
     }
@@ -1123,7 +1123,7 @@ impl Optimizer {
         if !scalars.is_empty() {
             queue.write_buffer(
                 &self.buffers.control,
-                at + 8,
+                at + 4 * SCALAR_WORD as u64,
                 bytemuck::cast_slice(&scalars),
             );
         }

@@ -496,7 +496,7 @@ mod tests {
                 vec![
                     ("step".into(), 0),
                     ("group".into(), 4),
-                    ("scalars".into(), 8)
+                    ("scalars".into(), 16)
                 ],
                 TENSOR_STEP_SIZE as u32
             )

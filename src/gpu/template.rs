@@ -24,11 +24,13 @@ pub(crate) const STEP_HEADER_SIZE: u64 = 32;
 pub(crate) const COEFFS_STRIDE: u64 = 64;
 /// Bytes of the header of `Control` (scale, growth tracker, total norm, found_inf).
 pub(crate) const CONTROL_HEADER: u64 = 16;
-/// Bytes of one `TensorStep` in `Control`: the step count, the group, and two words of
-/// per-tensor scalar state.
-pub(crate) const TENSOR_STEP_SIZE: u64 = 16;
+/// Bytes of one `TensorStep` in `Control`: the step count, the group, two words of padding
+/// (a vec4's alignment), and four words of per-tensor scalar state.
+pub(crate) const TENSOR_STEP_SIZE: u64 = 32;
 /// Per-tensor scalar state words in a `TensorStep`.
-pub(crate) const MAX_SCALARS: usize = 2;
+pub(crate) const MAX_SCALARS: usize = 4;
+/// The word of a `TensorStep` where its scalar state starts.
+pub(crate) const SCALAR_WORD: usize = 4;
 
 /// Bits of `StepConfig::flags` (shaders/layout.wgsl).
 pub(crate) mod flags {

@@ -157,7 +157,7 @@ pub(crate) trait Class:
     fn initial_state(&self, _name: &str) -> f64 {
         0.0
     }
-    /// PyTorch's names of the per-tensor scalar (0-d) state, at most two (NAdam's
+    /// PyTorch's names of the per-tensor scalar (0-d) state, at most four (NAdam's
     /// `mu_product`, ASGD's `eta` and `mu`); the shader's `coeffs` advances them on the GPU.
     fn scalar_names(&self) -> &'static [&'static str] {
         &[]

@@ -365,7 +365,7 @@ impl Optimizer {
             if !plan.scalars[i].is_empty() {
                 queue.write_buffer(
                     &self.buffers.control,
-                    at + 8,
+                    at + 4 * super::SCALAR_WORD as u64,
                     bytemuck::cast_slice(&plan.scalars[i]),
                 );
             }
@@ -641,9 +641,9 @@ impl SavePlan {
                     Source::Step(i) => out
                         .write_all(&i64::from(word(*i, 0)).to_le_bytes())
                         .map_err(io)?,
-                    Source::Scalar(i, k) => {
-                        out.write_all(&word(*i, 2 + *k).to_le_bytes()).map_err(io)?
-                    }
+                    Source::Scalar(i, k) => out
+                        .write_all(&word(*i, super::SCALAR_WORD + *k).to_le_bytes())
+                        .map_err(io)?,
                     Source::Gpu(ranges) => {
                         let ranges: Vec<_> = ranges.iter().map(|(b, o, n)| (b, *o, *n)).collect();
                         self.ctx.read_stream(&ranges, STREAM_CHUNK, |data| {
