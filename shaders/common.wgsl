@@ -350,8 +350,11 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         header.clip_coef = coef;
         header.clip_value = cfg.clip_value;
         derived_out.header = header;
-        control.total_norm = total_norm;
-        control.found_inf = f32(found_inf);
+        // A mode switch leaves the last step's report as it is.
+        if (cfg.flags & HOLD) == 0u {
+            control.total_norm = total_norm;
+            control.found_inf = f32(found_inf);
+        }
         // GradScaler.update() (torch._amp_update_scale_).
         if (cfg.flags & SCALER) != 0u {
             if found_inf {
@@ -371,15 +374,17 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
             }
         }
     }
+    // A skipped step, or a mode switch (HOLD), keeps the counts and the scalar state.
+    let advance = !found_inf && (cfg.flags & HOLD) == 0u;
     for (var i = lid; i < cfg.tensors; i += WORKGROUP_SIZE) {
         var t = control.tensors[i].step;
-        if !found_inf && t != 0xffffffffu {
+        if advance && t != 0xffffffffu {
             t += 1u;
             control.tensors[i].step = t;
         }
         var scalars = control.tensors[i].scalars;
         derived_out.tensors[i] = coeffs(slot.groups[control.tensors[i].group], t, &scalars);
-        if !found_inf {
+        if advance {
             control.tensors[i].scalars = scalars;
         }
     }

@@ -87,6 +87,9 @@ const CLIP_VALUE: u32 = 4u;
 const NORM_INF: u32 = 8u;
 // A grad scaler is in use: skip the step on inf or NaN and update the scale.
 const SCALER: u32 = 16u;
+// Not a step: the step counts and scalar state stay as they are (AdamWScheduleFree's switch
+// between train and eval mode, which its `Hyper` record asks for).
+const HOLD: u32 = 32u;
 
 // Host-written values of one step, at the start of each slot of the optimizer's ring.
 struct StepConfig {

@@ -959,6 +959,7 @@ mod tests {
             ("lion", 20),
             ("adopt", 28),
             ("ademamix", 36),
+            ("adamw-schedulefree", 28),
             ("adam-minimal", 28),
             // The reduction reads the gradients once more.
             ("adam+clip", 32),

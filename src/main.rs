@@ -65,6 +65,11 @@ enum Command {
         /// Also save a checkpoint after the last step, parameters included.
         #[arg(long, value_name = "CKPT")]
         save_checkpoint: Option<PathBuf>,
+        /// AdamWScheduleFree: switch the parameters to eval mode (the average x, schedulefree's
+        /// `eval()`) after the last step, before the checkpoint and the output; without it they
+        /// stay in train mode (y).
+        #[arg(long)]
+        eval: bool,
         /// The wgpu backend to run on (default: the best adapter of any backend).
         #[arg(long)]
         backend: Option<Backend>,
@@ -258,6 +263,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             grad_scaler,
             resume,
             save_checkpoint,
+            eval,
             backend,
         } => {
             let config: OptimizerConfig = serde_json::from_str(&optimizer)
@@ -308,6 +314,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 trace: false,
                 resume: resume.as_deref(),
                 save_checkpoint: save_checkpoint.as_deref(),
+                eval,
             };
             let result = replay::replay(&ctx, &config, &options, &params, &grads)?;
             replay::write_output(&out, &result)?;

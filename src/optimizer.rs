@@ -121,6 +121,7 @@ pub struct Snapshot {
     states: Vec<wgpu::Buffer>,
     control: wgpu::Buffer,
     groups: Vec<OptimizerConfig>,
+    train_mode: bool,
 }
 
 impl std::fmt::Debug for Snapshot {
@@ -236,6 +237,18 @@ pub struct Optimizer {
     last_slot: Vec<u8>,
     clip: Option<ClipGrad>,
     scaler: Option<GradScaler>,
+    /// Whether the parameters hold the train-mode values, for a class with two modes
+    /// (AdamWScheduleFree); always true for the others.
+    train_mode: bool,
+}
+
+/// What one recorded pass of the kernels does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    /// An optimizer step.
+    Step,
+    /// A switch of the parameters into train mode (`true`) or eval mode.
+    Mode(bool),
 }
 
 impl std::fmt::Debug for Optimizer {
@@ -556,25 +569,96 @@ impl Optimizer {
             last_slot: Vec::new(),
             clip: None,
             scaler: None,
+            train_mode: true,
         })
     }
 
     /// Records one optimizer step into `encoder`, in a compute pass of its own. Nothing is
-    /// submitted, and nothing waits. Fails only when the device runs out of memory growing the
-    /// ring of per-step values (see [`Optimizer`]).
+    /// submitted, and nothing waits. Fails when the device runs out of memory growing the ring
+    /// of per-step values (see [`Optimizer`]), and, changing nothing, for an AdamWScheduleFree
+    /// optimizer in eval mode (see [`train`](Self::train)).
     pub fn step(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.check_train_mode()?;
         let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
             label: Some("wgpu-optim step"),
             timestamp_writes: None,
         });
-        self.record(&mut pass)
+        self.record_pass(&mut pass, Pass::Step)
     }
 
-    /// Records one optimizer step into a compute pass the caller has begun.
+    /// Records one optimizer step into a compute pass the caller has begun. Fails as
+    /// [`step`](Self::step) does.
     pub fn record(&mut self, pass: &mut wgpu::ComputePass<'_>) -> Result<()> {
-        let reduce = reduces(self.clip, self.scaler);
-        let bits = Self::step_flags(self.clip, self.scaler);
-        self.write_host_slot(reduce);
+        self.check_train_mode()?;
+        self.record_pass(pass, Pass::Step)
+    }
+
+    /// schedulefree's `train()` for an AdamWScheduleFree optimizer: records into `encoder` the
+    /// switch of every parameter that has stepped from its eval-mode value x to its train-mode
+    /// value y, `p.lerp_(z, 1 − β1)`, on the GPU. Nothing is recorded when the optimizer is in
+    /// train mode already, which it is when built. A step needs train mode. An error, changing
+    /// nothing, for other classes.
+    pub fn train(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.switch_mode(encoder, true)
+    }
+
+    /// schedulefree's `eval()` for an AdamWScheduleFree optimizer: records into `encoder` the
+    /// switch of every parameter that has stepped from y to x, the average of the iterates that
+    /// schedule-free training evaluates and ships, `p.lerp_(z, 1 − 1/β1)`. Nothing is recorded
+    /// when the optimizer is in eval mode already. An error, changing nothing, for other
+    /// classes.
+    pub fn eval(&mut self, encoder: &mut wgpu::CommandEncoder) -> Result<()> {
+        self.switch_mode(encoder, false)
+    }
+
+    /// Whether the parameters hold their train-mode values: true for every class but
+    /// AdamWScheduleFree, and for that one between [`train`](Self::train) and
+    /// [`eval`](Self::eval) (and when built).
+    pub fn is_train_mode(&self) -> bool {
+        self.train_mode
+    }
+
+    fn switch_mode(&mut self, encoder: &mut wgpu::CommandEncoder, to_train: bool) -> Result<()> {
+        let class = self.groups[0].type_name();
+        if !self.groups[0].has_modes() {
+            return Err(Error::Input(format!(
+                "{class} has no train and eval modes (AdamWScheduleFree has)"
+            )));
+        }
+        if self.train_mode == to_train {
+            return Ok(());
+        }
+        let mut pass = encoder.begin_compute_pass(&wgpu::ComputePassDescriptor {
+            label: Some("wgpu-optim mode switch"),
+            timestamp_writes: None,
+        });
+        self.record_pass(&mut pass, Pass::Mode(to_train))?;
+        self.train_mode = to_train;
+        Ok(())
+    }
+
+    fn check_train_mode(&self) -> Result<()> {
+        if self.train_mode {
+            Ok(())
+        } else {
+            Err(Error::Input(format!(
+                "{} is in eval mode: call train() before step(), as schedulefree requires",
+                self.groups[0].type_name()
+            )))
+        }
+    }
+
+    /// Records one pass of the kernels: a step, or a mode switch, which runs the step kernels
+    /// with the group records of the switch, neither clipping nor unscaling, and a `finalize`
+    /// that keeps the step counts and scalar state (`HOLD`).
+    fn record_pass(&mut self, pass: &mut wgpu::ComputePass<'_>, what: Pass) -> Result<()> {
+        let (clip, scaler) = match what {
+            Pass::Step => (self.clip, self.scaler),
+            Pass::Mode(_) => (None, None),
+        };
+        let reduce = reduces(clip, scaler);
+        let bits = Self::step_flags(clip, scaler);
+        self.write_host_slot(reduce, what);
         let slot = self.acquire_slot()?;
         // The ring may have grown: the reduction's bind groups must bind the new one.
         let (mut parts, bound) = self.parts();
@@ -636,14 +720,26 @@ impl Optimizer {
         Ok(self.ctx.queue().submit([encoder.finish()]))
     }
 
-    /// Fills `host_slot` with this step's `StepConfig` and group records.
-    fn write_host_slot(&mut self, reduce: bool) {
+    /// Fills `host_slot` with the `StepConfig` and group records of a step or a mode switch.
+    fn write_host_slot(&mut self, reduce: bool, what: Pass) {
         let mut config = StepConfig {
             tensors: self.tensors.len() as u32,
             partials: if reduce { self.bound.partial_count } else { 0 },
             flags: Self::step_flags(self.clip, self.scaler),
             ..Default::default()
         };
+        if let Pass::Mode(to_train) = what {
+            config.flags = flags::HOLD;
+            let head = size_of::<StepConfig>();
+            self.host_slot[..head].copy_from_slice(bytemuck::bytes_of(&config));
+            let size = self.groups[0].kernel().shader.hyper_size as usize;
+            for (g, config) in self.groups.iter().enumerate() {
+                let at = head + g * size;
+                // Every group has the class's modes: they share the first's class.
+                config.write_mode_hyper(to_train, &mut self.host_slot[at..at + size]);
+            }
+            return;
+        }
         match self.clip {
             Some(ClipGrad::Norm {
                 max_norm,
@@ -1130,8 +1226,8 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Copies every parameter, every state buffer, the step counts, the grad scaler's state and
-    /// the group hyperparameters into GPU buffers of the snapshot's own, and submits the copies
+    /// Copies every parameter, every state buffer, the step counts, the grad scaler's state,
+    /// the group hyperparameters and the train or eval mode into GPU buffers of the snapshot's own, and submits the copies
     /// (without waiting). [`restore`](Self::restore) puts them back into this optimizer. The
     /// parameter buffers need `COPY_SRC` and `COPY_DST` usage.
     ///
@@ -1168,6 +1264,7 @@ impl Optimizer {
                 .collect(),
             control: copy_of("wgpu-optim snapshot control", self.buffers.control.size()),
             groups: self.groups.clone(),
+            train_mode: self.train_mode,
         })?;
         let mut encoder = device.create_command_encoder(&Default::default());
         self.copy_snapshot(&mut encoder, &snapshot, false);
@@ -1176,7 +1273,7 @@ impl Optimizer {
     }
 
     /// Puts back what [`snapshot`](Self::snapshot) saved: parameters, state buffers, step
-    /// counts, the grad scaler's state and group hyperparameters. The copies are submitted
+    /// counts, the grad scaler's state, group hyperparameters and the mode. The copies are submitted
     /// before this returns. A snapshot of another optimizer is an error, and changes nothing.
     pub fn restore(&mut self, snapshot: &Snapshot) -> Result<()> {
         if snapshot.optimizer != self.id {
@@ -1192,6 +1289,7 @@ impl Optimizer {
         self.copy_snapshot(&mut encoder, snapshot, true);
         self.ctx.queue().submit([encoder.finish()]);
         self.groups.clone_from(&snapshot.groups);
+        self.train_mode = snapshot.train_mode;
         Ok(())
     }
 

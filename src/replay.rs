@@ -249,6 +249,11 @@ pub struct ReplayOptions<'a> {
     /// scheduler's state (the scheduler steps after the last step too, as a PyTorch loop does
     /// before saving).
     pub save_checkpoint: Option<&'a Path>,
+    /// AdamWScheduleFree: after the last step, switch the parameters to eval mode (the
+    /// average x, with [`Optimizer::eval`]) before the checkpoint and the output. Without it
+    /// they stay in train mode (y), as schedulefree leaves them between `train()` and
+    /// `eval()`. An error for other classes.
+    pub eval: bool,
 }
 
 /// What [`replay`] returns.
@@ -260,6 +265,21 @@ pub struct ReplayOutput {
     pub grad_scaler: Option<GradScalerState>,
     /// Each step's report, with [`ReplayOptions::trace`]; empty otherwise.
     pub reports: Vec<StepReport>,
+}
+
+/// Records what `record` asks for into an encoder of its own and submits it.
+fn submit(
+    ctx: &Context,
+    record: impl FnOnce(&mut wgpu::CommandEncoder) -> Result<()>,
+) -> Result<()> {
+    let mut encoder = ctx
+        .device()
+        .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+            label: Some("replay mode switch"),
+        });
+    record(&mut encoder)?;
+    ctx.queue().submit([encoder.finish()]);
+    Ok(())
 }
 
 /// Runs one optimizer step per gradient step on the GPU, with all parameters in one group.
@@ -323,6 +343,16 @@ pub fn replay(
             .load(path, load)
             .map_err(|e| Error::Input(format!("--resume: {e}")))?;
     }
+    if options.eval && !config.has_modes() {
+        return Err(Error::Input(format!(
+            "--eval: {} has no train and eval modes (AdamWScheduleFree has)",
+            config.type_name()
+        )));
+    }
+    // A schedule-free checkpoint may hold eval-mode parameters: training starts with train().
+    if !optimizer.is_train_mode() {
+        submit(ctx, |encoder| optimizer.train(encoder))?;
+    }
     let mut reports = Vec::new();
     let grads_by_param: Vec<&NamedTensor> = params
         .iter()
@@ -356,6 +386,9 @@ pub fn replay(
         {
             s.step()?;
         }
+    }
+    if options.eval {
+        submit(ctx, |encoder| optimizer.eval(encoder))?;
     }
     if let Some(path) = options.save_checkpoint {
         let save = SaveOptions {

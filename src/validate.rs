@@ -1510,7 +1510,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 120);
+        assert_eq!(configs.len(), 123);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1546,6 +1546,7 @@ mod tests {
             ("lion", 20),
             ("adopt", 28),
             ("ademamix", 36),
+            ("adamw_schedulefree", 28),
         ] {
             assert_eq!(by_kernel(k), Some(b), "{k}");
         }

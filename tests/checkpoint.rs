@@ -10,8 +10,9 @@ use std::path::{Path, PathBuf};
 use wgpu_optim::checkpoint::{LoadOptions, SaveOptions};
 use wgpu_optim::schedule::Scheduler;
 use wgpu_optim::{
-    ADOPT, ASGD, AdEMAMix, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, Lion,
-    NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, Rprop, SGD, Tensor,
+    ADOPT, ASGD, AdEMAMix, Adagrad, Adam, AdamW, AdamWScheduleFree, BufferRange, ClipGrad, Context,
+    GradScaler, Lion, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, Rprop, SGD,
+    Tensor,
 };
 
 const STEPS: usize = 20;
@@ -205,6 +206,21 @@ fn cases() -> Vec<Case> {
             clip: None,
             scaler: None,
         },
+        // AdamWScheduleFree's lr_max and compensated weight_sum are scalar state; a skipped
+        // step keeps them.
+        Case {
+            name: "AdamWScheduleFree warm-up, StepLR and a grad scaler",
+            groups: two(AdamWScheduleFree {
+                lr: 0.01,
+                warmup_steps: 4,
+                weight_decay: 0.01,
+                ..Default::default()
+            }
+            .into()),
+            schedule: Some(step_lr.clone()),
+            clip: None,
+            scaler: Some(scaler),
+        },
         Case {
             name: "Rprop, StepLR",
             groups: two(Rprop::default().into()),
@@ -332,13 +348,20 @@ fn run(
 /// grad scaler's state, the groups and the scheduler's LRs.
 fn outcome(ctx: &Context, model: &Model, opt: &Optimizer, sched: &Option<Scheduler>) -> String {
     let all = [bits(ctx, &model.params[0]), bits(ctx, &model.params[1])];
-    let mut out = format!("groups {:?}\n", opt.groups());
+    let mut out = format!(
+        "groups {:?}\ntrain mode {}\n",
+        opt.groups(),
+        opt.is_train_mode()
+    );
     for &(b, at, len, _) in &LAYOUT {
         out += &format!("params {:?}\n", &all[b][at as usize..(at + len) as usize]);
     }
     for k in 0..opt.tensor_count() {
         let state = opt.read_state(k).unwrap();
         out += &format!("tensor {k} step {}\n", state.step);
+        for (name, x) in &state.scalars {
+            out += &format!("  {name} {}\n", x.to_bits());
+        }
         for (name, values) in &state.buffers {
             let b: Vec<u32> = values.iter().map(|v| v.to_bits()).collect();
             out += &format!("  {name} {b:?}\n");
@@ -792,4 +815,78 @@ fn the_file_follows_the_documented_layout() {
     assert_eq!(values, state.buffers["exp_avg_sq"]);
     assert_eq!(file.len(), 4 * 5);
     std::fs::remove_file(path).unwrap();
+}
+
+#[test]
+fn schedule_free_checkpoints_keep_the_mode() {
+    let ctx = ctx();
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("AdamWScheduleFree"))
+        .unwrap();
+    let mut rng = Rng::fresh("schedule-free mode");
+    let init = [
+        rng.normals(BUFFER_LEN[0] as usize),
+        rng.normals(BUFFER_LEN[1] as usize),
+    ];
+    let grads = gradients(&mut rng, &case);
+    let model = Model::new(ctx, &init);
+    let mut opt = model.optimizer(ctx, &case);
+    let mut sched = scheduler(&case);
+    run(ctx, &model, &mut opt, &mut sched, &grads, 0..HALF);
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    opt.eval(&mut encoder).unwrap();
+    ctx.queue().submit([encoder.finish()]);
+    let path = temp("schedule-free-eval.safetensors");
+    let save = SaveOptions {
+        scheduler: sched.as_ref(),
+        parameters: true,
+    };
+    opt.save(&path, &save).unwrap();
+    let want = outcome(ctx, &model, &opt, &sched);
+    assert!(want.contains("train mode false"));
+
+    // Loaded, the parameters (x) come with their mode.
+    let fresh = Model::new(ctx, &init);
+    let mut loaded = fresh.optimizer(ctx, &case);
+    let mut fresh_sched = scheduler(&case);
+    let load = |opt: &mut Optimizer, sched: &mut Option<Scheduler>, path: &Path| {
+        opt.load(
+            path,
+            LoadOptions {
+                scheduler: sched.as_mut(),
+                parameters: true,
+            },
+        )
+    };
+    load(&mut loaded, &mut fresh_sched, &path).unwrap();
+    assert_eq!(outcome(ctx, &fresh, &loaded, &fresh_sched), want);
+
+    // Without its mode, or with another value, a schedule-free checkpoint is refused, and
+    // nothing changes.
+    let bad = temp("schedule-free-no-mode.safetensors");
+    let other = Model::new(ctx, &init);
+    let mut refused = other.optimizer(ctx, &case);
+    let before = outcome(ctx, &other, &refused, &None);
+    for (value, message) in [
+        (
+            None,
+            "does not say whether its parameters were in train or eval mode",
+        ),
+        (Some("maybe"), "train_mode is \"maybe\""),
+    ] {
+        rewrite(&path, &bad, |_, meta| match value {
+            None => {
+                meta.remove("train_mode");
+            }
+            Some(v) => {
+                meta.insert("train_mode".into(), v.into());
+            }
+        });
+        let e = load(&mut refused, &mut None, &bad).unwrap_err();
+        assert!(e.to_string().contains(message), "{e}");
+        assert_eq!(outcome(ctx, &other, &refused, &None), before);
+    }
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&bad).unwrap();
 }

@@ -258,6 +258,11 @@ fn replay_errors_are_one_line_and_write_nothing() {
         &with(&["--grad-scaler", r#"{"scale":2}"#]),
         "--grad-scaler: unknown field",
     );
+    expect_error(
+        &dir,
+        &with(&["--eval"]),
+        "--eval: Adam has no train and eval modes",
+    );
 }
 
 /// Runs `wgpu-optim schedule` and returns stdout, asserting success.
@@ -520,7 +525,7 @@ fn validate_prints_a_passing_row_per_kernel() {
         "--seed ",
         "~GB/s",
         "copy_buffer_to_buffer",
-        "124 passed, 0 failed",
+        "127 passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing: {stdout}");
     }

@@ -5,8 +5,8 @@ mod common;
 
 use common::{Rng, assert_close, bits, ctx, read_all, write};
 use wgpu_optim::{
-    Adam, BufferRange, ClipGrad, Context, GradScaler, GradScalerState, Optimizer, OptimizerConfig,
-    SGD, Tensor, TensorState, reference,
+    Adam, AdamWScheduleFree, BufferRange, ClipGrad, Context, GradScaler, GradScalerState,
+    Optimizer, OptimizerConfig, SGD, Tensor, TensorState, reference,
 };
 
 /// Two tensors at unaligned offsets in one parameter and one gradient buffer, with random
@@ -333,4 +333,126 @@ fn clip_grad_value_keeps_nan() {
             );
         }
     }
+}
+
+/// The parameters a schedule-free reference run leaves in eval mode: x = y + (1 − 1/β1)(z − y)
+/// from the reference's y and z, in f64.
+fn schedule_free_eval(
+    setup: &Setup,
+    config: AdamWScheduleFree,
+    lrs: &[f64],
+) -> (Vec<f64>, Vec<f64>) {
+    let mut y: Vec<f64> = setup.init.iter().map(|&v| f64::from(v)).collect();
+    let mut x = y.clone();
+    for &(at, n) in &LAYOUT {
+        let r = at as usize..(at + n) as usize;
+        let mut state = TensorState::<f64>::default();
+        for &lr in lrs {
+            let c = AdamWScheduleFree { lr, ..config };
+            let g: Vec<f64> = setup.grads[r.clone()]
+                .iter()
+                .map(|&v| f64::from(v))
+                .collect();
+            reference::step(&c.into(), &mut state, &mut y[r.clone()], &g);
+        }
+        let w = config.mode_weight(false);
+        for (i, z) in r.clone().zip(&state.buffers["z"]) {
+            x[i] = y[i] + w * (z - y[i]);
+        }
+    }
+    (y, x)
+}
+
+#[test]
+fn schedule_free_switches_between_train_and_eval_on_the_gpu() {
+    let ctx = ctx();
+    let mut rng = Rng::fresh("schedule_free_modes");
+    let setup = Setup::new(ctx, &mut rng);
+    let config = AdamWScheduleFree {
+        lr: 0.01,
+        betas: (0.8, 0.99),
+        weight_decay: 0.05,
+        warmup_steps: 3,
+        ..Default::default()
+    };
+    let mut opt = Optimizer::new(ctx, config, &setup.tensors()).unwrap();
+    let submit = |opt: &mut Optimizer, f: &dyn Fn(&mut Optimizer, &mut wgpu::CommandEncoder)| {
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        f(opt, &mut encoder);
+        ctx.queue().submit([encoder.finish()]);
+    };
+    assert!(opt.is_train_mode());
+
+    // Before any step there is no z: eval() moves nothing, and a step in eval mode is an error
+    // that records nothing.
+    let before = bits(ctx, &setup.param);
+    submit(&mut opt, &|o, e| o.eval(e).unwrap());
+    assert!(!opt.is_train_mode());
+    assert_eq!(bits(ctx, &setup.param), before, "eval() before any step");
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let e = opt.step(&mut encoder).unwrap_err();
+    assert!(e.to_string().contains("call train() before step()"), "{e}");
+    ctx.queue().submit([encoder.finish()]);
+    assert_eq!(opt.step_count(0).unwrap(), 0);
+    assert_eq!(bits(ctx, &setup.param), before, "a refused step");
+    submit(&mut opt, &|o, e| o.train(e).unwrap());
+    assert!(opt.is_train_mode());
+
+    let lrs = [0.01, 0.02, 0.01, 0.015, 0.005];
+    submit(&mut opt, &|o, e| {
+        for &lr in &lrs {
+            o.set_lr(0, lr).unwrap();
+            o.step(e).unwrap();
+        }
+    });
+    let (y, x) = schedule_free_eval(&setup, config, &lrs);
+    setup.assert_params(ctx, "y after 5 steps", &y);
+    let scalars = opt.read_state(1).unwrap().scalars;
+
+    // eval() swaps in x, train() swaps y back; a second eval() or train() records nothing.
+    // Neither moves the step count or the scalar state.
+    submit(&mut opt, &|o, e| {
+        o.eval(e).unwrap();
+        o.eval(e).unwrap();
+    });
+    setup.assert_params(ctx, "x after eval()", &x);
+    submit(&mut opt, &|o, e| {
+        o.train(e).unwrap();
+        o.train(e).unwrap();
+    });
+    setup.assert_params(ctx, "y after train()", &y);
+    assert_eq!(opt.step_count(1).unwrap(), 5);
+    assert_eq!(opt.read_state(1).unwrap().scalars, scalars);
+
+    // A snapshot keeps the mode with the parameters.
+    submit(&mut opt, &|o, e| o.eval(e).unwrap());
+    let snapshot = opt.snapshot().unwrap();
+    submit(&mut opt, &|o, e| o.train(e).unwrap());
+    opt.restore(&snapshot).unwrap();
+    assert!(!opt.is_train_mode());
+    setup.assert_params(ctx, "x restored", &x);
+
+    // Training goes on from y.
+    submit(&mut opt, &|o, e| {
+        o.train(e).unwrap();
+        o.set_lr(0, 0.01).unwrap();
+        o.step(e).unwrap();
+    });
+    let mut all = lrs.to_vec();
+    all.push(0.01);
+    setup.assert_params(
+        ctx,
+        "y after a sixth step",
+        &schedule_free_eval(&setup, config, &all).0,
+    );
+
+    // Other classes have no modes.
+    let mut adam_opt = Optimizer::new(ctx, adam(), &setup.tensors()).unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    let e = adam_opt.eval(&mut encoder).unwrap_err();
+    assert!(
+        e.to_string().contains("Adam has no train and eval modes"),
+        "{e}"
+    );
+    assert!(adam_opt.is_train_mode());
 }

@@ -44,6 +44,8 @@ pub(crate) mod flags {
     pub(crate) const NORM_INF: u32 = 8;
     /// Skip on inf or NaN and update the scale.
     pub(crate) const SCALER: u32 = 16;
+    /// Not a step: keep the step counts and scalar state (a mode switch).
+    pub(crate) const HOLD: u32 = 32;
 }
 
 /// The host-written values of one step (`StepConfig`), at the start of each ring slot, followed

@@ -30,6 +30,7 @@ mod adadelta;
 mod adagrad;
 mod adam;
 mod adamax;
+mod adamw_schedulefree;
 mod ademamix;
 mod adopt;
 mod asgd;
@@ -44,6 +45,7 @@ pub use adadelta::Adadelta;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
+pub use adamw_schedulefree::AdamWScheduleFree;
 pub use ademamix::AdEMAMix;
 pub use adopt::ADOPT;
 pub use asgd::ASGD;
@@ -174,6 +176,12 @@ pub(crate) trait Class:
         let _ = built;
         self.hyper()
     }
+    /// The group's record for switching the parameters between train and eval mode, for a
+    /// class that has the two (AdamWScheduleFree): `to_train` asks for train mode.
+    fn mode_hyper(&self, to_train: bool) -> Option<Self::Hyper> {
+        let _ = to_train;
+        None
+    }
     /// One step on the CPU, in `F`: step number `t` (1 for the first), the state buffers in
     /// [`state_names`](Self::state_names) order and the scalar state in
     /// [`scalar_names`](Self::scalar_names) order. Per-step scalars are computed in f64 and
@@ -262,6 +270,7 @@ pub(crate) trait DynClass {
     fn scalar_names(&self) -> &'static [&'static str];
     fn initial_scalar(&self, name: &str) -> f64;
     fn step_state(&self) -> bool;
+    fn has_modes(&self) -> bool;
     fn options(&self) -> String;
     fn reference_f64(&self, t: u64, p: &mut [f64], g: &[f64], s: &mut [Vec<f64>], x: &mut [f64]);
     fn reference_f32(&self, t: u64, p: &mut [f32], g: &[f32], s: &mut [Vec<f32>], x: &mut [f32]);
@@ -304,6 +313,9 @@ impl<C: Class> DynClass for C {
     }
     fn step_state(&self) -> bool {
         C::STEP_STATE
+    }
+    fn has_modes(&self) -> bool {
+        self.mode_hyper(true).is_some()
     }
     fn options(&self) -> String {
         options(self, &C::default())
@@ -490,6 +502,21 @@ macro_rules! registry {
                 }
             }
 
+            /// Writes the group's record for a switch into train mode (`to_train`) or eval
+            /// mode into `out`, as [`write_hyper`](Self::write_hyper) does; false, writing
+            /// nothing, for a class without the two modes.
+            pub(crate) fn write_mode_hyper(&self, to_train: bool, out: &mut [u8]) -> bool {
+                match self {
+                    $(Self::$variant(c) => match c.mode_hyper(to_train) {
+                        Some(h) => {
+                            out.copy_from_slice(bytemuck::bytes_of(&h));
+                            true
+                        }
+                        None => false,
+                    },)*
+                }
+            }
+
             /// Every shader, once each.
             pub(crate) fn shaders() -> Vec<&'static Shader> {
                 let mut out: Vec<&'static Shader> = Vec::new();
@@ -531,6 +558,8 @@ registry! {
     ADOPT(ADOPT),
     /// `AdEMAMix` of the pytorch-optimizer package.
     AdEMAMix(AdEMAMix),
+    /// `AdamWScheduleFree` of the schedulefree package.
+    AdamWScheduleFree(AdamWScheduleFree),
 }
 
 impl<'de> Deserialize<'de> for OptimizerConfig {
@@ -598,6 +627,12 @@ impl OptimizerConfig {
     /// step count is kept too, but is not a buffer and is not listed.
     pub fn state_names(&self) -> &'static [&'static str] {
         self.class().state_names()
+    }
+
+    /// Whether the class switches its parameters between a train mode and an eval mode
+    /// (AdamWScheduleFree; see [`Optimizer::train`](crate::Optimizer::train)).
+    pub fn has_modes(&self) -> bool {
+        self.class().has_modes()
     }
 
     /// Whether PyTorch keeps a `step` entry in this optimizer's per-parameter state (every

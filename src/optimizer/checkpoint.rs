@@ -22,6 +22,7 @@
 //! | `optimizer` | PyTorch's class name, e.g. `Adam` |
 //! | `param_groups` | one object per group: its hyperparameters under PyTorch's argument names, and `params`, the names of its tensors |
 //! | `scheduler` | the [`SchedulerState`] of [`SaveOptions::scheduler`], when given |
+//! | `train_mode` | `true` or `false`: whether the parameters held their train-mode values when saved (AdamWScheduleFree only, as schedulefree's `param_groups` keep it); a load takes the mode with the state |
 //! | `grad_scaler` | `torch.amp.GradScaler.state_dict()`'s keys (`scale`, `growth_factor`, `backoff_factor`, `growth_interval`, `_growth_tracker`), when the optimizer has a grad scaler |
 //!
 //! Gradient clipping is a setting of the training loop, not state, and is not saved (nor is it
@@ -188,6 +189,9 @@ impl Optimizer {
             self.groups[0].type_name().to_string(),
         );
         metadata.insert("param_groups".to_string(), self.param_groups_json());
+        if self.groups[0].has_modes() {
+            metadata.insert("train_mode".to_string(), self.train_mode.to_string());
+        }
         if let Some(s) = options.scheduler {
             let state = serde_json::to_string(&s.state())
                 .map_err(|e| Error::Input(format!("cannot write the scheduler state: {e}")))?;
@@ -375,6 +379,7 @@ impl Optimizer {
             self.write_scaler_state(state);
         }
         self.groups = plan.groups;
+        self.train_mode = plan.train_mode;
         if let (Some(scheduler), Some(loaded)) = (options.scheduler, plan.scheduler) {
             *scheduler = loaded;
         }
@@ -478,10 +483,29 @@ impl Optimizer {
             }
             None => None,
         };
+        let train_mode = if self.groups[0].has_modes() {
+            match file.metadata.get("train_mode").map(String::as_str) {
+                Some("true") => true,
+                Some("false") => false,
+                Some(other) => {
+                    return Err(Error::Input(format!(
+                        "{what}: train_mode is {other:?}, not \"true\" or \"false\""
+                    )));
+                }
+                None => {
+                    return Err(Error::Input(format!(
+                        "{what}: the checkpoint does not say whether its parameters were in train or eval mode (train_mode)"
+                    )));
+                }
+            }
+        } else {
+            true
+        };
         Ok(LoadPlan {
             groups,
             steps,
             scalars,
+            train_mode,
             scaler,
             scheduler,
         })
@@ -548,6 +572,8 @@ struct LoadPlan {
     steps: Vec<u64>,
     /// Each tensor's scalar state, in its class's order.
     scalars: Vec<Vec<f32>>,
+    /// The mode the parameters were saved in (true for classes without modes).
+    train_mode: bool,
     scaler: Option<(GradScaler, GradScalerState)>,
     scheduler: Option<Scheduler>,
 }

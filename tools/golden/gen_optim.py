@@ -7,7 +7,8 @@ Run from the repository root:
 
 It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad,
 NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD), ``Lion`` from lion-pytorch and
-``ADOPT`` and ``AdEMAMix`` from pytorch-optimizer, at the versions in
+``ADOPT`` and ``AdEMAMix`` from pytorch-optimizer and ``AdamWScheduleFree`` from
+schedulefree, at the versions in
 tools/golden/requirements.txt (the script refuses others, see PACKAGE_OPTIMIZERS),
 on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
 
@@ -48,6 +49,12 @@ leaves alone), not in the param dtype, so the float64 run's are float32 too
 float32 every step).  Every other state tensor has the run's dtype.
 pytorch-optimizer keeps one ``step`` per param group (GROUP_STEP): it is stored
 as every param's ``<name>.step``, as wgpu-optim keeps it per tensor.
+AdamWScheduleFree runs in train mode (``train()`` before the first step): its
+params are y, its state z and exp_avg_sq; its per-group ``k``, ``lr_max`` and
+``weight_sum`` (Python floats) are stored as every param's ``<name>.step``,
+``<name>.lr_max`` and, as wgpu-optim keeps it, a float32 pair ``<name>.weight_sum``
++ ``<name>.weight_sum_lo`` (0-d F32, the same in both files); and the params
+after ``eval()`` (x) as ``<name>.eval``.
 
 While it runs, the script checks that the cases reach the branches they are
 there for, and prints where: RAdam's rectification switch (rho_t > 5),
@@ -199,6 +206,17 @@ CASES = [
      {"type": "AdEMAMix", "lr": 0.01, "weight_decay": 0.01, "weight_decouple": True,
       "fixed_decay": True, "eps": 1e-3}),
     ("ademamix_maximize", {"type": "AdEMAMix", "lr": 0.01, "maximize": True}),
+    # --- AdamWScheduleFree (schedulefree; default lr is 0.0025, weight_lr_power 2) ---
+    ("adamw_schedulefree", {"type": "AdamWScheduleFree", "lr": 0.01}),
+    ("adamw_schedulefree_wd", {"type": "AdamWScheduleFree", "lr": 0.01, "weight_decay": 0.1}),
+    ("adamw_schedulefree_warmup", {"type": "AdamWScheduleFree", "lr": 0.01, "warmup_steps": 8}),
+    ("adamw_schedulefree_warmup_r_power",
+     {"type": "AdamWScheduleFree", "lr": 0.01, "warmup_steps": 6, "r": 1.0,
+      "weight_lr_power": 1.0}),
+    ("adamw_schedulefree_r", {"type": "AdamWScheduleFree", "lr": 0.01, "r": 0.5}),
+    ("adamw_schedulefree_betas_eps_wd",
+     {"type": "AdamWScheduleFree", "lr": 0.01, "betas": [0.95, 0.99], "eps": 1e-4,
+      "weight_decay": 0.05, "warmup_steps": 4, "weight_lr_power": 0.0}),
 ]
 
 # (case name, optimizer spec, schedule spec): trajectories with a learning-rate schedule,
@@ -242,6 +260,14 @@ SCHEDULED_CASES = [
     ("sched_ademamix_linear", {"type": "AdEMAMix", "lr": 0.01, "weight_decay": 0.1,
                                "weight_decouple": True},
      {"type": "LinearLR", "start_factor": 0.2, "total_iters": 8}),
+    # A rising learning rate moves AdamWScheduleFree's lr_max, and with it the weights.
+    ("sched_adamw_schedulefree_linear", {"type": "AdamWScheduleFree", "lr": 0.01},
+     {"type": "LinearLR", "start_factor": 0.2, "total_iters": 8}),
+    # A falling one leaves lr_max at its peak (weight_lr_power 2 then weighs the later
+    # iterates by the peak, not by their own learning rate).
+    ("sched_adamw_schedulefree_warmup_steplr",
+     {"type": "AdamWScheduleFree", "lr": 0.01, "warmup_steps": 4},
+     {"type": "StepLR", "step_size": 6, "gamma": 0.3}),
     # OneCycleLR cycles beta1, the first of ADOPT's betas.
     ("sched_adopt_onecycle", {"type": "ADOPT", "lr": 0.01},
      {"type": "OneCycleLR", "max_lr": 0.02, "total_steps": STEPS}),
@@ -285,6 +311,7 @@ PACKAGE_OPTIMIZERS = {
     "Lion": ("lion_pytorch", "Lion", "lion-pytorch", "0.2.5"),
     "ADOPT": ("pytorch_optimizer", "ADOPT", "pytorch-optimizer", "4.1.0"),
     "AdEMAMix": ("pytorch_optimizer", "AdEMAMix", "pytorch-optimizer", "4.1.0"),
+    "AdamWScheduleFree": ("schedulefree", "AdamWScheduleFree", "schedulefree", "1.4.1"),
 }
 
 # Package classes that count steps per param group (group["step"]), not per param.
@@ -317,7 +344,10 @@ def build_optimizer(spec, tensors, fused=False):
     if spec["type"] in PACKAGE_OPTIMIZERS:
         if fused:
             raise ValueError(f"{spec['type']} has no fused implementation")
-        return package_class(spec["type"])([{"params": tensors}], **args)
+        opt = package_class(spec["type"])([{"params": tensors}], **args)
+        if spec["type"] == "AdamWScheduleFree":
+            opt.train()
+        return opt
     if fused:
         args["fused"] = True
     else:
@@ -484,6 +514,16 @@ def run_case(spec, params, grads, dtype, schedule=None, probe=None):
         step = torch.tensor(float(opt.param_groups[0]["step"]), dtype=torch.float32)
         for n in NAMES:
             out[f"{n}.step"] = step.clone()
+    if spec["type"] == "AdamWScheduleFree":
+        group = opt.param_groups[0]
+        hi = float(torch.tensor(group["weight_sum"], dtype=torch.float32))
+        scalars = {"step": float(group["k"]), "lr_max": group["lr_max"],
+                   "weight_sum": hi, "weight_sum_lo": group["weight_sum"] - hi}
+        opt.eval()
+        for n, p in zip(NAMES, tensors):
+            for key, value in scalars.items():
+                out[f"{n}.{key}"] = torch.tensor(value, dtype=torch.float32)
+            out[f"{n}.eval"] = p.detach().clone().contiguous()
     return out
 
 
