@@ -63,6 +63,10 @@ struct Unit {
     s: array<V, MAX_STATES>,
 }
 
+// Up to four per-element terms of the per-tensor sums that some optimizers' updates need
+// (shaders/sums.wgsl).
+alias Terms = array<V, 4>;
+
 // One step of the optimizer: the template's locate, load, unscale and clip, the shader's
 // `update`, and the store. A step runs each batch twice: the main dispatch (`EDGES` false, a
 // constant of the module) takes the whole units, with vector loads and stores; with vec4
@@ -126,16 +130,7 @@ fn step_units(wid: vec3<u32>, lid: u32) {
         u.c = c;
         u.p = param_unit(p);
         u.g = prepare_grad(grad_unit(seg.grad_offset + i));
-        // Constant indices, unrolled by hand, so that `s` can live in registers.
-        if STATES > 0u {
-            u.s[0] = state_unit(s);
-        }
-        if STATES > 1u {
-            u.s[1] = state_unit(s + stride);
-        }
-        if STATES > 2u {
-            u.s[2] = state_unit(s + 2u * stride);
-        }
+        load_states(&u, s, stride);
         update(&u);
         set_param_unit(p, u.p);
         if STATES > 0u {
@@ -147,6 +142,20 @@ fn step_units(wid: vec3<u32>, lid: u32) {
         if STATES > 2u {
             set_state_unit(s + 2u * stride, u.s[2]);
         }
+    }
+}
+
+// Loads the unit's state buffers, from unit `s` of the first, `stride` units apart. Constant
+// indices, unrolled by hand, so that the states can live in registers.
+fn load_states(u: ptr<function, Unit>, s: u32, stride: u32) {
+    if STATES > 0u {
+        (*u).s[0] = state_unit(s);
+    }
+    if STATES > 1u {
+        (*u).s[1] = state_unit(s + stride);
+    }
+    if STATES > 2u {
+        (*u).s[2] = state_unit(s + 2u * stride);
     }
 }
 
@@ -318,9 +327,9 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
     // partials give the same bits.
     var acc = vec4<f32>(0.0);
     for (var i = lid; i < cfg.partials; i += WORKGROUP_SIZE) {
-        acc = combine(acc, partials[i], norm_inf);
+        acc = combine(acc, partials[i], norm_mode(norm_inf));
     }
-    let total = workgroup_combine(lid, acc, norm_inf);
+    let total = workgroup_combine(lid, acc, norm_mode(norm_inf));
     var total_norm = total.x;
     if !norm_inf {
         total_norm = sqrt(total.x);

@@ -63,8 +63,10 @@ struct SegmentTable {
     // How many consecutive workgroups (chunks of WORKGROUP_SIZE units) one workgroup of the
     // main step dispatch takes in turn.
     step_span: u32,
-    _pad1: u32,
-    _pad2: u32,
+    // For optimizers with per-tensor sums (shaders/sums.wgsl): this batch's first entry in the
+    // sums' partials (one per chunk), and the x extent of the sums' grid.
+    sums_base: u32,
+    sums_dispatch_x: u32,
     segments: array<Segment, MAX_SEGMENTS>,
     // Entry k (in `x`; a uniform array's elements are 16 bytes apart): the segment of
     // workgroup k << coarse_shift, so that finding a workgroup's segment searches only between
@@ -195,13 +197,30 @@ fn site_in(segment: Segment, wg: u32, local_index: u32) -> Site {
     return site;
 }
 
-// Combines two partials of the gradient reduction (shaders/reduce.wgsl): (norm accumulator, raw non-finite, unscaled inf, unscaled NaN).
-fn combine(a: vec4<f32>, b: vec4<f32>, norm_inf: bool) -> vec4<f32> {
+// How `workgroup_combine` combines two partials.
+// The gradient reduction's (shaders/reduce.wgsl): (norm accumulator as a sum of squares, raw
+// non-finite, unscaled inf, unscaled NaN).
+const COMBINE_NORM2: u32 = 0u;
+// The same with the max norm (norm_type = inf).
+const COMBINE_NORM_INF: u32 = 1u;
+// Four sums (shaders/sums.wgsl).
+const COMBINE_SUM: u32 = 2u;
+
+// Combines two partials as `mode` says.
+fn combine(a: vec4<f32>, b: vec4<f32>, mode: u32) -> vec4<f32> {
+    if mode == COMBINE_SUM {
+        return a + b;
+    }
     var x = a.x + b.x;
-    if norm_inf {
+    if mode == COMBINE_NORM_INF {
         x = max(a.x, b.x);
     }
     return vec4<f32>(x, max(a.yzw, b.yzw));
+}
+
+// The combine mode of the gradient reduction.
+fn norm_mode(norm_inf: bool) -> u32 {
+    return select(COMBINE_NORM2, COMBINE_NORM_INF, norm_inf);
 }
 
 var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
@@ -209,7 +228,7 @@ var<workgroup> scratch: array<vec4<f32>, WORKGROUP_SIZE>;
 // Combines every invocation's `acc` over the workgroup in a fixed tree order (no atomics, so the
 // same inputs give the same bits) and returns the result to every invocation. Call it from
 // uniform control flow.
-fn workgroup_combine(lid: u32, acc: vec4<f32>, norm_inf: bool) -> vec4<f32> {
+fn workgroup_combine(lid: u32, acc: vec4<f32>, mode: u32) -> vec4<f32> {
     // Three barriers rather than a tree's eight: 16 invocations fold 16 values each, then one
     // folds their 16 results.
     scratch[lid] = acc;
@@ -217,7 +236,7 @@ fn workgroup_combine(lid: u32, acc: vec4<f32>, norm_inf: bool) -> vec4<f32> {
     if lid < 16u {
         var a = scratch[16u * lid];
         for (var i = 1u; i < 16u; i++) {
-            a = combine(a, scratch[16u * lid + i], norm_inf);
+            a = combine(a, scratch[16u * lid + i], mode);
         }
         scratch[16u * lid] = a;
     }
@@ -225,7 +244,7 @@ fn workgroup_combine(lid: u32, acc: vec4<f32>, norm_inf: bool) -> vec4<f32> {
     if lid == 0u {
         var a = scratch[0];
         for (var i = 1u; i < 16u; i++) {
-            a = combine(a, scratch[16u * i], norm_inf);
+            a = combine(a, scratch[16u * i], mode);
         }
         scratch[0] = a;
     }

@@ -75,7 +75,7 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
             acc = accumulate(acc, site_in(segment, wg, lid), flags, inv_scale);
         }
     }
-    let total = workgroup_combine(lid, acc, (flags & NORM_INF) != 0u);
+    let total = workgroup_combine(lid, acc, norm_mode((flags & NORM_INF) != 0u));
     if lid == 0u && r < table.reduce_workgroups {
         partials_out[table.partial_base + r] = total;
     }

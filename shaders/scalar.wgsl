@@ -37,6 +37,11 @@ fn sum_squares(v: V) -> f32 {
     return v * v;
 }
 
+// The sum of the lanes.
+fn lane_sum(v: V) -> f32 {
+    return v;
+}
+
 // The largest absolute value of the lanes.
 fn max_abs(v: V) -> f32 {
     return abs(v);

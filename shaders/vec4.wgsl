@@ -38,6 +38,11 @@ fn sum_squares(v: V) -> f32 {
     return dot(v, v);
 }
 
+// The sum of the lanes, in a fixed order.
+fn lane_sum(v: V) -> f32 {
+    return (v.x + v.y) + (v.z + v.w);
+}
+
 // The largest absolute value of the lanes.
 fn max_abs(v: V) -> f32 {
     let a = abs(v);

@@ -65,8 +65,16 @@ pub struct KernelCase {
 
 /// Bytes read plus bytes written per element by one step of `config`'s kernel: the parameter is
 /// read and written, the gradient read, and each state buffer read and written, 4 bytes each.
+/// Where the update needs per-tensor sums (Lamb), their pass reads the parameter, the gradient
+/// and each state buffer once more.
 pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
-    12 + 8 * config.state_names().len() as u64
+    let states = config.state_names().len() as u64;
+    let sums = if config.kernel().shader.sums {
+        8 + 4 * states
+    } else {
+        0
+    };
+    12 + 8 * states + sums
 }
 
 /// [`bytes_per_element`] of a step that also clips and scales: clipping by norm and a grad
@@ -960,6 +968,7 @@ mod tests {
             ("adopt", 28),
             ("ademamix", 36),
             ("adamw-schedulefree", 28),
+            ("lamb", 44),
             ("adam-minimal", 28),
             // The reduction reads the gradients once more.
             ("adam+clip", 32),
@@ -976,7 +985,7 @@ mod tests {
             kernel_case("adagrad").map(|c| c.bytes_per_element),
             Some(20)
         );
-        assert!(kernel_case("lamb").is_none());
+        assert!(kernel_case("muon").is_none());
     }
 
     #[test]

@@ -648,7 +648,9 @@ impl Optimizer {
         }
     }
 
-    /// Records one pass of the kernels: a step, or a mode switch, which runs the step kernels
+    /// Records one pass of the kernels: a step (with the per-tensor sums between `finalize` and
+    /// the step dispatches, for an optimizer that needs them), or a mode switch, which runs the
+    /// step kernels
     /// with the group records of the switch, neither clipping nor unscaling, and a `finalize`
     /// that keeps the step counts and scalar state (`HOLD`).
     fn record_pass(&mut self, pass: &mut wgpu::ComputePass<'_>, what: Pass) -> Result<()> {
@@ -689,6 +691,25 @@ impl Optimizer {
         pass.set_bind_group(0, &self.ring.finalize, &[offset]);
         pass.dispatch_workgroups(1, 1, 1);
         current = Some(&self.finalize.pipeline);
+        if let (Pass::Step, Some(sums)) = (what, &bound.sums) {
+            for d in &bound.dispatches {
+                let Some(kernel) = &d.sums_kernel else {
+                    continue;
+                };
+                if current != Some(&kernel.pipeline) {
+                    pass.set_pipeline(&kernel.pipeline);
+                    current = Some(&kernel.pipeline);
+                }
+                pass.set_bind_group(0, &d.group, &[]);
+                pass.set_bind_group(1, &bound.table, &[d.table_offset]);
+                pass.set_bind_group(2, &sums.out_group, &[]);
+                pass.dispatch_workgroups(d.sums_dispatch.0, d.sums_dispatch.1, 1);
+            }
+            pass.set_pipeline(&sums.combine.pipeline);
+            current = Some(&sums.combine.pipeline);
+            pass.set_bind_group(0, &sums.combine_group, &[]);
+            pass.dispatch_workgroups(sums.combine_dispatch.0, sums.combine_dispatch.1, 1);
+        }
         for d in &bound.dispatches {
             if current != Some(&d.kernel.pipeline) {
                 pass.set_pipeline(&d.kernel.pipeline);

@@ -892,8 +892,9 @@ fn try_vec<T: Clone>(n: u64, value: T) -> Result<Vec<T>> {
     Ok(v)
 }
 
-/// A piece of one tensor that the CPU reference steps as a unit: its own f64 parameters and
-/// state, and its own random stream.
+/// A piece of one tensor that the CPU reference steps as a unit (the whole tensor, where the
+/// update depends on sums over it): its own f64 parameters and state, and its own random
+/// stream.
 struct Chunk {
     tensor: usize,
     /// First element within the tensor.
@@ -1157,12 +1158,18 @@ fn check_row(
     }
 
     // The reference's chunks, each with its own random stream: the data depends on the seed
-    // alone, not on how many threads step the reference.
+    // alone, not on how many threads step the reference. An update that depends on sums over
+    // its whole tensor (Lamb's norms) steps each tensor as one chunk.
+    let chunk_len = if config.kernel().shader.sums {
+        u64::MAX
+    } else {
+        CHUNK
+    };
     let mut chunks = Vec::new();
     for (k, (&o, &n)) in layout.offsets.iter().zip(&layout.sizes).enumerate() {
         let mut start = 0;
         while start < n {
-            let len = CHUNK.min(n - start);
+            let len = chunk_len.min(n - start);
             let rng = Rng::stream(seed, chunks.len() as u64);
             chunks.push(Chunk {
                 tensor: k,
@@ -1510,7 +1517,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 123);
+        assert_eq!(configs.len(), 132);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1547,6 +1554,7 @@ mod tests {
             ("adopt", 28),
             ("ademamix", 36),
             ("adamw_schedulefree", 28),
+            ("lamb", 44),
         ] {
             assert_eq!(by_kernel(k), Some(b), "{k}");
         }

@@ -11,8 +11,8 @@ use wgpu_optim::checkpoint::{LoadOptions, SaveOptions};
 use wgpu_optim::schedule::Scheduler;
 use wgpu_optim::{
     ADOPT, ASGD, AdEMAMix, Adagrad, Adam, AdamW, AdamWScheduleFree, BufferRange, ClipGrad, Context,
-    GradScaler, Lion, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, Rprop, SGD,
-    Tensor,
+    GradScaler, Lamb, Lion, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop,
+    Rprop, SGD, Tensor,
 };
 
 const STEPS: usize = 20;
@@ -205,6 +205,20 @@ fn cases() -> Vec<Case> {
             schedule: Some(step_lr.clone()),
             clip: None,
             scaler: None,
+        },
+        // Lamb's trust ratio comes from per-tensor sums over the tensors split in LAYOUT.
+        Case {
+            name: "Lamb coupled weight decay, StepLR and a grad scaler",
+            groups: two(Lamb {
+                lr: 0.01,
+                weight_decay: 0.05,
+                weight_decouple: false,
+                ..Default::default()
+            }
+            .into()),
+            schedule: Some(step_lr.clone()),
+            clip: None,
+            scaler: Some(scaler),
         },
         // AdamWScheduleFree's lr_max and compensated weight_sum are scalar state; a skipped
         // step keeps them.

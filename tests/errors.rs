@@ -12,8 +12,8 @@ mod common;
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
     ADOPT, ASGD, Access, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, BufferRange, ClipGrad,
-    Context, Error, GradScaler, GradScalerState, Lion, NAdam, NormType, Optimizer, OptimizerConfig,
-    ParamGroup, RAdam, RMSprop, Rprop, SGD, Tensor, TensorState, reference,
+    Context, Error, GradScaler, GradScalerState, Lamb, Lion, NAdam, NormType, Optimizer,
+    OptimizerConfig, ParamGroup, RAdam, RMSprop, Rprop, SGD, Tensor, TensorState, reference,
 };
 
 /// Asserts that `result` is an error matching `pattern`, and returns the error.
@@ -551,6 +551,38 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             }
             .into(),
             "ADOPT: cautious=True needs a per-tensor reduction before the update, which wgpu-optim does not run yet",
+        ),
+        (
+            Lamb {
+                max_grad_norm: -1.0,
+                ..Default::default()
+            }
+            .into(),
+            "max_grad_norm must be non-negative",
+        ),
+        (
+            Lamb {
+                betas: (0.9, 1.0),
+                ..Default::default()
+            }
+            .into(),
+            "beta2 must be in the range [0.0, 1.0)",
+        ),
+        (
+            Lamb {
+                rectify: true,
+                ..Default::default()
+            }
+            .into(),
+            "Lamb: rectify=True (the package's per-parameter path) is not implemented in wgpu-optim yet",
+        ),
+        (
+            Lamb {
+                pre_norm: true,
+                ..Default::default()
+            }
+            .into(),
+            "Lamb: pre_norm=True (a norm over every gradient of every group) is not implemented in wgpu-optim yet",
         ),
         (
             AdEMAMix {

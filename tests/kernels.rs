@@ -6,7 +6,8 @@ use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, ctx,
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
     Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, GradScalerState,
-    NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor, TensorState, reference,
+    Lamb, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor, TensorState,
+    reference,
 };
 
 /// What a training loop does around each step, and where it injects non-finite gradients.
@@ -581,4 +582,41 @@ fn zero_length_tensors_step_without_dispatches() {
     assert_eq!(state.step, 1);
     assert!(state.buffers.values().all(Vec::is_empty));
     assert_eq!(ctx.read_f32(&[(&param, 0, 2)]).unwrap(), [1.0, 2.0]);
+}
+
+#[test]
+fn per_tensor_sums_cover_split_tensors_and_folded_grids() {
+    // Lamb's trust ratio needs each whole tensor's norms. With windows of 1 MiB and grids of
+    // at most 100 workgroups a dimension, the sums' pass must cover a tensor split across
+    // windows and dispatches and fold into 2-D grids, their combination must fold too (more
+    // tensors than a dimension holds), and a recipe that unscales, clips and skips a step
+    // must give the sums of the prepared gradients.
+    let small = context_with_limits(|l| {
+        l.max_compute_workgroups_per_dimension = 100;
+        l.max_storage_buffer_binding_size = 1 << 20;
+    });
+    let mut rng = Rng::fresh("per_tensor_sums");
+    let config: OptimizerConfig = Lamb {
+        lr: 0.01,
+        weight_decay: 0.1,
+        ..Default::default()
+    }
+    .into();
+    let mut sizes = vec![1000, 700_001, 3];
+    sizes.extend((0..150).map(|k| 1 + 37 * k));
+    for access in [Access::Scalar, Access::Vec4] {
+        let ctx = small.clone().with_access(access);
+        check_against_reference(&ctx, config, &sizes, 3, &mut rng);
+    }
+    let recipe = Recipe {
+        clip: Some(ClipGrad::norm(400.0)),
+        scaler: Some(GradScaler {
+            init_scale: 1024.0,
+            growth_interval: 2,
+            ..Default::default()
+        }),
+        inject: &[1],
+    };
+    let ctx = small.with_access(Access::Vec4);
+    check_recipe(&ctx, config, recipe, &[1000, 700_001, 3], 4, &mut rng);
 }

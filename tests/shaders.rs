@@ -176,9 +176,14 @@ fn shaders_have_the_expected_compute_entry_points() {
             found.push(&ep.name);
         }
         found.sort();
-        // The template's `step` (the optimizer's formula) and `finalize`; or `reduce`.
+        // The template's `step` (the optimizer's formula) and `finalize`, and, for an update
+        // that needs per-tensor sums (Lamb's), outside the edge dispatch's module, the sums'
+        // `sums` and `combine_sums`; or `reduce`.
+        let sums = shader.label.contains("lamb.wgsl") && !shader.label.contains("edges");
         let want: &[&str] = if shader.label.contains("reduce.wgsl") {
             &["reduce"]
+        } else if sums {
+            &["combine_sums", "finalize", "step", "sums"]
         } else {
             &["finalize", "step"]
         };

@@ -18,6 +18,7 @@ const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const UNITS: &str = include_str!("../../shaders/units.wgsl");
 const LANES: &str = include_str!("../../shaders/lanes.wgsl");
+const SUMS: &str = include_str!("../../shaders/sums.wgsl");
 
 /// How a step kernel binds the gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -49,6 +50,10 @@ pub(crate) enum Pipeline {
     Finalize(&'static Shader),
     /// The gradient reduction.
     Reduce(Access),
+    /// The per-tensor sums' pass over a batch (shaders/sums.wgsl), with the step's flags.
+    Sums(Kernel, Access, GradAccess, u32),
+    /// The combination of the per-tensor sums into each tensor's coefficients.
+    CombineSums(&'static Shader),
 }
 
 /// One bind group layout, shared by the pipelines that bind the same resources, so that their
@@ -64,6 +69,10 @@ pub(crate) enum Layout {
     /// The segment tables (group 1 of the step kernels and the reduction), at a dynamic
     /// offset.
     Table,
+    /// The per-tensor sums' partials (group 2 of the sums' pass).
+    SumsOut,
+    /// `combine_sums`: the coefficients, the partials and the map of each tensor's partials.
+    CombineSums,
 }
 
 /// The flags the step kernels compile in: unscaling, the two kinds of clipping, and the grad
@@ -118,6 +127,11 @@ impl Module {
                     GradAccess::Shared => "read_write",
                 };
                 let storage = if flags & EDGES != 0 { LANES } else { UNITS };
+                let sums = if shader.sums && flags & EDGES == 0 {
+                    SUMS
+                } else {
+                    ""
+                };
                 format!(
                     "{}\n\
                      // What the step does to the gradients (bits of StepConfig.flags).\n\
@@ -125,7 +139,7 @@ impl Module {
                      // Whether this is the kernel of the edge dispatch (see `step`).\n\
                      const EDGES: bool = {};\n\
                      // Whether the batch has one segment (see `step`).\n\
-                     const SINGLE: bool = {};\n\n{LAYOUT}\n{}\n{COMMON}\n{}",
+                     const SINGLE: bool = {};\n\n{LAYOUT}\n{}\n{COMMON}\n{}\n{sums}",
                     prologue(access),
                     flags & STEP_FLAGS,
                     flags & EDGES != 0,
@@ -142,8 +156,12 @@ impl Module {
     /// pipeline-overridable constants, one for every kernel of the shader.
     pub(crate) fn pipelines(self) -> Vec<(String, Vec<(String, f64)>)> {
         match self {
-            Module::Optimizer(shader, ..) => {
+            Module::Optimizer(shader, _, _, flags) => {
+                let sums = shader.sums && flags & EDGES == 0;
                 let mut out = vec![("finalize".to_string(), Vec::new())];
+                if sums {
+                    out.push(("combine_sums".to_string(), Vec::new()));
+                }
                 let mut kernels: Vec<Kernel> = Vec::new();
                 for config in OptimizerConfig::all_cases() {
                     let k = config.kernel();
@@ -152,11 +170,15 @@ impl Module {
                     }
                 }
                 for k in kernels {
-                    let constants = k.constants().into_iter();
-                    out.push((
-                        "step".to_string(),
-                        constants.map(|(n, v)| (n.to_string(), v)).collect(),
-                    ));
+                    let constants: Vec<(String, f64)> = k
+                        .constants()
+                        .into_iter()
+                        .map(|(n, v)| (n.to_string(), v))
+                        .collect();
+                    if sums {
+                        out.push(("sums".to_string(), constants.clone()));
+                    }
+                    out.push(("step".to_string(), constants));
                 }
                 out
             }
@@ -262,12 +284,29 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
             Layout::Reduce(access),
             Vec::new(),
         ),
+        Pipeline::Sums(kernel, access, grad, flags) => (
+            Module::Optimizer(kernel.shader, access, grad, flags & STEP_FLAGS),
+            "sums",
+            Layout::Step(access, grad),
+            kernel.constants(),
+        ),
+        Pipeline::CombineSums(shader) => (
+            Module::Optimizer(shader, Access::Scalar, GradAccess::ReadOnly, 0),
+            "combine_sums",
+            Layout::CombineSums,
+            Vec::new(),
+        ),
     };
     let name = match pipeline {
         Pipeline::Step(kernel, ..) => kernel.name(),
+        Pipeline::Sums(kernel, ..) => format!("{} sums", kernel.name()),
         _ => entry.to_string(),
     };
-    let entries = layout.entries();
+    let sums_out = matches!(pipeline, Pipeline::Sums(..)).then(|| ctx.layout(Layout::SumsOut));
+    let mut entries = layout.entries();
+    if sums_out.is_some() {
+        entries.extend(Layout::SumsOut.entries());
+    }
     let storage_count = entries
         .iter()
         .filter(|e| {
@@ -292,11 +331,14 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     let label = format!("wgpu-optim {name} ({})", module.label());
     let table = match layout {
         Layout::Step(..) | Layout::Reduce(_) => Some(ctx.layout(Layout::Table)),
-        Layout::Finalize | Layout::Table => None,
+        Layout::Finalize | Layout::Table | Layout::SumsOut | Layout::CombineSums => None,
     };
     let layout = ctx.layout(layout);
-    let groups: Vec<Option<&wgpu::BindGroupLayout>> =
-        std::iter::once(&layout).chain(&table).map(Some).collect();
+    let groups: Vec<Option<&wgpu::BindGroupLayout>> = std::iter::once(&layout)
+        .chain(&table)
+        .chain(&sums_out)
+        .map(Some)
+        .collect();
     let pipeline_layout = device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
         label: Some(&label),
         bind_group_layouts: &groups,
@@ -345,6 +387,12 @@ impl Layout {
                 storage(3, false, false, 16),
             ],
             Layout::Table => vec![uniform(0, TABLE_SIZE)],
+            Layout::SumsOut => vec![storage(0, false, false, 16)],
+            Layout::CombineSums => vec![
+                storage(0, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
+                storage(1, true, false, 16),
+                storage(2, true, false, 16),
+            ],
         }
     }
 }
@@ -480,6 +528,8 @@ mod tests {
             "reduce_span",
             "coarse_shift",
             "step_span",
+            "sums_base",
+            "sums_dispatch_x",
         ]);
         table.push(("segments".into(), 48));
         table.push(("coarse".into(), 48 + 32 * 256));

@@ -101,14 +101,15 @@ pub(crate) fn reduce_workgroups(p: &plan::Batch) -> u32 {
     p.workgroups.div_ceil(reduce_span(p))
 }
 
-/// The bytes of one batch's `SegmentTable`. `dispatch_x` and `reduce_dispatch_x` are the x
-/// extents of the main step's and the reduction's grids, `partial_base` the batch's first entry in
-/// the reduction's partials.
+/// The bytes of one batch's `SegmentTable`. `dispatch_x`, `reduce_dispatch_x` and
+/// `sums_dispatch_x` are the x extents of the main step's, the reduction's and the per-tensor
+/// sums' grids; `partial_base` and `sums_base` the batch's first entries in the reduction's and
+/// the sums' partials.
 pub(crate) fn segment_table(
     p: &plan::Batch,
     spans: &[plan::Span],
-    (dispatch_x, reduce_dispatch_x): (u32, u32),
-    partial_base: u32,
+    (dispatch_x, reduce_dispatch_x, sums_dispatch_x): (u32, u32, u32),
+    (partial_base, sums_base): (u32, u32),
 ) -> Vec<u8> {
     let mut words: Vec<u32> = vec![
         p.pieces.len() as u32,
@@ -121,8 +122,8 @@ pub(crate) fn segment_table(
         reduce_span(p),
         coarse_shift(p),
         step_span(p),
-        0,
-        0,
+        sums_base,
+        sums_dispatch_x,
     ];
     for piece in &p.pieces {
         let s = spans[piece.tensor];

@@ -64,6 +64,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adadelta.wgsl"),
     switches: &[],
     hyper_size: size_of::<AdadeltaHyper>() as u64,
+    sums: false,
 };
 
 impl Class for Adadelta {

@@ -68,6 +68,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adagrad.wgsl"),
     switches: &[],
     hyper_size: size_of::<AdagradHyper>() as u64,
+    sums: false,
 };
 
 impl Adagrad {

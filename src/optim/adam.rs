@@ -113,6 +113,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adam.wgsl"),
     switches: &["AMSGRAD"],
     hyper_size: size_of::<AdamHyper>() as u64,
+    sums: false,
 };
 
 /// The implementation switches `torch.optim.Adam` and `AdamW` take.

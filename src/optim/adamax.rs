@@ -66,6 +66,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adamax.wgsl"),
     switches: &[],
     hyper_size: size_of::<AdamaxHyper>() as u64,
+    sums: false,
 };
 
 impl Class for Adamax {

@@ -96,6 +96,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adamw_schedulefree.wgsl"),
     switches: &[],
     hyper_size: size_of::<ScheduleFreeHyper>() as u64,
+    sums: false,
 };
 
 impl AdamWScheduleFree {

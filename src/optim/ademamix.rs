@@ -101,6 +101,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/ademamix.wgsl"),
     switches: &[],
     hyper_size: size_of::<AdemamixHyper>() as u64,
+    sums: false,
 };
 
 impl AdEMAMix {

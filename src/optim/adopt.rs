@@ -95,6 +95,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adopt.wgsl"),
     switches: &[],
     hyper_size: size_of::<AdoptHyper>() as u64,
+    sums: false,
 };
 
 /// The error for a pytorch-optimizer option that needs a per-tensor reduction.

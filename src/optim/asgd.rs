@@ -70,6 +70,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/asgd.wgsl"),
     switches: &[],
     hyper_size: size_of::<AsgdHyper>() as u64,
+    sums: false,
 };
 
 /// `x` rounded to f32, as f64: PyTorch keeps `eta` and `mu` as f32 tensors.

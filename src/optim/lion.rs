@@ -65,6 +65,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/lion.wgsl"),
     switches: &[],
     hyper_size: size_of::<LionHyper>() as u64,
+    sums: false,
 };
 
 impl Lion {

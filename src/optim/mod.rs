@@ -34,6 +34,7 @@ mod adamw_schedulefree;
 mod ademamix;
 mod adopt;
 mod asgd;
+mod lamb;
 mod lion;
 mod nadam;
 mod radam;
@@ -49,6 +50,7 @@ pub use adamw_schedulefree::AdamWScheduleFree;
 pub use ademamix::AdEMAMix;
 pub use adopt::ADOPT;
 pub use asgd::ASGD;
+pub use lamb::Lamb;
 pub use lion::Lion;
 pub use nadam::NAdam;
 pub use radam::RAdam;
@@ -75,6 +77,9 @@ pub(crate) struct Shader {
     pub(crate) switches: &'static [&'static str],
     /// Bytes of one parameter group's record (`Hyper` in the shader).
     pub(crate) hyper_size: u64,
+    /// Whether the update needs per-tensor sums before any element is written: the shader
+    /// then defines `sum_terms` and `apply_sums` (shaders/sums.wgsl).
+    pub(crate) sums: bool,
 }
 
 impl PartialEq for Shader {
@@ -560,6 +565,8 @@ registry! {
     AdEMAMix(AdEMAMix),
     /// `AdamWScheduleFree` of the schedulefree package.
     AdamWScheduleFree(AdamWScheduleFree),
+    /// `Lamb` of the pytorch-optimizer package.
+    Lamb(Lamb),
 }
 
 impl<'de> Deserialize<'de> for OptimizerConfig {

@@ -81,6 +81,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/nadam.wgsl"),
     switches: &[],
     hyper_size: size_of::<NadamHyper>() as u64,
+    sums: false,
 };
 
 impl NAdam {

@@ -80,6 +80,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/radam.wgsl"),
     switches: &[],
     hyper_size: size_of::<RadamHyper>() as u64,
+    sums: false,
 };
 
 impl RAdam {

@@ -75,6 +75,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/rmsprop.wgsl"),
     switches: &["CENTERED", "MOMENTUM"],
     hyper_size: size_of::<RmspropHyper>() as u64,
+    sums: false,
 };
 
 impl Class for RMSprop {

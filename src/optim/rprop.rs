@@ -64,6 +64,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/rprop.wgsl"),
     switches: &[],
     hyper_size: size_of::<RpropHyper>() as u64,
+    sums: false,
 };
 
 impl Class for Rprop {

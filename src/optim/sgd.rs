@@ -72,6 +72,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/sgd.wgsl"),
     switches: &["MOMENTUM"],
     hyper_size: size_of::<SgdHyper>() as u64,
+    sums: false,
 };
 
 impl Class for SGD {

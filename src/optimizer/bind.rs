@@ -63,6 +63,21 @@ pub(super) struct Dispatch {
     /// Workgroups of the edge dispatch: two invocations a piece; none where every piece
     /// starts and ends on a unit boundary.
     pub(super) edge_workgroups: u32,
+    /// The per-tensor sums' pass, for optimizers that need one (one workgroup a chunk).
+    pub(super) sums_kernel: Option<Arc<CompiledKernel>>,
+    pub(super) sums_dispatch: (u32, u32),
+}
+
+/// What a step records for the per-tensor sums (shaders/sums.wgsl), for optimizers whose
+/// update needs them: their partials and their combination.
+pub(super) struct SumsPass {
+    /// Group 2 of the sums' pass: the partials, one per chunk over every dispatch.
+    pub(super) out_group: wgpu::BindGroup,
+    /// `combine_sums`, its bind group (coefficients, partials, the map of each tensor's
+    /// partials) and its grid, one workgroup a tensor.
+    pub(super) combine: Arc<CompiledKernel>,
+    pub(super) combine_group: wgpu::BindGroup,
+    pub(super) combine_dispatch: (u32, u32),
 }
 
 /// Everything a step records for one set of ranges.
@@ -75,6 +90,8 @@ pub(super) struct Bound {
     pub(super) table: wgpu::BindGroup,
     /// Partials of one step: the reduction's workgroups over every dispatch.
     pub(super) partial_count: u32,
+    /// The per-tensor sums, for optimizers that need them.
+    pub(super) sums: Option<SumsPass>,
     /// The step flags its kernels are for.
     bits: u32,
     /// The generation of the ring and partials its reduction bind groups are for, if any.
@@ -142,6 +159,10 @@ pub(super) struct Planned {
     access: Vec<Access>,
     partial_bases: Vec<u32>,
     pub(super) partial_count: u32,
+    /// Each batch's first entry in the per-tensor sums' partials (one per chunk), and their
+    /// number.
+    sums_bases: Vec<u32>,
+    sums_count: u32,
 }
 
 /// Whether a tensor whose state was laid out for `meta`'s access can use vec4 access at these
@@ -206,6 +227,9 @@ pub(super) fn layout(
     let max_x = limits.max_compute_workgroups_per_dimension.max(1);
     let mut partial_count: u32 = 0;
     let mut partial_bases = Vec::with_capacity(plans.len());
+    let mut sums_count: u32 = 0;
+    let mut sums_bases = Vec::with_capacity(plans.len());
+    let too_many = || Error::Input("more workgroups in one step than fit 32-bit indices".into());
     for p in &plans {
         if dispatch_size(step_workgroups(p), max_x).1 > max_x {
             return Err(Error::Unsupported(format!(
@@ -216,9 +240,9 @@ pub(super) fn layout(
         partial_bases.push(partial_count);
         partial_count = partial_count
             .checked_add(reduce_workgroups(p))
-            .ok_or_else(|| {
-                Error::Input("more workgroups in one step than fit 32-bit indices".into())
-            })?;
+            .ok_or_else(too_many)?;
+        sums_bases.push(sums_count);
+        sums_count = sums_count.checked_add(p.workgroups).ok_or_else(too_many)?;
     }
     Ok(Planned {
         keys: plans
@@ -230,7 +254,34 @@ pub(super) fn layout(
         access,
         partial_bases,
         partial_count,
+        sums_bases,
+        sums_count,
     })
+}
+
+/// The map `combine_sums` reads (shaders/sums.wgsl): (tensors, `dispatch_x`), then each
+/// tensor's (first, count) of ranges, then the ranges `[start, end)` of the sums' partials
+/// that hold its chunks, over every batch.
+fn sums_map(layout: &Planned, dispatch_x: u32) -> Vec<[u32; 2]> {
+    let tensors = layout.spans.len();
+    let mut ranges: Vec<Vec<[u32; 2]>> = vec![Vec::new(); tensors];
+    for (p, &base) in layout.plans.iter().zip(&layout.sums_bases) {
+        for (i, piece) in p.pieces.iter().enumerate() {
+            let end = p
+                .pieces
+                .get(i + 1)
+                .map_or(p.workgroups, |n| n.first_workgroup);
+            ranges[piece.tensor].push([base + piece.first_workgroup, base + end]);
+        }
+    }
+    let mut out = vec![[tensors as u32, dispatch_x]];
+    let mut at = 1 + tensors as u32;
+    for r in &ranges {
+        out.push([at, r.len() as u32]);
+        at += r.len() as u32;
+    }
+    out.extend(ranges.into_iter().flatten());
+    out
 }
 
 /// The limits plans respect on a device with `limits`.
@@ -281,7 +332,13 @@ impl Parts<'_> {
         for (b, p) in layout.plans.iter().enumerate() {
             let x = dispatch_size(step_workgroups(p), max_x).0;
             let reduce_x = dispatch_size(reduce_workgroups(p), max_x).0;
-            let bytes = segment_table(p, &layout.spans, (x, reduce_x), layout.partial_bases[b]);
+            let sums_x = dispatch_size(p.workgroups, max_x).0;
+            let bytes = segment_table(
+                p,
+                &layout.spans,
+                (x, reduce_x, sums_x),
+                (layout.partial_bases[b], layout.sums_bases[b]),
+            );
             let at = b * table_stride as usize;
             contents[at..at + bytes.len()].copy_from_slice(&bytes);
         }
@@ -291,6 +348,10 @@ impl Parts<'_> {
             .zip(&layout.keys)
             .map(|(p, k)| self.kernels(*k, p.pieces.len(), bits, reduce))
             .collect::<Result<Vec<_>>>()?;
+        let sums = match layout.keys.first() {
+            Some((kernel, ..)) if kernel.shader.sums => Some(self.sums_pass(&layout, kernel)?),
+            _ => None,
+        };
         let table_layout = ctx.layout(Layout::Table);
         let table = scoped(device, || {
             let buffer = wgpu::util::DeviceExt::create_buffer_init(
@@ -312,7 +373,7 @@ impl Parts<'_> {
             })
         })?;
         let mut dispatches = Vec::with_capacity(layout.plans.len());
-        for (b, (p, ((kernel, edge_kernel), reduce_kernel))) in
+        for (b, (p, ((kernel, edge_kernel), reduce_kernel, sums_kernel))) in
             layout.plans.iter().zip(kernels).enumerate()
         {
             let (kernel_id, access, grad_access) = layout.keys[b];
@@ -344,6 +405,8 @@ impl Parts<'_> {
                 } else {
                     0
                 },
+                sums_kernel,
+                sums_dispatch: dispatch_size(p.workgroups, max_x),
             });
         }
         Ok(Bound {
@@ -352,25 +415,85 @@ impl Parts<'_> {
             dispatches,
             table,
             partial_count: layout.partial_count,
+            sums,
             bits,
             reduce_generation: reduce.then_some(self.generation),
             last_used: self.tick,
         })
     }
 
-    /// A batch's step kernels for the flags `bits`, and its reduction when `reduce`.
+    /// A batch's step kernels for the flags `bits`, its reduction when `reduce`, and its
+    /// per-tensor sums' pass when the optimizer has one.
+    #[allow(clippy::type_complexity)]
     fn kernels(
         &self,
         (kernel, access, grad): (Kernel, Access, GradAccess),
         pieces: usize,
         bits: u32,
         reduce: bool,
-    ) -> Result<(StepKernels, Option<Arc<CompiledKernel>>)> {
+    ) -> Result<(
+        StepKernels,
+        Option<Arc<CompiledKernel>>,
+        Option<Arc<CompiledKernel>>,
+    )> {
         let step = step_kernels(self.ctx, kernel, access, grad, pieces, bits)?;
         let reduce = reduce
             .then(|| self.ctx.kernel(Pipeline::Reduce(access)))
             .transpose()?;
-        Ok((step, reduce))
+        let sums = kernel
+            .shader
+            .sums
+            .then(|| self.ctx.kernel(Pipeline::Sums(kernel, access, grad, bits)))
+            .transpose()?;
+        Ok((step, reduce, sums))
+    }
+
+    /// The partials, map and bind groups of `layout`'s per-tensor sums.
+    fn sums_pass(&self, layout: &Planned, kernel: &Kernel) -> Result<SumsPass> {
+        let ctx = self.ctx;
+        let device = ctx.device();
+        let max_x = ctx.limits().max_compute_workgroups_per_dimension.max(1);
+        let combine_dispatch = dispatch_size(layout.spans.len() as u32, max_x);
+        let map = sums_map(layout, combine_dispatch.0);
+        let combine = ctx.kernel(Pipeline::CombineSums(kernel.shader))?;
+        let out_layout = ctx.layout(Layout::SumsOut);
+        let derived = &self.buffers.derived;
+        scoped(device, || {
+            let partials = device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("wgpu-optim per-tensor sums"),
+                size: 16 * u64::from(layout.sums_count.max(1)),
+                usage: wgpu::BufferUsages::STORAGE,
+                mapped_at_creation: false,
+            });
+            let map = wgpu::util::DeviceExt::create_buffer_init(
+                device,
+                &wgpu::util::BufferInitDescriptor {
+                    label: Some("wgpu-optim per-tensor sums map"),
+                    contents: bytemuck::cast_slice(&map),
+                    usage: wgpu::BufferUsages::STORAGE,
+                },
+            );
+            let out_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-optim per-tensor sums"),
+                layout: &out_layout,
+                entries: &entries(&[partials.as_entire_binding()]),
+            });
+            let combine_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-optim combine sums"),
+                layout: &combine.layout,
+                entries: &entries(&[
+                    derived.as_entire_binding(),
+                    partials.as_entire_binding(),
+                    map.as_entire_binding(),
+                ]),
+            });
+            SumsPass {
+                out_group,
+                combine: combine.clone(),
+                combine_group,
+                combine_dispatch,
+            }
+        })
     }
 
     fn step_group(
@@ -445,7 +568,7 @@ impl Parts<'_> {
         }
         let mut fresh = Vec::with_capacity(bound.dispatches.len());
         for d in &bound.dispatches {
-            let ((kernel, edge), reduce_kernel) = self.kernels(
+            let ((kernel, edge), reduce_kernel, sums_kernel) = self.kernels(
                 (d.kernel_id, d.access, d.grad_access),
                 d.pieces,
                 bits,
@@ -455,13 +578,16 @@ impl Parts<'_> {
                 Some(k) => Some(self.reduce_group(k, d.grad.clone(), d.access)?),
                 None => None,
             };
-            fresh.push((kernel, edge, reduce_kernel, group));
+            fresh.push((kernel, edge, reduce_kernel, group, sums_kernel));
         }
-        for (d, (kernel, edge, reduce_kernel, group)) in bound.dispatches.iter_mut().zip(fresh) {
+        for (d, (kernel, edge, reduce_kernel, group, sums_kernel)) in
+            bound.dispatches.iter_mut().zip(fresh)
+        {
             d.kernel = kernel;
             d.edge_kernel = edge;
             d.reduce_kernel = reduce_kernel;
             d.reduce_group = group;
+            d.sums_kernel = sums_kernel;
         }
         bound.bits = bits;
         bound.reduce_generation = generation;

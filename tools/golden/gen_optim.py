@@ -7,8 +7,8 @@ Run from the repository root:
 
 It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad,
 NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD), ``Lion`` from lion-pytorch and
-``ADOPT`` and ``AdEMAMix`` from pytorch-optimizer and ``AdamWScheduleFree`` from
-schedulefree, at the versions in
+``Lamb``, ``ADOPT`` and ``AdEMAMix`` from pytorch-optimizer and
+``AdamWScheduleFree`` from schedulefree, at the versions in
 tools/golden/requirements.txt (the script refuses others, see PACKAGE_OPTIMIZERS),
 on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
 
@@ -48,7 +48,8 @@ leaves alone), not in the param dtype, so the float64 run's are float32 too
 (and torch's float64 trajectory really does round mu_product, eta and mu to
 float32 every step).  Every other state tensor has the run's dtype.
 pytorch-optimizer keeps one ``step`` per param group (GROUP_STEP): it is stored
-as every param's ``<name>.step``, as wgpu-optim keeps it per tensor.
+as every param's ``<name>.step``, as wgpu-optim keeps it per tensor.  Lamb's
+per-step diagnostics (weight_norm, adam_norm, trust_ratio) are not stored.
 AdamWScheduleFree runs in train mode (``train()`` before the first step): its
 params are y, its state z and exp_avg_sq; its per-group ``k``, ``lr_max`` and
 ``weight_sum`` (Python floats) are stored as every param's ``<name>.step``,
@@ -60,8 +61,9 @@ While it runs, the script checks that the cases reach the branches they are
 there for, and prints where: RAdam's rectification switch (rho_t > 5),
 Rprop's clamp of step_size at either bound of step_sizes (counted from the
 pre-clamp value, recomputed before each step), the step from which ASGD's
-average ``ax`` differs from the param, and ADOPT's clipping of the normalized
-gradient at clip_lambda(step).
+average ``ax`` differs from the param, Lamb's clamp of the weight norm at 10
+(per tensor), and ADOPT's clipping of the normalized gradient at
+clip_lambda(step).
 
 The Rust tests read these committed files, so CI needs no Python.  Rerunning
 this script is deterministic and rewrites the same files (stale per-case files
@@ -182,6 +184,23 @@ CASES = [
     ("lion_wd", {"type": "Lion", "lr": 0.01, "weight_decay": 0.5}),
     ("lion_decoupled_wd",
      {"type": "Lion", "lr": 0.01, "weight_decay": 0.01, "decoupled_weight_decay": True}),
+    # --- Lamb (pytorch-optimizer's default foreach path; default lr 1e-3, eps 1e-6,
+    # weight_decouple=True; "v" (norm ~17) takes the weight-norm clamp at 10, "w" and "b" not) ---
+    ("lamb", {"type": "Lamb", "lr": 0.01}),
+    ("lamb_wd", {"type": "Lamb", "lr": 0.01, "weight_decay": 0.1}),
+    ("lamb_wd_coupled", {"type": "Lamb", "lr": 0.01, "weight_decay": 0.1, "weight_decouple": False}),
+    ("lamb_wd_fixed", {"type": "Lamb", "lr": 0.01, "weight_decay": 0.01, "fixed_decay": True}),
+    # Without weight decay added to the update, grad_averaging only scales exp_avg (which the
+    # trust ratio cancels, up to eps): the case adds coupled weight decay.
+    ("lamb_no_grad_averaging_wd_coupled",
+     {"type": "Lamb", "lr": 0.01, "grad_averaging": False, "weight_decay": 0.1,
+      "weight_decouple": False}),
+    ("lamb_adam", {"type": "Lamb", "lr": 0.001, "adam": True}),
+    ("lamb_betas", {"type": "Lamb", "lr": 0.01, "betas": [0.8, 0.99]}),
+    ("lamb_eps_maximize", {"type": "Lamb", "lr": 0.01, "eps": 1e-2, "maximize": True}),
+    ("lamb_adam_debias_wd_coupled",
+     {"type": "Lamb", "lr": 0.01, "adam_debias": True, "weight_decay": 0.05,
+      "weight_decouple": False}),
     # --- ADOPT (pytorch-optimizer; default betas (0.9, 0.9999), eps 1e-6, clip step**0.25) ---
     ("adopt", {"type": "ADOPT", "lr": 0.01}),
     ("adopt_no_clip", {"type": "ADOPT", "lr": 0.01, "clip_lambda": None}),
@@ -260,6 +279,8 @@ SCHEDULED_CASES = [
     ("sched_ademamix_linear", {"type": "AdEMAMix", "lr": 0.01, "weight_decay": 0.1,
                                "weight_decouple": True},
      {"type": "LinearLR", "start_factor": 0.2, "total_iters": 8}),
+    ("sched_lamb_wd_cosine", {"type": "Lamb", "lr": 0.01, "weight_decay": 0.1},
+     {"type": "CosineAnnealingLR", "T_max": 20, "eta_min": 0.001}),
     # A rising learning rate moves AdamWScheduleFree's lr_max, and with it the weights.
     ("sched_adamw_schedulefree_linear", {"type": "AdamWScheduleFree", "lr": 0.01},
      {"type": "LinearLR", "start_factor": 0.2, "total_iters": 8}),
@@ -309,13 +330,18 @@ def make_problem():
 # version the golden files were written with).
 PACKAGE_OPTIMIZERS = {
     "Lion": ("lion_pytorch", "Lion", "lion-pytorch", "0.2.5"),
+    "Lamb": ("pytorch_optimizer", "Lamb", "pytorch-optimizer", "4.1.0"),
     "ADOPT": ("pytorch_optimizer", "ADOPT", "pytorch-optimizer", "4.1.0"),
     "AdEMAMix": ("pytorch_optimizer", "AdEMAMix", "pytorch-optimizer", "4.1.0"),
     "AdamWScheduleFree": ("schedulefree", "AdamWScheduleFree", "schedulefree", "1.4.1"),
 }
 
 # Package classes that count steps per param group (group["step"]), not per param.
-GROUP_STEP = ("ADOPT", "AdEMAMix")
+GROUP_STEP = ("Lamb", "ADOPT", "AdEMAMix")
+
+# Per-parameter state entries that are per-step diagnostics, not optimizer state: written by
+# every step and never read (Lamb's norms and trust ratio).  Not stored.
+DIAGNOSTIC_STATES = {"Lamb": ("weight_norm", "adam_norm", "trust_ratio")}
 
 
 def package_class(kind):
@@ -356,15 +382,15 @@ def build_optimizer(spec, tensors, fused=False):
     return cls([{"params": tensors}], **args)
 
 
-def state_tensors(names, tensors, opt, dtype):
-    """Final params by name and every state tensor as "<name>.<state>" (None skipped; the
-    SCALAR_STATES as 0-d float32 tensors), checking that every other state has the run's
-    dtype."""
+def state_tensors(names, tensors, opt, dtype, skip=()):
+    """Final params by name and every state tensor as "<name>.<state>" (None and the states in
+    skip left out; the SCALAR_STATES as 0-d float32 tensors), checking that every other state
+    has the run's dtype."""
     out = {}
     for n, p in zip(names, tensors):
         out[n] = p.detach().clone().contiguous()
         for key, val in sorted(opt.state[p].items()):
-            if val is None:
+            if val is None or key in skip:
                 continue
             if not torch.is_tensor(val):
                 raise TypeError(f"unexpected non-tensor state {n}.{key}: {val!r}")
@@ -387,9 +413,9 @@ def state_tensors(names, tensors, opt, dtype):
 class BranchProbe:
     """Records, for one run, where the branches a case is there for are taken: RAdam's
     rectification (rho_t > 5), Rprop's clamp at either step_sizes bound (from the pre-clamp
-    value, recomputed from the state before each step exactly as torch computes it), and
-    ASGD's averaging (ax differs from the param), and ADOPT's clipping of the normalized
-    gradient (from the state before each step, as the package computes it)."""
+    value, recomputed from the state before each step exactly as torch computes it), ASGD's
+    averaging (ax differs from the param), Lamb's weight-norm clamp, and ADOPT's clipping of
+    the normalized gradient (from the state before each step, as the package computes it)."""
 
     def __init__(self, spec):
         self.kind = spec["type"]
@@ -398,6 +424,7 @@ class BranchProbe:
         self.clamp_hi = []          # Rprop: (step, elements clamped down to step_size_max)
         self.ax_steps = []          # ASGD: steps after which ax != param somewhere
         self.clipped = []           # ADOPT: (step, elements beyond +-step**0.25)
+        self.norm_clamped = {}      # Lamb: tensor name -> steps with weight norm > 10
         self.clip_on = spec.get("clip_lambda", True) is not None
 
     def before(self, k, opt, tensors):
@@ -430,6 +457,14 @@ class BranchProbe:
                 self.clamp_lo.append((k + 1, n_lo))
             if n_hi:
                 self.clamp_hi.append((k + 1, n_hi))
+        elif self.kind == "Lamb":
+            wd = group["weight_decay"]
+            factor = 1.0
+            if group["weight_decouple"] and wd != 0.0:
+                factor = 1.0 - wd * (1.0 if group["fixed_decay"] else group["lr"])
+            for n, p in zip(NAMES, tensors):
+                if float(torch.linalg.norm(p * factor)) > opt.clamp:
+                    self.norm_clamped.setdefault(n, []).append(k + 1)
         elif self.kind == "ADOPT":
             step = group.get("step", 0) + 1
             if step > 1:
@@ -460,6 +495,10 @@ class BranchProbe:
         if self.kind == "ASGD":
             return (f"ax != param from step {self.ax_steps[0]}" if self.ax_steps
                     else "ax == param throughout (no averaging)")
+        if self.kind == "Lamb":
+            return "weight norm > 10: " + (", ".join(
+                f"{n} steps {v[0]}-{v[-1]} ({len(v)})" for n, v in self.norm_clamped.items())
+                or "never")
         if self.kind == "ADOPT":
             what = "clipped" if self.clip_on else "beyond step**0.25 (not clipped)"
             return (f"{what}: {sum(c for _, c in self.clipped)} element-steps over "
@@ -475,6 +514,10 @@ class BranchProbe:
             problems.append("non-default step_sizes must clamp at both bounds")
         if self.kind == "ASGD" and spec.get("t0", 1e6) < STEPS and not self.ax_steps:
             problems.append("a t0 below STEPS must start the averaging")
+        if self.kind == "Lamb" and (not self.norm_clamped
+                                    or len(self.norm_clamped) == len(NAMES)):
+            problems.append("Lamb: the weight norm must be clamped at 10 for some tensors, "
+                            "not all")
         if self.kind == "ADOPT" and not self.clipped:
             problems.append("ADOPT: the normalized gradient must exceed step**0.25 somewhere")
         if problems:
@@ -509,7 +552,7 @@ def run_case(spec, params, grads, dtype, schedule=None, probe=None):
         if scheduler is not None and k + 1 < STEPS:
             scheduler.step()
 
-    out = state_tensors(NAMES, tensors, opt, dtype)
+    out = state_tensors(NAMES, tensors, opt, dtype, DIAGNOSTIC_STATES.get(spec["type"], ()))
     if spec["type"] in GROUP_STEP:
         step = torch.tensor(float(opt.param_groups[0]["step"]), dtype=torch.float32)
         for n in NAMES:

@@ -1,0 +1,310 @@
+use super::{
+    Class, FOREACH, Shader, TorchSwitch, WeightDecay, check, check_po_betas, check_po_lr,
+    check_po_non_negative, grad_sign,
+};
+use crate::error::Result;
+use crate::reference::Real;
+use serde::{Deserialize, Serialize};
+
+/// `Lamb`, as the `pytorch-optimizer` package (4.1.0) defines it on its default (foreach)
+/// path: Adam's direction without bias correction, scaled per tensor by the trust ratio
+/// `min(‖θ‖, 10) / (‖u‖ + ε)`.
+///
+/// With `g` the gradient (negated when `maximize`), `t` the step number starting at 1, `λ` =
+/// `weight_decay`, and `β3 = 1 − β1` (`1` without `grad_averaging`):
+///
+/// ```text
+/// θ ← θ·(1 − lr·λ)                  (weight_decouple; θ·(1 − λ) with fixed_decay)
+/// m ← β1·m + β3·g                    (exp_avg)
+/// v ← β2·v + (1 − β2)·g²             (exp_avg_sq)
+/// u = m · 1/(√v + ε)  (+ λ·θ without weight_decouple)
+/// r = min(‖θ‖, 10) / (‖u‖ + ε)       (1 where either norm is 0; not applied with `adam`)
+/// θ ← θ − lr/(1 − β1ᵗ) · r·u         (lr without the bias correction with `adam_debias`)
+/// ```
+///
+/// The norms are over each whole tensor, after the decoupled decay: a pass of per-tensor sums
+/// runs between `finalize` and the step (shaders/sums.wgsl), so a Lamb step reads the
+/// parameters, gradients and state twice. pytorch-optimizer counts steps per parameter group;
+/// here each tensor keeps the count. State: `exp_avg`, `exp_avg_sq` (the package's per-step
+/// diagnostics `weight_norm`, `adam_norm` and `trust_ratio` are not kept).
+///
+/// The package's per-parameter path (`rectify`, with `degenerated_to_sgd` and
+/// `n_sma_threshold`, and the `adanorm` keyword) and `pre_norm` (a norm over every gradient of
+/// every group) are not implemented here yet: turning them on is an error.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Lamb {
+    /// Learning rate (default 1e-3).
+    pub lr: f64,
+    /// Coefficients of the running averages (default (0.9, 0.999)).
+    pub betas: (f64, f64),
+    /// Weight decay (default 0).
+    pub weight_decay: f64,
+    /// Decay the parameter (default true); false adds `λ·θ` to the update instead.
+    pub weight_decouple: bool,
+    /// Decoupled decay by `λ`, not `lr·λ` (default false).
+    pub fixed_decay: bool,
+    /// RAdam's rectification, on the package's per-parameter path (default false): not
+    /// implemented here, an error when true.
+    pub rectify: bool,
+    /// With `rectify`, an SGD step below the threshold (default false).
+    pub degenerated_to_sgd: bool,
+    /// With `rectify`, the threshold of the rectification (default 5).
+    pub n_sma_threshold: u32,
+    /// Weigh the gradient by `1 − β1` in `exp_avg` (default true); false weighs it by 1.
+    pub grad_averaging: bool,
+    /// With `pre_norm`, the global gradient norm's bound (default 1).
+    pub max_grad_norm: f64,
+    /// Leave the trust ratio out (default false).
+    pub adam: bool,
+    /// Scale every gradient by a global norm first (default false): not implemented here,
+    /// an error when true.
+    pub pre_norm: bool,
+    /// Added to `√v` and to the update's norm (default 1e-6).
+    pub eps: f64,
+    /// Maximize the objective instead of minimizing (default false).
+    pub maximize: bool,
+    /// The package's `adanorm` keyword (default false): not implemented here, an error when
+    /// true.
+    pub adanorm: bool,
+    /// With `adanorm`, the decay of the running gradient norm (default 0.95).
+    pub adanorm_r: f64,
+    /// The package's `adam_debias` keyword (default false): the step size is `lr`, without
+    /// dividing by `1 − β1ᵗ`.
+    pub adam_debias: bool,
+}
+
+impl Default for Lamb {
+    fn default() -> Self {
+        Self {
+            lr: 1e-3,
+            betas: (0.9, 0.999),
+            weight_decay: 0.0,
+            weight_decouple: true,
+            fixed_decay: false,
+            rectify: false,
+            degenerated_to_sgd: false,
+            n_sma_threshold: 5,
+            grad_averaging: true,
+            max_grad_norm: 1.0,
+            adam: false,
+            pre_norm: false,
+            eps: 1e-6,
+            maximize: false,
+            adanorm: false,
+            adanorm_r: 0.95,
+            adam_debias: false,
+        }
+    }
+}
+
+/// One parameter group's record in `shaders/lamb.wgsl` (`Hyper`); keep the two in sync.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct LambHyper {
+    lr: f32,
+    beta1: f32,
+    beta3: f32,
+    beta2: f32,
+    one_minus_beta2: f32,
+    ln_beta1: f32,
+    eps: f32,
+    decay: f32,
+    weight_decay: f32,
+    grad_sign: f32,
+    trust: u32,
+    debias: u32,
+}
+
+const SHADER: Shader = Shader {
+    file: "lamb.wgsl",
+    source: include_str!("../../shaders/lamb.wgsl"),
+    switches: &[],
+    hyper_size: size_of::<LambHyper>() as u64,
+    sums: true,
+};
+
+/// The package's clamp of the weight norm (`Lamb.clamp`).
+const WEIGHT_NORM_CLAMP: f64 = 10.0;
+
+impl Lamb {
+    /// The parameter's decay factor (decoupled), and the weight of `θ` added to the update
+    /// (coupled, only where λ > 0, as the package checks).
+    fn decay_rule(&self) -> (f64, f64) {
+        if self.weight_decouple {
+            let rule =
+                WeightDecay::pytorch_optimizer(self.lr, self.weight_decay, true, self.fixed_decay);
+            (rule.hyper().1.into(), 0.0)
+        } else {
+            (1.0, self.weight_decay.max(0.0))
+        }
+    }
+
+    /// The weight of the gradient in `exp_avg`.
+    fn beta3(&self) -> f64 {
+        if self.grad_averaging {
+            1.0 - self.betas.0
+        } else {
+            1.0
+        }
+    }
+}
+
+impl Class for Lamb {
+    const NAME: &'static str = "Lamb";
+    const SHADER: &'static Shader = &SHADER;
+    const TORCH_SWITCHES: &'static [TorchSwitch] = FOREACH;
+    type Hyper = LambHyper;
+
+    /// The package's checks, in its order (learning rate, betas, weight decay,
+    /// max_grad_norm, eps), then the options not implemented here.
+    fn validate(&self) -> Result<()> {
+        check_po_lr(self.lr)?;
+        check_po_betas(&[self.betas.0, self.betas.1])?;
+        check_po_non_negative("weight_decay", self.weight_decay)?;
+        check_po_non_negative("max_grad_norm", self.max_grad_norm)?;
+        check_po_non_negative("eps", self.eps)?;
+        for (on, what) in [
+            (
+                self.rectify,
+                "rectify=True (the package's per-parameter path)",
+            ),
+            (
+                self.adanorm,
+                "adanorm=True (the package's per-parameter path)",
+            ),
+            (
+                self.pre_norm,
+                "pre_norm=True (a norm over every gradient of every group)",
+            ),
+        ] {
+            check(!on, || {
+                format!("Lamb: {what} is not implemented in wgpu-optim yet")
+            })?;
+        }
+        Ok(())
+    }
+
+    fn lr_mut(&mut self) -> &mut f64 {
+        &mut self.lr
+    }
+
+    fn momentum_mut(&mut self) -> Option<&mut f64> {
+        Some(&mut self.betas.0)
+    }
+
+    fn state_names(&self) -> &'static [&'static str] {
+        &["exp_avg", "exp_avg_sq"]
+    }
+
+    fn hyper(&self) -> LambHyper {
+        let (b1, b2) = self.betas;
+        let (decay, weight_decay) = self.decay_rule();
+        LambHyper {
+            lr: self.lr as f32,
+            beta1: b1 as f32,
+            beta3: self.beta3() as f32,
+            beta2: b2 as f32,
+            one_minus_beta2: (1.0 - b2) as f32,
+            ln_beta1: b1.ln().max(-87.0) as f32,
+            eps: self.eps as f32,
+            decay: decay as f32,
+            weight_decay: weight_decay as f32,
+            grad_sign: grad_sign(self.maximize),
+            trust: u32::from(!self.adam),
+            debias: u32::from(!self.adam_debias),
+        }
+    }
+
+    fn reference<F: Real>(
+        &self,
+        t: u64,
+        param: &mut [F],
+        grad: &[F],
+        state: &mut [Vec<F>],
+        _scalars: &mut [F],
+    ) {
+        let (b1, b2) = self.betas;
+        let step_size = if self.adam_debias {
+            self.lr
+        } else {
+            self.lr / (1.0 - b1.powf(t as f64))
+        };
+        let (decay, weight_decay) = self.decay_rule();
+        let (beta1, beta3) = (F::of(b1), F::of(self.beta3()));
+        let (beta2, one_minus_b2) = (F::of(b2), F::of(1.0 - b2));
+        let (eps, sign, one) = (
+            F::of(self.eps),
+            F::of(grad_sign(self.maximize).into()),
+            F::of(1.0),
+        );
+        let [m, v] = state else {
+            panic!("Lamb keeps exp_avg and exp_avg_sq");
+        };
+        let mut update = vec![F::of(0.0); param.len()];
+        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
+            let g = sign * g;
+            if decay != 1.0 {
+                *p *= F::of(decay);
+            }
+            m[i] = m[i] * beta1 + beta3 * g;
+            v[i] = v[i] * beta2 + one_minus_b2 * g * g;
+            update[i] = one / (v[i].sqrt() + eps) * m[i];
+            if weight_decay != 0.0 {
+                update[i] += F::of(weight_decay) * *p;
+            }
+        }
+        let norm = |x: &[F]| x.iter().fold(F::of(0.0), |acc, &a| acc + a * a).sqrt();
+        let weight_norm = norm(param).min(F::of(WEIGHT_NORM_CLAMP));
+        let update_norm = norm(&update);
+        let zero = F::of(0.0);
+        let trust = if weight_norm != zero && update_norm != zero {
+            weight_norm / (update_norm + eps)
+        } else {
+            one
+        };
+        let neg_step_size = F::of(-step_size);
+        for (p, u) in param.iter_mut().zip(update) {
+            let u = if self.adam { u } else { u * trust };
+            *p += neg_step_size * u;
+        }
+    }
+
+    fn cases() -> Vec<Self> {
+        let base = Lamb {
+            lr: 0.01,
+            betas: (0.8, 0.99),
+            eps: 1e-4,
+            ..Default::default()
+        };
+        let mut out = Vec::new();
+        for maximize in [false, true] {
+            for weight_decay in [0.0, 0.1] {
+                out.push(Lamb {
+                    weight_decay,
+                    maximize,
+                    ..base
+                });
+                out.push(Lamb {
+                    weight_decay,
+                    maximize,
+                    weight_decouple: false,
+                    grad_averaging: false,
+                    adam_debias: true,
+                    ..base
+                });
+            }
+        }
+        out.push(Lamb {
+            weight_decay: 0.01,
+            fixed_decay: true,
+            adam: true,
+            ..base
+        });
+        out
+    }
+
+    fn bench_cases() -> Vec<(&'static str, Self)> {
+        vec![("lamb", Lamb::default())]
+    }
+}
