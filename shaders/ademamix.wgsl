@@ -1,6 +1,12 @@
 // AdEMAMix (pytorch-optimizer): the update formula, in the kernel template
 // (shaders/common.wgsl). State: exp_avg, exp_avg_sq, exp_avg_slow.
 
+// The package's `cautious` and `stable_adamw` options, which need per-tensor sums
+// (shaders/sums.wgsl): the count of elements where exp_avg agrees with the gradient, and the
+// mean of g² / max(v, 1e-16) with the new exp_avg_sq.
+override CAUTIOUS: bool = false;
+override STABLE_ADAMW: bool = false;
+
 // One parameter group's values for one step. Must be kept in sync with `AdemamixHyper` in
 // src/optim/ademamix.rs.
 struct Hyper {
@@ -45,6 +51,9 @@ struct Coeffs {
     weight_decay: f32,
     decay: f32,
     grad_sign: f32,
+    // numel / (count + 1) with CAUTIOUS, and the RMS with STABLE_ADAMW (`apply_sums`)
+    cautious_factor: f32,
+    rms: f32,
 }
 
 fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
@@ -72,15 +81,55 @@ fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
         h.weight_decay,
         h.decay,
         h.grad_sign,
+        1.0,
+        1.0,
     );
 }
 
-fn update(u: ptr<function, Unit>) {
+// The three averages moved toward the gradient (negated when maximizing, with the weight
+// decay), which is returned.
+fn move_averages(u: ptr<function, Unit>) -> V {
     let c = (*u).c;
     let g = decayed_grad(u, c.grad_sign, c.decay, c.weight_decay);
     adam_moments(u, g, c.one_minus_beta1, c.beta2, c.one_minus_beta2);
     (*u).s[2] = torch_lerp((*u).s[2], g, c.one_minus_beta3);
+    return g;
+}
+
+// Where exp_avg agrees with the gradient (CAUTIOUS), the terms of the RMS (STABLE_ADAMW), and
+// the element count.
+fn sum_terms(u: ptr<function, Unit>) -> Terms {
+    let g = move_averages(u);
+    let one = splat(1.0);
+    let zero = splat(0.0);
+    return Terms(
+        select(zero, one, (*u).s[0] * g > zero),
+        g * g / max((*u).s[1], splat(1e-16)),
+        one,
+        zero,
+    );
+}
+
+fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
+    var out = c;
+    out.cautious_factor = cautious_factor(sums.x, sums.z);
+    out.rms = stable_adamw_rms(sums.y, sums.z);
+    return out;
+}
+
+fn update(u: ptr<function, Unit>) {
+    let c = (*u).c;
+    let g = move_averages(u);
+    var m = (*u).s[0];
+    if CAUTIOUS {
+        m = m * select(splat(0.0), splat(c.cautious_factor), m * g > splat(0.0));
+    }
     let denom = sqrt((*u).s[1]) / c.bias_correction2_sqrt + c.eps;
-    let numer = (*u).s[0] / c.bias_correction1 + c.alpha * (*u).s[2];
-    (*u).p = (*u).p - c.lr * (numer / denom);
+    let numer = m / c.bias_correction1 + c.alpha * (*u).s[2];
+    if STABLE_ADAMW {
+        // The package divides by the denominator, then by the RMS, then adds.
+        (*u).p = (*u).p - c.lr * (numer / denom / c.rms);
+    } else {
+        (*u).p = (*u).p - c.lr * (numer / denom);
+    }
 }

@@ -1,6 +1,12 @@
 // ADOPT (pytorch-optimizer): the update formula, in the kernel template (shaders/common.wgsl).
 // State: exp_avg, exp_avg_sq.
 
+// The package's `cautious` and `stable_adamw` options, which need per-tensor sums
+// (shaders/sums.wgsl): the count of elements where the update agrees with the normalized
+// gradient, and the mean of g² / max(v, 1e-16).
+override CAUTIOUS: bool = false;
+override STABLE_ADAMW: bool = false;
+
 // One parameter group's values for one step. Must be kept in sync with `AdoptHyper` in
 // src/optim/adopt.rs.
 struct Hyper {
@@ -39,6 +45,9 @@ struct Coeffs {
     clipping: u32,
     // 1 on the tensor's first step, which only accumulates exp_avg_sq
     first_step: u32,
+    // numel / (count + 1) with CAUTIOUS, and the RMS with STABLE_ADAMW (`apply_sums`)
+    cautious_factor: f32,
+    rms: f32,
 }
 
 fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
@@ -54,22 +63,67 @@ fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
         pow(f32(t), h.clip_exponent),
         h.clipping,
         u32(t == 1u),
+        1.0,
+        1.0,
     );
 }
 
-fn update(u: ptr<function, Unit>) {
+// The gradient as the update takes it (negated when maximizing, with the weight decay), and
+// the clipped normalized gradient, with exp_avg moved toward it.
+struct Moved {
+    g: V,
+    n: V,
+}
+
+fn move_average(u: ptr<function, Unit>) -> Moved {
     let c = (*u).c;
     let g = decayed_grad(u, c.grad_sign, c.decay, c.weight_decay);
-    if c.first_step != 0u {
-        (*u).s[1] = (*u).s[1] + g * g;
-        return;
-    }
     var n = g / max(sqrt((*u).s[1]), splat(c.eps));
     if c.clipping != 0u {
         // torch's maximum and minimum keep NaN, which WGSL's clamp need not.
         n = select(clamp(n, splat(-c.clip), splat(c.clip)), n, nan_lanes(n));
     }
     (*u).s[0] = torch_lerp((*u).s[0], n, c.one_minus_beta1);
-    (*u).p = (*u).p - c.lr * (*u).s[0];
-    (*u).s[1] = (*u).s[1] * c.beta2 + c.one_minus_beta2 * g * g;
+    return Moved(g, n);
+}
+
+// Where exp_avg agrees with the normalized gradient (CAUTIOUS), the terms of the RMS
+// (STABLE_ADAMW, from the exp_avg_sq before the step), and the element count.
+fn sum_terms(u: ptr<function, Unit>) -> Terms {
+    let v = (*u).s[1];
+    let moved = move_average(u);
+    let one = splat(1.0);
+    let zero = splat(0.0);
+    return Terms(
+        select(zero, one, (*u).s[0] * moved.n > zero),
+        moved.g * moved.g / max(v, splat(1e-16)),
+        one,
+        zero,
+    );
+}
+
+fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
+    var out = c;
+    out.cautious_factor = cautious_factor(sums.x, sums.z);
+    out.rms = stable_adamw_rms(sums.y, sums.z);
+    return out;
+}
+
+fn update(u: ptr<function, Unit>) {
+    let c = (*u).c;
+    if c.first_step != 0u {
+        let g = decayed_grad(u, c.grad_sign, c.decay, c.weight_decay);
+        (*u).s[1] = (*u).s[1] + g * g;
+        return;
+    }
+    let moved = move_average(u);
+    var step = (*u).s[0];
+    if CAUTIOUS {
+        step = step * select(splat(0.0), splat(c.cautious_factor), step * moved.n > splat(0.0));
+    }
+    if STABLE_ADAMW {
+        step = step / c.rms;
+    }
+    (*u).p = (*u).p - c.lr * step;
+    (*u).s[1] = (*u).s[1] * c.beta2 + c.one_minus_beta2 * moved.g * moved.g;
 }

@@ -285,6 +285,18 @@ fn torch_lerp(start: V, end: V, weight: f32) -> V {
     return select(end - d * (1.0 - weight), start + weight * d, abs(weight) < 0.5);
 }
 
+// pytorch-optimizer's `apply_cautious` factor, numel / (count + 1), as torch evaluates an int
+// over a tensor: the reciprocal, times numel.
+fn cautious_factor(count: f32, numel: f32) -> f32 {
+    return (1.0 / (count + 1.0)) * numel;
+}
+
+// pytorch-optimizer's `get_stable_adamw_rms`: sqrt(mean(g² / max(v, 1e-16))), at least 1, from
+// the sum of the terms and the element count.
+fn stable_adamw_rms(sum: f32, numel: f32) -> f32 {
+    return max(sqrt(sum / numel), 1.0);
+}
+
 // 1 - e^x for x <= 0, accurate to a few ulp: a Taylor series where 1 - e^x would cancel, and
 // `exp` elsewhere (where e^x <= 1/2). Used for bias corrections 1 - beta^t = -expm1(t ln beta),
 // with ln beta computed in f64 on the host.

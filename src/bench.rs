@@ -69,7 +69,7 @@ pub struct KernelCase {
 /// and each state buffer once more.
 pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
     let states = config.state_names().len() as u64;
-    let sums = if config.kernel().shader.sums {
+    let sums = if config.kernel().sums() {
         8 + 4 * states
     } else {
         0

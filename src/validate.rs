@@ -1160,7 +1160,7 @@ fn check_row(
     // The reference's chunks, each with its own random stream: the data depends on the seed
     // alone, not on how many threads step the reference. An update that depends on sums over
     // its whole tensor (Lamb's norms) steps each tensor as one chunk.
-    let chunk_len = if config.kernel().shader.sums {
+    let chunk_len = if config.kernel().sums() {
         u64::MAX
     } else {
         CHUNK
@@ -1517,7 +1517,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 132);
+        assert_eq!(configs.len(), 156);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1555,6 +1555,8 @@ mod tests {
             ("ademamix", 36),
             ("adamw_schedulefree", 28),
             ("lamb", 44),
+            ("adopt_cautious_stable_adamw", 44),
+            ("ademamix_cautious", 56),
         ] {
             assert_eq!(by_kernel(k), Some(b), "{k}");
         }

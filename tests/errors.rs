@@ -510,7 +510,7 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
         ),
     ]);
     // pytorch-optimizer's messages; then what it accepts and fails on at the step, and the
-    // options that need a per-tensor reduction.
+    // options not implemented here.
     cases.extend([
         (
             ADOPT {
@@ -543,14 +543,6 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             }
             .into(),
             "clip_lambda must be null or a finite exponent, not inf",
-        ),
-        (
-            ADOPT {
-                cautious: true,
-                ..Default::default()
-            }
-            .into(),
-            "ADOPT: cautious=True needs a per-tensor reduction before the update, which wgpu-optim does not run yet",
         ),
         (
             Lamb {
@@ -624,14 +616,6 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             }
             .into(),
             "with t_alpha_beta3, beta1 and beta3 must be positive: pytorch-optimizer takes their logarithms at the step",
-        ),
-        (
-            AdEMAMix {
-                stable_adamw: true,
-                ..Default::default()
-            }
-            .into(),
-            "AdEMAMix: stable_adamw=True needs a per-tensor reduction before the update, which wgpu-optim does not run yet",
         ),
     ]);
     cases

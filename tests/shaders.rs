@@ -177,9 +177,12 @@ fn shaders_have_the_expected_compute_entry_points() {
         }
         found.sort();
         // The template's `step` (the optimizer's formula) and `finalize`, and, for an update
-        // that needs per-tensor sums (Lamb's), outside the edge dispatch's module, the sums'
-        // `sums` and `combine_sums`; or `reduce`.
-        let sums = shader.label.contains("lamb.wgsl") && !shader.label.contains("edges");
+        // that needs per-tensor sums (Lamb's, pytorch-optimizer's cautious and stable_adamw),
+        // outside the edge dispatch's module, the sums' `sums` and `combine_sums`; or `reduce`.
+        let sums = ["lamb.wgsl", "adopt.wgsl", "ademamix.wgsl"]
+            .iter()
+            .any(|f| shader.label.contains(f))
+            && !shader.label.contains("edges");
         let want: &[&str] = if shader.label.contains("reduce.wgsl") {
             &["reduce"]
         } else if sums {

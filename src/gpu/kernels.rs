@@ -8,7 +8,7 @@
 use super::template::{COEFFS_STRIDE, STEP_HEADER_SIZE, TABLE_SIZE, WORKGROUP_SIZE, flags};
 use super::{Access, Context};
 use crate::error::{Error, Result};
-use crate::optim::{Kernel, OptimizerConfig, Shader};
+use crate::optim::{Kernel, OptimizerConfig, Shader, Sums};
 use std::num::NonZeroU64;
 
 const SCALAR: &str = include_str!("../../shaders/scalar.wgsl");
@@ -127,7 +127,7 @@ impl Module {
                     GradAccess::Shared => "read_write",
                 };
                 let storage = if flags & EDGES != 0 { LANES } else { UNITS };
-                let sums = if shader.sums && flags & EDGES == 0 {
+                let sums = if shader.sums != Sums::Never && flags & EDGES == 0 {
                     SUMS
                 } else {
                     ""
@@ -157,11 +157,7 @@ impl Module {
     pub(crate) fn pipelines(self) -> Vec<(String, Vec<(String, f64)>)> {
         match self {
             Module::Optimizer(shader, _, _, flags) => {
-                let sums = shader.sums && flags & EDGES == 0;
                 let mut out = vec![("finalize".to_string(), Vec::new())];
-                if sums {
-                    out.push(("combine_sums".to_string(), Vec::new()));
-                }
                 let mut kernels: Vec<Kernel> = Vec::new();
                 for config in OptimizerConfig::all_cases() {
                     let k = config.kernel();
@@ -169,13 +165,17 @@ impl Module {
                         kernels.push(k);
                     }
                 }
+                let sums = |k: &Kernel| k.sums() && flags & EDGES == 0;
+                if kernels.iter().any(sums) {
+                    out.push(("combine_sums".to_string(), Vec::new()));
+                }
                 for k in kernels {
                     let constants: Vec<(String, f64)> = k
                         .constants()
                         .into_iter()
                         .map(|(n, v)| (n.to_string(), v))
                         .collect();
-                    if sums {
+                    if sums(&k) {
                         out.push(("sums".to_string(), constants.clone()));
                     }
                     out.push(("step".to_string(), constants));

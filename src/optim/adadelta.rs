@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check, check_non_negative, grad_sign,
+    Class, Shader, Sums, TorchSwitch, UNFUSED, WeightDecay, check, check_non_negative, grad_sign,
     py_float, with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -64,7 +64,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adadelta.wgsl"),
     switches: &[],
     hyper_size: size_of::<AdadeltaHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl Class for Adadelta {

@@ -1,5 +1,5 @@
 use super::{
-    Class, NOT_CAPTURABLE, Shader, TorchSwitch, WeightDecay, check_non_negative, grad_sign,
+    Class, NOT_CAPTURABLE, Shader, Sums, TorchSwitch, WeightDecay, check_non_negative, grad_sign,
     with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -68,7 +68,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adagrad.wgsl"),
     switches: &[],
     hyper_size: size_of::<AdagradHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl Adagrad {

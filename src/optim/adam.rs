@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, WeightDecay, check_adam_args, grad_sign, with_wd_and_maximize,
+    Class, Shader, Sums, TorchSwitch, WeightDecay, check_adam_args, grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -113,7 +113,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adam.wgsl"),
     switches: &["AMSGRAD"],
     hyper_size: size_of::<AdamHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 /// The implementation switches `torch.optim.Adam` and `AdamW` take.

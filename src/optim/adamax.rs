@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check_adam_args, grad_sign,
+    Class, Shader, Sums, TorchSwitch, UNFUSED, WeightDecay, check_adam_args, grad_sign,
     with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -66,7 +66,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adamax.wgsl"),
     switches: &[],
     hyper_size: size_of::<AdamaxHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl Class for Adamax {

@@ -1,4 +1,4 @@
-use super::{Class, FOREACH, Shader, TorchSwitch, check, check_adam_args, py_float};
+use super::{Class, FOREACH, Shader, Sums, TorchSwitch, check, check_adam_args, py_float};
 use crate::error::Result;
 use crate::reference::{Real, lerp};
 use serde::{Deserialize, Serialize};
@@ -96,7 +96,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/adamw_schedulefree.wgsl"),
     switches: &[],
     hyper_size: size_of::<ScheduleFreeHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl AdamWScheduleFree {

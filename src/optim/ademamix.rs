@@ -1,7 +1,6 @@
-use super::adopt::unsupported_reduction;
 use super::{
-    Class, FOREACH, Shader, TorchSwitch, WeightDecay, check, check_po_betas, check_po_lr,
-    check_po_non_negative, grad_sign, with_wd_and_maximize,
+    Class, FOREACH, Shader, Sums, TorchSwitch, WeightDecay, cautious_factor, check, check_po_betas,
+    check_po_lr, check_po_non_negative, grad_sign, stable_adamw_rms, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -24,8 +23,10 @@ use serde::{Deserialize, Serialize};
 ///
 /// Without `t_alpha_beta3`, `αₜ = α` and `β3ₜ = β3`. With it (`T`), both warm up:
 /// `αₜ = min(t·α/T, α)` and `β3ₜ = min(exp(ln β1·ln β3 / ((1 − t/T)·ln β3 + (t/T)·ln β1)), β3)`.
-/// pytorch-optimizer counts steps per parameter group; here each tensor keeps the count, and a
-/// checkpoint saves it as `<name>.step`. State: `exp_avg`, `exp_avg_sq`, `exp_avg_slow`.
+/// `cautious` and `stable_adamw` scale the update per tensor, from per-tensor sums on the GPU
+/// (shaders/sums.wgsl). pytorch-optimizer counts steps per parameter group; here each tensor
+/// keeps the count, and a checkpoint saves it as `<name>.step`. State: `exp_avg`, `exp_avg_sq`,
+/// `exp_avg_slow`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct AdEMAMix {
@@ -48,11 +49,11 @@ pub struct AdEMAMix {
     pub eps: f64,
     /// Maximize the objective instead of minimizing (default false).
     pub maximize: bool,
-    /// The package's masked update (default false). It needs a per-tensor sum before any
-    /// element is stored, which the kernels here do not run yet: `true` is an error.
+    /// The package's masked update (default false): `exp_avg` where it agrees in sign with
+    /// the gradient, times `numel / (count + 1)` of its tensor, else 0.
     pub cautious: bool,
-    /// The package's per-tensor RMS scaling (default false). It needs a per-tensor mean,
-    /// which the kernels here do not run yet: `true` is an error.
+    /// The package's StableAdamW scaling (default false): the update divided by
+    /// `max(1, √mean(g² / max(v, 1e-16)))` of its tensor, with the new `v`.
     pub stable_adamw: bool,
 }
 
@@ -99,9 +100,9 @@ pub(crate) struct AdemamixHyper {
 const SHADER: Shader = Shader {
     file: "ademamix.wgsl",
     source: include_str!("../../shaders/ademamix.wgsl"),
-    switches: &[],
+    switches: &["CAUTIOUS", "STABLE_ADAMW"],
     hyper_size: size_of::<AdemamixHyper>() as u64,
-    sums: false,
+    sums: Sums::Switches(0b11),
 };
 
 impl AdEMAMix {
@@ -144,7 +145,7 @@ impl Class for AdEMAMix {
 
     /// The package's checks, in its order (learning rate, betas, alpha, t_alpha_beta3,
     /// weight decay, eps), then what the package accepts and fails on at the first step (a
-    /// warm-up of 0 steps, or one with a zero beta1 or beta3), and the options not run here.
+    /// warm-up of 0 steps, or one with a zero beta1 or beta3).
     fn validate(&self) -> Result<()> {
         let (b1, b2, b3) = self.betas;
         check_po_lr(self.lr)?;
@@ -162,12 +163,7 @@ impl Class for AdEMAMix {
         }
         check_po_non_negative("weight_decay", self.weight_decay)?;
         check_po_non_negative("eps", self.eps)?;
-        check(!self.cautious, || {
-            unsupported_reduction(Self::NAME, "cautious")
-        })?;
-        check(!self.stable_adamw, || {
-            unsupported_reduction(Self::NAME, "stable_adamw")
-        })
+        Ok(())
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
@@ -176,6 +172,10 @@ impl Class for AdEMAMix {
 
     fn momentum_mut(&mut self) -> Option<&mut f64> {
         Some(&mut self.betas.0)
+    }
+
+    fn switches(&self) -> u32 {
+        u32::from(self.cautious) | u32::from(self.stable_adamw) << 1
     }
 
     fn state_names(&self) -> &'static [&'static str] {
@@ -228,14 +228,31 @@ impl Class for AdEMAMix {
         let [m, v, slow] = state else {
             panic!("AdEMAMix keeps exp_avg, exp_avg_sq and exp_avg_slow");
         };
-        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let g = decay.grad(sign, p, g);
-            m[i] = lerp(m[i], g, one_minus_b1);
-            v[i] = v[i] * beta2 + one_minus_b2 * g * g;
-            slow[i] = lerp(slow[i], g, one_minus_b3);
+        let mut g = Vec::with_capacity(grad.len());
+        for (i, (p, &raw)) in param.iter_mut().zip(grad).enumerate() {
+            let x = decay.grad(sign, p, raw);
+            m[i] = lerp(m[i], x, one_minus_b1);
+            v[i] = v[i] * beta2 + one_minus_b2 * x * x;
+            slow[i] = lerp(slow[i], x, one_minus_b3);
+            g.push(x);
+        }
+        let cautious = self.cautious.then(|| cautious_factor(m, &g));
+        let rms = self.stable_adamw.then(|| stable_adamw_rms(&g, v));
+        for (i, p) in param.iter_mut().enumerate() {
+            let mut first = m[i];
+            if let Some(factor) = cautious {
+                first *= if m[i] * g[i] > F::of(0.0) {
+                    factor
+                } else {
+                    F::of(0.0)
+                };
+            }
             let denom = v[i].sqrt() / bias_correction2_sqrt + eps;
-            let numer = m[i] / bias_correction1 + alpha * slow[i];
-            *p -= lr * (numer / denom);
+            let numer = first / bias_correction1 + alpha * slow[i];
+            *p -= match rms {
+                Some(rms) => lr * (numer / denom / rms),
+                None => lr * (numer / denom),
+            };
         }
     }
 
@@ -256,6 +273,22 @@ impl Class for AdEMAMix {
                 ademamix(None, false, false),
                 ademamix(Some(3.0), true, false),
                 ademamix(Some(2.0), true, true),
+                // Decoupled weight decay: with coupled decay, g + λθ cancels to near 0 at some
+                // of a million random elements, where the mask's sign is decided by rounding
+                // alone.
+                AdEMAMix {
+                    cautious: true,
+                    ..ademamix(None, true, false)
+                },
+                AdEMAMix {
+                    stable_adamw: true,
+                    ..ademamix(Some(3.0), true, false)
+                },
+                AdEMAMix {
+                    cautious: true,
+                    stable_adamw: true,
+                    ..ademamix(None, true, true)
+                },
             ]
         })
     }

@@ -1,6 +1,7 @@
 use super::{
-    Class, FOREACH, Shader, TorchSwitch, WeightDecay, check, check_po_betas, check_po_lr,
-    check_po_non_negative, grad_sign, py_float, with_wd_and_maximize,
+    Class, FOREACH, Shader, Sums, TorchSwitch, WeightDecay, cautious_factor, check, check_po_betas,
+    check_po_lr, check_po_non_negative, grad_sign, py_float, stable_adamw_rms,
+    with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -22,7 +23,9 @@ use serde::{Deserialize, Serialize};
 ///         v ← β2·v + (1 − β2)·g²
 /// ```
 ///
-/// ε is a floor under √v, not an addend. pytorch-optimizer counts steps per parameter group;
+/// ε is a floor under √v, not an addend. `cautious` and `stable_adamw` (the package's
+/// per-parameter path) scale the update per tensor, from per-tensor sums on the GPU
+/// (shaders/sums.wgsl). pytorch-optimizer counts steps per parameter group;
 /// here each tensor keeps the count, and a checkpoint saves it as `<name>.step`. State:
 /// `exp_avg`, `exp_avg_sq`.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
@@ -47,12 +50,13 @@ pub struct ADOPT {
     pub eps: f64,
     /// Maximize the objective instead of minimizing (default false).
     pub maximize: bool,
-    /// The package's masked update, read from the param group (default false). It needs a
-    /// per-tensor sum before any element is stored, which the kernels here do not run yet:
-    /// `true` is an error.
+    /// The package's masked update, read from the param group (default false): `exp_avg`
+    /// where it agrees in sign with the normalized gradient, times `numel / (count + 1)` of
+    /// its tensor, else 0.
     pub cautious: bool,
-    /// The package's per-tensor RMS scaling, read from the param group (default false). It
-    /// needs a per-tensor mean, which the kernels here do not run yet: `true` is an error.
+    /// The package's StableAdamW scaling, read from the param group (default false): the
+    /// update divided by `max(1, √mean(g² / max(v, 1e-16)))` of its tensor, with `v` before
+    /// the step.
     pub stable_adamw: bool,
 }
 
@@ -93,17 +97,10 @@ pub(crate) struct AdoptHyper {
 const SHADER: Shader = Shader {
     file: "adopt.wgsl",
     source: include_str!("../../shaders/adopt.wgsl"),
-    switches: &[],
+    switches: &["CAUTIOUS", "STABLE_ADAMW"],
     hyper_size: size_of::<AdoptHyper>() as u64,
-    sums: false,
+    sums: Sums::Switches(0b11),
 };
-
-/// The error for a pytorch-optimizer option that needs a per-tensor reduction.
-pub(super) fn unsupported_reduction(class: &str, option: &str) -> String {
-    format!(
-        "{class}: {option}=True needs a per-tensor reduction before the update, which wgpu-optim does not run yet"
-    )
-}
 
 impl ADOPT {
     /// How the group's weight decay applies.
@@ -124,7 +121,7 @@ impl Class for ADOPT {
     type Hyper = AdoptHyper;
 
     /// The package's checks, in its order (learning rate, betas, weight decay, eps), then the
-    /// clip exponent and the options not run here.
+    /// clip exponent.
     fn validate(&self) -> Result<()> {
         check_po_lr(self.lr)?;
         check_po_betas(&[self.betas.0, self.betas.1])?;
@@ -138,12 +135,7 @@ impl Class for ADOPT {
                 )
             })?;
         }
-        check(!self.cautious, || {
-            unsupported_reduction(Self::NAME, "cautious")
-        })?;
-        check(!self.stable_adamw, || {
-            unsupported_reduction(Self::NAME, "stable_adamw")
-        })
+        Ok(())
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
@@ -152,6 +144,10 @@ impl Class for ADOPT {
 
     fn momentum_mut(&mut self) -> Option<&mut f64> {
         Some(&mut self.betas.0)
+    }
+
+    fn switches(&self) -> u32 {
+        u32::from(self.cautious) | u32::from(self.stable_adamw) << 1
     }
 
     fn state_names(&self) -> &'static [&'static str] {
@@ -196,19 +192,42 @@ impl Class for ADOPT {
         let [m, v] = state else {
             panic!("ADOPT keeps exp_avg and exp_avg_sq");
         };
-        for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
-            let g = decay.grad(sign, p, g);
-            if t == 1 {
-                v[i] += g * g;
-                continue;
+        let g: Vec<F> = param
+            .iter_mut()
+            .zip(grad)
+            .map(|(p, &g)| decay.grad(sign, p, g))
+            .collect();
+        if t == 1 {
+            for (v, &g) in v.iter_mut().zip(&g) {
+                *v += g * g;
             }
-            let mut n = g / v[i].sqrt().max(eps);
+            return;
+        }
+        let mut n = Vec::with_capacity(g.len());
+        for (i, &g) in g.iter().enumerate() {
+            let mut x = g / v[i].sqrt().max(eps);
             if let Some(c) = clip {
-                n = n.max(-c).min(c);
+                x = x.max(-c).min(c);
             }
-            m[i] = lerp(m[i], n, one_minus_b1);
-            *p -= lr * m[i];
-            v[i] = v[i] * beta2 + one_minus_b2 * g * g;
+            m[i] = lerp(m[i], x, one_minus_b1);
+            n.push(x);
+        }
+        let cautious = self.cautious.then(|| cautious_factor(m, &n));
+        let rms = self.stable_adamw.then(|| stable_adamw_rms(&g, v));
+        for (i, p) in param.iter_mut().enumerate() {
+            let mut step = m[i];
+            if let Some(factor) = cautious {
+                step *= if m[i] * n[i] > F::of(0.0) {
+                    factor
+                } else {
+                    F::of(0.0)
+                };
+            }
+            if let Some(rms) = rms {
+                step /= rms;
+            }
+            *p -= lr * step;
+            v[i] = v[i] * beta2 + one_minus_b2 * g[i] * g[i];
         }
     }
 
@@ -229,6 +248,26 @@ impl Class for ADOPT {
                 adopt(Some(0.25), false, false),
                 adopt(None, true, false),
                 adopt(Some(0.5), true, true),
+                // Decoupled weight decay: with coupled decay, g + λθ cancels to near 0 at some
+                // of a million random elements, where the mask's sign and the RMS's terms are
+                // decided by rounding alone.
+                ADOPT {
+                    cautious: true,
+                    ..adopt(Some(0.25), true, false)
+                },
+                ADOPT {
+                    stable_adamw: true,
+                    ..adopt(None, true, false)
+                },
+                // The RMS of g² over the previous step's v is large in the first steps
+                // (|g₁| is near 0 at some elements): a larger learning rate keeps the steps
+                // large enough for a wrong one to show.
+                ADOPT {
+                    lr: 0.5,
+                    cautious: true,
+                    stable_adamw: true,
+                    ..adopt(Some(0.25), true, true)
+                },
             ]
         })
     }

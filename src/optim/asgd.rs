@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check_non_negative, grad_sign,
+    Class, Shader, Sums, TorchSwitch, UNFUSED, WeightDecay, check_non_negative, grad_sign,
     with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -70,7 +70,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/asgd.wgsl"),
     switches: &[],
     hyper_size: size_of::<AsgdHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 /// `x` rounded to f32, as f64: PyTorch keeps `eta` and `mu` as f32 tensors.

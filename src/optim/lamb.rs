@@ -1,5 +1,5 @@
 use super::{
-    Class, FOREACH, Shader, TorchSwitch, WeightDecay, check, check_po_betas, check_po_lr,
+    Class, FOREACH, Shader, Sums, TorchSwitch, WeightDecay, check, check_po_betas, check_po_lr,
     check_po_non_negative, grad_sign,
 };
 use crate::error::Result;
@@ -121,7 +121,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/lamb.wgsl"),
     switches: &[],
     hyper_size: size_of::<LambHyper>() as u64,
-    sums: true,
+    sums: Sums::Always,
 };
 
 /// The package's clamp of the weight norm (`Lamb.clamp`).

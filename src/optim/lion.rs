@@ -1,4 +1,4 @@
-use super::{Class, Shader, check, py_float};
+use super::{Class, Shader, Sums, check, py_float};
 use crate::error::Result;
 use crate::reference::Real;
 use serde::{Deserialize, Serialize};
@@ -65,7 +65,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/lion.wgsl"),
     switches: &[],
     hyper_size: size_of::<LionHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl Lion {

@@ -79,7 +79,19 @@ pub(crate) struct Shader {
     pub(crate) hyper_size: u64,
     /// Whether the update needs per-tensor sums before any element is written: the shader
     /// then defines `sum_terms` and `apply_sums` (shaders/sums.wgsl).
-    pub(crate) sums: bool,
+    pub(crate) sums: Sums,
+}
+
+/// When a shader's update needs per-tensor sums (shaders/sums.wgsl).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Sums {
+    /// Never: the shader defines no `sum_terms`.
+    Never,
+    /// Every step (Lamb's trust ratio).
+    Always,
+    /// Where one of these bits of [`Shader::switches`] is on (pytorch-optimizer's `cautious`
+    /// and `stable_adamw`).
+    Switches(u32),
 }
 
 impl PartialEq for Shader {
@@ -118,6 +130,15 @@ impl Kernel {
             }
         }
         name
+    }
+
+    /// Whether the kernel's update needs per-tensor sums before the step.
+    pub(crate) fn sums(&self) -> bool {
+        match self.shader.sums {
+            Sums::Never => false,
+            Sums::Always => true,
+            Sums::Switches(bits) => self.switches & bits != 0,
+        }
     }
 
     /// The values of the shader's pipeline-overridable constants.
@@ -858,6 +879,27 @@ pub(crate) fn py_float(x: f64) -> String {
         let sign = if exp < 0 { '-' } else { '+' };
         format!("{mantissa}e{sign}{:02}", exp.abs())
     }
+}
+
+/// pytorch-optimizer's `apply_cautious` factor for a tensor: `numel / (count + 1)`, with
+/// `count` the elements where `update · grad > 0`, in `F` as torch evaluates an int over a
+/// tensor (the reciprocal, times numel).
+pub(crate) fn cautious_factor<F: Real>(update: &[F], grad: &[F]) -> F {
+    let zero = F::of(0.0);
+    let count = update.iter().zip(grad).fold(
+        zero,
+        |n, (&u, &g)| if u * g > zero { n + F::of(1.0) } else { n },
+    );
+    F::of(1.0) / (count + F::of(1.0)) * F::of(update.len() as f64)
+}
+
+/// pytorch-optimizer's `get_stable_adamw_rms` for a tensor: `max(1, √mean(g² / max(v, 1e-16)))`.
+pub(crate) fn stable_adamw_rms<F: Real>(grad: &[F], exp_avg_sq: &[F]) -> F {
+    let sum = grad
+        .iter()
+        .zip(exp_avg_sq)
+        .fold(F::of(0.0), |s, (&g, &v)| s + g * g / v.max(F::of(1e-16)));
+    (sum / F::of(grad.len() as f64)).sqrt().max(F::of(1.0))
 }
 
 /// -1 when maximizing, else 1.

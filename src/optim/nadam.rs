@@ -1,5 +1,5 @@
 use super::{
-    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check_adam_args, check_non_negative,
+    Class, Shader, Sums, TorchSwitch, UNFUSED, WeightDecay, check_adam_args, check_non_negative,
     grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
@@ -81,7 +81,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/nadam.wgsl"),
     switches: &[],
     hyper_size: size_of::<NadamHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl NAdam {

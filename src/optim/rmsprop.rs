@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, UNFUSED, WeightDecay, check_lr_eps, check_non_negative, grad_sign,
-    with_wd_and_maximize,
+    Class, Shader, Sums, TorchSwitch, UNFUSED, WeightDecay, check_lr_eps, check_non_negative,
+    grad_sign, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::{Real, lerp};
@@ -75,7 +75,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/rmsprop.wgsl"),
     switches: &["CENTERED", "MOMENTUM"],
     hyper_size: size_of::<RmspropHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl Class for RMSprop {

@@ -1,6 +1,6 @@
 use super::{
-    Class, Shader, TorchSwitch, UNFUSED, check, check_fits_f32, check_non_negative, grad_sign,
-    py_float,
+    Class, Shader, Sums, TorchSwitch, UNFUSED, check, check_fits_f32, check_non_negative,
+    grad_sign, py_float,
 };
 use crate::error::Result;
 use crate::reference::Real;
@@ -64,7 +64,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/rprop.wgsl"),
     switches: &[],
     hyper_size: size_of::<RpropHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl Class for Rprop {

@@ -1,6 +1,6 @@
 use super::{
-    Class, NOT_CAPTURABLE, Shader, TorchSwitch, WeightDecay, check, check_non_negative, grad_sign,
-    py_float, with_wd_and_maximize,
+    Class, NOT_CAPTURABLE, Shader, Sums, TorchSwitch, WeightDecay, check, check_non_negative,
+    grad_sign, py_float, with_wd_and_maximize,
 };
 use crate::error::Result;
 use crate::reference::Real;
@@ -72,7 +72,7 @@ const SHADER: Shader = Shader {
     source: include_str!("../../shaders/sgd.wgsl"),
     switches: &["MOMENTUM"],
     hyper_size: size_of::<SgdHyper>() as u64,
-    sums: false,
+    sums: Sums::Never,
 };
 
 impl Class for SGD {

@@ -349,7 +349,7 @@ impl Parts<'_> {
             .map(|(p, k)| self.kernels(*k, p.pieces.len(), bits, reduce))
             .collect::<Result<Vec<_>>>()?;
         let sums = match layout.keys.first() {
-            Some((kernel, ..)) if kernel.shader.sums => Some(self.sums_pass(&layout, kernel)?),
+            Some((kernel, ..)) if kernel.sums() => Some(self.sums_pass(&layout, kernel)?),
             _ => None,
         };
         let table_layout = ctx.layout(Layout::Table);
@@ -441,8 +441,7 @@ impl Parts<'_> {
             .then(|| self.ctx.kernel(Pipeline::Reduce(access)))
             .transpose()?;
         let sums = kernel
-            .shader
-            .sums
+            .sums()
             .then(|| self.ctx.kernel(Pipeline::Sums(kernel, access, grad, bits)))
             .transpose()?;
         Ok((step, reduce, sums))

@@ -212,6 +212,9 @@ CASES = [
       "fixed_decay": True}),
     ("adopt_betas_eps_maximize",
      {"type": "ADOPT", "lr": 0.01, "betas": [0.8, 0.99], "eps": 0.1, "maximize": True}),
+    # cautious and stable_adamw take the package's per-parameter path.
+    ("adopt_cautious", {"type": "ADOPT", "lr": 0.01, "cautious": True}),
+    ("adopt_stable_adamw", {"type": "ADOPT", "lr": 0.01, "stable_adamw": True}),
     # --- AdEMAMix (pytorch-optimizer; default betas (0.9, 0.999, 0.9999), alpha 5, eps 1e-8) ---
     ("ademamix", {"type": "AdEMAMix", "lr": 0.01}),
     ("ademamix_betas_alpha", {"type": "AdEMAMix", "lr": 0.01, "betas": [0.8, 0.99, 0.95],
@@ -225,6 +228,8 @@ CASES = [
      {"type": "AdEMAMix", "lr": 0.01, "weight_decay": 0.01, "weight_decouple": True,
       "fixed_decay": True, "eps": 1e-3}),
     ("ademamix_maximize", {"type": "AdEMAMix", "lr": 0.01, "maximize": True}),
+    ("ademamix_cautious", {"type": "AdEMAMix", "lr": 0.01, "cautious": True}),
+    ("ademamix_stable_adamw", {"type": "AdEMAMix", "lr": 0.01, "stable_adamw": True}),
     # --- AdamWScheduleFree (schedulefree; default lr is 0.0025, weight_lr_power 2) ---
     ("adamw_schedulefree", {"type": "AdamWScheduleFree", "lr": 0.01}),
     ("adamw_schedulefree_wd", {"type": "AdamWScheduleFree", "lr": 0.01, "weight_decay": 0.1}),
