@@ -297,6 +297,33 @@ fn stable_adamw_rms(sum: f32, numel: f32) -> f32 {
     return max(sqrt(sum / numel), 1.0);
 }
 
+// RAdam's rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t) (Lamb's n_sma), with d = -ln(beta2).
+// Where t d <= 1 the two terms nearly cancel, so it is summed as the series
+// t + sum_k a_k (d^(2k-1) - t (t d)^(2k-1)) (from the Bernoulli expansion of y / (e^y - 1)),
+// which is accurate to f32 rounding there.
+fn rho_t(t: f32, d: f32, rho_inf: f32) -> f32 {
+    let y = t * d;
+    if y <= 1.0 {
+        let d2 = d * d;
+        let y2 = y * y;
+        let d3 = d * d2;
+        let y3 = y * y2;
+        let d5 = d3 * d2;
+        let y5 = y3 * y2;
+        let d7 = d5 * d2;
+        let y7 = y5 * y2;
+        let d9 = d7 * d2;
+        let y9 = y7 * y2;
+        var rho = t + (d - t * y) / 6.0;
+        rho -= (d3 - t * y3) / 360.0;
+        rho += (d5 - t * y5) / 15120.0;
+        rho -= (d7 - t * y7) / 604800.0;
+        rho += (d9 - t * y9) / 23950080.0;
+        return rho;
+    }
+    return rho_inf - 2.0 * t * exp(-y) / one_minus_exp(-y);
+}
+
 // 1 - e^x for x <= 0, accurate to a few ulp: a Taylor series where 1 - e^x would cancel, and
 // `exp` elsewhere (where e^x <= 1/2). Used for bias corrections 1 - beta^t = -expm1(t ln beta),
 // with ln beta computed in f64 on the host.

@@ -24,6 +24,17 @@ struct Hyper {
     trust: u32,
     // 1 unless `adam_debias`: the step size is divided by 1 - beta1^t
     debias: u32,
+    // 1 with `rectify`: RAdam's step size, on the package's per-parameter path
+    rectify: u32,
+    // with `rectify`, 1 with `degenerated_to_sgd`
+    degenerated: u32,
+    n_sma_threshold: f32,
+    // -ln(beta2), and 2 / (1 - beta2) - 1, for n_sma
+    neg_ln_beta2: f32,
+    n_sma_max: f32,
+    _pad0: f32,
+    _pad1: f32,
+    _pad2: f32,
 }
 
 // One tensor's values for one step.
@@ -41,12 +52,44 @@ struct Coeffs {
     use_trust: u32,
     // min(|p|, 10) / (|u| + eps), from the tensor's sums (`apply_sums`); 1 before
     trust: f32,
+    // With `rectify`: 0 without, 1 for the adaptive step (n_sma >= threshold), 2 for the SGD
+    // step, 3 for no step (the step size is not positive)
+    rectified: u32,
+}
+
+// The package's `get_rectify_step_size`: RAdam's rectification, folding in the bias correction
+// of the second moment, where n_sma reaches the threshold; else 1 with `degenerated_to_sgd`,
+// else -1 (no step).
+fn rectified(h: Hyper, steps: f32) -> vec2<f32> {
+    let n_sma = rho_t(steps, h.neg_ln_beta2, h.n_sma_max);
+    if n_sma >= h.n_sma_threshold {
+        let r = h.n_sma_max;
+        let bias_correction2 = one_minus_exp(-steps * h.neg_ln_beta2);
+        let rt = sqrt(
+            bias_correction2 * (n_sma - 4.0) / (r - 4.0) * (n_sma - 2.0) / n_sma * r / (r - 2.0),
+        );
+        return vec2<f32>(rt, 1.0);
+    }
+    if h.degenerated != 0u {
+        return vec2<f32>(1.0, 2.0);
+    }
+    return vec2<f32>(-1.0, 3.0);
 }
 
 fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
+    let steps = f32(t);
     var step_size = h.lr;
+    var mode = 0u;
+    if h.rectify != 0u {
+        let r = rectified(h, steps);
+        step_size = h.lr * r.x;
+        mode = u32(r.y);
+    }
     if h.debias != 0u {
-        step_size = h.lr / one_minus_exp(f32(t) * h.ln_beta1);
+        step_size = step_size / one_minus_exp(steps * h.ln_beta1);
+    }
+    if mode != 0u && step_size <= 0.0 {
+        mode = 3u;
     }
     return Coeffs(
         -step_size,
@@ -60,6 +103,7 @@ fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
         h.grad_sign,
         h.trust,
         1.0,
+        mode,
     );
 }
 
@@ -80,10 +124,29 @@ fn direction(u: ptr<function, Unit>) -> V {
     return d;
 }
 
-// The squares of the decayed parameter and of the direction, for their norms.
+// With `rectify`, the step's direction after the moments and the decay: exp_avg over
+// (sqrt(exp_avg_sq) + eps) for the adaptive step, exp_avg for the SGD step.
+fn rectified_direction(u: ptr<function, Unit>) -> V {
+    let c = (*u).c;
+    // The moments and the decay (the rectified path adds no coupled weight decay).
+    _ = direction(u);
+    if c.rectified == 1u {
+        return (*u).s[0] / (sqrt((*u).s[1]) + c.eps);
+    }
+    return (*u).s[0];
+}
+
+// The squares of the decayed parameter and of the update the trust ratio measures: the
+// direction, or with `rectify`, the parameter the step would give.
 fn sum_terms(u: ptr<function, Unit>) -> Terms {
-    let d = direction(u);
+    let c = (*u).c;
     let zero = splat(0.0);
+    if c.rectified != 0u {
+        let q = rectified_direction(u);
+        let moved = (*u).p + c.neg_step_size * q;
+        return Terms((*u).p * (*u).p, moved * moved, zero, zero);
+    }
+    let d = direction(u);
     return Terms((*u).p * (*u).p, d * d, zero, zero);
 }
 
@@ -100,6 +163,19 @@ fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
 
 fn update(u: ptr<function, Unit>) {
     let c = (*u).c;
+    if c.rectified != 0u {
+        let q = rectified_direction(u);
+        if c.rectified == 3u {
+            return;
+        }
+        // The package forms the step's factor first, as a scalar.
+        var a = c.neg_step_size;
+        if c.use_trust != 0u {
+            a = a * c.trust;
+        }
+        (*u).p = (*u).p + a * q;
+        return;
+    }
     var d = direction(u);
     if c.use_trust != 0u {
         d = d * c.trust;

@@ -42,39 +42,13 @@ struct Coeffs {
     grad_sign: f32,
 }
 
-// rho_t = rho_inf - 2 t beta2^t / (1 - beta2^t), with d = -ln(beta2). Where t d <= 1 the two
-// terms nearly cancel, so it is summed as the series t + sum_k a_k (d^(2k-1) - t (t d)^(2k-1))
-// (from the Bernoulli expansion of y / (e^y - 1)), which is accurate to f32 rounding there.
-fn radam_rho(t: f32, d: f32, rho_inf: f32) -> f32 {
-    let y = t * d;
-    if y <= 1.0 {
-        let d2 = d * d;
-        let y2 = y * y;
-        let d3 = d * d2;
-        let y3 = y * y2;
-        let d5 = d3 * d2;
-        let y5 = y3 * y2;
-        let d7 = d5 * d2;
-        let y7 = y5 * y2;
-        let d9 = d7 * d2;
-        let y9 = y7 * y2;
-        var rho = t + (d - t * y) / 6.0;
-        rho -= (d3 - t * y3) / 360.0;
-        rho += (d5 - t * y5) / 15120.0;
-        rho -= (d7 - t * y7) / 604800.0;
-        rho += (d9 - t * y9) / 23950080.0;
-        return rho;
-    }
-    return rho_inf - 2.0 * t * exp(-y) / one_minus_exp(-y);
-}
-
 fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     let steps = f32(t);
-    let rho_t = radam_rho(steps, h.neg_ln_beta2, h.rho_inf);
+    let rho = rho_t(steps, h.neg_ln_beta2, h.rho_inf);
     var rect = 0.0;
-    if rho_t > 5.0 {
+    if rho > 5.0 {
         let r = h.rho_inf;
-        rect = sqrt((rho_t - 4.0) * (rho_t - 2.0) * r / ((r - 4.0) * (r - 2.0) * rho_t));
+        rect = sqrt((rho - 4.0) * (rho - 2.0) * r / ((r - 4.0) * (r - 2.0) * rho));
     }
     return Coeffs(
         h.lr,

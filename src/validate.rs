@@ -1517,7 +1517,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 156);
+        assert_eq!(configs.len(), 158);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }

@@ -562,11 +562,11 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
         ),
         (
             Lamb {
-                rectify: true,
+                adanorm: true,
                 ..Default::default()
             }
             .into(),
-            "Lamb: rectify=True (the package's per-parameter path) is not implemented in wgpu-optim yet",
+            "Lamb: adanorm=True (a running norm of each gradient) is not implemented in wgpu-optim yet",
         ),
         (
             Lamb {

@@ -28,9 +28,13 @@ use serde::{Deserialize, Serialize};
 /// here each tensor keeps the count. State: `exp_avg`, `exp_avg_sq` (the package's per-step
 /// diagnostics `weight_norm`, `adam_norm` and `trust_ratio` are not kept).
 ///
-/// The package's per-parameter path (`rectify`, with `degenerated_to_sgd` and
-/// `n_sma_threshold`, and the `adanorm` keyword) and `pre_norm` (a norm over every gradient of
-/// every group) are not implemented here yet: turning them on is an error.
+/// With `rectify` (the package's per-parameter path), the step size is RAdam's rectified one,
+/// `lr·rₜ/(1 − β1ᵗ)` where `n_sma` reaches `n_sma_threshold`, with the step `m/(√v + ε)`;
+/// below it, with `degenerated_to_sgd`, `lr/(1 − β1ᵗ)` with the step `m`, else no step (the
+/// moments and the decay still move). The trust ratio then measures the parameter the step
+/// would give, `‖θ − step_size·q‖`, and the coupled weight decay is dropped, as the package
+/// does. The `adanorm` keyword and `pre_norm` (a norm over every gradient of every group) are
+/// not implemented here yet: turning them on is an error.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Lamb {
@@ -44,8 +48,7 @@ pub struct Lamb {
     pub weight_decouple: bool,
     /// Decoupled decay by `λ`, not `lr·λ` (default false).
     pub fixed_decay: bool,
-    /// RAdam's rectification, on the package's per-parameter path (default false): not
-    /// implemented here, an error when true.
+    /// RAdam's rectification, the package's per-parameter path (default false).
     pub rectify: bool,
     /// With `rectify`, an SGD step below the threshold (default false).
     pub degenerated_to_sgd: bool,
@@ -114,6 +117,12 @@ pub(crate) struct LambHyper {
     grad_sign: f32,
     trust: u32,
     debias: u32,
+    rectify: u32,
+    degenerated: u32,
+    n_sma_threshold: f32,
+    neg_ln_beta2: f32,
+    n_sma_max: f32,
+    _pad: [f32; 3],
 }
 
 const SHADER: Shader = Shader {
@@ -129,14 +138,73 @@ const WEIGHT_NORM_CLAMP: f64 = 10.0;
 
 impl Lamb {
     /// The parameter's decay factor (decoupled), and the weight of `θ` added to the update
-    /// (coupled, only where λ > 0, as the package checks).
+    /// (coupled, only where λ > 0, as the package checks; the rectified path drops it).
     fn decay_rule(&self) -> (f64, f64) {
-        if self.weight_decouple {
+        if self.rectify && !self.weight_decouple {
+            (1.0, 0.0)
+        } else if self.weight_decouple {
             let rule =
                 WeightDecay::pytorch_optimizer(self.lr, self.weight_decay, true, self.fixed_decay);
             (rule.hyper().1.into(), 0.0)
         } else {
             (1.0, self.weight_decay.max(0.0))
+        }
+    }
+
+    /// With `rectify`, the package's `get_rectify_step_size` at step `t`: the factor of the
+    /// learning rate (RAdam's rectification, 1 for an SGD step, -1 for none) and whether the
+    /// step is adaptive (n_sma at the threshold or above).
+    fn rectified(&self, t: f64) -> (f64, bool) {
+        let b2 = self.betas.1;
+        let n_sma_max = 2.0 / (1.0 - b2) - 1.0;
+        let b2t = b2.powf(t);
+        let n_sma = n_sma_max - 2.0 * t * b2t / (1.0 - b2t);
+        if n_sma >= f64::from(self.n_sma_threshold) {
+            let rt = ((1.0 - b2t) * (n_sma - 4.0) / (n_sma_max - 4.0) * (n_sma - 2.0) / n_sma
+                * n_sma_max
+                / (n_sma_max - 2.0))
+                .sqrt();
+            (rt, true)
+        } else if self.degenerated_to_sgd {
+            (1.0, false)
+        } else {
+            (-1.0, false)
+        }
+    }
+
+    /// The trust ratio `min(‖θ‖, 10) / (‖u‖ + ε)`, 1 where either norm is 0.
+    fn trust<F: Real>(&self, param: &[F], update: &[F]) -> F {
+        let norm = |x: &[F]| x.iter().fold(F::of(0.0), |acc, &a| acc + a * a).sqrt();
+        let weight_norm = norm(param).min(F::of(WEIGHT_NORM_CLAMP));
+        let update_norm = norm(update);
+        let zero = F::of(0.0);
+        if weight_norm != zero && update_norm != zero {
+            weight_norm / (update_norm + F::of(self.eps))
+        } else {
+            F::of(1.0)
+        }
+    }
+
+    /// The package's rectified step (its per-parameter path): nothing where the step size is
+    /// not positive; else the trust ratio of the parameter the step would give, and the step
+    /// `θ ← θ + a·q` with `a = −step_size·trust` formed first.
+    fn rectified_step<F: Real>(&self, param: &mut [F], direction: &[F], step_size: F) {
+        if step_size <= F::of(0.0) {
+            return;
+        }
+        let neg_step_size = F::of(0.0) - step_size;
+        let moved: Vec<F> = param
+            .iter()
+            .zip(direction)
+            .map(|(&p, &q)| p + neg_step_size * q)
+            .collect();
+        let a = if self.adam {
+            neg_step_size
+        } else {
+            neg_step_size * self.trust(param, &moved)
+        };
+        for (p, &q) in param.iter_mut().zip(direction) {
+            *p += a * q;
         }
     }
 
@@ -166,12 +234,8 @@ impl Class for Lamb {
         check_po_non_negative("eps", self.eps)?;
         for (on, what) in [
             (
-                self.rectify,
-                "rectify=True (the package's per-parameter path)",
-            ),
-            (
                 self.adanorm,
-                "adanorm=True (the package's per-parameter path)",
+                "adanorm=True (a running norm of each gradient)",
             ),
             (
                 self.pre_norm,
@@ -213,6 +277,12 @@ impl Class for Lamb {
             grad_sign: grad_sign(self.maximize),
             trust: u32::from(!self.adam),
             debias: u32::from(!self.adam_debias),
+            rectify: u32::from(self.rectify),
+            degenerated: u32::from(self.degenerated_to_sgd),
+            n_sma_threshold: self.n_sma_threshold as f32,
+            neg_ln_beta2: -b2.ln().max(-87.0) as f32,
+            n_sma_max: (2.0 / (1.0 - b2) - 1.0) as f32,
+            _pad: [0.0; 3],
         }
     }
 
@@ -225,10 +295,15 @@ impl Class for Lamb {
         _scalars: &mut [F],
     ) {
         let (b1, b2) = self.betas;
-        let step_size = if self.adam_debias {
-            self.lr
+        let (rt, adaptive) = if self.rectify {
+            self.rectified(t as f64)
         } else {
-            self.lr / (1.0 - b1.powf(t as f64))
+            (1.0, true)
+        };
+        let step_size = if self.adam_debias {
+            self.lr * rt
+        } else {
+            self.lr * rt / (1.0 - b1.powf(t as f64))
         };
         let (decay, weight_decay) = self.decay_rule();
         let (beta1, beta3) = (F::of(b1), F::of(self.beta3()));
@@ -249,20 +324,23 @@ impl Class for Lamb {
             }
             m[i] = m[i] * beta1 + beta3 * g;
             v[i] = v[i] * beta2 + one_minus_b2 * g * g;
-            update[i] = one / (v[i].sqrt() + eps) * m[i];
-            if weight_decay != 0.0 {
-                update[i] += F::of(weight_decay) * *p;
-            }
+            update[i] = if !self.rectify {
+                let mut u = one / (v[i].sqrt() + eps) * m[i];
+                if weight_decay != 0.0 {
+                    u += F::of(weight_decay) * *p;
+                }
+                u
+            } else if adaptive {
+                m[i] / (v[i].sqrt() + eps)
+            } else {
+                m[i]
+            };
         }
-        let norm = |x: &[F]| x.iter().fold(F::of(0.0), |acc, &a| acc + a * a).sqrt();
-        let weight_norm = norm(param).min(F::of(WEIGHT_NORM_CLAMP));
-        let update_norm = norm(&update);
-        let zero = F::of(0.0);
-        let trust = if weight_norm != zero && update_norm != zero {
-            weight_norm / (update_norm + eps)
-        } else {
-            one
-        };
+        if self.rectify {
+            self.rectified_step(param, &update, F::of(step_size));
+            return;
+        }
+        let trust = self.trust(param, &update);
         let neg_step_size = F::of(-step_size);
         for (p, u) in param.iter_mut().zip(update) {
             let u = if self.adam { u } else { u * trust };
@@ -301,6 +379,15 @@ impl Class for Lamb {
             adam: true,
             ..base
         });
+        // Steps 1 to 5 below the threshold: no step, or SGD steps; rectified from step 6.
+        for degenerated_to_sgd in [false, true] {
+            out.push(Lamb {
+                rectify: true,
+                degenerated_to_sgd,
+                weight_decay: 0.1,
+                ..base
+            });
+        }
         out
     }
 

@@ -198,6 +198,12 @@ CASES = [
     ("lamb_adam", {"type": "Lamb", "lr": 0.001, "adam": True}),
     ("lamb_betas", {"type": "Lamb", "lr": 0.01, "betas": [0.8, 0.99]}),
     ("lamb_eps_maximize", {"type": "Lamb", "lr": 0.01, "eps": 1e-2, "maximize": True}),
+    # rectify takes the package's per-parameter path: no step before n_sma reaches the
+    # threshold (steps 1-5), or SGD steps with degenerated_to_sgd (steps 1-8 at threshold 8).
+    ("lamb_rectify", {"type": "Lamb", "lr": 0.1, "rectify": True}),
+    ("lamb_rectify_sgd_wd",
+     {"type": "Lamb", "lr": 0.01, "rectify": True, "degenerated_to_sgd": True,
+      "n_sma_threshold": 8, "weight_decay": 0.1}),
     ("lamb_adam_debias_wd_coupled",
      {"type": "Lamb", "lr": 0.01, "adam_debias": True, "weight_decay": 0.05,
       "weight_decouple": False}),
