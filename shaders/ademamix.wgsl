@@ -100,14 +100,7 @@ fn move_averages(u: ptr<function, Unit>) -> V {
 // the element count.
 fn sum_terms(u: ptr<function, Unit>) -> Terms {
     let g = move_averages(u);
-    let one = splat(1.0);
-    let zero = splat(0.0);
-    return Terms(
-        select(zero, one, (*u).s[0] * g > zero),
-        g * g / max((*u).s[1], splat(1e-16)),
-        one,
-        zero,
-    );
+    return cautious_terms((*u).s[0], g, g, (*u).s[1]);
 }
 
 fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
@@ -122,7 +115,7 @@ fn update(u: ptr<function, Unit>) {
     let g = move_averages(u);
     var m = (*u).s[0];
     if CAUTIOUS {
-        m = m * select(splat(0.0), splat(c.cautious_factor), m * g > splat(0.0));
+        m = cautious_mask(m, g, c.cautious_factor);
     }
     let denom = sqrt((*u).s[1]) / c.bias_correction2_sqrt + c.eps;
     let numer = m / c.bias_correction1 + c.alpha * (*u).s[2];

@@ -92,14 +92,7 @@ fn move_average(u: ptr<function, Unit>) -> Moved {
 fn sum_terms(u: ptr<function, Unit>) -> Terms {
     let v = (*u).s[1];
     let moved = move_average(u);
-    let one = splat(1.0);
-    let zero = splat(0.0);
-    return Terms(
-        select(zero, one, (*u).s[0] * moved.n > zero),
-        moved.g * moved.g / max(v, splat(1e-16)),
-        one,
-        zero,
-    );
+    return cautious_terms((*u).s[0], moved.n, moved.g, v);
 }
 
 fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
@@ -119,7 +112,7 @@ fn update(u: ptr<function, Unit>) {
     let moved = move_average(u);
     var step = (*u).s[0];
     if CAUTIOUS {
-        step = step * select(splat(0.0), splat(c.cautious_factor), step * moved.n > splat(0.0));
+        step = cautious_mask(step, moved.n, c.cautious_factor);
     }
     if STABLE_ADAMW {
         step = step / c.rms;

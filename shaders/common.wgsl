@@ -285,6 +285,20 @@ fn torch_lerp(start: V, end: V, weight: f32) -> V {
     return select(end - d * (1.0 - weight), start + weight * d, abs(weight) < 0.5);
 }
 
+// The per-element terms of pytorch-optimizer's `cautious` and `stable_adamw` sums: where
+// `update` agrees in sign with `agree`, g² / max(v, 1e-16), and 1 (the element count).
+fn cautious_terms(update: V, agree: V, g: V, v: V) -> Terms {
+    let one = splat(1.0);
+    let zero = splat(0.0);
+    return Terms(select(zero, one, update * agree > zero), g * g / max(v, splat(1e-16)), one, zero);
+}
+
+// pytorch-optimizer's `apply_cautious`: `update` where it agrees in sign with `agree`, times the
+// tensor's factor, else 0.
+fn cautious_mask(update: V, agree: V, factor: f32) -> V {
+    return update * select(splat(0.0), splat(factor), update * agree > splat(0.0));
+}
+
 // pytorch-optimizer's `apply_cautious` factor, numel / (count + 1), as torch evaluates an int
 // over a tensor: the reciprocal, times numel.
 fn cautious_factor(count: f32, numel: f32) -> f32 {
