@@ -145,7 +145,7 @@ impl Lamb {
         } else if self.weight_decouple {
             let rule =
                 WeightDecay::pytorch_optimizer(self.lr, self.weight_decay, true, self.fixed_decay);
-            (rule.hyper().1.into(), 0.0)
+            (rule.decay, 0.0)
         } else {
             (1.0, self.weight_decay.max(0.0))
         }
