@@ -11,9 +11,10 @@ mod common;
 
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
-    ADOPT, ASGD, Access, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, Adamax, BufferRange, ClipGrad,
-    Context, Error, GradScaler, GradScalerState, Lamb, Lion, NAdam, NormType, Optimizer,
-    OptimizerConfig, ParamGroup, RAdam, RMSprop, Rprop, SGD, Tensor, TensorState, reference,
+    ADOPT, ASGD, Access, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax,
+    BufferRange, ClipGrad, Context, Error, GradScaler, GradScalerState, Lamb, Lion, NAdam,
+    NormType, Optimizer, OptimizerConfig, ParamGroup, RAdam, RMSprop, Rprop, SGD, Tensor,
+    TensorState, reference,
 };
 
 /// Asserts that `result` is an error matching `pattern`, and returns the error.
@@ -543,6 +544,23 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             }
             .into(),
             "clip_lambda must be null or a finite exponent, not inf",
+        ),
+        (
+            AdamWScheduleFree {
+                r: 1e30,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid r, weight_lr_power and lr (1e+30, 2.0, 0.0025): the average's weights (k+1)**r * lr**weight_lr_power would pass float32's range",
+        ),
+        (
+            AdamWScheduleFree {
+                lr: 0.0,
+                weight_lr_power: -1.0,
+                ..Default::default()
+            }
+            .into(),
+            "Invalid r, weight_lr_power and lr (0.0, -1.0, 0.0): the average's weights (k+1)**r * lr**weight_lr_power would pass float32's range",
         ),
         (
             Lamb {

@@ -135,7 +135,29 @@ impl Class for AdamWScheduleFree {
                 format!("Invalid {name} value: {}", py_float(x))
             })?;
         }
-        Ok(())
+        // The average's weights (k + 1)^r · lr^weight_lr_power, and their sum over every step
+        // a tensor can count, are f32 on the GPU: where they would pass its range the average
+        // would be NaN (schedulefree, in float64, fails at the step: 0 ** a negative power
+        // raises ZeroDivisionError, a weight past float64's range OverflowError).
+        let steps = (crate::MAX_STEP as f64).ln();
+        let ln_lr = if self.lr > 0.0 {
+            self.lr.ln() * self.weight_lr_power
+        } else if self.weight_lr_power < 0.0 {
+            f64::INFINITY
+        } else {
+            f64::NEG_INFINITY
+        };
+        check(
+            self.r.max(0.0) * steps + ln_lr + steps < f64::from(f32::MAX).ln(),
+            || {
+                format!(
+                    "Invalid r, weight_lr_power and lr ({}, {}, {}): the average's weights (k+1)**r * lr**weight_lr_power would pass float32's range",
+                    py_float(self.r),
+                    py_float(self.weight_lr_power),
+                    py_float(self.lr)
+                )
+            },
+        )
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
