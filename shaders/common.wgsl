@@ -61,6 +61,11 @@ struct Unit {
     g: V,
     // The state buffers, in the order the optimizer names them.
     s: array<V, MAX_STATES>,
+    // The unit's segment, and the unit's index in it: its lanes are [index * LANES,
+    // index * LANES + LANES) counted from lane 0 of the segment's first unit (for an update
+    // that depends on where in its tensor an element is: Adafactor's factors).
+    seg: Segment,
+    index: u32,
 }
 
 // Up to four per-element terms of the per-tensor sums that some optimizers' updates need
@@ -128,6 +133,8 @@ fn step_units(wid: vec3<u32>, lid: u32) {
         let s = seg.state_offset + i;
         var u: Unit;
         u.c = c;
+        u.seg = seg;
+        u.index = i;
         u.p = param_unit(p);
         u.g = prepare_grad(grad_unit(seg.grad_offset + i));
         load_states(&u, s, stride);
@@ -169,6 +176,8 @@ fn step_edge(wid: vec3<u32>, lid: u32) {
     let stride = table.state_stride;
     var u: Unit;
     u.c = derived.tensors[site.segment.tensor];
+    u.seg = site.segment;
+    u.index = site.index;
     var p = splat(0.0);
     var g = splat(0.0);
     for (var k = site.lo; k < site.hi; k++) {

@@ -32,6 +32,8 @@ fn sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if site.lo < site.hi {
         var u: Unit;
         u.c = derived.tensors[segment.tensor];
+        u.seg = segment;
+        u.index = site.index;
         u.p = param_unit(site.p);
         u.g = prepare_grad(grad_unit(site.g));
         load_states(&u, site.s, table.state_stride);

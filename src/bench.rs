@@ -61,20 +61,43 @@ pub struct KernelCase {
     /// (shaders/bench/minimal_adam.wgsl, Adam only). Timed beside Adam's step, it shows what
     /// the kernel template costs.
     pub minimal: bool,
+    /// The tensor is a matrix as near square as its length allows ([`matrix_shape`]), not a
+    /// vector: Adafactor then runs its factored kernel.
+    pub matrix: bool,
 }
 
-/// Bytes read plus bytes written per element by one step of `config`'s kernel: the parameter is
-/// read and written, the gradient read, and each state buffer read and written, 4 bytes each.
-/// Where the update needs per-tensor sums (Lamb), their pass reads the parameter, the gradient
-/// and each state buffer once more.
+/// The shape of a benchmarked matrix of `elements` elements: `[rows, elements / rows]` with
+/// `rows` the largest divisor at most the square root.
+pub fn matrix_shape(elements: u64) -> [usize; 2] {
+    let n = elements as usize;
+    let rows = (1..=n.isqrt())
+        .rev()
+        .find(|&d| n.is_multiple_of(d))
+        .unwrap_or(1);
+    [rows, n / rows]
+}
+
+/// Bytes read plus bytes written per element by one step of `config`'s kernel on a vector: the
+/// parameter is read and written, the gradient read, and each state buffer read and written, 4
+/// bytes each. Where the update needs per-tensor sums (Lamb), their pass reads the parameter,
+/// the gradient and each state buffer once more.
 pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
-    let states = config.state_names().len() as u64;
-    let sums = if config.kernel().sums() {
-        8 + 4 * states
+    bytes_per_element_of(config, false)
+}
+
+/// [`bytes_per_element`] on a matrix (`matrix`) or a vector. A kernel of factored state
+/// (Adafactor's on a matrix) keeps no state per element, and its factor pass reads the
+/// gradient once more; the factors themselves, a row and a column per matrix, are not counted.
+pub fn bytes_per_element_of(config: &OptimizerConfig, matrix: bool) -> u64 {
+    let kernel = if matrix {
+        config.kernel_for(&[2, 2])
     } else {
-        0
+        config.kernel()
     };
-    12 + 8 * states + sums
+    let states = u64::from(kernel.states);
+    let sums = if kernel.sums() { 8 + 4 * states } else { 0 };
+    let factors = if kernel.factored() { 4 } else { 0 };
+    12 + 8 * states + sums + factors
 }
 
 /// [`bytes_per_element`] of a step that also clips and scales: clipping by norm and a grad
@@ -94,13 +117,14 @@ pub fn bytes_per_element_with(
 pub fn kernel_cases() -> Vec<KernelCase> {
     let mut cases: Vec<KernelCase> = OptimizerConfig::all_bench_cases()
         .into_iter()
-        .map(|(name, config)| KernelCase {
+        .map(|(name, config, matrix)| KernelCase {
             name,
             config,
             clip: None,
             grad_scaler: None,
-            bytes_per_element: bytes_per_element(&config),
+            bytes_per_element: bytes_per_element_of(&config, matrix),
             minimal: false,
+            matrix,
         })
         .collect();
     let adam: OptimizerConfig = Adam::default().into();
@@ -111,6 +135,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         grad_scaler: None,
         bytes_per_element: bytes_per_element(&adam),
         minimal: true,
+        matrix: false,
     });
     let clip = Some(ClipGrad::norm(1.0));
     let scaler = Some(GradScaler::default());
@@ -126,6 +151,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             grad_scaler,
             bytes_per_element: bytes_per_element_with(&adam, clip, grad_scaler),
             minimal: false,
+            matrix: false,
         });
     }
     cases
@@ -515,7 +541,12 @@ impl Workload {
             let work = Work::Minimal(minimal::MinimalAdam::new(ctx, elements)?);
             return Self::with_work(ctx, work, case.bytes_per_element.saturating_mul(elements));
         }
-        let mut work = Self::tensors(ctx, case.config, &[elements])?;
+        let shape = if case.matrix {
+            matrix_shape(elements).to_vec()
+        } else {
+            vec![elements as usize]
+        };
+        let mut work = Self::shaped(ctx, case.config, &[elements], &[shape], 1)?;
         if let Work::Step { optimizer, .. } = &mut work.work {
             optimizer.set_clip_grad(case.clip)?;
             optimizer.set_grad_scaler(case.grad_scaler)?;
@@ -539,6 +570,18 @@ impl Workload {
         ctx: &Context,
         config: OptimizerConfig,
         lens: &[u64],
+        pool: usize,
+    ) -> Result<Self> {
+        let shapes: Vec<Vec<usize>> = lens.iter().map(|&n| vec![n as usize]).collect();
+        Self::shaped(ctx, config, lens, &shapes, pool)
+    }
+
+    /// [`tensors_in`](Self::tensors_in) with each tensor's shape.
+    fn shaped(
+        ctx: &Context,
+        config: OptimizerConfig,
+        lens: &[u64],
+        shapes: &[Vec<usize>],
         pool: usize,
     ) -> Result<Self> {
         config.validate()?;
@@ -565,11 +608,13 @@ impl Workload {
         let tensors: Vec<Tensor<'_>> = offsets
             .iter()
             .zip(lens)
-            .map(|(&at, &len)| {
+            .zip(shapes)
+            .map(|((&at, &len), shape)| {
                 Tensor::new(
                     BufferRange::new(&params, 4 * at, len),
                     BufferRange::new(&grads[0], 4 * at, len),
                 )
+                .with_shape(shape)
             })
             .collect();
         let optimizer = Box::new(Optimizer::new(ctx, config, &tensors)?);
@@ -964,6 +1009,8 @@ mod tests {
             ("rprop", 28),
             ("nadam", 28),
             ("asgd", 20),
+            ("adafactor", 32),
+            ("adafactor-factored", 24),
             ("lion", 20),
             ("adopt", 28),
             ("ademamix", 36),

@@ -18,8 +18,8 @@ pub use amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
 pub use error::{Error, Result};
 pub use gpu::{Access, Context};
 pub use optim::{
-    ADOPT, ASGD, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax, Lamb, Lion,
-    NAdam, OptimizerConfig, RAdam, RMSprop, Rprop, SGD,
+    ADOPT, ASGD, AdEMAMix, Adadelta, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax,
+    Lamb, Lion, NAdam, OptimizerConfig, RAdam, RMSprop, Rprop, SGD,
 };
 pub use optimizer::checkpoint;
 pub use optimizer::{

@@ -4,7 +4,7 @@ use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport, sp
 use crate::error::{Error, Result};
 use crate::gpu::plan;
 use crate::gpu::template::{
-    COEFFS_STRIDE, CONTROL_HEADER, MAX_SCALARS, SCALAR_WORD, STEP_HEADER_SIZE, StepConfig,
+    COEFFS_STRIDE, CONTROL_HEADER, Factors, MAX_SCALARS, SCALAR_WORD, STEP_HEADER_SIZE, StepConfig,
     TENSOR_STEP_SIZE, flags,
 };
 use crate::gpu::{Access, CompiledKernel, Context, EDGES, GradAccess, Pipeline, SINGLE, scoped};
@@ -150,6 +150,9 @@ struct TensorMeta {
     lane: u64,
     /// Where its state lives, in order; fixed for the optimizer's lifetime.
     pieces: Vec<plan::StatePiece>,
+    /// For a tensor whose state is factored, the shape of its factors (its one piece's
+    /// `state_offset` is where its factor region starts).
+    factors: Option<Factors>,
 }
 
 impl TensorMeta {
@@ -435,7 +438,11 @@ impl Optimizer {
         let mut metas = Vec::with_capacity(all.len());
         let mut state_spans = Vec::with_capacity(all.len());
         for (i, (g, t)) in all.iter().enumerate() {
-            let kernel = groups[*g].config.kernel();
+            let shape = t
+                .shape
+                .map_or_else(|| vec![t.param.len as usize], <[usize]>::to_vec);
+            let kernel = groups[*g].config.kernel_for(&shape);
+            let factors = kernel.factored().then(|| Factors::of(&shape));
             let access = access_for(ctx.access(), plan_limits.alignment, t);
             let k = (kernel, access);
             let key = block_keys.iter().position(|x| *x == k).unwrap_or_else(|| {
@@ -448,6 +455,7 @@ impl Optimizer {
                 len: t.param.len,
                 lane,
                 lanes: access.lanes(),
+                footprint: factors.map(|f| f.footprint()),
             });
             metas.push(TensorMeta {
                 group: *g,
@@ -460,15 +468,17 @@ impl Optimizer {
                 state_access: access,
                 lane,
                 pieces: Vec::new(),
+                factors,
             });
         }
         let most_states = block_keys
             .iter()
-            .map(|k| u64::from(k.0.states))
+            .map(|k| u64::from(k.0.state_buffers()))
             .max()
             .unwrap_or(1)
             .max(1);
         let max_state = plan_limits.max_binding / 4 / most_states / 4 * 4;
+        check_factored(&metas, &state_spans, &plan_limits, max_state)?;
         let (block_plans, pieces) = plan::state_blocks(&state_spans, max_state);
         for piece in pieces {
             metas[piece.tensor].pieces.push(piece);
@@ -691,6 +701,20 @@ impl Optimizer {
         pass.set_bind_group(0, &self.ring.finalize, &[offset]);
         pass.dispatch_workgroups(1, 1, 1);
         current = Some(&self.finalize.pipeline);
+        if what == Pass::Step {
+            for d in &bound.dispatches {
+                let Some(f) = &d.factors else {
+                    continue;
+                };
+                pass.set_bind_group(0, &d.group, &[]);
+                pass.set_bind_group(1, &bound.table, &[d.table_offset]);
+                pass.set_pipeline(&f.lines.pipeline);
+                pass.dispatch_workgroups(f.lines_dispatch.0, f.lines_dispatch.1, 1);
+                pass.set_pipeline(&f.means.pipeline);
+                pass.dispatch_workgroups(f.means_dispatch.0, f.means_dispatch.1, 1);
+                current = Some(&f.means.pipeline);
+            }
+        }
         if let (Pass::Step, Some(sums)) = (what, &bound.sums) {
             for d in &bound.dispatches {
                 let Some(kernel) = &d.sums_kernel else {
@@ -1098,9 +1122,17 @@ impl Optimizer {
         })
     }
 
-    /// PyTorch's names of the state buffers kept for `tensor`.
+    /// PyTorch's names of the state buffers kept for `tensor`: its group's
+    /// [`state_names_for`](OptimizerConfig::state_names_for) its shape.
     pub fn state_names(&self, tensor: usize) -> Result<&'static [&'static str]> {
-        Ok(self.groups[self.meta(tensor)?.group].state_names())
+        let meta = self.meta(tensor)?;
+        Ok(self.groups[meta.group].state_names_for(&meta.shape()))
+    }
+
+    /// The elements of state buffer `name` of `tensor`'s (as [`state_names`](Self::state_names)
+    /// lists them): the tensor's, or a factor's.
+    fn state_len(&self, meta: &TensorMeta, n: usize) -> u64 {
+        meta.factors.map_or(meta.len, |f| f.lens()[n])
     }
 
     /// Steps taken by `tensor`, read back from the GPU after all submitted work. Blocks.
@@ -1112,8 +1144,15 @@ impl Optimizer {
         ))
     }
 
-    /// The `(buffer, byte offset, elements)` ranges holding state buffer `n` of `tensor`.
+    /// The `(buffer, byte offset, elements)` ranges holding state buffer `n` of `tensor`: for a
+    /// tensor whose state is factored, factor `n` in its factor region.
     fn state_ranges(&self, meta: &TensorMeta, n: u64) -> Vec<(&wgpu::Buffer, u64, u64)> {
+        if let Some(f) = meta.factors {
+            let piece = &meta.pieces[0];
+            let (at, len) = f.range(n as usize);
+            let buffer = &self.blocks[piece.block].buffer;
+            return vec![(buffer, 4 * (piece.state_offset + at), len)];
+        }
         meta.pieces
             .iter()
             .map(|p| {
@@ -1132,19 +1171,21 @@ impl Optimizer {
         for n in 0..names.len() {
             ranges.extend(self.state_ranges(meta, n as u64));
         }
-        let values = self.ctx.read_f32(&ranges)?;
+        let mut values = self.ctx.read_f32(&ranges)?.into_iter();
         let at = CONTROL_HEADER + TENSOR_STEP_SIZE * tensor as u64;
         let words = self
             .ctx
             .read_words(&[(&self.buffers.control, at, TENSOR_STEP_SIZE / 4)])?;
-        let len = meta.len as usize;
         let scalar_names = self.groups[meta.group].scalar_names();
         Ok(TensorState {
             step: u64::from(words[0]),
             buffers: names
                 .iter()
                 .enumerate()
-                .map(|(n, name)| (name.to_string(), values[n * len..(n + 1) * len].to_vec()))
+                .map(|(n, name)| {
+                    let len = self.state_len(meta, n) as usize;
+                    (name.to_string(), values.by_ref().take(len).collect())
+                })
                 .collect(),
             scalars: scalar_names
                 .iter()
@@ -1161,7 +1202,7 @@ impl Optimizer {
     pub fn load_state(&mut self, tensor: usize, state: &TensorState<f32>) -> Result<()> {
         let meta = self.meta(tensor)?;
         let config = &self.groups[meta.group];
-        let names = config.state_names();
+        let names = self.state_names(tensor)?;
         if state.step > MAX_STEP {
             return Err(Error::Input(format!(
                 "state of tensor {tensor} has step {}, above the largest step count kept on the GPU ({MAX_STEP})",
@@ -1169,18 +1210,19 @@ impl Optimizer {
             )));
         }
         for (name, values) in &state.buffers {
-            if !names.contains(&name.as_str()) {
+            let Some(n) = names.iter().position(|n| n == name) else {
                 return Err(Error::UnknownState {
                     name: name.clone(),
                     optimizer: config.type_name(),
                     known: names.join(", "),
                 });
-            }
-            if values.len() as u64 != meta.len {
+            };
+            let expected = self.state_len(meta, n);
+            if values.len() as u64 != expected {
                 return Err(Error::StateLength {
                     name: name.clone(),
                     tensor,
-                    expected: meta.len,
+                    expected,
                     found: values.len() as u64,
                 });
             }
@@ -1495,8 +1537,37 @@ fn access_for(preferred: Access, alignment: u64, t: &Tensor<'_>) -> Access {
     }
 }
 
+/// Fails where a tensor whose state is factored could not be planned: its parameter or its
+/// gradient larger than one binding (a factored tensor is never split between dispatches,
+/// since its rows and columns are reduced whole), or its factor region larger than a state
+/// block.
+fn check_factored(
+    metas: &[TensorMeta],
+    spans: &[plan::StateSpan],
+    limits: &plan::PlanLimits,
+    max_state: u64,
+) -> Result<()> {
+    for (meta, span) in metas.iter().zip(spans) {
+        let Some(footprint) = span.footprint else {
+            continue;
+        };
+        if 4 * meta.len + limits.alignment + 16 > limits.max_binding || footprint > max_state {
+            return Err(Error::Unsupported(format!(
+                "tensor {:?} of shape {:?}: {} keeps factored state, so its {} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
+                meta.name,
+                meta.shape(),
+                meta.kernel.shader.file.trim_end_matches(".wgsl"),
+                meta.len,
+                limits.max_binding
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// State block `b`'s buffer: its state buffers one after the other, each filled with each
-/// piece's initial value. At least one unit, so that kernels without state can bind it.
+/// piece's initial value; for factored state, each tensor's factor region, zero but for its
+/// header. At least one unit, so that kernels without state can bind it.
 fn state_buffer(
     device: &wgpu::Device,
     groups: &[ParamGroup<'_>],
@@ -1508,13 +1579,30 @@ fn state_buffer(
 ) -> wgpu::Buffer {
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
-    let len = block.len * u64::from(kernel.states);
+    let len = block.len * u64::from(kernel.state_buffers());
     let pieces = || {
         metas
             .iter()
             .flat_map(|m| &m.pieces)
             .filter(|p| p.block == b)
     };
+    if kernel.factored() {
+        let mut words = vec![0u32; len as usize];
+        for piece in pieces() {
+            if let Some(f) = metas[piece.tensor].factors {
+                let at = piece.state_offset as usize;
+                words[at..at + 4].copy_from_slice(&f.header());
+            }
+        }
+        return wgpu::util::DeviceExt::create_buffer_init(
+            device,
+            &wgpu::util::BufferInitDescriptor {
+                label: Some("wgpu-optim factored state"),
+                contents: bytemuck::cast_slice(&words),
+                usage,
+            },
+        );
+    }
     // Tensors of one kernel keep the same state buffers.
     let names = pieces()
         .next()

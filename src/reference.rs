@@ -67,6 +67,7 @@ pub trait Real:
     fn class_step(
         config: &OptimizerConfig,
         t: u64,
+        shape: &[usize],
         param: &mut [Self],
         grad: &[Self],
         state: &mut [Vec<Self>],
@@ -101,12 +102,15 @@ macro_rules! real {
             fn class_step(
                 config: &OptimizerConfig,
                 t: u64,
+                shape: &[usize],
                 param: &mut [Self],
                 grad: &[Self],
                 state: &mut [Vec<Self>],
                 scalars: &mut [Self],
             ) {
-                config.class().$method(t, param, grad, state, scalars);
+                config
+                    .class()
+                    .$method(t, shape, param, grad, state, scalars);
             }
         }
     };
@@ -140,13 +144,35 @@ pub fn step<F: Real>(
     param: &mut [F],
     grad: &[F],
 ) {
+    step_shaped(config, &[param.len()], state, param, grad);
+}
+
+/// [`step`] for a tensor of `shape`, which matters where the state depends on it (Adafactor
+/// factors the second moments of tensors of two dimensions or more): the state is
+/// [`OptimizerConfig::state_names_for`] with [`OptimizerConfig::state_shape`]'s sizes.
+///
+/// # Panics
+/// If `param` and `grad` differ in length or from the elements of `shape`, or a state buffer
+/// in `state` has another length.
+pub fn step_shaped<F: Real>(
+    config: &OptimizerConfig,
+    shape: &[usize],
+    state: &mut TensorState<F>,
+    param: &mut [F],
+    grad: &[F],
+) {
     assert_eq!(param.len(), grad.len(), "param and grad lengths differ");
-    let n = param.len();
+    assert_eq!(
+        param.len(),
+        shape.iter().product::<usize>(),
+        "param length differs from its shape"
+    );
     state.step += 1;
-    let names = config.state_names();
+    let names = config.state_names_for(shape);
     let mut buffers: Vec<Vec<F>> = names
         .iter()
         .map(|name| {
+            let n = config.state_shape(name, shape).iter().product();
             let init = F::of(config.initial_state_value(name));
             let buf = state.buffers.remove(*name).unwrap_or_else(|| vec![init; n]);
             assert_eq!(buf.len(), n, "state {name} has the wrong length");
@@ -161,7 +187,15 @@ pub fn step<F: Real>(
                 .unwrap_or_else(|| F::of(config.initial_scalar_value(name)))
         })
         .collect();
-    F::class_step(config, state.step, param, grad, &mut buffers, &mut scalars);
+    F::class_step(
+        config,
+        state.step,
+        shape,
+        param,
+        grad,
+        &mut buffers,
+        &mut scalars,
+    );
     for (name, buf) in names.iter().zip(buffers) {
         state.buffers.insert(name.to_string(), buf);
     }

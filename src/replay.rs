@@ -410,7 +410,7 @@ pub fn replay(
         for (name, data) in state.buffers {
             out.push(NamedTensor {
                 name: format!("{}.{name}", p.name),
-                shape: p.shape.clone(),
+                shape: config.state_shape(&name, &p.shape),
                 data,
             });
         }

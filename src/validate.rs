@@ -289,6 +289,25 @@ pub fn tensor_sizes(size: u64) -> Vec<u64> {
     out
 }
 
+/// The shape [`run`] gives tensor `k` of `n` elements, which matters where the state depends
+/// on it (Adafactor factors tensors of two dimensions or more): the 257-element tensor is a
+/// column `[257, 1]`, the largest a matrix as near square as its divisors allow, the smallest
+/// of the three large ones a stack of matrices (`[m, rows, cols]`, m its smallest prime
+/// factor), the others vectors.
+fn tensor_shape(k: usize, n: u64) -> Vec<usize> {
+    let matrix = |x: usize| crate::bench::matrix_shape(x as u64).to_vec();
+    let n = n as usize;
+    match k {
+        1 if n == 257 => vec![n, 1],
+        2 => matrix(n),
+        4 if n > 1 => {
+            let m = (2..=n).find(|&d| n.is_multiple_of(d)).unwrap_or(n);
+            [vec![m], matrix(n / m)].concat()
+        }
+        _ => vec![n],
+    }
+}
+
 /// An adapter's identity, as the report prints it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdapterSummary {
@@ -836,6 +855,8 @@ pub fn run_with_progress(
 /// Where the tensors lie in the shared buffers, in elements.
 struct Layout {
     sizes: Vec<u64>,
+    /// Each tensor's shape ([`tensor_shape`]).
+    shapes: Vec<Vec<usize>>,
     /// Parameter offsets.
     offsets: Vec<u64>,
     /// Gradient offsets: the parameter offsets, except that tensor [`SCALAR_TENSOR`]'s
@@ -849,6 +870,11 @@ struct Layout {
 impl Layout {
     fn new(size: u64) -> Result<Self> {
         let sizes = tensor_sizes(size);
+        let shapes = sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| tensor_shape(k, n))
+            .collect();
         let mut offsets = Vec::with_capacity(sizes.len());
         let mut at = LEAD;
         for (k, &n) in sizes.iter().enumerate() {
@@ -867,6 +893,7 @@ impl Layout {
             .collect();
         Ok(Self {
             sizes,
+            shapes,
             offsets,
             grad_offsets,
             // Whole vec4s, so that the last tensor can use vec4 access too.
@@ -897,6 +924,8 @@ fn try_vec<T: Clone>(n: u64, value: T) -> Result<Vec<T>> {
 /// stream.
 struct Chunk {
     tensor: usize,
+    /// Its shape: the tensor's where it is the whole tensor, else one dimension.
+    shape: Vec<usize>,
     /// First element within the tensor.
     start: u64,
     /// First element within the parameter buffer.
@@ -942,8 +971,9 @@ impl Chunk {
         } else {
             self.state.buffers.clone()
         };
-        crate::reference::step(config, &mut self.state, &mut self.param, g);
-        crate::reference::step(config, &mut self.state32, &mut self.param32, grad);
+        let shape = &self.shape;
+        crate::reference::step_shaped(config, shape, &mut self.state, &mut self.param, g);
+        crate::reference::step_shaped(config, shape, &mut self.state32, &mut self.param32, grad);
         let add = |path: &mut [f64], old: &[f64], new: &[f64]| {
             for ((p, a), b) in path.iter_mut().zip(old).zip(new) {
                 *p += (a - b).abs();
@@ -1134,6 +1164,7 @@ fn check_row(
                 BufferRange::new(buffers.param, layout.offsets[k] * 4, n),
                 BufferRange::new(buffers.grad, layout.grad_offsets[k] * 4, n),
             )
+            .with_shape(&layout.shapes[k])
         })
         .collect();
     let mut opt = Optimizer::new(ctx, *config, &tensors)?;
@@ -1171,8 +1202,14 @@ fn check_row(
         while start < n {
             let len = chunk_len.min(n - start);
             let rng = Rng::stream(seed, chunks.len() as u64);
+            let shape = if len == n {
+                layout.shapes[k].clone()
+            } else {
+                vec![len as usize]
+            };
             chunks.push(Chunk {
                 tensor: k,
+                shape,
                 start,
                 at: o + start,
                 grad_at: layout.grad_offsets[k] + start,
@@ -1194,15 +1231,16 @@ fn check_row(
         c.param = try_vec(c.len, 0.0)?;
         c.param_path = try_vec(c.len, 0.0)?;
         c.param32 = try_vec(c.len, 0.0)?;
-        for name in config.state_names() {
+        for name in config.state_names_for(&c.shape) {
             let init = config.initial_state_value(name);
+            let len = config.state_shape(name, &c.shape).iter().product::<usize>() as u64;
             c.state
                 .buffers
-                .insert(name.to_string(), try_vec(c.len, init)?);
-            c.state_paths.insert(name.to_string(), try_vec(c.len, 0.0)?);
+                .insert(name.to_string(), try_vec(len, init)?);
+            c.state_paths.insert(name.to_string(), try_vec(len, 0.0)?);
             c.state32
                 .buffers
-                .insert(name.to_string(), try_vec(c.len, init as f32)?);
+                .insert(name.to_string(), try_vec(len, init as f32)?);
         }
     }
     // Initial parameters, standard normal.
@@ -1313,7 +1351,8 @@ fn check_row(
     }
     for (k, &n) in layout.sizes.iter().enumerate() {
         let state = opt.read_state(k)?;
-        let names = config.state_names();
+        let shape = &layout.shapes[k];
+        let names = config.state_names_for(shape);
         if state.step != taken as u64 {
             errors.fail(format!(
                 "tensor {k} counts {} steps instead of {taken}",
@@ -1321,8 +1360,13 @@ fn check_row(
             ));
         }
         for name in names {
-            let Some(values) = state.get(name).filter(|v| v.len() as u64 == n) else {
-                errors.fail(format!("tensor {k} has no state {name:?} of {n} elements"));
+            // A state buffer of the tensor's size, split as the chunks are, or a factor of a
+            // tensor that is one chunk.
+            let len = config.state_shape(name, shape).iter().product::<usize>() as u64;
+            let Some(values) = state.get(name).filter(|v| v.len() as u64 == len) else {
+                errors.fail(format!(
+                    "tensor {k} has no state {name:?} of {len} elements"
+                ));
                 continue;
             };
             for c in chunks.iter().filter(|c| c.tensor == k) {
@@ -1334,7 +1378,11 @@ fn check_row(
                     errors.fail(format!("the reference kept no state {name:?}"));
                     continue;
                 };
-                let got = &values[c.start as usize..(c.start + c.len) as usize];
+                let got = if len == n {
+                    &values[c.start as usize..(c.start + c.len) as usize]
+                } else {
+                    values
+                };
                 let what = |i: usize| format!("tensor {k} {name} [{}]", c.start + i as u64);
                 errors.compare(&what, got, want, path, cpu32);
             }
@@ -1517,7 +1565,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 158);
+        assert_eq!(configs.len(), 163);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1555,6 +1603,7 @@ mod tests {
             ("ademamix", 36),
             ("adamw_schedulefree", 28),
             ("lamb", 44),
+            ("adafactor", 32),
             ("adopt_cautious_stable_adamw", 44),
             ("ademamix_cautious", 56),
         ] {

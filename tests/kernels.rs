@@ -5,9 +5,9 @@ mod common;
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, ctx, write};
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
-    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler, GradScalerState,
-    Lamb, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor, TensorState,
-    reference,
+    Access, Adafactor, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler,
+    GradScalerState, Lamb, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor,
+    TensorState, reference,
 };
 
 /// What a training loop does around each step, and where it injects non-finite gradients.
@@ -56,6 +56,25 @@ fn check_recipe(
     steps: usize,
     rng: &mut Rng,
 ) {
+    let shapes: Vec<Vec<usize>> = sizes.iter().map(|&n| vec![n as usize]).collect();
+    check_shaped(ctx, config, recipe, &shapes, steps, rng);
+}
+
+/// [`check_recipe`] on tensors of the given shapes, which matter where the state depends on
+/// them (Adafactor's factors).
+fn check_shaped(
+    ctx: &Context,
+    config: OptimizerConfig,
+    recipe: Recipe,
+    shapes: &[Vec<usize>],
+    steps: usize,
+    rng: &mut Rng,
+) {
+    let sizes: Vec<u64> = shapes
+        .iter()
+        .map(|s| s.iter().product::<usize>() as u64)
+        .collect();
+    let sizes = &sizes[..];
     // Unaligned offsets: tensor k starts k*3+1 elements after the previous one ends, so
     // tensors start and end at every lane of a vec4.
     let mut offsets = Vec::new();
@@ -71,18 +90,20 @@ fn check_recipe(
     for (&o, &n) in offsets.iter().zip(sizes) {
         let values = rng.normals(n as usize);
         init[o as usize..(o + n) as usize].copy_from_slice(&values);
-        tracked.push(Tracked::new(config, &values));
+        tracked.push(Tracked::shaped(config, &shapes[tracked.len()], &values));
     }
     let param = ctx.create_f32_buffer("param", &init).unwrap();
     let grad = ctx.create_f32_buffer("grad", &vec![POISON; total]).unwrap();
     let tensors: Vec<Tensor<'_>> = offsets
         .iter()
         .zip(sizes)
-        .map(|(&o, &n)| {
+        .zip(shapes)
+        .map(|((&o, &n), shape)| {
             Tensor::new(
                 BufferRange::new(&param, o * 4, n),
                 BufferRange::new(&grad, o * 4, n),
             )
+            .with_shape(shape)
         })
         .collect();
     let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
@@ -94,11 +115,20 @@ fn check_recipe(
     });
     let mut taken = 0;
     let mut last_grads = Vec::new();
-    // Tensors sharing buffers take one dispatch, unless they outgrow one storage binding: the
-    // batch's state buffers share one binding.
+    // Tensors sharing buffers take one dispatch per kernel (Adafactor has one for factored
+    // state), unless they outgrow one storage binding: the batch's state buffers share one
+    // binding.
     let states = config.state_names().len().max(1) as u64;
+    let kernels = 1 + usize::from(
+        shapes.iter().any(|s| config.is_factored(s))
+            && shapes.iter().any(|s| !config.is_factored(s)),
+    );
     if total as u64 * 4 * states <= ctx.limits().max_storage_buffer_binding_size - 1024 {
-        assert_eq!(opt.dispatches_per_step(), 1, "tensors sharing buffers");
+        assert_eq!(
+            opt.dispatches_per_step(),
+            kernels,
+            "tensors sharing buffers"
+        );
     } else {
         assert!(opt.dispatches_per_step() > 1);
     }
@@ -188,6 +218,40 @@ fn every_option_combination_matches_reference_over_20_steps() {
             check_against_reference(&ctx, config, &[1, 255, 256, 257, 1000], 20, &mut rng);
         }
     }
+}
+
+#[test]
+fn factored_state_matches_reference() {
+    // Adafactor's row and column factors: matrices of one row or one column, a stack of
+    // matrices, shapes of four dimensions, beside tensors of one dimension, each option
+    // combination, and the clipping and scaling recipes.
+    let mut rng = Rng::fresh("factored_state");
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![1, 1],
+        vec![3, 85],
+        vec![257],
+        vec![16, 16],
+        vec![257, 1],
+        vec![1, 257],
+        vec![4, 10, 25],
+        vec![2, 3, 5, 7],
+        vec![5],
+    ];
+    for ctx in contexts() {
+        for config in all_configs() {
+            if let OptimizerConfig::Adafactor(_) = config {
+                check_shaped(&ctx, config, PLAIN, &shapes, 12, &mut rng);
+            }
+        }
+        let config = Adafactor::default().into();
+        for recipe in recipes() {
+            check_shaped(&ctx, config, recipe, &shapes, 6, &mut rng);
+        }
+    }
+    // More lines than the factor passes' grid has invocations: each takes several in turn.
+    let config = Adafactor::default().into();
+    let long = [vec![1_100_003, 1], vec![1, 1_100_003], vec![3, 2]];
+    check_shaped(ctx(), config, PLAIN, &long, 2, &mut rng);
 }
 
 #[test]

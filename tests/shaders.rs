@@ -177,22 +177,42 @@ fn shaders_have_the_expected_compute_entry_points() {
         }
         found.sort();
         // The template's `step` (the optimizer's formula) and `finalize`, and, for an update
-        // that needs per-tensor sums (Lamb's, pytorch-optimizer's cautious and stable_adamw),
-        // outside the edge dispatch's module, the sums' `sums` and `combine_sums`; or `reduce`.
-        let sums = ["lamb.wgsl", "adopt.wgsl", "ademamix.wgsl"]
+        // that needs per-tensor sums (Lamb's, Adafactor's, pytorch-optimizer's cautious and
+        // stable_adamw), outside the edge dispatch's module, the sums' `sums` and
+        // `combine_sums`; Adafactor's factor passes in every module of its shader (pipelines
+        // only outside the edge dispatch's); or `reduce`.
+        let outside_edges = !shader.label.contains("edges");
+        let sums = ["lamb.wgsl", "adopt.wgsl", "ademamix.wgsl", "adafactor.wgsl"]
             .iter()
             .any(|f| shader.label.contains(f))
-            && !shader.label.contains("edges");
+            && outside_edges;
+        let factored = shader.label.contains("adafactor.wgsl");
         let want: &[&str] = if shader.label.contains("reduce.wgsl") {
             &["reduce"]
+        } else if sums && factored {
+            &[
+                "combine_sums",
+                "factor_lines",
+                "factor_means",
+                "finalize",
+                "step",
+                "sums",
+            ]
         } else if sums {
             &["combine_sums", "finalize", "step", "sums"]
+        } else if factored {
+            &["factor_lines", "factor_means", "finalize", "step"]
         } else {
             &["finalize", "step"]
         };
+        let want_pipelines: &[&str] = if factored && !outside_edges {
+            &["finalize", "step"]
+        } else {
+            want
+        };
         assert_eq!(found, want, "{}", shader.label);
         // Every entry point makes a pipeline, and `step` one per kernel of the class.
-        for ep in want {
+        for ep in want_pipelines {
             assert!(
                 shader.pipelines.iter().any(|(e, _)| e == ep),
                 "{}: no {ep} pipeline",

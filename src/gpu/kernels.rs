@@ -54,6 +54,30 @@ pub(crate) enum Pipeline {
     Sums(Kernel, Access, GradAccess, u32),
     /// The combination of the per-tensor sums into each tensor's coefficients.
     CombineSums(&'static Shader),
+    /// A pass over the factors of a batch of tensors whose state is factored, with the
+    /// step's flags: `factor_lines` or `factor_means` (shaders/adafactor.wgsl).
+    Factors(Kernel, Access, GradAccess, u32, FactorPass),
+}
+
+/// The two passes over factored state that run after `finalize` and before the per-tensor
+/// sums: the factors' update from the gradients' rows and columns, then the row factor's
+/// means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) enum FactorPass {
+    /// `factor_lines`: each row and column factor lerps toward its line's mean square.
+    Lines,
+    /// `factor_means`: each matrix's mean of its row factor, clamped below.
+    Means,
+}
+
+impl FactorPass {
+    /// The entry point.
+    pub(crate) fn entry(self) -> &'static str {
+        match self {
+            FactorPass::Lines => "factor_lines",
+            FactorPass::Means => "factor_means",
+        }
+    }
 }
 
 /// One bind group layout, shared by the pipelines that bind the same resources, so that their
@@ -160,9 +184,10 @@ impl Module {
                 let mut out = vec![("finalize".to_string(), Vec::new())];
                 let mut kernels: Vec<Kernel> = Vec::new();
                 for config in OptimizerConfig::all_cases() {
-                    let k = config.kernel();
-                    if k.shader == shader && !kernels.contains(&k) {
-                        kernels.push(k);
+                    for k in config.kernels() {
+                        if k.shader == shader && !kernels.contains(&k) {
+                            kernels.push(k);
+                        }
                     }
                 }
                 let sums = |k: &Kernel| k.sums() && flags & EDGES == 0;
@@ -177,6 +202,11 @@ impl Module {
                         .collect();
                     if sums(&k) {
                         out.push(("sums".to_string(), constants.clone()));
+                    }
+                    if k.factored() && flags & EDGES == 0 {
+                        for pass in [FactorPass::Lines, FactorPass::Means] {
+                            out.push((pass.entry().to_string(), constants.clone()));
+                        }
                     }
                     out.push(("step".to_string(), constants));
                 }
@@ -296,10 +326,17 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
             Layout::CombineSums,
             Vec::new(),
         ),
+        Pipeline::Factors(kernel, access, grad, flags, pass) => (
+            Module::Optimizer(kernel.shader, access, grad, flags & STEP_FLAGS),
+            pass.entry(),
+            Layout::Step(access, grad),
+            kernel.constants(),
+        ),
     };
     let name = match pipeline {
         Pipeline::Step(kernel, ..) => kernel.name(),
         Pipeline::Sums(kernel, ..) => format!("{} sums", kernel.name()),
+        Pipeline::Factors(kernel, .., pass) => format!("{} {}", kernel.name(), pass.entry()),
         _ => entry.to_string(),
     };
     let sums_out = matches!(pipeline, Pipeline::Sums(..)).then(|| ctx.layout(Layout::SumsOut));

@@ -4,7 +4,9 @@ mod kernels;
 pub(crate) mod plan;
 pub(crate) mod template;
 
-pub(crate) use kernels::{CompiledKernel, EDGES, GradAccess, Layout, Module, Pipeline, SINGLE};
+pub(crate) use kernels::{
+    CompiledKernel, EDGES, FactorPass, GradAccess, Layout, Module, Pipeline, SINGLE,
+};
 
 use crate::error::{Error, Result};
 use std::collections::HashMap;

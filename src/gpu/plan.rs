@@ -59,8 +59,11 @@ pub(crate) struct StatePiece {
     pub(crate) start: u64,
     pub(crate) len: u64,
     pub(crate) block: usize,
-    /// First element of the piece within its block's state buffers.
+    /// First element of the piece within its block's state buffers; for a tensor whose
+    /// state is factored, the start of its factor region, a multiple of 4.
     pub(crate) state_offset: u64,
+    /// A factored tensor's only piece: the plan never splits it.
+    pub(crate) whole: bool,
 }
 
 /// One tensor to place in state blocks.
@@ -72,31 +75,62 @@ pub(crate) struct StateSpan {
     /// The lane of the tensor's first parameter element (its element offset modulo `lanes`).
     pub(crate) lane: u64,
     pub(crate) lanes: u64,
+    /// For a tensor whose state is factored, the elements of its factor region
+    /// ([`Factors::footprint`](super::template::Factors::footprint)), at most `max_state`: it is
+    /// placed whole at a multiple of 4 elements.
+    pub(crate) footprint: Option<u64>,
 }
 
 /// Places every tensor's state: tensors of one key back to back in blocks of at most
-/// `max_state` elements (a multiple of 4), each piece at its parameter's lane. Returns the
-/// blocks and the pieces, in tensor order.
+/// `max_state` elements (a multiple of 4), each piece at its parameter's lane, and each
+/// factor region whole at a multiple of 4. Returns the blocks and the pieces, in tensor order.
 pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, Vec<StatePiece>) {
     let mut blocks: Vec<Block> = Vec::new();
     // The open block of each key.
     let mut open: Vec<(usize, usize)> = Vec::new();
     let mut pieces = Vec::new();
+    // The open block of the span's key, opened if none is.
+    fn open_block(blocks: &mut Vec<Block>, open: &mut Vec<(usize, usize)>, s: &StateSpan) -> usize {
+        match open.iter().find(|(k, _)| *k == s.key) {
+            Some(&(_, b)) => b,
+            None => {
+                blocks.push(Block {
+                    key: s.key,
+                    len: 0,
+                    lanes: s.lanes,
+                });
+                open.push((s.key, blocks.len() - 1));
+                blocks.len() - 1
+            }
+        }
+    }
     for (tensor, s) in spans.iter().enumerate() {
+        if let Some(footprint) = s.footprint {
+            assert!(
+                footprint <= max_state,
+                "a factor region larger than a block"
+            );
+            let mut block = open_block(&mut blocks, &mut open, s);
+            if blocks[block].len.next_multiple_of(4) + footprint > max_state {
+                open.retain(|(k, _)| *k != s.key);
+                block = open_block(&mut blocks, &mut open, s);
+            }
+            let b = &mut blocks[block];
+            let at = b.len.next_multiple_of(4);
+            pieces.push(StatePiece {
+                tensor,
+                start: 0,
+                len: s.len,
+                block,
+                state_offset: at,
+                whole: true,
+            });
+            b.len = at + footprint;
+            continue;
+        }
         let mut start = 0;
         while start < s.len {
-            let block = match open.iter().find(|(k, _)| *k == s.key) {
-                Some(&(_, b)) => b,
-                None => {
-                    blocks.push(Block {
-                        key: s.key,
-                        len: 0,
-                        lanes: s.lanes,
-                    });
-                    open.push((s.key, blocks.len() - 1));
-                    blocks.len() - 1
-                }
-            };
+            let block = open_block(&mut blocks, &mut open, s);
             let b = &mut blocks[block];
             let head = (s.lane + start) % s.lanes;
             let at = b.len + (head + s.lanes - b.len % s.lanes) % s.lanes;
@@ -112,6 +146,7 @@ pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, 
                 len: n,
                 block,
                 state_offset: at,
+                whole: false,
             });
             b.len = at + n;
             start += n;
@@ -245,16 +280,20 @@ pub(crate) fn plan(
                 // bytes, so it is the same in the parameter, gradient and state windows.
                 let head = param_at / 4 % lanes;
                 let state_at = sp.state_offset + done;
-                debug_assert_eq!(state_at % lanes, head);
+                debug_assert!(sp.whole || state_at % lanes == head);
                 let fits_tables = batch.pieces.len() < MAX_SEGMENTS
                     && (!new_slot || batch.slots.len() < MAX_SEGMENTS);
-                let n = if fits_tables {
+                let mut n = if fits_tables {
                     let param = room((!empty).then_some(batch.param_window), param_at, limits);
                     let grad = room((!empty).then_some(batch.grad_window), grad_at, limits);
                     (sp.len - done).min(param).min(grad)
                 } else {
                     0
                 };
+                if sp.whole && n < sp.len {
+                    assert!(!empty, "a factored tensor larger than a window");
+                    n = 0;
+                }
                 if n == 0 {
                     assert!(!empty, "a window smaller than one element");
                     batches.push(std::mem::replace(&mut batch, new_batch()));
@@ -380,6 +419,7 @@ mod tests {
                 len: s.len,
                 lane: s.param_offset / 4 % s.lanes,
                 lanes: s.lanes,
+                footprint: None,
             })
             .collect();
         let (blocks, pieces) = state_blocks(&state, max_state);

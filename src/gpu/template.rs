@@ -184,3 +184,65 @@ fn coarse_shift(p: &plan::Batch) -> u32 {
         .next_power_of_two()
         .trailing_zeros()
 }
+
+/// Where a tensor whose state is factored (Adafactor's tensors of two dimensions or more)
+/// keeps it: a region of its state block (`factors_of` in shaders/adafactor.wgsl), at a
+/// multiple of 4 elements, holding a header of four words (the rows and columns of each
+/// matrix, the number of matrices, 0), then the row factor, the column factor and the means
+/// of the row factor over each matrix's rows (scratch of each step, not state), each padded
+/// to a multiple of 4 elements, so that the kernels write whole vec4s of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Factors {
+    /// Rows of each matrix: the tensor's second-to-last dimension.
+    pub(crate) rows: u64,
+    /// Columns of each matrix: the last dimension.
+    pub(crate) cols: u64,
+    /// Matrices: the product of the leading dimensions.
+    pub(crate) matrices: u64,
+}
+
+impl Factors {
+    /// The factors of a tensor of `shape`, of two dimensions or more.
+    pub(crate) fn of(shape: &[usize]) -> Self {
+        let dims = shape.len();
+        Self {
+            rows: shape[dims - 2] as u64,
+            cols: shape[dims - 1] as u64,
+            matrices: shape[..dims - 2].iter().map(|&d| d as u64).product(),
+        }
+    }
+
+    /// The header words.
+    pub(crate) fn header(&self) -> [u32; 4] {
+        [self.rows as u32, self.cols as u32, self.matrices as u32, 0]
+    }
+
+    /// Elements of the row factor and of the column factor.
+    pub(crate) fn lens(&self) -> [u64; 2] {
+        [self.matrices * self.rows, self.matrices * self.cols]
+    }
+
+    /// `(offset in the region, elements)` of factor `n`: 0 the row factor, 1 the column
+    /// factor.
+    pub(crate) fn range(&self, n: usize) -> (u64, u64) {
+        let [row, col] = self.lens();
+        match n {
+            0 => (4, row),
+            _ => (4 + row.next_multiple_of(4), col),
+        }
+    }
+
+    /// Elements of the region.
+    pub(crate) fn footprint(&self) -> u64 {
+        let [row, col] = self.lens();
+        4 + row.next_multiple_of(4) + col.next_multiple_of(4) + self.matrices.next_multiple_of(4)
+    }
+
+    /// Work items of the two passes over the factors: the vec4s of lines (rows, then
+    /// columns) that `factor_lines` updates, and the vec4s of means that `factor_means`
+    /// writes.
+    pub(crate) fn quads(&self) -> (u64, u64) {
+        let [row, col] = self.lens();
+        (row.div_ceil(4) + col.div_ceil(4), self.matrices.div_ceil(4))
+    }
+}

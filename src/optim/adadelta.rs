@@ -65,6 +65,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<AdadeltaHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl Class for Adadelta {
@@ -105,6 +106,7 @@ impl Class for Adadelta {
     fn reference<F: Real>(
         &self,
         _t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

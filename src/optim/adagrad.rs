@@ -69,6 +69,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<AdagradHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl Adagrad {
@@ -122,6 +123,7 @@ impl Class for Adagrad {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

@@ -114,6 +114,7 @@ const SHADER: Shader = Shader {
     switches: &["AMSGRAD"],
     hyper_size: size_of::<AdamHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 /// The implementation switches `torch.optim.Adam` and `AdamW` take.
@@ -186,6 +187,7 @@ impl Class for Adam {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],
@@ -287,12 +289,14 @@ impl Class for AdamW {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],
         _scalars: &mut [F],
     ) {
-        self.adam().reference(t, param, grad, state, _scalars);
+        self.adam()
+            .reference(t, _shape, param, grad, state, _scalars);
     }
 
     fn cases() -> Vec<Self> {

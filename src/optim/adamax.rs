@@ -67,6 +67,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<AdamaxHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl Class for Adamax {
@@ -109,6 +110,7 @@ impl Class for Adamax {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

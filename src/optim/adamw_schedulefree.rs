@@ -97,6 +97,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<ScheduleFreeHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl AdamWScheduleFree {
@@ -209,6 +210,7 @@ impl Class for AdamWScheduleFree {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

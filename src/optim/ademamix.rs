@@ -103,6 +103,7 @@ const SHADER: Shader = Shader {
     switches: &["CAUTIOUS", "STABLE_ADAMW"],
     hyper_size: size_of::<AdemamixHyper>() as u64,
     sums: Sums::Switches(0b11),
+    factored: 0,
 };
 
 impl AdEMAMix {
@@ -210,6 +211,7 @@ impl Class for AdEMAMix {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

@@ -100,6 +100,7 @@ const SHADER: Shader = Shader {
     switches: &["CAUTIOUS", "STABLE_ADAMW"],
     hyper_size: size_of::<AdoptHyper>() as u64,
     sums: Sums::Switches(0b11),
+    factored: 0,
 };
 
 impl ADOPT {
@@ -175,6 +176,7 @@ impl Class for ADOPT {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

@@ -71,6 +71,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<AsgdHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 /// `x` rounded to f32, as f64: PyTorch keeps `eta` and `mu` as f32 tensors.
@@ -125,6 +126,7 @@ impl Class for ASGD {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

@@ -131,6 +131,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<LambHyper>() as u64,
     sums: Sums::Always,
+    factored: 0,
 };
 
 /// The package's clamp of the weight norm (`Lamb.clamp`).
@@ -289,6 +290,7 @@ impl Class for Lamb {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

@@ -66,6 +66,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<LionHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl Lion {
@@ -140,6 +141,7 @@ impl Class for Lion {
     fn reference<F: Real>(
         &self,
         _t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

@@ -27,6 +27,7 @@
 //! (shaders/common.wgsl), and one line of the `registry!` below names it.
 
 mod adadelta;
+mod adafactor;
 mod adagrad;
 mod adam;
 mod adamax;
@@ -43,6 +44,7 @@ mod rprop;
 mod sgd;
 
 pub use adadelta::Adadelta;
+pub use adafactor::Adafactor;
 pub use adagrad::Adagrad;
 pub use adam::{Adam, AdamW};
 pub use adamax::Adamax;
@@ -80,6 +82,11 @@ pub(crate) struct Shader {
     /// Whether the update needs per-tensor sums before any element is written: the shader
     /// then defines `sum_terms` and `apply_sums` (shaders/sums.wgsl).
     pub(crate) sums: Sums,
+    /// The bits of [`Shader::switches`] that mark the kernel of tensors whose state is
+    /// factored (Adafactor's `FACTORED`, for tensors of two dimensions or more); 0 for a
+    /// shader without factored state. Such a kernel keeps no state per element: its tensors'
+    /// state blocks hold each tensor's factors instead (see [`Class::factored`]).
+    pub(crate) factored: u32,
 }
 
 /// When a shader's update needs per-tensor sums (shaders/sums.wgsl).
@@ -141,6 +148,17 @@ impl Kernel {
         }
     }
 
+    /// Buffers of state per state block of the kernel: its state buffers, or for a kernel
+    /// of factored state, the one buffer of factor regions.
+    pub(crate) fn state_buffers(&self) -> u32 {
+        if self.factored() { 1 } else { self.states }
+    }
+
+    /// Whether the kernel is for tensors whose state is factored ([`Shader::factored`]).
+    pub(crate) fn factored(&self) -> bool {
+        self.switches & self.shader.factored != 0
+    }
+
     /// The values of the shader's pipeline-overridable constants.
     pub(crate) fn constants(&self) -> Vec<(&'static str, f64)> {
         let mut out = vec![("STATES", f64::from(self.states))];
@@ -181,6 +199,19 @@ pub(crate) trait Class:
     }
     /// PyTorch's names of the state buffers, in the order the kernel binds them.
     fn state_names(&self) -> &'static [&'static str];
+    /// Whether a tensor of `shape` keeps factored state (Adafactor's row and column factors
+    /// of tensors of two dimensions or more) rather than state buffers of the parameter's
+    /// size. Its kernel then has the shader's [`Shader::factored`] switches on and no state
+    /// per element, and its state is [`factored_names`](Self::factored_names).
+    fn factored(&self, shape: &[usize]) -> bool {
+        let _ = shape;
+        false
+    }
+    /// PyTorch's names of a factored tensor's state, in the order its factor region holds
+    /// them.
+    fn factored_names(&self) -> &'static [&'static str] {
+        &[]
+    }
     /// The value a state buffer holds before the first step.
     fn initial_state(&self, _name: &str) -> f64 {
         0.0
@@ -216,6 +247,7 @@ pub(crate) trait Class:
     fn reference<F: Real>(
         &self,
         t: u64,
+        shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],
@@ -226,6 +258,11 @@ pub(crate) trait Class:
     fn cases() -> Vec<Self>;
     /// The benchmark cases, one per kernel, named as `wgpu-optim bench` lists them.
     fn bench_cases() -> Vec<(&'static str, Self)>;
+    /// Benchmark cases that step a matrix rather than a vector, for a class whose kernel
+    /// depends on the shape (Adafactor's factored kernel).
+    fn bench_matrix_cases() -> Vec<(&'static str, Self)> {
+        Vec::new()
+    }
 }
 
 /// One of PyTorch's implementation switches a constructor may take.
@@ -292,14 +329,34 @@ pub(crate) trait DynClass {
     fn momentum_mut(&mut self) -> Option<&mut f64>;
     fn kernel(&self) -> Kernel;
     fn state_names(&self) -> &'static [&'static str];
+    fn factored(&self, shape: &[usize]) -> bool;
+    fn factored_names(&self) -> &'static [&'static str];
     fn initial_state(&self, name: &str) -> f64;
     fn scalar_names(&self) -> &'static [&'static str];
     fn initial_scalar(&self, name: &str) -> f64;
     fn step_state(&self) -> bool;
     fn has_modes(&self) -> bool;
     fn options(&self) -> String;
-    fn reference_f64(&self, t: u64, p: &mut [f64], g: &[f64], s: &mut [Vec<f64>], x: &mut [f64]);
-    fn reference_f32(&self, t: u64, p: &mut [f32], g: &[f32], s: &mut [Vec<f32>], x: &mut [f32]);
+    #[allow(clippy::too_many_arguments)]
+    fn reference_f64(
+        &self,
+        t: u64,
+        shape: &[usize],
+        p: &mut [f64],
+        g: &[f64],
+        s: &mut [Vec<f64>],
+        x: &mut [f64],
+    );
+    #[allow(clippy::too_many_arguments)]
+    fn reference_f32(
+        &self,
+        t: u64,
+        shape: &[usize],
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [Vec<f32>],
+        x: &mut [f32],
+    );
 }
 
 impl<C: Class> DynClass for C {
@@ -328,6 +385,12 @@ impl<C: Class> DynClass for C {
     fn state_names(&self) -> &'static [&'static str] {
         Class::state_names(self)
     }
+    fn factored(&self, shape: &[usize]) -> bool {
+        Class::factored(self, shape)
+    }
+    fn factored_names(&self) -> &'static [&'static str] {
+        Class::factored_names(self)
+    }
     fn initial_state(&self, name: &str) -> f64 {
         Class::initial_state(self, name)
     }
@@ -346,11 +409,27 @@ impl<C: Class> DynClass for C {
     fn options(&self) -> String {
         options(self, &C::default())
     }
-    fn reference_f64(&self, t: u64, p: &mut [f64], g: &[f64], s: &mut [Vec<f64>], x: &mut [f64]) {
-        self.reference(t, p, g, s, x);
+    fn reference_f64(
+        &self,
+        t: u64,
+        shape: &[usize],
+        p: &mut [f64],
+        g: &[f64],
+        s: &mut [Vec<f64>],
+        x: &mut [f64],
+    ) {
+        self.reference(t, shape, p, g, s, x);
     }
-    fn reference_f32(&self, t: u64, p: &mut [f32], g: &[f32], s: &mut [Vec<f32>], x: &mut [f32]) {
-        self.reference(t, p, g, s, x);
+    fn reference_f32(
+        &self,
+        t: u64,
+        shape: &[usize],
+        p: &mut [f32],
+        g: &[f32],
+        s: &mut [Vec<f32>],
+        x: &mut [f32],
+    ) {
+        self.reference(t, shape, p, g, s, x);
     }
 }
 
@@ -504,12 +583,22 @@ macro_rules! registry {
                 out
             }
 
-            /// Every class's benchmark cases ([`Class::bench_cases`]).
-            pub(crate) fn all_bench_cases() -> Vec<(&'static str, Self)> {
+            /// Every class's benchmark cases ([`Class::bench_cases`], then
+            /// [`Class::bench_matrix_cases`]), each with whether it steps a matrix.
+            pub(crate) fn all_bench_cases() -> Vec<(&'static str, Self, bool)> {
                 let mut out = Vec::new();
-                $(out.extend(
-                    <$ty as Class>::bench_cases().into_iter().map(|(n, c)| (n, Self::from(c))),
-                );)*
+                $(
+                    out.extend(
+                        <$ty as Class>::bench_cases()
+                            .into_iter()
+                            .map(|(n, c)| (n, Self::from(c), false)),
+                    );
+                    out.extend(
+                        <$ty as Class>::bench_matrix_cases()
+                            .into_iter()
+                            .map(|(n, c)| (n, Self::from(c), true)),
+                    );
+                )*
                 out
             }
 
@@ -578,6 +667,8 @@ registry! {
     NAdam(NAdam),
     /// `torch.optim.ASGD`.
     ASGD(ASGD),
+    /// `torch.optim.Adafactor`.
+    Adafactor(Adafactor),
     /// `Lion` of the lion-pytorch package.
     Lion(Lion),
     /// `ADOPT` of the pytorch-optimizer package.
@@ -699,9 +790,68 @@ impl OptimizerConfig {
         self.kernel().name()
     }
 
-    /// The kernel this configuration runs.
+    /// The kernel this configuration runs for tensors whose state is not factored.
     pub(crate) fn kernel(&self) -> Kernel {
         self.class().kernel()
+    }
+
+    /// The kernel this configuration runs for a tensor of `shape`.
+    pub(crate) fn kernel_for(&self, shape: &[usize]) -> Kernel {
+        let k = self.kernel();
+        if self.class().factored(shape) {
+            Kernel {
+                switches: k.switches | k.shader.factored,
+                states: 0,
+                ..k
+            }
+        } else {
+            k
+        }
+    }
+
+    /// Every kernel this configuration runs: for tensors whose state is not factored, and,
+    /// for a class with factored state, for those whose state is.
+    pub(crate) fn kernels(&self) -> Vec<Kernel> {
+        let mut out = vec![self.kernel()];
+        if self.class().factored(&[1, 1]) {
+            out.push(self.kernel_for(&[1, 1]));
+        }
+        out
+    }
+
+    /// Whether a tensor of `shape` keeps factored state: Adafactor's tensors of two
+    /// dimensions or more keep a row factor and a column factor of their second moments, not
+    /// a state buffer of their own size.
+    pub fn is_factored(&self, shape: &[usize]) -> bool {
+        self.class().factored(shape)
+    }
+
+    /// PyTorch's names of the state kept for a tensor of `shape`: [`state_names`](Self::state_names),
+    /// or for a tensor whose state is factored ([`is_factored`](Self::is_factored)) its row
+    /// and column factors (Adafactor's `row_var` and `col_var`).
+    pub fn state_names_for(&self, shape: &[usize]) -> &'static [&'static str] {
+        if self.class().factored(shape) {
+            self.class().factored_names()
+        } else {
+            self.state_names()
+        }
+    }
+
+    /// The shape of state `name` of a tensor of `shape`, as PyTorch keeps it: the tensor's
+    /// shape, or for a factored tensor's row factor that shape with its last dimension 1, and
+    /// for its column factor with its second-to-last dimension 1.
+    pub fn state_shape(&self, name: &str, shape: &[usize]) -> Vec<usize> {
+        let mut out = shape.to_vec();
+        if self.class().factored(shape) {
+            let names = self.class().factored_names();
+            let dims = out.len();
+            if names.first() == Some(&name) {
+                out[dims - 1] = 1;
+            } else if names.get(1) == Some(&name) {
+                out[dims - 2] = 1;
+            }
+        }
+        out
     }
 }
 

@@ -82,6 +82,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<NadamHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl NAdam {
@@ -151,6 +152,7 @@ impl Class for NAdam {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

@@ -81,6 +81,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<RadamHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl RAdam {
@@ -144,6 +145,7 @@ impl Class for RAdam {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

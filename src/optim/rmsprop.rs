@@ -76,6 +76,7 @@ const SHADER: Shader = Shader {
     switches: &["CENTERED", "MOMENTUM"],
     hyper_size: size_of::<RmspropHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl Class for RMSprop {
@@ -128,6 +129,7 @@ impl Class for RMSprop {
     fn reference<F: Real>(
         &self,
         _t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

@@ -65,6 +65,7 @@ const SHADER: Shader = Shader {
     switches: &[],
     hyper_size: size_of::<RpropHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl Class for Rprop {
@@ -117,6 +118,7 @@ impl Class for Rprop {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

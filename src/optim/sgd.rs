@@ -73,6 +73,7 @@ const SHADER: Shader = Shader {
     switches: &["MOMENTUM"],
     hyper_size: size_of::<SgdHyper>() as u64,
     sums: Sums::Never,
+    factored: 0,
 };
 
 impl Class for SGD {
@@ -132,6 +133,7 @@ impl Class for SGD {
     fn reference<F: Real>(
         &self,
         t: u64,
+        _shape: &[usize],
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],

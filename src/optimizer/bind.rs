@@ -19,9 +19,12 @@ use super::{
 use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
 use crate::gpu::template::{
-    TABLE_SIZE, WORKGROUP_SIZE, has_edges, reduce_workgroups, segment_table, step_workgroups,
+    Factors, TABLE_SIZE, WORKGROUP_SIZE, has_edges, reduce_workgroups, segment_table,
+    step_workgroups,
 };
-use crate::gpu::{Access, CompiledKernel, Context, GradAccess, Layout, Pipeline, scoped};
+use crate::gpu::{
+    Access, CompiledKernel, Context, FactorPass, GradAccess, Layout, Pipeline, scoped,
+};
 use crate::optim::Kernel;
 use std::sync::Arc;
 
@@ -66,7 +69,24 @@ pub(super) struct Dispatch {
     /// The per-tensor sums' pass, for optimizers that need one (one workgroup a chunk).
     pub(super) sums_kernel: Option<Arc<CompiledKernel>>,
     pub(super) sums_dispatch: (u32, u32),
+    /// For a batch of tensors whose state is factored, the passes over their factors.
+    pub(super) factors: Option<FactorDispatch>,
 }
+
+/// The passes over a batch's factored state (shaders/adafactor.wgsl), after `finalize` and
+/// before the per-tensor sums: `factor_lines` then `factor_means`, each over a grid of
+/// (workgroups per tensor, tensors), each workgroup taking a vec4 of lines or means in
+/// turn.
+pub(super) struct FactorDispatch {
+    pub(super) lines: Arc<CompiledKernel>,
+    pub(super) means: Arc<CompiledKernel>,
+    pub(super) lines_dispatch: (u32, u32),
+    pub(super) means_dispatch: (u32, u32),
+}
+
+/// The most workgroups a factor pass gives one tensor; each then takes several vec4s of
+/// lines in turn.
+const MAX_FACTOR_WORKGROUPS: u64 = 16_384;
 
 /// What a step records for the per-tensor sums (shaders/sums.wgsl), for optimizers whose
 /// update needs them: their partials and their combination.
@@ -163,6 +183,8 @@ pub(super) struct Planned {
     /// number.
     sums_bases: Vec<u32>,
     sums_count: u32,
+    /// Each tensor's factors, where its state is factored.
+    factors: Vec<Option<Factors>>,
 }
 
 /// Whether a tensor whose state was laid out for `meta`'s access can use vec4 access at these
@@ -256,6 +278,7 @@ pub(super) fn layout(
         partial_count,
         sums_bases,
         sums_count,
+        factors: tensors.iter().map(|t| t.factors).collect(),
     })
 }
 
@@ -386,6 +409,11 @@ impl Parts<'_> {
                 Some(k) => Some(self.reduce_group(k, grad.clone(), access)?),
                 None => None,
             };
+            let factors = if kernel_id.factored() {
+                Some(self.factor_dispatch(&layout, p, layout.keys[b], bits)?)
+            } else {
+                None
+            };
             dispatches.push(Dispatch {
                 kernel,
                 edge_kernel,
@@ -407,6 +435,7 @@ impl Parts<'_> {
                 },
                 sums_kernel,
                 sums_dispatch: dispatch_size(p.workgroups, max_x),
+                factors,
             });
         }
         Ok(Bound {
@@ -445,6 +474,54 @@ impl Parts<'_> {
             .then(|| self.ctx.kernel(Pipeline::Sums(kernel, access, grad, bits)))
             .transpose()?;
         Ok((step, reduce, sums))
+    }
+
+    /// The passes over the factors of batch `p`, of a kernel of factored state.
+    fn factor_dispatch(
+        &self,
+        layout: &Planned,
+        p: &plan::Batch,
+        (kernel, access, grad): (Kernel, Access, GradAccess),
+        bits: u32,
+    ) -> Result<FactorDispatch> {
+        let max_x = u64::from(
+            self.ctx
+                .limits()
+                .max_compute_workgroups_per_dimension
+                .max(1),
+        );
+        let (mut lines, mut means) = (1, 1);
+        for piece in &p.pieces {
+            if let Some(f) = layout.factors[piece.tensor] {
+                let (l, m) = f.quads();
+                lines = lines.max(l);
+                means = means.max(m);
+            }
+        }
+        let grid = |quads: u64| {
+            let x = quads.clamp(1, MAX_FACTOR_WORKGROUPS.min(max_x));
+            (x as u32, p.pieces.len() as u32)
+        };
+        let (lines_kernel, means_kernel) = self.factor_kernels((kernel, access, grad), bits)?;
+        Ok(FactorDispatch {
+            lines: lines_kernel,
+            means: means_kernel,
+            lines_dispatch: grid(lines),
+            means_dispatch: grid(means),
+        })
+    }
+
+    /// The two factor passes' kernels of a batch, for the step flags `bits`.
+    fn factor_kernels(
+        &self,
+        (kernel, access, grad): (Kernel, Access, GradAccess),
+        bits: u32,
+    ) -> Result<(Arc<CompiledKernel>, Arc<CompiledKernel>)> {
+        let pipeline = |pass| {
+            self.ctx
+                .kernel(Pipeline::Factors(kernel, access, grad, bits, pass))
+        };
+        Ok((pipeline(FactorPass::Lines)?, pipeline(FactorPass::Means)?))
     }
 
     /// The partials, map and bind groups of `layout`'s per-tensor sums.
@@ -577,9 +654,13 @@ impl Parts<'_> {
                 Some(k) => Some(self.reduce_group(k, d.grad.clone(), d.access)?),
                 None => None,
             };
-            fresh.push((kernel, edge, reduce_kernel, group, sums_kernel));
+            let factors = match d.factors {
+                Some(_) => Some(self.factor_kernels((d.kernel_id, d.access, d.grad_access), bits)?),
+                None => None,
+            };
+            fresh.push((kernel, edge, reduce_kernel, group, sums_kernel, factors));
         }
-        for (d, (kernel, edge, reduce_kernel, group, sums_kernel)) in
+        for (d, (kernel, edge, reduce_kernel, group, sums_kernel, factors)) in
             bound.dispatches.iter_mut().zip(fresh)
         {
             d.kernel = kernel;
@@ -587,6 +668,9 @@ impl Parts<'_> {
             d.reduce_kernel = reduce_kernel;
             d.reduce_group = group;
             d.sums_kernel = sums_kernel;
+            if let (Some(f), Some((lines, means))) = (&mut d.factors, factors) {
+                (f.lines, f.means) = (lines, means);
+            }
         }
         bound.bits = bits;
         bound.reduce_generation = generation;

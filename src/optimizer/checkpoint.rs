@@ -222,7 +222,9 @@ impl Optimizer {
                     )]),
                 });
             }
-            for (n, state) in self.groups[meta.group].state_names().iter().enumerate() {
+            let config = &self.groups[meta.group];
+            let shape = meta.shape();
+            for (n, state) in config.state_names_for(&shape).iter().enumerate() {
                 let ranges = self
                     .state_ranges(meta, n as u64)
                     .into_iter()
@@ -231,7 +233,7 @@ impl Optimizer {
                 entries.push(Entry {
                     name: format!("{}.{state}", meta.name),
                     dtype: "F32",
-                    shape: meta.shape(),
+                    shape: config.state_shape(state, &shape),
                     source: Source::Gpu(ranges),
                 });
             }
@@ -312,7 +314,7 @@ impl Optimizer {
         for (i, meta) in self.tensors.iter().enumerate() {
             let config = &self.groups[meta.group];
             let suffixes = std::iter::once("step")
-                .chain(config.state_names().iter().copied())
+                .chain(config.state_names_for(&meta.shape()).iter().copied())
                 .chain(config.scalar_names().iter().copied());
             let keys = std::iter::once(meta.name.clone())
                 .chain(suffixes.map(|s| format!("{}.{s}", meta.name)));
@@ -356,7 +358,8 @@ impl Optimizer {
                 let target = [(&meta.param, meta.param_offset, meta.len)];
                 stream.upload(&mut file, start, &target)?;
             }
-            for (n, state) in self.groups[meta.group].state_names().iter().enumerate() {
+            let names = self.groups[meta.group].state_names_for(&meta.shape());
+            for (n, state) in names.iter().enumerate() {
                 let start = file.tensors[&format!("{}.{state}", meta.name)].start;
                 stream.upload(&mut file, start, &self.state_ranges(meta, n as u64))?;
             }
@@ -445,9 +448,14 @@ impl Optimizer {
                 expected.insert(key);
             }
             scalars.push(values);
-            for state in self.groups[t.group].state_names() {
+            let config = &self.groups[t.group];
+            let shape = t.shape();
+            for state in config.state_names_for(&shape) {
                 let key = format!("{}.{state}", t.name);
-                file.expect(&key, "F32", t.given_shape.as_deref(), t.len)?;
+                let state_shape = config.state_shape(state, &shape);
+                let len = state_shape.iter().product::<usize>() as u64;
+                let state_shape = t.given_shape.is_some().then_some(&state_shape[..]);
+                file.expect(&key, "F32", state_shape, len)?;
                 expected.insert(key);
             }
             if options.parameters || file.tensors.contains_key(&t.name) {

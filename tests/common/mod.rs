@@ -239,6 +239,8 @@ pub(crate) fn read_safetensors_f64(
 /// error that float32 arithmetic itself makes on this data.
 pub(crate) struct Tracked {
     config: wgpu_optim::OptimizerConfig,
+    /// The tensor's shape.
+    shape: Vec<usize>,
     /// The reference's parameters and state.
     pub(crate) param: Vec<f64>,
     pub(crate) state: wgpu_optim::TensorState<f64>,
@@ -250,8 +252,18 @@ pub(crate) struct Tracked {
 
 impl Tracked {
     pub(crate) fn new(config: wgpu_optim::OptimizerConfig, init: &[f32]) -> Self {
+        Self::shaped(config, &[init.len()], init)
+    }
+
+    /// A tensor of `shape`, which matters where its state depends on it (Adafactor).
+    pub(crate) fn shaped(
+        config: wgpu_optim::OptimizerConfig,
+        shape: &[usize],
+        init: &[f32],
+    ) -> Self {
         Self {
             config,
+            shape: shape.to_vec(),
             param: init.iter().map(|&v| f64::from(v)).collect(),
             state: Default::default(),
             param32: init.to_vec(),
@@ -276,8 +288,15 @@ impl Tracked {
     fn step_both(&mut self, g: &[f64], grad: &[f32]) {
         let mut before = self.state.buffers.clone();
         before.insert("param".into(), self.param.clone());
-        wgpu_optim::reference::step(&self.config, &mut self.state, &mut self.param, g);
-        wgpu_optim::reference::step(&self.config, &mut self.state32, &mut self.param32, grad);
+        let (config, shape) = (&self.config, &self.shape);
+        wgpu_optim::reference::step_shaped(config, shape, &mut self.state, &mut self.param, g);
+        wgpu_optim::reference::step_shaped(
+            config,
+            shape,
+            &mut self.state32,
+            &mut self.param32,
+            grad,
+        );
         for (name, old) in before {
             let new = if name == "param" {
                 &self.param

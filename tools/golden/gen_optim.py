@@ -6,7 +6,7 @@ Run from the repository root:
     python3 tools/golden/gen_optim.py
 
 It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad,
-NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD), ``Lion`` from lion-pytorch and
+NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD, Adafactor), ``Lion`` from lion-pytorch and
 ``Lamb``, ``ADOPT`` and ``AdEMAMix`` from pytorch-optimizer and
 ``AdamWScheduleFree`` from schedulefree, at the versions in
 tools/golden/requirements.txt (the script refuses others, see PACKAGE_OPTIMIZERS),
@@ -14,11 +14,14 @@ on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
 
 * ``params.safetensors``  - initial parameters (F32), one tensor per name
                             ("w" [7,5], "b" [13], "v" [300]).
+* ``extra_params.safetensors``, ``extra_grads.safetensors`` - the same for the
+                            tensors only some cases step ("c" [3,4,6], Adafactor's).
 * ``grads.safetensors``   - per-step gradients (F32), one tensor per name with
                             shape [STEPS, *param_shape]; step k uses grads[name][k].
 * ``cases.json``          - {"steps": STEPS, "names": [...], "cases": [
                               {"name": ..., "optimizer": {"type": <torch class>,
                                "lr": ..., <non-default args, torch names>}}, ...]}
+  A case that steps other tensors than "names" lists its own under "names".
   For the classes from outside torch.optim, "type" is the package's class name
   and the other keys are the package's own argument names; ADOPT's
   ``"clip_lambda": null`` stands for ``clip_lambda=None`` (no clipping; the
@@ -40,7 +43,8 @@ optimizer state tensor under ``<name>.<state name>`` exactly as
 ``optimizer.state`` names it (momentum_buffer, exp_avg, exp_avg_sq,
 max_exp_avg_sq, square_avg, grad_avg, sum, step; NAdam: mu_product;
 Adamax: exp_inf; Adadelta: square_avg, acc_delta; Rprop: prev, step_size;
-ASGD: eta, mu, ax).  State entries that are None are skipped.  The 0-d
+ASGD: eta, mu, ax; Adafactor: row_var [..., rows, 1] and col_var [..., 1, cols]
+for tensors of two dimensions or more, variance for the others).  State entries that are None are skipped.  The 0-d
 per-parameter scalars ``step``, ``mu_product`` (NAdam), ``eta`` and ``mu``
 (ASGD) are stored as 0-d F32 tensors in both files: torch creates them in its
 scalar dtype (float32 while the default dtype is float32, which this script
@@ -85,6 +89,16 @@ STEPS = 20
 GRAD_SCALE = 0.5
 SHAPES = [("w", (7, 5)), ("b", (13,)), ("v", (300,))]
 NAMES = [n for n, _ in SHAPES]
+# Tensors that only some classes' cases step (their cases list them in cases.json), drawn after
+# the others' params and grads so that those stay as they were: Adafactor factors every tensor
+# of two dimensions or more over its last two, one pair of factors per leading index.
+EXTRA_SHAPES = [("c", (3, 4, 6))]
+EXTRA_NAMES = {"Adafactor": ["c"]}
+
+
+def case_names(spec):
+    """The tensors a case steps: NAMES, and the class's EXTRA_NAMES."""
+    return NAMES + EXTRA_NAMES.get(spec["type"], [])
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT_DIR = os.path.join(REPO_ROOT, "tests", "golden", "optim")
@@ -177,6 +191,15 @@ CASES = [
     ("asgd_lambd_alpha_t0", {"type": "ASGD", "lr": 0.05, "lambd": 0.5, "alpha": 0.5, "t0": 5.0}),
     ("asgd_wd", {"type": "ASGD", "lr": 0.05, "weight_decay": 0.1}),
     ("asgd_maximize", {"type": "ASGD", "lr": 0.05, "maximize": True}),
+    # --- Adafactor (w [7,5] and c [3,4,6] factored, b and v not; default lr 1e-2).  lr 0.5
+    # caps the relative step size min(lr, 1/sqrt(t)) for the first 3 steps only; eps1 1e-3
+    # bounds the variance estimate of the small gradients below. ---
+    ("adafactor", {"type": "Adafactor", "lr": 0.01}),
+    ("adafactor_wd", {"type": "Adafactor", "lr": 0.01, "weight_decay": 0.1}),
+    ("adafactor_lr", {"type": "Adafactor", "lr": 0.5}),
+    ("adafactor_eps_d_decay",
+     {"type": "Adafactor", "lr": 0.05, "eps": [1e-3, 1e-2], "d": 2.0, "beta2_decay": -0.5}),
+    ("adafactor_maximize", {"type": "Adafactor", "lr": 0.05, "maximize": True}),
     # --- Lion (lion-pytorch; default lr is 1e-4, betas (0.9, 0.99); no step count) ---
     ("lion", {"type": "Lion", "lr": 0.01}),
     ("lion_default_lr", {"type": "Lion", "lr": 1e-4}),
@@ -300,6 +323,8 @@ SCHEDULED_CASES = [
     ("sched_adamw_schedulefree_warmup_steplr",
      {"type": "AdamWScheduleFree", "lr": 0.01, "warmup_steps": 4},
      {"type": "StepLR", "step_size": 6, "gamma": 0.3}),
+    ("sched_adafactor_wd_steplr", {"type": "Adafactor", "lr": 0.05, "weight_decay": 0.05},
+     {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
     # OneCycleLR cycles beta1, the first of ADOPT's betas.
     ("sched_adopt_onecycle", {"type": "ADOPT", "lr": 0.01},
      {"type": "OneCycleLR", "max_lr": 0.02, "total_steps": STEPS}),
@@ -333,6 +358,9 @@ def make_problem():
         params[name] = torch.randn(shape, dtype=torch.float32)
     grads = {}
     for name, shape in SHAPES:
+        grads[name] = torch.randn((STEPS, *shape), dtype=torch.float32) * GRAD_SCALE
+    for name, shape in EXTRA_SHAPES:
+        params[name] = torch.randn(shape, dtype=torch.float32)
         grads[name] = torch.randn((STEPS, *shape), dtype=torch.float32) * GRAD_SCALE
     return params, grads
 
@@ -547,12 +575,13 @@ def build_scheduler(spec, opt):
 
 
 def run_case(spec, params, grads, dtype, schedule=None, probe=None):
-    tensors = [params[n].detach().clone().to(dtype) for n in NAMES]
-    step_grads = {n: grads[n].to(dtype) for n in NAMES}
+    names = case_names(spec)
+    tensors = [params[n].detach().clone().to(dtype) for n in names]
+    step_grads = {n: grads[n].to(dtype) for n in names}
     opt = build_optimizer(spec, tensors)
     scheduler = build_scheduler(schedule, opt) if schedule is not None else None
     for k in range(STEPS):
-        for n, p in zip(NAMES, tensors):
+        for n, p in zip(names, tensors):
             p.grad = step_grads[n][k].clone()
         if probe is not None:
             probe.before(k, opt, tensors)
@@ -563,7 +592,7 @@ def run_case(spec, params, grads, dtype, schedule=None, probe=None):
         if scheduler is not None and k + 1 < STEPS:
             scheduler.step()
 
-    out = state_tensors(NAMES, tensors, opt, dtype, DIAGNOSTIC_STATES.get(spec["type"], ()))
+    out = state_tensors(names, tensors, opt, dtype, DIAGNOSTIC_STATES.get(spec["type"], ()))
     if spec["type"] in GROUP_STEP:
         step = torch.tensor(float(opt.param_groups[0]["step"]), dtype=torch.float32)
         for n in NAMES:
@@ -588,10 +617,12 @@ def main():
 
     params, grads = make_problem()
     # No safetensors metadata: its header order is not stable across runs.
-    save_file({n: params[n].contiguous() for n in NAMES},
-              os.path.join(OUT_DIR, "params.safetensors"))
-    save_file({n: grads[n].contiguous() for n in NAMES},
-              os.path.join(OUT_DIR, "grads.safetensors"))
+    extra = [n for n, _ in EXTRA_SHAPES]
+    for fname, tensors in (("params", params), ("grads", grads)):
+        save_file({n: tensors[n].contiguous() for n in NAMES},
+                  os.path.join(OUT_DIR, f"{fname}.safetensors"))
+        save_file({n: tensors[n].contiguous() for n in extra},
+                  os.path.join(OUT_DIR, f"extra_{fname}.safetensors"))
 
     names_seen = set()
     cases_json = []
@@ -599,12 +630,18 @@ def main():
         if name in names_seen:
             raise ValueError(f"duplicate case name {name}")
         names_seen.add(name)
-        cases_json.append({"name": name, "optimizer": spec})
+        case = {"name": name, "optimizer": spec}
+        if case_names(spec) != NAMES:
+            case["names"] = case_names(spec)
+        cases_json.append(case)
     for name, spec, schedule in SCHEDULED_CASES:
         if name in names_seen:
             raise ValueError(f"duplicate case name {name}")
         names_seen.add(name)
-        cases_json.append({"name": name, "optimizer": spec, "schedule": schedule})
+        case = {"name": name, "optimizer": spec, "schedule": schedule}
+        if case_names(spec) != NAMES:
+            case["names"] = case_names(spec)
+        cases_json.append(case)
     doc = {"steps": STEPS, "names": NAMES, "cases": cases_json}
     with open(os.path.join(OUT_DIR, "cases.json"), "w", newline="\n") as f:
         json.dump(doc, f, indent=2)
@@ -614,7 +651,8 @@ def main():
     with open(os.path.join(OUT_DIR, "cases.json")) as f:
         doc = json.load(f)
 
-    expected = {"params.safetensors", "grads.safetensors", "cases.json"}
+    expected = {"params.safetensors", "grads.safetensors", "extra_params.safetensors",
+                "extra_grads.safetensors", "cases.json"}
     print(f"torch {torch.__version__}; {len(doc['cases'])} cases, {STEPS} steps")
     print(f"{'case':40s} {'max|f32-f64| params':>20s}  per name ({', '.join(NAMES)})")
     for case in doc["cases"]:
@@ -631,7 +669,7 @@ def main():
             fname = f"{name}.{suffix}.safetensors"
             save_file(res, os.path.join(OUT_DIR, fname))
             expected.add(fname)
-        per_name = [(r32[n].double() - r64[n]).abs().max().item() for n in NAMES]
+        per_name = [(r32[n].double() - r64[n]).abs().max().item() for n in case_names(spec)]
         print(f"{name:40s} {max(per_name):20.3e}  "
               + " ".join(f"{e:.3e}" for e in per_name)
               + f"   state: {', '.join(sorted({k.split('.', 1)[1] for k in r32 if '.' in k}))}")
