@@ -10,9 +10,9 @@ use std::path::{Path, PathBuf};
 use wgpu_optim::checkpoint::{LoadOptions, SaveOptions};
 use wgpu_optim::schedule::Scheduler;
 use wgpu_optim::{
-    ADOPT, ASGD, AdEMAMix, Adagrad, Adam, AdamW, AdamWScheduleFree, BufferRange, ClipGrad, Context,
-    GradScaler, Lamb, Lion, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop,
-    Rprop, SGD, Tensor,
+    ADOPT, ASGD, AdEMAMix, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree, BufferRange,
+    ClipGrad, Context, GradScaler, Lamb, Lion, NAdam, NormType, Optimizer, OptimizerConfig,
+    ParamGroup, RMSprop, Rprop, SGD, Tensor,
 };
 
 const STEPS: usize = 20;
@@ -233,6 +233,20 @@ fn cases() -> Vec<Case> {
             .into()),
             schedule: Some(step_lr.clone()),
             clip: None,
+            scaler: Some(scaler),
+        },
+        // Adafactor keeps head.weight's state as row and column factors, of other lengths than
+        // the tensor's.
+        Case {
+            name: "Adafactor, StepLR, clip_grad_norm and a grad scaler",
+            groups: two(Adafactor {
+                lr: 0.05,
+                weight_decay: 0.01,
+                ..Default::default()
+            }
+            .into()),
+            schedule: Some(step_lr.clone()),
+            clip: Some(ClipGrad::norm(1.0)),
             scaler: Some(scaler),
         },
         Case {
@@ -903,4 +917,65 @@ fn schedule_free_checkpoints_keep_the_mode() {
     }
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_file(&bad).unwrap();
+}
+
+#[test]
+fn factored_state_is_saved_in_pytorchs_shapes() {
+    // Adafactor's head.weight [2, 3] keeps row_var [2, 1] and col_var [1, 3]; its vectors
+    // keep variance. A factor of another shape is an error that changes nothing, in a file
+    // and through load_state.
+    let ctx = ctx();
+    let mut rng = Rng::fresh("factored checkpoint");
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with("Adafactor"))
+        .unwrap();
+    let init = [
+        rng.normals(BUFFER_LEN[0] as usize),
+        rng.normals(BUFFER_LEN[1] as usize),
+    ];
+    let grads = gradients(&mut rng, &case);
+    let model = Model::new(ctx, &init);
+    let mut opt = model.optimizer(ctx, &case);
+    let mut sched = scheduler(&case);
+    run(ctx, &model, &mut opt, &mut sched, &grads, 0..2);
+    let good = temp("factored.safetensors");
+    let save = SaveOptions {
+        scheduler: sched.as_ref(),
+        parameters: false,
+    };
+    opt.save(&good, &save).unwrap();
+    let bytes = std::fs::read(&good).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let shape = |name: &str| file.tensor(name).unwrap().shape().to_vec();
+    assert_eq!(shape("head.weight.row_var"), [2, 1]);
+    assert_eq!(shape("head.weight.col_var"), [1, 3]);
+    assert_eq!(shape("enc.weight.variance"), [37]);
+    assert!(file.tensor("head.weight.variance").is_err());
+    // Tensors are numbered over the groups in order: head.weight is group 1's only one.
+    let head = LAYOUT.len() - 1;
+    assert_eq!(LAYOUT.iter().filter(|t| t.3 == 1).count(), 1);
+    assert_eq!(opt.state_names(head).unwrap(), ["row_var", "col_var"]);
+
+    let before = outcome(ctx, &model, &opt, &sched);
+    let bad = temp("factored-bad.safetensors");
+    rewrite(&good, &bad, |t, _| {
+        let i = t.iter().position(|x| x.0 == "head.weight.row_var").unwrap();
+        t[i].2 = vec![1, 2];
+    });
+    let err = opt.load(&bad, LoadOptions::default()).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("has shape [1, 2], expected [2, 1]"),
+        "{err}"
+    );
+    let mut state = opt.read_state(head).unwrap();
+    state.buffers.insert("col_var".into(), vec![0.5; 6]);
+    let err = opt.load_state(head, &state).unwrap_err();
+    assert!(err.to_string().contains("col_var"), "{err}");
+    assert!(outcome(ctx, &model, &opt, &sched) == before);
+    opt.load(&good, LoadOptions::default()).unwrap();
+    for p in [good, bad] {
+        std::fs::remove_file(p).unwrap();
+    }
 }

@@ -11,8 +11,8 @@ mod common;
 
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
-    ADOPT, ASGD, Access, AdEMAMix, Adadelta, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax,
-    BufferRange, ClipGrad, Context, Error, GradScaler, GradScalerState, Lamb, Lion, NAdam,
+    ADOPT, ASGD, Access, AdEMAMix, Adadelta, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree,
+    Adamax, BufferRange, ClipGrad, Context, Error, GradScaler, GradScalerState, Lamb, Lion, NAdam,
     NormType, Optimizer, OptimizerConfig, ParamGroup, RAdam, RMSprop, Rprop, SGD, Tensor,
     TensorState, reference,
 };
@@ -635,6 +635,54 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             .into(),
             "with t_alpha_beta3, beta1 and beta3 must be positive: pytorch-optimizer takes their logarithms at the step",
         ),
+        (
+            Adafactor {
+                lr: -1.0,
+                ..Default::default()
+            }
+            .into(),
+            "Learning rate should be >= 0 but is: -1.0",
+        ),
+        (
+            Adafactor {
+                beta2_decay: 0.5,
+                ..Default::default()
+            }
+            .into(),
+            "beta2_decay should be <= 0 but is: 0.5",
+        ),
+        (
+            Adafactor {
+                eps: (Some(-1.0), 1e-3),
+                ..Default::default()
+            }
+            .into(),
+            "epsilon1 should be >= 0 but is: -1.0",
+        ),
+        (
+            Adafactor {
+                eps: (None, -1e-3),
+                ..Default::default()
+            }
+            .into(),
+            "epsilon2 should be >= 0 but is: -0.001",
+        ),
+        (
+            Adafactor {
+                d: 0.5,
+                ..Default::default()
+            }
+            .into(),
+            "Clipping threshold d should be >= 1 but is: 0.5",
+        ),
+        (
+            Adafactor {
+                weight_decay: -0.1,
+                ..Default::default()
+            }
+            .into(),
+            "weight_decay should be >= 0 but is: -0.1",
+        ),
     ]);
     cases
 }
@@ -646,6 +694,14 @@ fn nan_configs() -> Vec<(OptimizerConfig, &'static str)> {
     let [adam, adamw] = adam_and_adamw(|c| c.lr = nan);
     vec![
         (sgd(|c| c.lr = nan), "Invalid learning rate: "),
+        (
+            Adafactor {
+                lr: nan,
+                ..Default::default()
+            }
+            .into(),
+            "Learning rate should be >= 0 but is: ",
+        ),
         (sgd(|c| c.dampening = nan), "Invalid dampening value: "),
         (adam, "Invalid learning rate: "),
         (adamw, "Invalid learning rate: "),
@@ -2026,4 +2082,29 @@ fn load_state_checks_scalar_state() {
     loaded.step = 3;
     opt.load_state(0, &loaded).unwrap();
     assert_eq!(opt.read_state(0).unwrap(), loaded);
+}
+
+#[test]
+fn a_factored_tensor_larger_than_one_binding_is_unsupported() {
+    // Adafactor never splits a tensor whose state is factored (its rows and columns are
+    // reduced whole), so it must fit one storage binding; a vector of the same length is split
+    // and runs. The error names the tensor and the limit.
+    let ctx = &context_with_limits(|l| l.max_storage_buffer_binding_size = 1 << 20);
+    let n = 600 * 600;
+    let param = ctx.create_f32_buffer("param", &vec![0.5; n]).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &vec![0.1; n]).unwrap();
+    let tensor = Tensor::new(BufferRange::whole(&param), BufferRange::whole(&grad)).named("w");
+    let config = Adafactor::default();
+    let err = assert_err!(
+        Optimizer::new(ctx, config, &[tensor.with_shape(&[600, 600])]),
+        Error::Unsupported(m) if m.contains("must fit one storage binding"),
+    );
+    assert!(
+        err.to_string().contains("\"w\" of shape [600, 600]"),
+        "{err}"
+    );
+    let mut opt = Optimizer::new(ctx, config, &[tensor]).unwrap();
+    assert!(opt.dispatches_per_step() > 1);
+    opt.step_submit().unwrap();
+    assert_eq!(opt.read_state(0).unwrap().step, 1);
 }
