@@ -8,13 +8,15 @@ A wgpu-optim checkpoint (see src/optimizer/checkpoint.rs) is one safetensors fil
   name (Adam/AdamW: exp_avg, exp_avg_sq, max_exp_avg_sq with amsgrad; SGD: momentum_buffer
   when momentum != 0; RMSprop: square_avg, momentum_buffer when momentum > 0, grad_avg when
   centered; Adagrad: sum; Adamax: exp_avg, exp_inf; RAdam and NAdam: exp_avg, exp_avg_sq;
-  Adadelta: square_avg, acc_delta; Rprop: prev, step_size; ASGD: ax).
+  Adadelta: square_avg, acc_delta; Rprop: prev, step_size; ASGD: ax; Adafactor: variance
+  for a tensor of one dimension, else row_var and col_var, in PyTorch's shapes: the
+  parameter's with the last dimension 1, and with the second-to-last 1).
 * ``<name>.<scalar>`` - F32, shape ``[]``: each per-tensor scalar state that is not the step,
   under PyTorch's state name (NAdam: mu_product; ASGD: eta, mu).
 * ``<name>``         - F32, the parameter's shape: the parameter (optional in general;
   :func:`to_wgpu_optim` always writes it).
 * metadata: ``format`` = ``wgpu-optim``, ``version`` = ``1``, ``optimizer`` = the class name
-  (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, RAdam, NAdam, Adadelta, Rprop, ASGD),
+  (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, RAdam, NAdam, Adadelta, Rprop, ASGD, Adafactor),
   ``param_groups`` = a JSON list with one object per group (its hyperparameters under
   PyTorch's argument names, and ``params``: its tensors' names), optionally ``grad_scaler``
   = JSON with exactly the keys of ``torch.amp.GradScaler.state_dict()``, optionally
@@ -108,6 +110,7 @@ HYPERPARAMETERS = {
     "Adadelta": ("lr", "rho", "eps", "weight_decay", "maximize"),
     "Rprop": ("lr", "etas", "step_sizes", "maximize"),
     "ASGD": ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize"),
+    "Adafactor": ("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize"),
 }
 BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered", "decoupled_weight_decay"}
 # Hyperparameters that are pairs of numbers (tuples in PyTorch, two-element lists in JSON).
@@ -128,8 +131,11 @@ def optimizer_class_name(optimizer):
     raise ValueError(f"{type(optimizer).__name__} is not one of {', '.join(HYPERPARAMETERS)}")
 
 
-def state_names(cls_name, hyper):
-    """The state buffers a group with these hyperparameters keeps, as PyTorch names them."""
+def state_names(cls_name, hyper, shape):
+    """The state buffers a tensor of `shape` in a group with these hyperparameters keeps, as
+    PyTorch names them."""
+    if cls_name == "Adafactor":
+        return ["row_var", "col_var"] if factored(shape) else ["variance"]
     if cls_name == "SGD":
         return ["momentum_buffer"] if hyper.get("momentum", 0) != 0 else []
     if cls_name in ("Adam", "AdamW"):
@@ -150,6 +156,23 @@ def state_names(cls_name, hyper):
     if cls_name == "ASGD":
         return ["ax"]
     raise ValueError(f"unknown optimizer {cls_name!r}; expected one of {', '.join(HYPERPARAMETERS)}")
+
+
+def factored(shape):
+    """Whether Adafactor factors the state of a tensor of `shape`, as wgpu-optim does: two
+    dimensions or more, none of them 0."""
+    return len(shape) >= 2 and all(d > 0 for d in shape)
+
+
+def state_shape(name, shape):
+    """The shape PyTorch gives state `name` of a tensor of `shape`: Adafactor's row factor
+    has its last dimension 1, its column factor its second-to-last; the others, the tensor's."""
+    shape = list(shape)
+    if name == "row_var":
+        shape[-1] = 1
+    elif name == "col_var":
+        shape[-2] = 1
+    return tuple(shape)
 
 
 def scalar_names(cls_name):
@@ -189,10 +212,12 @@ def _hyper_value(key, value, what):
         if not isinstance(value, bool):
             raise ValueError(f"{what}: {key} is {value!r}, expected a bool")
         return value
-    if key in PAIR_KEYS:
+    if key in PAIR_KEYS or (key == "eps" and isinstance(value, (list, tuple))):
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
             raise ValueError(f"{what}: {key} is {value!r}, expected two numbers")
-        return [_float(b, f"{what}: {key}") for b in value]
+        # Adafactor's eps is (eps1, eps2), eps1 None for float32's epsilon.
+        return [None if b is None and key == "eps" and k == 0 else _float(b, f"{what}: {key}")
+                for k, b in enumerate(value)]
     return _float(value, f"{what}: {key}")
 
 
@@ -278,7 +303,6 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
     meta_groups = []
     for g, group in enumerate(groups):
         hyper = _export_group(cls_name, group, g)
-        wanted = state_names(cls_name, hyper)
         scalars = scalar_names(cls_name)
         for index in group["params"]:
             name = name_of[index]
@@ -286,6 +310,7 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
                 raise ValueError(f"no parameter values for tensor {name!r}")
             param = _as_f32(params[name], f"parameter {name!r}", tuple(params[name].shape))
             shape = tuple(param.shape)
+            wanted = state_names(cls_name, hyper, shape)
             state = {k: v for k, v in state_dict["state"].get(index, {}).items() if v is not None}
             extra = sorted(set(state) - set(wanted) - set(scalars)
                            - ({"step"} if cls_name != "SGD" else set()))
@@ -308,10 +333,11 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
             tensors[f"{name}.step"] = torch.tensor(step, dtype=torch.int64)
             for s in wanted:
                 if s in state:
-                    tensors[f"{name}.{s}"] = _as_f32(state[s], f"{name}.{s}", shape)
+                    tensors[f"{name}.{s}"] = _as_f32(state[s], f"{name}.{s}", state_shape(s, shape))
                 else:
                     init = initial_state_value(cls_name, hyper, s)
-                    tensors[f"{name}.{s}"] = torch.full(shape, init, dtype=torch.float32)
+                    tensors[f"{name}.{s}"] = torch.full(state_shape(s, shape), init,
+                                                        dtype=torch.float32)
             for s in scalars:
                 if s in state:
                     tensors[f"{name}.{s}"] = _scalar_f32(state[s], f"{name}.{s}")
@@ -354,7 +380,7 @@ def _import_group(cls_name, saved, g, what):
             raise ValueError(f"{what}: group {g} holds {key!r}, which is no {cls_name} hyperparameter "
                              f"({', '.join(allowed)})")
         value = _hyper_value(key, value, f"{what}: group {g}")
-        out[key] = tuple(value) if key in PAIR_KEYS else value
+        out[key] = tuple(value) if isinstance(value, list) else value
     return out
 
 
@@ -417,7 +443,6 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
         hyper = _import_group(cls_name, saved, g, what)
         group = {k: v for k, v in current.items() if k != "params"}
         group.update(hyper)
-        wanted = state_names(cls_name, group)
         scalars = scalar_names(cls_name)
         indices = []
         for name in names:
@@ -432,22 +457,31 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
             if step < 0:
                 raise ValueError(f"{what}: {step_key} is {step}, expected >= 0")
             expected.add(step_key)
+            # The tensor's shape: given, or the saved parameter's, or (Adafactor) from its
+            # factors, or its one state buffer's.
             shape = shapes.get(name)
-            keys = [f"{name}.{s}" for s in wanted]
+            if shape is None and name in tensors:
+                shape = tuple(tensors[name].shape)
+            if shape is None and f"{name}.row_var" in tensors and f"{name}.col_var" in tensors:
+                shape = (tuple(tensors[f"{name}.row_var"].shape[:-1])
+                         + tuple(tensors[f"{name}.col_var"].shape[-1:]))
+            if shape is None:
+                shape = next((tuple(tensors[k].shape) for k in tensors
+                              if k.startswith(f"{name}.") and tensors[k].dim() > 0), ())
+            wanted = state_names(cls_name, group, shape)
+            keys = [(f"{name}.{s}", state_shape(s, shape)) for s in wanted]
             if parameters or name in tensors:
-                keys.append(name)
+                keys.append((name, tuple(shape)))
             loaded = {}
-            for key in keys:
+            for key, key_shape in keys:
                 if key not in tensors:
                     raise ValueError(f"{what}: the checkpoint lacks tensor {key!r}")
                 t = tensors[key]
                 if t.dtype != torch.float32:
                     raise ValueError(f"{what}: tensor {key!r} is {t.dtype}, expected float32 (F32)")
-                if shape is None:
-                    shape = tuple(t.shape)
-                if tuple(t.shape) != tuple(shape):
+                if tuple(t.shape) != tuple(key_shape):
                     raise ValueError(f"{what}: tensor {key!r} has shape {list(t.shape)}, "
-                                     f"expected {list(shape)}")
+                                     f"expected {list(key_shape)}")
                 expected.add(key)
                 loaded[key] = t
             if name in loaded:

@@ -9,7 +9,7 @@
 //! | key | dtype | shape | what |
 //! |---|---|---|---|
 //! | `<name>.step` | I64 | `[]` | the tensor's step count (every optimizer, SGD included) |
-//! | `<name>.<state>` | F32 | the tensor's | each state buffer under PyTorch's name (`exp_avg`, `momentum_buffer`, ...) |
+//! | `<name>.<state>` | F32 | the tensor's, or PyTorch's for a factor | each state buffer under PyTorch's name (`exp_avg`, `momentum_buffer`, ...; Adafactor's factors of a tensor of two dimensions or more, `row_var` with the last dimension 1 and `col_var` with the second-to-last 1) |
 //! | `<name>.<scalar>` | F32 | `[]` | each scalar state under PyTorch's name (NAdam's `mu_product`, ASGD's `eta` and `mu`) |
 //! | `<name>` | F32 | the tensor's | the parameter, with [`SaveOptions::parameters`] |
 //!

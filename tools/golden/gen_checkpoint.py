@@ -115,6 +115,9 @@ CASES = [
      "optimizer": {"type": "ASGD", "lr": 0.05, "lambd": 0.5, "alpha": 0.5, "t0": 3.0}},
     {"name": "rprop_step_sizes",
      "optimizer": {"type": "Rprop", "lr": 0.01, "step_sizes": [0.003, 0.02]}},
+    # Factored state: layer.weight keeps row_var [4, 1] and col_var [1, 6], the vectors variance.
+    {"name": "adafactor_wd",
+     "optimizer": {"type": "Adafactor", "lr": 0.05, "weight_decay": 0.01, "eps": [None, 1e-3]}},
 ]
 
 
