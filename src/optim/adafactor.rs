@@ -255,12 +255,13 @@ impl Class for Adafactor {
                 });
             }
         }
-        // ε1 large enough to bound the estimate, a looser clip, a slower decay.
+        // ε1 and ε2 large enough that the bounds of the row factors' means, the variance
+        // estimates and the parameters' RMS act on some tensors; a looser clip, a slower decay.
         out.push(Adafactor {
             lr: 0.05,
             beta2_decay: -0.5,
-            eps: (Some(1e-3), 1e-2),
-            d: 2.0,
+            eps: (Some(0.25), 1.1),
+            d: 1.2,
             weight_decay: 0.01,
             maximize: false,
         });

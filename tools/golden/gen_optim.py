@@ -192,13 +192,13 @@ CASES = [
     ("asgd_wd", {"type": "ASGD", "lr": 0.05, "weight_decay": 0.1}),
     ("asgd_maximize", {"type": "ASGD", "lr": 0.05, "maximize": True}),
     # --- Adafactor (w [7,5] and c [3,4,6] factored, b and v not; default lr 1e-2).  lr 0.5
-    # caps the relative step size min(lr, 1/sqrt(t)) for the first 3 steps only; eps1 1e-3
-    # bounds the variance estimate of the small gradients below. ---
+    # caps the relative step size min(lr, 1/sqrt(t)) for the first 3 steps only; eps (0.25, 1.1)
+    # holds up some row factors' means and some parameters' RMS (BranchProbe). ---
     ("adafactor", {"type": "Adafactor", "lr": 0.01}),
     ("adafactor_wd", {"type": "Adafactor", "lr": 0.01, "weight_decay": 0.1}),
     ("adafactor_lr", {"type": "Adafactor", "lr": 0.5}),
     ("adafactor_eps_d_decay",
-     {"type": "Adafactor", "lr": 0.05, "eps": [1e-3, 1e-2], "d": 2.0, "beta2_decay": -0.5}),
+     {"type": "Adafactor", "lr": 0.05, "eps": [0.25, 1.1], "d": 1.2, "beta2_decay": -0.5}),
     ("adafactor_maximize", {"type": "Adafactor", "lr": 0.05, "maximize": True}),
     # --- Lion (lion-pytorch; default lr is 1e-4, betas (0.9, 0.99); no step count) ---
     ("lion", {"type": "Lion", "lr": 0.01}),
@@ -453,8 +453,10 @@ class BranchProbe:
     """Records, for one run, where the branches a case is there for are taken: RAdam's
     rectification (rho_t > 5), Rprop's clamp at either step_sizes bound (from the pre-clamp
     value, recomputed from the state before each step exactly as torch computes it), ASGD's
-    averaging (ax differs from the param), Lamb's weight-norm clamp, and ADOPT's clipping of
-    the normalized gradient (from the state before each step, as the package computes it)."""
+    averaging (ax differs from the param), Lamb's weight-norm clamp, ADOPT's clipping of
+    the normalized gradient (from the state before each step, as the package computes it),
+    and Adafactor's bounds: the update's RMS clipped at d, the parameter's RMS held up at
+    eps2, a row factor's mean held up at eps1 (tensor-steps where each bound acts)."""
 
     def __init__(self, spec):
         self.kind = spec["type"]
@@ -464,6 +466,7 @@ class BranchProbe:
         self.ax_steps = []          # ASGD: steps after which ax != param somewhere
         self.clipped = []           # ADOPT: (step, elements beyond +-step**0.25)
         self.norm_clamped = {}      # Lamb: tensor name -> steps with weight norm > 10
+        self.bounds = {"d": 0, "eps2": 0, "eps1": 0}  # Adafactor: tensor-steps at each bound
         self.clip_on = spec.get("clip_lambda", True) is not None
 
     def before(self, k, opt, tensors):
@@ -518,6 +521,29 @@ class BranchProbe:
                 if n_clip:
                     self.clipped.append((step, n_clip))
 
+        elif self.kind == "Adafactor":
+            eps1, eps2 = group["eps"]
+            eps1 = torch.finfo(tensors[0].dtype).eps if eps1 is None else eps1
+            for p in tensors:
+                state = opt.state[p]
+                w = ((state["step"].item() if state else 0) + 1) ** group["beta2_decay"]
+                grad = -p.grad if group["maximize"] else p.grad
+                if float(p.norm()) / p.numel() ** 0.5 < eps2:
+                    self.bounds["eps2"] += 1
+                if p.dim() > 1:
+                    rows = state.get("row_var", torch.zeros_like(grad[..., :1]))
+                    cols = state.get("col_var", torch.zeros_like(grad[..., :1, :]))
+                    rows = rows.lerp(grad.square().mean(-1, keepdim=True), w)
+                    cols = cols.lerp(grad.square().mean(-2, keepdim=True), w)
+                    mean = rows.mean(-2, keepdim=True)
+                    self.bounds["eps1"] += int(bool((mean < eps1).any()))
+                    var = rows @ cols / mean.clamp(min=eps1)
+                else:
+                    var = state.get("variance", torch.zeros_like(grad)).lerp(grad.square(), w)
+                update = grad / var.clamp(min=eps1 * eps1).sqrt()
+                if float(update.norm()) / (update.numel() ** 0.5 * group["d"]) > 1:
+                    self.bounds["d"] += 1
+
     def after(self, k, opt, tensors):
         if self.kind == "ASGD":
             if any(bool((opt.state[p]["ax"] != p).any()) for p in tensors):
@@ -538,6 +564,8 @@ class BranchProbe:
             return "weight norm > 10: " + (", ".join(
                 f"{n} steps {v[0]}-{v[-1]} ({len(v)})" for n, v in self.norm_clamped.items())
                 or "never")
+        if self.kind == "Adafactor":
+            return "tensor-steps at a bound: " + ", ".join(f"{k} {v}" for k, v in self.bounds.items())
         if self.kind == "ADOPT":
             what = "clipped" if self.clip_on else "beyond step**0.25 (not clipped)"
             return (f"{what}: {sum(c for _, c in self.clipped)} element-steps over "
@@ -557,6 +585,16 @@ class BranchProbe:
                                     or len(self.norm_clamped) == len(NAMES)):
             problems.append("Lamb: the weight norm must be clamped at 10 for some tensors, "
                             "not all")
+        if self.kind == "Adafactor":
+            eps = spec.get("eps", [None, 1e-3])
+            wanted = ["d"] if spec.get("d", 1.0) == 1.0 else []
+            wanted += ["eps1"] if eps[0] is not None else []
+            wanted += ["eps2"] if eps[1] != 1e-3 else []
+            total = STEPS * len(case_names(spec))
+            for bound in wanted:
+                if not 0 < self.bounds[bound] < total:
+                    problems.append(f"Adafactor: the {bound} bound must act on some tensor-steps, "
+                                    f"not all ({self.bounds[bound]} of {total})")
         if self.kind == "ADOPT" and not self.clipped:
             problems.append("ADOPT: the normalized gradient must exceed step**0.25 somewhere")
         if problems:
