@@ -114,15 +114,25 @@ fn variance_estimate(u: ptr<function, Unit>, g: V) -> V {
     }
     let seg = (*u).seg;
     let f = factors_of(seg);
-    var v = splat(0.0);
-    for (var k = 0u; k < LANES; k++) {
-        // The lane's element of the tensor; clamped into the tensor for lanes of a shared
-        // unit that are not the segment's, whose results are not stored.
-        let e = min(max((*u).index * LANES + k, seg.head) - seg.head, seg.len - 1u);
-        let row = e / f.cols;
+    // The unit's first lane in the tensor, its element and that element's row and column;
+    // each next lane is the next column, or the next row's first. Lanes of a shared unit that
+    // are not the segment's (before its head, or past its end, held at its last row) give
+    // values that are not stored.
+    let first = i32((*u).index * LANES) - i32(seg.head);
+    let e = u32(max(first, 0));
+    var row = min(e / f.cols, f.matrices * f.rows - 1u);
+    var col = e % f.cols;
+    var v = splat(1.0);
+    for (var k = u32(max(-first, 0)); k < LANES; k++) {
         let m = row / f.rows;
-        let col = m * f.cols + (e - row * f.cols);
-        set_lane(&v, k, factor_word(f.row + row) * factor_word(f.col + col) / factor_word(f.mean + m));
+        let estimate = factor_word(f.row + row) * factor_word(f.col + m * f.cols + col)
+            / factor_word(f.mean + m);
+        set_lane(&v, k, estimate);
+        col += 1u;
+        if col == f.cols {
+            col = 0u;
+            row = min(row + 1u, f.matrices * f.rows - 1u);
+        }
     }
     return v;
 }
@@ -198,11 +208,12 @@ fn uniform_factors(seg: Segment, lid: u32) -> FactorRegion {
 }
 
 // The factors' update, over a grid of (workgroups, segments): each workgroup takes a vec4 of
-// lines (rows, or columns: the row factor's lines and the column factor's are padded apart)
-// in turn, sums each line's squared gradients over its invocations and combines them in a
-// fixed order, then lerps the four factors toward the lines' mean squares and writes them
-// whole. Each invocation's loop over a line runs at most 65,535 times (llvmpipe cuts longer
-// loops) for lines of up to 16,776,960 elements.
+// lines in turn (four rows, or four columns: the row factor's lines and the column factor's
+// are padded apart), sums the four lines' squared gradients over its invocations (each reads
+// one element of every line in turn, so a quad of columns reads adjacent elements) and
+// combines them in a fixed order, then lerps the four factors toward the lines' mean squares
+// and writes them whole. Each invocation's loop runs at most 65,535 times (llvmpipe cuts
+// longer loops) for lines of up to 16,776,960 elements.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn factor_lines(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -220,38 +231,40 @@ fn factor_lines(
     let row_quads = (rows + 3u) / 4u;
     let quads = row_quads + (cols + 3u) / 4u;
     for (var q = wid.x; q < quads; q += groups.x) {
-        var sums = vec4<f32>(0.0);
+        let row = q < row_quads;
+        // Each line's first element and its number of elements (none past the factor's end),
+        // the step between a line's elements, and the longest line's length.
+        var first = vec4<u32>(0u);
+        var count = vec4<u32>(0u);
         for (var j = 0u; j < 4u; j++) {
-            // Line j of the quad: its first element, the step between its elements, and
-            // their number (none past the factor's end).
-            var first = 0u;
-            var stride = 1u;
-            var count = 0u;
-            if q < row_quads {
+            if row {
                 let r = 4u * q + j;
-                first = r * f.cols;
-                count = select(0u, f.cols, r < rows);
+                first[j] = r * f.cols;
+                count[j] = select(0u, f.cols, r < rows);
             } else {
                 let k = 4u * (q - row_quads) + j;
                 let m = k / f.cols;
-                first = m * f.rows * f.cols + (k - m * f.cols);
-                stride = f.cols;
-                count = select(0u, f.rows, k < cols);
+                first[j] = m * f.rows * f.cols + (k - m * f.cols);
+                count[j] = select(0u, f.rows, k < cols);
             }
-            var acc = 0.0;
-            for (var i = lid; i < count; i += WORKGROUP_SIZE) {
-                let x = factor_grad(seg, first + i * stride);
-                acc += x * x;
-            }
-            sums[j] = workgroup_combine(lid, vec4<f32>(acc, 0.0, 0.0, 0.0), COMBINE_SUM).x;
         }
+        let stride = select(f.cols, 1u, row);
+        let longest = select(f.rows, f.cols, row);
+        var acc = vec4<f32>(0.0);
+        for (var i = lid; i < longest; i += WORKGROUP_SIZE) {
+            for (var j = 0u; j < 4u; j++) {
+                if i < count[j] {
+                    let x = factor_grad(seg, first[j] + i * stride);
+                    acc[j] += x * x;
+                }
+            }
+        }
+        let sums = workgroup_combine(lid, acc, COMBINE_SUM);
         if lid == 0u && !f.skip {
-            let row = q < row_quads;
             let at = select(f.col + 4u * (q - row_quads), f.row + 4u * q, row);
-            let size = select(f.rows, f.cols, row);
             for (var j = 0u; j < 4u; j++) {
                 let old = factor_word(at + j);
-                set_factor_word(at + j, lerp_one(old, mean_square(sums[j], size), weight));
+                set_factor_word(at + j, lerp_one(old, mean_square(sums[j], longest), weight));
             }
         }
     }
@@ -259,7 +272,7 @@ fn factor_lines(
 
 // Each matrix's mean of its row factor, clamped below at eps1 (PyTorch's
 // `row_var.mean(dim=-2).clamp_(min=eps1)`), over a grid of (workgroups, segments): a
-// workgroup a vec4 of means in turn, each summed over its invocations.
+// workgroup a vec4 of means in turn, summed over its invocations.
 @compute @workgroup_size(WORKGROUP_SIZE)
 fn factor_means(
     @builtin(workgroup_id) wid: vec3<u32>,
@@ -274,16 +287,16 @@ fn factor_means(
     let eps1 = derived.tensors[seg.tensor].eps1;
     let quads = (f.matrices + 3u) / 4u;
     for (var q = wid.x; q < quads; q += groups.x) {
-        var sums = vec4<f32>(0.0);
-        for (var j = 0u; j < 4u; j++) {
-            let m = 4u * q + j;
-            let count = select(0u, f.rows, m < f.matrices);
-            var acc = 0.0;
-            for (var r = lid; r < count; r += WORKGROUP_SIZE) {
-                acc += factor_word(f.row + m * f.rows + r);
+        var acc = vec4<f32>(0.0);
+        for (var r = lid; r < f.rows; r += WORKGROUP_SIZE) {
+            for (var j = 0u; j < 4u; j++) {
+                let m = 4u * q + j;
+                if m < f.matrices {
+                    acc[j] += factor_word(f.row + m * f.rows + r);
+                }
             }
-            sums[j] = workgroup_combine(lid, vec4<f32>(acc, 0.0, 0.0, 0.0), COMBINE_SUM).x;
         }
+        let sums = workgroup_combine(lid, acc, COMBINE_SUM);
         if lid == 0u && !f.skip {
             for (var j = 0u; j < 4u; j++) {
                 set_factor_word(f.mean + 4u * q + j, max(sums[j] / f32(f.rows), eps1));
