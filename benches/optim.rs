@@ -22,7 +22,9 @@
 //!   down 4096 times), not waiting for the GPU; the GPU is waited for, untimed, every 50 steps
 //!   and, in a second benchmark, every step; and both again with the gradients moving to the
 //!   next of 3 buffers before each step (`Optimizer::rebind`, as an engine's memory pool hands
-//!   them out).
+//!   them out);
+//! - `gemm`: the matrix product of two n x n matrices (256, 512 and 1024), in floating-point
+//!   operations per second (criterion's elements).
 //!
 //! At the end a table gives each kernel's bandwidth as a percentage of the matching copy, from
 //! the median of the step times this run collected, and the step time of Adam with clipping
@@ -125,6 +127,8 @@ fn main() {
     step_group(&mut c, &ctx, &cases, &sizes, &samples);
     let many = many_tensors_group(&mut c, &ctx, divisor, &samples);
     let host = host_overhead_group(&mut c, &ctx);
+    let gemm_sizes: &[u32] = if full { &[256, 512, 1024] } else { &[64] };
+    gemm_group(&mut c, &ctx, gemm_sizes, &samples);
     c.final_summary();
 
     // Summary: ratios from the medians collected above.
@@ -170,6 +174,13 @@ fn main() {
             100.0 * tensors.gb_per_s() / flat.gb_per_s()
         );
     }
+    for &n in gemm_sizes {
+        let times = samples.borrow().get(&format!("gemm/{n}")).cloned();
+        if let Some(t) = times.and_then(|t| bench::median(&t)) {
+            let gflops = 2.0 * f64::from(n).powi(3) / t.as_secs_f64() / 1e9;
+            println!("gemm {n} x {n} x {n}: {gflops:.1} GFLOP/s (median)");
+        }
+    }
     for (case, times) in host {
         if let Some(median) = bench::median(&times.borrow()) {
             println!(
@@ -213,6 +224,23 @@ fn step_group(
                 b.iter_custom(|iters| gpu_time(&mut work, iters, &key, samples));
             });
         }
+    }
+    group.finish();
+}
+
+/// The matrix product of two `n x n` matrices (Muon's building block), with throughput in
+/// floating-point operations (criterion's elements per second).
+fn gemm_group(c: &mut Criterion, ctx: &Context, sizes: &[u32], samples: &Samples) {
+    let mut group = c.benchmark_group("gemm");
+    group.sampling_mode(SamplingMode::Flat);
+    for &n in sizes {
+        group.throughput(Throughput::Elements(2 * u64::from(n).pow(3)));
+        group.bench_with_input(BenchmarkId::new("gemm", n), &n, |b, &n| {
+            let mut work = Workload::gemm(ctx, n)
+                .unwrap_or_else(|e| fail(&format!("building gemm of {n}"), e));
+            let key = format!("gemm/{n}");
+            b.iter_custom(|iters| gpu_time(&mut work, iters, &key, samples));
+        });
     }
     group.finish();
 }

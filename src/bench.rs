@@ -28,6 +28,7 @@
 
 use crate::amp::{ClipGrad, GradScaler};
 use crate::error::{Error, Result};
+use crate::gemm::{Gemm, Matrix};
 use crate::gpu::Context;
 use crate::gpu::scoped;
 use crate::optim::{Adam, OptimizerConfig};
@@ -493,6 +494,11 @@ enum Work {
         dst: wgpu::Buffer,
         bytes: u64,
     },
+    /// A matrix product over buffers it owns (A, B, C).
+    Gemm {
+        product: Gemm,
+        _buffers: [wgpu::Buffer; 3],
+    },
 }
 
 /// A workload ready to time: buffers allocated and, for optimizer steps, the kernel compiled.
@@ -649,6 +655,28 @@ impl Workload {
         Self::with_work(ctx, Work::Copy { src, dst, bytes }, bytes.saturating_mul(2))
     }
 
+    /// The product of two `n x n` matrices into a third (Muon's Newton–Schulz iterations are
+    /// made of such products). Its bytes are the three matrices' (read once each, at least).
+    pub fn gemm(ctx: &Context, n: u32) -> Result<Self> {
+        let len = u64::from(n) * u64::from(n);
+        let a = filled_buffer(ctx, "bench gemm A", len, 0.5)?;
+        let b = filled_buffer(ctx, "bench gemm B", len, 0.25)?;
+        let c = filled_buffer(ctx, "bench gemm C", len, 0.0)?;
+        let product = Gemm::new(
+            ctx,
+            Matrix::row_major(&c, 0, n, n),
+            1.0,
+            Matrix::row_major(&a, 0, n, n),
+            Matrix::row_major(&b, 0, n, n),
+            None,
+        )?;
+        let work = Work::Gemm {
+            product,
+            _buffers: [a, b, c],
+        };
+        Self::with_work(ctx, work, 12 * len)
+    }
+
     /// Bytes one iteration reads plus writes.
     pub fn bytes_per_step(&self) -> u64 {
         self.bytes
@@ -669,7 +697,7 @@ impl Workload {
             Work::Step { optimizer, .. } | Work::Moving { optimizer, .. } => {
                 optimizer.dispatches_per_step()
             }
-            Work::Copy { .. } | Work::Minimal(_) => 1,
+            Work::Copy { .. } | Work::Minimal(_) | Work::Gemm { .. } => 1,
         }
     }
 
@@ -695,6 +723,9 @@ impl Workload {
             Work::Minimal(kernel) => kernel.record(encoder),
             Work::Copy { src, dst, bytes } => {
                 encoder.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+            }
+            Work::Gemm { product, .. } => {
+                product.record(&mut encoder.begin_compute_pass(&Default::default()));
             }
         }
         Ok(())
@@ -788,6 +819,17 @@ pub fn measure_kernel(
     iterations: usize,
 ) -> Result<Measurement> {
     Workload::kernel(ctx, case, elements)?.measure(iterations)
+}
+
+/// The side of the square product `wgpu-optim bench` times ([`measure_gemm`]).
+pub const GEMM_SIZE: u32 = 1024;
+
+/// Times `iterations` products of two `n x n` matrices ([`Workload::gemm`]), after a warm-up,
+/// and returns the measurement and the product's GFLOP/s at the median time.
+pub fn measure_gemm(ctx: &Context, n: u32, iterations: usize) -> Result<(Measurement, f64)> {
+    let m = Workload::gemm(ctx, n)?.measure(iterations)?;
+    let flops = 2.0 * f64::from(n).powi(3);
+    Ok((m, flops / m.seconds / 1e9))
 }
 
 /// Times `iterations` copies of `bytes` bytes (rounded up to a multiple of 4), after a warm-up.

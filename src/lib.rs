@@ -3,6 +3,7 @@
 pub mod amp;
 pub mod bench;
 pub mod error;
+pub mod gemm;
 mod gpu;
 pub mod lr_finder;
 mod optim;

@@ -380,6 +380,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             for (name, ratio) in bench::time_over_adam(&ctx, size, iterations as usize)? {
                 println!("{name}: {ratio:.2}x the time of adam (timed in turn with it)");
             }
+            let n = bench::GEMM_SIZE;
+            let (m, gflops) = bench::measure_gemm(&ctx, n, iterations as usize)?;
+            println!(
+                "gemm {n} x {n} x {n}: {gflops:.1} GFLOP/s ({:.1} ms, f32, tiled WGSL kernel)",
+                m.seconds * 1e3
+            );
             Ok(ExitCode::SUCCESS)
         }
         Command::Info { backend } => {

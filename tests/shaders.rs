@@ -143,15 +143,15 @@ fn every_shader_parses_and_validates() {
     let modules = modules();
     let optimizers = modules
         .iter()
-        .filter(|(s, ..)| !s.label.contains("reduce.wgsl"))
+        .filter(|(s, ..)| !s.label.contains("reduce.wgsl") && !s.label.contains("gemm.wgsl"))
         .count();
     // Each optimizer file in the scalar and the vec4 access mode with read-only or shared
     // gradients, as the main kernel, the main kernel of a one-segment batch, and the edge
-    // kernel, each without and with every gradient flag; and the reduction in both access
-    // modes.
+    // kernel, each without and with every gradient flag; the reduction in both access modes;
+    // and the matrix product.
     assert_eq!(optimizers % 24, 0);
     assert!(optimizers >= 24 * 4, "{optimizers} optimizer modules");
-    assert_eq!(modules.len(), optimizers + 2);
+    assert_eq!(modules.len(), optimizers + 3);
 }
 
 #[test]
@@ -189,6 +189,8 @@ fn shaders_have_the_expected_compute_entry_points() {
         let factored = shader.label.contains("adafactor.wgsl");
         let want: &[&str] = if shader.label.contains("reduce.wgsl") {
             &["reduce"]
+        } else if shader.label.contains("gemm.wgsl") {
+            &["gemm"]
         } else if sums && factored {
             &[
                 "combine_sums",

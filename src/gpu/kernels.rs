@@ -19,6 +19,7 @@ const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const UNITS: &str = include_str!("../../shaders/units.wgsl");
 const LANES: &str = include_str!("../../shaders/lanes.wgsl");
 const SUMS: &str = include_str!("../../shaders/sums.wgsl");
+const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
 
 /// How a step kernel binds the gradients.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -39,6 +40,8 @@ pub(crate) enum Module {
     Optimizer(&'static Shader, Access, GradAccess, u32),
     /// The gradient reduction.
     Reduce(Access),
+    /// The matrix product (shaders/gemm.wgsl).
+    Gemm,
 }
 
 /// One pipeline.
@@ -57,6 +60,8 @@ pub(crate) enum Pipeline {
     /// A pass over the factors of a batch of tensors whose state is factored, with the
     /// step's flags: `factor_lines` or `factor_means` (shaders/adafactor.wgsl).
     Factors(Kernel, Access, GradAccess, u32, FactorPass),
+    /// The matrix product ([`crate::gemm`]).
+    Gemm,
 }
 
 /// The two passes over factored state that run after `finalize` and before the per-tensor
@@ -97,6 +102,8 @@ pub(crate) enum Layout {
     SumsOut,
     /// `combine_sums`: the coefficients, the partials and the map of each tensor's partials.
     CombineSums,
+    /// The matrix product: its parameters, A, B, D and C.
+    Gemm,
 }
 
 /// The flags the step kernels compile in: unscaling, the two kinds of clipping, and the grad
@@ -135,6 +142,7 @@ impl Module {
             }
             out.push(Module::Reduce(access));
         }
+        out.push(Module::Gemm);
         out
     }
 
@@ -173,6 +181,7 @@ impl Module {
                 )
             }
             Module::Reduce(access) => format!("{}\n{LAYOUT}\n{REDUCE}", prologue(access)),
+            Module::Gemm => GEMM.to_string(),
         }
     }
 
@@ -213,6 +222,7 @@ impl Module {
                 out
             }
             Module::Reduce(_) => vec![("reduce".to_string(), Vec::new())],
+            Module::Gemm => vec![("gemm".to_string(), Vec::new())],
         }
     }
 
@@ -237,6 +247,7 @@ impl Module {
                 )
             }
             Module::Reduce(access) => format!("shaders/reduce.wgsl ({access})"),
+            Module::Gemm => "shaders/gemm.wgsl".to_string(),
         }
     }
 }
@@ -332,6 +343,7 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
             Layout::Step(access, grad),
             kernel.constants(),
         ),
+        Pipeline::Gemm => (Module::Gemm, "gemm", Layout::Gemm, Vec::new()),
     };
     let name = match pipeline {
         Pipeline::Step(kernel, ..) => kernel.name(),
@@ -368,7 +380,9 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     let label = format!("wgpu-optim {name} ({})", module.label());
     let table = match layout {
         Layout::Step(..) | Layout::Reduce(_) => Some(ctx.layout(Layout::Table)),
-        Layout::Finalize | Layout::Table | Layout::SumsOut | Layout::CombineSums => None,
+        Layout::Finalize | Layout::Table | Layout::SumsOut | Layout::CombineSums | Layout::Gemm => {
+            None
+        }
     };
     let layout = ctx.layout(layout);
     let groups: Vec<Option<&wgpu::BindGroupLayout>> = std::iter::once(&layout)
@@ -429,6 +443,22 @@ impl Layout {
                 storage(0, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
                 storage(1, true, false, 16),
                 storage(2, true, false, 16),
+            ],
+            Layout::Gemm => vec![
+                wgpu::BindGroupLayoutEntry {
+                    binding: 0,
+                    visibility: wgpu::ShaderStages::COMPUTE,
+                    ty: wgpu::BindingType::Buffer {
+                        ty: wgpu::BufferBindingType::Uniform,
+                        has_dynamic_offset: false,
+                        min_binding_size: NonZeroU64::new(crate::gemm::PARAMS_SIZE),
+                    },
+                    count: None,
+                },
+                storage(1, true, false, 4),
+                storage(2, true, false, 4),
+                storage(3, true, false, 4),
+                storage(4, false, false, 4),
             ],
         }
     }

@@ -1,0 +1,280 @@
+//! Matrix products on the GPU: `C = α·A·B + β·D` for f32 matrices in the caller's buffers, as
+//! one tiled WGSL kernel with workgroup memory (shaders/gemm.wgsl). Muon's Newton–Schulz
+//! iterations are made of these.
+//!
+//! A [`Gemm`] is one product bound to its buffers: made once (its parameters and bind group),
+//! then recorded into a compute pass as often as wanted, with no allocation and no readback.
+//!
+//! ```no_run
+//! # fn main() -> Result<(), wgpu_optim::Error> {
+//! use wgpu_optim::gemm::{Gemm, Matrix};
+//! let (ctx, _) = wgpu_optim::Context::request(wgpu::Backends::all(), None)?;
+//! let a = ctx.create_f32_buffer("a", &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0])?; // 2 x 3
+//! let c = ctx.create_f32_buffer("c", &[0.0; 4])?; // 2 x 2
+//! let a = Matrix::row_major(&a, 0, 2, 3);
+//! // C = A·Aᵀ
+//! let product = Gemm::new(&ctx, Matrix::row_major(&c, 0, 2, 2), 1.0, a, a.t(), None)?;
+//! let mut encoder = ctx.device().create_command_encoder(&Default::default());
+//! product.record(&mut encoder.begin_compute_pass(&Default::default()));
+//! ctx.queue().submit([encoder.finish()]);
+//! assert_eq!(ctx.read_f32(&[(&c, 0, 4)])?, [14.0, 32.0, 32.0, 77.0]);
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::error::{Error, Result};
+use crate::gpu::{CompiledKernel, Context, Pipeline, scoped};
+use std::sync::Arc;
+
+/// Rows and columns of C one workgroup computes (`TILE` in shaders/gemm.wgsl).
+const TILE: u32 = 64;
+
+/// An f32 matrix in a buffer: element `(i, j)` is element `offset + i·row_stride +
+/// j·col_stride` of the buffer. A row-major matrix has `row_stride = cols` and `col_stride =
+/// 1`; [`t`](Self::t) is its transpose, the same elements with the strides swapped.
+#[derive(Clone, Copy, Debug)]
+pub struct Matrix<'a> {
+    /// The buffer. It needs `STORAGE` usage.
+    pub buffer: &'a wgpu::Buffer,
+    /// The element offset of element `(0, 0)`.
+    pub offset: u64,
+    /// Rows.
+    pub rows: u32,
+    /// Columns.
+    pub cols: u32,
+    /// Elements from one row to the next.
+    pub row_stride: u64,
+    /// Elements from one column to the next.
+    pub col_stride: u64,
+}
+
+impl<'a> Matrix<'a> {
+    /// A `rows x cols` row-major matrix starting at element `offset`.
+    pub fn row_major(buffer: &'a wgpu::Buffer, offset: u64, rows: u32, cols: u32) -> Self {
+        Self {
+            buffer,
+            offset,
+            rows,
+            cols,
+            row_stride: u64::from(cols),
+            col_stride: 1,
+        }
+    }
+
+    /// The transpose: the same elements, rows and columns swapped.
+    pub fn t(self) -> Self {
+        Self {
+            rows: self.cols,
+            cols: self.rows,
+            row_stride: self.col_stride,
+            col_stride: self.row_stride,
+            ..self
+        }
+    }
+
+    /// The elements `[first, last]` the matrix spans (none when it is empty).
+    fn span(&self) -> Option<(u64, u64)> {
+        if self.rows == 0 || self.cols == 0 {
+            return None;
+        }
+        let last = self.offset
+            + u64::from(self.rows - 1) * self.row_stride
+            + u64::from(self.cols - 1) * self.col_stride;
+        Some((self.offset, last))
+    }
+
+    /// The operand record, after checking that every element lies in the buffer, within one
+    /// storage binding, at an index that fits 32 bits.
+    fn operand(&self, what: &str, max_binding: u64) -> Result<Operand> {
+        if !self.buffer.usage().contains(wgpu::BufferUsages::STORAGE) {
+            return Err(Error::Input(format!(
+                "matrix {what}: its buffer lacks STORAGE usage"
+            )));
+        }
+        let elements = self.buffer.size() / 4;
+        if let Some((_, last)) = self.span()
+            && last >= elements
+        {
+            return Err(Error::Input(format!(
+                "matrix {what} ({} x {} from element {}, strides {} and {}) reaches element {last}, past the buffer's {elements}",
+                self.rows, self.cols, self.offset, self.row_stride, self.col_stride
+            )));
+        }
+        if self.buffer.size() > max_binding {
+            return Err(Error::Unsupported(format!(
+                "matrix {what}: a buffer of {} bytes bound whole (max_storage_buffer_binding_size is {max_binding})",
+                self.buffer.size()
+            )));
+        }
+        let word = |x: u64| {
+            u32::try_from(x).map_err(|_| {
+                Error::Unsupported(format!("matrix {what}: element indices past 32 bits"))
+            })
+        };
+        word(elements)?;
+        Ok(Operand {
+            offset: word(self.offset)?,
+            row_stride: word(self.row_stride)?,
+            col_stride: word(self.col_stride)?,
+            _pad: 0,
+        })
+    }
+}
+
+/// Where a matrix's elements are (`Operand` in shaders/gemm.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+struct Operand {
+    offset: u32,
+    row_stride: u32,
+    col_stride: u32,
+    _pad: u32,
+}
+
+/// One product's uniform record (`Params` in shaders/gemm.wgsl).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, bytemuck::Pod, bytemuck::Zeroable)]
+pub(crate) struct Params {
+    m: u32,
+    n: u32,
+    k: u32,
+    has_d: u32,
+    alpha: f32,
+    beta: f32,
+    _pad: [u32; 2],
+    a: Operand,
+    b: Operand,
+    d: Operand,
+    c: Operand,
+}
+
+/// Bytes of [`Params`].
+pub(crate) const PARAMS_SIZE: u64 = size_of::<Params>() as u64;
+
+/// One product `C = α·A·B + β·D` (or `α·A·B` without `D`) bound to its buffers.
+#[derive(Debug)]
+pub struct Gemm {
+    kernel: Arc<CompiledKernel>,
+    group: wgpu::BindGroup,
+    grid: (u32, u32),
+    flops: u64,
+}
+
+impl Gemm {
+    /// Binds the product `c = alpha·a·b + beta·d`. `a` is `m x k`, `b` is `k x n`, `c` and
+    /// `d` are `m x n`. C is overwritten; its buffer must be none of the others' (a dispatch
+    /// cannot read and write one buffer through two bindings), and its elements must not
+    /// repeat (no zero stride across more than one row or column).
+    pub fn new(
+        ctx: &Context,
+        c: Matrix<'_>,
+        alpha: f32,
+        a: Matrix<'_>,
+        b: Matrix<'_>,
+        d: Option<(f32, Matrix<'_>)>,
+    ) -> Result<Self> {
+        if a.rows != c.rows || b.cols != c.cols || a.cols != b.rows {
+            return Err(Error::Input(format!(
+                "matrix shapes do not multiply: A is {} x {}, B {} x {}, C {} x {}",
+                a.rows, a.cols, b.rows, b.cols, c.rows, c.cols
+            )));
+        }
+        if let Some((_, d)) = d
+            && (d.rows != c.rows || d.cols != c.cols)
+        {
+            return Err(Error::Input(format!(
+                "matrix D is {} x {}, C {} x {}",
+                d.rows, d.cols, c.rows, c.cols
+            )));
+        }
+        let inputs = [Some(a), Some(b), d.map(|(_, d)| d)];
+        if inputs.iter().flatten().any(|m| m.buffer == c.buffer) {
+            return Err(Error::Input(
+                "matrix C shares a buffer with A, B or D: write the product to another buffer"
+                    .into(),
+            ));
+        }
+        if (c.rows > 1 && c.row_stride == 0) || (c.cols > 1 && c.col_stride == 0) {
+            return Err(Error::Input(
+                "matrix C repeats elements (a zero stride): the product would race".into(),
+            ));
+        }
+        let limits = ctx.limits();
+        let max_binding = limits.max_storage_buffer_binding_size;
+        let grid = (c.cols.div_ceil(TILE).max(1), c.rows.div_ceil(TILE).max(1));
+        let max_x = limits.max_compute_workgroups_per_dimension;
+        if grid.0 > max_x || grid.1 > max_x {
+            return Err(Error::Unsupported(format!(
+                "a product of {} x {} needs {} x {} workgroups (max_compute_workgroups_per_dimension is {max_x})",
+                c.rows, c.cols, grid.0, grid.1
+            )));
+        }
+        let params = Params {
+            m: c.rows,
+            n: c.cols,
+            k: a.cols,
+            has_d: u32::from(d.is_some()),
+            alpha,
+            beta: d.map_or(0.0, |(beta, _)| beta),
+            _pad: [0; 2],
+            a: a.operand("A", max_binding)?,
+            b: b.operand("B", max_binding)?,
+            d: match d {
+                Some((_, d)) => d.operand("D", max_binding)?,
+                None => Operand::default(),
+            },
+            c: c.operand("C", max_binding)?,
+        };
+        let kernel = ctx.kernel(Pipeline::Gemm)?;
+        let device = ctx.device();
+        let d_buffer = d.map_or(a.buffer, |(_, d)| d.buffer);
+        let group = scoped(device, || {
+            let params = wgpu::util::DeviceExt::create_buffer_init(
+                device,
+                &wgpu::util::BufferInitDescriptor {
+                    label: Some("wgpu-optim gemm"),
+                    contents: bytemuck::bytes_of(&params),
+                    usage: wgpu::BufferUsages::UNIFORM,
+                },
+            );
+            let entries: Vec<wgpu::BindGroupEntry<'_>> = [
+                params.as_entire_binding(),
+                a.buffer.as_entire_binding(),
+                b.buffer.as_entire_binding(),
+                d_buffer.as_entire_binding(),
+                c.buffer.as_entire_binding(),
+            ]
+            .into_iter()
+            .enumerate()
+            .map(|(i, resource)| wgpu::BindGroupEntry {
+                binding: i as u32,
+                resource,
+            })
+            .collect();
+            device.create_bind_group(&wgpu::BindGroupDescriptor {
+                label: Some("wgpu-optim gemm"),
+                layout: &kernel.layout,
+                entries: &entries,
+            })
+        })?;
+        let flops = 2 * u64::from(c.rows) * u64::from(c.cols) * u64::from(a.cols);
+        Ok(Self {
+            kernel,
+            group,
+            grid,
+            flops,
+        })
+    }
+
+    /// Records the product into `pass`.
+    pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
+        pass.set_pipeline(&self.kernel.pipeline);
+        pass.set_bind_group(0, &self.group, &[]);
+        pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+    }
+
+    /// Floating-point operations of the product, `2·m·n·k` (the `β·D` term not counted).
+    pub fn flops(&self) -> u64 {
+        self.flops
+    }
+}
