@@ -513,6 +513,44 @@ fn async_saves_keep_the_state_they_were_asked_for() {
     }
 }
 
+/// A run of the case whose name starts with `prefix`, over fresh random buffers (from `seed`),
+/// after some steps.
+struct Started {
+    case: Case,
+    /// The buffers' initial values.
+    init: [Vec<f32>; 2],
+    model: Model,
+    opt: Optimizer,
+    sched: Option<Scheduler>,
+}
+
+/// The case whose name starts with `prefix`, over fresh random buffers (from `seed`), after
+/// `steps` steps.
+fn case_after(prefix: &str, seed: &str, steps: usize) -> Started {
+    let ctx = ctx();
+    let case = cases()
+        .into_iter()
+        .find(|c| c.name.starts_with(prefix))
+        .unwrap();
+    let mut rng = Rng::fresh(seed);
+    let init = [
+        rng.normals(BUFFER_LEN[0] as usize),
+        rng.normals(BUFFER_LEN[1] as usize),
+    ];
+    let grads = gradients(&mut rng, &case);
+    let model = Model::new(ctx, &init);
+    let mut opt = model.optimizer(ctx, &case);
+    let mut sched = scheduler(&case);
+    run(ctx, &model, &mut opt, &mut sched, &grads, 0..steps);
+    Started {
+        case,
+        init,
+        model,
+        opt,
+        sched,
+    }
+}
+
 /// A checkpoint of 2 Adam steps over the test layout, and the optimizer it came from.
 fn adam_checkpoint(path: &Path) -> (Model, Optimizer) {
     let ctx = ctx();
@@ -848,20 +886,13 @@ fn the_file_follows_the_documented_layout() {
 #[test]
 fn schedule_free_checkpoints_keep_the_mode() {
     let ctx = ctx();
-    let case = cases()
-        .into_iter()
-        .find(|c| c.name.starts_with("AdamWScheduleFree"))
-        .unwrap();
-    let mut rng = Rng::fresh("schedule-free mode");
-    let init = [
-        rng.normals(BUFFER_LEN[0] as usize),
-        rng.normals(BUFFER_LEN[1] as usize),
-    ];
-    let grads = gradients(&mut rng, &case);
-    let model = Model::new(ctx, &init);
-    let mut opt = model.optimizer(ctx, &case);
-    let mut sched = scheduler(&case);
-    run(ctx, &model, &mut opt, &mut sched, &grads, 0..HALF);
+    let Started {
+        case,
+        init,
+        model,
+        mut opt,
+        sched,
+    } = case_after("AdamWScheduleFree", "schedule-free mode", HALF);
     let mut encoder = ctx.device().create_command_encoder(&Default::default());
     opt.eval(&mut encoder).unwrap();
     ctx.queue().submit([encoder.finish()]);
@@ -925,20 +956,12 @@ fn factored_state_is_saved_in_pytorchs_shapes() {
     // keep variance. A factor of another shape is an error that changes nothing, in a file
     // and through load_state.
     let ctx = ctx();
-    let mut rng = Rng::fresh("factored checkpoint");
-    let case = cases()
-        .into_iter()
-        .find(|c| c.name.starts_with("Adafactor"))
-        .unwrap();
-    let init = [
-        rng.normals(BUFFER_LEN[0] as usize),
-        rng.normals(BUFFER_LEN[1] as usize),
-    ];
-    let grads = gradients(&mut rng, &case);
-    let model = Model::new(ctx, &init);
-    let mut opt = model.optimizer(ctx, &case);
-    let mut sched = scheduler(&case);
-    run(ctx, &model, &mut opt, &mut sched, &grads, 0..2);
+    let Started {
+        model,
+        mut opt,
+        sched,
+        ..
+    } = case_after("Adafactor", "factored checkpoint", 2);
     let good = temp("factored.safetensors");
     let save = SaveOptions {
         scheduler: sched.as_ref(),
