@@ -5,7 +5,8 @@
 // A tiled kernel: each workgroup computes a TILE x TILE tile of C with 256 invocations of
 // 4 x 4 elements each, taking the inner dimension in slices of SLICE through workgroup
 // memory. Each element of C adds its products in increasing k, one at a time, then forms
-// alpha * sum + beta * d, as BLAS's sgemm does. The grid is (tiles across n, tiles across m).
+// alpha * sum + beta * d, as BLAS's sgemm does (D unread where beta is 0). The grid is (tiles
+// across n, tiles across m).
 //
 // Must be kept in sync with `Params` in src/gemm.rs.
 
@@ -97,7 +98,7 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
             let col = col0 + 4u * tx + j;
             if r < p.m && col < p.n {
                 var v = p.alpha * acc[i][j];
-                if p.has_d != 0u {
+                if p.has_d != 0u && p.beta != 0.0 {
                     v += p.beta * mat_d[at(p.d, r, col)];
                 }
                 mat_c[at(p.c, r, col)] = v;

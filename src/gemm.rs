@@ -29,6 +29,10 @@ use std::sync::Arc;
 /// Rows and columns of C one workgroup computes (`TILE` in shaders/gemm.wgsl).
 const TILE: u32 = 64;
 
+/// The longest inner dimension: the kernel's loop over it takes 16 at a time and runs at most
+/// 65,535 times (llvmpipe cuts longer loops).
+pub const MAX_K: u64 = 65_535 * 16;
+
 /// An f32 matrix in a buffer: element `(i, j)` is element `offset + i·row_stride +
 /// j·col_stride` of the buffer. A row-major matrix has `row_stride = cols` and `col_stride =
 /// 1`; [`t`](Self::t) is its transpose, the same elements with the strides swapped.
@@ -72,15 +76,26 @@ impl<'a> Matrix<'a> {
         }
     }
 
-    /// The elements `[first, last]` the matrix spans (none when it is empty).
-    fn span(&self) -> Option<(u64, u64)> {
-        if self.rows == 0 || self.cols == 0 {
-            return None;
+    /// The last element a matrix of at least one element reaches (none past u64).
+    fn last(&self) -> Option<u64> {
+        u64::from(self.rows.saturating_sub(1))
+            .checked_mul(self.row_stride)?
+            .checked_add(u64::from(self.cols.saturating_sub(1)).checked_mul(self.col_stride)?)?
+            .checked_add(self.offset)
+    }
+
+    /// Whether two of the matrix's elements are the same element of the buffer: neither
+    /// stride steps over a whole row or column of the other.
+    fn repeats(&self) -> bool {
+        let (rows, cols) = (u64::from(self.rows), u64::from(self.cols));
+        if rows <= 1 || cols <= 1 {
+            return (rows > 1 && self.row_stride == 0) || (cols > 1 && self.col_stride == 0);
         }
-        let last = self.offset
-            + u64::from(self.rows - 1) * self.row_stride
-            + u64::from(self.cols - 1) * self.col_stride;
-        Some((self.offset, last))
+        let apart = |small: u64, n: u64, large: u64| {
+            small > 0 && small.checked_mul(n).is_some_and(|span| large >= span)
+        };
+        !(apart(self.col_stride, cols, self.row_stride)
+            || apart(self.row_stride, rows, self.col_stride))
     }
 
     /// The operand record, after checking that every element lies in the buffer, within one
@@ -92,11 +107,10 @@ impl<'a> Matrix<'a> {
             )));
         }
         let elements = self.buffer.size() / 4;
-        if let Some((_, last)) = self.span()
-            && last >= elements
-        {
+        let empty = self.rows == 0 || self.cols == 0;
+        if !empty && self.last().is_none_or(|last| last >= elements) {
             return Err(Error::Input(format!(
-                "matrix {what} ({} x {} from element {}, strides {} and {}) reaches element {last}, past the buffer's {elements}",
+                "matrix {what} ({} x {} from element {}, strides {} and {}) reaches past the buffer's {elements} elements",
                 self.rows, self.cols, self.offset, self.row_stride, self.col_stride
             )));
         }
@@ -162,9 +176,10 @@ pub struct Gemm {
 
 impl Gemm {
     /// Binds the product `c = alpha·a·b + beta·d`. `a` is `m x k`, `b` is `k x n`, `c` and
-    /// `d` are `m x n`. C is overwritten; its buffer must be none of the others' (a dispatch
-    /// cannot read and write one buffer through two bindings), and its elements must not
-    /// repeat (no zero stride across more than one row or column).
+    /// `d` are `m x n`; `k` is at most [`MAX_K`]. C is overwritten; its buffer must be none
+    /// of the others' (a dispatch cannot read and write one buffer through two bindings), and
+    /// no two of its elements may be the same (one stride must step over a whole row or
+    /// column of the other). With `beta` 0, D is not read, as BLAS does not read it.
     pub fn new(
         ctx: &Context,
         c: Matrix<'_>,
@@ -194,10 +209,17 @@ impl Gemm {
                     .into(),
             ));
         }
-        if (c.rows > 1 && c.row_stride == 0) || (c.cols > 1 && c.col_stride == 0) {
+        if c.repeats() {
             return Err(Error::Input(
-                "matrix C repeats elements (a zero stride): the product would race".into(),
+                "matrix C repeats elements (its strides overlap rows or columns): the product would race"
+                    .into(),
             ));
+        }
+        if u64::from(a.cols) > MAX_K {
+            return Err(Error::Unsupported(format!(
+                "a product over an inner dimension of {} (at most {MAX_K}: each invocation's loop over it runs at most 65,535 times)",
+                a.cols
+            )));
         }
         let limits = ctx.limits();
         let max_binding = limits.max_storage_buffer_binding_size;

@@ -62,6 +62,8 @@ pub struct Tensor<'a> {
     /// its index over all groups.
     pub name: Option<&'a str>,
     /// The tensor's shape; `[len]` when `None`. Its elements must multiply to the length.
+    /// Checkpoints record it, and Adafactor factors the state of tensors of two dimensions or
+    /// more: a matrix given without its shape gets a vector's update there.
     pub shape: Option<&'a [usize]>,
 }
 
@@ -1537,10 +1539,15 @@ fn access_for(preferred: Access, alignment: u64, t: &Tensor<'_>) -> Access {
     }
 }
 
-/// Fails where a tensor whose state is factored could not be planned: its parameter or its
-/// gradient larger than one binding (a factored tensor is never split between dispatches,
-/// since its rows and columns are reduced whole), or its factor region larger than a state
-/// block.
+/// The longest line (row or column) of a factored tensor the factor passes take: each
+/// invocation's loop over a line runs at most 65,535 times (llvmpipe cuts longer loops) with
+/// 256 invocations a workgroup.
+pub(crate) const MAX_FACTOR_LINE: u64 = 65_535 * 256;
+
+/// Fails where a tensor whose state is factored could not be planned or stepped: its parameter
+/// or its gradient larger than one binding (a factored tensor is never split between
+/// dispatches, since its rows and columns are reduced whole), its factor region larger than a
+/// state block, or a row or column longer than [`MAX_FACTOR_LINE`].
 fn check_factored(
     metas: &[TensorMeta],
     spans: &[plan::StateSpan],
@@ -1548,17 +1555,26 @@ fn check_factored(
     max_state: u64,
 ) -> Result<()> {
     for (meta, span) in metas.iter().zip(spans) {
-        let Some(footprint) = span.footprint else {
+        let (Some(footprint), Some(f)) = (span.footprint, meta.factors) else {
             continue;
         };
-        if 4 * meta.len + limits.alignment + 16 > limits.max_binding || footprint > max_state {
+        let class = meta.kernel.shader.file.trim_end_matches(".wgsl");
+        let what = format!("tensor {:?} of shape {:?}", meta.name, meta.shape());
+        if 4 * meta.len + limits.alignment + 16 > limits.max_binding {
             return Err(Error::Unsupported(format!(
-                "tensor {:?} of shape {:?}: {} keeps factored state, so its {} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
-                meta.name,
-                meta.shape(),
-                meta.kernel.shader.file.trim_end_matches(".wgsl"),
-                meta.len,
+                "{what}: {class} keeps factored state, so its {} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
+                meta.len, limits.max_binding
+            )));
+        }
+        if footprint > max_state {
+            return Err(Error::Unsupported(format!(
+                "{what}: its factored state of {footprint} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
                 limits.max_binding
+            )));
+        }
+        if f.rows.max(f.cols) > MAX_FACTOR_LINE {
+            return Err(Error::Unsupported(format!(
+                "{what}: {class} sums each row and column of a factored tensor in one workgroup, for lines of at most {MAX_FACTOR_LINE} elements"
             )));
         }
     }

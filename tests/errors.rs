@@ -2105,6 +2105,17 @@ fn a_factored_tensor_larger_than_one_binding_is_unsupported() {
     );
     let mut opt = Optimizer::new(ctx, config, &[tensor]).unwrap();
     assert!(opt.dispatches_per_step() > 1);
+    // A row longer than a workgroup's loop allows is an error too, within the full limits.
+    let ctx = common::ctx();
+    let long = 65_535 * 256 + 1;
+    let param = ctx.create_f32_buffer("param", &vec![0.5; long]).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &vec![0.1; long]).unwrap();
+    let row = Tensor::new(BufferRange::whole(&param), BufferRange::whole(&grad))
+        .with_shape(&[1, 16_776_961]);
+    assert_err!(
+        Optimizer::new(ctx, config, &[row]),
+        Error::Unsupported(m) if m.contains("lines of at most 16776960 elements"),
+    );
     opt.step_submit().unwrap();
     assert_eq!(opt.read_state(0).unwrap().step, 1);
 }

@@ -210,3 +210,32 @@ fn bad_products_are_errors_that_write_nothing() {
     }
     assert!(bits(ctx, &output) == before);
 }
+
+#[test]
+fn a_zero_beta_leaves_d_unread() {
+    // As BLAS: with beta 0, NaN in D does not reach C.
+    let _serial = serial();
+    let ctx = ctx();
+    let mut rng = Rng::fresh("gemm zero beta");
+    let (input, output) = buffers(&mut rng, 64);
+    let nan = ctx.create_f32_buffer("d", &[f32::NAN; 4]).unwrap();
+    let a = Matrix::row_major(&input, 0, 2, 3);
+    let c = Matrix::row_major(&output, 0, 2, 2);
+    check(c, 1.0, a, a.t(), None);
+    let want = common::read_all(ctx, &output);
+    ctx.queue()
+        .write_buffer(&output, 0, bytemuck::cast_slice(&[POISON; 4]));
+    let product = Gemm::new(
+        ctx,
+        c,
+        1.0,
+        a,
+        a.t(),
+        Some((0.0, Matrix::row_major(&nan, 0, 2, 2))),
+    )
+    .unwrap();
+    let mut encoder = ctx.device().create_command_encoder(&Default::default());
+    product.record(&mut encoder.begin_compute_pass(&Default::default()));
+    ctx.queue().submit([encoder.finish()]);
+    assert_eq!(common::read_all(ctx, &output), want);
+}

@@ -502,6 +502,55 @@ mod tests {
     }
 
     #[test]
+    fn factor_regions_are_whole_and_never_split() {
+        // Tensors whose state is factored: each region at a multiple of 4 whatever the
+        // tensor's lane, a new block where a region would pass `max_state`, and each tensor one
+        // piece in one batch, even where the window has less room left than the tensor (the
+        // batch then ends before it).
+        let limits = PlanLimits {
+            max_binding: 4096,
+            alignment: 16,
+        };
+        let tensors = [(1, 300, 50), (401, 800, 90), (1301, 10, 60)];
+        let state: Vec<StateSpan> = tensors
+            .iter()
+            .map(|&(at, len, footprint)| StateSpan {
+                key: 0,
+                len,
+                lane: at % 4,
+                lanes: 4,
+                footprint: Some(footprint),
+            })
+            .collect();
+        let (blocks, pieces) = state_blocks(&state, 160);
+        assert_eq!(pieces.len(), 3);
+        assert!(pieces.iter().all(|p| p.whole && p.start == 0));
+        assert!(pieces.iter().all(|p| p.state_offset % 4 == 0));
+        assert_eq!(
+            pieces.iter().map(|p| p.block).collect::<Vec<_>>(),
+            [0, 0, 1]
+        );
+        assert_eq!((pieces[1].state_offset, pieces[2].state_offset), (52, 0));
+        let spans: Vec<Span> = tensors
+            .iter()
+            .map(|&(at, _, _)| Span {
+                key: 0,
+                param_offset: 4 * at,
+                grad_offset: 4 * at,
+                lanes: 4,
+            })
+            .collect();
+        let batches = plan(&spans, &pieces, &blocks, &limits);
+        let planned: Vec<Vec<(usize, u64)>> = batches
+            .iter()
+            .map(|b| b.pieces.iter().map(|p| (p.tensor, p.len)).collect())
+            .collect();
+        // 4096-byte windows: tensor 1 does not fit after tensor 0 and starts a batch of its
+        // own; tensor 2 is in another block.
+        assert_eq!(planned, [vec![(0, 300)], vec![(1, 800)], vec![(2, 10)]]);
+    }
+
+    #[test]
     fn tensors_sharing_buffers_form_one_batch() {
         let spans: Vec<T> = (0..148)
             .map(|i| span(0, i * 4000, i * 4000 + 4, 1000))
