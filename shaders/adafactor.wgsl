@@ -43,8 +43,11 @@ struct Coeffs {
 
 fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
     let steps = f32(t);
+    // t^beta2_decay, exactly 1 at the first step whatever beta2_decay (pow is exp2 of a
+    // product there, which gives NaN for 0 * -inf when beta2_decay overflows float32).
+    let weight = select(pow(steps, h.beta2_decay), 1.0, t == 1u);
     return Coeffs(
-        pow(steps, h.beta2_decay),
+        weight,
         min(h.lr, 1.0 / sqrt(steps)),
         h.eps1,
         h.eps1_sq,

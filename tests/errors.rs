@@ -683,6 +683,22 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             .into(),
             "weight_decay should be >= 0 but is: -0.1",
         ),
+        (
+            Adafactor {
+                eps: (None, 1e300),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid epsilon2: 1e+300 does not fit in float32 (PyTorch fails at the step: value cannot be converted to type float without overflow)",
+        ),
+        (
+            Adafactor {
+                eps: (Some(1e20), 1e-3),
+                ..Default::default()
+            }
+            .into(),
+            "Invalid epsilon1 squared: 1e+40 does not fit in float32 (PyTorch fails at the step: value cannot be converted to type float without overflow)",
+        ),
     ]);
     cases
 }

@@ -248,6 +248,13 @@ fn factored_state_matches_reference() {
             check_shaped(&ctx, config, recipe, &shapes, 6, &mut rng);
         }
     }
+    // A beta2_decay beyond float32's range: t^beta2_decay is 1 at the first step and 0 after,
+    // as PyTorch computes it in double, not NaN.
+    let steep = Adafactor {
+        beta2_decay: -1e300,
+        ..Default::default()
+    };
+    check_shaped(ctx(), steep.into(), PLAIN, &shapes, 3, &mut rng);
     // More vec4s of lines than the factor passes' grid has workgroups (16,384 a tensor): each
     // takes several in turn; and lines of more than 65,535 elements (llvmpipe cuts a loop
     // after 65,535 iterations, so no invocation may sum a line alone).

@@ -1,4 +1,6 @@
-use super::{Class, FOREACH, Shader, Sums, TorchSwitch, check, grad_sign, py_float};
+use super::{
+    Class, FOREACH, Shader, Sums, TorchSwitch, check, check_fits_f32, grad_sign, py_float,
+};
 use crate::error::Result;
 use crate::reference::{Real, lerp};
 use serde::{Deserialize, Serialize};
@@ -148,7 +150,8 @@ impl Class for Adafactor {
     const TORCH_SWITCHES: &'static [TorchSwitch] = FOREACH;
     type Hyper = AdafactorHyper;
 
-    /// PyTorch's checks, in its order.
+    /// PyTorch's checks, in its order; then eps1² and eps2 must fit float32, where PyTorch
+    /// fails at the step.
     fn validate(&self) -> Result<()> {
         let at_least = |what: &str, value: f64, bound: u8| {
             check(value >= f64::from(bound), || {
@@ -167,7 +170,13 @@ impl Class for Adafactor {
         }
         at_least("epsilon2", self.eps.1, 0)?;
         at_least("Clipping threshold d", self.d, 1)?;
-        at_least("weight_decay", self.weight_decay, 0)
+        at_least("weight_decay", self.weight_decay, 0)?;
+        // PyTorch converts eps1² (the estimate's floor) and a multiple of eps2 (the step size)
+        // to float32 at the step and fails there where they overflow.
+        if let Some(eps1) = self.eps.0 {
+            check_fits_f32("epsilon1 squared", eps1 * eps1)?;
+        }
+        check_fits_f32("epsilon2", self.eps.1)
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
