@@ -40,7 +40,9 @@ struct Segment {
     tensor: u32,
     // Lane of the segment's first element within its first unit (0 when LANES is 1).
     head: u32,
-    _pad: u32,
+    // The factor of the learning rate for this tensor's shape (Muon's `adjust_lr_fn`); 1 for
+    // other optimizers.
+    lr_ratio: f32,
 }
 
 struct SegmentTable {

@@ -78,6 +78,22 @@ pub fn matrix_shape(elements: u64) -> [usize; 2] {
     [rows, n / rows]
 }
 
+/// The shape of the matrix a matrix case of `config` steps: [`matrix_shape`], but for Muon,
+/// whose Newton–Schulz products cost about `20·m` flops an element for `m` rows, at most 64
+/// rows (the largest divisor of `elements` up to 64), so that a step of 2^22 elements is about
+/// 5 GFLOP.
+pub fn matrix_shape_for(config: &OptimizerConfig, elements: u64) -> [usize; 2] {
+    if config.check_shape(&[elements as usize]).is_ok() {
+        return matrix_shape(elements);
+    }
+    let n = elements as usize;
+    let rows = (1..=n.min(64))
+        .rev()
+        .find(|&d| n.is_multiple_of(d))
+        .unwrap_or(1);
+    [rows, n / rows]
+}
+
 /// Bytes read plus bytes written per element by one step of `config`'s kernel on a vector: the
 /// parameter is read and written, the gradient read, and each state buffer read and written, 4
 /// bytes each. Where the update needs per-tensor sums (Lamb), their pass reads the parameter,
@@ -89,6 +105,9 @@ pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
 /// [`bytes_per_element`] on a matrix (`matrix`) or a vector. A kernel of factored state
 /// (Adafactor's on a matrix) keeps no state per element, and its factor pass reads the
 /// gradient once more; the factors themselves, a row and a column per matrix, are not counted.
+/// A step in two phases (Muon's) runs the template's step twice, each moving the parameter,
+/// the gradient and every state buffer (its iterates too); the matrix products between them
+/// are not counted (their throughput is the `gemm` row's GFLOP/s).
 pub fn bytes_per_element_of(config: &OptimizerConfig, matrix: bool) -> u64 {
     let kernel = if matrix {
         config.kernel_for(&[2, 2])
@@ -98,7 +117,9 @@ pub fn bytes_per_element_of(config: &OptimizerConfig, matrix: bool) -> u64 {
     let states = u64::from(kernel.states);
     let sums = if kernel.sums() { 8 + 4 * states } else { 0 };
     let factors = if kernel.factored() { 4 } else { 0 };
-    12 + 8 * states + sums + factors
+    // A step in two phases (Muon's) runs the template's step twice.
+    let phases = if kernel.phased() { 2 } else { 1 };
+    phases * (12 + 8 * states) + sums + factors
 }
 
 /// [`bytes_per_element`] of a step that also clips and scales: clipping by norm and a grad
@@ -548,7 +569,7 @@ impl Workload {
             return Self::with_work(ctx, work, case.bytes_per_element.saturating_mul(elements));
         }
         let shape = if case.matrix {
-            matrix_shape(elements).to_vec()
+            matrix_shape_for(&case.config, elements).to_vec()
         } else {
             vec![elements as usize]
         };
@@ -1058,6 +1079,7 @@ mod tests {
             ("ademamix", 36),
             ("adamw-schedulefree", 28),
             ("lamb", 44),
+            ("muon", 92),
             ("adam-minimal", 28),
             // The reduction reads the gradients once more.
             ("adam+clip", 32),
@@ -1074,7 +1096,7 @@ mod tests {
             kernel_case("adagrad").map(|c| c.bytes_per_element),
             Some(20)
         );
-        assert!(kernel_case("muon").is_none());
+        assert!(kernel_case("nonesuch").is_none());
     }
 
     #[test]

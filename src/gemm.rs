@@ -84,6 +84,16 @@ impl<'a> Matrix<'a> {
             .checked_add(self.offset)
     }
 
+    /// Whether the spans of buffer elements between the two matrices' first and last
+    /// elements meet (the matrices may then share an element). Empty matrices meet nothing.
+    fn overlaps(&self, other: &Matrix<'_>) -> bool {
+        match (self.last(), other.last()) {
+            _ if self.rows == 0 || self.cols == 0 || other.rows == 0 || other.cols == 0 => false,
+            (Some(last), Some(other_last)) => self.offset <= other_last && other.offset <= last,
+            _ => true,
+        }
+    }
+
     /// Whether two of the matrix's elements are the same element of the buffer: neither
     /// stride steps over a whole row or column of the other.
     fn repeats(&self) -> bool {
@@ -176,10 +186,12 @@ pub struct Gemm {
 
 impl Gemm {
     /// Binds the product `c = alpha·a·b + beta·d`. `a` is `m x k`, `b` is `k x n`, `c` and
-    /// `d` are `m x n`; `k` is at most [`MAX_K`]. C is overwritten; its buffer must be none
-    /// of the others' (a dispatch cannot read and write one buffer through two bindings), and
-    /// no two of its elements may be the same (one stride must step over a whole row or
-    /// column of the other). With `beta` 0, D is not read, as BLAS does not read it.
+    /// `d` are `m x n`; `k` is at most [`MAX_K`]. C is overwritten. It may lie in the buffer of
+    /// A, B or D, but apart from their elements: the span from its first element to its last
+    /// must not meet theirs (the product then binds every operand read-write, since a dispatch
+    /// cannot bind one buffer both read-only and read-write). No two of C's elements may be the
+    /// same (one stride must step over a whole row or column of the other). With `beta` 0, D is
+    /// not read, as BLAS does not read it.
     pub fn new(
         ctx: &Context,
         c: Matrix<'_>,
@@ -203,9 +215,14 @@ impl Gemm {
             )));
         }
         let inputs = [Some(a), Some(b), d.map(|(_, d)| d)];
-        if inputs.iter().flatten().any(|m| m.buffer == c.buffer) {
+        let shared: Vec<Matrix<'_>> = inputs
+            .into_iter()
+            .flatten()
+            .filter(|m| m.buffer == c.buffer)
+            .collect();
+        if shared.iter().any(|m| m.overlaps(&c)) {
             return Err(Error::Input(
-                "matrix C shares a buffer with A, B or D: write the product to another buffer"
+                "matrix C overlaps A, B or D in their buffer: write the product to other elements"
                     .into(),
             ));
         }
@@ -247,7 +264,7 @@ impl Gemm {
             },
             c: c.operand("C", max_binding)?,
         };
-        let kernel = ctx.kernel(Pipeline::Gemm)?;
+        let kernel = ctx.kernel(Pipeline::Gemm(!shared.is_empty()))?;
         let device = ctx.device();
         let d_buffer = d.map_or(a.buffer, |(_, d)| d.buffer);
         let group = scoped(device, || {

@@ -20,7 +20,7 @@ pub use error::{Error, Result};
 pub use gpu::{Access, Context};
 pub use optim::{
     ADOPT, ASGD, AdEMAMix, Adadelta, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax,
-    Lamb, Lion, NAdam, OptimizerConfig, RAdam, RMSprop, Rprop, SGD,
+    AdjustLr, Lamb, Lion, Muon, NAdam, OptimizerConfig, RAdam, RMSprop, Rprop, SGD,
 };
 pub use optimizer::checkpoint;
 pub use optimizer::{

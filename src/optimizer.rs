@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 mod bind;
 pub mod checkpoint;
+mod products;
 pub use bind::{BIND_GROUP_CACHE, LAYOUT_CACHE};
 
 /// A range of f32 elements in a caller-owned buffer: byte `offset` (a multiple of 4) and `len`
@@ -155,6 +156,9 @@ struct TensorMeta {
     /// For a tensor whose state is factored, the shape of its factors (its one piece's
     /// `state_offset` is where its factor region starts).
     factors: Option<Factors>,
+    /// The factor of the group's learning rate for the tensor's shape (Muon's
+    /// `adjust_lr_fn`); 1 for other classes.
+    lr_ratio: f32,
 }
 
 impl TensorMeta {
@@ -223,6 +227,8 @@ pub struct Optimizer {
     tensors: Vec<TensorMeta>,
     /// The state, fixed when built.
     blocks: Vec<bind::StateBlock>,
+    /// Muon's matrix products between the two phases of its step.
+    products: Option<products::Products>,
     /// The dispatches of the current ranges, and of ranges used before.
     bound: bind::Bound,
     cache: Vec<bind::Bound>,
@@ -443,7 +449,9 @@ impl Optimizer {
             let shape = t
                 .shape
                 .map_or_else(|| vec![t.param.len as usize], <[usize]>::to_vec);
-            let kernel = groups[*g].config.kernel_for(&shape);
+            let config = &groups[*g].config;
+            config.check_shape(&shape)?;
+            let kernel = config.kernel_for(&shape);
             let factors = kernel.factored().then(|| Factors::of(&shape));
             let access = access_for(ctx.access(), plan_limits.alignment, t);
             let k = (kernel, access);
@@ -458,6 +466,7 @@ impl Optimizer {
                 lane,
                 lanes: access.lanes(),
                 footprint: factors.map(|f| f.footprint()),
+                whole: kernel.phased(),
             });
             metas.push(TensorMeta {
                 group: *g,
@@ -471,6 +480,9 @@ impl Optimizer {
                 lane,
                 pieces: Vec::new(),
                 factors,
+                lr_ratio: config
+                    .orthogonalize()
+                    .map_or(1.0, |o| o.lr_ratio(&shape) as f32),
             });
         }
         let most_states = block_keys
@@ -480,7 +492,7 @@ impl Optimizer {
             .unwrap_or(1)
             .max(1);
         let max_state = plan_limits.max_binding / 4 / most_states / 4 * 4;
-        check_factored(&metas, &state_spans, &plan_limits, max_state)?;
+        check_whole(&metas, &state_spans, &plan_limits, max_state)?;
         let (block_plans, pieces) = plan::state_blocks(&state_spans, max_state);
         for piece in pieces {
             metas[piece.tensor].pieces.push(piece);
@@ -537,6 +549,8 @@ impl Optimizer {
                 .collect();
             (control, derived, blocks)
         })?;
+        let configs: Vec<OptimizerConfig> = groups.iter().map(|g| g.config).collect();
+        let products = products::Products::new(ctx, &configs, &metas, &blocks)?;
         let layout = bind::layout(ctx, &metas, &blocks, &ranges)?;
         let partial_capacity = layout.partial_count.max(1);
         let buffers = Buffers {
@@ -565,8 +579,9 @@ impl Optimizer {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ring,
             ctx: ctx.clone(),
-            groups: groups.iter().map(|g| g.config).collect(),
-            built: groups.iter().map(|g| g.config).collect(),
+            groups: configs.clone(),
+            built: configs,
+            products,
             tensors: metas,
             blocks,
             bound,
@@ -749,6 +764,25 @@ impl Optimizer {
             {
                 pass.set_pipeline(&edges.pipeline);
                 current = Some(&edges.pipeline);
+                pass.dispatch_workgroups(d.edge_workgroups, 1, 1);
+            }
+        }
+        if let (Pass::Step, Some(products)) = (what, &self.products) {
+            products.record(pass);
+        }
+        // The second phase of a step in two (Muon's update from its last iterate).
+        for d in &bound.dispatches {
+            let Some((kernel, edges)) = &d.apply else {
+                continue;
+            };
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, &d.group, &[]);
+            pass.set_bind_group(1, &bound.table, &[d.table_offset]);
+            pass.dispatch_workgroups(d.dispatch.0, d.dispatch.1, 1);
+            if let Some(edges) = edges
+                && d.edge_workgroups > 0
+            {
+                pass.set_pipeline(&edges.pipeline);
                 pass.dispatch_workgroups(d.edge_workgroups, 1, 1);
             }
         }
@@ -1072,6 +1106,12 @@ impl Optimizer {
             return Err(Error::StructuralChange {
                 group,
                 what: "the set of state buffers",
+            });
+        }
+        if new.orthogonalize() != old.orthogonalize() {
+            return Err(Error::StructuralChange {
+                group,
+                what: "ns_steps, ns_coefficients or adjust_lr_fn (the recorded matrix products)",
             });
         }
         new.validate()?;
@@ -1544,35 +1584,44 @@ fn access_for(preferred: Access, alignment: u64, t: &Tensor<'_>) -> Access {
 /// 256 invocations a workgroup.
 pub(crate) const MAX_FACTOR_LINE: u64 = 65_535 * 256;
 
-/// Fails where a tensor whose state is factored could not be planned or stepped: its parameter
-/// or its gradient larger than one binding (a factored tensor is never split between
-/// dispatches, since its rows and columns are reduced whole), its factor region larger than a
-/// state block, or a row or column longer than [`MAX_FACTOR_LINE`].
-fn check_factored(
+/// Fails where a tensor whose state is never split (factored state, or Muon's) could not be
+/// planned or stepped: its parameter or its gradient larger than one binding (a factored
+/// tensor's rows and columns are reduced whole, Muon's matrix products read a tensor whole),
+/// its state larger than a state block, or a factored tensor's row or column longer than
+/// [`MAX_FACTOR_LINE`].
+fn check_whole(
     metas: &[TensorMeta],
     spans: &[plan::StateSpan],
     limits: &plan::PlanLimits,
     max_state: u64,
 ) -> Result<()> {
     for (meta, span) in metas.iter().zip(spans) {
-        let (Some(footprint), Some(f)) = (span.footprint, meta.factors) else {
+        if span.footprint.is_none() && !span.whole {
             continue;
-        };
+        }
         let class = meta.kernel.shader.file.trim_end_matches(".wgsl");
         let what = format!("tensor {:?} of shape {:?}", meta.name, meta.shape());
+        let kept = if span.whole {
+            "is stepped whole"
+        } else {
+            "keeps factored state"
+        };
         if 4 * meta.len + limits.alignment + 16 > limits.max_binding {
             return Err(Error::Unsupported(format!(
-                "{what}: {class} keeps factored state, so its {} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
+                "{what}: {class} {kept}, so its {} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
                 meta.len, limits.max_binding
             )));
         }
+        let footprint = span.footprint.unwrap_or(meta.len + span.lanes);
         if footprint > max_state {
             return Err(Error::Unsupported(format!(
-                "{what}: its factored state of {footprint} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
+                "{what}: its state of {footprint} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
                 limits.max_binding
             )));
         }
-        if f.rows.max(f.cols) > MAX_FACTOR_LINE {
+        if let Some(f) = meta.factors
+            && f.rows.max(f.cols) > MAX_FACTOR_LINE
+        {
             return Err(Error::Unsupported(format!(
                 "{what}: {class} sums each row and column of a factored tensor in one workgroup, for lines of at most {MAX_FACTOR_LINE} elements"
             )));

@@ -308,6 +308,22 @@ fn tensor_shape(k: usize, n: u64) -> Vec<usize> {
     }
 }
 
+/// The matrix [`run`] gives tensor `k` of `n` elements for a class that takes matrices only:
+/// `d` rows, `d` the largest divisor of `n` up to 4, or for odd `k`, `d` columns (a tall matrix,
+/// which Muon iterates transposed).
+fn narrow_matrix(k: usize, n: u64) -> Vec<usize> {
+    let n = n as usize;
+    let d = (1..=n.min(4))
+        .rev()
+        .find(|&d| n.is_multiple_of(d))
+        .unwrap_or(1);
+    if k % 2 == 1 {
+        vec![n / d, d]
+    } else {
+        vec![d, n / d]
+    }
+}
+
 /// An adapter's identity, as the report prints it.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct AdapterSummary {
@@ -853,6 +869,7 @@ pub fn run_with_progress(
 }
 
 /// Where the tensors lie in the shared buffers, in elements.
+#[derive(Clone)]
 struct Layout {
     sizes: Vec<u64>,
     /// Each tensor's shape ([`tensor_shape`]).
@@ -868,6 +885,25 @@ struct Layout {
 }
 
 impl Layout {
+    /// This layout with shapes that `config` takes: for a class that takes matrices only
+    /// (Muon), each tensor a matrix with at most 4 rows or 4 columns ([`narrow_matrix`]), so
+    /// that the CPU reference's products stay quick.
+    fn for_config(&self, config: &OptimizerConfig) -> Layout {
+        if self.shapes.iter().all(|s| config.check_shape(s).is_ok()) {
+            return self.clone();
+        }
+        let shapes = self
+            .sizes
+            .iter()
+            .enumerate()
+            .map(|(k, &n)| narrow_matrix(k, n))
+            .collect();
+        Layout {
+            shapes,
+            ..self.clone()
+        }
+    }
+
     fn new(size: u64) -> Result<Self> {
         let sizes = tensor_sizes(size);
         let shapes = sizes
@@ -1157,6 +1193,7 @@ fn check_row(
     // The configuration the CPU reference steps with (see `Options::reference_lr_scale`).
     let mut reference = *config;
     reference.set_lr(config.lr() * reference_lr_scale);
+    let layout = &layout.for_config(config);
     let tensors: Vec<Tensor<'_>> = (0..layout.sizes.len())
         .map(|k| {
             let n = layout.sizes[k];
@@ -1565,7 +1602,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 163);
+        assert_eq!(configs.len(), 171);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }

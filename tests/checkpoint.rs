@@ -11,7 +11,7 @@ use wgpu_optim::checkpoint::{LoadOptions, SaveOptions};
 use wgpu_optim::schedule::Scheduler;
 use wgpu_optim::{
     ADOPT, ASGD, AdEMAMix, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree, BufferRange,
-    ClipGrad, Context, GradScaler, Lamb, Lion, NAdam, NormType, Optimizer, OptimizerConfig,
+    ClipGrad, Context, GradScaler, Lamb, Lion, Muon, NAdam, NormType, Optimizer, OptimizerConfig,
     ParamGroup, RMSprop, Rprop, SGD, Tensor,
 };
 
@@ -28,6 +28,8 @@ const LAYOUT: [(usize, u64, u64, usize); 4] = [
 ];
 const NAMES: [&str; 4] = ["enc.weight", "enc.bias", "head.weight", "head.bias"];
 const SHAPE_2D: [usize; 2] = [2, 3];
+/// The tensors' shapes for a class that takes matrices only (Muon): tall, wide and square.
+const MATRICES: [[usize; 2]; 4] = [[37, 1], [21, 49], SHAPE_2D, [13, 10]];
 const BUFFER_LEN: [u64; 2] = [1069, 137];
 
 struct Case {
@@ -249,6 +251,22 @@ fn cases() -> Vec<Case> {
             clip: Some(ClipGrad::norm(1.0)),
             scaler: Some(scaler),
         },
+        // Muon steps every tensor as a matrix, with its Newton–Schulz products between the two
+        // phases of its step.
+        Case {
+            name: "Muon, OneCycleLR, clip_grad_norm and a grad scaler",
+            groups: two(Muon {
+                lr: 0.02,
+                ..Default::default()
+            }
+            .into()),
+            // OneCycleLR cycles Muon's momentum too.
+            schedule: Some(
+                json!({"type": "OneCycleLR", "max_lr": [0.02, 0.01], "total_steps": STEPS}),
+            ),
+            clip: Some(ClipGrad::norm(1.0)),
+            scaler: Some(scaler),
+        },
         Case {
             name: "Rprop, StepLR",
             groups: two(Rprop::default().into()),
@@ -298,7 +316,9 @@ impl Model {
                 BufferRange::new(&self.grads[b], at * 4, len),
             )
             .named(NAMES[k]);
-            if len == 6 {
+            if case.groups[g].check_shape(&[len as usize]).is_err() {
+                t = t.with_shape(&MATRICES[k]);
+            } else if len == 6 {
                 t = t.with_shape(&SHAPE_2D);
             }
             groups[g].tensors.push(t);

@@ -12,9 +12,9 @@ mod common;
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, read_all};
 use wgpu_optim::{
     ADOPT, ASGD, Access, AdEMAMix, Adadelta, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree,
-    Adamax, BufferRange, ClipGrad, Context, Error, GradScaler, GradScalerState, Lamb, Lion, NAdam,
-    NormType, Optimizer, OptimizerConfig, ParamGroup, RAdam, RMSprop, Rprop, SGD, Tensor,
-    TensorState, reference,
+    Adamax, AdjustLr, BufferRange, ClipGrad, Context, Error, GradScaler, GradScalerState, Lamb,
+    Lion, Muon, NAdam, NormType, Optimizer, OptimizerConfig, ParamGroup, RAdam, RMSprop, Rprop,
+    SGD, Tensor, TensorState, reference,
 };
 
 /// Asserts that `result` is an error matching `pattern`, and returns the error.
@@ -2134,4 +2134,130 @@ fn a_factored_tensor_larger_than_one_binding_is_unsupported() {
     );
     opt.step_submit().unwrap();
     assert_eq!(opt.read_state(0).unwrap().step, 1);
+}
+
+#[test]
+fn muon_takes_matrices_that_fit_one_binding() {
+    // PyTorch's message for a tensor of other than two dimensions (a tensor given no shape
+    // is a vector); a matrix larger than one binding is unsupported (Muon's products read a
+    // tensor whole), naming the tensor. Nothing is written.
+    let ctx = common::ctx();
+    let param = ctx.create_f32_buffer("param", &[0.5; 24]).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &[0.1; 24]).unwrap();
+    let before = bits(ctx, &param);
+    let tensor = Tensor::new(BufferRange::whole(&param), BufferRange::whole(&grad));
+    let config = Muon::default();
+    for (shape, size) in [(None, "[24]"), (Some(&[2, 3, 4][..]), "[2, 3, 4]")] {
+        let t = match shape {
+            Some(s) => tensor.with_shape(s),
+            None => tensor,
+        };
+        let err = assert_err!(Optimizer::new(ctx, config, &[t]), Error::Input(_));
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "Muon only supports 2D parameters whereas we found a parameter with size: torch.Size({size})"
+            )
+        );
+    }
+    assert!(bits(ctx, &param) == before);
+    let small = &context_with_limits(|l| l.max_storage_buffer_binding_size = 1 << 20);
+    let n = 600 * 600;
+    let param = small.create_f32_buffer("param", &vec![0.5; n]).unwrap();
+    let grad = small.create_f32_buffer("grad", &vec![0.1; n]).unwrap();
+    let big = Tensor::new(BufferRange::whole(&param), BufferRange::whole(&grad))
+        .named("w")
+        .with_shape(&[600, 600]);
+    let err = assert_err!(
+        Optimizer::new(small, config, &[big]),
+        Error::Unsupported(m) if m.contains("is stepped whole, so its 360000 elements must fit one storage binding"),
+    );
+    assert!(
+        err.to_string().contains("\"w\" of shape [600, 600]"),
+        "{err}"
+    );
+}
+
+#[test]
+fn muon_arguments_get_pytorchs_messages() {
+    let parse = |json: &str| serde_json::from_str::<OptimizerConfig>(json);
+    let err = parse(r#"{"type": "Muon", "adjust_lr_fn": "bogus"}"#).unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("Adjust learning rate function bogus is not supported"),
+        "{err}"
+    );
+    let config: OptimizerConfig =
+        parse(r#"{"type": "Muon", "adjust_lr_fn": "match_rms_adamw", "ns_steps": 3}"#).unwrap();
+    assert_eq!(
+        config,
+        Muon {
+            adjust_lr_fn: Some(AdjustLr::MatchRmsAdamw),
+            ns_steps: 3,
+            ..Default::default()
+        }
+        .into()
+    );
+    // Muon takes no foreach (PyTorch's constructor has none).
+    assert!(parse(r#"{"type": "Muon", "foreach": false}"#).is_err());
+    for (json, message) in [
+        (
+            r#"{"type": "Muon", "lr": -1}"#,
+            "Learning rate should be >= 0 but is: -1.0",
+        ),
+        (
+            r#"{"type": "Muon", "momentum": -0.5}"#,
+            "momentum should be >= 0 but is: -0.5",
+        ),
+        (
+            r#"{"type": "Muon", "weight_decay": -0.1}"#,
+            "weight decay should be >= 0 but is: -0.1",
+        ),
+        (
+            r#"{"type": "Muon", "ns_steps": 100}"#,
+            "Number of steps must be less than 100 for computational efficiency",
+        ),
+    ] {
+        let err = parse(json).unwrap().validate().unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidHyperparameter(m) if m == message),
+            "{json}: {err}"
+        );
+    }
+}
+
+#[test]
+fn muon_products_are_fixed_once_built() {
+    // ns_steps, ns_coefficients and adjust_lr_fn shape the recorded products and the segment
+    // tables: changing them is a structural change, refused with nothing changed; the learning
+    // rate and the momentum change freely.
+    let ctx = common::ctx();
+    let param = ctx.create_f32_buffer("param", &[0.5; 6]).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &[0.1; 6]).unwrap();
+    let tensor =
+        Tensor::new(BufferRange::whole(&param), BufferRange::whole(&grad)).with_shape(&[2, 3]);
+    let mut opt = Optimizer::new(ctx, Muon::default(), &[tensor]).unwrap();
+    let changes: [fn(&mut Muon); 3] = [
+        |m| m.ns_steps = 4,
+        |m| m.ns_coefficients.0 = 3.0,
+        |m| m.adjust_lr_fn = Some(AdjustLr::SpectralUnclamped),
+    ];
+    for change in changes {
+        assert_err!(
+            opt.update_group(0, |c| {
+                if let OptimizerConfig::Muon(m) = c {
+                    change(m);
+                }
+            }),
+            Error::StructuralChange { .. },
+        );
+        assert_eq!(opt.groups()[0], Muon::default().into());
+    }
+    opt.update_group(0, |c| {
+        if let OptimizerConfig::Muon(m) = c {
+            m.momentum = 0.5;
+            m.lr = 0.1;
+        }
+    })
+    .unwrap();
 }

@@ -6,8 +6,8 @@ use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, ctx,
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
     Access, Adafactor, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler,
-    GradScalerState, Lamb, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD, Tensor,
-    TensorState, reference,
+    GradScalerState, Lamb, Muon, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD,
+    Tensor, TensorState, reference,
 };
 
 /// What a training loop does around each step, and where it injects non-finite gradients.
@@ -214,7 +214,11 @@ fn check_shaped(
 fn every_option_combination_matches_reference_over_20_steps() {
     let mut rng = Rng::fresh("every_option_combination");
     for ctx in contexts() {
-        for config in all_configs() {
+        // Muon takes matrices only (`orthogonalized_updates_match_reference`).
+        for config in all_configs()
+            .into_iter()
+            .filter(|c| c.check_shape(&[5]).is_ok())
+        {
             check_against_reference(&ctx, config, &[1, 255, 256, 257, 1000], 20, &mut rng);
         }
     }
@@ -261,6 +265,34 @@ fn factored_state_matches_reference() {
     let config = Adafactor::default().into();
     let long = [vec![70_001, 1], vec![1, 70_001], vec![3, 2]];
     check_shaped(ctx(), config, PLAIN, &long, 2, &mut rng);
+}
+
+#[test]
+fn orthogonalized_updates_match_reference() {
+    // Muon's Newton–Schulz products between the two phases of its step: square, wide and tall
+    // matrices (a tall one is iterated transposed), one row or one column, one element, and a
+    // matrix across the products' 64 x 64 tiles; each option combination, and the clipping
+    // and scaling recipes (a skipped step must leave the momentum and the parameter alone).
+    let mut rng = Rng::fresh("orthogonalized_updates");
+    let shapes: Vec<Vec<usize>> = vec![
+        vec![1, 1],
+        vec![3, 85],
+        vec![85, 3],
+        vec![16, 16],
+        vec![1, 257],
+        vec![257, 1],
+        vec![70, 130],
+    ];
+    for ctx in contexts() {
+        for config in all_configs() {
+            if let OptimizerConfig::Muon(_) = config {
+                check_shaped(&ctx, config, PLAIN, &shapes, 8, &mut rng);
+            }
+        }
+        for recipe in recipes() {
+            check_shaped(&ctx, Muon::default().into(), recipe, &shapes, 6, &mut rng);
+        }
+    }
 }
 
 #[test]

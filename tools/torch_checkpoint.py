@@ -10,13 +10,15 @@ A wgpu-optim checkpoint (see src/optimizer/checkpoint.rs) is one safetensors fil
   centered; Adagrad: sum; Adamax: exp_avg, exp_inf; RAdam and NAdam: exp_avg, exp_avg_sq;
   Adadelta: square_avg, acc_delta; Rprop: prev, step_size; ASGD: ax; Adafactor: variance
   for a tensor of one dimension, else row_var and col_var, in PyTorch's shapes: the
-  parameter's with the last dimension 1, and with the second-to-last 1).
+  parameter's with the last dimension 1, and with the second-to-last 1; Muon:
+  momentum_buffer).
 * ``<name>.<scalar>`` - F32, shape ``[]``: each per-tensor scalar state that is not the step,
   under PyTorch's state name (NAdam: mu_product; ASGD: eta, mu).
 * ``<name>``         - F32, the parameter's shape: the parameter (optional in general;
   :func:`to_wgpu_optim` always writes it).
 * metadata: ``format`` = ``wgpu-optim``, ``version`` = ``1``, ``optimizer`` = the class name
-  (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, RAdam, NAdam, Adadelta, Rprop, ASGD, Adafactor),
+  (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, RAdam, NAdam, Adadelta, Rprop, ASGD, Adafactor,
+  Muon),
   ``param_groups`` = a JSON list with one object per group (its hyperparameters under
   PyTorch's argument names, and ``params``: its tensors' names), optionally ``grad_scaler``
   = JSON with exactly the keys of ``torch.amp.GradScaler.state_dict()``, optionally
@@ -111,7 +113,17 @@ HYPERPARAMETERS = {
     "Rprop": ("lr", "etas", "step_sizes", "maximize"),
     "ASGD": ("lr", "lambd", "alpha", "t0", "weight_decay", "maximize"),
     "Adafactor": ("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize"),
+    "Muon": ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps",
+             "adjust_lr_fn"),
 }
+# Classes whose PyTorch state holds no step: a tensor has stepped when it has state.
+NO_STEP = ("SGD", "Muon")
+# Hyperparameters that are whole numbers (ints in PyTorch and in wgpu-optim's JSON).
+INT_KEYS = {"ns_steps"}
+# Hyperparameters that are three numbers (Muon's ns_coefficients).
+TRIPLE_KEYS = {"ns_coefficients"}
+# Hyperparameters that are None or one of these names (Muon's adjust_lr_fn).
+NAME_KEYS = {"adjust_lr_fn": ("original", "match_rms_adamw", "spectral_unclamped")}
 BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered", "decoupled_weight_decay"}
 # Hyperparameters that are pairs of numbers (tuples in PyTorch, two-element lists in JSON).
 PAIR_KEYS = {"betas", "etas", "step_sizes"}
@@ -138,6 +150,8 @@ def state_names(cls_name, hyper, shape):
         return ["row_var", "col_var"] if factored(shape) else ["variance"]
     if cls_name == "SGD":
         return ["momentum_buffer"] if hyper.get("momentum", 0) != 0 else []
+    if cls_name == "Muon":
+        return ["momentum_buffer"]
     if cls_name in ("Adam", "AdamW"):
         return ["exp_avg", "exp_avg_sq"] + (["max_exp_avg_sq"] if hyper.get("amsgrad") else [])
     if cls_name == "RMSprop":
@@ -212,6 +226,19 @@ def _hyper_value(key, value, what):
         if not isinstance(value, bool):
             raise ValueError(f"{what}: {key} is {value!r}, expected a bool")
         return value
+    if key in NAME_KEYS:
+        if value is not None and value not in NAME_KEYS[key]:
+            raise ValueError(f"{what}: {key} is {value!r}, expected None or one of "
+                             f"{', '.join(NAME_KEYS[key])}")
+        return value
+    if key in INT_KEYS:
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise ValueError(f"{what}: {key} is {value!r}, expected a whole number >= 0")
+        return value
+    if key in TRIPLE_KEYS:
+        if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
+            raise ValueError(f"{what}: {key} is {value!r}, expected three numbers")
+        return [_float(b, f"{what}: {key}") for b in value]
     if key in PAIR_KEYS or (key == "eps" and isinstance(value, (list, tuple))):
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 2:
             raise ValueError(f"{what}: {key} is {value!r}, expected two numbers")
@@ -313,11 +340,11 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
             wanted = state_names(cls_name, hyper, shape)
             state = {k: v for k, v in state_dict["state"].get(index, {}).items() if v is not None}
             extra = sorted(set(state) - set(wanted) - set(scalars)
-                           - ({"step"} if cls_name != "SGD" else set()))
+                           - ({"step"} if cls_name not in NO_STEP else set()))
             if extra:
                 raise ValueError(f"{name}: PyTorch state {extra} is not used by {cls_name} with "
                                  f"the hyperparameters of group {g} ({json.dumps(hyper)})")
-            if cls_name == "SGD":
+            if cls_name in NO_STEP:
                 step = 1 if "momentum_buffer" in state else 0
             elif state:
                 if "step" not in state:
@@ -497,7 +524,7 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                 expected.add(key)
                 loaded[key] = t
             entry = {}
-            if cls_name == "SGD":
+            if cls_name in NO_STEP:
                 if step > 0 and wanted:
                     entry["momentum_buffer"] = loaded[f"{name}.momentum_buffer"]
             elif step > 0 or cls_name == "Adagrad":

@@ -40,8 +40,9 @@ pub(crate) enum Module {
     Optimizer(&'static Shader, Access, GradAccess, u32),
     /// The gradient reduction.
     Reduce(Access),
-    /// The matrix product (shaders/gemm.wgsl).
-    Gemm,
+    /// The matrix product (shaders/gemm.wgsl); `true` for the variant whose operands are all
+    /// bound read-write, so that one buffer may hold them all.
+    Gemm(bool),
 }
 
 /// One pipeline.
@@ -60,8 +61,9 @@ pub(crate) enum Pipeline {
     /// A pass over the factors of a batch of tensors whose state is factored, with the
     /// step's flags: `factor_lines` or `factor_means` (shaders/adafactor.wgsl).
     Factors(Kernel, Access, GradAccess, u32, FactorPass),
-    /// The matrix product ([`crate::gemm`]).
-    Gemm,
+    /// The matrix product ([`crate::gemm`]), operands read-only or all read-write (as
+    /// [`Module::Gemm`]).
+    Gemm(bool),
 }
 
 /// The two passes over factored state that run after `finalize` and before the per-tensor
@@ -102,8 +104,9 @@ pub(crate) enum Layout {
     SumsOut,
     /// `combine_sums`: the coefficients, the partials and the map of each tensor's partials.
     CombineSums,
-    /// The matrix product: its parameters, A, B, D and C.
-    Gemm,
+    /// The matrix product: its parameters, A, B, D and C; A, B and D read-only, or (`true`)
+    /// read-write as C.
+    Gemm(bool),
 }
 
 /// The flags the step kernels compile in: unscaling, the two kinds of clipping, and the grad
@@ -142,7 +145,8 @@ impl Module {
             }
             out.push(Module::Reduce(access));
         }
-        out.push(Module::Gemm);
+        out.push(Module::Gemm(false));
+        out.push(Module::Gemm(true));
         out
     }
 
@@ -181,7 +185,8 @@ impl Module {
                 )
             }
             Module::Reduce(access) => format!("{}\n{LAYOUT}\n{REDUCE}", prologue(access)),
-            Module::Gemm => GEMM.to_string(),
+            Module::Gemm(false) => GEMM.to_string(),
+            Module::Gemm(true) => GEMM.replace("var<storage, read>", "var<storage, read_write>"),
         }
     }
 
@@ -222,7 +227,7 @@ impl Module {
                 out
             }
             Module::Reduce(_) => vec![("reduce".to_string(), Vec::new())],
-            Module::Gemm => vec![("gemm".to_string(), Vec::new())],
+            Module::Gemm(_) => vec![("gemm".to_string(), Vec::new())],
         }
     }
 
@@ -247,7 +252,8 @@ impl Module {
                 )
             }
             Module::Reduce(access) => format!("shaders/reduce.wgsl ({access})"),
-            Module::Gemm => "shaders/gemm.wgsl".to_string(),
+            Module::Gemm(false) => "shaders/gemm.wgsl".to_string(),
+            Module::Gemm(true) => "shaders/gemm.wgsl (operands read-write)".to_string(),
         }
     }
 }
@@ -343,7 +349,12 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
             Layout::Step(access, grad),
             kernel.constants(),
         ),
-        Pipeline::Gemm => (Module::Gemm, "gemm", Layout::Gemm, Vec::new()),
+        Pipeline::Gemm(shared) => (
+            Module::Gemm(shared),
+            "gemm",
+            Layout::Gemm(shared),
+            Vec::new(),
+        ),
     };
     let name = match pipeline {
         Pipeline::Step(kernel, ..) => kernel.name(),
@@ -380,9 +391,11 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     let label = format!("wgpu-optim {name} ({})", module.label());
     let table = match layout {
         Layout::Step(..) | Layout::Reduce(_) => Some(ctx.layout(Layout::Table)),
-        Layout::Finalize | Layout::Table | Layout::SumsOut | Layout::CombineSums | Layout::Gemm => {
-            None
-        }
+        Layout::Finalize
+        | Layout::Table
+        | Layout::SumsOut
+        | Layout::CombineSums
+        | Layout::Gemm(_) => None,
     };
     let layout = ctx.layout(layout);
     let groups: Vec<Option<&wgpu::BindGroupLayout>> = std::iter::once(&layout)
@@ -444,7 +457,7 @@ impl Layout {
                 storage(1, true, false, 16),
                 storage(2, true, false, 16),
             ],
-            Layout::Gemm => vec![
+            Layout::Gemm(shared) => vec![
                 wgpu::BindGroupLayoutEntry {
                     binding: 0,
                     visibility: wgpu::ShaderStages::COMPUTE,
@@ -455,9 +468,9 @@ impl Layout {
                     },
                     count: None,
                 },
-                storage(1, true, false, 4),
-                storage(2, true, false, 4),
-                storage(3, true, false, 4),
+                storage(1, !shared, false, 4),
+                storage(2, !shared, false, 4),
+                storage(3, !shared, false, 4),
                 storage(4, false, false, 4),
             ],
         }
@@ -582,6 +595,7 @@ mod tests {
             "first_workgroup",
             "tensor",
             "head",
+            "lr_ratio",
         ]);
         assert_eq!(naga_layout(&reduce, "Segment"), (segment, 32));
         let mut table = words(&[

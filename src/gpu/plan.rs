@@ -62,7 +62,8 @@ pub(crate) struct StatePiece {
     /// First element of the piece within its block's state buffers; for a tensor whose
     /// state is factored, the start of its factor region, a multiple of 4.
     pub(crate) state_offset: u64,
-    /// A factored tensor's only piece: the plan never splits it.
+    /// A factored tensor's only piece, or a whole tensor's ([`StateSpan::whole`]): the plan
+    /// never splits it.
     pub(crate) whole: bool,
 }
 
@@ -79,6 +80,9 @@ pub(crate) struct StateSpan {
     /// ([`Factors::footprint`](super::template::Factors::footprint)), at most `max_state`: it is
     /// placed whole at a multiple of 4 elements.
     pub(crate) footprint: Option<u64>,
+    /// A tensor whose state is per element but must not be split (Muon's, which matrix
+    /// products read whole): placed as any other, at its parameter's lane, in one piece.
+    pub(crate) whole: bool,
 }
 
 /// Places every tensor's state: tensors of one key back to back in blocks of at most
@@ -134,7 +138,11 @@ pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, 
             let b = &mut blocks[block];
             let head = (s.lane + start) % s.lanes;
             let at = b.len + (head + s.lanes - b.len % s.lanes) % s.lanes;
-            let n = (s.len - start).min(max_state.saturating_sub(at));
+            let mut n = (s.len - start).min(max_state.saturating_sub(at));
+            if s.whole && n < s.len {
+                assert!(b.len > 0, "a whole tensor larger than a block");
+                n = 0;
+            }
             if n == 0 {
                 assert!(b.len > 0, "a state block smaller than one vec4");
                 open.retain(|(k, _)| *k != s.key);
@@ -146,7 +154,7 @@ pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, 
                 len: n,
                 block,
                 state_offset: at,
-                whole: false,
+                whole: s.whole,
             });
             b.len = at + n;
             start += n;
@@ -420,6 +428,7 @@ mod tests {
                 lane: s.param_offset / 4 % s.lanes,
                 lanes: s.lanes,
                 footprint: None,
+                whole: false,
             })
             .collect();
         let (blocks, pieces) = state_blocks(&state, max_state);
@@ -520,6 +529,7 @@ mod tests {
                 lane: at % 4,
                 lanes: 4,
                 footprint: Some(footprint),
+                whole: false,
             })
             .collect();
         let (blocks, pieces) = state_blocks(&state, 160);

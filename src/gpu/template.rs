@@ -104,10 +104,11 @@ pub(crate) fn reduce_workgroups(p: &plan::Batch) -> u32 {
 /// The bytes of one batch's `SegmentTable`. `dispatch_x`, `reduce_dispatch_x` and
 /// `sums_dispatch_x` are the x extents of the main step's, the reduction's and the per-tensor
 /// sums' grids; `partial_base` and `sums_base` the batch's first entries in the reduction's and
-/// the sums' partials.
+/// the sums' partials; `lr_ratios` each tensor's factor of the learning rate.
 pub(crate) fn segment_table(
     p: &plan::Batch,
     spans: &[plan::Span],
+    lr_ratios: &[f32],
     (dispatch_x, reduce_dispatch_x, sums_dispatch_x): (u32, u32, u32),
     (partial_base, sums_base): (u32, u32),
 ) -> Vec<u8> {
@@ -137,7 +138,7 @@ pub(crate) fn segment_table(
             piece.first_workgroup,
             piece.tensor as u32,
             (param % p.lanes) as u32,
-            0,
+            lr_ratios[piece.tensor].to_bits(),
         ]);
     }
     words.resize(

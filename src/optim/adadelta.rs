@@ -66,6 +66,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<AdadeltaHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 impl Class for Adadelta {

@@ -86,6 +86,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<AdafactorHyper>() as u64,
     sums: Sums::Always,
     factored: 1,
+    apply: 0,
 };
 
 impl Adafactor {

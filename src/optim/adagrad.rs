@@ -70,6 +70,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<AdagradHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 impl Adagrad {

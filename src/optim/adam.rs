@@ -115,6 +115,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<AdamHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 /// The implementation switches `torch.optim.Adam` and `AdamW` take.

@@ -98,6 +98,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<ScheduleFreeHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 impl AdamWScheduleFree {

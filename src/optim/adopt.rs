@@ -101,6 +101,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<AdoptHyper>() as u64,
     sums: Sums::Switches(0b11),
     factored: 0,
+    apply: 0,
 };
 
 impl ADOPT {

@@ -72,6 +72,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<AsgdHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 /// `x` rounded to f32, as f64: PyTorch keeps `eta` and `mu` as f32 tensors.

@@ -132,6 +132,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<LambHyper>() as u64,
     sums: Sums::Always,
     factored: 0,
+    apply: 0,
 };
 
 /// The package's clamp of the weight norm (`Lamb.clamp`).

@@ -67,6 +67,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<LionHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 impl Lion {

@@ -37,6 +37,7 @@ mod adopt;
 mod asgd;
 mod lamb;
 mod lion;
+mod muon;
 mod nadam;
 mod radam;
 mod rmsprop;
@@ -54,6 +55,7 @@ pub use adopt::ADOPT;
 pub use asgd::ASGD;
 pub use lamb::Lamb;
 pub use lion::Lion;
+pub use muon::{AdjustLr, Muon};
 pub use nadam::NAdam;
 pub use radam::RAdam;
 pub use rmsprop::RMSprop;
@@ -87,6 +89,35 @@ pub(crate) struct Shader {
     /// shader without factored state. Such a kernel keeps no state per element: its tensors'
     /// state blocks hold each tensor's factors instead (see [`Class::factored`]).
     pub(crate) factored: u32,
+    /// The bits of [`Shader::switches`] that mark the second phase of a step whose tensors
+    /// are orthogonalized between two phases (Muon's `APPLY`, see [`Class::orthogonalize`]);
+    /// 0 for a shader of one phase.
+    pub(crate) apply: u32,
+}
+
+/// The matrix products that orthogonalize a class's update between the two phases of its
+/// step (Muon's Newton–Schulz iterations), and the factor of its learning rate by shape:
+/// fixed when an optimizer is built.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct Orthogonalize {
+    /// Iterations.
+    pub(crate) ns_steps: u32,
+    /// `(a, b, c)`: each iteration is `X ← a·X + (b·G + c·G·G)·X` with `G = X·Xᵀ`.
+    pub(crate) ns_coefficients: [f64; 3],
+    /// The factor of the learning rate by the parameter's shape.
+    pub(crate) adjust_lr_fn: Option<AdjustLr>,
+}
+
+impl Orthogonalize {
+    /// PyTorch's `_adjust_lr` ratio for a parameter of `shape` `[A, B]`.
+    pub(crate) fn lr_ratio(&self, shape: &[usize]) -> f64 {
+        let (a, b) = (shape[0] as f64, shape[1] as f64);
+        match self.adjust_lr_fn {
+            None | Some(AdjustLr::Original) => (a / b).max(1.0).sqrt(),
+            Some(AdjustLr::MatchRmsAdamw) => 0.2 * a.max(b).sqrt(),
+            Some(AdjustLr::SpectralUnclamped) => (a / b).sqrt(),
+        }
+    }
 }
 
 /// When a shader's update needs per-tensor sums (shaders/sums.wgsl).
@@ -159,6 +190,20 @@ impl Kernel {
         self.switches & self.shader.factored != 0
     }
 
+    /// Whether the kernel's step runs in two phases with matrix products between them
+    /// ([`Shader::apply`]); this is its first.
+    pub(crate) fn phased(&self) -> bool {
+        self.shader.apply != 0 && self.switches & self.shader.apply == 0
+    }
+
+    /// The second phase of a kernel that [`phased`](Self::phased) says has two.
+    pub(crate) fn apply_phase(&self) -> Kernel {
+        Kernel {
+            switches: self.switches | self.shader.apply,
+            ..*self
+        }
+    }
+
     /// The values of the shader's pipeline-overridable constants.
     pub(crate) fn constants(&self) -> Vec<(&'static str, f64)> {
         let mut out = vec![("STATES", f64::from(self.states))];
@@ -181,6 +226,10 @@ pub(crate) trait Class:
     const TORCH_SWITCHES: &'static [TorchSwitch];
     /// Whether PyTorch keeps a `step` entry in the per-parameter state.
     const STEP_STATE: bool = true;
+    /// State buffers the kernel keeps beside [`state_names`](Self::state_names)'s, for its own
+    /// use within a step (Muon's Newton–Schulz iterates): not PyTorch state, so neither read,
+    /// loaded nor checkpointed.
+    const SCRATCH_STATES: u32 = 0;
     /// One parameter group's record for one step (`Hyper` in the shader).
     type Hyper: bytemuck::Pod;
 
@@ -206,6 +255,17 @@ pub(crate) trait Class:
     fn factored(&self, shape: &[usize]) -> bool {
         let _ = shape;
         false
+    }
+    /// Fails, with PyTorch's message, for a tensor of `shape` the class does not take
+    /// (Muon's of other than two dimensions).
+    fn check_shape(&self, shape: &[usize]) -> Result<()> {
+        let _ = shape;
+        Ok(())
+    }
+    /// For a class whose update is orthogonalized by matrix products between the two phases
+    /// of its step (Muon), their configuration.
+    fn orthogonalize(&self) -> Option<Orthogonalize> {
+        None
     }
     /// PyTorch's names of a factored tensor's state, in the order its factor region holds
     /// them.
@@ -331,6 +391,8 @@ pub(crate) trait DynClass {
     fn state_names(&self) -> &'static [&'static str];
     fn factored(&self, shape: &[usize]) -> bool;
     fn factored_names(&self) -> &'static [&'static str];
+    fn check_shape(&self, shape: &[usize]) -> Result<()>;
+    fn orthogonalize(&self) -> Option<Orthogonalize>;
     fn initial_state(&self, name: &str) -> f64;
     fn scalar_names(&self) -> &'static [&'static str];
     fn initial_scalar(&self, name: &str) -> f64;
@@ -379,7 +441,7 @@ impl<C: Class> DynClass for C {
         Kernel {
             shader: C::SHADER,
             switches: self.switches(),
-            states: Class::state_names(self).len() as u32,
+            states: Class::state_names(self).len() as u32 + C::SCRATCH_STATES,
         }
     }
     fn state_names(&self) -> &'static [&'static str] {
@@ -390,6 +452,12 @@ impl<C: Class> DynClass for C {
     }
     fn factored_names(&self) -> &'static [&'static str] {
         Class::factored_names(self)
+    }
+    fn check_shape(&self, shape: &[usize]) -> Result<()> {
+        Class::check_shape(self, shape)
+    }
+    fn orthogonalize(&self) -> Option<Orthogonalize> {
+        Class::orthogonalize(self)
     }
     fn initial_state(&self, name: &str) -> f64 {
         Class::initial_state(self, name)
@@ -679,6 +747,8 @@ registry! {
     AdamWScheduleFree(AdamWScheduleFree),
     /// `Lamb` of the pytorch-optimizer package.
     Lamb(Lamb),
+    /// `torch.optim.Muon`.
+    Muon(Muon),
 }
 
 impl<'de> Deserialize<'de> for OptimizerConfig {
@@ -816,7 +886,21 @@ impl OptimizerConfig {
         if self.class().factored(&[1, 1]) {
             out.push(self.kernel_for(&[1, 1]));
         }
+        if self.kernel().phased() {
+            out.push(self.kernel().apply_phase());
+        }
         out
+    }
+
+    /// Fails, with PyTorch's message, for a tensor of `shape` this class does not take (Muon
+    /// takes two dimensions only).
+    pub fn check_shape(&self, shape: &[usize]) -> Result<()> {
+        self.class().check_shape(shape)
+    }
+
+    /// For Muon, the configuration of its Newton–Schulz iterations.
+    pub(crate) fn orthogonalize(&self) -> Option<Orthogonalize> {
+        self.class().orthogonalize()
     }
 
     /// Whether a tensor of `shape` keeps factored state: Adafactor's tensors of two

@@ -83,6 +83,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<NadamHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 impl NAdam {

@@ -82,6 +82,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<RadamHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 impl RAdam {

@@ -77,6 +77,7 @@ const SHADER: Shader = Shader {
     hyper_size: size_of::<RmspropHyper>() as u64,
     sums: Sums::Never,
     factored: 0,
+    apply: 0,
 };
 
 impl Class for RMSprop {

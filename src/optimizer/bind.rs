@@ -71,6 +71,9 @@ pub(super) struct Dispatch {
     pub(super) sums_dispatch: (u32, u32),
     /// For a batch of tensors whose state is factored, the passes over their factors.
     pub(super) factors: Option<FactorDispatch>,
+    /// For a kernel whose step runs in two phases (Muon's), the kernels of the second (main,
+    /// and edges), recorded after the matrix products over the same bind groups and grid.
+    pub(super) apply: Option<StepKernels>,
 }
 
 /// The passes over a batch's factored state (shaders/adafactor.wgsl), after `finalize` and
@@ -185,6 +188,8 @@ pub(super) struct Planned {
     sums_count: u32,
     /// Each tensor's factors, where its state is factored.
     factors: Vec<Option<Factors>>,
+    /// Each tensor's factor of the learning rate (the segment tables' `lr_ratio`).
+    lr_ratios: Vec<f32>,
 }
 
 /// Whether a tensor whose state was laid out for `meta`'s access can use vec4 access at these
@@ -279,6 +284,7 @@ pub(super) fn layout(
         sums_bases,
         sums_count,
         factors: tensors.iter().map(|t| t.factors).collect(),
+        lr_ratios: tensors.iter().map(|t| t.lr_ratio).collect(),
     })
 }
 
@@ -359,6 +365,7 @@ impl Parts<'_> {
             let bytes = segment_table(
                 p,
                 &layout.spans,
+                &layout.lr_ratios,
                 (x, reduce_x, sums_x),
                 (layout.partial_bases[b], layout.sums_bases[b]),
             );
@@ -396,7 +403,7 @@ impl Parts<'_> {
             })
         })?;
         let mut dispatches = Vec::with_capacity(layout.plans.len());
-        for (b, (p, ((kernel, edge_kernel), reduce_kernel, sums_kernel))) in
+        for (b, (p, ((kernel, edge_kernel), reduce_kernel, sums_kernel, apply))) in
             layout.plans.iter().zip(kernels).enumerate()
         {
             let (kernel_id, access, grad_access) = layout.keys[b];
@@ -436,6 +443,7 @@ impl Parts<'_> {
                 sums_kernel,
                 sums_dispatch: dispatch_size(p.workgroups, max_x),
                 factors,
+                apply,
             });
         }
         Ok(Bound {
@@ -451,8 +459,9 @@ impl Parts<'_> {
         })
     }
 
-    /// A batch's step kernels for the flags `bits`, its reduction when `reduce`, and its
-    /// per-tensor sums' pass when the optimizer has one.
+    /// A batch's step kernels for the flags `bits`, its reduction when `reduce`, its
+    /// per-tensor sums' pass when the optimizer has one, and the kernels of the second phase
+    /// of a step in two.
     #[allow(clippy::type_complexity)]
     fn kernels(
         &self,
@@ -464,8 +473,13 @@ impl Parts<'_> {
         StepKernels,
         Option<Arc<CompiledKernel>>,
         Option<Arc<CompiledKernel>>,
+        Option<StepKernels>,
     )> {
         let step = step_kernels(self.ctx, kernel, access, grad, pieces, bits)?;
+        let apply = kernel
+            .phased()
+            .then(|| step_kernels(self.ctx, kernel.apply_phase(), access, grad, pieces, bits))
+            .transpose()?;
         let reduce = reduce
             .then(|| self.ctx.kernel(Pipeline::Reduce(access)))
             .transpose()?;
@@ -473,7 +487,7 @@ impl Parts<'_> {
             .sums()
             .then(|| self.ctx.kernel(Pipeline::Sums(kernel, access, grad, bits)))
             .transpose()?;
-        Ok((step, reduce, sums))
+        Ok((step, reduce, sums, apply))
     }
 
     /// The passes over the factors of batch `p`, of a kernel of factored state.
@@ -644,7 +658,7 @@ impl Parts<'_> {
         }
         let mut fresh = Vec::with_capacity(bound.dispatches.len());
         for d in &bound.dispatches {
-            let ((kernel, edge), reduce_kernel, sums_kernel) = self.kernels(
+            let ((kernel, edge), reduce_kernel, sums_kernel, apply) = self.kernels(
                 (d.kernel_id, d.access, d.grad_access),
                 d.pieces,
                 bits,
@@ -658,11 +672,20 @@ impl Parts<'_> {
                 Some(_) => Some(self.factor_kernels((d.kernel_id, d.access, d.grad_access), bits)?),
                 None => None,
             };
-            fresh.push((kernel, edge, reduce_kernel, group, sums_kernel, factors));
+            fresh.push((
+                kernel,
+                edge,
+                reduce_kernel,
+                group,
+                sums_kernel,
+                factors,
+                apply,
+            ));
         }
-        for (d, (kernel, edge, reduce_kernel, group, sums_kernel, factors)) in
+        for (d, (kernel, edge, reduce_kernel, group, sums_kernel, factors, apply)) in
             bound.dispatches.iter_mut().zip(fresh)
         {
+            d.apply = apply;
             d.kernel = kernel;
             d.edge_kernel = edge;
             d.reduce_kernel = reduce_kernel;

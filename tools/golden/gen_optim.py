@@ -6,7 +6,7 @@ Run from the repository root:
     python3 tools/golden/gen_optim.py
 
 It runs the real ``torch.optim`` classes (SGD, Adam, AdamW, RMSprop, Adagrad,
-NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD, Adafactor), ``Lion`` from lion-pytorch and
+NAdam, RAdam, Adamax, Adadelta, Rprop, ASGD, Adafactor, Muon), ``Lion`` from lion-pytorch and
 ``Lamb``, ``ADOPT`` and ``AdEMAMix`` from pytorch-optimizer and
 ``AdamWScheduleFree`` from schedulefree, at the versions in
 tools/golden/requirements.txt (the script refuses others, see PACKAGE_OPTIMIZERS),
@@ -15,7 +15,8 @@ on CPU over a fixed, seeded problem and writes, under ``tests/golden/optim/``:
 * ``params.safetensors``  - initial parameters (F32), one tensor per name
                             ("w" [7,5], "b" [13], "v" [300]).
 * ``extra_params.safetensors``, ``extra_grads.safetensors`` - the same for the
-                            tensors only some cases step ("c" [3,4,6], Adafactor's).
+                            tensors only some cases step ("c" [3,4,6], Adafactor's;
+                            "m" [6,11], Muon's, which steps "w" and "m" only).
 * ``grads.safetensors``   - per-step gradients (F32), one tensor per name with
                             shape [STEPS, *param_shape]; step k uses grads[name][k].
 * ``cases.json``          - {"steps": STEPS, "names": [...], "cases": [
@@ -77,6 +78,7 @@ another CPU or torch build may differ in the last bit of float32 results
 float32 error: the max abs difference between the f32 and f64 final params.
 """
 
+import inspect
 import json
 import os
 import sys
@@ -92,13 +94,51 @@ NAMES = [n for n, _ in SHAPES]
 # Tensors that only some classes' cases step (their cases list them in cases.json), drawn after
 # the others' params and grads so that those stay as they were: Adafactor factors every tensor
 # of two dimensions or more over its last two, one pair of factors per leading index.
-EXTRA_SHAPES = [("c", (3, 4, 6))]
+EXTRA_SHAPES = [("c", (3, 4, 6)), ("m", (6, 11))]
 EXTRA_NAMES = {"Adafactor": ["c"]}
+# Classes that step other tensors than NAMES: Muon takes matrices only ("w" is tall, so Muon
+# iterates it transposed; "m" is wide).
+OWN_NAMES = {"Muon": ["w", "m"]}
 
 
 def case_names(spec):
-    """The tensors a case steps: NAMES, and the class's EXTRA_NAMES."""
+    """The tensors a case steps: the class's OWN_NAMES, or NAMES and its EXTRA_NAMES."""
+    if spec["type"] in OWN_NAMES:
+        return OWN_NAMES[spec["type"]]
     return NAMES + EXTRA_NAMES.get(spec["type"], [])
+
+
+def zeropower_via_newtonschulz_f32(grad, ns_coefficients, ns_steps, eps):
+    """torch.optim._muon._zeropower_via_newtonschulz (torch 2.15) with its iterations in the
+    gradient's own dtype instead of bfloat16 (WGSL has no bfloat16): the same checks, the same
+    operations in the same order."""
+    if ns_steps >= 100:
+        raise ValueError(
+            "Number of steps must be less than 100 for computational efficiency"
+        )
+    if len(grad.shape) != 2:
+        raise ValueError("Input tensor gradient must be a 2D matrix")
+    if len(ns_coefficients) != 3:
+        raise ValueError("Coefficients must be a tuple of exactly 3 values")
+    a, b, c = ns_coefficients
+    ortho_grad = grad.clone()
+    if grad.size(0) > grad.size(1):
+        ortho_grad = ortho_grad.T
+    ortho_grad.div_(ortho_grad.norm().clamp(min=eps))
+    for _ in range(ns_steps):
+        gram_matrix = ortho_grad @ ortho_grad.T
+        gram_update = torch.addmm(
+            gram_matrix, gram_matrix, gram_matrix, beta=b, alpha=c
+        )
+        ortho_grad = torch.addmm(ortho_grad, gram_update, ortho_grad, beta=a)
+    if grad.size(0) > grad.size(1):
+        ortho_grad = ortho_grad.T
+    return ortho_grad
+
+
+# The function patched is the bfloat16 one this copy departs from only there.
+assert "bfloat16" in inspect.getsource(torch.optim._muon._zeropower_via_newtonschulz)
+torch.optim._muon._zeropower_via_newtonschulz = zeropower_via_newtonschulz_f32
 
 REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 OUT_DIR = os.path.join(REPO_ROOT, "tests", "golden", "optim")
@@ -200,6 +240,16 @@ CASES = [
     ("adafactor_eps_d_decay",
      {"type": "Adafactor", "lr": 0.05, "eps": [0.25, 1.1], "d": 1.2, "beta2_decay": -0.5}),
     ("adafactor_maximize", {"type": "Adafactor", "lr": 0.05, "maximize": True}),
+    # --- Muon (w [7,5] tall, m [6,11] wide; default lr 1e-3), Newton-Schulz in float32
+    # (zeropower_via_newtonschulz_f32).
+    ("muon", {"type": "Muon", "lr": 0.02}),
+    ("muon_plain_momentum", {"type": "Muon", "lr": 0.02, "nesterov": False,
+                             "weight_decay": 0.0}),
+    ("muon_match_rms_adamw", {"type": "Muon", "lr": 0.02, "adjust_lr_fn": "match_rms_adamw"}),
+    ("muon_spectral_unclamped", {"type": "Muon", "lr": 0.02, "momentum": 0.8,
+                                 "adjust_lr_fn": "spectral_unclamped"}),
+    ("muon_ns4_coefficients", {"type": "Muon", "lr": 0.02, "ns_steps": 4,
+                               "ns_coefficients": [2.0, -1.5, 0.5], "adjust_lr_fn": "original"}),
     # --- Lion (lion-pytorch; default lr is 1e-4, betas (0.9, 0.99); no step count) ---
     ("lion", {"type": "Lion", "lr": 0.01}),
     ("lion_default_lr", {"type": "Lion", "lr": 1e-4}),
@@ -325,6 +375,8 @@ SCHEDULED_CASES = [
      {"type": "StepLR", "step_size": 6, "gamma": 0.3}),
     ("sched_adafactor_wd_steplr", {"type": "Adafactor", "lr": 0.05, "weight_decay": 0.05},
      {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
+    ("sched_muon_steplr", {"type": "Muon", "lr": 0.02},
+     {"type": "StepLR", "step_size": 5, "gamma": 0.5}),
     # OneCycleLR cycles beta1, the first of ADOPT's betas.
     ("sched_adopt_onecycle", {"type": "ADOPT", "lr": 0.01},
      {"type": "OneCycleLR", "max_lr": 0.02, "total_steps": STEPS}),
@@ -413,11 +465,12 @@ def build_optimizer(spec, tensors, fused=False):
         if spec["type"] == "AdamWScheduleFree":
             opt.train()
         return opt
+    cls = getattr(torch.optim, spec["type"])
     if fused:
         args["fused"] = True
-    else:
+    elif "foreach" in inspect.signature(cls).parameters:
+        # Muon takes no foreach: it has the single-tensor implementation only.
         args["foreach"] = False
-    cls = getattr(torch.optim, spec["type"])
     return cls([{"params": tensors}], **args)
 
 
