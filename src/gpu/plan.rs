@@ -561,6 +561,39 @@ mod tests {
     }
 
     #[test]
+    fn whole_tensors_are_never_split() {
+        // Tensors with state per element that must stay whole (Muon's): each at its
+        // parameter's lane, as any tensor, but a new block where the rest of one is too small
+        // for the whole tensor, where a vector would be split across the two.
+        let state: Vec<StateSpan> = [(1, 100), (7, 60), (2, 30)]
+            .iter()
+            .map(|&(at, len)| StateSpan {
+                key: 0,
+                len,
+                lane: at % 4,
+                lanes: 4,
+                footprint: None,
+                whole: true,
+            })
+            .collect();
+        let (blocks, pieces) = state_blocks(&state, 160);
+        assert_eq!(pieces.len(), 3);
+        assert!(pieces.iter().all(|p| p.whole && p.start == 0));
+        let placed: Vec<(usize, u64)> = pieces.iter().map(|p| (p.block, p.state_offset)).collect();
+        // Tensor 0 at lane 1; tensor 1 (lane 3) would end past 160 after it: a new block;
+        // tensor 2 (lane 2) fits after tensor 1.
+        assert_eq!(placed, [(0, 1), (1, 3), (1, 66)]);
+        assert_eq!(blocks.len(), 2);
+        // Not whole, tensor 1 is split between the two blocks.
+        let split: Vec<StateSpan> = state
+            .iter()
+            .map(|s| StateSpan { whole: false, ..*s })
+            .collect();
+        let (_, pieces) = state_blocks(&split, 160);
+        assert_eq!(pieces.iter().filter(|p| p.tensor == 1).count(), 2);
+    }
+
+    #[test]
     fn tensors_sharing_buffers_form_one_batch() {
         let spans: Vec<T> = (0..148)
             .map(|i| span(0, i * 4000, i * 4000 + 4, 1000))

@@ -11,6 +11,7 @@ with ``replay --resume`` and ``replay --save-checkpoint``, and tools/torch_check
 
 Each case runs the real ``torch.optim`` class (single-tensor CPU path, foreach=False) over
 three parameters of a small module, "layer.weight" [4,6], "layer.bias" [6] and "gain" [5]
+(a case may give them other shapes, its "shapes": Muon's are matrices)
 (seeded randn init; gradients randn * 0.5, seeded per case), for STEPS = 20 iterations, and
 writes a checkpoint with ``to_wgpu_optim`` after SPLIT = 10.  The scaler case runs
 
@@ -118,7 +119,21 @@ CASES = [
     # Factored state: layer.weight keeps row_var [4, 1] and col_var [1, 6], the vectors variance.
     {"name": "adafactor_wd",
      "optimizer": {"type": "Adafactor", "lr": 0.05, "weight_decay": 0.01, "eps": [None, 1e-3]}},
+    # Muon takes matrices only: its case gives every parameter two dimensions (wide, square,
+    # tall). Newton-Schulz in float32 (gen_optim's patch of _zeropower_via_newtonschulz).
+    {"name": "muon_wd",
+     "optimizer": {"type": "Muon", "lr": 0.02, "weight_decay": 0.05},
+     "shapes": {"layer.weight": [4, 6], "layer.bias": [3, 3], "gain": [5, 2]}},
 ]
+# Classes whose PyTorch state holds no step (the tool writes 1 once a buffer exists).
+NO_STEP = ("SGD", "Muon")
+
+
+def case_shapes(case):
+    """The (name, shape) of each parameter: SHAPES, or the case's own "shapes"."""
+    if "shapes" not in case:
+        return SHAPES
+    return [(n, tuple(case["shapes"][n])) for n in NAMES]
 
 
 class Model(torch.nn.Module):
@@ -136,12 +151,12 @@ class Model(torch.nn.Module):
         return [self.layer.weight, self.layer.bias, self.gain]
 
 
-def make_problem(index):
+def make_problem(index, shapes):
     """Seeded initial params and unscaled gradients [STEPS, *shape] of case `index`."""
     torch.manual_seed(SEED + index)
-    params = {n: torch.randn(shape, dtype=torch.float32) for n, shape in SHAPES}
+    params = {n: torch.randn(shape, dtype=torch.float32) for n, shape in shapes}
     grads = {n: torch.randn((STEPS, *shape), dtype=torch.float32) * GRAD_SCALE
-             for n, shape in SHAPES}
+             for n, shape in shapes}
     return params, grads
 
 
@@ -286,8 +301,9 @@ def other_lr(case):
 
 
 def checkpoint_as_result(path, sgd):
-    """A checkpoint in the format of a result: step as 0-d F32 (none for SGD, whose step count
-    only says whether the momentum buffer is set), the grad scaler's scale and tracker."""
+    """A checkpoint in the format of a result: step as 0-d F32 (none for SGD and Muon, `sgd`,
+    whose step count only says whether the momentum buffer is set), the grad scaler's scale
+    and tracker."""
     tensors, metadata = read_checkpoint(path)
     out = {}
     for key, t in tensors.items():
@@ -330,8 +346,8 @@ def main():
     with tempfile.TemporaryDirectory(prefix="gen_checkpoint.") as tmp:
         for index, case in enumerate(doc["cases"]):
             name = case["name"]
-            sgd = case["optimizer"]["type"] == "SGD"
-            params, base = make_problem(index)
+            sgd = case["optimizer"]["type"] in NO_STEP
+            params, base = make_problem(index, case_shapes(case))
             grads = case_grads(case, base)
             files = {}
 
@@ -394,7 +410,7 @@ def main():
             for key, t in head_out.items():
                 if not torch.equal(t, ckpt[key]):
                     raise RuntimeError(f"{name}: replay --out and --save-checkpoint differ at {key}")
-            fresh = {n: torch.zeros(shape) for n, shape in SHAPES}  # overwritten by the load
+            fresh = {n: torch.zeros(shape) for n, shape in case_shapes(case)}  # overwritten
             rr = Run(case, fresh, torch.float32, optimizer=other_lr(case))  # lr from the file
             from_wgpu_optim(ours10, rr.opt, rr.model.named_parameters(), grad_scaler=rr.scaler)
             for k in range(SPLIT, STEPS):
