@@ -6,7 +6,15 @@
 // 4 x 4 elements each, taking the inner dimension in slices of SLICE through workgroup
 // memory. Each element of C adds its products in increasing k, one at a time, then forms
 // alpha * sum + beta * d, as BLAS's sgemm does (D unread where beta is 0). The grid is (tiles
-// across n, tiles across m).
+// across n, tiles across m, splits of k).
+//
+// The inner dimension is split into `splits` ranges of `k_chunk` (a multiple of SLICE), one
+// per workgroup along z, so that no invocation loops more than 65,535 times over all its
+// loops (llvmpipe cuts longer loops, counting the iterations of nested loops together) and a
+// product with few tiles of C still has workgroups to spread. With more than one split, `gemm`
+// writes each split's sums to the partials (bound as C: element (z, i, j) at (z * m + i) * n +
+// j) and `gemm_combine` adds them in increasing z, then forms alpha * sum + beta * d into C
+// (bound with the partials as A).
 //
 // Must be kept in sync with `Params` in src/gemm.rs.
 
@@ -29,8 +37,9 @@ struct Params {
     has_d: u32,
     alpha: f32,
     beta: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // Elements of k each split takes (a multiple of SLICE), and the number of splits.
+    k_chunk: u32,
+    splits: u32,
     a: Operand,
     b: Operand,
     d: Operand,
@@ -52,6 +61,15 @@ fn at(o: Operand, i: u32, j: u32) -> u32 {
     return o.offset + i * o.row_stride + j * o.col_stride;
 }
 
+// Element (i, j) of C as alpha * sum + beta * d.
+fn finish(p: Params, sum: f32, i: u32, j: u32) -> f32 {
+    var v = p.alpha * sum;
+    if p.has_d != 0u && p.beta != 0.0 {
+        v += p.beta * mat_d[at(p.d, i, j)];
+    }
+    return v;
+}
+
 @compute @workgroup_size(256)
 fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
     let p = params;
@@ -60,8 +78,11 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     // This invocation's 4 x 4 block of the tile.
     let tx = lid % 16u;
     let ty = lid / 16u;
+    // This workgroup's range of k.
+    let k_first = wid.z * p.k_chunk;
+    let k_end = min(p.k, k_first + p.k_chunk);
     var acc = array<vec4<f32>, 4>(vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0), vec4<f32>(0.0));
-    for (var k0 = 0u; k0 < p.k; k0 += SLICE) {
+    for (var k0 = k_first; k0 < k_end; k0 += SLICE) {
         // A vec4 of each slice an invocation (four rows of A, four columns of B, at one k),
         // zero outside the matrices; neighbouring invocations read neighbouring columns of a
         // row-major B.
@@ -71,11 +92,11 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         var y = vec4<f32>(0.0);
         for (var e = 0u; e < 4u; e++) {
             let r = row0 + 4u * q + e;
-            if r < p.m && k0 + kk < p.k {
+            if r < p.m && k0 + kk < k_end {
                 x[e] = mat_a[at(p.a, r, k0 + kk)];
             }
             let col = col0 + 4u * q + e;
-            if k0 + kk < p.k && col < p.n {
+            if k0 + kk < k_end && col < p.n {
                 y[e] = mat_b[at(p.b, k0 + kk, col)];
             }
         }
@@ -97,12 +118,32 @@ fn gemm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         for (var j = 0u; j < 4u; j++) {
             let col = col0 + 4u * tx + j;
             if r < p.m && col < p.n {
-                var v = p.alpha * acc[i][j];
-                if p.has_d != 0u && p.beta != 0.0 {
-                    v += p.beta * mat_d[at(p.d, r, col)];
+                if p.splits > 1u {
+                    mat_c[(wid.z * p.m + r) * p.n + col] = acc[i][j];
+                } else {
+                    mat_c[at(p.c, r, col)] = finish(p, acc[i][j], r, col);
                 }
-                mat_c[at(p.c, r, col)] = v;
             }
+        }
+    }
+}
+
+// With more than one split, each element of C from the splits' partials (bound as A), added
+// in increasing z; the grid is gemm's without z, each invocation taking a 4 x 4 block.
+@compute @workgroup_size(256)
+fn gemm_combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+    let p = params;
+    let row0 = wid.y * TILE + 4u * (lid / 16u);
+    let col0 = wid.x * TILE + 4u * (lid % 16u);
+    for (var e = 0u; e < 16u; e++) {
+        let r = row0 + e / 4u;
+        let col = col0 + e % 4u;
+        if r < p.m && col < p.n {
+            var sum = 0.0;
+            for (var z = 0u; z < p.splits; z++) {
+                sum += mat_a[(z * p.m + r) * p.n + col];
+            }
+            mat_c[at(p.c, r, col)] = finish(p, sum, r, col);
         }
     }
 }

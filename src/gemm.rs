@@ -29,9 +29,17 @@ use std::sync::Arc;
 /// Rows and columns of C one workgroup computes (`TILE` in shaders/gemm.wgsl).
 const TILE: u32 = 64;
 
-/// The longest inner dimension: the kernel's loop over it takes 16 at a time and runs at most
-/// 65,535 times (llvmpipe cuts longer loops).
-pub const MAX_K: u64 = 65_535 * 16;
+/// Elements of the inner dimension one workgroup takes (`k_chunk`): a product over more is
+/// split along k into several workgroups whose partial sums a second dispatch adds, so that no
+/// invocation loops more than 65,535 times over all its loops (llvmpipe cuts longer loops,
+/// counting nested loops' iterations together).
+const K_CHUNK: u64 = 4096;
+
+/// The most splits of the inner dimension (`gemm_combine` loops 16 times over them).
+const MAX_SPLITS: u64 = 4095;
+
+/// The longest inner dimension.
+pub const MAX_K: u64 = K_CHUNK * MAX_SPLITS;
 
 /// An f32 matrix in a buffer: element `(i, j)` is element `offset + i·row_stride +
 /// j·col_stride` of the buffer. A row-major matrix has `row_stride = cols` and `col_stride =
@@ -165,7 +173,8 @@ pub(crate) struct Params {
     has_d: u32,
     alpha: f32,
     beta: f32,
-    _pad: [u32; 2],
+    k_chunk: u32,
+    splits: u32,
     a: Operand,
     b: Operand,
     d: Operand,
@@ -180,7 +189,10 @@ pub(crate) const PARAMS_SIZE: u64 = size_of::<Params>() as u64;
 pub struct Gemm {
     kernel: Arc<CompiledKernel>,
     group: wgpu::BindGroup,
-    grid: (u32, u32),
+    /// Tiles across n and m, and splits of k.
+    grid: (u32, u32, u32),
+    /// With more than one split of k, `gemm_combine` and its bind group (the partials as A).
+    combine: Option<(Arc<CompiledKernel>, wgpu::BindGroup)>,
     flops: u64,
 }
 
@@ -234,18 +246,31 @@ impl Gemm {
         }
         if u64::from(a.cols) > MAX_K {
             return Err(Error::Unsupported(format!(
-                "a product over an inner dimension of {} (at most {MAX_K}: each invocation's loop over it runs at most 65,535 times)",
+                "a product over an inner dimension of {} (at most {MAX_K}: {MAX_SPLITS} splits of {K_CHUNK})",
                 a.cols
             )));
         }
         let limits = ctx.limits();
         let max_binding = limits.max_storage_buffer_binding_size;
-        let grid = (c.cols.div_ceil(TILE).max(1), c.rows.div_ceil(TILE).max(1));
+        let splits = u64::from(a.cols).div_ceil(K_CHUNK).max(1) as u32;
+        let grid = (
+            c.cols.div_ceil(TILE).max(1),
+            c.rows.div_ceil(TILE).max(1),
+            splits,
+        );
         let max_x = limits.max_compute_workgroups_per_dimension;
-        if grid.0 > max_x || grid.1 > max_x {
+        if grid.0 > max_x || grid.1 > max_x || grid.2 > max_x {
             return Err(Error::Unsupported(format!(
-                "a product of {} x {} needs {} x {} workgroups (max_compute_workgroups_per_dimension is {max_x})",
-                c.rows, c.cols, grid.0, grid.1
+                "a product of {} x {} over {} needs {} x {} x {} workgroups (max_compute_workgroups_per_dimension is {max_x})",
+                c.rows, c.cols, a.cols, grid.0, grid.1, grid.2
+            )));
+        }
+        // The splits' partial sums, where there are several.
+        let partial_bytes = u64::from(splits) * u64::from(c.rows) * u64::from(c.cols) * 4;
+        if splits > 1 && partial_bytes > max_binding.min(limits.max_buffer_size) {
+            return Err(Error::Unsupported(format!(
+                "a product of {} x {} over {} needs {partial_bytes} bytes of partial sums in one binding (max_storage_buffer_binding_size is {max_binding})",
+                c.rows, c.cols, a.cols
             )));
         }
         let params = Params {
@@ -255,7 +280,8 @@ impl Gemm {
             has_d: u32::from(d.is_some()),
             alpha,
             beta: d.map_or(0.0, |(beta, _)| beta),
-            _pad: [0; 2],
+            k_chunk: K_CHUNK as u32,
+            splits,
             a: a.operand("A", max_binding)?,
             b: b.operand("B", max_binding)?,
             d: match d {
@@ -264,10 +290,16 @@ impl Gemm {
             },
             c: c.operand("C", max_binding)?,
         };
-        let kernel = ctx.kernel(Pipeline::Gemm(!shared.is_empty()))?;
+        let shared = !shared.is_empty();
+        let kernel = ctx.kernel(Pipeline::Gemm(shared, false))?;
+        let combine = if splits > 1 {
+            Some(ctx.kernel(Pipeline::Gemm(shared, true))?)
+        } else {
+            None
+        };
         let device = ctx.device();
         let d_buffer = d.map_or(a.buffer, |(_, d)| d.buffer);
-        let group = scoped(device, || {
+        let (group, combine) = scoped(device, || {
             let params = wgpu::util::DeviceExt::create_buffer_init(
                 device,
                 &wgpu::util::BufferInitDescriptor {
@@ -276,40 +308,60 @@ impl Gemm {
                     usage: wgpu::BufferUsages::UNIFORM,
                 },
             );
-            let entries: Vec<wgpu::BindGroupEntry<'_>> = [
-                params.as_entire_binding(),
-                a.buffer.as_entire_binding(),
-                b.buffer.as_entire_binding(),
-                d_buffer.as_entire_binding(),
-                c.buffer.as_entire_binding(),
-            ]
-            .into_iter()
-            .enumerate()
-            .map(|(i, resource)| wgpu::BindGroupEntry {
-                binding: i as u32,
-                resource,
-            })
-            .collect();
-            device.create_bind_group(&wgpu::BindGroupDescriptor {
-                label: Some("wgpu-optim gemm"),
-                layout: &kernel.layout,
-                entries: &entries,
-            })
+            let group = |kernel: &CompiledKernel, [a, b, d, c]: [&wgpu::Buffer; 4]| {
+                let entries: Vec<wgpu::BindGroupEntry<'_>> = [&params, a, b, d, c]
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, buffer)| wgpu::BindGroupEntry {
+                        binding: i as u32,
+                        resource: buffer.as_entire_binding(),
+                    })
+                    .collect();
+                device.create_bind_group(&wgpu::BindGroupDescriptor {
+                    label: Some("wgpu-optim gemm"),
+                    layout: &kernel.layout,
+                    entries: &entries,
+                })
+            };
+            match combine {
+                None => (
+                    group(&kernel, [a.buffer, b.buffer, d_buffer, c.buffer]),
+                    None,
+                ),
+                Some(combine) => {
+                    let partials = device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("wgpu-optim gemm partial sums"),
+                        size: partial_bytes,
+                        usage: wgpu::BufferUsages::STORAGE,
+                        mapped_at_creation: false,
+                    });
+                    let main = group(&kernel, [a.buffer, b.buffer, d_buffer, &partials]);
+                    let second = group(&combine, [&partials, b.buffer, d_buffer, c.buffer]);
+                    (main, Some((combine, second)))
+                }
+            }
         })?;
         let flops = 2 * u64::from(c.rows) * u64::from(c.cols) * u64::from(a.cols);
         Ok(Self {
             kernel,
             group,
             grid,
+            combine,
             flops,
         })
     }
 
-    /// Records the product into `pass`.
+    /// Records the product into `pass`: one dispatch, or two where the inner dimension is
+    /// split (longer than 4,096).
     pub fn record(&self, pass: &mut wgpu::ComputePass<'_>) {
         pass.set_pipeline(&self.kernel.pipeline);
         pass.set_bind_group(0, &self.group, &[]);
-        pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+        pass.dispatch_workgroups(self.grid.0, self.grid.1, self.grid.2);
+        if let Some((kernel, group)) = &self.combine {
+            pass.set_pipeline(&kernel.pipeline);
+            pass.set_bind_group(0, group, &[]);
+            pass.dispatch_workgroups(self.grid.0, self.grid.1, 1);
+        }
     }
 
     /// Floating-point operations of the product, `2·m·n·k` (the `β·D` term not counted).

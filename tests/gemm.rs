@@ -94,6 +94,7 @@ fn products_match_the_reference_at_awkward_sizes() {
         (65, 63, 17),
         (130, 70, 200),
         (7, 300, 129),
+        (4, 4, 4097),
     ] {
         let (m, n, k) = (m as u32, n as u32, k as u32);
         let len = (2 * (m * k + k * n + m * n) + 64) as usize;
@@ -159,6 +160,50 @@ fn newton_schulz_iteration_of_a_wide_matrix() {
         xm,
         Some((3.4445, xm)),
     );
+}
+
+#[test]
+fn long_inner_dimensions_are_summed_whole() {
+    // Products over more than 4,096 (the inner dimension split between workgroups, their
+    // partial sums added by a second dispatch) and more than 65,535 (llvmpipe cuts any loop of
+    // an invocation after 65,535 iterations, nested loops counted together): operands of
+    // small integers, whose products' sums are exact in float32, so that a dropped slice
+    // cannot hide in the rounding bound. A column of B is 1, 2 or 3 in turn down k; A is all
+    // ones but for a row of twos, transposed in one case.
+    let _serial = serial();
+    let ctx = ctx();
+    for (m, n, k) in [(3u32, 5u32, 4097u32), (4, 4, 70_001), (2, 65, 300_007)] {
+        let (m64, n64, k64) = (u64::from(m), u64::from(n), u64::from(k));
+        let mut a = vec![1.0f32; (m64 * k64) as usize];
+        a[..k as usize].fill(2.0);
+        let b: Vec<f32> = (0..k64 * n64)
+            .map(|e| ((e / n64 + e % n64) % 3 + 1) as f32)
+            .collect();
+        let a_buf = ctx.create_f32_buffer("a", &a).unwrap();
+        let b_buf = ctx.create_f32_buffer("b", &b).unwrap();
+        let c_buf = ctx
+            .create_f32_buffer("c", &vec![POISON; (m * n) as usize])
+            .unwrap();
+        let am = Matrix::row_major(&a_buf, 0, m, k);
+        let bm = Matrix::row_major(&b_buf, 0, k, n);
+        let product =
+            Gemm::new(ctx, Matrix::row_major(&c_buf, 0, m, n), 1.0, am, bm, None).unwrap();
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        product.record(&mut encoder.begin_compute_pass(&Default::default()));
+        ctx.queue().submit([encoder.finish()]);
+        let got = ctx.read_f32(&[(&c_buf, 0, m64 * n64)]).unwrap();
+        for i in 0..m64 {
+            for j in 0..n64 {
+                let column: u64 = (0..k64).map(|p| (p + j) % 3 + 1).sum();
+                let want = if i == 0 { 2 * column } else { column };
+                assert_eq!(
+                    got[(i * n64 + j) as usize],
+                    want as f32,
+                    "C[{i}, {j}] of {m} x {n} x {k}"
+                );
+            }
+        }
+    }
 }
 
 #[test]

@@ -293,6 +293,14 @@ fn orthogonalized_updates_match_reference() {
             check_shaped(&ctx, Muon::default().into(), recipe, &shapes, 6, &mut rng);
         }
     }
+    // Rows longer than 65,535 elements, wide and tall: the Gram product's inner dimension is
+    // split between workgroups (llvmpipe cuts an invocation's loops after 65,535 iterations).
+    let long = [vec![3, 70_001], vec![70_001, 2]];
+    let config = Muon {
+        lr: 0.02,
+        ..Default::default()
+    };
+    check_shaped(ctx(), config.into(), PLAIN, &long, 2, &mut rng);
 }
 
 #[test]

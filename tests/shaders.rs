@@ -177,20 +177,26 @@ fn shaders_have_the_expected_compute_entry_points() {
         }
         found.sort();
         // The template's `step` (the optimizer's formula) and `finalize`, and, for an update
-        // that needs per-tensor sums (Lamb's, Adafactor's, pytorch-optimizer's cautious and
-        // stable_adamw), outside the edge dispatch's module, the sums' `sums` and
+        // that needs per-tensor sums (Lamb's, Adafactor's, Muon's, pytorch-optimizer's cautious
+        // and stable_adamw), outside the edge dispatch's module, the sums' `sums` and
         // `combine_sums`; Adafactor's factor passes in every module of its shader (pipelines
         // only outside the edge dispatch's); or `reduce`.
         let outside_edges = !shader.label.contains("edges");
-        let sums = ["lamb.wgsl", "adopt.wgsl", "ademamix.wgsl", "adafactor.wgsl"]
-            .iter()
-            .any(|f| shader.label.contains(f))
+        let sums = [
+            "lamb.wgsl",
+            "adopt.wgsl",
+            "ademamix.wgsl",
+            "adafactor.wgsl",
+            "muon.wgsl",
+        ]
+        .iter()
+        .any(|f| shader.label.contains(f))
             && outside_edges;
         let factored = shader.label.contains("adafactor.wgsl");
         let want: &[&str] = if shader.label.contains("reduce.wgsl") {
             &["reduce"]
         } else if shader.label.contains("gemm.wgsl") {
-            &["gemm"]
+            &["gemm", "gemm_combine"]
         } else if sums && factored {
             &[
                 "combine_sums",

@@ -62,8 +62,9 @@ pub(crate) enum Pipeline {
     /// step's flags: `factor_lines` or `factor_means` (shaders/adafactor.wgsl).
     Factors(Kernel, Access, GradAccess, u32, FactorPass),
     /// The matrix product ([`crate::gemm`]), operands read-only or all read-write (as
-    /// [`Module::Gemm`]).
-    Gemm(bool),
+    /// [`Module::Gemm`]): `gemm`, or (`true`) `gemm_combine`, which adds the partial sums of a
+    /// product whose inner dimension is split.
+    Gemm(bool, bool),
 }
 
 /// The two passes over factored state that run after `finalize` and before the per-tensor
@@ -227,7 +228,10 @@ impl Module {
                 out
             }
             Module::Reduce(_) => vec![("reduce".to_string(), Vec::new())],
-            Module::Gemm(_) => vec![("gemm".to_string(), Vec::new())],
+            Module::Gemm(_) => vec![
+                ("gemm".to_string(), Vec::new()),
+                ("gemm_combine".to_string(), Vec::new()),
+            ],
         }
     }
 
@@ -349,9 +353,9 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
             Layout::Step(access, grad),
             kernel.constants(),
         ),
-        Pipeline::Gemm(shared) => (
+        Pipeline::Gemm(shared, combine) => (
             Module::Gemm(shared),
-            "gemm",
+            if combine { "gemm_combine" } else { "gemm" },
             Layout::Gemm(shared),
             Vec::new(),
         ),

@@ -312,6 +312,7 @@ impl Class for Muon {
         // state buffer), none at all, and other coefficients.
         for adjust_lr_fn in [AdjustLr::MatchRmsAdamw, AdjustLr::SpectralUnclamped] {
             out.push(Muon {
+                lr: 0.02,
                 adjust_lr_fn: Some(adjust_lr_fn),
                 ..Default::default()
             });
@@ -324,8 +325,10 @@ impl Class for Muon {
             adjust_lr_fn: Some(AdjustLr::Original),
             ..Default::default()
         });
-        // No iterations at all, and eps above every norm: X = u / eps.
+        // No iterations at all, and eps above every norm: X = u / eps (a learning rate large
+        // enough that the step is far above the tolerance).
         out.push(Muon {
+            lr: 10.0,
             ns_steps: 0,
             eps: 1e3,
             ..Default::default()
