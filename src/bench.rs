@@ -94,6 +94,34 @@ pub fn matrix_shape_for(config: &OptimizerConfig, elements: u64) -> [usize; 2] {
     [rows, n / rows]
 }
 
+/// Floating-point operations of the matrix products in one step of `config` on a tensor of
+/// `shape`: Muon's Newton–Schulz iterations, `ns_steps·(4·m²·n + 2·m³)` for `m x n` with
+/// `m ≤ n` (the `β·D` terms not counted); 0 for other classes.
+pub fn step_flops(config: &OptimizerConfig, shape: &[usize]) -> u64 {
+    let (Some(o), [a, b]) = (config.orthogonalize(), shape) else {
+        return 0;
+    };
+    let (m, n) = ((*a).min(*b) as u64, (*a).max(*b) as u64);
+    u64::from(o.ns_steps) * (4 * m * m * n + 2 * m * m * m)
+}
+
+/// For a case whose step runs matrix products (Muon), a line with their GFLOP/s over the
+/// whole step's time in `row` (the elementwise passes included), and the matrix stepped.
+pub fn products_line(case: &KernelCase, row: &Row) -> Option<String> {
+    let shape = matrix_shape_for(&case.config, row.elements);
+    let flops = step_flops(&case.config, &shape);
+    (case.matrix && flops > 0).then(|| {
+        format!(
+            "{}: {:.1} GFLOP/s over its whole step ({} x {} matrix, {:.2} GFLOP of Newton-Schulz products a step)",
+            case.name,
+            flops as f64 / row.kernel.seconds / 1e9,
+            shape[0],
+            shape[1],
+            flops as f64 / 1e9
+        )
+    })
+}
+
 /// Bytes read plus bytes written per element by one step of `config`'s kernel on a vector: the
 /// parameter is read and written, the gradient read, and each state buffer read and written, 4
 /// bytes each. Where the update needs per-tensor sums (Lamb), their pass reads the parameter,
@@ -1097,6 +1125,27 @@ mod tests {
             Some(20)
         );
         assert!(kernel_case("nonesuch").is_none());
+    }
+
+    #[test]
+    fn muon_steps_a_matrix_of_at_most_64_rows() {
+        let muon: OptimizerConfig = crate::Muon::default().into();
+        assert_eq!(matrix_shape_for(&muon, 1 << 22), [64, 65_536]);
+        assert_eq!(matrix_shape_for(&muon, 5000), [50, 100]);
+        assert_eq!(matrix_shape_for(&muon, 131), [1, 131]);
+        let adafactor: OptimizerConfig = crate::Adafactor::default().into();
+        assert_eq!(matrix_shape_for(&adafactor, 1 << 22), [2048, 2048]);
+        // 5 iterations of X·Xᵀ, G·G and U·X.
+        let (m, n) = (64u64, 65_536u64);
+        assert_eq!(
+            step_flops(&muon, &[64, 65_536]),
+            5 * (2 * m * m * n + 2 * m * m * m + 2 * m * m * n)
+        );
+        assert_eq!(
+            step_flops(&muon, &[65_536, 64]),
+            step_flops(&muon, &[64, 65_536])
+        );
+        assert_eq!(step_flops(&adafactor, &[64, 65_536]), 0);
     }
 
     #[test]

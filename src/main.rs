@@ -364,8 +364,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 Some(a) => ctx.with_access(a),
                 None => ctx,
             };
-            let rows =
-                bench::measure_rows(&ctx, &bench::kernel_cases(), &[size], iterations as usize)?;
+            let cases = bench::kernel_cases();
+            let rows = bench::measure_rows(&ctx, &cases, &[size], iterations as usize)?;
             let timer = rows
                 .first()
                 .map(|r| r.kernel.timer.to_string())
@@ -377,6 +377,11 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 ctx.access()
             );
             println!("{}", bench::table(&rows).trim_end());
+            for (case, row) in cases.iter().zip(&rows) {
+                if let Some(line) = bench::products_line(case, row) {
+                    println!("{line}");
+                }
+            }
             for (name, ratio) in bench::time_over_adam(&ctx, size, iterations as usize)? {
                 println!("{name}: {ratio:.2}x the time of adam (timed in turn with it)");
             }

@@ -637,6 +637,12 @@ fn bench_prints_a_row_per_kernel_with_its_ratio_to_copy() {
                 "{row}"
             );
         }
+        // Muon's products, over a matrix of 50 rows.
+        assert!(
+            stdout.lines().any(|l| l.starts_with("muon: ")
+                && l.contains("GFLOP/s over its whole step (50 x 100 matrix")),
+            "{stdout}"
+        );
     }
     expect_error(&dir, &["bench", "--access", "vec8"], "unknown access mode");
     expect_error(&dir, &["bench", "--iterations", "0"], "must be at least 1");

@@ -148,10 +148,10 @@ fn every_shader_parses_and_validates() {
     // Each optimizer file in the scalar and the vec4 access mode with read-only or shared
     // gradients, as the main kernel, the main kernel of a one-segment batch, and the edge
     // kernel, each without and with every gradient flag; the reduction in both access modes;
-    // and the matrix product.
+    // and the matrix product, with read-only operands and with every operand read-write.
     assert_eq!(optimizers % 24, 0);
     assert!(optimizers >= 24 * 4, "{optimizers} optimizer modules");
-    assert_eq!(modules.len(), optimizers + 3);
+    assert_eq!(modules.len(), optimizers + 4);
 }
 
 #[test]
