@@ -6,12 +6,14 @@ mod common;
 
 use common::{POISON, Rng, bits, ctx, read_all, write};
 use wgpu_optim::{
-    Access, Adam, BufferRange, ClipGrad, Context, GradScaler, LAYOUT_CACHE, NormType, Optimizer,
-    OptimizerConfig, SGD, Tensor,
+    Access, Adam, BufferRange, ClipGrad, Context, GradScaler, LAYOUT_CACHE, Muon, NormType,
+    Optimizer, OptimizerConfig, SGD, Tensor,
 };
 
 /// Tensor lengths; their offsets in the fixed buffers are 16-byte aligned.
 const LENS: [u64; 3] = [37, 1029, 6];
+/// Their shapes: elementwise optimizers ignore them; Muon takes matrices only.
+const SHAPES: [[usize; 2]; 3] = [[37, 1], [21, 49], [2, 3]];
 const OFFSETS: [u64; 3] = [0, 40, 1072];
 const TOTAL: u64 = 1080;
 const STEPS: usize = 12;
@@ -56,6 +58,7 @@ fn at_offsets<'a>(param: &'a wgpu::Buffer, grad: &'a wgpu::Buffer) -> Vec<Tensor
                 BufferRange::new(param, OFFSETS[i] * 4, LENS[i]),
                 BufferRange::new(grad, OFFSETS[i] * 4, LENS[i]),
             )
+            .with_shape(&SHAPES[i])
         })
         .collect()
 }
@@ -146,6 +149,15 @@ fn gradients_in_new_buffers_every_step_give_the_same_bits() {
             .into(),
             Some(ClipGrad::Value { clip_value: 0.7 }),
         ),
+        // Muon's products read the state, which never moves: the gradients may.
+        (
+            Muon {
+                lr: 0.02,
+                ..Default::default()
+            }
+            .into(),
+            Some(ClipGrad::norm(1.0)),
+        ),
     ] {
         let (want, fixed) = fixed_run(ctx, config, &init, &grads, |o| {
             o.set_clip_grad(clip).unwrap()
@@ -168,10 +180,11 @@ fn gradients_in_new_buffers_every_step_give_the_same_bits() {
         assert_eq!(tensor_bits(ctx, &param, &OFFSETS), want, "{config:?}");
         assert_eq!(state_bits(&opt), state_bits(&fixed), "{config:?}");
         // Six sets of ranges and the construction's: six cached; each buffer's bind group
-        // made once, whatever the offsets.
+        // made once, whatever the offsets (and its reduction's, with norm clipping).
         let (layouts, groups) = opt.cached_bindings();
         assert_eq!(layouts, 6);
-        assert_eq!(groups, 4);
+        let reduces = matches!(clip, Some(ClipGrad::Norm { .. }));
+        assert_eq!(groups, if reduces { 8 } else { 4 });
     }
 }
 
