@@ -695,6 +695,28 @@ fn zero_length_tensors_step_without_dispatches() {
     assert_eq!(state.step, 1);
     assert!(state.buffers.values().all(Vec::is_empty));
     assert_eq!(ctx.read_f32(&[(&param, 0, 2)]).unwrap(), [1.0, 2.0]);
+    // Muon's matrices with a dimension of 0 (PyTorch steps them, changing nothing), beside
+    // one that steps.
+    let shapes = [[0usize, 5], [3, 0]];
+    let mut tensors: Vec<Tensor<'_>> = shapes.iter().map(|s| empty.with_shape(s)).collect();
+    let one = Tensor::new(
+        BufferRange::new(&param, 0, 2),
+        BufferRange::new(&grad, 0, 2),
+    )
+    .with_shape(&[1, 2]);
+    tensors.push(one);
+    let mut opt = Optimizer::new(ctx, Muon::default(), &tensors).unwrap();
+    opt.step_submit().unwrap();
+    assert!(opt.read_state(0).unwrap().buffers["momentum_buffer"].is_empty());
+    let want = Tracked::shaped(Muon::default().into(), &[1, 2], &[1.0, 2.0]);
+    let mut want = want;
+    want.step_f64(&[0.5, 0.5]);
+    let got = ctx.read_f32(&[(&param, 0, 2)]).unwrap();
+    want.assert_matches(
+        "Muon beside empty matrices",
+        &got,
+        &opt.read_state(2).unwrap(),
+    );
 }
 
 #[test]

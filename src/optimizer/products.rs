@@ -33,12 +33,15 @@ impl Products {
             let Some(o) = groups[meta.group].orthogonalize() else {
                 continue;
             };
+            // A matrix with a dimension of 0 has no state and nothing to multiply.
+            let Some(&piece) = meta.pieces.first() else {
+                continue;
+            };
             if o.ns_steps == 0 {
                 continue;
             }
             let shape = meta.shape();
             let (rows, cols) = (shape[0] as u64, shape[1] as u64);
-            let piece = meta.pieces[0];
             tensors.push((
                 o,
                 piece.state_offset,
