@@ -304,6 +304,89 @@ fn orthogonalized_updates_match_reference() {
 }
 
 #[test]
+fn muon_groups_keep_their_own_iterations_and_ratios() {
+    // Two groups of Muon tensors with an odd and an even number of iterations (the last
+    // iterate in the other state buffer), other coefficients and another adjust_lr_fn: each
+    // tensor's products and ratio are its group's.
+    let ctx = ctx();
+    let mut rng = Rng::fresh("muon groups");
+    let configs: [OptimizerConfig; 2] = [
+        Muon {
+            lr: 0.02,
+            ..Default::default()
+        }
+        .into(),
+        Muon {
+            lr: 0.03,
+            ns_steps: 4,
+            ns_coefficients: (2.0, -1.5, 0.5),
+            adjust_lr_fn: Some(wgpu_optim::AdjustLr::MatchRmsAdamw),
+            ..Default::default()
+        }
+        .into(),
+    ];
+    let shapes: [(usize, [usize; 2]); 4] = [(0, [9, 4]), (1, [5, 7]), (0, [3, 11]), (1, [8, 2])];
+    let lens: Vec<u64> = shapes.iter().map(|(_, s)| (s[0] * s[1]) as u64).collect();
+    let offsets: Vec<u64> = lens
+        .iter()
+        .scan(3, |at, &n| {
+            let o = *at;
+            *at += n + 1;
+            Some(o)
+        })
+        .collect();
+    let total = (offsets[3] + lens[3]) as usize;
+    let init = rng.normals(total);
+    let param = ctx.create_f32_buffer("param", &init).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &vec![0.0; total]).unwrap();
+    let mut groups: Vec<ParamGroup<'_>> = configs
+        .iter()
+        .map(|c| ParamGroup::new(*c, Vec::new()))
+        .collect();
+    let mut tracked = Vec::new();
+    for (k, (g, shape)) in shapes.iter().enumerate() {
+        let (o, n) = (offsets[k], lens[k]);
+        groups[*g].tensors.push(
+            Tensor::new(
+                BufferRange::new(&param, o * 4, n),
+                BufferRange::new(&grad, o * 4, n),
+            )
+            .with_shape(shape),
+        );
+        let values = &init[o as usize..(o + n) as usize];
+        tracked.push((*g, k, Tracked::shaped(configs[*g], shape, values)));
+    }
+    let mut opt = Optimizer::with_groups(ctx, &groups).unwrap();
+    for _ in 0..4 {
+        let g = rng.normals(total);
+        write(&grad, 0, &g);
+        opt.step_submit().unwrap();
+        for (_, k, t) in &mut tracked {
+            let (o, n) = (offsets[*k] as usize, lens[*k] as usize);
+            let g64: Vec<f64> = g[o..o + n].iter().map(|&v| f64::from(v)).collect();
+            t.step_f64(&g64);
+        }
+    }
+    let got = ctx.read_f32(&[(&param, 0, total as u64)]).unwrap();
+    // The optimizer holds the tensors group by group.
+    let mut index = 0;
+    for group in 0..2 {
+        for (g, k, t) in &tracked {
+            if *g != group {
+                continue;
+            }
+            let (o, n) = (offsets[*k] as usize, lens[*k] as usize);
+            t.assert_matches(
+                &format!("group {g}, tensor {k}"),
+                &got[o..o + n],
+                &opt.read_state(index).unwrap(),
+            );
+            index += 1;
+        }
+    }
+}
+
+#[test]
 fn a_million_elements_match_reference() {
     let mut rng = Rng::fresh("a_million_elements");
     for config in all_configs()
