@@ -752,38 +752,23 @@ impl Optimizer {
             pass.dispatch_workgroups(sums.combine_dispatch.0, sums.combine_dispatch.1, 1);
         }
         for d in &bound.dispatches {
-            if current != Some(&d.kernel.pipeline) {
-                pass.set_pipeline(&d.kernel.pipeline);
-                current = Some(&d.kernel.pipeline);
-            }
-            pass.set_bind_group(0, &d.group, &[]);
-            pass.set_bind_group(1, &bound.table, &[d.table_offset]);
-            pass.dispatch_workgroups(d.dispatch.0, d.dispatch.1, 1);
-            if let Some(edges) = &d.edge_kernel
-                && d.edge_workgroups > 0
-            {
-                pass.set_pipeline(&edges.pipeline);
-                current = Some(&edges.pipeline);
-                pass.dispatch_workgroups(d.edge_workgroups, 1, 1);
-            }
+            let kernels = (&d.kernel, d.edge_kernel.as_ref());
+            record_step(pass, &mut current, &bound.table, d, kernels);
         }
         if let (Pass::Step, Some(products)) = (what, &self.products) {
             products.record(pass);
+            current = None;
         }
         // The second phase of a step in two (Muon's update from its last iterate).
         for d in &bound.dispatches {
-            let Some((kernel, edges)) = &d.apply else {
-                continue;
-            };
-            pass.set_pipeline(&kernel.pipeline);
-            pass.set_bind_group(0, &d.group, &[]);
-            pass.set_bind_group(1, &bound.table, &[d.table_offset]);
-            pass.dispatch_workgroups(d.dispatch.0, d.dispatch.1, 1);
-            if let Some(edges) = edges
-                && d.edge_workgroups > 0
-            {
-                pass.set_pipeline(&edges.pipeline);
-                pass.dispatch_workgroups(d.edge_workgroups, 1, 1);
+            if let Some((kernel, edges)) = &d.apply {
+                record_step(
+                    pass,
+                    &mut current,
+                    &bound.table,
+                    d,
+                    (kernel, edges.as_ref()),
+                );
             }
         }
         Ok(())
@@ -1534,6 +1519,31 @@ fn step_kernels(
         .then(|| ctx.kernel(Pipeline::Step(kernel, access, grad, bits | EDGES)))
         .transpose()?;
     Ok((main, edges))
+}
+
+/// Records one batch's step dispatch with `kernels` (main, and edges with vec4 access) over
+/// the batch's bind groups, setting a pipeline only where `current` is another.
+fn record_step<'a>(
+    pass: &mut wgpu::ComputePass<'_>,
+    current: &mut Option<&'a wgpu::ComputePipeline>,
+    table: &wgpu::BindGroup,
+    d: &bind::Dispatch,
+    (kernel, edges): (&'a Arc<CompiledKernel>, Option<&'a Arc<CompiledKernel>>),
+) {
+    if *current != Some(&kernel.pipeline) {
+        pass.set_pipeline(&kernel.pipeline);
+        *current = Some(&kernel.pipeline);
+    }
+    pass.set_bind_group(0, &d.group, &[]);
+    pass.set_bind_group(1, table, &[d.table_offset]);
+    pass.dispatch_workgroups(d.dispatch.0, d.dispatch.1, 1);
+    if let Some(edges) = edges
+        && d.edge_workgroups > 0
+    {
+        pass.set_pipeline(&edges.pipeline);
+        *current = Some(&edges.pipeline);
+        pass.dispatch_workgroups(d.edge_workgroups, 1, 1);
+    }
 }
 
 /// Bind group entries numbered from 0.
