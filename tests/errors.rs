@@ -2224,6 +2224,26 @@ fn muon_arguments_get_pytorchs_messages() {
             "{json}: {err}"
         );
     }
+    // Values PyTorch takes, then fails on at the step (beyond float32): errors here, not NaN.
+    for (json, what) in [
+        (r#"{"type": "Muon", "momentum": 1e300}"#, "momentum"),
+        (r#"{"type": "Muon", "eps": 1e300}"#, "eps"),
+        (
+            r#"{"type": "Muon", "lr": 1, "weight_decay": 1e300}"#,
+            "1 - lr * weight_decay",
+        ),
+        (
+            r#"{"type": "Muon", "ns_coefficients": [1, 1e300, 1]}"#,
+            "ns_coefficients",
+        ),
+    ] {
+        let err = parse(json).unwrap().validate().unwrap_err();
+        assert!(
+            matches!(&err, Error::InvalidHyperparameter(m)
+                if m.starts_with(&format!("Invalid {what}: ")) && m.contains("float32")),
+            "{json}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -1,4 +1,4 @@
-use super::{Class, Orthogonalize, Shader, Sums, check, py_float};
+use super::{Class, Orthogonalize, Shader, Sums, check, check_fits_f32, py_float};
 use crate::error::{Error, Result};
 use crate::reference::{Real, lerp};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -201,7 +201,8 @@ impl Class for Muon {
     type Hyper = MuonHyper;
 
     /// PyTorch's checks, in its order (an unknown `adjust_lr_fn` fails as JSON is read); then
-    /// `ns_steps` below 100, where PyTorch fails at the step.
+    /// `ns_steps` below 100, and the momentum, eps, the decay factor and the coefficients
+    /// within float32, where PyTorch fails at the step.
     fn validate(&self) -> Result<()> {
         let at_least_0 = |what: &str, value: f64| {
             check(value >= 0.0, || {
@@ -213,7 +214,17 @@ impl Class for Muon {
         at_least_0("weight decay", self.weight_decay)?;
         check(self.ns_steps < 100, || {
             "Number of steps must be less than 100 for computational efficiency".into()
-        })
+        })?;
+        // PyTorch converts these to float32 at the step and fails there where they overflow;
+        // the GPU would give NaN.
+        check_fits_f32("momentum", self.momentum)?;
+        check_fits_f32("eps", self.eps)?;
+        check_fits_f32("1 - lr * weight_decay", 1.0 - self.lr * self.weight_decay)?;
+        let (a, b, c) = self.ns_coefficients;
+        for x in [a, b, c] {
+            check_fits_f32("ns_coefficients", x)?;
+        }
+        Ok(())
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
