@@ -26,7 +26,8 @@ struct StepHeader {
     inv_scale: f32,
     clip_coef: f32,
     clip_value: f32,
-    _pad0: u32,
+    // With PRE_NORM, the factor of every gradient after unscaling and clipping.
+    pre_norm: f32,
     _pad1: u32,
     _pad2: u32,
     _pad3: u32,
@@ -57,7 +58,7 @@ struct Unit {
     c: Coeffs,
     // The parameter.
     p: V,
-    // The gradient as the optimizer sees it: unscaled, then clipped.
+    // The gradient as the optimizer sees it: unscaled, clipped, then scaled by `pre_norm`.
     g: V,
     // The state buffers, in the order the optimizer names them.
     s: array<V, MAX_STATES>,
@@ -204,8 +205,9 @@ fn step_edge(wid: vec3<u32>, lid: u32) {
 
 // The gradient as the optimizer sees it: unscaled, then clipped, in the order of PyTorch's
 // recipe (`scaler.unscale_(opt)`, `clip_grad_norm_` or `clip_grad_value_`,
-// `scaler.step(opt)`), each rounded to f32 as PyTorch's in-place operations round. `FLAGS`, a
-// constant of the module, says which of these the step does.
+// `scaler.step(opt)`), each rounded to f32 as PyTorch's in-place operations round, then scaled
+// by Lamb's `pre_norm` inside the optimizer's step. `FLAGS`, a constant of the module, says
+// which of these the step does.
 fn prepare_grad(raw: V) -> V {
     var g = raw;
     if (FLAGS & UNSCALE) != 0u {
@@ -218,6 +220,9 @@ fn prepare_grad(raw: V) -> V {
         // clamp_ keeps NaN, which WGSL's clamp need not.
         let v = derived.header.clip_value;
         g = select(clamp(g, splat(-v), splat(v)), g, nan_lanes(g));
+    }
+    if (FLAGS & PRE_NORM) != 0u {
+        g = g * derived.header.pre_norm;
     }
     return g;
 }
@@ -420,6 +425,21 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         }
         header.clip_coef = coef;
         header.clip_value = cfg.clip_value;
+        // Lamb's pre_norm: `max_grad_norm / (norm + eps)` clamped to at most 1 (NaN stays
+        // NaN), with `norm` the 2-norm of the gradients as the optimizer sees them, which
+        // clipping by the 2-norm scales by its coefficient (the host refuses pre_norm with the
+        // other clippings).
+        if (cfg.flags & PRE_NORM) != 0u {
+            var norm = total_norm;
+            if (cfg.flags & CLIP_NORM) != 0u {
+                norm = norm * coef;
+            }
+            var pre = cfg.pre_norm_max / (norm + cfg.pre_norm_eps);
+            if pre > 1.0 {
+                pre = 1.0;
+            }
+            header.pre_norm = pre;
+        }
         derived_out.header = header;
         // A mode switch leaves the last step's report as it is.
         if (cfg.flags & HOLD) == 0u {

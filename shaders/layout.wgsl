@@ -94,6 +94,9 @@ const SCALER: u32 = 16u;
 // Not a step: the step counts and scalar state stay as they are (AdamWScheduleFree's switch
 // between train and eval mode, which its `Hyper` record asks for).
 const HOLD: u32 = 32u;
+// Gradients are multiplied by min(pre_norm_max / (norm + pre_norm_eps), 1) after unscaling and
+// clipping, with `norm` their 2-norm over every tensor (Lamb's `pre_norm`).
+const PRE_NORM: u32 = 64u;
 
 // Host-written values of one step, at the start of each slot of the optimizer's ring.
 struct StepConfig {
@@ -111,8 +114,9 @@ struct StepConfig {
     growth_factor_lo: f32,
     backoff_factor: f32,
     backoff_factor_lo: f32,
-    _pad0: u32,
-    _pad1: u32,
+    // With PRE_NORM, Lamb's max_grad_norm and eps.
+    pre_norm_max: f32,
+    pre_norm_eps: f32,
 }
 
 // A tensor's scalar state (see `TensorStep`).

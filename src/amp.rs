@@ -223,7 +223,7 @@ pub struct GradScalerState {
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct StepReport {
     /// The total norm of the (unscaled) gradients, as `clip_grad_norm_` returns it; 0 when the
-    /// step did not clip by norm and had no grad scaler.
+    /// step did not clip by norm, had no grad scaler and was not Lamb's with `pre_norm`.
     pub total_norm: f32,
     /// Whether the grad scaler found inf or NaN, so that the step was skipped.
     pub found_inf: bool,

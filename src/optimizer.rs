@@ -402,6 +402,12 @@ impl Optimizer {
                 });
             }
             group.config.validate()?;
+            if group.config.pre_norm().is_some() != first.config.pre_norm().is_some() {
+                return Err(Error::Input(format!(
+                    "parameter group {g}: pre_norm differs from group 0's (it scales the \
+                     gradients of every group together, so every group must agree)"
+                )));
+            }
         }
         let all: Vec<(usize, Tensor<'_>)> = groups
             .iter()
@@ -564,6 +570,12 @@ impl Optimizer {
             storage_align,
         );
         let ring = Ring::new(ctx, &finalize, &buffers, slot_size, RING_SLOTS)?;
+        // Without clipping or a grad scaler yet, a step only has Lamb's pre_norm.
+        let bits = if configs[0].pre_norm().is_some() {
+            flags::PRE_NORM
+        } else {
+            0
+        };
         let mut bind_groups = bind::BindGroups::default();
         let bound = bind::Parts {
             ctx,
@@ -574,7 +586,7 @@ impl Optimizer {
             generation: 0,
             tick: 0,
         }
-        .realize(layout, ranges, 0, false)?;
+        .realize(layout, ranges, bits, reduces(bits))?;
         Ok(Self {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             ring,
@@ -681,13 +693,12 @@ impl Optimizer {
     /// with the group records of the switch, neither clipping nor unscaling, and a `finalize`
     /// that keeps the step counts and scalar state (`HOLD`).
     fn record_pass(&mut self, pass: &mut wgpu::ComputePass<'_>, what: Pass) -> Result<()> {
-        let (clip, scaler) = match what {
-            Pass::Step => (self.clip, self.scaler),
-            Pass::Mode(_) => (None, None),
+        let bits = match what {
+            Pass::Step => self.step_flags(self.clip, self.scaler),
+            Pass::Mode(_) => 0,
         };
-        let reduce = reduces(clip, scaler);
-        let bits = Self::step_flags(clip, scaler);
-        self.write_host_slot(reduce, what);
+        let reduce = reduces(bits);
+        self.write_host_slot(bits, what);
         let slot = self.acquire_slot()?;
         // The ring may have grown: the reduction's bind groups must bind the new one.
         let (mut parts, bound) = self.parts();
@@ -787,11 +798,15 @@ impl Optimizer {
     }
 
     /// Fills `host_slot` with the `StepConfig` and group records of a step or a mode switch.
-    fn write_host_slot(&mut self, reduce: bool, what: Pass) {
+    fn write_host_slot(&mut self, bits: u32, what: Pass) {
         let mut config = StepConfig {
             tensors: self.tensors.len() as u32,
-            partials: if reduce { self.bound.partial_count } else { 0 },
-            flags: Self::step_flags(self.clip, self.scaler),
+            partials: if reduces(bits) {
+                self.bound.partial_count
+            } else {
+                0
+            },
+            flags: bits,
             ..Default::default()
         };
         if let Pass::Mode(to_train) = what {
@@ -818,6 +833,10 @@ impl Optimizer {
             }
             Some(ClipGrad::Value { clip_value }) => config.clip_value = clip_value as f32,
             None => {}
+        }
+        if let Some(p) = self.groups[0].pre_norm() {
+            config.pre_norm_max = p.max_grad_norm as f32;
+            config.pre_norm_eps = p.eps as f32;
         }
         if let Some(s) = self.scaler {
             config.growth_interval = s.growth_interval;
@@ -980,8 +999,9 @@ impl Optimizer {
         })
     }
 
-    /// What the step kernels do to the gradients: bits of [`flags`].
-    fn step_flags(clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> u32 {
+    /// What the step kernels do to the gradients with `clip` and `scaler`: bits of [`flags`],
+    /// with the optimizer's `pre_norm` (the first group's; every group agrees).
+    fn step_flags(&self, clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> u32 {
         let mut bits = match clip {
             Some(ClipGrad::Norm { .. }) => flags::CLIP_NORM,
             Some(ClipGrad::Value { .. }) => flags::CLIP_VALUE,
@@ -990,15 +1010,36 @@ impl Optimizer {
         if scaler.is_some() {
             bits |= flags::UNSCALE | flags::SCALER;
         }
+        if self.groups[0].pre_norm().is_some() {
+            bits |= flags::PRE_NORM;
+        }
         bits
     }
 
     /// Switches to `clip` and `scaler`: the step kernels compiled for them, and the reduction
     /// with its bind groups once a step needs it. Cached bindings catch up when used. On error
-    /// nothing changes.
+    /// nothing changes. Lamb's `pre_norm` takes the 2-norm of the clipped gradients, which the
+    /// reduction forms only with no clipping or `clip_grad_norm_` of the 2-norm.
     fn configure(&mut self, clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> Result<()> {
-        let bits = Self::step_flags(clip, scaler);
-        let reduce = reduces(clip, scaler);
+        let bits = self.step_flags(clip, scaler);
+        if bits & flags::PRE_NORM != 0
+            && matches!(
+                clip,
+                Some(ClipGrad::Value { .. })
+                    | Some(ClipGrad::Norm {
+                        norm_type: NormType::Inf,
+                        ..
+                    })
+            )
+        {
+            return Err(Error::Input(
+                "Lamb's pre_norm cannot be combined with clip_grad_value_ or clip_grad_norm_ \
+                 of norm_type inf: wgpu-optim forms the pre_norm of gradients clipped by the \
+                 2-norm only"
+                    .into(),
+            ));
+        }
+        let reduce = reduces(bits);
         let (mut parts, bound) = self.parts();
         parts.refresh(bound, bits, reduce)?;
         self.clip = clip;
@@ -1097,6 +1138,12 @@ impl Optimizer {
             return Err(Error::StructuralChange {
                 group,
                 what: "ns_steps, ns_coefficients or adjust_lr_fn (the recorded matrix products)",
+            });
+        }
+        if new.pre_norm().is_some() != old.pre_norm().is_some() {
+            return Err(Error::StructuralChange {
+                group,
+                what: "pre_norm, or max_grad_norm to or from 0 (the step's gradient reduction)",
             });
         }
         new.validate()?;
@@ -1494,10 +1541,10 @@ fn partials_buffer(device: &wgpu::Device, count: u32) -> Result<wgpu::Buffer> {
     })
 }
 
-/// Whether a step with `clip` and `scaler` runs the gradient reduction: for the norm, or for
-/// the grad scaler's inf check.
-fn reduces(clip: Option<ClipGrad>, scaler: Option<GradScaler>) -> bool {
-    matches!(clip, Some(ClipGrad::Norm { .. })) || scaler.is_some()
+/// Whether a step with the flags `bits` runs the gradient reduction: for the norm (clipping
+/// by it, or Lamb's `pre_norm`), or for the grad scaler's inf check.
+fn reduces(bits: u32) -> bool {
+    bits & (flags::CLIP_NORM | flags::SCALER | flags::PRE_NORM) != 0
 }
 
 /// A batch's main kernel and, with vec4 access, its edge kernel.

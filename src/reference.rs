@@ -283,6 +283,35 @@ pub fn prepare_grads(
     }
 }
 
+/// What the optimizer itself does to all of a step's gradients together, after
+/// [`prepare_grads`], in f64: with Lamb's `pre_norm` (pytorch-optimizer's
+/// `get_global_gradient_norm`), every gradient is multiplied by
+/// `min(max_grad_norm / (‖g‖ + eps), 1)` (NaN stays NaN), with `‖g‖` the 2-norm of all of
+/// them. Returns that norm, or `None`, changing nothing, for a configuration without it.
+///
+/// ```
+/// use wgpu_optim::{Lamb, OptimizerConfig, reference};
+/// let config = OptimizerConfig::from(Lamb { pre_norm: true, max_grad_norm: 1.0, eps: 0.0, ..Default::default() });
+/// let (mut a, mut b) = (vec![3.0, 0.0], vec![4.0]);
+/// assert_eq!(reference::pre_norm(&mut [&mut a, &mut b], &config), Some(5.0));
+/// assert!((a[0] - 0.6).abs() < 1e-12 && (b[0] - 0.8).abs() < 1e-12);
+/// ```
+pub fn pre_norm(grads: &mut [&mut [f64]], config: &OptimizerConfig) -> Option<f64> {
+    let p = config.pre_norm()?;
+    let norm = grads
+        .iter()
+        .flat_map(|g| g.iter())
+        .map(|g| g * g)
+        .sum::<f64>()
+        .sqrt();
+    let factor = p.max_grad_norm / (norm + p.eps);
+    let factor = if factor > 1.0 { 1.0 } else { factor };
+    for g in grads.iter_mut() {
+        g.iter_mut().for_each(|g| *g *= factor);
+    }
+    Some(norm)
+}
+
 /// `GradScaler.update()`: after a step that found inf or NaN, the scale times
 /// `backoff_factor` and the tracker reset; otherwise the tracker counts up, and at
 /// `growth_interval` the scale grows by `growth_factor` (unless that overflows f32) and the

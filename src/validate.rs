@@ -1296,8 +1296,11 @@ fn check_row(
         growth_tracker: 0,
     });
     let mut taken = 0;
+    // Whether the gradients are prepared together (a recipe, or Lamb's pre_norm), not chunk by
+    // chunk.
+    let together = recipe.clip.is_some() || scaler.is_some() || config.pre_norm().is_some();
     for step in 0..steps {
-        if recipe.clip.is_none() && scaler.is_none() {
+        if !together {
             // Fresh gradients (normal, times 0.5) for the GPU and the reference.
             parallel(&mut chunks, &mut host, |c| c.grad_at, &|c, slice| {
                 c.rng.fill_normal(slice, 0.5);
@@ -1330,6 +1333,7 @@ fn check_row(
                 recipe.clip.as_ref(),
                 scaler.map(|s| s.scale),
             );
+            crate::reference::pre_norm(&mut views, config);
             if let (Some(s), Some(state)) = (&recipe.grad_scaler, scaler.as_mut()) {
                 crate::reference::update_grad_scaler(s, state, report.found_inf);
             }
@@ -1349,7 +1353,7 @@ fn check_row(
             .write_buffer(buffers.grad, 0, bytemuck::cast_slice(&host));
         opt.step_submit()?;
     }
-    if recipe.clip.is_none() && scaler.is_none() {
+    if !together {
         taken = steps;
     }
     if let Some(want) = scaler {
@@ -1602,7 +1606,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 171);
+        assert_eq!(configs.len(), 173);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }

@@ -587,14 +587,6 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             "Lamb: adanorm=True (a running norm of each gradient) is not implemented in wgpu-optim yet",
         ),
         (
-            Lamb {
-                pre_norm: true,
-                ..Default::default()
-            }
-            .into(),
-            "Lamb: pre_norm=True (a norm over every gradient of every group) is not implemented in wgpu-optim yet",
-        ),
-        (
             AdEMAMix {
                 betas: (0.9, 0.999, 1.5),
                 ..Default::default()
@@ -2277,6 +2269,63 @@ fn muon_products_are_fixed_once_built() {
         if let OptimizerConfig::Muon(m) = c {
             m.momentum = 0.5;
             m.lr = 0.1;
+        }
+    })
+    .unwrap();
+}
+
+#[test]
+fn lamb_pre_norm_is_the_optimizers_and_refuses_other_clippings() {
+    // pre_norm scales the gradients of every group together: the groups must agree on it, it
+    // cannot be turned on or off once built, and its norm is of gradients clipped by the
+    // 2-norm only. Each misuse is an error that changes nothing.
+    let ctx = common::ctx();
+    let param = ctx.create_f32_buffer("param", &[0.5; 8]).unwrap();
+    let grad = ctx.create_f32_buffer("grad", &[0.1; 8]).unwrap();
+    let a = t((&param, 0), (&grad, 0), 4);
+    let b = t((&param, 4), (&grad, 4), 4);
+    let on = Lamb {
+        pre_norm: true,
+        ..Default::default()
+    };
+    let groups = [
+        ParamGroup::new(on, vec![a]),
+        ParamGroup::new(Lamb::default(), vec![b]),
+    ];
+    let e = Optimizer::with_groups(ctx, &groups).unwrap_err();
+    assert!(
+        e.to_string()
+            .starts_with("parameter group 1: pre_norm differs from group 0's"),
+        "{e}"
+    );
+    let mut opt = Optimizer::new(ctx, on, &[a, b]).unwrap();
+    for clip in [
+        ClipGrad::value(1.0),
+        ClipGrad::Norm {
+            max_norm: 1.0,
+            norm_type: NormType::Inf,
+        },
+    ] {
+        let e = opt.set_clip_grad(Some(clip)).unwrap_err();
+        assert!(e.to_string().contains("pre_norm cannot be combined"), "{e}");
+        assert_eq!(opt.clip_grad(), None);
+    }
+    opt.set_clip_grad(Some(ClipGrad::norm(1.0))).unwrap();
+    let changes: [fn(&mut Lamb); 2] = [|l| l.pre_norm = false, |l| l.max_grad_norm = 0.0];
+    for change in changes {
+        assert_err!(
+            opt.update_group(0, |c| {
+                if let OptimizerConfig::Lamb(l) = c {
+                    change(l);
+                }
+            }),
+            Error::StructuralChange { .. },
+        );
+        assert_eq!(opt.groups()[0], on.into());
+    }
+    opt.update_group(0, |c| {
+        if let OptimizerConfig::Lamb(l) = c {
+            l.max_grad_norm = 2.0;
         }
     })
     .unwrap();

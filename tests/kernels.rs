@@ -158,8 +158,13 @@ fn check_shaped(
             .map(|v| v.iter().map(|&x| f64::from(x)).collect())
             .collect();
         let mut views: Vec<&mut [f64]> = g64.iter_mut().map(Vec::as_mut_slice).collect();
-        let report =
+        let mut report =
             reference::prepare_grads(&mut views, recipe.clip.as_ref(), scaler.map(|s| s.scale));
+        // Lamb's pre_norm; without clipping or a scaler, the report has its norm.
+        let pre_norm = reference::pre_norm(&mut views, &config);
+        if let (None, None, Some(norm)) = (recipe.clip, recipe.scaler, pre_norm) {
+            report.total_norm = norm as f32;
+        }
         ctx.queue().write_buffer(&grad, 0, bytemuck::cast_slice(&g));
         last_grads = g;
         opt.step_submit().unwrap();
@@ -814,12 +819,12 @@ fn per_tensor_sums_cover_split_tensors_and_folded_grids() {
         l.max_storage_buffer_binding_size = 1 << 20;
     });
     let mut rng = Rng::fresh("per_tensor_sums");
-    let config: OptimizerConfig = Lamb {
+    let lamb = Lamb {
         lr: 0.01,
         weight_decay: 0.1,
         ..Default::default()
-    }
-    .into();
+    };
+    let config: OptimizerConfig = lamb.into();
     let mut sizes = vec![1000, 700_001, 3];
     sizes.extend((0..150).map(|k| 1 + 37 * k));
     for access in [Access::Scalar, Access::Vec4] {
@@ -837,4 +842,17 @@ fn per_tensor_sums_cover_split_tensors_and_folded_grids() {
     };
     let ctx = small.with_access(Access::Vec4);
     check_recipe(&ctx, config, recipe, &[1000, 700_001, 3], 4, &mut rng);
+    // pre_norm over the same split tensors, from the norm of the unscaled gradients that the
+    // clipping scales, and alone; without the trust ratio and with ε above √v, so that the
+    // update follows the gradients' scale.
+    let pre_norm: OptimizerConfig = Lamb {
+        pre_norm: true,
+        max_grad_norm: 0.5,
+        adam: true,
+        eps: 1e-3,
+        ..lamb
+    }
+    .into();
+    check_recipe(&ctx, pre_norm, recipe, &[1000, 700_001, 3], 4, &mut rng);
+    check_against_reference(&ctx, pre_norm, &[1000, 700_001, 3], 3, &mut rng);
 }

@@ -110,10 +110,10 @@ pub(crate) enum Layout {
     Gemm(bool),
 }
 
-/// The flags the step kernels compile in: unscaling, the two kinds of clipping, and the grad
-/// scaler's skip.
+/// The flags the step kernels compile in: unscaling, the two kinds of clipping, the grad
+/// scaler's skip, and Lamb's `pre_norm`.
 pub(crate) const STEP_FLAGS: u32 =
-    flags::UNSCALE | flags::CLIP_NORM | flags::CLIP_VALUE | flags::SCALER;
+    flags::UNSCALE | flags::CLIP_NORM | flags::CLIP_VALUE | flags::SCALER | flags::PRE_NORM;
 
 /// A flag of [`Module::Optimizer`] and [`Pipeline::Step`] beside [`STEP_FLAGS`]: the kernel
 /// of the edge dispatch, which takes the vec4 units that segments share (`EDGES` in
@@ -579,6 +579,8 @@ mod tests {
                     growth_factor_lo,
                     backoff_factor,
                     backoff_factor_lo,
+                    pre_norm_max,
+                    pre_norm_eps,
                 ]
             )
         );
@@ -636,7 +638,7 @@ mod tests {
                 TENSOR_STEP_SIZE as u32
             )
         );
-        let header = words(&["skip", "inv_scale", "clip_coef", "clip_value"]);
+        let header = words(&["skip", "inv_scale", "clip_coef", "clip_value", "pre_norm"]);
         assert_eq!(
             naga_layout(&adam, "StepHeader"),
             (header, STEP_HEADER_SIZE as u32)

@@ -46,6 +46,8 @@ pub(crate) mod flags {
     pub(crate) const SCALER: u32 = 16;
     /// Not a step: keep the step counts and scalar state (a mode switch).
     pub(crate) const HOLD: u32 = 32;
+    /// Multiply gradients by Lamb's `pre_norm` factor, after unscaling and clipping.
+    pub(crate) const PRE_NORM: u32 = 64;
 }
 
 /// The host-written values of one step (`StepConfig`), at the start of each ring slot, followed
@@ -63,7 +65,8 @@ pub(crate) struct StepConfig {
     pub(crate) growth_factor_lo: f32,
     pub(crate) backoff_factor: f32,
     pub(crate) backoff_factor_lo: f32,
-    pub(crate) _pad: [u32; 2],
+    pub(crate) pre_norm_max: f32,
+    pub(crate) pre_norm_eps: f32,
 }
 const _: () = assert!(size_of::<StepConfig>() == 48);
 

@@ -1,6 +1,6 @@
 use super::{
-    Class, FOREACH, Shader, Sums, TorchSwitch, WeightDecay, check, check_po_betas, check_po_lr,
-    check_po_non_negative, grad_sign,
+    Class, FOREACH, PreNorm, Shader, Sums, TorchSwitch, WeightDecay, check, check_po_betas,
+    check_po_lr, check_po_non_negative, grad_sign,
 };
 use crate::error::Result;
 use crate::reference::Real;
@@ -33,8 +33,16 @@ use serde::{Deserialize, Serialize};
 /// below it, with `degenerated_to_sgd`, `lr/(1 − β1ᵗ)` with the step `m`, else no step (the
 /// moments and the decay still move). The trust ratio then measures the parameter the step
 /// would give, `‖θ − step_size·q‖`, and the coupled weight decay is dropped, as the package
-/// does. The `adanorm` keyword and `pre_norm` (a norm over every gradient of every group) are
-/// not implemented here yet: turning them on is an error.
+/// does.
+///
+/// With `pre_norm`, every gradient is first multiplied by `min(max_grad_norm / (‖g‖ + ε), 1)`,
+/// with `‖g‖` the 2-norm of the gradients of every tensor of the optimizer together (after a
+/// grad scaler's unscaling and a clipping by the 2-norm), formed on the GPU in the step's
+/// reduction; `max_grad_norm` 0 leaves the gradients as they are. The package reads `pre_norm`,
+/// `max_grad_norm` and this `ε` from the optimizer's defaults: here they are the first
+/// group's, and every group must agree on `pre_norm`. It cannot be combined with
+/// `clip_grad_value_` or a clipping by the max norm (an error). The `adanorm` keyword is not
+/// implemented here yet: turning it on is an error.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Lamb {
@@ -60,8 +68,8 @@ pub struct Lamb {
     pub max_grad_norm: f64,
     /// Leave the trust ratio out (default false).
     pub adam: bool,
-    /// Scale every gradient by a global norm first (default false): not implemented here,
-    /// an error when true.
+    /// Scale every gradient by `min(max_grad_norm / (‖g‖ + ε), 1)` first, with `‖g‖` the
+    /// norm of all gradients together (default false).
     pub pre_norm: bool,
     /// Added to `√v` and to the update's norm (default 1e-6).
     pub eps: f64,
@@ -227,28 +235,26 @@ impl Class for Lamb {
     type Hyper = LambHyper;
 
     /// The package's checks, in its order (learning rate, betas, weight decay,
-    /// max_grad_norm, eps), then the options not implemented here.
+    /// max_grad_norm, eps), then the option not implemented here.
     fn validate(&self) -> Result<()> {
         check_po_lr(self.lr)?;
         check_po_betas(&[self.betas.0, self.betas.1])?;
         check_po_non_negative("weight_decay", self.weight_decay)?;
         check_po_non_negative("max_grad_norm", self.max_grad_norm)?;
         check_po_non_negative("eps", self.eps)?;
-        for (on, what) in [
-            (
-                self.adanorm,
-                "adanorm=True (a running norm of each gradient)",
-            ),
-            (
-                self.pre_norm,
-                "pre_norm=True (a norm over every gradient of every group)",
-            ),
-        ] {
-            check(!on, || {
-                format!("Lamb: {what} is not implemented in wgpu-optim yet")
-            })?;
-        }
-        Ok(())
+        check(!self.adanorm, || {
+            "Lamb: adanorm=True (a running norm of each gradient) is not implemented in \
+             wgpu-optim yet"
+                .into()
+        })
+    }
+
+    /// The package's `get_global_gradient_norm`: none where `max_grad_norm` is 0.
+    fn pre_norm(&self) -> Option<PreNorm> {
+        (self.pre_norm && self.max_grad_norm != 0.0).then_some(PreNorm {
+            max_grad_norm: self.max_grad_norm,
+            eps: self.eps,
+        })
     }
 
     fn lr_mut(&mut self) -> &mut f64 {
@@ -380,6 +386,25 @@ impl Class for Lamb {
             weight_decay: 0.01,
             fixed_decay: true,
             adam: true,
+            ..base
+        });
+        // pre_norm scaling the gradients down, and (with rectify) above their norm, where the
+        // factor is clamped to 1. Lamb's update is nearly invariant to the gradients' scale
+        // (the trust ratio, and m/√v): without the trust ratio and with ε above √v, it is
+        // not, so that a wrong factor shows.
+        out.push(Lamb {
+            pre_norm: true,
+            max_grad_norm: 0.5,
+            adam: true,
+            eps: 1e-3,
+            ..base
+        });
+        out.push(Lamb {
+            pre_norm: true,
+            max_grad_norm: 1e6,
+            maximize: true,
+            rectify: true,
+            degenerated_to_sgd: true,
             ..base
         });
         // Steps 1 to 5 below the threshold: no step, or SGD steps; rectified from step 6.

@@ -120,6 +120,18 @@ impl Orthogonalize {
     }
 }
 
+/// A scaling of every gradient by their global norm inside the optimizer's step, after
+/// unscaling and clipping (pytorch-optimizer's Lamb with `pre_norm`): each gradient is
+/// multiplied by `min(max_grad_norm / (‖g‖ + eps), 1)`, with `‖g‖` the 2-norm of the gradients
+/// of every tensor of the optimizer together.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub(crate) struct PreNorm {
+    /// The norm the gradients are scaled down to.
+    pub(crate) max_grad_norm: f64,
+    /// Added to the norm.
+    pub(crate) eps: f64,
+}
+
 /// When a shader's update needs per-tensor sums (shaders/sums.wgsl).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Sums {
@@ -267,6 +279,11 @@ pub(crate) trait Class:
     fn orthogonalize(&self) -> Option<Orthogonalize> {
         None
     }
+    /// For a class that scales every gradient by their global norm first (Lamb's
+    /// `pre_norm`), how.
+    fn pre_norm(&self) -> Option<PreNorm> {
+        None
+    }
     /// PyTorch's names of a factored tensor's state, in the order its factor region holds
     /// them.
     fn factored_names(&self) -> &'static [&'static str] {
@@ -393,6 +410,7 @@ pub(crate) trait DynClass {
     fn factored_names(&self) -> &'static [&'static str];
     fn check_shape(&self, shape: &[usize]) -> Result<()>;
     fn orthogonalize(&self) -> Option<Orthogonalize>;
+    fn pre_norm(&self) -> Option<PreNorm>;
     fn initial_state(&self, name: &str) -> f64;
     fn scalar_names(&self) -> &'static [&'static str];
     fn initial_scalar(&self, name: &str) -> f64;
@@ -458,6 +476,9 @@ impl<C: Class> DynClass for C {
     }
     fn orthogonalize(&self) -> Option<Orthogonalize> {
         Class::orthogonalize(self)
+    }
+    fn pre_norm(&self) -> Option<PreNorm> {
+        Class::pre_norm(self)
     }
     fn initial_state(&self, name: &str) -> f64 {
         Class::initial_state(self, name)
@@ -901,6 +922,12 @@ impl OptimizerConfig {
     /// For Muon, the configuration of its Newton–Schulz iterations.
     pub(crate) fn orthogonalize(&self) -> Option<Orthogonalize> {
         self.class().orthogonalize()
+    }
+
+    /// For Lamb with `pre_norm` (and a `max_grad_norm` other than 0), the scaling of every
+    /// gradient by their global norm.
+    pub(crate) fn pre_norm(&self) -> Option<PreNorm> {
+        self.class().pre_norm()
     }
 
     /// Whether a tensor of `shape` keeps factored state: Adafactor's tensors of two

@@ -770,8 +770,8 @@ impl Optimizer {
         }
         if let Some(hit) = self.cache.iter().position(matches) {
             let mut bound = self.cache.swap_remove(hit);
-            let bits = Self::step_flags(self.clip, self.scaler);
-            let reduce = super::reduces(self.clip, self.scaler);
+            let bits = self.step_flags(self.clip, self.scaler);
+            let reduce = super::reduces(bits);
             let (mut parts, _) = self.parts();
             if let Err(e) = parts.refresh(&mut bound, bits, reduce) {
                 self.cache.push(bound);
@@ -810,8 +810,8 @@ impl Optimizer {
         if layout.partial_count > self.partial_capacity {
             self.grow_partials(layout.partial_count)?;
         }
-        let bits = Self::step_flags(self.clip, self.scaler);
-        let reduce = super::reduces(self.clip, self.scaler);
+        let bits = self.step_flags(self.clip, self.scaler);
+        let reduce = super::reduces(bits);
         let (mut parts, _) = self.parts();
         let bound = parts.realize(layout, ranges, bits, reduce)?;
         self.activate(bound);

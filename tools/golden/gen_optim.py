@@ -280,6 +280,18 @@ CASES = [
     ("lamb_adam_debias_wd_coupled",
      {"type": "Lamb", "lr": 0.01, "adam_debias": True, "weight_decay": 0.05,
       "weight_decouple": False}),
+    # pre_norm: every gradient times min(max_grad_norm / (global norm + eps), 1).  Lamb's update
+    # is nearly invariant to the gradients' scale; without the trust ratio and with eps above
+    # sqrt(v) it follows it, so the factor shows.  The second case takes the per-parameter path
+    # (rectify) with coupled weight decay; the third a bound above the norm (factor 1).
+    ("lamb_pre_norm_adam_eps",
+     {"type": "Lamb", "lr": 0.01, "pre_norm": True, "max_grad_norm": 0.1, "adam": True,
+      "eps": 1e-2}),
+    ("lamb_pre_norm_rectify_wd_coupled_max",
+     {"type": "Lamb", "lr": 0.01, "pre_norm": True, "max_grad_norm": 0.5, "rectify": True,
+      "degenerated_to_sgd": True, "weight_decay": 0.1, "weight_decouple": False,
+      "maximize": True}),
+    ("lamb_pre_norm_above", {"type": "Lamb", "lr": 0.01, "pre_norm": True, "max_grad_norm": 1e3}),
     # --- ADOPT (pytorch-optimizer; default betas (0.9, 0.9999), eps 1e-6, clip step**0.25) ---
     ("adopt", {"type": "ADOPT", "lr": 0.01}),
     ("adopt_no_clip", {"type": "ADOPT", "lr": 0.01, "clip_lambda": None}),
