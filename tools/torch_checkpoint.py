@@ -11,16 +11,20 @@ A wgpu-optim checkpoint (see src/optimizer/checkpoint.rs) is one safetensors fil
   Adadelta: square_avg, acc_delta; Rprop: prev, step_size; ASGD: ax; Adafactor: variance
   for a tensor of one dimension, else row_var and col_var, in PyTorch's shapes: the
   parameter's with the last dimension 1, and with the second-to-last 1; Muon:
-  momentum_buffer).
+  momentum_buffer; Lion: exp_avg; Lamb and ADOPT: exp_avg, exp_avg_sq; AdEMAMix: exp_avg,
+  exp_avg_sq, exp_avg_slow; AdamWScheduleFree: z, exp_avg_sq).
 * ``<name>.<scalar>`` - F32, shape ``[]``: each per-tensor scalar state that is not the step,
-  under PyTorch's state name (NAdam: mu_product; ASGD: eta, mu).
+  under PyTorch's state name (NAdam: mu_product; ASGD: eta, mu; AdamWScheduleFree: lr_max,
+  and weight_sum as a float32 pair weight_sum + weight_sum_lo).
 * ``<name>``         - F32, the parameter's shape: the parameter (optional in general;
   :func:`to_wgpu_optim` always writes it).
 * metadata: ``format`` = ``wgpu-optim``, ``version`` = ``1``, ``optimizer`` = the class name
   (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, RAdam, NAdam, Adadelta, Rprop, ASGD, Adafactor,
-  Muon),
+  Muon; Lion; Lamb, ADOPT, AdEMAMix; AdamWScheduleFree),
   ``param_groups`` = a JSON list with one object per group (its hyperparameters under
-  PyTorch's argument names, and ``params``: its tensors' names), optionally ``grad_scaler``
+  PyTorch's argument names, or the package's, and ``params``: its tensors' names),
+  ``train_mode`` = ``true`` or ``false`` (AdamWScheduleFree only: whether the parameters hold
+  y, the train-mode values, or x), optionally ``grad_scaler``
   = JSON with exactly the keys of ``torch.amp.GradScaler.state_dict()``, optionally
   ``scheduler`` (wgpu-optim's own scheduler state).
 
@@ -32,10 +36,17 @@ Python API::
 CLI::
 
     python3 tools/torch_checkpoint.py to-wgpu IN.pt OUT.safetensors --optimizer Adam [--names a,b]
+        [--attributes JSON]
     python3 tools/torch_checkpoint.py from-wgpu IN.safetensors OUT.pt
 
 where IN.pt / OUT.pt hold ``{"model": model.state_dict(), "optimizer": opt.state_dict(),
-["grad_scaler": scaler.state_dict()]}``.
+["grad_scaler": scaler.state_dict()], ["optimizer_attributes": {...}]}``.
+
+Classes: those of torch.optim (foreach=False or not makes no difference), and from other
+packages ``lion_pytorch.Lion`` (lion-pytorch 0.2.5), ``pytorch_optimizer.Lamb``, ``ADOPT`` and
+``AdEMAMix`` (pytorch-optimizer 4.1.0) and ``schedulefree.AdamWScheduleFree`` (schedulefree
+1.4.1), the versions wgpu-optim implements (PACKAGE_CLASSES: other classes of the same name,
+such as ``pytorch_optimizer.Lion``, are not these).
 
 Conversion rules:
 
@@ -47,15 +58,57 @@ Conversion rules:
   then equal the optimizer's parameter count: a model with buffers or frozen parameters
   needs ``--names``).
 * PyTorch keeps ``step`` as a float 0-d tensor; it becomes an I64 on export and a
-  ``torch.optim.optimizer._get_scalar_dtype()`` 0-d tensor on import.  SGD keeps no step: the
-  export writes step 1 where a momentum buffer exists and 0 elsewhere; the import restores
-  momentum_buffer only where step > 0 and momentum != 0.  Every other class but Adagrad gets
-  no state where step is 0 (PyTorch's state for a parameter that has not stepped: PyTorch
-  creates it at the first step, from the group's hyperparameters of that step); Adagrad
-  always does.  A parameter without PyTorch state exports step 0 and its initial state:
-  buffers of zeros, but Adagrad's sum = initial_accumulator_value and Rprop's step_size = the
-  group's lr; scalars mu_product = 1 (NAdam), eta = the group's lr rounded to float32 and
-  mu = 1 (ASGD).
+  ``torch.optim.optimizer._get_scalar_dtype()`` 0-d tensor on import.  SGD, Muon and Lion
+  keep no step: the export writes step 1 where a momentum buffer (Lion: exp_avg) exists and 0
+  elsewhere; the import restores the buffer only where step > 0 (and, for SGD, momentum !=
+  0).  Every other torch.optim class but Adagrad gets no state where step is 0 (PyTorch's
+  state for a parameter that has not stepped: PyTorch creates it at the first step, from the
+  group's hyperparameters of that step); Adagrad always does.  A parameter without PyTorch
+  state exports step 0 and its initial state: buffers of zeros, but Adagrad's sum =
+  initial_accumulator_value and Rprop's step_size = the group's lr; scalars mu_product = 1
+  (NAdam), eta = the group's lr rounded to float32 and mu = 1 (ASGD).
+* Lamb, ADOPT and AdEMAMix count steps per param group (``group["step"]``),
+  AdamWScheduleFree too (``group["k"]``); wgpu-optim per tensor.  The export writes the
+  group's count as every tensor's step, and a tensor without state (no gradient yet) gets
+  zero buffers (AdamWScheduleFree: z = the parameter, which schedulefree would copy at its
+  first step), which the package's next step treats as it treats a new state.  State while
+  the group's count is 0 is a ValueError.  The import sets the group's count to its tensors'
+  common step (tensors of one group that differ are a ValueError) and gives every tensor
+  state where it is above 0.  Lamb's per-step diagnostics (weight_norm, adam_norm,
+  trust_ratio: written by every step, never read) are dropped.
+* AdamWScheduleFree's group entries ``lr_max`` and ``weight_sum`` (Python floats) become
+  every tensor's scalars ``lr_max`` (rounded to float32) and ``weight_sum`` + ``weight_sum_lo``
+  (weight_sum rounded to float32, and the rest rounded to float32); the import sets them from
+  the tensors' (which must agree within a group), ``weight_sum`` as the exact sum of the pair.
+  ``train_mode`` (the same in every group) becomes the metadata ``train_mode``, and the
+  parameters are carried as they are (y in train mode, x in eval mode).  ``scheduled_lr``
+  (logging only) is dropped; on import it comes from the target's groups.  With
+  ``load_parameters=False``, the target's mode must be the checkpoint's.
+* Some package hyperparameters are attributes of the optimizer object, not group entries,
+  and so are not in its ``state_dict()`` (ATTRIBUTES): Lion's decoupled_weight_decay
+  (``decoupled_wd``) and use_triton; Lamb's n_sma_threshold, degenerated_to_sgd, pre_norm
+  and maximize; ADOPT's clip_lambda and maximize; AdEMAMix's maximize.  wgpu-optim keeps
+  them per group: the export writes the optimizer's in every group, the import sets them on
+  the optimizer (every group of the checkpoint must agree).  ADOPT's clip_lambda is a
+  function of the step in the package and the exponent p of ``step ** p`` (or None) in
+  wgpu-optim: the package's default is 0.25, another function is probed for ``step ** p``
+  (else a ValueError), and the import sets the package's default function for 0.25, else
+  :class:`StepPower` (p).  use_triton (lion-pytorch's Triton kernel, which changes nothing
+  numerically) is exported as whether the optimizer runs it and ignored on import.  Lion's
+  decoupled weight decay divides by the lr the optimizer was built with (lion-pytorch's
+  ``_init_lr``, wgpu-optim's built configuration), which is no checkpoint state: it stays the
+  target's own, as when PyTorch loads its own state dict.  The CLI's to-wgpu takes these
+  attributes from ``--attributes`` (JSON, e.g. ``'{"maximize": true}'``; keys not given take
+  the package's defaults, ``'{}'`` takes all of them) or the input's
+  ``"optimizer_attributes"``, and refuses these classes without either; from-wgpu writes them
+  under ``"optimizer_attributes"`` (clip_lambda as the exponent).  Group entries the packages
+  read with a default when absent (Lamb's adanorm, adanorm_r, adam_debias; ADOPT's and
+  AdEMAMix's cautious, stable_adamw) are exported with that default.  Lamb's adanorm, which
+  wgpu-optim does not implement, is a ValueError when true.  Lamb with pre_norm reads the
+  global norm's max_grad_norm and eps from ``optimizer.defaults``, wgpu-optim from the first
+  group: the export refuses an optimizer whose defaults differ from its first group's (the
+  CLI, whose state dict lacks the defaults, takes them to be the first group's), and the
+  import sets them in ``optimizer.defaults`` from the first group.
 * State buffers and scalars are written as float32 (a float64 model's state is rounded).
   Scalars (NAdam's mu_product, ASGD's eta and mu: 0-d tensors in PyTorch, or numbers in old
   pickles) are imported as ``_get_scalar_dtype()`` 0-d tensors, as PyTorch creates them
@@ -65,12 +118,13 @@ Conversion rules:
   need and is missing, is a ValueError.
 * Only hyperparameters wgpu-optim's configurations accept are exported: numbers as floats
   (an int such as PyTorch's default weight_decay 0 or Rprop's step_sizes (1e-6, 50) comes back
-  as 0.0 / 50.0), pairs (betas, etas, step_sizes) as two-element lists (tuples on import).
-  PyTorch's foreach, capturable, differentiable, fused and param_names are dropped, and so is
-  AdamW's decoupled_weight_decay (which must be True or absent; Adam, RAdam and NAdam keep
-  their own), as are the keys LR schedulers add to groups (initial_lr, max_lr, min_lr,
-  base_momentum, max_momentum); on import they come from the target optimizer's own groups.
-  Any other group key is a ValueError.
+  as 0.0 / 50.0; whole-number settings, ns_steps, n_sma_threshold and warmup_steps, stay
+  ints), pairs (betas, etas, step_sizes) as two-element lists (tuples on import; AdEMAMix's
+  betas are three).  PyTorch's foreach, capturable, differentiable, fused and param_names are
+  dropped, and so is AdamW's decoupled_weight_decay (which must be True or absent; Adam, RAdam
+  and NAdam keep their own), as are the keys LR schedulers add to groups (initial_lr, max_lr,
+  min_lr, base_momentum, max_momentum); on import they come from the target optimizer's own
+  groups.  Any other group key is a ValueError.
 * LR schedulers are not converted: the export writes no ``scheduler`` entry, and the import
   ignores one (with a warning).  Save and restore a PyTorch scheduler separately.
 * A disabled GradScaler (empty state dict) is no grad scaler.  A checkpoint's grad_scaler
@@ -78,6 +132,8 @@ Conversion rules:
 """
 
 import argparse
+import importlib
+import inspect
 import json
 import math
 import sys
@@ -97,7 +153,8 @@ except ImportError:  # older or newer torch without the private helper
 FORMAT = "wgpu-optim"
 VERSION = "1"
 
-# Hyperparameters per class, under PyTorch's argument names: what wgpu-optim accepts.
+# Hyperparameters per class, under PyTorch's argument names (the package's for the classes
+# from other packages): what wgpu-optim accepts.
 HYPERPARAMETERS = {
     "SGD": ("lr", "momentum", "dampening", "weight_decay", "nesterov", "maximize"),
     "Adam": ("lr", "betas", "eps", "weight_decay", "amsgrad", "maximize",
@@ -115,16 +172,75 @@ HYPERPARAMETERS = {
     "Adafactor": ("lr", "beta2_decay", "eps", "d", "weight_decay", "maximize"),
     "Muon": ("lr", "weight_decay", "momentum", "nesterov", "ns_coefficients", "eps", "ns_steps",
              "adjust_lr_fn"),
+    "Lion": ("lr", "betas", "weight_decay", "use_triton", "decoupled_weight_decay"),
+    "Lamb": ("lr", "betas", "weight_decay", "weight_decouple", "fixed_decay", "rectify",
+             "degenerated_to_sgd", "n_sma_threshold", "grad_averaging", "max_grad_norm", "adam",
+             "pre_norm", "eps", "maximize", "adanorm", "adanorm_r", "adam_debias"),
+    "ADOPT": ("lr", "betas", "clip_lambda", "weight_decay", "weight_decouple", "fixed_decay",
+              "eps", "maximize", "cautious", "stable_adamw"),
+    "AdEMAMix": ("lr", "betas", "weight_decay", "weight_decouple", "fixed_decay", "alpha",
+                 "t_alpha_beta3", "eps", "maximize", "cautious", "stable_adamw"),
+    "AdamWScheduleFree": ("lr", "betas", "eps", "weight_decay", "warmup_steps", "r",
+                          "weight_lr_power"),
+}
+# The classes from other packages, by the module that defines each (a class of the same name
+# elsewhere, such as pytorch_optimizer.Lion or lion_pytorch.foreach.Lion, is another one),
+# and the pip package that has it.
+PACKAGE_CLASSES = {
+    "Lion": ("lion_pytorch.lion_pytorch", "lion-pytorch"),
+    "Lamb": ("pytorch_optimizer.optimizer.lamb", "pytorch-optimizer"),
+    "ADOPT": ("pytorch_optimizer.optimizer.adopt", "pytorch-optimizer"),
+    "AdEMAMix": ("pytorch_optimizer.optimizer.ademamix", "pytorch-optimizer"),
+    "AdamWScheduleFree": ("schedulefree.adamw_schedulefree", "schedulefree"),
 }
 # Classes whose PyTorch state holds no step: a tensor has stepped when it has state.
-NO_STEP = ("SGD", "Muon")
+NO_STEP = ("SGD", "Muon", "Lion")
+# Classes that count steps per param group, under this group key, not per parameter.
+GROUP_STEP = {"Lamb": "step", "ADOPT": "step", "AdEMAMix": "step", "AdamWScheduleFree": "k"}
+# Other group entries that are state, not hyperparameters (AdamWScheduleFree's; scheduled_lr
+# is for logging only).
+GROUP_STATE_KEYS = {"AdamWScheduleFree": ("train_mode", "weight_sum", "lr_max", "scheduled_lr")}
+# Per-tensor scalars in the checkpoint that the package keeps per param group.
+GROUP_SCALARS = {"AdamWScheduleFree": ("lr_max", "weight_sum", "weight_sum_lo")}
+# Hyperparameters a package keeps on the optimizer object, not in its param groups (so not in
+# its state_dict()), with the package's defaults; wgpu-optim keeps them per group.
+ATTRIBUTES = {
+    "Lion": {"use_triton": False, "decoupled_weight_decay": False},
+    "Lamb": {"degenerated_to_sgd": False, "n_sma_threshold": 5, "pre_norm": False,
+             "maximize": False},
+    "ADOPT": {"clip_lambda": 0.25, "maximize": False},
+    "AdEMAMix": {"maximize": False},
+}
+# The object attribute where it is not named as the argument.
+ATTRIBUTE_FIELDS = {("Lion", "decoupled_weight_decay"): "decoupled_wd"}
+# Group entries the package reads with a default when absent (group.get(key, default)).
+GROUP_DEFAULTS = {
+    "Lamb": {"adanorm": False, "adanorm_r": 0.95, "adam_debias": False},
+    "ADOPT": {"cautious": False, "stable_adamw": False},
+    "AdEMAMix": {"cautious": False, "stable_adamw": False},
+}
+# Hyperparameter values wgpu-optim does not implement.
+UNSUPPORTED = {"Lamb": {"adanorm": True}}
+# Group hyperparameters a package also reads from the optimizer's defaults, under a condition:
+# Lamb's pre_norm takes the global norm's max_grad_norm and eps from optimizer.defaults,
+# wgpu-optim from the first group.
+DEFAULTS_READ = {"Lamb": ("pre_norm", ("max_grad_norm", "eps"))}
+# Per-parameter state entries that are per-step diagnostics: written by every step, never read.
+DIAGNOSTIC_STATES = {"Lamb": ("weight_norm", "adam_norm", "trust_ratio")}
 # Hyperparameters that are whole numbers (ints in PyTorch and in wgpu-optim's JSON).
-INT_KEYS = {"ns_steps"}
-# Hyperparameters that are three numbers (Muon's ns_coefficients).
+INT_KEYS = {"ns_steps", "n_sma_threshold", "warmup_steps"}
+# Hyperparameters that are three numbers (Muon's ns_coefficients; AdEMAMix's betas).
 TRIPLE_KEYS = {"ns_coefficients"}
+TRIPLE_BETAS = ("AdEMAMix",)
+# Hyperparameters that are None or a number (ADOPT's clip_lambda exponent, AdEMAMix's
+# t_alpha_beta3).
+OPTIONAL_KEYS = {"clip_lambda", "t_alpha_beta3"}
 # Hyperparameters that are None or one of these names (Muon's adjust_lr_fn).
 NAME_KEYS = {"adjust_lr_fn": ("original", "match_rms_adamw", "spectral_unclamped")}
-BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered", "decoupled_weight_decay"}
+BOOL_KEYS = {"nesterov", "maximize", "amsgrad", "centered", "decoupled_weight_decay",
+             "use_triton", "weight_decouple", "fixed_decay", "rectify", "degenerated_to_sgd",
+             "grad_averaging", "adam", "pre_norm", "adanorm", "adam_debias", "cautious",
+             "stable_adamw"}
 # Hyperparameters that are pairs of numbers (tuples in PyTorch, two-element lists in JSON).
 PAIR_KEYS = {"betas", "etas", "step_sizes"}
 # PyTorch group keys that are implementation choices or bookkeeping, not hyperparameters.
@@ -135,12 +251,137 @@ SCALER_KEYS = ("scale", "growth_factor", "backoff_factor", "growth_interval", "_
 
 
 def optimizer_class_name(optimizer):
-    """The wgpu-optim name of a torch.optim optimizer: its class, or the nearest of the
-    classes in HYPERPARAMETERS it derives from (AdamW before Adam)."""
+    """The wgpu-optim name of an optimizer: its class, or the nearest of the classes in
+    HYPERPARAMETERS it derives from (AdamW before Adam), from torch.optim or, for the others,
+    from the module PACKAGE_CLASSES names."""
     for cls in type(optimizer).__mro__:
-        if cls.__module__.startswith("torch.optim") and cls.__name__ in HYPERPARAMETERS:
-            return cls.__name__
-    raise ValueError(f"{type(optimizer).__name__} is not one of {', '.join(HYPERPARAMETERS)}")
+        name = cls.__name__
+        if name in PACKAGE_CLASSES:
+            if cls.__module__ == PACKAGE_CLASSES[name][0]:
+                return name
+        elif cls.__module__.startswith("torch.optim") and name in HYPERPARAMETERS:
+            return name
+    raise ValueError(f"{type(optimizer).__module__}.{type(optimizer).__name__} is not one of "
+                     f"{', '.join(HYPERPARAMETERS)} (torch.optim's, or "
+                     + ", ".join(f"{m}.{n}" for n, (m, _) in PACKAGE_CLASSES.items()) + ")")
+
+
+def optimizer_class(cls_name):
+    """The optimizer class of a wgpu-optim name (importing its package)."""
+    if cls_name not in PACKAGE_CLASSES:
+        return getattr(torch.optim, cls_name)
+    module, dist = PACKAGE_CLASSES[cls_name]
+    try:
+        return getattr(importlib.import_module(module), cls_name)
+    except ImportError:
+        raise ValueError(f"{cls_name} needs the package {dist} (pip install {dist})") from None
+
+
+class StepPower:
+    """ADOPT's clip_lambda for the exponent p: ``step ** p`` (math.pow, as the package's
+    default ``lambda step: math.pow(step, 0.25)``)."""
+
+    def __init__(self, p):
+        self.p = p
+
+    def __call__(self, step):
+        return math.pow(step, self.p)
+
+    def __repr__(self):
+        return f"StepPower({self.p!r})"
+
+
+def _default_clip_lambda():
+    """The function ADOPT's constructor takes by default."""
+    cls = optimizer_class("ADOPT")
+    return inspect.signature(cls.__init__).parameters["clip_lambda"].default
+
+
+def clip_exponent(fn):
+    """ADOPT's clip_lambda (None or a function of the step) as wgpu-optim's exponent p of
+    ``step ** p`` (or None); a function that is not ``step ** p`` is a ValueError."""
+    if fn is None:
+        return None
+    if isinstance(fn, StepPower):
+        return fn.p
+    if fn is _default_clip_lambda():
+        return 0.25
+    if callable(fn):
+        try:
+            p = float(f"{math.log(fn(2)) / math.log(2):.12g}")
+            if all(math.isclose(fn(s), math.pow(s, p), rel_tol=1e-12, abs_tol=0.0)
+                   for s in (1, 2, 3, 10, 1000, 123457)):
+                return p
+        except (TypeError, ValueError, ArithmeticError):
+            pass
+    raise ValueError(f"ADOPT's clip_lambda is {fn!r}, which wgpu-optim cannot carry: it takes "
+                     "clip_lambda as the exponent p of step ** p, or None")
+
+
+def clip_function(p):
+    """wgpu-optim's clip exponent as ADOPT's clip_lambda: None, the package's default function
+    for 0.25, else StepPower(p)."""
+    if p is None:
+        return None
+    return _default_clip_lambda() if p == 0.25 else StepPower(p)
+
+
+def optimizer_attributes(cls_name, optimizer):
+    """The hyperparameters a package optimizer keeps on the object (ATTRIBUTES), under their
+    argument names, in wgpu-optim's form."""
+    out = {}
+    for key in ATTRIBUTES.get(cls_name, {}):
+        if cls_name == "Lion" and key == "use_triton":
+            fn = getattr(optimizer, "update_fn", None)
+            out[key] = getattr(fn, "__module__", None) == "lion_pytorch.triton"
+            continue
+        field = ATTRIBUTE_FIELDS.get((cls_name, key), key)
+        if not hasattr(optimizer, field):
+            raise ValueError(f"the {cls_name} optimizer has no attribute {field!r} ({key}); "
+                             f"is its package the version wgpu-optim implements?")
+        value = getattr(optimizer, field)
+        out[key] = clip_exponent(value) if key == "clip_lambda" else value
+    return _check_attributes(cls_name, out, "the optimizer's attributes")
+
+
+def _set_attributes(cls_name, optimizer, attributes):
+    """Sets ATTRIBUTES (checked, in wgpu-optim's form) on a package optimizer; use_triton,
+    an implementation choice, stays the optimizer's."""
+    for key, value in attributes.items():
+        if key == "use_triton":
+            continue
+        if key == "clip_lambda":
+            value = clip_function(value)
+        setattr(optimizer, ATTRIBUTE_FIELDS.get((cls_name, key), key), value)
+
+
+def _check_attributes(cls_name, attributes, what):
+    """Every attribute of the class, checked, in wgpu-optim's form."""
+    keys = ATTRIBUTES.get(cls_name, {})
+    if not keys:
+        if attributes:
+            raise ValueError(f"{what}: {cls_name} keeps no hyperparameters outside its param "
+                             f"groups, got {sorted(attributes)}")
+        return {}
+    if attributes is None:
+        raise ValueError(f"{cls_name} keeps {', '.join(keys)} on the optimizer object, not in "
+                         "its state dict: give them (attributes=..., on the command line "
+                         "--attributes)")
+    for key in attributes:
+        if key not in keys:
+            raise ValueError(f"{what}: {key!r} is no {cls_name} optimizer attribute "
+                             f"({', '.join(keys)})")
+    for key in keys:
+        if key not in attributes:
+            raise ValueError(f"{what}: {cls_name} optimizer attribute {key!r} is missing")
+    return {key: _hyper_value(key, attributes[key], what, cls_name) for key in keys}
+
+
+def _check_supported(cls_name, hyper, what):
+    for key, bad in UNSUPPORTED.get(cls_name, {}).items():
+        if hyper.get(key) == bad:
+            raise ValueError(f"{what}: {cls_name} with {key}={bad!r} is not supported by "
+                             "wgpu-optim")
 
 
 def state_names(cls_name, hyper, shape):
@@ -161,7 +402,7 @@ def state_names(cls_name, hyper, shape):
         return ["sum"]
     if cls_name == "Adamax":
         return ["exp_avg", "exp_inf"]
-    if cls_name in ("RAdam", "NAdam"):
+    if cls_name in ("RAdam", "NAdam", "Lamb", "ADOPT"):
         return ["exp_avg", "exp_avg_sq"]
     if cls_name == "Adadelta":
         return ["square_avg", "acc_delta"]
@@ -169,6 +410,12 @@ def state_names(cls_name, hyper, shape):
         return ["prev", "step_size"]
     if cls_name == "ASGD":
         return ["ax"]
+    if cls_name == "Lion":
+        return ["exp_avg"]
+    if cls_name == "AdEMAMix":
+        return ["exp_avg", "exp_avg_sq", "exp_avg_slow"]
+    if cls_name == "AdamWScheduleFree":
+        return ["z", "exp_avg_sq"]
     raise ValueError(f"unknown optimizer {cls_name!r}; expected one of {', '.join(HYPERPARAMETERS)}")
 
 
@@ -220,7 +467,7 @@ def _float(x, what):
     return float(x)
 
 
-def _hyper_value(key, value, what):
+def _hyper_value(key, value, what, cls_name=None):
     """A hyperparameter in the JSON form wgpu-optim reads."""
     if key in BOOL_KEYS:
         if not isinstance(value, bool):
@@ -235,7 +482,9 @@ def _hyper_value(key, value, what):
         if isinstance(value, bool) or not isinstance(value, int) or value < 0:
             raise ValueError(f"{what}: {key} is {value!r}, expected a whole number >= 0")
         return value
-    if key in TRIPLE_KEYS:
+    if key in OPTIONAL_KEYS:
+        return None if value is None else _float(value, f"{what}: {key}")
+    if key in TRIPLE_KEYS or (key == "betas" and cls_name in TRIPLE_BETAS):
         if isinstance(value, (str, bytes)) or not hasattr(value, "__len__") or len(value) != 3:
             raise ValueError(f"{what}: {key} is {value!r}, expected three numbers")
         return [_float(b, f"{what}: {key}") for b in value]
@@ -248,23 +497,34 @@ def _hyper_value(key, value, what):
     return _float(value, f"{what}: {key}")
 
 
-def _export_group(cls_name, group, g):
-    """A torch param group's hyperparameters (without "params") in wgpu-optim's form."""
+def _export_group(cls_name, group, g, attributes):
+    """A torch param group's hyperparameters (without "params") in wgpu-optim's form, with the
+    optimizer's attributes (checked) for the classes that keep some on the object."""
     what = f"param group {g}"
     allowed = HYPERPARAMETERS[cls_name]
+    skipped = set(GROUP_STATE_KEYS.get(cls_name, ())) | {GROUP_STEP.get(cls_name)}
     out = {}
     for key, value in group.items():
-        if key == "params" or key in DROPPED_KEYS or key in SCHEDULER_KEYS:
+        if key == "params" or key in DROPPED_KEYS or key in SCHEDULER_KEYS or key in skipped:
             continue
         if key == "decoupled_weight_decay" and cls_name == "AdamW":
             continue
+        if key in ATTRIBUTES.get(cls_name, {}):
+            raise ValueError(f"{what}: the group holds {key!r}, which {cls_name} reads from the "
+                             "optimizer object, not from its groups")
         if key not in allowed:
             raise ValueError(f"{what}: {cls_name} hyperparameter {key!r} is not supported by "
                              f"wgpu-optim (supported: {', '.join(allowed)})")
-        out[key] = _hyper_value(key, value, what)
+        if key == "adanorm_r" and value is None:  # Lamb reads None as its default
+            value = GROUP_DEFAULTS[cls_name][key]
+        out[key] = _hyper_value(key, value, what, cls_name)
     dwd = group.get("decoupled_weight_decay")
     if cls_name == "AdamW" and dwd not in (None, True):
         raise ValueError(f"{what}: AdamW with decoupled_weight_decay={dwd!r} is not supported")
+    for key, default in GROUP_DEFAULTS.get(cls_name, {}).items():
+        out.setdefault(key, default)
+    out.update(attributes)
+    _check_supported(cls_name, out, what)
     # Keep the order of the class's argument list, so the JSON is stable.
     return {key: out[key] for key in allowed if key in out}
 
@@ -299,19 +559,73 @@ def _step_count(value, what):
     return int(v)
 
 
-def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_state=None):
+def _group_scalars(cls_name, group, g):
+    """The per-tensor scalars a package keeps per param group (GROUP_SCALARS), as float32 0-d
+    tensors: AdamWScheduleFree's lr_max, and weight_sum as a pair (hi, the rest)."""
+    if cls_name != "AdamWScheduleFree":
+        return {}
+    what = f"param group {g}"
+    lr_max = _float(group.get("lr_max", -1.0), f"{what}: lr_max")
+    weight_sum = _float(group.get("weight_sum", 0.0), f"{what}: weight_sum")
+    hi = torch.tensor(weight_sum, dtype=torch.float32)
+    lo = torch.tensor(weight_sum - float(hi), dtype=torch.float32)
+    if not (math.isfinite(float(hi)) and math.isfinite(float(lo))):
+        raise ValueError(f"{what}: weight_sum {weight_sum!r} is beyond float32's range")
+    return {"lr_max": torch.tensor(lr_max, dtype=torch.float32), "weight_sum": hi,
+            "weight_sum_lo": lo}
+
+
+def _train_mode(cls_name, groups):
+    """AdamWScheduleFree's train_mode, which every group must share (None for other classes)."""
+    if cls_name != "AdamWScheduleFree":
+        return None
+    modes = []
+    for g, group in enumerate(groups):
+        mode = group.get("train_mode", False)  # schedulefree's groups start in eval mode
+        if not isinstance(mode, bool):
+            raise ValueError(f"param group {g}: train_mode is {mode!r}, expected a bool")
+        modes.append(mode)
+    if len(set(modes)) > 1:
+        raise ValueError(f"param groups 0 and {modes.index(not modes[0])} differ in train_mode; "
+                         "a wgpu-optim checkpoint holds one mode")
+    return modes[0] if modes else True
+
+
+def _check_defaults(cls_name, attributes, groups, defaults):
+    """Where the package reads group hyperparameters from the optimizer's defaults
+    (DEFAULTS_READ), and wgpu-optim from the first group, they must agree."""
+    if cls_name not in DEFAULTS_READ or not groups:
+        return
+    switch, keys = DEFAULTS_READ[cls_name]
+    if not attributes.get(switch) or defaults is None:
+        return
+    for key in keys:
+        if key in defaults and key in groups[0] and defaults[key] != groups[0][key]:
+            raise ValueError(f"param group 0: {key} is {groups[0][key]!r}, the optimizer's "
+                             f"defaults' {defaults[key]!r}: with {switch}, {cls_name} reads "
+                             f"{key} from its defaults, wgpu-optim from the first group")
+
+
+def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_state=None,
+                             attributes=None, defaults=None):
     """Converts a torch optimizer state dict into a checkpoint's tensors and metadata.
 
     cls_name: a key of HYPERPARAMETERS ("SGD", "Adam", ...).  state_dict: as
     ``optimizer.state_dict()`` returns it.  names: the tensor names in the order the groups'
     "params" lists hold the indices (over all groups).  params: name -> parameter tensor
     (its shape gives every state tensor's shape; its values are written under the name).
-    grad_scaler_state: ``GradScaler.state_dict()`` or None.
+    grad_scaler_state: ``GradScaler.state_dict()`` or None.  attributes: for the classes that
+    keep hyperparameters on the optimizer object (ATTRIBUTES), all of them, by argument name
+    (as :func:`optimizer_attributes` returns them; ADOPT's clip_lambda as the exponent);
+    required for those classes, None for the others.  defaults: the optimizer's
+    ``defaults``, or None (unknown: a state dict does not hold them), to check that Lamb with
+    pre_norm reads max_grad_norm and eps there as wgpu-optim does from the first group.
 
     Returns (tensors, metadata): arguments for ``safetensors.torch.save_file``.
     """
     if cls_name not in HYPERPARAMETERS:
         raise ValueError(f"unknown optimizer {cls_name!r}; expected one of {', '.join(HYPERPARAMETERS)}")
+    attributes = _check_attributes(cls_name, attributes, "optimizer attributes")
     groups = state_dict["param_groups"]
     flat = [i for group in groups for i in group["params"]]
     if len(flat) != len(names):
@@ -325,12 +639,22 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
     unknown = [k for k in state_dict["state"] if k not in name_of]
     if unknown:
         raise ValueError(f"the optimizer state holds index {unknown[0]!r}, which no param group lists")
+    train_mode = _train_mode(cls_name, groups)
+    _check_defaults(cls_name, attributes, groups, defaults)
 
     tensors = {}
     meta_groups = []
+    diagnostics = DIAGNOSTIC_STATES.get(cls_name, ())
+    # The state PyTorch keeps per parameter besides the buffers and scalars.
+    per_param_step = {"step"} if cls_name not in NO_STEP and cls_name not in GROUP_STEP else set()
     for g, group in enumerate(groups):
-        hyper = _export_group(cls_name, group, g)
+        hyper = _export_group(cls_name, group, g, attributes)
         scalars = scalar_names(cls_name)
+        group_scalars = _group_scalars(cls_name, group, g)
+        group_step = None
+        if cls_name in GROUP_STEP:
+            key = GROUP_STEP[cls_name]
+            group_step = _step_count(group.get(key, 0), f"param group {g}: {key}")
         for index in group["params"]:
             name = name_of[index]
             if name not in params:
@@ -338,14 +662,19 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
             param = _as_f32(params[name], f"parameter {name!r}", tuple(params[name].shape))
             shape = tuple(param.shape)
             wanted = state_names(cls_name, hyper, shape)
-            state = {k: v for k, v in state_dict["state"].get(index, {}).items() if v is not None}
-            extra = sorted(set(state) - set(wanted) - set(scalars)
-                           - ({"step"} if cls_name not in NO_STEP else set()))
+            state = {k: v for k, v in state_dict["state"].get(index, {}).items()
+                     if v is not None and k not in diagnostics}
+            extra = sorted(set(state) - set(wanted) - set(scalars) - per_param_step)
             if extra:
                 raise ValueError(f"{name}: PyTorch state {extra} is not used by {cls_name} with "
                                  f"the hyperparameters of group {g} ({json.dumps(hyper)})")
             if cls_name in NO_STEP:
-                step = 1 if "momentum_buffer" in state else 0
+                step = 1 if any(s in state for s in wanted) else 0
+            elif group_step is not None:
+                if state and group_step == 0:
+                    raise ValueError(f"{name}: PyTorch state {sorted(state)} while param group "
+                                     f"{g} has {GROUP_STEP[cls_name]} 0")
+                step = group_step
             elif state:
                 if "step" not in state:
                     raise ValueError(f"{name}: PyTorch state without a step")
@@ -361,6 +690,10 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
             for s in wanted:
                 if s in state:
                     tensors[f"{name}.{s}"] = _as_f32(state[s], f"{name}.{s}", state_shape(s, shape))
+                elif cls_name == "AdamWScheduleFree" and s == "z" and step > 0:
+                    # No gradient yet in a group that has stepped: schedulefree copies the
+                    # parameter into z at the tensor's first step, wgpu-optim at step 1 only.
+                    tensors[f"{name}.{s}"] = param.clone()
                 else:
                     init = initial_state_value(cls_name, hyper, s)
                     tensors[f"{name}.{s}"] = torch.full(state_shape(s, shape), init,
@@ -371,11 +704,15 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
                 else:
                     tensors[f"{name}.{s}"] = torch.tensor(
                         initial_scalar_value(cls_name, hyper, s), dtype=torch.float32)
+            for s, value in group_scalars.items():
+                tensors[f"{name}.{s}"] = value.clone()
             tensors[name] = param
         meta_groups.append({**hyper, "params": [name_of[i] for i in group["params"]]})
 
     metadata = {"format": FORMAT, "version": VERSION, "optimizer": cls_name,
                 "param_groups": json.dumps(meta_groups)}
+    if train_mode is not None:
+        metadata["train_mode"] = "true" if train_mode else "false"
     if grad_scaler_state:  # a disabled scaler's state dict is empty
         if set(grad_scaler_state) != set(SCALER_KEYS):
             raise ValueError(f"grad scaler state with keys {sorted(grad_scaler_state)}, "
@@ -399,16 +736,52 @@ def read_checkpoint(path):
 
 
 def _import_group(cls_name, saved, g, what):
-    """A checkpoint group's hyperparameters in torch's form (pairs such as betas as tuples)."""
+    """A checkpoint group's hyperparameters in torch's form (pairs such as betas as tuples),
+    the optimizer attributes (ATTRIBUTES) included."""
     allowed = HYPERPARAMETERS[cls_name]
     out = {}
     for key, value in saved.items():
         if key not in allowed:
             raise ValueError(f"{what}: group {g} holds {key!r}, which is no {cls_name} hyperparameter "
                              f"({', '.join(allowed)})")
-        value = _hyper_value(key, value, f"{what}: group {g}")
+        value = _hyper_value(key, value, f"{what}: group {g}", cls_name)
         out[key] = tuple(value) if isinstance(value, list) else value
+    _check_supported(cls_name, out, f"{what}: group {g}")
     return out
+
+
+def _split_attributes(cls_name, hypers, what):
+    """Takes the optimizer attributes (ATTRIBUTES) out of the groups' hyperparameters (a list
+    of dicts, changed in place) and returns them: those the groups hold, which must agree."""
+    found = {}
+    for g, hyper in enumerate(hypers):
+        for key in ATTRIBUTES.get(cls_name, {}):
+            if key not in hyper:
+                continue
+            value = hyper.pop(key)
+            if key in found and found[key][1] != value:
+                raise ValueError(f"{what}: groups {found[key][0]} and {g} differ in {key} "
+                                 f"({found[key][1]!r} and {value!r}); {cls_name} keeps one {key} "
+                                 "for the whole optimizer")
+            found.setdefault(key, (g, value))
+    return {key: value for key, (_, value) in found.items()}
+
+
+def checkpoint_attributes(metadata, what="checkpoint"):
+    """The optimizer attributes (ATTRIBUTES) a checkpoint's groups hold, checked: {} for the
+    classes that keep none on the object; ADOPT's clip_lambda as the exponent (see
+    :func:`clip_function`)."""
+    cls_name = metadata.get("optimizer")
+    if cls_name not in HYPERPARAMETERS:
+        raise ValueError(f"{what}: unknown optimizer {cls_name!r}")
+    try:
+        saved_groups = json.loads(metadata.get("param_groups", ""))
+        hypers = [_import_group(cls_name, {k: v for k, v in saved.items() if k != "params"},
+                                g, what)
+                  for g, saved in enumerate(saved_groups)]
+    except (json.JSONDecodeError, AttributeError, TypeError) as e:
+        raise ValueError(f"{what}: malformed param_groups: {e!r}") from None
+    return _split_attributes(cls_name, hypers, what)
 
 
 def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parameters=True,
@@ -423,7 +796,8 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
 
     Everything is checked before returning.  Returns (state_dict, params, scaler_state):
     params maps names to the saved parameters (those present), scaler_state is the
-    GradScaler state dict or None.  Indices run over the groups' names in order.
+    GradScaler state dict or None.  Indices run over the groups' names in order.  The groups
+    hold no optimizer attributes (ATTRIBUTES): :func:`checkpoint_attributes` gives them.
     """
     def meta(key):
         if key not in metadata:
@@ -449,6 +823,14 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
     if len(saved_groups) != len(groups):
         raise ValueError(f"{what}: the checkpoint has {len(saved_groups)} parameter groups, "
                          f"the target optimizer {len(groups)}")
+    checkpoint_attributes(metadata, what)  # the groups agree on them
+    train_mode = None
+    if cls_name == "AdamWScheduleFree":
+        train_mode = {"true": True, "false": False}.get(metadata.get("train_mode"))
+        if train_mode is None:
+            raise ValueError(f"{what}: train_mode is {metadata.get('train_mode')!r}, expected "
+                             "\"true\" or \"false\" (whether the parameters were saved in train "
+                             "or eval mode)")
 
     state, torch_groups, params = {}, [], {}
     expected = set()
@@ -468,9 +850,12 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
             raise ValueError(f"{what}: the checkpoint's group {g} holds {extra[0]!r}, "
                              f"which the target's group {g} lacks")
         hyper = _import_group(cls_name, saved, g, what)
+        _split_attributes(cls_name, [hyper], what)
         group = {k: v for k, v in current.items() if k != "params"}
         group.update(hyper)
         scalars = scalar_names(cls_name)
+        group_scalars = GROUP_SCALARS.get(cls_name, ())
+        steps, group_values = {}, {}
         indices = []
         for name in names:
             step_key = f"{name}.step"
@@ -513,7 +898,7 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                 loaded[key] = t
             if name in loaded:
                 params[name] = loaded[name]
-            for s in scalars:
+            for s in list(scalars) + list(group_scalars):
                 key = f"{name}.{s}"
                 if key not in tensors:
                     raise ValueError(f"{what}: the checkpoint lacks tensor {key!r}")
@@ -523,10 +908,17 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                                      f"{list(t.shape)}, expected a 0-d float32 (F32)")
                 expected.add(key)
                 loaded[key] = t
+            steps[name] = step
+            group_values[name] = tuple(float(loaded[f"{name}.{s}"]) for s in group_scalars)
             entry = {}
             if cls_name in NO_STEP:
-                if step > 0 and wanted:
-                    entry["momentum_buffer"] = loaded[f"{name}.momentum_buffer"]
+                if step > 0:
+                    for s in wanted:
+                        entry[s] = loaded[f"{name}.{s}"]
+            elif cls_name in GROUP_STEP:
+                if step > 0:
+                    for s in wanted:
+                        entry[s] = loaded[f"{name}.{s}"]
             elif step > 0 or cls_name == "Adagrad":
                 entry["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
                 for s in wanted:
@@ -537,6 +929,23 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                 state[index] = entry
             indices.append(index)
             index += 1
+        if cls_name in GROUP_STEP and names:
+            # The package counts per group: its tensors must agree.
+            for values, kind in ((steps, "step"), (group_values, "/".join(group_scalars))):
+                first = names[0]
+                other = next((n for n in names if values[n] != values[first]), None)
+                if other is not None:
+                    raise ValueError(
+                        f"{what}: group {g}: {first!r} and {other!r} differ in {kind} "
+                        f"({values[first]} and {values[other]}); {cls_name} keeps one per "
+                        "param group")
+            group[GROUP_STEP[cls_name]] = steps[names[0]]
+            if cls_name == "AdamWScheduleFree":
+                lr_max, hi, lo = group_values[names[0]]
+                group["lr_max"] = lr_max
+                group["weight_sum"] = hi + lo
+        if train_mode is not None:
+            group["train_mode"] = train_mode
         group["params"] = indices
         torch_groups.append(group)
 
@@ -586,15 +995,17 @@ def to_wgpu_optim(optimizer, named_parameters, path, grad_scaler=None):
     named_parameters: (name, parameter) pairs, e.g. ``model.named_parameters()``; every
     parameter the optimizer holds must be among them (by identity), and the parameters'
     current values are written too.  Raises ValueError for anything the checkpoint cannot
-    hold (another optimizer class, unsupported hyperparameters, inconsistent state).
+    hold (another optimizer class, unsupported hyperparameters, inconsistent state).  A
+    package optimizer's hyperparameters kept on the object (ATTRIBUTES) are read from it.
     """
     cls_name = optimizer_class_name(optimizer)
     names = _names_by_identity(optimizer, named_parameters)
     flat = [p for group in optimizer.param_groups for p in group["params"]]
     params = dict(zip(names, flat))
     scaler_state = grad_scaler.state_dict() if grad_scaler is not None else None
+    attributes = optimizer_attributes(cls_name, optimizer) if cls_name in ATTRIBUTES else None
     tensors, metadata = state_dict_to_checkpoint(cls_name, optimizer.state_dict(), names, params,
-                                                 scaler_state)
+                                                 scaler_state, attributes, optimizer.defaults)
     save_file(tensors, str(path), metadata=metadata)
 
 
@@ -607,7 +1018,10 @@ def from_wgpu_optim(path, optimizer, named_parameters, grad_scaler=None, *, load
     checkpoint's hyperparameters replace the groups' (other keys, such as foreach, stay), its
     state is loaded with ``optimizer.load_state_dict``, its parameters are copied into the
     model's (with load_parameters; they must then be present), and its grad scaler state into
-    grad_scaler when one is given (the checkpoint must then hold one).
+    grad_scaler when one is given (the checkpoint must then hold one).  A package optimizer's
+    hyperparameters kept on the object (ATTRIBUTES) are set on it.  AdamWScheduleFree takes
+    the checkpoint's train_mode, which must be the optimizer's own without load_parameters
+    (the parameters then keep their values, which the mode describes).
     """
     cls_name = optimizer_class_name(optimizer)
     names = _names_by_identity(optimizer, named_parameters)
@@ -623,6 +1037,15 @@ def from_wgpu_optim(path, optimizer, named_parameters, grad_scaler=None, *, load
     tensors, metadata = read_checkpoint(path)
     sd, params, scaler_state = checkpoint_to_state_dict(
         tensors, metadata, cls_name, groups, shapes, parameters=load_parameters, what=str(path))
+    attributes = checkpoint_attributes(metadata, what=str(path))
+    if cls_name == "AdamWScheduleFree" and not load_parameters:
+        for g, (saved, group) in enumerate(zip(sd["param_groups"], optimizer.param_groups)):
+            if saved["train_mode"] != group.get("train_mode"):
+                raise ValueError(
+                    f"{path}: train_mode: the checkpoint was saved in "
+                    f"{'train' if saved['train_mode'] else 'eval'} mode, the optimizer's group "
+                    f"{g} is in {'train' if group.get('train_mode') else 'eval'} mode; load the "
+                    "parameters too, or switch the optimizer with train() or eval() first")
     if grad_scaler is not None:
         if scaler_state is None:
             raise ValueError(f"{path}: the checkpoint holds no grad scaler state")
@@ -633,6 +1056,12 @@ def from_wgpu_optim(path, optimizer, named_parameters, grad_scaler=None, *, load
     if "scheduler" in metadata:
         warnings.warn(f"{path}: the checkpoint's scheduler state is not converted")
     optimizer.load_state_dict(sd)
+    _set_attributes(cls_name, optimizer, attributes)
+    if cls_name in DEFAULTS_READ and sd["param_groups"]:
+        switch, keys = DEFAULTS_READ[cls_name]
+        if getattr(optimizer, switch, False):
+            for key in keys:
+                optimizer.defaults[key] = sd["param_groups"][0][key]
     if load_parameters:
         with torch.no_grad():
             for name, value in params.items():
@@ -663,8 +1092,28 @@ def _cli_to_wgpu(args):
     missing = [n for n in names if n not in model]
     if missing:
         raise ValueError(f"{missing[0]!r} is not in the model's state dict")
+    # The hyperparameters a package optimizer keeps on the object, which its state dict lacks.
+    attributes = None
+    if "optimizer_attributes" in blob:
+        attributes = dict(blob["optimizer_attributes"])
+    if args.attributes is not None:
+        try:
+            given = json.loads(args.attributes)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"--attributes: malformed JSON: {e}") from None
+        if not isinstance(given, dict):
+            raise ValueError(f"--attributes: {args.attributes!r} is not a JSON object")
+        attributes = {**(attributes or {}), **given}
+    if args.optimizer in ATTRIBUTES:
+        if attributes is None:
+            raise ValueError(
+                f"{args.optimizer} keeps {', '.join(ATTRIBUTES[args.optimizer])} on the optimizer "
+                "object, which its state dict lacks: give them with --attributes, e.g. "
+                f"--attributes '{json.dumps(ATTRIBUTES[args.optimizer])}' (keys not given take "
+                "these package defaults; '{}' takes them all)")
+        attributes = {**ATTRIBUTES[args.optimizer], **attributes}
     tensors, metadata = state_dict_to_checkpoint(args.optimizer, sd, names, model,
-                                                 blob.get("grad_scaler"))
+                                                 blob.get("grad_scaler"), attributes)
     save_file(tensors, args.output, metadata=metadata)
 
 
@@ -674,15 +1123,21 @@ def _cli_from_wgpu(args):
     if cls_name not in HYPERPARAMETERS:
         raise ValueError(f"{args.input}: not a wgpu-optim checkpoint of a known optimizer "
                          f"(optimizer {cls_name!r})")
+    attributes = checkpoint_attributes(metadata, args.input)
     try:
         saved_groups = json.loads(metadata["param_groups"])
         groups = []
         for g, saved in enumerate(saved_groups):
             hyper = _import_group(cls_name, {k: v for k, v in saved.items() if k != "params"},
                                   g, args.input)
-            # PyTorch's defaults for the other keys (foreach, fused, ...), from a throwaway
-            # optimizer that also validates the hyperparameters.
-            dummy = getattr(torch.optim, cls_name)([torch.zeros(1)], **hyper)
+            _split_attributes(cls_name, [hyper], args.input)
+            # PyTorch's (or the package's) defaults for the other keys (foreach, fused, ...),
+            # from a throwaway optimizer that also validates the hyperparameters.
+            try:
+                dummy = optimizer_class(cls_name)([torch.zeros(1)], **hyper)
+            except AssertionError:  # lion-pytorch checks with bare asserts
+                raise ValueError(f"{args.input}: group {g}: {cls_name} rejects its "
+                                 f"hyperparameters {hyper}") from None
             current = {k: v for k, v in dummy.param_groups[0].items() if k != "params"}
             groups.append((list(saved["params"]), current))
     except (KeyError, TypeError, AttributeError, json.JSONDecodeError) as e:
@@ -695,6 +1150,15 @@ def _cli_from_wgpu(args):
     out = {"model": model, "optimizer": sd}
     if scaler_state is not None:
         out["grad_scaler"] = scaler_state
+    if cls_name in ATTRIBUTES:
+        out["optimizer_attributes"] = {**ATTRIBUTES[cls_name], **attributes}
+        print(f"note: {cls_name} keeps {', '.join(ATTRIBUTES[cls_name])} on the optimizer object, "
+              f"not in its state dict: build it with {json.dumps(out['optimizer_attributes'])} "
+              "(written under \"optimizer_attributes\""
+              + ("; clip_lambda as the exponent p of step ** p" if cls_name == "ADOPT" else "")
+              + (", and with pre_norm max_grad_norm and eps as the first group's, which Lamb "
+                 "reads from its defaults" if cls_name == "Lamb" else "")
+              + ")", file=sys.stderr)
     torch.save(out, args.output)
 
 
@@ -705,7 +1169,13 @@ def main(argv=None):
     to.add_argument("input", help=".pt file with model and optimizer state dicts")
     to.add_argument("output", help="the wgpu-optim checkpoint (.safetensors) to write")
     to.add_argument("--optimizer", required=True, choices=sorted(HYPERPARAMETERS),
-                    help="the torch.optim class the optimizer state dict comes from")
+                    help="the optimizer class the state dict comes from (torch.optim's, or "
+                    "Lion, Lamb, ADOPT, AdEMAMix, AdamWScheduleFree from their packages)")
+    to.add_argument("--attributes", help="JSON: the hyperparameters Lion, Lamb, ADOPT and "
+                    "AdEMAMix keep on the optimizer object, not in the state dict (e.g. "
+                    "'{\"maximize\": true}'; ADOPT's clip_lambda as the exponent p of step ** p, "
+                    "or null); keys not given take the package's defaults.  Required for these "
+                    "classes unless the input holds \"optimizer_attributes\"")
     to.add_argument("--names", help="comma-separated tensor names in the optimizer's parameter "
                     "order (default: its param_names, else the model state dict's keys)")
     fr = sub.add_parser("from-wgpu", help="checkpoint -> torch.save'd {model, optimizer[, grad_scaler]}")

@@ -4,12 +4,17 @@ and check that a resumed run continues the uninterrupted one.
 
 Run from the repository root, after building the binary (`cargo build`):
 
-    python3 tools/golden/gen_checkpoint.py
+    python3 tools/golden/gen_checkpoint.py [--cases NAME,NAME]
+
+(--cases: regenerate only those cases' files; cases.json is written whole and the other
+cases' files are kept.)
 
 It needs ``target/debug/wgpu-optim`` (or the binary named by $WGPU_OPTIM_BIN), which it runs
 with ``replay --resume`` and ``replay --save-checkpoint``, and tools/torch_checkpoint.py.
 
-Each case runs the real ``torch.optim`` class (single-tensor CPU path, foreach=False) over
+Each case runs the real ``torch.optim`` class (single-tensor CPU path, foreach=False), or the
+class from its package as tools/golden/gen_optim.py builds it (Lion, Lamb, ADOPT, AdEMAMix,
+AdamWScheduleFree, with the package's defaults, in train mode for AdamWScheduleFree), over
 three parameters of a small module, "layer.weight" [4,6], "layer.bias" [6] and "gain" [5]
 (a case may give them other shapes, its "shapes": Muon's are matrices)
 (seeded randn init; gradients randn * 0.5, seeded per case), for STEPS = 20 iterations, and
@@ -34,7 +39,11 @@ the scaler skips).  Files under ``tests/golden/checkpoint/``, per case <c>:
                                 byte-stable across reruns).
 * ``<c>.torch20.safetensors`` - the uninterrupted 20-step float32 run, in the format of
                                 ``replay --out``: final params by name, every state tensor as
-                                ``<name>.<state>`` (``step`` as 0-d F32; SGD has none), and
+                                ``<name>.<state>`` (``step`` as 0-d F32; SGD, Muon and Lion
+                                have none; Lamb, ADOPT and AdEMAMix the group's step as every
+                                tensor's; Lamb's diagnostics left out; AdamWScheduleFree the
+                                group's k, lr_max and weight_sum as every tensor's step, lr_max
+                                and the F32 pair weight_sum + weight_sum_lo), and
                                 for the scaler case ``grad_scaler.scale`` (F32 [1]) and
                                 ``grad_scaler.growth_tracker`` (I32 [1]).
 * ``<c>.f64.safetensors``     - the same 20-step run in float64 (params upcast, the float32
@@ -43,7 +52,9 @@ the scaler skips).  Files under ``tests/golden/checkpoint/``, per case <c>:
                                 10-step checkpoint (``replay --grads <c>.head.safetensors
                                 --save-checkpoint``) with ``from_wgpu_optim`` into a fresh
                                 model/optimizer/scaler (zero params, the optimizer built with
-                                3x the lr, both replaced by the load) and runs steps 10..19
+                                3x the lr, both replaced by the load; a package optimizer
+                                with the package's defaults for all else, which the load
+                                replaces too) and runs steps 10..19
                                 (torch20's format).
 * ``cases.json``              - {"steps": 20, "split": 10, "names": [...], "cases": [{"name",
     "optimizer" (format of tests/golden/optim/cases.json), and for the scaler case
@@ -53,11 +64,14 @@ the scaler skips).  Files under ``tests/golden/checkpoint/``, per case <c>:
 The script checks, per case, that
   (a) forward: ``replay --params <c>.params --grads <c>.tail --resume <c>.torch10`` ends
       where torch20 does, and
-  (b) reverse: the 10-step ``replay --save-checkpoint`` checkpoint matches torch10, and
-      PyTorch resumed from it (torch_resumed) ends where torch20 does,
+  (b) reverse: the 10-step ``replay --save-checkpoint`` checkpoint matches torch10 (as
+      tests/golden.rs checks it too: the same tensors, dtypes and shapes, each value within
+      1e-6 (1 + |torch10|), the same param_groups), and PyTorch resumed from it
+      (torch_resumed) ends where torch20 does,
 each tensor within float32 accuracy: |x - torch32| <= 4 |torch32 - torch64| + 1e-6 (1 +
-|torch64|) elementwise, with steps, the scale and the growth tracker exact (SGD's checkpoint
-step is 1 from PyTorch, the step count from wgpu-optim: only whether it is 0 is compared).
+|torch64|) elementwise, with steps, the scale and the growth tracker exact (the checkpoint
+step of SGD, Muon and Lion is 1 from PyTorch, the step count from wgpu-optim: only whether it
+is 0 is compared).
 It prints the worst ratio |x - torch32| / bound per case and direction and fails above 1.
 It also checks that ``replay --resume`` with 3x the lr in --optimizer gives the same output
 bit for bit (the checkpoint's hyperparameters win) and that the 10-step ``replay --out``
@@ -65,6 +79,7 @@ equals its own checkpoint.
 Rerunning is deterministic; stale files are removed.
 """
 
+import argparse
 import json
 import os
 import struct
@@ -75,10 +90,12 @@ import tempfile
 import torch
 from safetensors.torch import load_file, save_file
 
-from gen_optim import REPO_ROOT, build_optimizer, finish_output_dir, state_tensors
+from gen_optim import (DIAGNOSTIC_STATES, REPO_ROOT, build_optimizer, finish_output_dir,
+                       state_tensors)
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
-from torch_checkpoint import from_wgpu_optim, read_checkpoint, to_wgpu_optim  # noqa: E402
+from torch_checkpoint import (GROUP_STEP, PACKAGE_CLASSES, from_wgpu_optim,  # noqa: E402
+                              read_checkpoint, to_wgpu_optim)
 
 SEED = 20261125
 STEPS = 20
@@ -124,9 +141,41 @@ CASES = [
     {"name": "muon_wd",
      "optimizer": {"type": "Muon", "lr": 0.02, "weight_decay": 0.05},
      "shapes": {"layer.weight": [4, 6], "layer.bias": [3, 3], "gain": [5, 2]}},
+    # Classes from other packages. Lion (lion-pytorch) keeps no step.
+    {"name": "lion_betas_wd",
+     "optimizer": {"type": "Lion", "lr": 0.01, "betas": [0.95, 0.98], "weight_decay": 0.5}},
+    # pytorch-optimizer counts steps per param group, and keeps some hyperparameters on the
+    # optimizer object (Lamb's degenerated_to_sgd, n_sma_threshold and maximize here; ADOPT's
+    # clip_lambda and maximize; AdEMAMix's maximize), which the reverse run's optimizer is
+    # built without. Lamb's rectification with threshold 12: SGD steps up to step 12, across
+    # the split (the package's per-parameter path).
+    {"name": "lamb_rectify_sgd_maximize",
+     "optimizer": {"type": "Lamb", "lr": 0.01, "weight_decay": 0.1, "rectify": True,
+                   "degenerated_to_sgd": True, "n_sma_threshold": 12, "maximize": True}},
+    {"name": "adopt_no_clip_maximize_wd",
+     "optimizer": {"type": "ADOPT", "lr": 0.01, "clip_lambda": None, "maximize": True,
+                   "weight_decay": 0.1, "weight_decouple": True}},
+    # alpha and beta3 warm up over 12 steps, across the split.
+    {"name": "ademamix_t_alpha_beta3_maximize",
+     "optimizer": {"type": "AdEMAMix", "lr": 0.01, "betas": [0.9, 0.999, 0.99],
+                   "t_alpha_beta3": 12, "maximize": True}},
+    # schedulefree keeps k, lr_max and weight_sum per group; the learning rate warms up over 16
+    # steps, across the split (lr_max moves after it). A power-of-two lr and warmup make every
+    # weight lr_max**2 and weight_sum exact in float32: the resumed run's weight_sum is then the
+    # float64 run's, as tests/golden.rs compares a 0-d state that both PyTorch runs share
+    # (weight_sum_lo: 0) only against float32 PyTorch, not against float64.
+    {"name": "adamw_schedulefree_warmup_wd",
+     "optimizer": {"type": "AdamWScheduleFree", "lr": 0.015625, "warmup_steps": 16,
+                   "weight_decay": 0.05}},
+    # Lamb's pre_norm (an attribute) scales the gradients by their global norm, with
+    # max_grad_norm and eps from the optimizer's defaults (wgpu-optim: the first group's);
+    # without the trust ratio and with eps above sqrt(v) the update follows the scale.
+    {"name": "lamb_pre_norm_adam_eps",
+     "optimizer": {"type": "Lamb", "lr": 0.01, "pre_norm": True, "max_grad_norm": 0.1,
+                   "adam": True, "eps": 1e-2}},
 ]
 # Classes whose PyTorch state holds no step (the tool writes 1 once a buffer exists).
-NO_STEP = ("SGD", "Muon")
+NO_STEP = ("SGD", "Muon", "Lion")
 
 
 def case_shapes(case):
@@ -221,8 +270,21 @@ class Run:
             self.opt.step()
 
     def result(self):
-        """Final params and state in the format of replay's output."""
-        out = state_tensors(NAMES, self.model.ordered(), self.opt, self.dtype)
+        """Final params and state in the format of replay's output (a package's per-group
+        step, lr_max and weight_sum as every tensor's, as gen_optim.py's run_case writes them)."""
+        kind = self.case["optimizer"]["type"]
+        out = state_tensors(NAMES, self.model.ordered(), self.opt, self.dtype,
+                            DIAGNOSTIC_STATES.get(kind, ()))
+        if kind in GROUP_STEP:
+            group = self.opt.param_groups[0]
+            scalars = {"step": float(group.get(GROUP_STEP[kind], 0))}
+            if kind == "AdamWScheduleFree":
+                hi = float(torch.tensor(group["weight_sum"], dtype=torch.float32))
+                scalars.update(lr_max=group["lr_max"], weight_sum=hi,
+                               weight_sum_lo=group["weight_sum"] - hi)
+            for n in NAMES:
+                for key, value in scalars.items():
+                    out[f"{n}.{key}"] = torch.tensor(value, dtype=torch.float32)
         if self.scaler is not None:
             out["grad_scaler.scale"] = (
                 self.scaler._scale.detach().clone().reshape(1).to(torch.float32))
@@ -300,6 +362,60 @@ def other_lr(case):
     return {**case["optimizer"], "lr": case["optimizer"]["lr"] * 3}
 
 
+def reverse_spec(case):
+    """The optimizer PyTorch resumes with: another lr; a package optimizer with the package's
+    defaults for everything else, so that from_wgpu_optim must set its groups' hyperparameters,
+    those it keeps on the object (ATTRIBUTES) and Lamb's defaults that pre_norm reads."""
+    kind = case["optimizer"]["type"]
+    if kind in PACKAGE_CLASSES:
+        return {"type": kind, "lr": case["optimizer"]["lr"] * 3}
+    return other_lr(case)
+
+
+def check_checkpoint_like_torch(name, ours_path, torch_path):
+    """replay's checkpoint against PyTorch's, as tests/golden.rs compares them: the same
+    tensors, dtypes and shapes, values within 1e-6 (1 + |torch|) (for a class without step
+    state only whether each step is 0), the same format, version, optimizer, grad_scaler and
+    param_groups (tensor names sorted). Returns the worst |ours - torch| / (1 + |torch|)."""
+    ours, ours_meta = read_checkpoint(ours_path)
+    theirs, their_meta = read_checkpoint(torch_path)
+    layout = {k: (t.dtype, tuple(t.shape)) for k, t in theirs.items()}
+    if {k: (t.dtype, tuple(t.shape)) for k, t in ours.items()} != layout:
+        raise RuntimeError(f"{name}: replay's checkpoint layout differs from PyTorch's")
+    for key in ("format", "version", "optimizer"):
+        if ours_meta.get(key) != their_meta.get(key):
+            raise RuntimeError(f"{name}: metadata {key} {ours_meta.get(key)!r} != "
+                               f"{their_meta.get(key)!r}")
+
+    def loads(meta, key):
+        return json.loads(meta[key]) if key in meta else None
+
+    if loads(ours_meta, "grad_scaler") != loads(their_meta, "grad_scaler"):
+        raise RuntimeError(f"{name}: grad_scaler metadata differs")
+    groups = []
+    for meta in (ours_meta, their_meta):
+        g = json.loads(meta["param_groups"])
+        for group in g:
+            group["params"] = sorted(group["params"])
+        groups.append(g)
+    if groups[0] != groups[1]:
+        raise RuntimeError(f"{name}: param_groups {groups[0]} != PyTorch's {groups[1]}")
+    worst = 0.0
+    sgd = ours_meta["optimizer"] in NO_STEP
+    for key, t in theirs.items():
+        a, b = ours[key].double(), t.double()
+        if key.endswith(".step") and sgd:
+            if bool(a > 0) != bool(b > 0):
+                raise RuntimeError(f"{name}: {key} is {a.item()}, PyTorch's {b.item()}")
+            continue
+        err = ((a - b).abs() / (1 + b.abs())).max().item() if a.numel() else 0.0
+        if not err <= 1e-6:
+            raise RuntimeError(f"{name}: replay's checkpoint {key} differs from PyTorch's by "
+                               f"{err:.3g} (1 + |x|) > 1e-6")
+        worst = max(worst, err)
+    return worst
+
+
 def checkpoint_as_result(path, sgd):
     """A checkpoint in the format of a result: step as 0-d F32 (none for SGD and Muon, `sgd`,
     whose step count only says whether the momentum buffer is set), the grad scaler's scale
@@ -321,7 +437,18 @@ def checkpoint_as_result(path, sgd):
     return out
 
 
-def main():
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--cases", help="comma-separated case names: regenerate only these "
+                        "cases' files (cases.json is written whole, the others' files kept)")
+    args = parser.parse_args(argv)
+    only = None
+    if args.cases is not None:
+        only = {c for c in args.cases.split(",") if c}
+        unknown = sorted(only - {c["name"] for c in CASES})
+        if unknown:
+            print(f"error: unknown case(s) {', '.join(unknown)}", file=sys.stderr)
+            return 1
     torch.set_num_threads(1)
     torch.use_deterministic_algorithms(True)
     os.makedirs(OUT_DIR, exist_ok=True)
@@ -337,15 +464,21 @@ def main():
         json.dump(doc, f, indent=2)
         f.write("\n")
     expected = {"cases.json"}
+    if only is not None:  # keep the files of the cases not regenerated
+        expected |= {f"{c['name']}.{suffix}.safetensors" for c in CASES
+                     for suffix in ("params", "head", "tail", "torch10", "torch20", "f64",
+                                    "torch_resumed")}
 
     print(f"torch {torch.__version__}; {len(doc['cases'])} cases, {STEPS} steps, "
           f"checkpoint after {SPLIT}; worst |x - torch32| / (4|torch32 - torch64| + 1e-6(1+|torch64|))")
-    print(f"{'case':28s} {'max|f32-f64|':>12s} {'fwd resume':>10s} {'ours@10':>10s} "
-          f"{'rev resume':>10s}")
+    print(f"{'case':32s} {'max|f32-f64|':>12s} {'fwd resume':>10s} {'ours@10':>10s} "
+          f"{'rev resume':>10s} {'ckpt/(1+|x|)':>12s}")
     details = []
     with tempfile.TemporaryDirectory(prefix="gen_checkpoint.") as tmp:
         for index, case in enumerate(doc["cases"]):
             name = case["name"]
+            if only is not None and name not in only:
+                continue
             sgd = case["optimizer"]["type"] in NO_STEP
             params, base = make_problem(index, case_shapes(case))
             grads = case_grads(case, base)
@@ -410,8 +543,10 @@ def main():
             for key, t in head_out.items():
                 if not torch.equal(t, ckpt[key]):
                     raise RuntimeError(f"{name}: replay --out and --save-checkpoint differ at {key}")
+            like_torch = check_checkpoint_like_torch(name, ours10, files["torch10"])
             fresh = {n: torch.zeros(shape) for n, shape in case_shapes(case)}  # overwritten
-            rr = Run(case, fresh, torch.float32, optimizer=other_lr(case))  # lr from the file
+            # lr (and a package's attributes) from the file
+            rr = Run(case, fresh, torch.float32, optimizer=reverse_spec(case))
             from_wgpu_optim(ours10, rr.opt, rr.model.named_parameters(), grad_scaler=rr.scaler)
             for k in range(SPLIT, STEPS):
                 rr.step(grads, k)
@@ -425,7 +560,8 @@ def main():
             rev = worst_ratio(f"{name} reverse (torch from_wgpu_optim of replay's checkpoint)",
                               resumed, t32, t64)
 
-            print(f"{name:28s} {torch_err:12.3e} {fwd[0]:10.3f} {at10[0]:10.3f} {rev[0]:10.3f}")
+            print(f"{name:32s} {torch_err:12.3e} {fwd[0]:10.3f} {at10[0]:10.3f} {rev[0]:10.3f} "
+                  f"{like_torch:12.3e}")
             details.append(f"  {name}: forward worst at {fwd[1]}\n"
                            f"  {name}: ours@10 worst at {at10[1]}\n"
                            f"  {name}: reverse worst at {rev[1]}")
