@@ -157,7 +157,7 @@ fn sum_terms(u: ptr<function, Unit>) -> Terms {
 
 // The step's scale from the two RMS: alpha = max(eps2, RMS(p)) * rho, over
 // max(1, RMS(update) / d).
-fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
+fn apply_sums(c: Coeffs, sums: vec4<f32>, x: ptr<function, Scalars>) -> Coeffs {
     var out = c;
     let root_n = sqrt(sums.z);
     let alpha = max(c.eps2, sqrt(sums.x) / root_n) * c.rho;

@@ -103,7 +103,7 @@ fn sum_terms(u: ptr<function, Unit>) -> Terms {
     return cautious_terms((*u).s[0], g, g, (*u).s[1]);
 }
 
-fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
+fn apply_sums(c: Coeffs, sums: vec4<f32>, x: ptr<function, Scalars>) -> Coeffs {
     var out = c;
     out.cautious_factor = cautious_factor(sums.x, sums.z);
     out.rms = stable_adamw_rms(sums.y, sums.z);

@@ -73,6 +73,10 @@ struct Unit {
 // (shaders/sums.wgsl).
 alias Terms = array<V, 4>;
 
+// The round of the step's per-tensor sums that a pipeline of shaders/sums.wgsl runs, counted
+// from 0 in its kernel's rounds (see `Sums::AlwaysTwiceWith` in src/optim/mod.rs).
+override SUMS_ROUND: u32 = 0u;
+
 // One step of the optimizer: the template's locate, load, unscale and clip, the shader's
 // `update`, and the store. A step runs each batch twice: the main dispatch (`EDGES` false, a
 // constant of the module) takes the whole units, with vector loads and stores; with vec4

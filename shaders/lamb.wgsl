@@ -1,6 +1,15 @@
 // Lamb (pytorch-optimizer): the update formula, in the kernel template (shaders/common.wgsl),
 // with the per-tensor sums of shaders/sums.wgsl for its trust ratio. State: exp_avg,
-// exp_avg_sq.
+// exp_avg_sq, and with ADANORM the scalar exp_grad_adanorm.
+
+// The `adanorm` keyword: exp_avg takes the gradient rescaled by its running norm, on the
+// package's per-parameter path. Its sums run in two rounds: each gradient's norm first (which
+// advances exp_grad_adanorm), then the trust ratio's norms.
+override ADANORM: bool = false;
+
+// Bits of `Coeffs.options`.
+const TRUST: u32 = 1u;
+const ADANORM_ON: u32 = 2u;
 
 // One parameter group's values for one step. Must be kept in sync with `LambHyper` in
 // src/optim/lamb.rs.
@@ -32,9 +41,11 @@ struct Hyper {
     // -ln(beta2), and 2 / (1 - beta2) - 1, for n_sma
     neg_ln_beta2: f32,
     n_sma_max: f32,
-    _pad0: f32,
-    _pad1: f32,
-    _pad2: f32,
+    // With `adanorm`, its r and 1 - r
+    adanorm_r: f32,
+    adanorm_one_minus_r: f32,
+    // 1 with `adanorm` (a group of the optimizer may have it where this one has not)
+    adanorm: u32,
 }
 
 // One tensor's values for one step.
@@ -49,12 +60,21 @@ struct Coeffs {
     decay: f32,
     weight_decay: f32,
     grad_sign: f32,
-    use_trust: u32,
+    // TRUST (unless `adam`: the update is scaled by the trust ratio) and ADANORM_ON (the
+    // group has `adanorm`)
+    options: u32,
     // min(|p|, 10) / (|u| + eps), from the tensor's sums (`apply_sums`); 1 before
     trust: f32,
     // With `rectify`: 0 without, 1 for the adaptive step (n_sma >= threshold), 2 for the SGD
     // step, 3 for no step (the step size is not positive)
     rectified: u32,
+    adanorm_r: f32,
+    adanorm_one_minus_r: f32,
+    // The gradient's factor in exp_avg with ADANORM, as the package forms it:
+    // `g * adanorm_num / adanorm_den`, the running norm over the gradient's norm where the
+    // gradient's is positive and below it (`apply_sums`), else 1 / 1
+    adanorm_num: f32,
+    adanorm_den: f32,
 }
 
 // The package's `get_rectify_step_size`: RAdam's rectification, folding in the bias correction
@@ -101,23 +121,35 @@ fn coeffs(h: Hyper, t: u32, x: ptr<function, Scalars>) -> Coeffs {
         h.decay,
         h.weight_decay,
         h.grad_sign,
-        h.trust,
+        (h.trust * TRUST) | (h.adanorm * ADANORM_ON),
         1.0,
         mode,
+        h.adanorm_r,
+        h.adanorm_one_minus_r,
+        1.0,
+        1.0,
     );
 }
 
 // The unit's update direction, after its moments and its decoupled decay are applied to the
-// unit: exp_avg * (1 / (sqrt(exp_avg_sq) + eps)), plus the coupled weight decay.
+// unit: exp_avg * (1 / (sqrt(exp_avg_sq) + eps)) (exp_avg / (sqrt(exp_avg_sq) + eps) on the
+// per-parameter path of ADANORM), plus the coupled weight decay.
 fn direction(u: ptr<function, Unit>) -> V {
     let c = (*u).c;
     let g = c.grad_sign * (*u).g;
     if c.decay != 1.0 {
         (*u).p = (*u).p * c.decay;
     }
-    (*u).s[0] = (*u).s[0] * c.beta1 + c.beta3 * g;
+    var s = g;
+    if ADANORM {
+        s = g * c.adanorm_num / c.adanorm_den;
+    }
+    (*u).s[0] = (*u).s[0] * c.beta1 + c.beta3 * s;
     (*u).s[1] = (*u).s[1] * c.beta2 + c.one_minus_beta2 * g * g;
     var d = (1.0 / (sqrt((*u).s[1]) + c.eps)) * (*u).s[0];
+    if ADANORM {
+        d = (*u).s[0] / (sqrt((*u).s[1]) + c.eps);
+    }
     if c.weight_decay != 0.0 {
         d = d + c.weight_decay * (*u).p;
     }
@@ -136,11 +168,16 @@ fn rectified_direction(u: ptr<function, Unit>) -> V {
     return (*u).s[0];
 }
 
-// The squares of the decayed parameter and of the update the trust ratio measures: the
-// direction, or with `rectify`, the parameter the step would give.
+// In the first round with ADANORM, the squares of the gradient (after `maximize`); else the
+// squares of the decayed parameter and of the update the trust ratio measures: the direction,
+// or with `rectify`, the parameter the step would give.
 fn sum_terms(u: ptr<function, Unit>) -> Terms {
     let c = (*u).c;
     let zero = splat(0.0);
+    if ADANORM && SUMS_ROUND == 0u {
+        let g = c.grad_sign * (*u).g;
+        return Terms(g * g, zero, zero, zero);
+    }
     if c.rectified != 0u {
         let q = rectified_direction(u);
         let moved = (*u).p + c.neg_step_size * q;
@@ -150,9 +187,25 @@ fn sum_terms(u: ptr<function, Unit>) -> Terms {
     return Terms((*u).p * (*u).p, d * d, zero, zero);
 }
 
-// The trust ratio, as the package forms it from the two norms: where either is 0, 1.
-fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
+// In the first round with ADANORM, the package's `get_adanorm_gradient`: the running norm
+// (the scalar state) lerps toward the gradient's norm, and exp_avg takes the gradient scaled
+// by their ratio where the gradient's norm is positive and below it. Else the trust ratio, as
+// the package forms it from the two norms: where either is 0, 1.
+fn apply_sums(c: Coeffs, sums: vec4<f32>, x: ptr<function, Scalars>) -> Coeffs {
     var out = c;
+    if ADANORM && SUMS_ROUND == 0u {
+        if (c.options & ADANORM_ON) == 0u {
+            return out;
+        }
+        let grad_norm = sqrt(sums.x);
+        let running = (*x).x * c.adanorm_r + c.adanorm_one_minus_r * grad_norm;
+        (*x).x = running;
+        if grad_norm > 0.0 && running > grad_norm {
+            out.adanorm_num = running;
+            out.adanorm_den = grad_norm;
+        }
+        return out;
+    }
     let weight_norm = min(sqrt(sums.x), 10.0);
     let update_norm = sqrt(sums.y);
     if weight_norm != 0.0 && update_norm != 0.0 {
@@ -170,15 +223,25 @@ fn update(u: ptr<function, Unit>) {
         }
         // The package forms the step's factor first, as a scalar.
         var a = c.neg_step_size;
-        if c.use_trust != 0u {
+        if (c.options & TRUST) != 0u {
             a = a * c.trust;
         }
         (*u).p = (*u).p + a * q;
         return;
     }
-    var d = direction(u);
-    if c.use_trust != 0u {
-        d = d * c.trust;
+    let d = direction(u);
+    if ADANORM {
+        // The per-parameter path forms the step's factor first, as a scalar.
+        var a = c.neg_step_size;
+        if (c.options & TRUST) != 0u {
+            a = a * c.trust;
+        }
+        (*u).p = (*u).p + a * d;
+        return;
     }
-    (*u).p = (*u).p + c.neg_step_size * d;
+    var scaled = d;
+    if (c.options & TRUST) != 0u {
+        scaled = d * c.trust;
+    }
+    (*u).p = (*u).p + c.neg_step_size * scaled;
 }

@@ -62,7 +62,7 @@ fn sum_terms(u: ptr<function, Unit>) -> Terms {
 }
 
 // The norm the update is divided by: PyTorch's `X.norm().clamp(min=eps)`.
-fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs {
+fn apply_sums(c: Coeffs, sums: vec4<f32>, x: ptr<function, Scalars>) -> Coeffs {
     var out = c;
     out.norm = max(sqrt(sums.x), c.eps);
     return out;

@@ -6,12 +6,16 @@
 // - `fn sum_terms(u: ptr<function, Unit>) -> Terms`: up to four per-element terms from the
 //   unit as loaded (parameter, prepared gradient, state before the step) and its tensor's
 //   `Coeffs` from `finalize`; the unit is a copy, so changes are not stored;
-// - `fn apply_sums(c: Coeffs, sums: vec4<f32>) -> Coeffs`: the tensor's `Coeffs` for the step,
-//   given the tensor's four sums.
+// - `fn apply_sums(c: Coeffs, sums: vec4<f32>, x: ptr<function, Scalars>) -> Coeffs`: the
+//   tensor's `Coeffs` for the step, given the tensor's four sums; it may advance the tensor's
+//   scalar state `x` (kept unless a grad scaler skips the step).
 //
 // A step then runs, after `finalize`: `sums` over every batch (one workgroup a chunk, its
 // partial sums in `sums_out`), `combine_sums` (one workgroup a tensor, which adds the partials
-// of its chunks in a fixed order and rewrites its `Coeffs`), then the step dispatches.
+// of its chunks in a fixed order and rewrites its `Coeffs`), then the step dispatches. A
+// shader may ask for two rounds of these, one after the other (Lamb with `ADANORM`: each
+// gradient's norm, then the trust ratio's norms, which depend on it): `SUMS_ROUND` says which
+// runs. A batch whose kernel has one round (a group without the switch) runs in the last.
 //
 // For a multi-GPU engine that shards a tensor (ZeRO-1), the chunks' partials are the per-rank
 // values to all-reduce.
@@ -58,6 +62,8 @@ fn sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
 // `sums_map[0]` is (tensors, x extent of the grid); `sums_map[1 + t]` is (first, count) of
 // tensor t's ranges, each `sums_map[r]` a range [start, end) of partials.
 @group(0) @binding(2) var<storage, read> sums_map: array<vec2<u32>>;
+// The step state, for the tensors' scalar state.
+@group(0) @binding(3) var<storage, read_write> sums_control: Control;
 
 // One workgroup a tensor: its partials added in a fixed order, then its `Coeffs` rewritten.
 @compute @workgroup_size(WORKGROUP_SIZE)
@@ -77,6 +83,11 @@ fn combine_sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
     }
     let total = workgroup_combine(lid, acc, COMBINE_SUM);
     if lid == 0u {
-        sums_coeffs.tensors[tensor] = apply_sums(sums_coeffs.tensors[tensor], total);
+        var x = sums_control.tensors[tensor].scalars;
+        sums_coeffs.tensors[tensor] = apply_sums(sums_coeffs.tensors[tensor], total, &x);
+        // A skipped step keeps the scalar state, as `finalize` does.
+        if sums_coeffs.header.skip == 0u {
+            sums_control.tensors[tensor].scalars = x;
+        }
     }
 }

@@ -125,7 +125,8 @@ pub fn products_line(case: &KernelCase, row: &Row) -> Option<String> {
 /// Bytes read plus bytes written per element by one step of `config`'s kernel on a vector: the
 /// parameter is read and written, the gradient read, and each state buffer read and written, 4
 /// bytes each. Where the update needs per-tensor sums (Lamb), their pass reads the parameter,
-/// the gradient and each state buffer once more.
+/// the gradient and each state buffer once more, and a first round of them (Lamb's `adanorm`)
+/// the gradient once more again.
 pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
     bytes_per_element_of(config, false)
 }
@@ -143,7 +144,12 @@ pub fn bytes_per_element_of(config: &OptimizerConfig, matrix: bool) -> u64 {
         config.kernel()
     };
     let states = u64::from(kernel.states);
-    let sums = if kernel.sums() { 8 + 4 * states } else { 0 };
+    // The sums read the parameter, the gradient and the state; a first round of two (Lamb's
+    // adanorm) the gradient alone.
+    let sums = match kernel.sums_rounds() {
+        0 => 0,
+        rounds => 8 + 4 * states + 4 * u64::from(rounds - 1),
+    };
     let factors = if kernel.factored() { 4 } else { 0 };
     // A step in two phases (Muon's) runs the template's step twice.
     let phases = if kernel.phased() { 2 } else { 1 };

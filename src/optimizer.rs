@@ -744,23 +744,30 @@ impl Optimizer {
             }
         }
         if let (Pass::Step, Some(sums)) = (what, &bound.sums) {
-            for d in &bound.dispatches {
-                let Some(kernel) = &d.sums_kernel else {
-                    continue;
-                };
-                if current != Some(&kernel.pipeline) {
-                    pass.set_pipeline(&kernel.pipeline);
-                    current = Some(&kernel.pipeline);
+            let rounds = sums.combine.len();
+            for (round, combine) in sums.combine.iter().enumerate() {
+                for d in &bound.dispatches {
+                    // A batch of fewer rounds takes the last ones.
+                    let Some(kernel) = (round + d.sums_kernels.len())
+                        .checked_sub(rounds)
+                        .map(|r| &d.sums_kernels[r])
+                    else {
+                        continue;
+                    };
+                    if current != Some(&kernel.pipeline) {
+                        pass.set_pipeline(&kernel.pipeline);
+                        current = Some(&kernel.pipeline);
+                    }
+                    pass.set_bind_group(0, &d.group, &[]);
+                    pass.set_bind_group(1, &bound.table, &[d.table_offset]);
+                    pass.set_bind_group(2, &sums.out_group, &[]);
+                    pass.dispatch_workgroups(d.sums_dispatch.0, d.sums_dispatch.1, 1);
                 }
-                pass.set_bind_group(0, &d.group, &[]);
-                pass.set_bind_group(1, &bound.table, &[d.table_offset]);
-                pass.set_bind_group(2, &sums.out_group, &[]);
-                pass.dispatch_workgroups(d.sums_dispatch.0, d.sums_dispatch.1, 1);
+                pass.set_pipeline(&combine.pipeline);
+                current = Some(&combine.pipeline);
+                pass.set_bind_group(0, &sums.combine_group, &[]);
+                pass.dispatch_workgroups(sums.combine_dispatch.0, sums.combine_dispatch.1, 1);
             }
-            pass.set_pipeline(&sums.combine.pipeline);
-            current = Some(&sums.combine.pipeline);
-            pass.set_bind_group(0, &sums.combine_group, &[]);
-            pass.dispatch_workgroups(sums.combine_dispatch.0, sums.combine_dispatch.1, 1);
         }
         for d in &bound.dispatches {
             let kernels = (&d.kernel, d.edge_kernel.as_ref());

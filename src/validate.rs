@@ -1606,7 +1606,7 @@ mod tests {
     #[test]
     fn every_kernel_is_configured() {
         let configs = all_configs();
-        assert_eq!(configs.len(), 173);
+        assert_eq!(configs.len(), 176);
         for k in kernel_names() {
             assert!(configs.iter().any(|c| kernel_name(c) == k), "{k}");
         }
@@ -1644,6 +1644,7 @@ mod tests {
             ("ademamix", 36),
             ("adamw_schedulefree", 28),
             ("lamb", 44),
+            ("lamb_adanorm", 48),
             ("adafactor", 32),
             ("adopt_cautious_stable_adamw", 44),
             ("ademamix_cautious", 56),

@@ -525,7 +525,7 @@ fn validate_prints_a_passing_row_per_kernel() {
         "--seed ",
         "~GB/s",
         "copy_buffer_to_buffer",
-        "177 passed, 0 failed",
+        "180 passed, 0 failed",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing: {stdout}");
     }

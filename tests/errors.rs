@@ -579,14 +579,6 @@ fn invalid_configs() -> Vec<(OptimizerConfig, &'static str)> {
             "beta2 must be in the range [0.0, 1.0)",
         ),
         (
-            Lamb {
-                adanorm: true,
-                ..Default::default()
-            }
-            .into(),
-            "Lamb: adanorm=True (a running norm of each gradient) is not implemented in wgpu-optim yet",
-        ),
-        (
             AdEMAMix {
                 betas: (0.9, 0.999, 1.5),
                 ..Default::default()

@@ -5,7 +5,7 @@ mod common;
 use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, ctx, write};
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
-    Access, Adafactor, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler,
+    ADOPT, Access, Adafactor, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler,
     GradScalerState, Lamb, Muon, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD,
     Tensor, TensorState, reference,
 };
@@ -641,8 +641,8 @@ fn many_tensors_in_several_groups() {
     }
 }
 
-/// Tensors of the given sizes back to back in three groups (neighbours share vec4s), stepped
-/// `steps` times.
+/// Tensors of the given sizes back to back in three groups of Adam (neighbours share vec4s),
+/// stepped `steps` times.
 fn many_tensors(ctx: &Context, sizes: &[u64], steps: usize, rng: &mut Rng) {
     let configs: [OptimizerConfig; 3] = [
         Adam {
@@ -665,6 +665,18 @@ fn many_tensors(ctx: &Context, sizes: &[u64], steps: usize, rng: &mut Rng) {
         }
         .into(),
     ];
+    groups_of_tensors(ctx, &configs, sizes, steps, rng);
+}
+
+/// Tensors of the given sizes back to back, the k-th in group k mod 3 of `configs`, stepped
+/// `steps` times against the reference.
+fn groups_of_tensors(
+    ctx: &Context,
+    configs: &[OptimizerConfig; 3],
+    sizes: &[u64],
+    steps: usize,
+    rng: &mut Rng,
+) {
     let total: u64 = sizes.iter().sum::<u64>().next_multiple_of(4);
     let init = rng.normals(total as usize);
     let param = ctx.create_f32_buffer("param", &init).unwrap();
@@ -805,6 +817,56 @@ fn zero_length_tensors_step_without_dispatches() {
         &got,
         &opt.read_state(2).unwrap(),
     );
+}
+
+#[test]
+fn groups_may_differ_in_their_per_tensor_sums() {
+    // The groups of one optimizer may differ in whether their update needs per-tensor sums
+    // (ADOPT's cautious, on in the second group only) and in how many rounds (Lamb's adanorm,
+    // two rounds in the second group, one in the others): each tensor's sums and running norm
+    // must follow its own group.
+    let mut rng = Rng::fresh("groups_differ_in_sums");
+    let sizes: Vec<u64> = (0..12).map(|k| 1 + 131 * k).collect();
+    let adopt: [OptimizerConfig; 3] = [
+        ADOPT::default().into(),
+        ADOPT {
+            cautious: true,
+            lr: 0.01,
+            ..Default::default()
+        }
+        .into(),
+        ADOPT {
+            lr: 0.02,
+            ..Default::default()
+        }
+        .into(),
+    ];
+    let lamb: [OptimizerConfig; 3] = [
+        Lamb {
+            lr: 0.01,
+            ..Default::default()
+        }
+        .into(),
+        Lamb {
+            lr: 0.01,
+            adanorm: true,
+            adanorm_r: 0.5,
+            adam: true,
+            eps: 1e-3,
+            ..Default::default()
+        }
+        .into(),
+        Lamb {
+            lr: 0.02,
+            weight_decay: 0.1,
+            ..Default::default()
+        }
+        .into(),
+    ];
+    for ctx in contexts() {
+        groups_of_tensors(&ctx, &adopt, &sizes, 8, &mut rng);
+        groups_of_tensors(&ctx, &lamb, &sizes, 8, &mut rng);
+    }
 }
 
 #[test]

@@ -54,10 +54,11 @@ pub(crate) enum Pipeline {
     Finalize(&'static Shader),
     /// The gradient reduction.
     Reduce(Access),
-    /// The per-tensor sums' pass over a batch (shaders/sums.wgsl), with the step's flags.
-    Sums(Kernel, Access, GradAccess, u32),
-    /// The combination of the per-tensor sums into each tensor's coefficients.
-    CombineSums(&'static Shader),
+    /// The per-tensor sums' pass over a batch (shaders/sums.wgsl), with the step's flags, in
+    /// a round of the step's sums (`SUMS_ROUND`).
+    Sums(Kernel, Access, GradAccess, u32, u32),
+    /// The combination of the per-tensor sums of a round into each tensor's coefficients.
+    CombineSums(Kernel, u32),
     /// A pass over the factors of a batch of tensors whose state is factored, with the
     /// step's flags: `factor_lines` or `factor_means` (shaders/adafactor.wgsl).
     Factors(Kernel, Access, GradAccess, u32, FactorPass),
@@ -335,17 +336,17 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
             Layout::Reduce(access),
             Vec::new(),
         ),
-        Pipeline::Sums(kernel, access, grad, flags) => (
+        Pipeline::Sums(kernel, access, grad, flags, round) => (
             Module::Optimizer(kernel.shader, access, grad, flags & STEP_FLAGS),
             "sums",
             Layout::Step(access, grad),
-            kernel.constants(),
+            round_constants(kernel, round),
         ),
-        Pipeline::CombineSums(shader) => (
-            Module::Optimizer(shader, Access::Scalar, GradAccess::ReadOnly, 0),
+        Pipeline::CombineSums(kernel, round) => (
+            Module::Optimizer(kernel.shader, Access::Scalar, GradAccess::ReadOnly, 0),
             "combine_sums",
             Layout::CombineSums,
-            Vec::new(),
+            round_constants(kernel, round),
         ),
         Pipeline::Factors(kernel, access, grad, flags, pass) => (
             Module::Optimizer(kernel.shader, access, grad, flags & STEP_FLAGS),
@@ -362,7 +363,8 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     };
     let name = match pipeline {
         Pipeline::Step(kernel, ..) => kernel.name(),
-        Pipeline::Sums(kernel, ..) => format!("{} sums", kernel.name()),
+        Pipeline::Sums(kernel, .., round) => format!("{} sums {round}", kernel.name()),
+        Pipeline::CombineSums(kernel, round) => format!("{} combine_sums {round}", kernel.name()),
         Pipeline::Factors(kernel, .., pass) => format!("{} {}", kernel.name(), pass.entry()),
         _ => entry.to_string(),
     };
@@ -430,6 +432,13 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     Ok(CompiledKernel { layout, pipeline })
 }
 
+/// A kernel's constants in round `round` of its per-tensor sums.
+fn round_constants(kernel: Kernel, round: u32) -> Vec<(&'static str, f64)> {
+    let mut out = kernel.constants();
+    out.push(("SUMS_ROUND", f64::from(round)));
+    out
+}
+
 impl Layout {
     /// The bindings.
     pub(crate) fn entries(self) -> Vec<wgpu::BindGroupLayoutEntry> {
@@ -460,6 +469,7 @@ impl Layout {
                 storage(0, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
                 storage(1, true, false, 16),
                 storage(2, true, false, 16),
+                storage(3, false, false, 0),
             ],
             Layout::Gemm(shared) => vec![
                 wgpu::BindGroupLayoutEntry {

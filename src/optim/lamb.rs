@@ -1,6 +1,6 @@
 use super::{
-    Class, FOREACH, PreNorm, Shader, Sums, TorchSwitch, WeightDecay, check, check_po_betas,
-    check_po_lr, check_po_non_negative, grad_sign,
+    Class, FOREACH, PreNorm, Shader, Sums, TorchSwitch, WeightDecay, check_po_betas, check_po_lr,
+    check_po_non_negative, grad_sign,
 };
 use crate::error::Result;
 use crate::reference::Real;
@@ -41,8 +41,14 @@ use serde::{Deserialize, Serialize};
 /// reduction; `max_grad_norm` 0 leaves the gradients as they are. The package reads `pre_norm`,
 /// `max_grad_norm` and this `ε` from the optimizer's defaults: here they are the first
 /// group's, and every group must agree on `pre_norm`. It cannot be combined with
-/// `clip_grad_value_` or a clipping by the max norm (an error). The `adanorm` keyword is not
-/// implemented here yet: turning it on is an error.
+/// `clip_grad_value_` or a clipping by the max norm (an error).
+///
+/// The package's `adanorm` keyword (with `adanorm_r`, default 0.95) takes its per-parameter
+/// path: each tensor keeps a running norm of its gradient, the scalar state
+/// `exp_grad_adanorm`, `n ← r·n + (1 − r)·‖g‖`, and `exp_avg` takes `g·n/‖g‖` where
+/// `0 < ‖g‖ < n` (`exp_avg_sq` the gradient as it is); the update is `m / (√v + ε)`, and the
+/// step `θ ← θ + a·u` with `a = −step_size·r` formed first. Its sums run in two rounds on the
+/// GPU: the gradients' norms, then the trust ratio's.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Lamb {
@@ -75,8 +81,8 @@ pub struct Lamb {
     pub eps: f64,
     /// Maximize the objective instead of minimizing (default false).
     pub maximize: bool,
-    /// The package's `adanorm` keyword (default false): not implemented here, an error when
-    /// true.
+    /// The package's `adanorm` keyword (default false): rescale the gradient in `exp_avg` by
+    /// a running norm of it.
     pub adanorm: bool,
     /// With `adanorm`, the decay of the running gradient norm (default 0.95).
     pub adanorm_r: f64,
@@ -130,15 +136,17 @@ pub(crate) struct LambHyper {
     n_sma_threshold: f32,
     neg_ln_beta2: f32,
     n_sma_max: f32,
-    _pad: [f32; 3],
+    adanorm_r: f32,
+    adanorm_one_minus_r: f32,
+    adanorm: u32,
 }
 
 const SHADER: Shader = Shader {
     file: "lamb.wgsl",
     source: include_str!("../../shaders/lamb.wgsl"),
-    switches: &[],
+    switches: &["ADANORM"],
     hyper_size: size_of::<LambHyper>() as u64,
-    sums: Sums::Always,
+    sums: Sums::AlwaysTwiceWith(1),
     factored: 0,
     apply: 0,
 };
@@ -235,18 +243,25 @@ impl Class for Lamb {
     type Hyper = LambHyper;
 
     /// The package's checks, in its order (learning rate, betas, weight decay,
-    /// max_grad_norm, eps), then the option not implemented here.
+    /// max_grad_norm, eps).
     fn validate(&self) -> Result<()> {
         check_po_lr(self.lr)?;
         check_po_betas(&[self.betas.0, self.betas.1])?;
         check_po_non_negative("weight_decay", self.weight_decay)?;
         check_po_non_negative("max_grad_norm", self.max_grad_norm)?;
-        check_po_non_negative("eps", self.eps)?;
-        check(!self.adanorm, || {
-            "Lamb: adanorm=True (a running norm of each gradient) is not implemented in \
-             wgpu-optim yet"
-                .into()
-        })
+        check_po_non_negative("eps", self.eps)
+    }
+
+    fn switches(&self) -> u32 {
+        u32::from(self.adanorm)
+    }
+
+    fn scalar_names(&self) -> &'static [&'static str] {
+        if self.adanorm {
+            &["exp_grad_adanorm"]
+        } else {
+            &[]
+        }
     }
 
     /// The package's `get_global_gradient_norm`: none where `max_grad_norm` is 0.
@@ -290,7 +305,9 @@ impl Class for Lamb {
             n_sma_threshold: self.n_sma_threshold as f32,
             neg_ln_beta2: -b2.ln().max(-87.0) as f32,
             n_sma_max: (2.0 / (1.0 - b2) - 1.0) as f32,
-            _pad: [0.0; 3],
+            adanorm_r: self.adanorm_r as f32,
+            adanorm_one_minus_r: (1.0 - self.adanorm_r) as f32,
+            adanorm: u32::from(self.adanorm),
         }
     }
 
@@ -301,7 +318,7 @@ impl Class for Lamb {
         param: &mut [F],
         grad: &[F],
         state: &mut [Vec<F>],
-        _scalars: &mut [F],
+        scalars: &mut [F],
     ) {
         let (b1, b2) = self.betas;
         let (rt, adaptive) = if self.rectify {
@@ -325,16 +342,33 @@ impl Class for Lamb {
         let [m, v] = state else {
             panic!("Lamb keeps exp_avg and exp_avg_sq");
         };
+        // adanorm: the running norm, and the gradient's factor in exp_avg as a ratio.
+        let adanorm = match scalars {
+            [running] if self.adanorm => {
+                let norm = grad
+                    .iter()
+                    .fold(F::of(0.0), |acc, &g| acc + (sign * g) * (sign * g))
+                    .sqrt();
+                *running = *running * F::of(self.adanorm_r) + F::of(1.0 - self.adanorm_r) * norm;
+                (norm > F::of(0.0) && *running > norm).then_some((*running, norm))
+            }
+            _ => None,
+        };
         let mut update = vec![F::of(0.0); param.len()];
         for (i, (p, &g)) in param.iter_mut().zip(grad).enumerate() {
             let g = sign * g;
             if decay != 1.0 {
                 *p *= F::of(decay);
             }
-            m[i] = m[i] * beta1 + beta3 * g;
+            let s = adanorm.map_or(g, |(num, den)| g * num / den);
+            m[i] = m[i] * beta1 + beta3 * s;
             v[i] = v[i] * beta2 + one_minus_b2 * g * g;
             update[i] = if !self.rectify {
-                let mut u = one / (v[i].sqrt() + eps) * m[i];
+                let mut u = if self.adanorm {
+                    m[i] / (v[i].sqrt() + eps)
+                } else {
+                    one / (v[i].sqrt() + eps) * m[i]
+                };
                 if weight_decay != 0.0 {
                     u += F::of(weight_decay) * *p;
                 }
@@ -351,6 +385,18 @@ impl Class for Lamb {
         }
         let trust = self.trust(param, &update);
         let neg_step_size = F::of(-step_size);
+        if self.adanorm {
+            // The per-parameter path forms the step's factor first.
+            let a = if self.adam {
+                neg_step_size
+            } else {
+                neg_step_size * trust
+            };
+            for (p, u) in param.iter_mut().zip(update) {
+                *p += a * u;
+            }
+            return;
+        }
         for (p, u) in param.iter_mut().zip(update) {
             let u = if self.adam { u } else { u * trust };
             *p += neg_step_size * u;
@@ -403,6 +449,32 @@ impl Class for Lamb {
             pre_norm: true,
             max_grad_norm: 1e6,
             maximize: true,
+            rectify: true,
+            degenerated_to_sgd: true,
+            ..base
+        });
+        // adanorm: its running norm catches up with the gradients' within a few steps at these
+        // r, so that a gradient of a norm below it is rescaled (most often in small tensors,
+        // whose norms vary most). Without the trust ratio, with coupled weight decay, and
+        // rectified.
+        out.push(Lamb {
+            adanorm: true,
+            adanorm_r: 0.5,
+            adam: true,
+            eps: 1e-3,
+            ..base
+        });
+        out.push(Lamb {
+            adanorm: true,
+            adanorm_r: 0.8,
+            weight_decay: 0.1,
+            weight_decouple: false,
+            maximize: true,
+            ..base
+        });
+        out.push(Lamb {
+            adanorm: true,
+            adanorm_r: 0.5,
             rectify: true,
             degenerated_to_sgd: true,
             ..base

@@ -142,6 +142,10 @@ pub(crate) enum Sums {
     /// Where one of these bits of [`Shader::switches`] is on (pytorch-optimizer's `cautious`
     /// and `stable_adamw`).
     Switches(u32),
+    /// Every step, in two rounds where one of these bits of [`Shader::switches`] is on: sums
+    /// that the second round's terms depend on come first (Lamb's `ADANORM`: each gradient's
+    /// norm, then the trust ratio's norms). `SUMS_ROUND` tells the shader which round runs.
+    AlwaysTwiceWith(u32),
 }
 
 impl PartialEq for Shader {
@@ -184,10 +188,17 @@ impl Kernel {
 
     /// Whether the kernel's update needs per-tensor sums before the step.
     pub(crate) fn sums(&self) -> bool {
+        self.sums_rounds() > 0
+    }
+
+    /// How many rounds of per-tensor sums run before the step, one after the other (0, 1,
+    /// or 2: see [`Sums::AlwaysTwiceWith`]).
+    pub(crate) fn sums_rounds(&self) -> u32 {
         match self.shader.sums {
-            Sums::Never => false,
-            Sums::Always => true,
-            Sums::Switches(bits) => self.switches & bits != 0,
+            Sums::Never => 0,
+            Sums::Always => 1,
+            Sums::Switches(bits) => u32::from(self.switches & bits != 0),
+            Sums::AlwaysTwiceWith(bits) => 1 + u32::from(self.switches & bits != 0),
         }
     }
 

@@ -66,8 +66,9 @@ pub(super) struct Dispatch {
     /// Workgroups of the edge dispatch: two invocations a piece; none where every piece
     /// starts and ends on a unit boundary.
     pub(super) edge_workgroups: u32,
-    /// The per-tensor sums' pass, for optimizers that need one (one workgroup a chunk).
-    pub(super) sums_kernel: Option<Arc<CompiledKernel>>,
+    /// The per-tensor sums' pass of each round the batch's kernel has (one workgroup a
+    /// chunk); none for an optimizer without sums.
+    pub(super) sums_kernels: Vec<Arc<CompiledKernel>>,
     pub(super) sums_dispatch: (u32, u32),
     /// For a batch of tensors whose state is factored, the passes over their factors.
     pub(super) factors: Option<FactorDispatch>,
@@ -96,9 +97,10 @@ const MAX_FACTOR_WORKGROUPS: u64 = 16_384;
 pub(super) struct SumsPass {
     /// Group 2 of the sums' pass: the partials, one per chunk over every dispatch.
     pub(super) out_group: wgpu::BindGroup,
-    /// `combine_sums`, its bind group (coefficients, partials, the map of each tensor's
-    /// partials) and its grid, one workgroup a tensor.
-    pub(super) combine: Arc<CompiledKernel>,
+    /// `combine_sums` of each round, its bind group (coefficients, partials, the map of each
+    /// tensor's partials, the step state) and its grid, one workgroup a tensor. A batch whose
+    /// kernel has fewer rounds takes the last ones (see [`Dispatch::sums_kernels`]).
+    pub(super) combine: Vec<Arc<CompiledKernel>>,
     pub(super) combine_group: wgpu::BindGroup,
     pub(super) combine_dispatch: (u32, u32),
 }
@@ -378,8 +380,15 @@ impl Parts<'_> {
             .zip(&layout.keys)
             .map(|(p, k)| self.kernels(*k, p.pieces.len(), bits, reduce))
             .collect::<Result<Vec<_>>>()?;
-        let sums = match layout.keys.first() {
-            Some((kernel, ..)) if kernel.sums() => Some(self.sums_pass(&layout, kernel)?),
+        // The kernel of the most rounds combines every tensor's sums: groups may differ in
+        // their switches (ADOPT's `cautious`, Lamb's `adanorm`).
+        let sums = match layout
+            .keys
+            .iter()
+            .map(|k| k.0)
+            .max_by_key(Kernel::sums_rounds)
+        {
+            Some(kernel) if kernel.sums() => Some(self.sums_pass(&layout, kernel)?),
             _ => None,
         };
         let table_layout = ctx.layout(Layout::Table);
@@ -403,7 +412,7 @@ impl Parts<'_> {
             })
         })?;
         let mut dispatches = Vec::with_capacity(layout.plans.len());
-        for (b, (p, ((kernel, edge_kernel), reduce_kernel, sums_kernel, apply))) in
+        for (b, (p, ((kernel, edge_kernel), reduce_kernel, sums_kernels, apply))) in
             layout.plans.iter().zip(kernels).enumerate()
         {
             let (kernel_id, access, grad_access) = layout.keys[b];
@@ -440,7 +449,7 @@ impl Parts<'_> {
                 } else {
                     0
                 },
-                sums_kernel,
+                sums_kernels,
                 sums_dispatch: dispatch_size(p.workgroups, max_x),
                 factors,
                 apply,
@@ -460,8 +469,8 @@ impl Parts<'_> {
     }
 
     /// A batch's step kernels for the flags `bits`, its reduction when `reduce`, its
-    /// per-tensor sums' pass when the optimizer has one, and the kernels of the second phase
-    /// of a step in two.
+    /// per-tensor sums' pass of each round the optimizer has, and the kernels of the second
+    /// phase of a step in two.
     #[allow(clippy::type_complexity)]
     fn kernels(
         &self,
@@ -472,7 +481,7 @@ impl Parts<'_> {
     ) -> Result<(
         StepKernels,
         Option<Arc<CompiledKernel>>,
-        Option<Arc<CompiledKernel>>,
+        Vec<Arc<CompiledKernel>>,
         Option<StepKernels>,
     )> {
         let step = step_kernels(self.ctx, kernel, access, grad, pieces, bits)?;
@@ -483,10 +492,12 @@ impl Parts<'_> {
         let reduce = reduce
             .then(|| self.ctx.kernel(Pipeline::Reduce(access)))
             .transpose()?;
-        let sums = kernel
-            .sums()
-            .then(|| self.ctx.kernel(Pipeline::Sums(kernel, access, grad, bits)))
-            .transpose()?;
+        let sums = (0..kernel.sums_rounds())
+            .map(|round| {
+                self.ctx
+                    .kernel(Pipeline::Sums(kernel, access, grad, bits, round))
+            })
+            .collect::<Result<Vec<_>>>()?;
         Ok((step, reduce, sums, apply))
     }
 
@@ -539,13 +550,15 @@ impl Parts<'_> {
     }
 
     /// The partials, map and bind groups of `layout`'s per-tensor sums.
-    fn sums_pass(&self, layout: &Planned, kernel: &Kernel) -> Result<SumsPass> {
+    fn sums_pass(&self, layout: &Planned, kernel: Kernel) -> Result<SumsPass> {
         let ctx = self.ctx;
         let device = ctx.device();
         let max_x = ctx.limits().max_compute_workgroups_per_dimension.max(1);
         let combine_dispatch = dispatch_size(layout.spans.len() as u32, max_x);
         let map = sums_map(layout, combine_dispatch.0);
-        let combine = ctx.kernel(Pipeline::CombineSums(kernel.shader))?;
+        let combine = (0..kernel.sums_rounds())
+            .map(|round| ctx.kernel(Pipeline::CombineSums(kernel, round)))
+            .collect::<Result<Vec<_>>>()?;
         let out_layout = ctx.layout(Layout::SumsOut);
         let derived = &self.buffers.derived;
         scoped(device, || {
@@ -570,11 +583,12 @@ impl Parts<'_> {
             });
             let combine_group = device.create_bind_group(&wgpu::BindGroupDescriptor {
                 label: Some("wgpu-optim combine sums"),
-                layout: &combine.layout,
+                layout: &ctx.layout(Layout::CombineSums),
                 entries: &entries(&[
                     derived.as_entire_binding(),
                     partials.as_entire_binding(),
                     map.as_entire_binding(),
+                    self.buffers.control.as_entire_binding(),
                 ]),
             });
             SumsPass {
@@ -658,7 +672,7 @@ impl Parts<'_> {
         }
         let mut fresh = Vec::with_capacity(bound.dispatches.len());
         for d in &bound.dispatches {
-            let ((kernel, edge), reduce_kernel, sums_kernel, apply) = self.kernels(
+            let ((kernel, edge), reduce_kernel, sums_kernels, apply) = self.kernels(
                 (d.kernel_id, d.access, d.grad_access),
                 d.pieces,
                 bits,
@@ -677,12 +691,12 @@ impl Parts<'_> {
                 edge,
                 reduce_kernel,
                 group,
-                sums_kernel,
+                sums_kernels,
                 factors,
                 apply,
             ));
         }
-        for (d, (kernel, edge, reduce_kernel, group, sums_kernel, factors, apply)) in
+        for (d, (kernel, edge, reduce_kernel, group, sums_kernels, factors, apply)) in
             bound.dispatches.iter_mut().zip(fresh)
         {
             d.apply = apply;
@@ -690,7 +704,7 @@ impl Parts<'_> {
             d.edge_kernel = edge;
             d.reduce_kernel = reduce_kernel;
             d.reduce_group = group;
-            d.sums_kernel = sums_kernel;
+            d.sums_kernels = sums_kernels;
             if let (Some(f), Some((lines, means))) = (&mut d.factors, factors) {
                 (f.lines, f.means) = (lines, means);
             }

@@ -292,6 +292,16 @@ CASES = [
       "degenerated_to_sgd": True, "weight_decay": 0.1, "weight_decouple": False,
       "maximize": True}),
     ("lamb_pre_norm_above", {"type": "Lamb", "lr": 0.01, "pre_norm": True, "max_grad_norm": 1e3}),
+    # adanorm (a keyword the package reads from the group): the per-parameter path, with each
+    # tensor's running gradient norm as state exp_grad_adanorm; at r = 0.5 it catches up with the
+    # gradients' norms within a few steps, so that a gradient of a norm below it is rescaled.
+    ("lamb_adanorm", {"type": "Lamb", "lr": 0.01, "adanorm": True, "adanorm_r": 0.5}),
+    ("lamb_adanorm_adam_eps_maximize",
+     {"type": "Lamb", "lr": 0.01, "adanorm": True, "adanorm_r": 0.5, "adam": True, "eps": 1e-2,
+      "maximize": True}),
+    ("lamb_adanorm_rectify_sgd_wd",
+     {"type": "Lamb", "lr": 0.01, "adanorm": True, "rectify": True, "degenerated_to_sgd": True,
+      "weight_decay": 0.1}),
     # --- ADOPT (pytorch-optimizer; default betas (0.9, 0.9999), eps 1e-6, clip step**0.25) ---
     ("adopt", {"type": "ADOPT", "lr": 0.01}),
     ("adopt_no_clip", {"type": "ADOPT", "lr": 0.01, "clip_lambda": None}),
