@@ -103,15 +103,17 @@ Conversion rules:
   ``"optimizer_attributes"``, and refuses these classes without either; from-wgpu writes them
   under ``"optimizer_attributes"`` (clip_lambda as the exponent).  Group entries the packages
   read with a default when absent (Lamb's adanorm, adanorm_r, adam_debias; ADOPT's and
-  AdEMAMix's cautious, stable_adamw) are exported with that default.  Lamb's adanorm, which
-  wgpu-optim does not implement, is a ValueError when true.  Lamb with pre_norm reads the
+  AdEMAMix's cautious, stable_adamw) are exported with that default.  Lamb's adanorm keeps
+  each parameter's exp_grad_adanorm (shape (1,) in the package, a 0-d scalar in wgpu-optim's
+  checkpoint).  Lamb with pre_norm reads the
   global norm's max_grad_norm and eps from ``optimizer.defaults``, wgpu-optim from the first
   group: the export refuses an optimizer whose defaults differ from its first group's (the
   CLI, whose state dict lacks the defaults, takes them to be the first group's), and the
   import sets them in ``optimizer.defaults`` from the first group.
 * State buffers and scalars are written as float32 (a float64 model's state is rounded).
   Scalars (NAdam's mu_product, ASGD's eta and mu: 0-d tensors in PyTorch, or numbers in old
-  pickles) are imported as ``_get_scalar_dtype()`` 0-d tensors, as PyTorch creates them
+  pickles; Lamb's exp_grad_adanorm, of shape (1,), imported so) are imported as
+  ``_get_scalar_dtype()`` 0-d tensors, as PyTorch creates them
   (``load_state_dict`` then casts them to the parameter's dtype and device, as it does when
   PyTorch loads its own state dict).  Which buffers and scalars a parameter has follows from
   its class and its group's hyperparameters; PyTorch state that they do not use, or that they
@@ -219,8 +221,6 @@ GROUP_DEFAULTS = {
     "ADOPT": {"cautious": False, "stable_adamw": False},
     "AdEMAMix": {"cautious": False, "stable_adamw": False},
 }
-# Hyperparameter values wgpu-optim does not implement.
-UNSUPPORTED = {"Lamb": {"adanorm": True}}
 # Group hyperparameters a package also reads from the optimizer's defaults, under a condition:
 # Lamb's pre_norm takes the global norm's max_grad_norm and eps from optimizer.defaults,
 # wgpu-optim from the first group.
@@ -377,13 +377,6 @@ def _check_attributes(cls_name, attributes, what):
     return {key: _hyper_value(key, attributes[key], what, cls_name) for key in keys}
 
 
-def _check_supported(cls_name, hyper, what):
-    for key, bad in UNSUPPORTED.get(cls_name, {}).items():
-        if hyper.get(key) == bad:
-            raise ValueError(f"{what}: {cls_name} with {key}={bad!r} is not supported by "
-                             "wgpu-optim")
-
-
 def state_names(cls_name, hyper, shape):
     """The state buffers a tensor of `shape` in a group with these hyperparameters keeps, as
     PyTorch names them."""
@@ -436,8 +429,11 @@ def state_shape(name, shape):
     return tuple(shape)
 
 
-def scalar_names(cls_name):
-    """The per-tensor scalar (0-d) state besides the step, as PyTorch names it."""
+def scalar_names(cls_name, hyper):
+    """The per-tensor scalar state besides the step, as PyTorch names it (0-d tensors; Lamb's
+    exp_grad_adanorm, with adanorm, a tensor of shape (1,))."""
+    if cls_name == "Lamb":
+        return ["exp_grad_adanorm"] if hyper.get("adanorm") else []
     return {"NAdam": ["mu_product"], "ASGD": ["eta", "mu"]}.get(cls_name, [])
 
 
@@ -454,6 +450,8 @@ def initial_scalar_value(cls_name, hyper, name):
     """The value a scalar state holds before a parameter's first step (as float32 holds it)."""
     if cls_name == "ASGD" and name == "eta":
         return float(torch.tensor(hyper["lr"], dtype=torch.float32))
+    if cls_name == "Lamb":
+        return 0.0
     return 1.0
 
 
@@ -524,7 +522,6 @@ def _export_group(cls_name, group, g, attributes):
     for key, default in GROUP_DEFAULTS.get(cls_name, {}).items():
         out.setdefault(key, default)
     out.update(attributes)
-    _check_supported(cls_name, out, what)
     # Keep the order of the class's argument list, so the JSON is stable.
     return {key: out[key] for key in allowed if key in out}
 
@@ -649,7 +646,7 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
     per_param_step = {"step"} if cls_name not in NO_STEP and cls_name not in GROUP_STEP else set()
     for g, group in enumerate(groups):
         hyper = _export_group(cls_name, group, g, attributes)
-        scalars = scalar_names(cls_name)
+        scalars = scalar_names(cls_name, hyper)
         group_scalars = _group_scalars(cls_name, group, g)
         group_step = None
         if cls_name in GROUP_STEP:
@@ -746,7 +743,6 @@ def _import_group(cls_name, saved, g, what):
                              f"({', '.join(allowed)})")
         value = _hyper_value(key, value, f"{what}: group {g}", cls_name)
         out[key] = tuple(value) if isinstance(value, list) else value
-    _check_supported(cls_name, out, f"{what}: group {g}")
     return out
 
 
@@ -853,7 +849,7 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
         _split_attributes(cls_name, [hyper], what)
         group = {k: v for k, v in current.items() if k != "params"}
         group.update(hyper)
-        scalars = scalar_names(cls_name)
+        scalars = scalar_names(cls_name, hyper)
         group_scalars = GROUP_SCALARS.get(cls_name, ())
         steps, group_values = {}, {}
         indices = []
@@ -919,6 +915,9 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                 if step > 0:
                     for s in wanted:
                         entry[s] = loaded[f"{name}.{s}"]
+                    # Lamb's exp_grad_adanorm, which the package keeps with shape (1,).
+                    for s in scalars:
+                        entry[s] = loaded[f"{name}.{s}"].reshape(1)
             elif step > 0 or cls_name == "Adagrad":
                 entry["step"] = torch.tensor(float(step), dtype=_get_scalar_dtype())
                 for s in wanted:
