@@ -146,9 +146,10 @@ fn direction(u: ptr<function, Unit>) -> V {
     }
     (*u).s[0] = (*u).s[0] * c.beta1 + c.beta3 * s;
     (*u).s[1] = (*u).s[1] * c.beta2 + c.one_minus_beta2 * g * g;
-    var d = (1.0 / (sqrt((*u).s[1]) + c.eps)) * (*u).s[0];
+    let denom = sqrt((*u).s[1]) + c.eps;
+    var d = (1.0 / denom) * (*u).s[0];
     if ADANORM {
-        d = (*u).s[0] / (sqrt((*u).s[1]) + c.eps);
+        d = (*u).s[0] / denom;
     }
     if c.weight_decay != 0.0 {
         d = d + c.weight_decay * (*u).p;
