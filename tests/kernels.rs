@@ -2,12 +2,12 @@
 
 mod common;
 
-use common::{POISON, Rng, Tracked, assert_close, bits, context_with_limits, ctx, write};
+use common::{POISON, Rng, Tracked, bits, context_with_limits, ctx, write};
 use wgpu_optim::validate::all_configs;
 use wgpu_optim::{
     ADOPT, Access, Adafactor, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, GradScaler,
     GradScalerState, Lamb, Muon, NormType, Optimizer, OptimizerConfig, ParamGroup, RMSprop, SGD,
-    Tensor, TensorState, reference,
+    Tensor, reference,
 };
 
 /// What a training loop does around each step, and where it injects non-finite gradients.
@@ -704,26 +704,27 @@ fn groups_of_tensors(
         opt.dispatches_per_step()
     );
     assert!((0..sizes.len()).all(|k| opt.tensor_access(k).unwrap() == ctx.access()));
-    let mut p64: Vec<f64> = init.iter().map(|&v| f64::from(v)).collect();
-    let mut states = vec![TensorState::<f64>::default(); sizes.len()];
+    let range = |k: usize| owner[k].1 as usize..(owner[k].1 + sizes[k]) as usize;
+    let mut tracked: Vec<Tracked> = (0..sizes.len())
+        .map(|k| Tracked::new(configs[owner[k].0], &init[range(k)]))
+        .collect();
     for _ in 0..steps {
         let g = rng.normals(total as usize);
         write(&grad, 0, &g);
         opt.step_submit().unwrap();
-        for (k, &n) in sizes.iter().enumerate() {
-            let (group, start) = owner[k];
-            let range = start as usize..(start + n) as usize;
-            let g64: Vec<f64> = g[range.clone()].iter().map(|&v| f64::from(v)).collect();
-            reference::step(&configs[group], &mut states[k], &mut p64[range], &g64);
+        for (k, t) in tracked.iter_mut().enumerate() {
+            t.step(&g[range(k)]);
         }
     }
     let got = ctx.read_f32(&[(&param, 0, total)]).unwrap();
-    let what = format!(
-        "params of {} tensors in 3 groups ({})",
-        sizes.len(),
-        ctx.access()
-    );
-    assert_close(&what, &got, &p64, 2e-5, 2e-5);
+    for (k, t) in tracked.iter().enumerate() {
+        let what = format!(
+            "tensor {k} of {} in 3 groups ({})",
+            sizes.len(),
+            ctx.access()
+        );
+        t.assert_param_matches(&what, &got[range(k)]);
+    }
 }
 
 /// Tensors that cannot use vec4 access run scalar beside vec4 ones in one optimizer: a
@@ -760,23 +761,23 @@ fn tensors_unfit_for_vec4_fall_back_to_scalar() {
     let access: Vec<Access> = (0..3).map(|k| opt.tensor_access(k).unwrap()).collect();
     assert_eq!(access, [Access::Vec4, Access::Scalar, Access::Scalar]);
     assert_eq!(opt.dispatches_per_step(), 2);
-    let mut p64: Vec<f64> = init.iter().map(|&v| f64::from(v)).collect();
-    let mut states = vec![TensorState::<f64>::default(); 3];
+    let span = |at: u64, n: u64| at as usize..(at + n) as usize;
+    let mut tracked: Vec<Tracked> = layout
+        .iter()
+        .map(|&(o, n)| Tracked::new(config, &init[span(o, n)]))
+        .collect();
     for _ in 0..10 {
         let g = rng.normals(total);
         write(&grad, 0, &g);
         opt.step_submit().unwrap();
-        for (k, (&(o, n), go)) in layout.iter().zip(grad_offsets).enumerate() {
-            let g64: Vec<f64> = g[go as usize..(go + n) as usize]
-                .iter()
-                .map(|&v| f64::from(v))
-                .collect();
-            let range = o as usize..(o + n) as usize;
-            reference::step(&config, &mut states[k], &mut p64[range], &g64);
+        for ((t, &(_, n)), go) in tracked.iter_mut().zip(&layout).zip(grad_offsets) {
+            t.step(&g[span(go, n)]);
         }
     }
     let got = ctx.read_f32(&[(&param, 0, total as u64)]).unwrap();
-    assert_close("params of scalar and vec4 tensors", &got, &p64, 2e-5, 2e-5);
+    for (k, (t, &(o, n))) in tracked.iter().zip(&layout).enumerate() {
+        t.assert_param_matches(&format!("tensor {k}, scalar or vec4"), &got[span(o, n)]);
+    }
 }
 
 #[test]

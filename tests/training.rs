@@ -3,10 +3,10 @@
 
 mod common;
 
-use common::{Rng, assert_close, bits, ctx, read_all, write};
+use common::{Rng, assert_as_close_as_f32, bits, ctx, read_all, write};
 use wgpu_optim::{
     Adam, AdamWScheduleFree, BufferRange, ClipGrad, Context, GradScaler, GradScalerState,
-    Optimizer, OptimizerConfig, SGD, Tensor, TensorState, reference,
+    Optimizer, OptimizerConfig, SGD, Tensor, TensorState, reference, reference::Real,
 };
 
 /// Two tensors at unaligned offsets in one parameter and one gradient buffer, with random
@@ -46,18 +46,24 @@ impl Setup {
     }
 
     /// The parameters after the reference takes a step with each of `lrs` on the fixed
-    /// gradients.
-    fn reference(&self, config: OptimizerConfig, lrs: &[f64]) -> Vec<f64> {
-        let mut params: Vec<f64> = self.init.iter().map(|&v| f64::from(v)).collect();
-        let mut states = vec![TensorState::<f64>::default(); LAYOUT.len()];
+    /// gradients, in f64 and in f32.
+    fn reference(&self, config: OptimizerConfig, lrs: &[f64]) -> Want {
+        Want {
+            f64: self.reference_in(config, lrs),
+            f32: self.reference_in(config, lrs),
+        }
+    }
+
+    fn reference_in<F: Real>(&self, config: OptimizerConfig, lrs: &[f64]) -> Vec<F> {
+        let mut params: Vec<F> = self.init.iter().map(|&v| F::of(f64::from(v))).collect();
+        let mut states = vec![TensorState::<F>::default(); LAYOUT.len()];
         for &lr in lrs {
             let mut c = config;
             c.set_lr(lr);
-            for (k, &(at, n)) in LAYOUT.iter().enumerate() {
-                let r = at as usize..(at + n) as usize;
-                let g: Vec<f64> = self.grads[r.clone()]
+            for (k, r) in spans().enumerate() {
+                let g: Vec<F> = self.grads[r.clone()]
                     .iter()
-                    .map(|&v| f64::from(v))
+                    .map(|&v| F::of(f64::from(v)))
                     .collect();
                 reference::step(&c, &mut states[k], &mut params[r], &g);
             }
@@ -65,14 +71,27 @@ impl Setup {
         params
     }
 
+    /// Asserts the parameters match `want` within the tolerance, or twice the error float32
+    /// arithmetic itself makes where the data is ill-conditioned.
     #[track_caller]
-    fn assert_params(&self, ctx: &Context, what: &str, want: &[f64]) {
+    fn assert_params(&self, ctx: &Context, what: &str, want: &Want) {
         let got = read_all(ctx, &self.param);
-        for &(at, n) in &LAYOUT {
-            let r = at as usize..(at + n) as usize;
-            assert_close(what, &got[r.clone()], &want[r], 2e-5, 2e-5);
+        for r in spans() {
+            let (g, w, f) = (&got[r.clone()], &want.f64[r.clone()], &want.f32[r]);
+            assert_as_close_as_f32(what, g, w, &[], f, 2e-5, 2e-5);
         }
     }
+}
+
+/// The element ranges of the tensors of [`LAYOUT`].
+fn spans() -> impl Iterator<Item = std::ops::Range<usize>> {
+    LAYOUT.iter().map(|&(at, n)| at as usize..(at + n) as usize)
+}
+
+/// Parameters as the reference leaves them in f64, and the same steps evaluated in f32.
+struct Want {
+    f64: Vec<f64>,
+    f32: Vec<f32>,
 }
 
 fn adam() -> OptimizerConfig {
@@ -335,28 +354,33 @@ fn clip_grad_value_keeps_nan() {
     }
 }
 
-/// The parameters a schedule-free reference run leaves in eval mode: x = y + (1 − 1/β1)(z − y)
-/// from the reference's y and z, in f64.
-fn schedule_free_eval(
+/// The parameters y (train mode) and x (eval mode) a schedule-free reference run leaves, with
+/// x = y + (1 − 1/β1)(z − y), in f64 and in f32.
+fn schedule_free_eval(setup: &Setup, config: AdamWScheduleFree, lrs: &[f64]) -> (Want, Want) {
+    let (y, x) = schedule_free_in(setup, config, lrs);
+    let (y32, x32) = schedule_free_in(setup, config, lrs);
+    (Want { f64: y, f32: y32 }, Want { f64: x, f32: x32 })
+}
+
+fn schedule_free_in<F: Real>(
     setup: &Setup,
     config: AdamWScheduleFree,
     lrs: &[f64],
-) -> (Vec<f64>, Vec<f64>) {
-    let mut y: Vec<f64> = setup.init.iter().map(|&v| f64::from(v)).collect();
+) -> (Vec<F>, Vec<F>) {
+    let mut y: Vec<F> = setup.init.iter().map(|&v| F::of(f64::from(v))).collect();
     let mut x = y.clone();
-    for &(at, n) in &LAYOUT {
-        let r = at as usize..(at + n) as usize;
-        let mut state = TensorState::<f64>::default();
+    let w = F::of(config.mode_weight(false));
+    for r in spans() {
+        let mut state = TensorState::<F>::default();
         for &lr in lrs {
             let c = AdamWScheduleFree { lr, ..config };
-            let g: Vec<f64> = setup.grads[r.clone()]
+            let g: Vec<F> = setup.grads[r.clone()]
                 .iter()
-                .map(|&v| f64::from(v))
+                .map(|&v| F::of(f64::from(v)))
                 .collect();
             reference::step(&c.into(), &mut state, &mut y[r.clone()], &g);
         }
-        let w = config.mode_weight(false);
-        for (i, z) in r.clone().zip(&state.buffers["z"]) {
+        for (i, &z) in r.clone().zip(&state.buffers["z"]) {
             x[i] = y[i] + w * (z - y[i]);
         }
     }

@@ -313,6 +313,21 @@ impl Tracked {
         }
     }
 
+    /// Asserts the GPU's parameters match, within the tolerance or twice the error of float32
+    /// arithmetic itself.
+    #[track_caller]
+    pub(crate) fn assert_param_matches(&self, what: &str, param: &[f32]) {
+        assert_as_close_as_f32(
+            &format!("{what}: parameter"),
+            param,
+            &self.param,
+            self.paths.get("param").map_or(&[][..], Vec::as_slice),
+            &self.param32,
+            2e-5,
+            2e-5,
+        );
+    }
+
     /// Asserts the GPU's parameters and state match, within the tolerance or twice the error of
     /// float32 arithmetic itself.
     #[track_caller]
@@ -323,15 +338,7 @@ impl Tracked {
         state: &wgpu_optim::TensorState<f32>,
     ) {
         let path = |name: &str| self.paths.get(name).map_or(&[][..], Vec::as_slice);
-        assert_as_close_as_f32(
-            &format!("{what}: parameter"),
-            param,
-            &self.param,
-            path("param"),
-            &self.param32,
-            2e-5,
-            2e-5,
-        );
+        self.assert_param_matches(what, param);
         assert_eq!(state.step, self.state.step, "{what}: step");
         assert!(
             state.buffers.keys().eq(self.state.buffers.keys()),
