@@ -2,6 +2,7 @@
 
 pub mod amp;
 pub mod bench;
+mod dtype;
 pub mod error;
 pub mod gemm;
 mod gpu;
@@ -16,6 +17,7 @@ mod state;
 pub mod validate;
 
 pub use amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
+pub use dtype::DType;
 pub use error::{Error, Result};
 pub use gpu::{Access, Context};
 pub use optim::{

@@ -1,0 +1,139 @@
+//! Storage types of parameters, gradients and state: f32, f16 and bf16.
+//!
+//! The math is f32 always. A 16-bit value is widened exactly when loaded, and an f32 result
+//! is rounded to the nearest 16-bit value, ties to even, when stored, as PyTorch's fused
+//! kernels (`torch.optim.Adam(fused=True)`) and its `Tensor.to(dtype)` do. On the GPU both
+//! 16-bit types are packed two to a 32-bit word and converted by bit operations
+//! (shaders/dtype.wgsl), so every adapter has them and each rounds alike. [`DType::round`] is
+//! the same rounding on the CPU, for the [reference](crate::reference).
+
+use crate::error::{Error, Result};
+
+/// The type a buffer holds its elements in.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum DType {
+    /// IEEE binary32, `torch.float32`.
+    #[default]
+    F32,
+    /// IEEE binary16, `torch.float16`: 5 exponent and 10 mantissa bits.
+    F16,
+    /// bfloat16, `torch.bfloat16`: f32's 8 exponent bits and 7 mantissa bits.
+    BF16,
+}
+
+impl DType {
+    /// Every storage type.
+    pub const ALL: [DType; 3] = [DType::F32, DType::F16, DType::BF16];
+
+    /// Bytes per element: 4 or 2.
+    pub fn size(self) -> u64 {
+        match self {
+            DType::F32 => 4,
+            DType::F16 | DType::BF16 => 2,
+        }
+    }
+
+    /// `x` rounded to this type (to nearest, ties to even; beyond f16's range to infinity) and
+    /// widened back to f32. NaN stays NaN.
+    pub fn round(self, x: f32) -> f32 {
+        match self {
+            DType::F32 => x,
+            DType::F16 => half::f16::from_f32(x).to_f32(),
+            DType::BF16 => half::bf16::from_f32(x).to_f32(),
+        }
+    }
+
+    /// The stored bits of `x` rounded to this type: the f32 bits, or the 16 bits in the low
+    /// half. A NaN is stored as PyTorch stores it: f16 `0x7e00` and bf16 `0x7fc0`, with the
+    /// sign for f16 only.
+    pub fn bits(self, x: f32) -> u32 {
+        match self {
+            DType::F32 => x.to_bits(),
+            DType::F16 if x.is_nan() => 0x7e00 | (x.to_bits() >> 16 & 0x8000),
+            DType::BF16 if x.is_nan() => 0x7fc0,
+            DType::F16 => u32::from(half::f16::from_f32(x).to_bits()),
+            DType::BF16 => u32::from(half::bf16::from_f32(x).to_bits()),
+        }
+    }
+
+    /// The value of stored bits (the low 16 for a 16-bit type), exactly.
+    pub fn value(self, bits: u32) -> f32 {
+        match self {
+            DType::F32 => f32::from_bits(bits),
+            DType::F16 => half::f16::from_bits(bits as u16).to_f32(),
+            DType::BF16 => half::bf16::from_bits(bits as u16).to_f32(),
+        }
+    }
+
+    /// PyTorch's name: `float32`, `float16` or `bfloat16`.
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "float32",
+            DType::F16 => "float16",
+            DType::BF16 => "bfloat16",
+        }
+    }
+}
+
+impl std::fmt::Display for DType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            DType::F32 => "f32",
+            DType::F16 => "f16",
+            DType::BF16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for DType {
+    type Err = Error;
+
+    /// `f32`, `f16` or `bf16`, or PyTorch's names (`float32`, `float16`, `half`,
+    /// `bfloat16`).
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "f32" | "float32" | "float" => Ok(DType::F32),
+            "f16" | "float16" | "half" => Ok(DType::F16),
+            "bf16" | "bfloat16" => Ok(DType::BF16),
+            _ => Err(Error::Input(format!(
+                "unknown dtype {s:?} (expected f32, f16 or bf16)"
+            ))),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rounding_is_to_nearest_even_and_nan_is_pytorchs() {
+        // 1 + 2^-8 lies halfway between bf16's 1 and 1 + 2^-7: ties to the even 1.
+        assert_eq!(DType::BF16.round(1.0 + 2f32.powi(-8)), 1.0);
+        assert_eq!(
+            DType::BF16.round(1.0 + 3.0 * 2f32.powi(-8)),
+            1.0 + 2f32.powi(-6)
+        );
+        // 65520 is halfway between f16's largest finite value and 65536: to infinity.
+        assert_eq!(DType::F16.round(65519.0), 65504.0);
+        assert_eq!(DType::F16.round(65520.0), f32::INFINITY);
+        // f16's smallest subnormal, 2^-24, and half of it, a tie to the even 0.
+        assert_eq!(DType::F16.round(2f32.powi(-24)), 2f32.powi(-24));
+        assert_eq!(DType::F16.round(2f32.powi(-25)), 0.0);
+        assert_eq!(DType::BF16.bits(-f32::NAN), 0x7fc0);
+        assert_eq!(DType::F16.bits(-f32::NAN), 0xfe00);
+        assert!(DType::F16.value(0xfe00).is_nan());
+        assert_eq!(DType::BF16.bits(-2.5), 0xc020);
+        assert_eq!(DType::F16.bits(-2.5), 0xc100);
+    }
+
+    #[test]
+    fn names_parse() {
+        for d in DType::ALL {
+            assert_eq!(d.to_string().parse::<DType>().unwrap(), d);
+            assert_eq!(d.name().parse::<DType>().unwrap(), d);
+        }
+        assert!("f64".parse::<DType>().is_err());
+    }
+}
