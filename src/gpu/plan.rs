@@ -13,23 +13,28 @@
 //! and starting at an offset aligned to `min_storage_buffer_offset_alignment`; a piece that
 //! does not fit one window is split. At most `MAX_SEGMENTS` pieces and `MAX_SEGMENTS` distinct
 //! tensors go in one batch. Batches of vec4 access get windows whose ends are rounded up to
-//! 16 bytes.
+//! whole units of 4 elements. Offsets and windows count each binding's elements in its own size
+//! (4 bytes, or 2 for a 16-bit type).
 
 use super::template::{MAX_SEGMENTS, WORKGROUP_SIZE};
 
-/// Where one tensor lives now. Offsets are in bytes, lengths in f32 elements.
+/// Where one tensor lives now. Offsets are in bytes, lengths in elements.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Span {
-    /// Tensors with equal keys may share a batch: same kernel, access mode, parameter buffer
-    /// and gradient buffer.
+    /// Tensors with equal keys may share a batch: same kernel, access mode, storage types,
+    /// parameter buffer and gradient buffer.
     pub(crate) key: usize,
     pub(crate) param_offset: u64,
     pub(crate) grad_offset: u64,
     /// Elements per kernel invocation, 1 or 4; equal for equal keys. With 4, the caller
-    /// guarantees `param_offset % 16 == grad_offset % 16`, that both ranges, rounded out to
-    /// 16 bytes, lie inside their buffers, and that the tensor's state pieces start at the
+    /// guarantees that the parameter's and the gradient's element offsets
+    /// (`offset / size`) agree modulo 4, that both ranges, rounded out to whole units of 4
+    /// elements, lie inside their buffers, and that the tensor's state pieces start at the
     /// same lane as its parameter elements.
     pub(crate) lanes: u64,
+    /// Bytes per parameter and per gradient element (4, or 2 for a 16-bit type); equal for
+    /// equal keys. Offsets are multiples of them.
+    pub(crate) sizes: (u64, u64),
 }
 
 /// The device limits the plan respects.
@@ -199,6 +204,8 @@ pub(crate) struct Batch {
     pub(crate) workgroups: u32,
     /// Elements per invocation (the spans' lanes).
     pub(crate) lanes: u64,
+    /// Bytes per parameter and per gradient element (the spans' sizes).
+    pub(crate) sizes: (u64, u64),
 }
 
 /// The largest window a batch binds, in bytes, for a device with these limits: within the
@@ -208,9 +215,9 @@ pub(crate) fn max_window(max_storage_binding: u64, max_buffer: u64) -> u64 {
     (max_storage_binding.min(max_buffer).min(1 << 34) / 16 * 16).saturating_sub(16)
 }
 
-/// Largest `n` such that elements `[at, at + 4n)` can join a window `current` without the
-/// window growing past `max` bytes. `None` for an empty window.
-fn room(current: Option<(u64, u64)>, at: u64, limits: &PlanLimits) -> u64 {
+/// Largest `n` such that `n` elements of `size` bytes from byte `at` can join a window
+/// `current` without the window growing past `max` bytes. `None` for an empty window.
+fn room(current: Option<(u64, u64)>, at: u64, size: u64, limits: &PlanLimits) -> u64 {
     let aligned = at - at % limits.alignment;
     let (lo, hi) = match current {
         Some((lo, hi)) => (lo.min(aligned), hi),
@@ -219,7 +226,7 @@ fn room(current: Option<(u64, u64)>, at: u64, limits: &PlanLimits) -> u64 {
     if hi - lo > limits.max_binding {
         return 0;
     }
-    (lo + limits.max_binding).saturating_sub(at) / 4
+    (lo + limits.max_binding).saturating_sub(at) / size
 }
 
 /// Grows a window to hold `bytes` at `at`, its start aligned to `alignment` and its end to
@@ -259,14 +266,17 @@ pub(crate) fn plan(
     }
     let mut batches = Vec::new();
     for (key, block) in groups {
-        let lanes = state
+        let first = state
             .iter()
             .find(|p| spans[p.tensor].key == key)
-            .map_or(1, |p| spans[p.tensor].lanes);
+            .map(|p| spans[p.tensor]);
+        let (lanes, sizes) = first.map_or((1, (4, 4)), |s| (s.lanes, s.sizes));
+        let (param_size, grad_size) = sizes;
         let new_batch = || Batch {
             key,
             block,
             lanes,
+            sizes,
             state_len: blocks[block].len,
             ..Default::default()
         };
@@ -282,18 +292,20 @@ pub(crate) fn plan(
                 let start = sp.start + done;
                 let empty = batch.pieces.is_empty();
                 let new_slot = batch.slots.last() != Some(&tensor);
-                let param_at = span.param_offset + 4 * start;
-                let grad_at = span.grad_offset + 4 * start;
+                let param_at = span.param_offset + param_size * start;
+                let grad_at = span.grad_offset + grad_size * start;
                 // The lane of the piece's first element; windows start at multiples of 16
-                // bytes, so it is the same in the parameter, gradient and state windows.
-                let head = param_at / 4 % lanes;
+                // bytes, whole units of either size, so it is the same in the parameter,
+                // gradient and state windows.
+                let head = param_at / param_size % lanes;
                 let state_at = sp.state_offset + done;
                 debug_assert!(sp.whole || state_at % lanes == head);
                 let fits_tables = batch.pieces.len() < MAX_SEGMENTS
                     && (!new_slot || batch.slots.len() < MAX_SEGMENTS);
                 let mut n = if fits_tables {
-                    let param = room((!empty).then_some(batch.param_window), param_at, limits);
-                    let grad = room((!empty).then_some(batch.grad_window), grad_at, limits);
+                    let window = |w| (!empty).then_some(w);
+                    let param = room(window(batch.param_window), param_at, param_size, limits);
+                    let grad = room(window(batch.grad_window), grad_at, grad_size, limits);
                     (sp.len - done).min(param).min(grad)
                 } else {
                     0
@@ -311,17 +323,17 @@ pub(crate) fn plan(
                     &mut batch.param_window,
                     empty,
                     param_at,
-                    4 * n,
+                    param_size * n,
                     limits.alignment,
-                    4 * lanes,
+                    param_size * lanes,
                 );
                 grow(
                     &mut batch.grad_window,
                     empty,
                     grad_at,
-                    4 * n,
+                    grad_size * n,
                     limits.alignment,
-                    4 * lanes,
+                    grad_size * lanes,
                 );
                 if new_slot {
                     batch.slots.push(tensor);
@@ -349,16 +361,17 @@ pub(crate) fn plan(
 /// batch's bind group depends on the buffers alone, not on where in them the tensors lie.
 /// `sizes` are the parameter and gradient buffers' sizes in bytes.
 pub(crate) fn widen(batch: &mut Batch, (param, grad): (u64, u64), limits: &PlanLimits) {
-    let whole = |size: u64| {
-        let end = size / (4 * batch.lanes) * (4 * batch.lanes);
+    let whole = |bytes: u64, size: u64| {
+        let unit = size * batch.lanes;
+        let end = bytes / unit * unit;
         (end <= limits.max_binding).then_some((0, end))
     };
-    if let Some(w) = whole(param)
+    if let Some(w) = whole(param, batch.sizes.0)
         && w.1 >= batch.param_window.1
     {
         batch.param_window = w;
     }
-    if let Some(w) = whole(grad)
+    if let Some(w) = whole(grad, batch.sizes.1)
         && w.1 >= batch.grad_window.1
     {
         batch.grad_window = w;
@@ -383,6 +396,7 @@ mod tests {
         grad_offset: u64,
         len: u64,
         lanes: u64,
+        sizes: (u64, u64),
     }
 
     fn span(key: usize, param_offset: u64, grad_offset: u64, len: u64) -> T {
@@ -392,6 +406,7 @@ mod tests {
             grad_offset,
             len,
             lanes: 1,
+            sizes: (4, 4),
         }
     }
 
@@ -410,6 +425,7 @@ mod tests {
                 param_offset: t.param_offset,
                 grad_offset: t.grad_offset,
                 lanes: t.lanes,
+                sizes: t.sizes,
             })
             .collect()
     }
@@ -425,7 +441,7 @@ mod tests {
             .map(|s| StateSpan {
                 key: s.key,
                 len: s.len,
-                lane: s.param_offset / 4 % s.lanes,
+                lane: s.param_offset / s.sizes.0 % s.lanes,
                 lanes: s.lanes,
                 footprint: None,
                 whole: false,
@@ -454,7 +470,7 @@ mod tests {
             let s = spans[p.tensor];
             assert_eq!(
                 p.state_offset % b.lanes,
-                (s.param_offset / 4 + p.start) % b.lanes
+                (s.param_offset / s.sizes.0 + p.start) % b.lanes
             );
             used[p.block].push((p.state_offset, p.state_offset + p.len));
         }
@@ -471,13 +487,15 @@ mod tests {
             assert_eq!(b.state_len, blocks[b.block].len);
             assert!(b.pieces.len() <= MAX_SEGMENTS && b.slots.len() <= MAX_SEGMENTS);
             let lanes = b.lanes;
-            assert_eq!(b.param_window.1 % (4 * lanes), 0);
-            assert_eq!(b.grad_window.1 % (4 * lanes), 0);
+            let (ps, gs) = b.sizes;
+            assert_eq!(b.param_window.1 % (ps * lanes), 0);
+            assert_eq!(b.grad_window.1 % (gs * lanes), 0);
             let mut wg = 0;
             for p in &b.pieces {
                 let s = spans[p.tensor];
                 assert_eq!(s.key, b.key);
                 assert_eq!(s.lanes, lanes);
+                assert_eq!(s.sizes, b.sizes);
                 assert_eq!(b.slots[p.slot as usize], p.tensor);
                 assert_eq!(p.start, covered[p.tensor], "pieces in order, no gaps");
                 covered[p.tensor] += p.len;
@@ -491,14 +509,14 @@ mod tests {
                 assert_eq!(sp.block, b.block);
                 assert!(p.start + p.len <= sp.start + sp.len);
                 assert_eq!(p.state_offset, sp.state_offset + (p.start - sp.start));
-                let pa = s.param_offset + 4 * p.start;
-                let ga = s.grad_offset + 4 * p.start;
-                assert!(pa >= b.param_window.0 && pa + 4 * p.len <= b.param_window.1);
-                assert!(ga >= b.grad_window.0 && ga + 4 * p.len <= b.grad_window.1);
+                let pa = s.param_offset + ps * p.start;
+                let ga = s.grad_offset + gs * p.start;
+                assert!(pa >= b.param_window.0 && pa + ps * p.len <= b.param_window.1);
+                assert!(ga >= b.grad_window.0 && ga + gs * p.len <= b.grad_window.1);
                 // Each at the same lane in its parameter, gradient and state windows.
-                let head = pa / 4 % lanes;
-                assert_eq!((ga - b.grad_window.0) / 4 % lanes, head);
-                assert_eq!((pa - b.param_window.0) / 4 % lanes, head);
+                let head = pa / ps % lanes;
+                assert_eq!((ga - b.grad_window.0) / gs % lanes, head);
+                assert_eq!((pa - b.param_window.0) / ps % lanes, head);
                 assert_eq!(p.state_offset % lanes, head);
                 assert_eq!(p.first_workgroup, wg);
                 wg += (head + p.len).div_ceil(256 * lanes) as u32;
@@ -548,6 +566,7 @@ mod tests {
                 param_offset: 4 * at,
                 grad_offset: 4 * at,
                 lanes: 4,
+                sizes: (4, 4),
             })
             .collect();
         let batches = plan(&spans, &pieces, &blocks, &limits);
@@ -673,6 +692,37 @@ mod tests {
         let planned = plan_all(&spans, &small, 1000);
         assert!(planned.2.len() >= 7);
         check_cover(&spans, &planned, &small, 1000);
+    }
+
+    #[test]
+    fn sixteen_bit_elements_keep_their_lanes() {
+        // bf16 parameters with f32 gradients and the reverse, at odd element offsets, in
+        // windows too small for the large tensors: offsets and windows are counted in each
+        // binding's own element size.
+        let typed = |t: T, sizes| T { sizes, ..t };
+        let spans = [
+            typed(span4(0, 2 * 5, 4 * 9, 100), (2, 4)),
+            typed(span4(0, 2 * 1_003, 4 * 25_003, 5_001), (2, 4)),
+            typed(span4(1, 4 * 6, 2 * 10, 3_000), (4, 2)),
+            typed(span(2, 2 * 7, 2 * 4_000, 2_500), (2, 2)),
+        ];
+        let small = PlanLimits {
+            max_binding: 4096,
+            alignment: 256,
+        };
+        let planned = plan_all(&spans, &small, 1000);
+        check_cover(&spans, &planned, &small, 1000);
+        // A 4096-byte window holds 2,048 bf16 elements but 1,024 f32 ones: the f32 gradients
+        // bound the batches of the first key.
+        assert!(
+            planned
+                .2
+                .iter()
+                .all(|b| b.pieces.iter().all(|p| p.len <= 1_024))
+        );
+        let planned = plan_all(&spans, &BIG, BIG_STATE);
+        assert_eq!(planned.2.len(), 3);
+        check_cover(&spans, &planned, &BIG, BIG_STATE);
     }
 
     #[test]

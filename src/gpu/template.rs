@@ -132,7 +132,8 @@ pub(crate) fn segment_table(
     for piece in &p.pieces {
         let s = spans[piece.tensor];
         let param = param_element(p, spans, piece);
-        let grad = (s.grad_offset + 4 * piece.start - p.grad_window.0) / 4;
+        let grad_size = p.sizes.1;
+        let grad = (s.grad_offset + grad_size * piece.start - p.grad_window.0) / grad_size;
         words.extend([
             (param / p.lanes) as u32,
             (grad / p.lanes) as u32,
@@ -176,7 +177,8 @@ pub(crate) fn has_edges(p: &plan::Batch, spans: &[plan::Span]) -> bool {
 /// plan puts the piece's first element at the same lane of a unit in the gradient and state
 /// windows too.
 fn param_element(p: &plan::Batch, spans: &[plan::Span], piece: &plan::Piece) -> u64 {
-    (spans[piece.tensor].param_offset + 4 * piece.start - p.param_window.0) / 4
+    let size = p.sizes.0;
+    (spans[piece.tensor].param_offset + size * piece.start - p.param_window.0) / size
 }
 
 /// log2 of the workgroups between the entries of a batch's `coarse` map: the entries cover

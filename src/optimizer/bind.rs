@@ -243,6 +243,7 @@ pub(super) fn layout(
             param_offset: r.1,
             grad_offset: r.3,
             lanes: a.lanes(),
+            sizes: (4, 4),
         });
         access.push(a);
     }
