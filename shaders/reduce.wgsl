@@ -7,7 +7,8 @@
 //
 // For a multi-GPU engine (ZeRO-1), these partials are the per-rank values to all-reduce.
 
-@group(0) @binding(0) var<storage, read> rgrad: array<E>;
+// The gradients, `rgrad` at binding 0, and `rgrad_unit`: written in front by src/gpu/kernels.rs
+// for their storage type.
 @group(0) @binding(1) var<storage, read> config: StepConfig;
 @group(0) @binding(2) var<storage, read> rcontrol: Control;
 @group(0) @binding(3) var<storage, read_write> partials_out: array<vec4<f32>>;
@@ -22,7 +23,7 @@ fn accumulate(acc_in: vec4<f32>, site: Site, flags: u32, inv_scale: f32) -> vec4
         return acc;
     }
     let mine = lanes_in(site.lo, site.hi);
-    let raw = select(splat(0.0), unpack(rgrad[site.g]), mine);
+    let raw = select(splat(0.0), rgrad_unit(site.g), mine);
     var u = raw;
     if (flags & UNSCALE) != 0u {
         u = raw * inv_scale;

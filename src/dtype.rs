@@ -44,6 +44,29 @@ impl DType {
         }
     }
 
+    /// `x` rounded to this type directly from f64 (to nearest, ties to even), widened back.
+    /// Rounding through f32 first could round twice; this rounds to f32 toward odd first,
+    /// which keeps the result exact.
+    pub fn round_f64(self, x: f64) -> f64 {
+        let odd = x as f32;
+        let odd = if !x.is_finite() || f64::from(odd) == x {
+            odd
+        } else {
+            // The f32 below |x| in magnitude, with its last bit set: that bit stands for
+            // everything x had beyond f32's precision.
+            let toward_zero = if f64::from(odd).abs() > x.abs() {
+                f32::from_bits(odd.to_bits() - 1)
+            } else {
+                odd
+            };
+            f32::from_bits(toward_zero.to_bits() | 1)
+        };
+        match self {
+            DType::F32 => f64::from(x as f32),
+            _ => f64::from(self.round(odd)),
+        }
+    }
+
     /// The stored bits of `x` rounded to this type: the f32 bits, or the 16 bits in the low
     /// half. A NaN is stored as PyTorch stores it: f16 `0x7e00` and bf16 `0x7fc0`, with the
     /// sign for f16 only.
@@ -63,6 +86,15 @@ impl DType {
             DType::F32 => f32::from_bits(bits),
             DType::F16 => half::f16::from_bits(bits as u16).to_f32(),
             DType::BF16 => half::bf16::from_bits(bits as u16).to_f32(),
+        }
+    }
+
+    /// The safetensors name: `F32`, `F16` or `BF16`.
+    pub fn safetensors_name(self) -> &'static str {
+        match self {
+            DType::F32 => "F32",
+            DType::F16 => "F16",
+            DType::BF16 => "BF16",
         }
     }
 
@@ -126,6 +158,23 @@ mod tests {
         assert!(DType::F16.value(0xfe00).is_nan());
         assert_eq!(DType::BF16.bits(-2.5), 0xc020);
         assert_eq!(DType::F16.bits(-2.5), 0xc100);
+    }
+
+    #[test]
+    fn rounding_from_f64_is_direct() {
+        // Just above the tie between bf16's 1 and 1 + 2^-7, by less than f32 can hold: f32
+        // would round it to the tie, and the tie to the even 1.
+        let x = 1.0 + 2f64.powi(-8) + 2f64.powi(-40);
+        assert_eq!(DType::BF16.round(x as f32), 1.0);
+        assert_eq!(DType::BF16.round_f64(x), 1.0 + 2f64.powi(-7));
+        assert_eq!(
+            DType::F16.round_f64(-(1.0 + 2f64.powi(-11) + 2f64.powi(-40))),
+            -(1.0 + 2f64.powi(-10))
+        );
+        assert_eq!(DType::F16.round_f64(1.0 + 2f64.powi(-11)), 1.0);
+        assert_eq!(DType::BF16.round_f64(1e300), f64::INFINITY);
+        assert_eq!(DType::F32.round_f64(0.1), f64::from(0.1f32));
+        assert!(DType::F16.round_f64(f64::NAN).is_nan());
     }
 
     #[test]

@@ -1,13 +1,14 @@
 //! The GPU optimizer: tensors in parameter groups, state buffers, and step recording.
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport, split_f64};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::plan;
 use crate::gpu::template::{
     COEFFS_STRIDE, CONTROL_HEADER, Factors, MAX_SCALARS, SCALAR_WORD, STEP_HEADER_SIZE, StepConfig,
     TENSOR_STEP_SIZE, flags,
 };
-use crate::gpu::{Access, CompiledKernel, Context, EDGES, GradAccess, Pipeline, SINGLE, scoped};
+use crate::gpu::{Access, Binds, CompiledKernel, Context, EDGES, Pipeline, SINGLE, scoped};
 use crate::optim::{Kernel, OptimizerConfig};
 use crate::state::TensorState;
 use std::collections::HashMap;
@@ -19,35 +20,49 @@ pub mod checkpoint;
 mod products;
 pub use bind::{BIND_GROUP_CACHE, LAYOUT_CACHE};
 
-/// A range of f32 elements in a caller-owned buffer: byte `offset` (a multiple of 4) and `len`
-/// elements.
+/// A range of elements in a caller-owned buffer: byte `offset` and `len` elements of type
+/// `dtype` (f32 unless set with [`with_dtype`](Self::with_dtype)).
+///
+/// The offset is a multiple of the element size. A range of 16-bit elements must also lie,
+/// rounded out to 4 bytes, inside its buffer: the kernels load and store them in 32-bit words,
+/// and store only their own 16 bits of a word they share with a neighbour.
 #[derive(Clone, Copy, Debug)]
 pub struct BufferRange<'a> {
     /// The buffer. It needs `STORAGE` usage.
     pub buffer: &'a wgpu::Buffer,
-    /// Byte offset of the first element; a multiple of 4.
+    /// Byte offset of the first element; a multiple of the element size.
     pub offset: u64,
-    /// Number of f32 elements.
+    /// Number of elements.
     pub len: u64,
+    /// The elements' type.
+    pub dtype: DType,
 }
 
 impl<'a> BufferRange<'a> {
-    /// `len` elements starting at byte `offset`.
+    /// `len` f32 elements starting at byte `offset`.
     pub fn new(buffer: &'a wgpu::Buffer, offset: u64, len: u64) -> Self {
         Self {
             buffer,
             offset,
             len,
+            dtype: DType::F32,
         }
     }
 
-    /// The whole buffer, as `size / 4` elements.
+    /// The whole buffer, as `size / 4` f32 elements.
     pub fn whole(buffer: &'a wgpu::Buffer) -> Self {
-        Self {
-            buffer,
-            offset: 0,
-            len: buffer.size() / 4,
-        }
+        Self::new(buffer, 0, buffer.size() / 4)
+    }
+
+    /// The same range of elements of type `dtype` (the offset in bytes, the length in
+    /// elements).
+    pub fn with_dtype(self, dtype: DType) -> Self {
+        Self { dtype, ..self }
+    }
+
+    /// The bytes the range spans.
+    fn bytes(&self) -> Option<u64> {
+        self.len.checked_mul(self.dtype.size())
     }
 }
 
@@ -146,6 +161,9 @@ struct TensorMeta {
     /// The caller's parameter buffer and the byte offset of this tensor in it, now.
     param: wgpu::Buffer,
     param_offset: u64,
+    /// The storage types of its parameter and its gradient, fixed for the optimizer's
+    /// lifetime.
+    types: (DType, DType),
     /// The kernel of the tensor's group.
     kernel: Kernel,
     /// The access mode its state was laid out for, and the lane of its first element there.
@@ -162,6 +180,20 @@ struct TensorMeta {
 }
 
 impl TensorMeta {
+    /// The byte offset and length of tensor `index`'s parameter, for the copies of snapshots
+    /// and checkpoints, which move whole 32-bit words: an error where a 16-bit parameter starts
+    /// or ends inside a word, whose other half may be anybody's.
+    fn param_bytes(&self, index: usize) -> Result<(u64, u64)> {
+        let bytes = self.len * self.types.0.size();
+        if !self.param_offset.is_multiple_of(4) || !bytes.is_multiple_of(4) {
+            return Err(Error::Unsupported(format!(
+                "copying the parameter of tensor {index} ({:?}): its {} elements start or end inside a 32-bit word, which snapshots and checkpoints copy whole (give 16-bit parameters an even element offset and length)",
+                self.name, self.types.0
+            )));
+        }
+        Ok((self.param_offset, bytes))
+    }
+
     /// The tensor's shape: given, or `[len]`.
     fn shape(&self) -> Vec<usize> {
         self.given_shape
@@ -286,11 +318,10 @@ fn check_range(tensor: usize, role: &'static str, r: &BufferRange<'_>) -> Result
             usage: "STORAGE",
         });
     }
-    let fits = r.offset.is_multiple_of(4)
-        && r.len
-            .checked_mul(4)
+    let fits = r.offset.is_multiple_of(r.dtype.size())
+        && r.bytes()
             .and_then(|b| b.checked_add(r.offset))
-            .is_some_and(|end| end <= r.buffer.size());
+            .is_some_and(|end| end.next_multiple_of(4) <= r.buffer.size());
     if !fits {
         return Err(Error::OutOfRange {
             tensor,
@@ -312,7 +343,7 @@ fn check_overlaps(tensors: &[Tensor<'_>]) -> Result<()> {
         for (r, is_param) in [(&t.param, true), (&t.grad, false)] {
             if r.len > 0 {
                 let list = by_buffer.entry(r.buffer).or_default();
-                list.push((r.offset, r.offset + 4 * r.len, i, is_param));
+                list.push((r.offset, r.offset + r.dtype.size() * r.len, i, is_param));
             }
         }
     }
@@ -465,7 +496,7 @@ impl Optimizer {
                 block_keys.push(k);
                 block_keys.len() - 1
             });
-            let lane = t.param.offset / 4 % access.lanes();
+            let lane = t.param.offset / t.param.dtype.size() % access.lanes();
             state_spans.push(plan::StateSpan {
                 key,
                 len: t.param.len,
@@ -481,6 +512,7 @@ impl Optimizer {
                 given_shape: t.shape.map(<[usize]>::to_vec),
                 param: t.param.buffer.clone(),
                 param_offset: t.param.offset,
+                types: (t.param.dtype, t.grad.dtype),
                 kernel,
                 state_access: access,
                 lane,
@@ -1377,7 +1409,9 @@ impl Optimizer {
     ///
     /// Used by the [LR finder](crate::lr_finder) to leave the model as it found it.
     pub fn snapshot(&self) -> Result<Snapshot> {
+        let mut total = 0;
         for (i, meta) in self.tensors.iter().enumerate() {
+            total += meta.param_bytes(i)?.1;
             let needed = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
             if !meta.param.usage().contains(needed) {
                 return Err(Error::MissingUsage {
@@ -1388,7 +1422,6 @@ impl Optimizer {
             }
         }
         let device = self.ctx.device();
-        let total: u64 = self.tensors.iter().map(|t| t.len).sum();
         let usage = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
         let copy_of = |label, size| {
             device.create_buffer(&wgpu::BufferDescriptor {
@@ -1400,7 +1433,7 @@ impl Optimizer {
         };
         let snapshot = scoped(device, || Snapshot {
             optimizer: self.id,
-            params: copy_of("wgpu-optim snapshot parameters", (total * 4).max(4)),
+            params: copy_of("wgpu-optim snapshot parameters", total.max(4)),
             states: self
                 .blocks
                 .iter()
@@ -1445,14 +1478,16 @@ impl Optimizer {
         };
         let mut at = 0;
         for meta in &self.tensors {
+            // Every parameter's bytes were checked when the snapshot was taken.
+            let bytes = meta.len * meta.types.0.size();
             if meta.len > 0 {
                 copy(
                     (&meta.param, meta.param_offset),
                     (&snapshot.params, at),
-                    meta.len * 4,
+                    bytes,
                 );
             }
-            at += meta.len * 4;
+            at += bytes;
         }
         for (block, saved) in self.blocks.iter().zip(&snapshot.states) {
             copy((&block.buffer, 0), (saved, 0), block.buffer.size());
@@ -1562,15 +1597,14 @@ type StepKernels = (Arc<CompiledKernel>, Option<Arc<CompiledKernel>>);
 fn step_kernels(
     ctx: &Context,
     kernel: Kernel,
-    access: Access,
-    grad: GradAccess,
+    binds: Binds,
     pieces: usize,
     bits: u32,
 ) -> Result<StepKernels> {
     let single = if pieces == 1 { SINGLE } else { 0 };
-    let main = ctx.kernel(Pipeline::Step(kernel, access, grad, bits | single))?;
-    let edges = (access == Access::Vec4)
-        .then(|| ctx.kernel(Pipeline::Step(kernel, access, grad, bits | EDGES)))
+    let main = ctx.kernel(Pipeline::Step(kernel, binds, bits | single))?;
+    let edges = (binds.access == Access::Vec4)
+        .then(|| ctx.kernel(Pipeline::Step(kernel, binds, bits | EDGES)))
         .transpose()?;
     Ok((main, edges))
 }
@@ -1630,17 +1664,37 @@ fn dispatch_size(workgroups: u32, max_x: u32) -> (u32, u32) {
 /// The access mode of one tensor: the context's, unless the tensor cannot use vec4 access
 /// (see [`Access::Vec4`]).
 fn access_for(preferred: Access, alignment: u64, t: &Tensor<'_>) -> Access {
-    let fits = |r: &BufferRange<'_>| (r.offset + 4 * r.len).next_multiple_of(16) <= r.buffer.size();
-    if preferred == Access::Vec4
-        && alignment.is_multiple_of(16)
-        && t.param.offset % 16 == t.grad.offset % 16
-        && fits(&t.param)
-        && fits(&t.grad)
-    {
+    let (p, g) = (&t.param, &t.grad);
+    let fits = vec4_fits(
+        alignment,
+        (p.buffer, p.offset, p.dtype),
+        (g.buffer, g.offset, g.dtype),
+        p.len,
+    );
+    if preferred == Access::Vec4 && fits {
         Access::Vec4
     } else {
         Access::Scalar
     }
+}
+
+/// Whether a tensor of `len` elements, its parameter and its gradient each at a byte offset of
+/// a buffer in a storage type, can take vec4 access: both start at the same lane of a unit of
+/// four elements, both ranges rounded out to whole units lie inside their buffers, and the
+/// windows bound (at multiples of `alignment`) start on whole units.
+fn vec4_fits(
+    alignment: u64,
+    param: (&wgpu::Buffer, u64, DType),
+    grad: (&wgpu::Buffer, u64, DType),
+    len: u64,
+) -> bool {
+    let fits = |(buffer, offset, dtype): (&wgpu::Buffer, u64, DType)| {
+        (offset + len * dtype.size()).next_multiple_of(4 * dtype.size()) <= buffer.size()
+    };
+    alignment.is_multiple_of(16)
+        && param.1 / param.2.size() % 4 == grad.1 / grad.2.size() % 4
+        && fits(param)
+        && fits(grad)
 }
 
 /// The longest line (row or column) of a factored tensor the factor passes take: each
@@ -1670,7 +1724,8 @@ fn check_whole(
         } else {
             "keeps factored state"
         };
-        if 4 * meta.len + limits.alignment + 16 > limits.max_binding {
+        let size = meta.types.0.size().max(meta.types.1.size());
+        if size * meta.len + limits.alignment + 16 > limits.max_binding {
             return Err(Error::Unsupported(format!(
                 "{what}: {class} {kept}, so its {} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
                 meta.len, limits.max_binding

@@ -17,6 +17,7 @@
 //! ```
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
+use crate::dtype::DType;
 use crate::optim::OptimizerConfig;
 use crate::state::TensorState;
 use std::fmt::Debug;
@@ -62,6 +63,10 @@ pub trait Real:
     fn min(self, other: Self) -> Self;
     /// `torch.sign`: -1, 0 or 1, NaN for NaN.
     fn sign(self) -> Self;
+    /// The value rounded to `dtype` as a kernel stores it (to nearest, ties to even), widened
+    /// back: from f32 as the kernels round their f32 results, directly from f64 in the
+    /// reference.
+    fn stored(self, dtype: DType) -> Self;
     /// Runs one step of `config`'s class in this type.
     #[doc(hidden)]
     fn class_step(
@@ -76,7 +81,7 @@ pub trait Real:
 }
 
 macro_rules! real {
-    ($t:ty, $method:ident) => {
+    ($t:ty, $method:ident, $round:ident) => {
         impl Real for $t {
             fn of(x: f64) -> Self {
                 x as $t
@@ -99,6 +104,9 @@ macro_rules! real {
             fn sign(self) -> Self {
                 if self == 0.0 { 0.0 } else { self.signum() }
             }
+            fn stored(self, dtype: DType) -> Self {
+                dtype.$round(self)
+            }
             fn class_step(
                 config: &OptimizerConfig,
                 t: u64,
@@ -115,8 +123,8 @@ macro_rules! real {
         }
     };
 }
-real!(f32, reference_f32);
-real!(f64, reference_f64);
+real!(f32, reference_f32, round);
+real!(f64, reference_f64, round_f64);
 
 /// `torch.lerp(start, end, weight)` as PyTorch evaluates it for float tensors.
 pub fn lerp<F: Real>(start: F, end: F, weight: F) -> F {
@@ -145,6 +153,41 @@ pub fn step<F: Real>(
     grad: &[F],
 ) {
     step_shaped(config, &[param.len()], state, param, grad);
+}
+
+/// [`step_shaped`] for a parameter stored as `dtype`: the step in `F` on the stored values,
+/// then each parameter rounded to `dtype` as the kernels store it ([`Real::stored`]), so that
+/// the next step starts from the rounded values, as on the GPU. The state stays in `F` (the
+/// kernels keep it in f32). Gradients of a 16-bit type are given as their exact values.
+///
+/// ```
+/// use wgpu_optim::{DType, SGD, TensorState, reference};
+///
+/// let config = SGD { lr: 0.01, ..Default::default() }.into();
+/// let mut state = TensorState::<f64>::default();
+/// // bf16 holds 8 significant bits: above 1 its values are 2^-7 apart, and an update of
+/// // 0.003 is lost, while one of 0.006 moves the parameter to the next value.
+/// let mut param = [1.0];
+/// reference::step_stored(&config, &[1], &mut state, &mut param, &[-0.3], DType::BF16);
+/// assert_eq!(param, [1.0]);
+/// reference::step_stored(&config, &[1], &mut state, &mut param, &[-0.6], DType::BF16);
+/// assert_eq!(param, [1.0 + 2f64.powi(-7)]);
+/// ```
+///
+/// # Panics
+/// As [`step_shaped`].
+pub fn step_stored<F: Real>(
+    config: &OptimizerConfig,
+    shape: &[usize],
+    state: &mut TensorState<F>,
+    param: &mut [F],
+    grad: &[F],
+    dtype: DType,
+) {
+    step_shaped(config, shape, state, param, grad);
+    for p in param {
+        *p = p.stored(dtype);
+    }
 }
 
 /// [`step`] for a tensor of `shape`, which matters where the state depends on it (Adafactor

@@ -147,11 +147,14 @@ fn every_shader_parses_and_validates() {
         .count();
     // Each optimizer file in the scalar and the vec4 access mode with read-only or shared
     // gradients, as the main kernel, the main kernel of a one-segment batch, and the edge
-    // kernel, each without and with every gradient flag; the reduction in both access modes;
-    // and the matrix product, with read-only operands and with every operand read-write.
-    assert_eq!(optimizers % 24, 0);
-    assert!(optimizers >= 24 * 4, "{optimizers} optimizer modules");
-    assert_eq!(modules.len(), optimizers + 4);
+    // kernel, each without and with every gradient flag (24); with bf16 parameters and
+    // gradients, and with f16 parameters and f32 gradients, as the main and the edge kernel
+    // without and with every flag (16); the reduction in both access modes over f32, f16 and
+    // bf16 gradients; and the matrix product, with read-only operands and with every operand
+    // read-write.
+    assert_eq!(optimizers % 40, 0);
+    assert!(optimizers >= 40 * 4, "{optimizers} optimizer modules");
+    assert_eq!(modules.len(), optimizers + 8);
 }
 
 #[test]

@@ -1,12 +1,14 @@
 //! Shader sources and their compilation into pipelines, once per [`Context`].
 //!
 //! Every optimizer module is one access prologue (shaders/scalar.wgsl or shaders/vec4.wgsl),
-//! the gradient binding (read-only, or read-write where parameters and gradients share a
-//! buffer), shaders/layout.wgsl, the template shaders/common.wgsl and the optimizer's file. The
-//! reduction module is a prologue, layout.wgsl and shaders/reduce.wgsl.
+//! shaders/layout.wgsl, the storage functions of the parameter, gradient and state bindings
+//! (each of its storage type; the gradients read-only, or read-write where parameters and
+//! gradients share a buffer), the template shaders/common.wgsl and the optimizer's file. The
+//! reduction module is a prologue, layout.wgsl, the gradients' storage and shaders/reduce.wgsl.
 
 use super::template::{COEFFS_STRIDE, STEP_HEADER_SIZE, TABLE_SIZE, WORKGROUP_SIZE, flags};
 use super::{Access, Context};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::optim::{Kernel, OptimizerConfig, Shader, Sums};
 use std::num::NonZeroU64;
@@ -18,6 +20,9 @@ const COMMON: &str = include_str!("../../shaders/common.wgsl");
 const REDUCE: &str = include_str!("../../shaders/reduce.wgsl");
 const UNITS: &str = include_str!("../../shaders/units.wgsl");
 const LANES: &str = include_str!("../../shaders/lanes.wgsl");
+const PACKED: &str = include_str!("../../shaders/packed.wgsl");
+const PACKED_LANES: &str = include_str!("../../shaders/packed_lanes.wgsl");
+const DTYPE: &str = include_str!("../../shaders/dtype.wgsl");
 const SUMS: &str = include_str!("../../shaders/sums.wgsl");
 const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
 
@@ -31,15 +36,44 @@ pub(crate) enum GradAccess {
     Shared,
 }
 
+/// How a batch's kernels bind its parameters and gradients: the access mode, the gradients'
+/// binding, and the storage type of each.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Binds {
+    pub(crate) access: Access,
+    pub(crate) grad: GradAccess,
+    pub(crate) param_type: DType,
+    pub(crate) grad_type: DType,
+}
+
+impl Binds {
+    /// f32 parameters and gradients.
+    pub(crate) fn f32(access: Access, grad: GradAccess) -> Self {
+        Self {
+            access,
+            grad,
+            param_type: DType::F32,
+            grad_type: DType::F32,
+        }
+    }
+
+    /// Bytes of a unit of the parameter and of the gradient arrays: an f32 or a vec4 of them,
+    /// a vec4 of 16-bit elements (two words), or with scalar access a word of two.
+    pub(crate) fn unit_sizes(self) -> (u64, u64) {
+        let unit = |d: DType| (d.size() * self.access.lanes()).max(4);
+        (unit(self.param_type), unit(self.grad_type))
+    }
+}
+
 /// One shader module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Module {
     /// An optimizer's step kernel and its `finalize`, with the step's `FLAGS` (bits of
     /// [`STEP_FLAGS`]) as a constant, so that a step without clipping or a grad scaler reads
     /// nothing for them.
-    Optimizer(&'static Shader, Access, GradAccess, u32),
-    /// The gradient reduction.
-    Reduce(Access),
+    Optimizer(&'static Shader, Binds, u32),
+    /// The gradient reduction, over gradients of the type.
+    Reduce(Access, DType),
     /// The matrix product (shaders/gemm.wgsl); `true` for the variant whose operands are all
     /// bound read-write, so that one buffer may hold them all.
     Gemm(bool),
@@ -49,19 +83,19 @@ pub(crate) enum Module {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Pipeline {
     /// An optimizer's step kernel, with the step's flags.
-    Step(Kernel, Access, GradAccess, u32),
+    Step(Kernel, Binds, u32),
     /// An optimizer's `finalize`.
     Finalize(&'static Shader),
-    /// The gradient reduction.
-    Reduce(Access),
+    /// The gradient reduction, over gradients of the type.
+    Reduce(Access, DType),
     /// The per-tensor sums' pass over a batch (shaders/sums.wgsl), with the step's flags, in
     /// a round of the step's sums (`SUMS_ROUND`).
-    Sums(Kernel, Access, GradAccess, u32, u32),
+    Sums(Kernel, Binds, u32, u32),
     /// The combination of the per-tensor sums of a round into each tensor's coefficients.
     CombineSums(Kernel, u32),
     /// A pass over the factors of a batch of tensors whose state is factored, with the
     /// step's flags: `factor_lines` or `factor_means` (shaders/adafactor.wgsl).
-    Factors(Kernel, Access, GradAccess, u32, FactorPass),
+    Factors(Kernel, Binds, u32, FactorPass),
     /// The matrix product ([`crate::gemm`]), operands read-only or all read-write (as
     /// [`Module::Gemm`]): `gemm`, or (`true`) `gemm_combine`, which adds the partial sums of a
     /// product whose inner dimension is split.
@@ -94,11 +128,11 @@ impl FactorPass {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) enum Layout {
     /// A step kernel's batch.
-    Step(Access, GradAccess),
+    Step(Binds),
     /// `finalize`.
     Finalize,
-    /// A batch's reduction.
-    Reduce(Access),
+    /// A batch's reduction, over gradients of the type.
+    Reduce(Access, DType),
     /// The segment tables (group 1 of the step kernels and the reduction), at a dynamic
     /// offset.
     Table,
@@ -128,6 +162,11 @@ pub(crate) const SINGLE: u32 = 1 << 9;
 
 impl Module {
     /// Every module this crate compiles.
+    ///
+    /// With 16-bit storage types the variants multiply: every shader is compiled with bf16
+    /// parameters and gradients and with f16 parameters beside f32 gradients, with and without
+    /// the step flags, in both dispatches. The storage functions are the same for every
+    /// shader, so these stand for the other combinations.
     pub(crate) fn all() -> Vec<Module> {
         let mut out = Vec::new();
         for access in [Access::Scalar, Access::Vec4] {
@@ -141,11 +180,25 @@ impl Module {
                         STEP_FLAGS | SINGLE,
                         STEP_FLAGS | EDGES,
                     ] {
-                        out.push(Module::Optimizer(shader, access, grad, flags));
+                        out.push(Module::Optimizer(shader, Binds::f32(access, grad), flags));
+                    }
+                }
+                for (param_type, grad_type) in
+                    [(DType::BF16, DType::BF16), (DType::F16, DType::F32)]
+                {
+                    for flags in [0, EDGES, STEP_FLAGS, STEP_FLAGS | EDGES] {
+                        let binds = Binds {
+                            param_type,
+                            grad_type,
+                            ..Binds::f32(access, GradAccess::ReadOnly)
+                        };
+                        out.push(Module::Optimizer(shader, binds, flags));
                     }
                 }
             }
-            out.push(Module::Reduce(access));
+            for dtype in DType::ALL {
+                out.push(Module::Reduce(access, dtype));
+            }
         }
         out.push(Module::Gemm(false));
         out.push(Module::Gemm(true));
@@ -159,13 +212,29 @@ impl Module {
             Access::Vec4 => VEC4,
         };
         match self {
-            Module::Optimizer(shader, access, grad, flags) => {
-                let mode = match grad {
+            Module::Optimizer(shader, binds, flags) => {
+                let mode = match binds.grad {
                     GradAccess::ReadOnly => "read",
                     GradAccess::Shared => "read_write",
                 };
-                let storage = if flags & EDGES != 0 { LANES } else { UNITS };
-                let sums = if shader.sums != Sums::Never && flags & EDGES == 0 {
+                let edges = flags & EDGES != 0;
+                let at = |name, binding, mode, dtype, writes| Storage {
+                    name,
+                    binding,
+                    mode,
+                    dtype,
+                    access: binds.access,
+                    lanes: edges,
+                    writes,
+                };
+                let storage = [
+                    at("param", 1, "read_write", binds.param_type, true),
+                    at("grad", 2, mode, binds.grad_type, false),
+                    at("state", 3, "read_write", DType::F32, true),
+                ]
+                .map(Storage::source)
+                .concat();
+                let sums = if shader.sums != Sums::Never && !edges {
                     SUMS
                 } else {
                     ""
@@ -177,16 +246,32 @@ impl Module {
                      // Whether this is the kernel of the edge dispatch (see `step`).\n\
                      const EDGES: bool = {};\n\
                      // Whether the batch has one segment (see `step`).\n\
-                     const SINGLE: bool = {};\n\n{LAYOUT}\n{}\n{COMMON}\n{}\n{sums}",
-                    prologue(access),
+                     const SINGLE: bool = {};\n\n{LAYOUT}\n{}{storage}\n{COMMON}\n{}\n{sums}",
+                    prologue(binds.access),
                     flags & STEP_FLAGS,
-                    flags & EDGES != 0,
+                    edges,
                     flags & SINGLE != 0,
-                    storage.replace("GRAD_ACCESS", mode),
+                    conversions([binds.param_type, binds.grad_type]),
                     shader.source
                 )
             }
-            Module::Reduce(access) => format!("{}\n{LAYOUT}\n{REDUCE}", prologue(access)),
+            Module::Reduce(access, dtype) => {
+                let storage = Storage {
+                    name: "rgrad",
+                    binding: 0,
+                    mode: "read",
+                    dtype,
+                    access,
+                    lanes: false,
+                    writes: false,
+                };
+                format!(
+                    "{}\n{LAYOUT}\n{}{}\n{REDUCE}",
+                    prologue(access),
+                    conversions([dtype]),
+                    storage.source()
+                )
+            }
             Module::Gemm(false) => GEMM.to_string(),
             Module::Gemm(true) => GEMM.replace("var<storage, read>", "var<storage, read_write>"),
         }
@@ -196,7 +281,7 @@ impl Module {
     /// pipeline-overridable constants, one for every kernel of the shader.
     pub(crate) fn pipelines(self) -> Vec<(String, Vec<(String, f64)>)> {
         match self {
-            Module::Optimizer(shader, _, _, flags) => {
+            Module::Optimizer(shader, _, flags) => {
                 let mut out = vec![("finalize".to_string(), Vec::new())];
                 let mut kernels: Vec<Kernel> = Vec::new();
                 for config in OptimizerConfig::all_cases() {
@@ -228,7 +313,7 @@ impl Module {
                 }
                 out
             }
-            Module::Reduce(_) => vec![("reduce".to_string(), Vec::new())],
+            Module::Reduce(..) => vec![("reduce".to_string(), Vec::new())],
             Module::Gemm(_) => vec![
                 ("gemm".to_string(), Vec::new()),
                 ("gemm_combine".to_string(), Vec::new()),
@@ -239,10 +324,19 @@ impl Module {
     /// The shader file's name and variant, as a label.
     pub(crate) fn label(self) -> String {
         match self {
-            Module::Optimizer(shader, access, grad, flags) => {
-                let grad = match grad {
+            Module::Optimizer(shader, binds, flags) => {
+                let access = binds.access;
+                let grad = match binds.grad {
                     GradAccess::ReadOnly => "read-only gradients",
                     GradAccess::Shared => "gradients in the parameter buffer",
+                };
+                let types = if (binds.param_type, binds.grad_type) == (DType::F32, DType::F32) {
+                    String::new()
+                } else {
+                    format!(
+                        ", {} parameters, {} gradients",
+                        binds.param_type, binds.grad_type
+                    )
                 };
                 let edges = if flags & EDGES != 0 { ", edges" } else { "" };
                 let single = if flags & SINGLE != 0 {
@@ -251,15 +345,80 @@ impl Module {
                     ""
                 };
                 format!(
-                    "shaders/{} ({access}, {grad}, flags {}{edges}{single})",
+                    "shaders/{} ({access}, {grad}{types}, flags {}{edges}{single})",
                     shader.file,
                     flags & STEP_FLAGS
                 )
             }
-            Module::Reduce(access) => format!("shaders/reduce.wgsl ({access})"),
+            Module::Reduce(access, dtype) => format!("shaders/reduce.wgsl ({access}, {dtype})"),
             Module::Gemm(false) => "shaders/gemm.wgsl".to_string(),
             Module::Gemm(true) => "shaders/gemm.wgsl (operands read-write)".to_string(),
         }
+    }
+}
+
+/// One storage binding of a kernel: its declaration and its storage functions (see
+/// shaders/units.wgsl).
+struct Storage {
+    /// The binding's name in WGSL, which names its functions (`param_unit`, ...).
+    name: &'static str,
+    binding: u32,
+    /// `read` or `read_write`.
+    mode: &'static str,
+    dtype: DType,
+    access: Access,
+    /// Addressed an element at a time (the edge dispatch), rather than in whole units.
+    lanes: bool,
+    /// Whether the kernel stores to it.
+    writes: bool,
+}
+
+impl Storage {
+    /// The WGSL: the binding's declaration, then its functions.
+    fn source(self) -> String {
+        let name = self.name;
+        let packed_units = self.access == Access::Vec4 && !self.lanes;
+        let (element, template) = match self.dtype {
+            DType::F32 if self.lanes => ("f32", LANES),
+            DType::F32 => ("E", UNITS),
+            _ if packed_units => ("vec2<u32>", PACKED),
+            _ if self.writes => ("atomic<u32>", PACKED_LANES),
+            _ => ("u32", PACKED_LANES),
+        };
+        let mut out = format!(
+            "@group(0) @binding({}) var<storage, {}> {name}: array<{element}>;\n",
+            self.binding, self.mode
+        );
+        if self.dtype != DType::F32 && !packed_units {
+            let load = if self.writes {
+                format!("atomicLoad(&{name}[w])")
+            } else {
+                format!("{name}[w]")
+            };
+            out += &format!("fn word_{name}(w: u32) -> u32 {{\n    return {load};\n}}\n");
+        }
+        let body = if self.writes {
+            template
+        } else {
+            template.split("// @store").next().unwrap_or(template)
+        };
+        let (widen, round) = match self.dtype {
+            DType::F16 => ("f16_to_f32", "f32_to_f16"),
+            _ => ("bf16_to_f32", "f32_to_bf16"),
+        };
+        out + &body
+            .replace("$name", name)
+            .replace("$widen", widen)
+            .replace("$round", round)
+    }
+}
+
+/// shaders/dtype.wgsl where any of `types` is 16-bit, else nothing.
+fn conversions<const N: usize>(types: [DType; N]) -> &'static str {
+    if types.iter().any(|&d| d != DType::F32) {
+        DTYPE
+    } else {
+        ""
     }
 }
 
@@ -313,45 +472,44 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
         )));
     }
     let (module, entry, layout, constants) = match pipeline {
-        Pipeline::Step(kernel, access, grad, flags) => (
-            Module::Optimizer(
-                kernel.shader,
-                access,
-                grad,
-                flags & (STEP_FLAGS | EDGES | SINGLE),
-            ),
+        Pipeline::Step(kernel, binds, flags) => (
+            Module::Optimizer(kernel.shader, binds, flags & (STEP_FLAGS | EDGES | SINGLE)),
             "step",
-            Layout::Step(access, grad),
+            Layout::Step(binds),
             kernel.constants(),
         ),
         Pipeline::Finalize(shader) => (
-            Module::Optimizer(shader, Access::Scalar, GradAccess::ReadOnly, 0),
+            Module::Optimizer(shader, Binds::f32(Access::Scalar, GradAccess::ReadOnly), 0),
             "finalize",
             Layout::Finalize,
             Vec::new(),
         ),
-        Pipeline::Reduce(access) => (
-            Module::Reduce(access),
+        Pipeline::Reduce(access, dtype) => (
+            Module::Reduce(access, dtype),
             "reduce",
-            Layout::Reduce(access),
+            Layout::Reduce(access, dtype),
             Vec::new(),
         ),
-        Pipeline::Sums(kernel, access, grad, flags, round) => (
-            Module::Optimizer(kernel.shader, access, grad, flags & STEP_FLAGS),
+        Pipeline::Sums(kernel, binds, flags, round) => (
+            Module::Optimizer(kernel.shader, binds, flags & STEP_FLAGS),
             "sums",
-            Layout::Step(access, grad),
+            Layout::Step(binds),
             round_constants(kernel, round),
         ),
         Pipeline::CombineSums(kernel, round) => (
-            Module::Optimizer(kernel.shader, Access::Scalar, GradAccess::ReadOnly, 0),
+            Module::Optimizer(
+                kernel.shader,
+                Binds::f32(Access::Scalar, GradAccess::ReadOnly),
+                0,
+            ),
             "combine_sums",
             Layout::CombineSums,
             round_constants(kernel, round),
         ),
-        Pipeline::Factors(kernel, access, grad, flags, pass) => (
-            Module::Optimizer(kernel.shader, access, grad, flags & STEP_FLAGS),
+        Pipeline::Factors(kernel, binds, flags, pass) => (
+            Module::Optimizer(kernel.shader, binds, flags & STEP_FLAGS),
             pass.entry(),
-            Layout::Step(access, grad),
+            Layout::Step(binds),
             kernel.constants(),
         ),
         Pipeline::Gemm(shared, combine) => (
@@ -396,7 +554,7 @@ pub(super) fn compile(ctx: &Context, pipeline: Pipeline) -> Result<CompiledKerne
     let scope = device.push_error_scope(wgpu::ErrorFilter::Validation);
     let label = format!("wgpu-optim {name} ({})", module.label());
     let table = match layout {
-        Layout::Step(..) | Layout::Reduce(_) => Some(ctx.layout(Layout::Table)),
+        Layout::Step(..) | Layout::Reduce(..) => Some(ctx.layout(Layout::Table)),
         Layout::Finalize
         | Layout::Table
         | Layout::SumsOut
@@ -442,23 +600,26 @@ fn round_constants(kernel: Kernel, round: u32) -> Vec<(&'static str, f64)> {
 impl Layout {
     /// The bindings.
     pub(crate) fn entries(self) -> Vec<wgpu::BindGroupLayoutEntry> {
-        // A unit of the storage arrays: one f32 or one vec4.
+        // A unit of the f32 storage arrays: one f32 or one vec4.
         let unit = |access: Access| 4 * access.lanes();
         match self {
-            Layout::Step(access, grad) => vec![
-                storage(0, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
-                storage(1, false, false, unit(access)),
-                storage(2, grad == GradAccess::ReadOnly, false, unit(access)),
-                storage(3, false, false, unit(access)),
-            ],
+            Layout::Step(binds) => {
+                let (param, grad) = binds.unit_sizes();
+                vec![
+                    storage(0, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
+                    storage(1, false, false, param),
+                    storage(2, binds.grad == GradAccess::ReadOnly, false, grad),
+                    storage(3, false, false, unit(binds.access)),
+                ]
+            }
             Layout::Finalize => vec![
                 storage(0, true, true, 0),
                 storage(1, false, false, 0),
                 storage(2, true, false, 16),
                 storage(3, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
             ],
-            Layout::Reduce(access) => vec![
-                storage(0, true, false, unit(access)),
+            Layout::Reduce(access, dtype) => vec![
+                storage(0, true, false, (dtype.size() * access.lanes()).max(4)),
                 storage(1, true, true, 0),
                 storage(2, true, false, 0),
                 storage(3, false, false, 16),
@@ -545,7 +706,8 @@ mod tests {
     fn every_shader_matches_its_host_records() {
         for shader in OptimizerConfig::shaders() {
             for access in [Access::Scalar, Access::Vec4] {
-                let module = parse(Module::Optimizer(shader, access, GradAccess::ReadOnly, 0));
+                let binds = Binds::f32(access, GradAccess::ReadOnly);
+                let module = parse(Module::Optimizer(shader, binds, 0));
                 let (_, hyper) = naga_layout(&module, "Hyper");
                 assert_eq!(u64::from(hyper), shader.hyper_size, "{}", shader.file);
                 // A `Coeffs` that aliases `Hyper` is not a struct of its own.
@@ -569,11 +731,10 @@ mod tests {
     fn template_structs_match_naga_layouts() {
         let adam = parse(Module::Optimizer(
             OptimizerConfig::shaders()[0],
-            Access::Vec4,
-            GradAccess::ReadOnly,
+            Binds::f32(Access::Vec4, GradAccess::ReadOnly),
             0,
         ));
-        let reduce = parse(Module::Reduce(Access::Vec4));
+        let reduce = parse(Module::Reduce(Access::Vec4, DType::F32));
         assert_eq!(
             naga_layout(&reduce, "StepConfig"),
             rust_layout!(

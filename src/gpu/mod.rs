@@ -5,7 +5,7 @@ pub(crate) mod plan;
 pub(crate) mod template;
 
 pub(crate) use kernels::{
-    CompiledKernel, EDGES, FactorPass, GradAccess, Layout, Module, Pipeline, SINGLE,
+    Binds, CompiledKernel, EDGES, FactorPass, GradAccess, Layout, Module, Pipeline, SINGLE,
 };
 
 use crate::error::{Error, Result};

@@ -14,8 +14,9 @@
 
 use super::{
     BufferRange, Buffers, Optimizer, Ring, StepKernels, Tensor, TensorMeta, check_overlaps,
-    check_range, dispatch_size, entries, round_up, step_kernels, window,
+    check_range, dispatch_size, entries, round_up, step_kernels, vec4_fits, window,
 };
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
 use crate::gpu::template::{
@@ -23,7 +24,7 @@ use crate::gpu::template::{
     step_workgroups,
 };
 use crate::gpu::{
-    Access, CompiledKernel, Context, FactorPass, GradAccess, Layout, Pipeline, scoped,
+    Access, Binds, CompiledKernel, Context, FactorPass, GradAccess, Layout, Pipeline, scoped,
 };
 use crate::optim::Kernel;
 use std::sync::Arc;
@@ -58,8 +59,7 @@ pub(super) struct Dispatch {
     /// Byte offset of the dispatch's segment table in the table buffer.
     pub(super) table_offset: u32,
     kernel_id: Kernel,
-    pub(super) access: Access,
-    grad_access: GradAccess,
+    binds: Binds,
     pieces: usize,
     pub(super) dispatch: (u32, u32),
     pub(super) reduce_dispatch: (u32, u32),
@@ -131,12 +131,11 @@ enum GroupKey {
         param: (wgpu::Buffer, (u64, u64)),
         grad: (wgpu::Buffer, (u64, u64)),
         block: usize,
-        access: Access,
-        grad_access: GradAccess,
+        binds: Binds,
     },
     Reduce {
         grad: (wgpu::Buffer, (u64, u64)),
-        access: Access,
+        binds: Binds,
         generation: u64,
     },
 }
@@ -178,8 +177,8 @@ impl BindGroups {
 /// The batches of one set of ranges, before anything is created on the GPU.
 pub(super) struct Planned {
     plans: Vec<plan::Batch>,
-    /// Per batch: kernel, access, gradient binding.
-    keys: Vec<(Kernel, Access, GradAccess)>,
+    /// Per batch: kernel, and how it binds the parameters and gradients.
+    keys: Vec<(Kernel, Binds)>,
     spans: Vec<Span>,
     access: Vec<Access>,
     partial_bases: Vec<u32>,
@@ -195,18 +194,12 @@ pub(super) struct Planned {
 }
 
 /// Whether a tensor whose state was laid out for `meta`'s access can use vec4 access at these
-/// ranges: its parameter at the same lane as before, its gradient at the same lane as its
-/// parameter, and both ranges, rounded out to 16 bytes, inside their buffers.
+/// ranges: its parameter at the same lane as before, and the rules of [`vec4_fits`].
 fn access_at(meta: &TensorMeta, alignment: u64, r: &Ranges) -> Access {
-    let fits = |buffer: &wgpu::Buffer, offset: u64| {
-        (offset + 4 * meta.len).next_multiple_of(16) <= buffer.size()
-    };
+    let (param, grad) = meta.types;
     if meta.state_access == Access::Vec4
-        && alignment.is_multiple_of(16)
-        && r.1 / 4 % 4 == meta.lane
-        && r.1 % 16 == r.3 % 16
-        && fits(&r.0, r.1)
-        && fits(&r.2, r.3)
+        && r.1 / param.size() % 4 == meta.lane
+        && vec4_fits(alignment, (&r.0, r.1, param), (&r.2, r.3, grad), meta.len)
     {
         Access::Vec4
     } else {
@@ -223,7 +216,7 @@ pub(super) fn layout(
 ) -> Result<Planned> {
     let limits = ctx.limits();
     let plan_limits = plan_limits(limits);
-    let mut keys: Vec<(Kernel, Access, GradAccess, &wgpu::Buffer, &wgpu::Buffer)> = Vec::new();
+    let mut keys: Vec<(Kernel, Binds, &wgpu::Buffer, &wgpu::Buffer)> = Vec::new();
     let mut spans = Vec::with_capacity(tensors.len());
     let mut access = Vec::with_capacity(tensors.len());
     for (meta, r) in tensors.iter().zip(ranges) {
@@ -233,7 +226,13 @@ pub(super) fn layout(
         } else {
             GradAccess::ReadOnly
         };
-        let k = (meta.kernel, a, grad, &r.0, &r.2);
+        let binds = Binds {
+            access: a,
+            grad,
+            param_type: meta.types.0,
+            grad_type: meta.types.1,
+        };
+        let k = (meta.kernel, binds, &r.0, &r.2);
         let key = keys.iter().position(|x| *x == k).unwrap_or_else(|| {
             keys.push(k);
             keys.len() - 1
@@ -243,7 +242,7 @@ pub(super) fn layout(
             param_offset: r.1,
             grad_offset: r.3,
             lanes: a.lanes(),
-            sizes: (4, 4),
+            sizes: (meta.types.0.size(), meta.types.1.size()),
         });
         access.push(a);
     }
@@ -252,7 +251,7 @@ pub(super) fn layout(
     let mut plans = plan::plan(&spans, &state, &block_plans, &plan_limits);
     for p in &mut plans {
         let k = keys[p.key];
-        plan::widen(p, (k.3.size(), k.4.size()), &plan_limits);
+        plan::widen(p, (k.2.size(), k.3.size()), &plan_limits);
     }
     let max_x = limits.max_compute_workgroups_per_dimension.max(1);
     let mut partial_count: u32 = 0;
@@ -277,7 +276,7 @@ pub(super) fn layout(
     Ok(Planned {
         keys: plans
             .iter()
-            .map(|p| (keys[p.key].0, keys[p.key].1, keys[p.key].2))
+            .map(|p| (keys[p.key].0, keys[p.key].1))
             .collect(),
         plans,
         spans,
@@ -416,14 +415,13 @@ impl Parts<'_> {
         for (b, (p, ((kernel, edge_kernel), reduce_kernel, sums_kernels, apply))) in
             layout.plans.iter().zip(kernels).enumerate()
         {
-            let (kernel_id, access, grad_access) = layout.keys[b];
+            let (kernel_id, binds) = layout.keys[b];
             let r = &ranges[p.pieces[0].tensor];
             let param = (r.0.clone(), p.param_window);
             let grad = (r.2.clone(), p.grad_window);
-            let group =
-                self.step_group(&kernel, param, grad.clone(), p.block, access, grad_access)?;
+            let group = self.step_group(&kernel, param, grad.clone(), p.block, binds)?;
             let reduce_group = match &reduce_kernel {
-                Some(k) => Some(self.reduce_group(k, grad.clone(), access)?),
+                Some(k) => Some(self.reduce_group(k, grad.clone(), binds)?),
                 None => None,
             };
             let factors = if kernel_id.factored() {
@@ -440,8 +438,7 @@ impl Parts<'_> {
                 grad,
                 table_offset: (b as u64 * table_stride) as u32,
                 kernel_id,
-                access,
-                grad_access,
+                binds,
                 pieces: p.pieces.len(),
                 dispatch: dispatch_size(step_workgroups(p), max_x),
                 reduce_dispatch: dispatch_size(reduce_workgroups(p), max_x),
@@ -475,7 +472,7 @@ impl Parts<'_> {
     #[allow(clippy::type_complexity)]
     fn kernels(
         &self,
-        (kernel, access, grad): (Kernel, Access, GradAccess),
+        (kernel, binds): (Kernel, Binds),
         pieces: usize,
         bits: u32,
         reduce: bool,
@@ -485,19 +482,19 @@ impl Parts<'_> {
         Vec<Arc<CompiledKernel>>,
         Option<StepKernels>,
     )> {
-        let step = step_kernels(self.ctx, kernel, access, grad, pieces, bits)?;
+        let step = step_kernels(self.ctx, kernel, binds, pieces, bits)?;
         let apply = kernel
             .phased()
-            .then(|| step_kernels(self.ctx, kernel.apply_phase(), access, grad, pieces, bits))
+            .then(|| step_kernels(self.ctx, kernel.apply_phase(), binds, pieces, bits))
             .transpose()?;
         let reduce = reduce
-            .then(|| self.ctx.kernel(Pipeline::Reduce(access)))
+            .then(|| {
+                self.ctx
+                    .kernel(Pipeline::Reduce(binds.access, binds.grad_type))
+            })
             .transpose()?;
         let sums = (0..kernel.sums_rounds())
-            .map(|round| {
-                self.ctx
-                    .kernel(Pipeline::Sums(kernel, access, grad, bits, round))
-            })
+            .map(|round| self.ctx.kernel(Pipeline::Sums(kernel, binds, bits, round)))
             .collect::<Result<Vec<_>>>()?;
         Ok((step, reduce, sums, apply))
     }
@@ -507,7 +504,7 @@ impl Parts<'_> {
         &self,
         layout: &Planned,
         p: &plan::Batch,
-        (kernel, access, grad): (Kernel, Access, GradAccess),
+        (kernel, binds): (Kernel, Binds),
         bits: u32,
     ) -> Result<FactorDispatch> {
         let max_x = u64::from(
@@ -528,7 +525,7 @@ impl Parts<'_> {
             let x = quads.clamp(1, MAX_FACTOR_WORKGROUPS.min(max_x));
             (x as u32, p.pieces.len() as u32)
         };
-        let (lines_kernel, means_kernel) = self.factor_kernels((kernel, access, grad), bits)?;
+        let (lines_kernel, means_kernel) = self.factor_kernels((kernel, binds), bits)?;
         Ok(FactorDispatch {
             lines: lines_kernel,
             means: means_kernel,
@@ -540,12 +537,12 @@ impl Parts<'_> {
     /// The two factor passes' kernels of a batch, for the step flags `bits`.
     fn factor_kernels(
         &self,
-        (kernel, access, grad): (Kernel, Access, GradAccess),
+        (kernel, binds): (Kernel, Binds),
         bits: u32,
     ) -> Result<(Arc<CompiledKernel>, Arc<CompiledKernel>)> {
         let pipeline = |pass| {
             self.ctx
-                .kernel(Pipeline::Factors(kernel, access, grad, bits, pass))
+                .kernel(Pipeline::Factors(kernel, binds, bits, pass))
         };
         Ok((pipeline(FactorPass::Lines)?, pipeline(FactorPass::Means)?))
     }
@@ -607,15 +604,13 @@ impl Parts<'_> {
         param: (wgpu::Buffer, (u64, u64)),
         grad: (wgpu::Buffer, (u64, u64)),
         block: usize,
-        access: Access,
-        grad_access: GradAccess,
+        binds: Binds,
     ) -> Result<wgpu::BindGroup> {
         let key = GroupKey::Step {
             param: param.clone(),
             grad: grad.clone(),
             block,
-            access,
-            grad_access,
+            binds,
         };
         let device = self.ctx.device();
         let (derived, state) = (&self.buffers.derived, &self.blocks[block].buffer);
@@ -639,11 +634,17 @@ impl Parts<'_> {
         &mut self,
         kernel: &CompiledKernel,
         grad: (wgpu::Buffer, (u64, u64)),
-        access: Access,
+        binds: Binds,
     ) -> Result<wgpu::BindGroup> {
+        // The reduction's layout depends on the access mode and the gradients' type alone.
+        let binds = Binds {
+            grad: GradAccess::ReadOnly,
+            param_type: DType::F32,
+            ..binds
+        };
         let key = GroupKey::Reduce {
             grad: grad.clone(),
-            access,
+            binds,
             generation: self.generation,
         };
         let device = self.ctx.device();
@@ -673,18 +674,14 @@ impl Parts<'_> {
         }
         let mut fresh = Vec::with_capacity(bound.dispatches.len());
         for d in &bound.dispatches {
-            let ((kernel, edge), reduce_kernel, sums_kernels, apply) = self.kernels(
-                (d.kernel_id, d.access, d.grad_access),
-                d.pieces,
-                bits,
-                reduce,
-            )?;
+            let ((kernel, edge), reduce_kernel, sums_kernels, apply) =
+                self.kernels((d.kernel_id, d.binds), d.pieces, bits, reduce)?;
             let group = match &reduce_kernel {
-                Some(k) => Some(self.reduce_group(k, d.grad.clone(), d.access)?),
+                Some(k) => Some(self.reduce_group(k, d.grad.clone(), d.binds)?),
                 None => None,
             };
             let factors = match d.factors {
-                Some(_) => Some(self.factor_kernels((d.kernel_id, d.access, d.grad_access), bits)?),
+                Some(_) => Some(self.factor_kernels((d.kernel_id, d.binds), bits)?),
                 None => None,
             };
             fresh.push((
@@ -766,6 +763,7 @@ impl Optimizer {
                 None => {
                     let r = &self.bound.ranges[i];
                     BufferRange::new(&r.0, r.1, self.tensors[i].len)
+                        .with_dtype(self.tensors[i].types.0)
                 }
             }
         };
@@ -777,8 +775,11 @@ impl Optimizer {
                 && p.len == len
                 && g.len == len
         };
+        let typed = |i: usize| (param_at(i).dtype, grads[i].dtype) == self.tensors[i].types;
         let matches = |b: &Bound| {
-            (0..n).all(|i| same(&b.ranges[i], &param_at(i), &grads[i], self.tensors[i].len))
+            (0..n).all(|i| {
+                typed(i) && same(&b.ranges[i], &param_at(i), &grads[i], self.tensors[i].len)
+            })
         };
         if matches(&self.bound) {
             return Ok(());
@@ -797,6 +798,16 @@ impl Optimizer {
         }
         let tensors: Vec<Tensor<'_>> = (0..n).map(|i| Tensor::new(param_at(i), grads[i])).collect();
         for (i, t) in tensors.iter().enumerate() {
+            let (param, grad) = self.tensors[i].types;
+            for (role, range, dtype) in [("parameter", t.param, param), ("gradient", t.grad, grad)]
+            {
+                if range.dtype != dtype {
+                    return Err(Error::Input(format!(
+                        "rebind: tensor {i}'s {role} range is {}; the tensor's {role}s are {dtype}",
+                        range.dtype
+                    )));
+                }
+            }
             check_range(i, "parameter", &t.param)?;
             check_range(i, "gradient", &t.grad)?;
             for (role, len) in [("parameter", t.param.len), ("gradient", t.grad.len)] {

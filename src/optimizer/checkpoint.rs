@@ -11,7 +11,7 @@
 //! | `<name>.step` | I64 | `[]` | the tensor's step count (every optimizer, SGD included) |
 //! | `<name>.<state>` | F32 | the tensor's, or PyTorch's for a factor | each state buffer under PyTorch's name (`exp_avg`, `momentum_buffer`, ...; Adafactor's factors of a tensor of two dimensions or more, `row_var` with the last dimension 1 and `col_var` with the second-to-last 1) |
 //! | `<name>.<scalar>` | F32 | `[]` | each scalar state under PyTorch's name (NAdam's `mu_product`, ASGD's `eta` and `mu`) |
-//! | `<name>` | F32 | the tensor's | the parameter, with [`SaveOptions::parameters`] |
+//! | `<name>` | the parameter's: F32, F16 or BF16 | the tensor's | the parameter, with [`SaveOptions::parameters`] |
 //!
 //! The safetensors metadata (string to string) holds, as JSON where it is structured:
 //!
@@ -179,6 +179,7 @@ impl Optimizer {
                         usage: "COPY_SRC",
                     });
                 }
+                meta.param_bytes(i)?;
             }
         }
         let mut metadata = BTreeMap::new();
@@ -209,17 +210,14 @@ impl Optimizer {
                 source: Source::Step(i),
             })
             .collect();
-        for meta in &self.tensors {
+        for (i, meta) in self.tensors.iter().enumerate() {
             if options.parameters {
+                let (offset, bytes) = meta.param_bytes(i)?;
                 entries.push(Entry {
                     name: meta.name.clone(),
-                    dtype: "F32",
+                    dtype: meta.types.0.safetensors_name(),
                     shape: meta.shape(),
-                    source: Source::Gpu(vec![(
-                        meta.param.clone(),
-                        meta.param_offset,
-                        meta.len * 4,
-                    )]),
+                    source: Source::Gpu(vec![(meta.param.clone(), offset, bytes)]),
                 });
             }
             let config = &self.groups[meta.group];
@@ -355,13 +353,20 @@ impl Optimizer {
         for (i, meta) in self.tensors.iter().enumerate() {
             if options.parameters {
                 let start = file.tensors[&meta.name].start;
-                let target = [(&meta.param, meta.param_offset, meta.len)];
+                // Checked by check_checkpoint.
+                let bytes = meta.len * meta.types.0.size();
+                let target = [(&meta.param, meta.param_offset, bytes)];
                 stream.upload(&mut file, start, &target)?;
             }
             let names = self.groups[meta.group].state_names_for(&meta.shape());
             for (n, state) in names.iter().enumerate() {
                 let start = file.tensors[&format!("{}.{state}", meta.name)].start;
-                stream.upload(&mut file, start, &self.state_ranges(meta, n as u64))?;
+                let targets: Vec<_> = self
+                    .state_ranges(meta, n as u64)
+                    .into_iter()
+                    .map(|(buffer, at, len)| (buffer, at, len * 4))
+                    .collect();
+                stream.upload(&mut file, start, &targets)?;
             }
             let at = super::CONTROL_HEADER + super::TENSOR_STEP_SIZE * i as u64;
             queue.write_buffer(
@@ -429,7 +434,7 @@ impl Optimizer {
         let mut expected = HashSet::new();
         let mut steps = Vec::with_capacity(self.tensors.len());
         let mut scalars = Vec::with_capacity(self.tensors.len());
-        for t in &self.tensors {
+        for (i, t) in self.tensors.iter().enumerate() {
             let step_key = format!("{}.step", t.name);
             file.expect(&step_key, "I64", Some(&[]), 1)?;
             let step = file.read_i64(&step_key)?;
@@ -459,8 +464,12 @@ impl Optimizer {
                 expected.insert(key);
             }
             if options.parameters || file.tensors.contains_key(&t.name) {
-                file.expect(&t.name, "F32", t.given_shape.as_deref(), t.len)?;
+                let dtype = t.types.0.safetensors_name();
+                file.expect(&t.name, dtype, t.given_shape.as_deref(), t.len)?;
                 expected.insert(t.name.clone());
+            }
+            if options.parameters {
+                t.param_bytes(i)?;
             }
         }
         if let Some(extra) = file.tensors.keys().find(|k| !expected.contains(*k)) {
@@ -878,18 +887,18 @@ impl<'a> Uploader<'a> {
         }
     }
 
-    /// Copies consecutive f32 data starting at byte `at` of the file into `targets`, `(buffer,
-    /// byte offset, elements)`, in order.
+    /// Copies consecutive data starting at byte `at` of the file into `targets`, `(buffer,
+    /// byte offset, bytes)`, in order.
     fn upload(
         &mut self,
         file: &mut CheckpointFile,
         mut at: u64,
         targets: &[(&wgpu::Buffer, u64, u64)],
     ) -> Result<()> {
-        for &(buffer, offset, len) in targets {
+        for &(buffer, offset, bytes) in targets {
             let mut done = 0;
-            while done < len * 4 {
-                let n = (len * 4 - done).min(STREAM_CHUNK);
+            while done < bytes {
+                let n = (bytes - done).min(STREAM_CHUNK);
                 self.chunk.resize(n as usize, 0);
                 file.read_at(at, &mut self.chunk)?;
                 self.ctx

@@ -1,0 +1,434 @@
+//! 16-bit parameters and gradients (f16 and bf16, packed two to a word) on the GPU against
+//! the CPU reference that rounds the parameters at every store (`reference::step_stored`), in
+//! f32 as the kernels compute and in f64.
+//!
+//! The tensors sit at odd element offsets, share 32-bit words with each other and with poisoned
+//! elements that no tensor owns, and some cannot take vec4 access beside others that can.
+
+mod common;
+
+use common::{Rng, ctx};
+use wgpu::util::DeviceExt;
+use wgpu_optim::{
+    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, Lamb, Optimizer,
+    OptimizerConfig, SGD, Tensor, TensorState, reference,
+};
+
+/// Bits of an element no tensor owns: must survive every step bit for bit.
+const POISON: u16 = 0x5a5a;
+
+/// A buffer of 16-bit or f32 elements, as bits.
+fn buffer(ctx: &Context, label: &str, dtype: DType, bits: &[u32]) -> wgpu::Buffer {
+    let bytes: Vec<u8> = match dtype {
+        DType::F32 => bits.iter().flat_map(|b| b.to_le_bytes()).collect(),
+        _ => bits
+            .iter()
+            .flat_map(|&b| (b as u16).to_le_bytes())
+            .collect(),
+    };
+    let mut bytes = bytes;
+    bytes.resize(bytes.len().next_multiple_of(16), 0);
+    ctx.device()
+        .create_buffer_init(&wgpu::util::BufferInitDescriptor {
+            label: Some(label),
+            contents: &bytes,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+        })
+}
+
+/// The buffer's first `n` elements of `dtype`, as bits.
+fn read_bits(ctx: &Context, buffer: &wgpu::Buffer, dtype: DType, n: usize) -> Vec<u32> {
+    let words = ctx.read_f32(&[(buffer, 0, buffer.size() / 4)]).unwrap();
+    let words = words.iter().map(|w| w.to_bits());
+    match dtype {
+        DType::F32 => words.take(n).collect(),
+        _ => words.flat_map(|w| [w & 0xffff, w >> 16]).take(n).collect(),
+    }
+}
+
+/// The units of the last place of a `dtype` value near `x`: the spacing of `dtype` there.
+fn ulp(dtype: DType, x: f64) -> f64 {
+    let mantissa = match dtype {
+        DType::F32 => 23,
+        DType::F16 => 10,
+        _ => 7,
+    };
+    let smallest = match dtype {
+        DType::F16 => 2f64.powi(-24),
+        _ => 2f64.powi(-133),
+    };
+    (2f64.powi(x.abs().log2().floor() as i32 - mantissa)).max(smallest)
+}
+
+/// One tensor's place: element offsets of its parameter and gradient, and its length.
+struct Place {
+    param: usize,
+    grad: usize,
+    len: usize,
+}
+
+/// Steps `config` `steps` times over tensors of the given places with parameters of
+/// `param_type` and gradients of `grad_type`, and checks the parameters against the reference,
+/// and every element no tensor owns against its poison.
+#[allow(clippy::too_many_arguments)]
+fn check(
+    ctx: &Context,
+    config: OptimizerConfig,
+    clip: Option<ClipGrad>,
+    (param_type, grad_type): (DType, DType),
+    places: &[Place],
+    steps: usize,
+    rng: &mut Rng,
+) -> Vec<Access> {
+    let param_len = places.iter().map(|p| p.param + p.len).max().unwrap() + 3;
+    let grad_len = places.iter().map(|p| p.grad + p.len).max().unwrap() + 3;
+    let poison = |dtype: DType| match dtype {
+        DType::F32 => u32::from(POISON) << 16 | u32::from(POISON),
+        _ => u32::from(POISON),
+    };
+    let mut init = vec![poison(param_type); param_len];
+    for p in places {
+        for x in &mut init[p.param..p.param + p.len] {
+            *x = param_type.bits(rng.normal());
+        }
+    }
+    let param = buffer(ctx, "param", param_type, &init);
+    let grad = buffer(ctx, "grad", grad_type, &vec![poison(grad_type); grad_len]);
+    let tensors: Vec<Tensor<'_>> = places
+        .iter()
+        .map(|p| {
+            let at = |e: usize, d: DType| e as u64 * d.size();
+            Tensor::new(
+                BufferRange::new(&param, at(p.param, param_type), p.len as u64)
+                    .with_dtype(param_type),
+                BufferRange::new(&grad, at(p.grad, grad_type), p.len as u64).with_dtype(grad_type),
+            )
+        })
+        .collect();
+    let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
+    if let Some(c) = clip {
+        opt.set_clip_grad(Some(c)).unwrap();
+    }
+    let access = (0..places.len())
+        .map(|k| opt.tensor_access(k).unwrap())
+        .collect();
+
+    // The reference in f64 and in f32, from the stored values.
+    let value = |d: DType, bits: u32| f64::from(d.value(bits));
+    let mut p64: Vec<Vec<f64>> = places
+        .iter()
+        .map(|p| {
+            init[p.param..p.param + p.len]
+                .iter()
+                .map(|&b| value(param_type, b))
+                .collect()
+        })
+        .collect();
+    let mut p32: Vec<Vec<f32>> = p64
+        .iter()
+        .map(|v| v.iter().map(|&x| x as f32).collect())
+        .collect();
+    let mut s64 = vec![TensorState::<f64>::default(); places.len()];
+    let mut s32 = vec![TensorState::<f32>::default(); places.len()];
+    // Each element's largest magnitude over the steps: a rounding split at a step moves the
+    // trajectory by one unit of the stored type at the magnitude of that step.
+    let mut largest: Vec<Vec<f64>> = p64
+        .iter()
+        .map(|v| v.iter().map(|x| x.abs()).collect())
+        .collect();
+    let mut g_bits = vec![poison(grad_type); grad_len];
+    for _ in 0..steps {
+        for p in places {
+            for x in &mut g_bits[p.grad..p.grad + p.len] {
+                *x = grad_type.bits(rng.normal());
+            }
+        }
+        let g = buffer(ctx, "grad upload", grad_type, &g_bits);
+        let mut encoder = ctx.device().create_command_encoder(&Default::default());
+        encoder.copy_buffer_to_buffer(&g, 0, &grad, 0, grad.size());
+        ctx.queue().submit([encoder.finish()]);
+        opt.step_submit().unwrap();
+        let mut grads: Vec<Vec<f64>> = places
+            .iter()
+            .map(|p| {
+                g_bits[p.grad..p.grad + p.len]
+                    .iter()
+                    .map(|&b| value(grad_type, b))
+                    .collect()
+            })
+            .collect();
+        let mut all: Vec<&mut [f64]> = grads.iter_mut().map(Vec::as_mut_slice).collect();
+        reference::prepare_grads(&mut all, clip.as_ref(), None);
+        for (k, p) in places.iter().enumerate() {
+            let g32: Vec<f32> = grads[k].iter().map(|&g| g as f32).collect();
+            let shape = [p.len];
+            reference::step_stored(
+                &config,
+                &shape,
+                &mut s64[k],
+                &mut p64[k],
+                &grads[k],
+                param_type,
+            );
+            reference::step_stored(&config, &shape, &mut s32[k], &mut p32[k], &g32, param_type);
+            for (m, x) in largest[k].iter_mut().zip(&p64[k]) {
+                *m = m.max(x.abs());
+            }
+        }
+    }
+
+    let got = read_bits(ctx, &param, param_type, param_len);
+    let what = format!("{config:?} with {param_type} parameters and {grad_type} gradients");
+    let mut owned = vec![false; param_len];
+    let mut differ = 0;
+    let mut total = 0;
+    for (k, p) in places.iter().enumerate() {
+        for i in 0..p.len {
+            owned[p.param + i] = true;
+            let g = value(param_type, got[p.param + i]);
+            let (w64, w32) = (p64[k][i], f64::from(p32[k][i]));
+            // The f32 evaluation is the kernel's arithmetic up to the order of operations
+            // (and of the sums over a tensor, for Lamb's trust ratio): it may round the other
+            // way where a value lies next to a rounding boundary of a 16-bit type, by one unit
+            // of it (at the largest magnitude the element had) at a step, and rarely so.
+            let unit = if param_type == DType::F32 {
+                0.0
+            } else {
+                ulp(param_type, largest[k][i])
+            };
+            let units = steps as f64 * unit;
+            let tol = 2e-5 * (1.0 + w32.abs());
+            assert!(
+                (g - w32).abs() <= units + tol,
+                "{what}: tensor {k} element {i} is {g}, the f32 reference {w32} (one unit {unit:e})"
+            );
+            differ += usize::from(g != w32 && unit > 0.0);
+            total += 1;
+            // Against f64 likewise; beyond those units, the kernel is held to the tolerance or
+            // twice float32's own error, whichever is larger, as elsewhere.
+            let allowed = units + (2e-5 * (1.0 + w64.abs())).max(2.0 * (w32 - w64).abs());
+            assert!(
+                (g - w64).abs() <= allowed,
+                "{what}: tensor {k} element {i} is {g}, the f64 reference {w64}"
+            );
+        }
+    }
+    // Rounding other than to nearest even differs at half the elements or so.
+    assert!(
+        differ * 20 <= total,
+        "{what}: {differ} of {total} elements differ from the f32 reference"
+    );
+    for (i, (&b, &mine)) in got.iter().zip(&owned).enumerate() {
+        if !mine {
+            assert_eq!(
+                b,
+                poison(param_type),
+                "{what}: element {i} is no tensor's, but changed"
+            );
+        }
+    }
+    let g_after = read_bits(ctx, &grad, grad_type, grad_len);
+    assert_eq!(g_after, g_bits, "{what}: the gradients changed");
+    access
+}
+
+/// Tensors at odd element offsets; the second ends in the word the third starts in; the
+/// fourth's gradient is at another lane than its parameter (scalar beside vec4); the fifth is
+/// long enough for many workgroups.
+fn places() -> Vec<Place> {
+    vec![
+        Place {
+            param: 1,
+            grad: 1,
+            len: 1,
+        },
+        Place {
+            param: 3,
+            grad: 5,
+            len: 1_001,
+        },
+        Place {
+            param: 1_004,
+            grad: 1_010,
+            len: 3,
+        },
+        Place {
+            param: 1_009,
+            grad: 1_020,
+            len: 517,
+        },
+        Place {
+            param: 1_529,
+            grad: 1_541,
+            len: 70_001,
+        },
+        Place {
+            param: 71_531,
+            grad: 71_543,
+            len: 2,
+        },
+    ]
+}
+
+#[test]
+fn adam_on_16_bit_parameters_matches_the_rounding_reference() {
+    let mut rng = Rng::fresh("adam_on_16_bit_parameters");
+    let config: OptimizerConfig = Adam {
+        lr: 0.1,
+        weight_decay: 0.01,
+        ..Default::default()
+    }
+    .into();
+    for access in [Access::Vec4, Access::Scalar] {
+        let ctx = ctx().clone().with_access(access);
+        for types in [
+            (DType::BF16, DType::BF16),
+            (DType::F16, DType::F16),
+            (DType::BF16, DType::F32),
+            (DType::F32, DType::BF16),
+            (DType::F16, DType::F32),
+        ] {
+            let got = check(&ctx, config, None, types, &places(), 4, &mut rng);
+            if access == Access::Vec4 {
+                assert_eq!(got[3], Access::Scalar, "{types:?}");
+                assert_eq!(got[4], Access::Vec4, "{types:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn every_kind_of_kernel_steps_16_bit_parameters() {
+    // A class of each template path: plain (SGD with momentum, AdamW with amsgrad, Adagrad),
+    // the gradient reduction (clipping by the norm), and the per-tensor sums (Lamb).
+    let mut rng = Rng::fresh("every_kind_of_kernel_steps_16_bit_parameters");
+    let configs: [(OptimizerConfig, Option<ClipGrad>); 5] = [
+        (
+            SGD {
+                lr: 0.1,
+                momentum: 0.9,
+                nesterov: true,
+                ..Default::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            AdamW {
+                lr: 0.05,
+                amsgrad: true,
+                ..Default::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            Adagrad {
+                lr: 0.1,
+                ..Default::default()
+            }
+            .into(),
+            None,
+        ),
+        (
+            Adam {
+                lr: 0.1,
+                ..Default::default()
+            }
+            .into(),
+            Some(ClipGrad::norm(10.0)),
+        ),
+        (
+            Lamb {
+                lr: 0.1,
+                ..Default::default()
+            }
+            .into(),
+            None,
+        ),
+    ];
+    for access in [Access::Vec4, Access::Scalar] {
+        let ctx = ctx().clone().with_access(access);
+        for (config, clip) in configs {
+            check(
+                &ctx,
+                config,
+                clip,
+                (DType::BF16, DType::BF16),
+                &places(),
+                3,
+                &mut rng,
+            );
+        }
+    }
+}
+
+#[test]
+fn sixteen_bit_ranges_are_checked_and_copied_whole() {
+    let ctx = ctx();
+    let mut rng = Rng::fresh("sixteen_bit_ranges_are_checked");
+    let n = 1_000;
+    let bits: Vec<u32> = (0..n + 4).map(|_| DType::BF16.bits(rng.normal())).collect();
+    let param = buffer(ctx, "param", DType::BF16, &bits);
+    let grad = buffer(ctx, "grad", DType::BF16, &bits);
+    let bf16 = |b, at: u64, len| BufferRange::new(b, 2 * at, len).with_dtype(DType::BF16);
+    let config = Adam::default();
+
+    // A 16-bit element at an odd byte offset, and a range past the buffer's end.
+    let odd = BufferRange::new(&param, 3, 10).with_dtype(DType::BF16);
+    let e = Optimizer::new(ctx, config, &[Tensor::new(odd, bf16(&grad, 0, 10))]).unwrap_err();
+    assert!(e.to_string().contains("offset 3"), "{e}");
+
+    // Snapshots and checkpoints copy whole words: a parameter at an odd element offset is
+    // refused, and nothing changes.
+    let tensors = [Tensor::new(bf16(&param, 1, n), bf16(&grad, 1, n))];
+    let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
+    let e = opt.snapshot().unwrap_err();
+    assert!(e.to_string().contains("32-bit word"), "{e}");
+    let path = std::env::temp_dir().join(format!(
+        "wgpu-optim-bf16-{}.safetensors",
+        std::process::id()
+    ));
+    let save = wgpu_optim::checkpoint::SaveOptions {
+        parameters: true,
+        ..Default::default()
+    };
+    let e = opt.save(&path, &save).unwrap_err();
+    assert!(e.to_string().contains("32-bit word"), "{e}");
+    assert!(!path.exists());
+
+    // Rebinding to ranges of another type is an error that changes nothing.
+    let f32_range = BufferRange::new(&grad, 4, n);
+    let e = opt.rebind(&[f32_range], None).unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("tensor 0's gradient range is f32; the tensor's gradients are bf16"),
+        "{e}"
+    );
+    opt.step_submit().unwrap();
+    assert_eq!(opt.step_count(0).unwrap(), 1);
+
+    // At an even offset and length: a snapshot restores the bits, and a checkpoint carries
+    // the parameters as BF16 into another optimizer.
+    let tensors = [Tensor::new(bf16(&param, 2, n), bf16(&grad, 2, n))];
+    let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
+    opt.step_submit().unwrap();
+    let before = read_bits(ctx, &param, DType::BF16, n as usize + 4);
+    let snapshot = opt.snapshot().unwrap();
+    opt.save(&path, &save).unwrap();
+    opt.step_submit().unwrap();
+    assert_ne!(read_bits(ctx, &param, DType::BF16, n as usize + 4), before);
+    opt.restore(&snapshot).unwrap();
+    assert_eq!(read_bits(ctx, &param, DType::BF16, n as usize + 4), before);
+    opt.step_submit().unwrap();
+    let load = wgpu_optim::checkpoint::LoadOptions {
+        parameters: true,
+        ..Default::default()
+    };
+    opt.load(&path, load).unwrap();
+    assert_eq!(read_bits(ctx, &param, DType::BF16, n as usize + 4), before);
+    assert_eq!(opt.step_count(0).unwrap(), 1);
+    std::fs::remove_file(&path).unwrap();
+}
