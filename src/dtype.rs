@@ -135,6 +135,73 @@ impl std::str::FromStr for DType {
     }
 }
 
+/// The storage type of an optimizer's state buffers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum StateDType {
+    /// Each tensor's state in its parameter's type, as PyTorch keeps it:
+    /// `torch.optim.Adam(fused=True)` on bf16 parameters keeps bf16 moments.
+    #[default]
+    Param,
+    /// f32 whatever the parameters' type, as Apex and llm.c keep it.
+    F32,
+    /// bf16, as torchtitan keeps it: half the memory of f32 state.
+    BF16,
+}
+
+impl StateDType {
+    /// The state's type for a parameter of type `param`.
+    pub fn for_param(self, param: DType) -> DType {
+        match self {
+            StateDType::Param => param,
+            StateDType::F32 => DType::F32,
+            StateDType::BF16 => DType::BF16,
+        }
+    }
+}
+
+impl std::fmt::Display for StateDType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            StateDType::Param => "param",
+            StateDType::F32 => "f32",
+            StateDType::BF16 => "bf16",
+        })
+    }
+}
+
+impl std::str::FromStr for StateDType {
+    type Err = Error;
+
+    /// `param`, `f32` or `bf16`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "param" => Ok(StateDType::Param),
+            "f32" | "float32" => Ok(StateDType::F32),
+            "bf16" | "bfloat16" => Ok(StateDType::BF16),
+            _ => Err(Error::Input(format!(
+                "unknown state dtype {s:?} (expected param, f32 or bf16)"
+            ))),
+        }
+    }
+}
+
+/// How an optimizer keeps what it stores beside the parameters, for 16-bit parameters. With
+/// f32 parameters and the default [`StateDType::Param`], everything is f32.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub struct Precision {
+    /// The state buffers' type.
+    pub state: StateDType,
+}
+
+impl Precision {
+    /// State buffers of type `state`.
+    pub fn with_state(self, state: StateDType) -> Self {
+        Self { state }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -184,5 +251,9 @@ mod tests {
             assert_eq!(d.name().parse::<DType>().unwrap(), d);
         }
         assert!("f64".parse::<DType>().is_err());
+        for s in [StateDType::Param, StateDType::F32, StateDType::BF16] {
+            assert_eq!(s.to_string().parse::<StateDType>().unwrap(), s);
+        }
+        assert!("f16".parse::<StateDType>().is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! The GPU optimizer: tensors in parameter groups, state buffers, and step recording.
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport, split_f64};
-use crate::dtype::DType;
+use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::plan;
 use crate::gpu::template::{
@@ -164,6 +164,8 @@ struct TensorMeta {
     /// The storage types of its parameter and its gradient, fixed for the optimizer's
     /// lifetime.
     types: (DType, DType),
+    /// The storage type of its state.
+    state_type: DType,
     /// The kernel of the tensor's group.
     kernel: Kernel,
     /// The access mode its state was laid out for, and the lane of its first element there.
@@ -420,7 +422,23 @@ impl Optimizer {
     /// Checks everything first and returns an [`Error`] without allocating anything when a
     /// hyperparameter is invalid, a buffer lacks `STORAGE` usage, a range lies outside its
     /// buffer, lengths differ, written ranges overlap, or the device cannot run the kernel.
+    ///
+    /// The state is kept in each parameter's type ([`Precision::default`]); see
+    /// [`with_precision`](Self::with_precision) for other layouts.
     pub fn with_groups(ctx: &Context, groups: &[ParamGroup<'_>]) -> Result<Self> {
+        Self::with_precision(ctx, groups, Precision::default())
+    }
+
+    /// [`with_groups`](Self::with_groups) with the state kept as `precision` says. The math is
+    /// f32 whatever the types: loads widen and stores round to nearest even, and the update
+    /// uses the f32 values of the new state before they are rounded for storage, as PyTorch's
+    /// fused kernels do. Adafactor and Muon keep their state in f32 (their factor headers and
+    /// matrix products read it as such): a 16-bit state type for them is an [`Error`].
+    pub fn with_precision(
+        ctx: &Context,
+        groups: &[ParamGroup<'_>],
+        precision: Precision,
+    ) -> Result<Self> {
         let Some(first) = groups.first() else {
             return Err(Error::Input("optimizer got an empty parameter list".into()));
         };
@@ -477,9 +495,9 @@ impl Optimizer {
         let shader = first.config.kernel().shader;
         let finalize = ctx.kernel(Pipeline::Finalize(shader))?;
 
-        // The state: tensors of one kernel and access mode share blocks, each at its
-        // parameter's lane.
-        let mut block_keys: Vec<(Kernel, Access)> = Vec::new();
+        // The state: tensors of one kernel, access mode and state type share blocks, each at
+        // its parameter's lane.
+        let mut block_keys: Vec<(Kernel, Access, DType)> = Vec::new();
         let mut metas = Vec::with_capacity(all.len());
         let mut state_spans = Vec::with_capacity(all.len());
         for (i, (g, t)) in all.iter().enumerate() {
@@ -491,7 +509,19 @@ impl Optimizer {
             let kernel = config.kernel_for(&shape);
             let factors = kernel.factored().then(|| Factors::of(&shape));
             let access = access_for(ctx.access(), plan_limits.alignment, t);
-            let k = (kernel, access);
+            let state_type = precision.state.for_param(t.param.dtype);
+            if state_type != DType::F32 && (kernel.factored() || kernel.phased()) {
+                return Err(Error::Input(format!(
+                    "tensor {i}: {} keeps its state in f32 ({}), so it cannot keep {state_type} state (ask for f32 state)",
+                    config.type_name(),
+                    if kernel.phased() {
+                        "its matrix products read it as f32"
+                    } else {
+                        "its factored state holds integer headers"
+                    }
+                )));
+            }
+            let k = (kernel, access, state_type);
             let key = block_keys.iter().position(|x| *x == k).unwrap_or_else(|| {
                 block_keys.push(k);
                 block_keys.len() - 1
@@ -513,6 +543,7 @@ impl Optimizer {
                 param: t.param.buffer.clone(),
                 param_offset: t.param.offset,
                 types: (t.param.dtype, t.grad.dtype),
+                state_type,
                 kernel,
                 state_access: access,
                 lane,
@@ -581,7 +612,7 @@ impl Optimizer {
                 .iter()
                 .enumerate()
                 .map(|(b, p)| bind::StateBlock {
-                    buffer: state_buffer(device, groups, &all, &metas, b, p, block_keys[p.key].0),
+                    buffer: state_buffer(device, groups, &all, &metas, b, p, block_keys[p.key]),
                     plan: *p,
                 })
                 .collect();
@@ -1257,26 +1288,36 @@ impl Optimizer {
         ))
     }
 
-    /// The `(buffer, byte offset, elements)` ranges holding state buffer `n` of `tensor`: for a
-    /// tensor whose state is factored, factor `n` in its factor region.
+    /// The `(buffer, first element, elements)` ranges holding state buffer `n` of `tensor`,
+    /// in elements of its state type: for a tensor whose state is factored, factor `n` in its
+    /// factor region.
     fn state_ranges(&self, meta: &TensorMeta, n: u64) -> Vec<(&wgpu::Buffer, u64, u64)> {
         if let Some(f) = meta.factors {
             let piece = &meta.pieces[0];
             let (at, len) = f.range(n as usize);
             let buffer = &self.blocks[piece.block].buffer;
-            return vec![(buffer, 4 * (piece.state_offset + at), len)];
+            return vec![(buffer, piece.state_offset + at, len)];
         }
         meta.pieces
             .iter()
             .map(|p| {
                 let block = &self.blocks[p.block];
-                let at = 4 * (n * block.plan.len + p.state_offset);
-                (&block.buffer, at, p.len)
+                (&block.buffer, n * block.plan.len + p.state_offset, p.len)
             })
             .collect()
     }
 
-    /// Reads the state of `tensor` back from the GPU, after all submitted work. Blocks.
+    /// [`state_ranges`](Self::state_ranges) in bytes: `(buffer, byte offset, bytes)`.
+    fn state_bytes(&self, meta: &TensorMeta, n: u64) -> Vec<(&wgpu::Buffer, u64, u64)> {
+        let size = meta.state_type.size();
+        self.state_ranges(meta, n)
+            .into_iter()
+            .map(|(buffer, first, len)| (buffer, first * size, len * size))
+            .collect()
+    }
+
+    /// Reads the state of `tensor` back from the GPU, after all submitted work, widened to f32
+    /// from its state type (exactly). Blocks.
     pub fn read_state(&self, tensor: usize) -> Result<TensorState<f32>> {
         let meta = self.meta(tensor)?;
         let names = self.state_names(tensor)?;
@@ -1284,7 +1325,7 @@ impl Optimizer {
         for n in 0..names.len() {
             ranges.extend(self.state_ranges(meta, n as u64));
         }
-        let mut values = self.ctx.read_f32(&ranges)?.into_iter();
+        let mut values = self.ctx.read_typed(&ranges, meta.state_type)?.into_iter();
         let at = CONTROL_HEADER + TENSOR_STEP_SIZE * tensor as u64;
         let words = self
             .ctx
@@ -1312,6 +1353,10 @@ impl Optimizer {
     /// state, under PyTorch's names. The buffers are written with [`wgpu::Queue::write_buffer`], so they take effect
     /// at the next submit. The step count may be at most [`MAX_STEP`]. SGD's momentum buffer
     /// counts as existing once loaded, whatever the step. On error nothing changes.
+    ///
+    /// The values are f32, rounded to the state's type (to nearest even) where it is 16-bit.
+    /// A 16-bit state buffer that starts or ends inside a 32-bit word shares that word with
+    /// other state: the word is read back first (this blocks) and written whole.
     pub fn load_state(&mut self, tensor: usize, state: &TensorState<f32>) -> Result<()> {
         let meta = self.meta(tensor)?;
         let config = &self.groups[meta.group];
@@ -1370,12 +1415,11 @@ impl Optimizer {
         for (n, name) in names.iter().enumerate() {
             let values = &state.buffers[*name];
             let mut start = 0;
-            for (buffer, at, len) in self.state_ranges(meta, n as u64) {
-                let src = &values[start..start + len as usize];
-                self.ctx
-                    .queue()
-                    .write_buffer(buffer, at, bytemuck::cast_slice(src));
-                start += len as usize;
+            for (buffer, at, bytes) in self.state_bytes(meta, n as u64) {
+                let len = (bytes / meta.state_type.size()) as usize;
+                let src = typed_bytes(&values[start..start + len], meta.state_type);
+                self.ctx.write_halves(buffer, at, &src)?;
+                start += len;
             }
         }
         // SGD's first momentum step is its first step: a loaded buffer is past it.
@@ -1759,11 +1803,12 @@ fn state_buffer(
     metas: &[TensorMeta],
     b: usize,
     block: &plan::Block,
-    kernel: Kernel,
+    (kernel, _, dtype): (Kernel, Access, DType),
 ) -> wgpu::Buffer {
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
     let len = block.len * u64::from(kernel.state_buffers());
+    let bytes = (len * dtype.size()).next_multiple_of(4).max(16);
     let pieces = || {
         metas
             .iter()
@@ -1799,7 +1844,7 @@ fn state_buffer(
         // wgpu zero-initializes new buffers.
         return device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("wgpu-optim state"),
-            size: (len * 4).max(16),
+            size: bytes,
             usage,
             mapped_at_creation: false,
         });
@@ -1811,12 +1856,23 @@ fn state_buffer(
             values[at..at + piece.len as usize].fill(init(piece.tensor, name));
         }
     }
+    let mut contents = typed_bytes(&values, dtype);
+    contents.resize(bytes as usize, 0);
     wgpu::util::DeviceExt::create_buffer_init(
         device,
         &wgpu::util::BufferInitDescriptor {
             label: Some("wgpu-optim state"),
-            contents: bytemuck::cast_slice(&values),
+            contents: &contents,
             usage,
         },
     )
+}
+
+/// `values` rounded to `dtype`, as its little-endian bytes.
+fn typed_bytes(values: &[f32], dtype: DType) -> Vec<u8> {
+    let size = dtype.size() as usize;
+    values
+        .iter()
+        .flat_map(|&v| dtype.bits(v).to_le_bytes().into_iter().take(size))
+        .collect()
 }

@@ -17,7 +17,7 @@
 //! ```
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
-use crate::dtype::DType;
+use crate::dtype::{DType, Precision};
 use crate::optim::OptimizerConfig;
 use crate::state::TensorState;
 use std::fmt::Debug;
@@ -155,22 +155,25 @@ pub fn step<F: Real>(
     step_shaped(config, &[param.len()], state, param, grad);
 }
 
-/// [`step_shaped`] for a parameter stored as `dtype`: the step in `F` on the stored values,
-/// then each parameter rounded to `dtype` as the kernels store it ([`Real::stored`]), so that
-/// the next step starts from the rounded values, as on the GPU. The state stays in `F` (the
-/// kernels keep it in f32). Gradients of a 16-bit type are given as their exact values.
+/// [`step_shaped`] for a parameter stored as `param_type`, with the state stored as
+/// `precision` says: the step in `F` on the stored values, then each parameter and each state
+/// element rounded to its type as the kernels store it ([`Real::stored`]), so that the next
+/// step starts from the rounded values, as on the GPU. The step uses the new state before it
+/// is rounded, as PyTorch's fused kernels do. Scalar state is f32 on the GPU, and stays in `F`
+/// here. Gradients of a 16-bit type are given as their exact values.
 ///
 /// ```
-/// use wgpu_optim::{DType, SGD, TensorState, reference};
+/// use wgpu_optim::{DType, Precision, SGD, TensorState, reference};
 ///
 /// let config = SGD { lr: 0.01, ..Default::default() }.into();
 /// let mut state = TensorState::<f64>::default();
 /// // bf16 holds 8 significant bits: above 1 its values are 2^-7 apart, and an update of
 /// // 0.003 is lost, while one of 0.006 moves the parameter to the next value.
 /// let mut param = [1.0];
-/// reference::step_stored(&config, &[1], &mut state, &mut param, &[-0.3], DType::BF16);
+/// let bf16 = (DType::BF16, Precision::default());
+/// reference::step_stored(&config, &[1], &mut state, &mut param, &[-0.3], bf16);
 /// assert_eq!(param, [1.0]);
-/// reference::step_stored(&config, &[1], &mut state, &mut param, &[-0.6], DType::BF16);
+/// reference::step_stored(&config, &[1], &mut state, &mut param, &[-0.6], bf16);
 /// assert_eq!(param, [1.0 + 2f64.powi(-7)]);
 /// ```
 ///
@@ -182,11 +185,17 @@ pub fn step_stored<F: Real>(
     state: &mut TensorState<F>,
     param: &mut [F],
     grad: &[F],
-    dtype: DType,
+    (param_type, precision): (DType, Precision),
 ) {
     step_shaped(config, shape, state, param, grad);
     for p in param {
-        *p = p.stored(dtype);
+        *p = p.stored(param_type);
+    }
+    let state_type = precision.state.for_param(param_type);
+    for buffer in state.buffers.values_mut() {
+        for x in buffer {
+            *x = x.stored(state_type);
+        }
     }
 }
 

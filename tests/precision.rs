@@ -1,6 +1,6 @@
-//! 16-bit parameters and gradients (f16 and bf16, packed two to a word) on the GPU against
-//! the CPU reference that rounds the parameters at every store (`reference::step_stored`), in
-//! f32 as the kernels compute and in f64.
+//! 16-bit parameters, gradients and state (f16 and bf16, packed two to a word) on the GPU
+//! against the CPU reference that rounds the parameters and the state at every store
+//! (`reference::step_stored`), in f32 as the kernels compute and in f64.
 //!
 //! The tensors sit at odd element offsets, share 32-bit words with each other and with poisoned
 //! elements that no tensor owns, and some cannot take vec4 access beside others that can.
@@ -11,7 +11,7 @@ use common::{Rng, ctx};
 use wgpu::util::DeviceExt;
 use wgpu_optim::{
     Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, Lamb, Optimizer,
-    OptimizerConfig, SGD, Tensor, TensorState, reference,
+    OptimizerConfig, ParamGroup, Precision, SGD, StateDType, Tensor, TensorState, reference,
 };
 
 /// Bits of an element no tensor owns: must survive every step bit for bit.
@@ -59,7 +59,8 @@ fn ulp(dtype: DType, x: f64) -> f64 {
         DType::F16 => 2f64.powi(-24),
         _ => 2f64.powi(-133),
     };
-    (2f64.powi(x.abs().log2().floor() as i32 - mantissa)).max(smallest)
+    let exponent = x.abs().max(smallest).log2().floor() as i32;
+    2f64.powi(exponent - mantissa).max(smallest)
 }
 
 /// One tensor's place: element offsets of its parameter and gradient, and its length.
@@ -77,7 +78,7 @@ fn check(
     ctx: &Context,
     config: OptimizerConfig,
     clip: Option<ClipGrad>,
-    (param_type, grad_type): (DType, DType),
+    (param_type, grad_type, precision): (DType, DType, Precision),
     places: &[Place],
     steps: usize,
     rng: &mut Rng,
@@ -107,7 +108,8 @@ fn check(
             )
         })
         .collect();
-    let mut opt = Optimizer::new(ctx, config, &tensors).unwrap();
+    let groups = [ParamGroup::new(config, tensors)];
+    let mut opt = Optimizer::with_precision(ctx, &groups, precision).unwrap();
     if let Some(c) = clip {
         opt.set_clip_grad(Some(c)).unwrap();
     }
@@ -164,15 +166,9 @@ fn check(
         for (k, p) in places.iter().enumerate() {
             let g32: Vec<f32> = grads[k].iter().map(|&g| g as f32).collect();
             let shape = [p.len];
-            reference::step_stored(
-                &config,
-                &shape,
-                &mut s64[k],
-                &mut p64[k],
-                &grads[k],
-                param_type,
-            );
-            reference::step_stored(&config, &shape, &mut s32[k], &mut p32[k], &g32, param_type);
+            let stored = (param_type, precision);
+            reference::step_stored(&config, &shape, &mut s64[k], &mut p64[k], &grads[k], stored);
+            reference::step_stored(&config, &shape, &mut s32[k], &mut p32[k], &g32, stored);
             for (m, x) in largest[k].iter_mut().zip(&p64[k]) {
                 *m = m.max(x.abs());
             }
@@ -180,7 +176,10 @@ fn check(
     }
 
     let got = read_bits(ctx, &param, param_type, param_len);
-    let what = format!("{config:?} with {param_type} parameters and {grad_type} gradients");
+    let state_type = precision.state.for_param(param_type);
+    let what = format!(
+        "{config:?} with {param_type} parameters, {grad_type} gradients and {state_type} state"
+    );
     let mut owned = vec![false; param_len];
     let mut differ = 0;
     let mut total = 0;
@@ -231,6 +230,26 @@ fn check(
     }
     let g_after = read_bits(ctx, &grad, grad_type, grad_len);
     assert_eq!(g_after, g_bits, "{what}: the gradients changed");
+    // The state, widened from its type, against the f32 evaluation rounded likewise: within a
+    // unit of the state's type a step where the two round apart (none for f32 state).
+    for (k, want) in s32.iter().enumerate() {
+        let got = opt.read_state(k).unwrap();
+        assert_eq!(got.step, want.step, "{what}: tensor {k}'s step");
+        for (name, w) in &want.buffers {
+            for (i, (&g, &w)) in got.buffers[name].iter().zip(w).enumerate() {
+                let (g, w) = (f64::from(g), f64::from(w));
+                let unit = if state_type == DType::F32 {
+                    0.0
+                } else {
+                    ulp(state_type, g.abs().max(w.abs()))
+                };
+                assert!(
+                    (g - w).abs() <= steps as f64 * unit + 2e-5 * (1.0 + w.abs()),
+                    "{what}: tensor {k}'s {name}[{i}] is {g}, the f32 reference {w}"
+                );
+            }
+        }
+    }
     access
 }
 
@@ -283,17 +302,20 @@ fn adam_on_16_bit_parameters_matches_the_rounding_reference() {
     .into();
     for access in [Access::Vec4, Access::Scalar] {
         let ctx = ctx().clone().with_access(access);
-        for types in [
+        for (param, grad) in [
             (DType::BF16, DType::BF16),
             (DType::F16, DType::F16),
             (DType::BF16, DType::F32),
             (DType::F32, DType::BF16),
             (DType::F16, DType::F32),
         ] {
-            let got = check(&ctx, config, None, types, &places(), 4, &mut rng);
-            if access == Access::Vec4 {
-                assert_eq!(got[3], Access::Scalar, "{types:?}");
-                assert_eq!(got[4], Access::Vec4, "{types:?}");
+            for state in [StateDType::Param, StateDType::F32, StateDType::BF16] {
+                let types = (param, grad, Precision::default().with_state(state));
+                let got = check(&ctx, config, None, types, &places(), 4, &mut rng);
+                if access == Access::Vec4 {
+                    assert_eq!(got[3], Access::Scalar, "{types:?}");
+                    assert_eq!(got[4], Access::Vec4, "{types:?}");
+                }
             }
         }
     }
@@ -356,7 +378,7 @@ fn every_kind_of_kernel_steps_16_bit_parameters() {
                 &ctx,
                 config,
                 clip,
-                (DType::BF16, DType::BF16),
+                (DType::BF16, DType::BF16, Precision::default()),
                 &places(),
                 3,
                 &mut rng,
@@ -431,4 +453,95 @@ fn sixteen_bit_ranges_are_checked_and_copied_whole() {
     assert_eq!(read_bits(ctx, &param, DType::BF16, n as usize + 4), before);
     assert_eq!(opt.step_count(0).unwrap(), 1);
     std::fs::remove_file(&path).unwrap();
+}
+
+#[test]
+fn sixteen_bit_state_reads_loads_and_checkpoints_exactly() {
+    // Two tensors at odd offsets (lanes 1 and 2 with vec4 access), of odd lengths, so that
+    // their bf16 state starts and ends inside words, one of them shared between the two.
+    let ctx = ctx();
+    let mut rng = Rng::fresh("sixteen_bit_state_reads_loads");
+    let bits: Vec<u32> = (0..2_000).map(|_| DType::BF16.bits(rng.normal())).collect();
+    let param = buffer(ctx, "param", DType::BF16, &bits);
+    let grad = buffer(ctx, "grad", DType::BF16, &bits);
+    let bf16 = |b, at: u64, len| BufferRange::new(b, 2 * at, len).with_dtype(DType::BF16);
+    let tensors = [
+        Tensor::new(bf16(&param, 1, 501), bf16(&grad, 1, 501)),
+        Tensor::new(bf16(&param, 502, 777), bf16(&grad, 502, 777)),
+    ];
+    let mut opt = Optimizer::new(ctx, Adam::default(), &tensors).unwrap();
+    opt.step_submit().unwrap();
+    let first = [opt.read_state(0).unwrap(), opt.read_state(1).unwrap()];
+    // Every value is a bf16 value.
+    for s in &first {
+        for v in s.buffers.values().flatten() {
+            assert_eq!(DType::BF16.round(*v), *v);
+        }
+    }
+
+    // load_state rounds to bf16, and leaves the other tensor's halves of shared words alone.
+    let mut changed = first[0].clone();
+    for v in changed.buffers.values_mut().flatten() {
+        *v = *v * 3.0 + 1e-3;
+    }
+    opt.load_state(0, &changed).unwrap();
+    let got = opt.read_state(0).unwrap();
+    for (name, values) in &changed.buffers {
+        let want: Vec<f32> = values.iter().map(|&v| DType::BF16.round(v)).collect();
+        assert_eq!(got.buffers[name], want, "{name}");
+    }
+    assert_eq!(opt.read_state(1).unwrap(), first[1]);
+
+    // A checkpoint keeps the state as BF16, through whole-word copies, synchronously and not.
+    let dir = std::env::temp_dir();
+    let path = dir.join(format!(
+        "wgpu-optim-bf16-state-{}.safetensors",
+        std::process::id()
+    ));
+    let path_async = dir.join(format!(
+        "wgpu-optim-bf16-async-{}.safetensors",
+        std::process::id()
+    ));
+    opt.load_state(0, &first[0]).unwrap();
+    opt.save(&path, &Default::default()).unwrap();
+    opt.save_async(&path_async, &Default::default())
+        .unwrap()
+        .wait()
+        .unwrap();
+    opt.step_submit().unwrap();
+    for p in [&path, &path_async] {
+        opt.load(p, Default::default()).unwrap();
+        assert_eq!(opt.read_state(0).unwrap(), first[0]);
+        assert_eq!(opt.read_state(1).unwrap(), first[1]);
+        opt.step_submit().unwrap();
+    }
+    let file = std::fs::read(&path).unwrap();
+    let header_len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
+        let header: serde_json::Value = serde_json::from_slice(&file[8..8 + header_len]).unwrap();
+    assert_eq!(header["param.0.exp_avg"]["dtype"], "BF16");
+    assert_eq!(header["param.1.exp_avg_sq"]["shape"], serde_json::json!([777]));
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&path_async).unwrap();
+
+    // f32 state beside bf16 parameters stays f32; Muon and Adafactor keep f32 state only.
+    let groups = [ParamGroup::new(Adam::default(), tensors.to_vec())];
+    let f32_state = Precision::default().with_state(StateDType::F32);
+    let mut opt = Optimizer::with_precision(ctx, &groups, f32_state).unwrap();
+    opt.step_submit().unwrap();
+    let s = opt.read_state(0).unwrap();
+    assert!(
+        s.buffers["exp_avg_sq"]
+            .iter()
+            .any(|&v| DType::BF16.round(v) != v)
+    );
+    let matrix = [Tensor::new(bf16(&param, 0, 600), bf16(&grad, 0, 600)).with_shape(&[20, 30])];
+    for config in [
+        OptimizerConfig::from(wgpu_optim::Muon::default()),
+        wgpu_optim::Adafactor::default().into(),
+    ] {
+        let e = Optimizer::new(ctx, config, &matrix).unwrap_err();
+        assert!(e.to_string().contains("keeps its state in f32"), "{e}");
+        let groups = [ParamGroup::new(config, matrix.to_vec())];
+        Optimizer::with_precision(ctx, &groups, f32_state).unwrap();
+    }
 }

@@ -36,32 +36,33 @@ pub(crate) enum GradAccess {
     Shared,
 }
 
-/// How a batch's kernels bind its parameters and gradients: the access mode, the gradients'
-/// binding, and the storage type of each.
+/// How a batch's kernels bind its parameters, gradients and state: the access mode, the
+/// gradients' binding, and the storage type of each.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Binds {
     pub(crate) access: Access,
     pub(crate) grad: GradAccess,
     pub(crate) param_type: DType,
     pub(crate) grad_type: DType,
+    pub(crate) state_type: DType,
 }
 
 impl Binds {
-    /// f32 parameters and gradients.
+    /// f32 parameters, gradients and state.
     pub(crate) fn f32(access: Access, grad: GradAccess) -> Self {
         Self {
             access,
             grad,
             param_type: DType::F32,
             grad_type: DType::F32,
+            state_type: DType::F32,
         }
     }
 
-    /// Bytes of a unit of the parameter and of the gradient arrays: an f32 or a vec4 of them,
-    /// a vec4 of 16-bit elements (two words), or with scalar access a word of two.
-    pub(crate) fn unit_sizes(self) -> (u64, u64) {
-        let unit = |d: DType| (d.size() * self.access.lanes()).max(4);
-        (unit(self.param_type), unit(self.grad_type))
+    /// Bytes of a unit of an array of `dtype` elements: an f32 or a vec4 of them, a vec4 of
+    /// 16-bit elements (two words), or with scalar access a word of two.
+    pub(crate) fn unit_size(self, dtype: DType) -> u64 {
+        (dtype.size() * self.access.lanes()).max(4)
     }
 }
 
@@ -164,7 +165,8 @@ impl Module {
     /// Every module this crate compiles.
     ///
     /// With 16-bit storage types the variants multiply: every shader is compiled with bf16
-    /// parameters and gradients and with f16 parameters beside f32 gradients, with and without
+    /// parameters, gradients and state, and with f16 parameters beside f32 gradients and
+    /// state, with and without
     /// the step flags, in both dispatches. The storage functions are the same for every
     /// shader, so these stand for the other combinations.
     pub(crate) fn all() -> Vec<Module> {
@@ -183,13 +185,15 @@ impl Module {
                         out.push(Module::Optimizer(shader, Binds::f32(access, grad), flags));
                     }
                 }
-                for (param_type, grad_type) in
-                    [(DType::BF16, DType::BF16), (DType::F16, DType::F32)]
-                {
+                for (param_type, grad_type, state_type) in [
+                    (DType::BF16, DType::BF16, DType::BF16),
+                    (DType::F16, DType::F32, DType::F32),
+                ] {
                     for flags in [0, EDGES, STEP_FLAGS, STEP_FLAGS | EDGES] {
                         let binds = Binds {
                             param_type,
                             grad_type,
+                            state_type,
                             ..Binds::f32(access, GradAccess::ReadOnly)
                         };
                         out.push(Module::Optimizer(shader, binds, flags));
@@ -230,7 +234,7 @@ impl Module {
                 let storage = [
                     at("param", 1, "read_write", binds.param_type, true),
                     at("grad", 2, mode, binds.grad_type, false),
-                    at("state", 3, "read_write", DType::F32, true),
+                    at("state", 3, "read_write", binds.state_type, true),
                 ]
                 .map(Storage::source)
                 .concat();
@@ -251,7 +255,7 @@ impl Module {
                     flags & STEP_FLAGS,
                     edges,
                     flags & SINGLE != 0,
-                    conversions([binds.param_type, binds.grad_type]),
+                    conversions([binds.param_type, binds.grad_type, binds.state_type]),
                     shader.source
                 )
             }
@@ -330,12 +334,13 @@ impl Module {
                     GradAccess::ReadOnly => "read-only gradients",
                     GradAccess::Shared => "gradients in the parameter buffer",
                 };
-                let types = if (binds.param_type, binds.grad_type) == (DType::F32, DType::F32) {
+                let typed = [binds.param_type, binds.grad_type, binds.state_type];
+                let types = if typed == [DType::F32; 3] {
                     String::new()
                 } else {
                     format!(
-                        ", {} parameters, {} gradients",
-                        binds.param_type, binds.grad_type
+                        ", {} parameters, {} gradients, {} state",
+                        binds.param_type, binds.grad_type, binds.state_type
                     )
                 };
                 let edges = if flags & EDGES != 0 { ", edges" } else { "" };
@@ -600,18 +605,18 @@ fn round_constants(kernel: Kernel, round: u32) -> Vec<(&'static str, f64)> {
 impl Layout {
     /// The bindings.
     pub(crate) fn entries(self) -> Vec<wgpu::BindGroupLayoutEntry> {
-        // A unit of the f32 storage arrays: one f32 or one vec4.
-        let unit = |access: Access| 4 * access.lanes();
         match self {
-            Layout::Step(binds) => {
-                let (param, grad) = binds.unit_sizes();
-                vec![
-                    storage(0, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
-                    storage(1, false, false, param),
-                    storage(2, binds.grad == GradAccess::ReadOnly, false, grad),
-                    storage(3, false, false, unit(binds.access)),
-                ]
-            }
+            Layout::Step(binds) => vec![
+                storage(0, true, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
+                storage(1, false, false, binds.unit_size(binds.param_type)),
+                storage(
+                    2,
+                    binds.grad == GradAccess::ReadOnly,
+                    false,
+                    binds.unit_size(binds.grad_type),
+                ),
+                storage(3, false, false, binds.unit_size(binds.state_type)),
+            ],
             Layout::Finalize => vec![
                 storage(0, true, true, 0),
                 storage(1, false, false, 0),
@@ -619,7 +624,12 @@ impl Layout {
                 storage(3, false, false, STEP_HEADER_SIZE + COEFFS_STRIDE),
             ],
             Layout::Reduce(access, dtype) => vec![
-                storage(0, true, false, (dtype.size() * access.lanes()).max(4)),
+                storage(
+                    0,
+                    true,
+                    false,
+                    Binds::f32(access, GradAccess::ReadOnly).unit_size(dtype),
+                ),
                 storage(1, true, true, 0),
                 storage(2, true, false, 0),
                 storage(3, false, false, 16),

@@ -8,6 +8,7 @@ pub(crate) use kernels::{
     Binds, CompiledKernel, EDGES, FactorPass, GradAccess, Layout, Module, Pipeline, SINGLE,
 };
 
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -272,10 +273,66 @@ impl Context {
     }
 
     /// Copies byte ranges out of GPU buffers, `(buffer, byte offset, bytes)`, each a multiple
-    /// of 4, and hands them to `sink` in order, in pieces of at most `chunk` bytes that go
-    /// through one staging buffer of at most that size: the host holds one piece at a time.
-    /// The buffers need `COPY_SRC`. Blocks.
+    /// of 2 (of 16-bit elements), and hands them to `sink` in order, in pieces that go through
+    /// one staging buffer of at most `chunk` bytes: the host holds one piece at a time. Copies
+    /// move whole 4-byte words; the halves of words outside a range are left out. The buffers
+    /// need `COPY_SRC`. Blocks.
     pub(crate) fn read_stream(
+        &self,
+        ranges: &[(&wgpu::Buffer, u64, u64)],
+        chunk: u64,
+        mut sink: impl FnMut(&[u8]) -> Result<()>,
+    ) -> Result<()> {
+        for &(buffer, offset, bytes) in ranges {
+            let end = offset.checked_add(bytes);
+            if !offset.is_multiple_of(2)
+                || !bytes.is_multiple_of(2)
+                || end.is_none_or(|end| end.next_multiple_of(4) > buffer.size())
+            {
+                return Err(Error::Input(format!(
+                    "read of {bytes} bytes at byte offset {offset} is outside a {}-byte buffer",
+                    buffer.size()
+                )));
+            }
+        }
+        // Whole words, and the spans of the words' stream to leave out, in order.
+        let mut words = Vec::with_capacity(ranges.len());
+        let mut skip: Vec<(u64, u64)> = Vec::new();
+        let mut at = 0;
+        for &(buffer, offset, bytes) in ranges {
+            let (start, end) = (offset & !3, (offset + bytes).next_multiple_of(4));
+            if offset > start {
+                skip.push((at, at + offset - start));
+            }
+            if end > offset + bytes {
+                skip.push((at + offset + bytes - start, at + end - start));
+            }
+            words.push((buffer, start, end - start));
+            at += end - start;
+        }
+        if skip.is_empty() {
+            return self.read_words_stream(&words, chunk, sink);
+        }
+        let mut at = 0;
+        self.read_words_stream(&words, chunk, |data| {
+            let (from, to) = (at, at + data.len() as u64);
+            let mut cursor = from;
+            for &(a, b) in skip.iter().filter(|(a, b)| *b > from && *a < to) {
+                if a > cursor {
+                    sink(&data[(cursor - from) as usize..(a - from) as usize])?;
+                }
+                cursor = cursor.max(b);
+            }
+            if cursor < to {
+                sink(&data[(cursor - from) as usize..])?;
+            }
+            at = to;
+            Ok(())
+        })
+    }
+
+    /// As [`read_stream`](Self::read_stream), for ranges of whole words.
+    fn read_words_stream(
         &self,
         ranges: &[(&wgpu::Buffer, u64, u64)],
         chunk: u64,
@@ -373,6 +430,68 @@ impl Context {
         drop(data);
         staging.unmap();
         result
+    }
+
+    /// Elements of `dtype` out of GPU buffers, `(buffer, first element, elements)`, widened to
+    /// f32. Blocks.
+    pub(crate) fn read_typed(
+        &self,
+        ranges: &[(&wgpu::Buffer, u64, u64)],
+        dtype: DType,
+    ) -> Result<Vec<f32>> {
+        let size = dtype.size();
+        let bytes: Vec<_> = ranges
+            .iter()
+            .map(|&(b, first, len)| (b, first * size, len * size))
+            .collect();
+        let mut out = Vec::with_capacity(ranges.iter().map(|r| r.2 as usize).sum());
+        // A piece may end inside an element; its rest comes with the next piece.
+        let mut carry: Vec<u8> = Vec::new();
+        self.read_stream(&bytes, READ_CHUNK, |data| {
+            carry.extend_from_slice(data);
+            let whole = carry.len() / size as usize * size as usize;
+            out.extend(carry[..whole].chunks_exact(size as usize).map(|e| {
+                let mut word = [0u8; 4];
+                word[..e.len()].copy_from_slice(e);
+                dtype.value(u32::from_le_bytes(word))
+            }));
+            carry.drain(..whole);
+            Ok(())
+        })?;
+        Ok(out)
+    }
+
+    /// Writes `data` (whole elements of 2 or 4 bytes) into `buffer` at byte `offset`, a
+    /// multiple of 2, with [`wgpu::Queue::write_buffer`], which writes whole words: where the
+    /// range starts or ends inside a word, that word's other half is read back first (this
+    /// blocks) and written unchanged.
+    pub(crate) fn write_halves(
+        &self,
+        buffer: &wgpu::Buffer,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let (start, end) = (
+            offset & !3,
+            (offset + data.len() as u64).next_multiple_of(4),
+        );
+        if data.is_empty() {
+            return Ok(());
+        }
+        if start == offset && end == offset + data.len() as u64 {
+            self.queue().write_buffer(buffer, offset, data);
+            return Ok(());
+        }
+        let mut words = Vec::with_capacity((end - start) as usize);
+        let first = self.read_words(&[(buffer, start, 1)])?[0].to_le_bytes();
+        words.extend_from_slice(&first[..(offset - start) as usize]);
+        words.extend_from_slice(data);
+        if end > offset + data.len() as u64 {
+            let last = self.read_words(&[(buffer, end - 4, 1)])?[0].to_le_bytes();
+            words.extend_from_slice(&last[2..]);
+        }
+        self.queue().write_buffer(buffer, start, &words);
+        Ok(())
     }
 
     /// The byte size of a buffer of `elements` f32 values (at least 4), or

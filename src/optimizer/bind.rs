@@ -16,7 +16,6 @@ use super::{
     BufferRange, Buffers, Optimizer, Ring, StepKernels, Tensor, TensorMeta, check_overlaps,
     check_range, dispatch_size, entries, round_up, step_kernels, vec4_fits, window,
 };
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
 use crate::gpu::template::{
@@ -231,6 +230,7 @@ pub(super) fn layout(
             grad,
             param_type: meta.types.0,
             grad_type: meta.types.1,
+            state_type: meta.state_type,
         };
         let k = (meta.kernel, binds, &r.0, &r.2);
         let key = keys.iter().position(|x| *x == k).unwrap_or_else(|| {
@@ -638,9 +638,8 @@ impl Parts<'_> {
     ) -> Result<wgpu::BindGroup> {
         // The reduction's layout depends on the access mode and the gradients' type alone.
         let binds = Binds {
-            grad: GradAccess::ReadOnly,
-            param_type: DType::F32,
-            ..binds
+            grad_type: binds.grad_type,
+            ..Binds::f32(binds.access, GradAccess::ReadOnly)
         };
         let key = GroupKey::Reduce {
             grad: grad.clone(),

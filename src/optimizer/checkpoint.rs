@@ -224,13 +224,13 @@ impl Optimizer {
             let shape = meta.shape();
             for (n, state) in config.state_names_for(&shape).iter().enumerate() {
                 let ranges = self
-                    .state_ranges(meta, n as u64)
+                    .state_bytes(meta, n as u64)
                     .into_iter()
-                    .map(|(buffer, at, len)| (buffer.clone(), at, len * 4))
+                    .map(|(buffer, at, bytes)| (buffer.clone(), at, bytes))
                     .collect();
                 entries.push(Entry {
                     name: format!("{}.{state}", meta.name),
-                    dtype: "F32",
+                    dtype: meta.state_type.safetensors_name(),
                     shape: config.state_shape(state, &shape),
                     source: Source::Gpu(ranges),
                 });
@@ -250,17 +250,20 @@ impl Optimizer {
         if copy {
             let device = self.ctx.device();
             let mut encoder = device.create_command_encoder(&Default::default());
+            // Copies move whole words: a range of 16-bit elements that starts or ends inside
+            // one is copied with its words, and read back from inside the copy.
             let mut copy_of = |(buffer, offset, bytes): (wgpu::Buffer, u64, u64)| {
+                let (start, end) = (offset & !3, (offset + bytes).next_multiple_of(4));
                 let to = device.create_buffer(&wgpu::BufferDescriptor {
                     label: Some("wgpu-optim checkpoint copy"),
-                    size: bytes.max(4),
+                    size: (end - start).max(4),
                     usage: wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
                     mapped_at_creation: false,
                 });
                 if bytes > 0 {
-                    encoder.copy_buffer_to_buffer(&buffer, offset, &to, 0, bytes);
+                    encoder.copy_buffer_to_buffer(&buffer, start, &to, 0, end - start);
                 }
-                (to, 0, bytes)
+                (to, offset - start, bytes)
             };
             scoped(device, || {
                 control = (copy_of((control.0.clone(), 0, control.1)).0, control.1);
@@ -361,12 +364,7 @@ impl Optimizer {
             let names = self.groups[meta.group].state_names_for(&meta.shape());
             for (n, state) in names.iter().enumerate() {
                 let start = file.tensors[&format!("{}.{state}", meta.name)].start;
-                let targets: Vec<_> = self
-                    .state_ranges(meta, n as u64)
-                    .into_iter()
-                    .map(|(buffer, at, len)| (buffer, at, len * 4))
-                    .collect();
-                stream.upload(&mut file, start, &targets)?;
+                stream.upload(&mut file, start, &self.state_bytes(meta, n as u64))?;
             }
             let at = super::CONTROL_HEADER + super::TENSOR_STEP_SIZE * i as u64;
             queue.write_buffer(
@@ -460,7 +458,7 @@ impl Optimizer {
                 let state_shape = config.state_shape(state, &shape);
                 let len = state_shape.iter().product::<usize>() as u64;
                 let state_shape = t.given_shape.is_some().then_some(&state_shape[..]);
-                file.expect(&key, "F32", state_shape, len)?;
+                file.expect(&key, t.state_type.safetensors_name(), state_shape, len)?;
                 expected.insert(key);
             }
             if options.parameters || file.tensors.contains_key(&t.name) {
@@ -888,14 +886,29 @@ impl<'a> Uploader<'a> {
     }
 
     /// Copies consecutive data starting at byte `at` of the file into `targets`, `(buffer,
-    /// byte offset, bytes)`, in order.
+    /// byte offset, bytes)`, in order. A target of 16-bit elements that starts or ends inside
+    /// a word gets its first or last element written with the rest of that word as it is
+    /// ([`Context::write_halves`], which reads the word back).
     fn upload(
         &mut self,
         file: &mut CheckpointFile,
         mut at: u64,
         targets: &[(&wgpu::Buffer, u64, u64)],
     ) -> Result<()> {
-        for &(buffer, offset, bytes) in targets {
+        for &(buffer, mut offset, mut bytes) in targets {
+            let end = at + bytes;
+            if bytes > 0 && offset % 4 == 2 {
+                let mut head = [0u8; 2];
+                file.read_at(at, &mut head)?;
+                self.ctx.write_halves(buffer, offset, &head)?;
+                (at, offset, bytes) = (at + 2, offset + 2, bytes - 2);
+            }
+            if bytes > 0 && (offset + bytes) % 4 == 2 {
+                let mut tail = [0u8; 2];
+                file.read_at(at + bytes - 2, &mut tail)?;
+                self.ctx.write_halves(buffer, offset + bytes - 2, &tail)?;
+                bytes -= 2;
+            }
             let mut done = 0;
             while done < bytes {
                 let n = (bytes - done).min(STREAM_CHUNK);
@@ -911,6 +924,7 @@ impl<'a> Uploader<'a> {
                     self.flush()?;
                 }
             }
+            at = end;
         }
         Ok(())
     }
