@@ -98,6 +98,15 @@ impl DType {
         }
     }
 
+    /// `values` rounded to this type, as its little-endian bytes.
+    pub(crate) fn encode(self, values: &[f32]) -> Vec<u8> {
+        let size = self.size() as usize;
+        values
+            .iter()
+            .flat_map(|&v| self.bits(v).to_le_bytes().into_iter().take(size))
+            .collect()
+    }
+
     /// PyTorch's name: `float32`, `float16` or `bfloat16`.
     pub fn name(self) -> &'static str {
         match self {

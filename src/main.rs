@@ -4,8 +4,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wgpu_optim::{
-    Access, ClipGrad, Context, Error, GradScaler, NormType, OptimizerConfig, bench, replay,
-    schedule, validate,
+    Access, ClipGrad, Context, Error, GradScaler, NormType, OptimizerConfig, Precision, StateDType,
+    bench, replay, schedule, validate,
 };
 
 #[derive(Parser)]
@@ -24,13 +24,18 @@ enum Command {
         /// '{"type":"Adam","lr":0.001,"amsgrad":true}'.
         #[arg(long)]
         optimizer: String,
-        /// Initial f32 parameters by name (safetensors).
+        /// Initial parameters by name (safetensors; F32, F16 or BF16, each kept in its type).
         #[arg(long)]
         params: PathBuf,
-        /// For each parameter name, gradients with a leading step dimension (safetensors).
+        /// For each parameter name, gradients with a leading step dimension (safetensors; F32,
+        /// F16 or BF16).
         #[arg(long)]
         grads: PathBuf,
-        /// Output: final parameters by name and each state tensor as `<name>.<state>`.
+        /// The state's type: `param` (each parameter's, as PyTorch keeps it), `f32` or `bf16`.
+        #[arg(long, value_parser = parse_state_dtype, default_value = "param")]
+        state_dtype: StateDType,
+        /// Output: final parameters by name and each state tensor as `<name>.<state>`, each in
+        /// its type.
         #[arg(long)]
         out: PathBuf,
         /// A learning-rate schedule spec as JSON (as for `schedule --spec`); PyTorch schedules
@@ -159,6 +164,11 @@ fn parse_norm_type(text: &str) -> Result<NormType, String> {
     text.parse().map_err(|e: Error| e.to_string())
 }
 
+/// Parses a state type, `param`, `f32` or `bf16`.
+fn parse_state_dtype(text: &str) -> Result<StateDType, String> {
+    text.parse().map_err(|e: Error| e.to_string())
+}
+
 /// Parses an access mode, `scalar` or `vec4`.
 fn parse_access(text: &str) -> Result<Access, String> {
     text.parse().map_err(|e: Error| e.to_string())
@@ -264,6 +274,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             resume,
             save_checkpoint,
             eval,
+            state_dtype,
             backend,
         } => {
             let config: OptimizerConfig = serde_json::from_str(&optimizer)
@@ -315,6 +326,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 resume: resume.as_deref(),
                 save_checkpoint: save_checkpoint.as_deref(),
                 eval,
+                precision: Precision::default().with_state(state_dtype),
             };
             let result = replay::replay(&ctx, &config, &options, &params, &grads)?;
             replay::write_output(&out, &result)?;

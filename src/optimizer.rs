@@ -1417,7 +1417,7 @@ impl Optimizer {
             let mut start = 0;
             for (buffer, at, bytes) in self.state_bytes(meta, n as u64) {
                 let len = (bytes / meta.state_type.size()) as usize;
-                let src = typed_bytes(&values[start..start + len], meta.state_type);
+                let src = meta.state_type.encode(&values[start..start + len]);
                 self.ctx.write_halves(buffer, at, &src)?;
                 start += len;
             }
@@ -1856,7 +1856,7 @@ fn state_buffer(
             values[at..at + piece.len as usize].fill(init(piece.tensor, name));
         }
     }
-    let mut contents = typed_bytes(&values, dtype);
+    let mut contents = dtype.encode(&values);
     contents.resize(bytes as usize, 0);
     wgpu::util::DeviceExt::create_buffer_init(
         device,
@@ -1866,13 +1866,4 @@ fn state_buffer(
             usage,
         },
     )
-}
-
-/// `values` rounded to `dtype`, as its little-endian bytes.
-fn typed_bytes(values: &[f32], dtype: DType) -> Vec<u8> {
-    let size = dtype.size() as usize;
-    values
-        .iter()
-        .flat_map(|&v| dtype.bits(v).to_le_bytes().into_iter().take(size))
-        .collect()
 }

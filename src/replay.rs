@@ -1,7 +1,9 @@
 //! Replaying recorded gradients: the engine of `wgpu-optim replay`.
 //!
-//! Parameters come from a safetensors file of f32 tensors by name; gradients from a file that
-//! holds, for each parameter name, a tensor of the same shape with a leading step dimension.
+//! Parameters come from a safetensors file of F32, F16 or BF16 tensors by name; gradients from a
+//! file that holds, for each parameter name, a tensor of the same shape with a leading step
+//! dimension, of any of these types. Each parameter keeps its file's type on the GPU, and so
+//! does its gradient; the state's type follows [`ReplayOptions::precision`].
 //! [`replay`] runs that many optimizer steps on the GPU and returns the final parameters under
 //! their names and every state tensor as `<name>.<state name>` (for example `w.exp_avg`, and
 //! `w.step` as a 0-d tensor, as PyTorch's `optimizer.state` holds it; SGD keeps no step).
@@ -12,6 +14,7 @@
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, StepReport};
 use crate::checkpoint::{LoadOptions, SaveOptions};
+use crate::dtype::{DType, Precision};
 use crate::error::{Error, Result};
 use crate::gpu::Context;
 use crate::optim::OptimizerConfig;
@@ -20,18 +23,33 @@ use crate::schedule::Scheduler;
 use safetensors::{Dtype, SafeTensors, tensor::TensorView};
 use std::path::Path;
 
-/// A named f32 tensor, as stored in a safetensors file.
+/// A named tensor, as stored in a safetensors file.
 #[derive(Clone, Debug, PartialEq)]
 pub struct NamedTensor {
     /// The tensor's name.
     pub name: String,
     /// Its shape; empty for a scalar.
     pub shape: Vec<usize>,
-    /// Its values in row-major order.
+    /// Its values in row-major order, widened to f32 (exactly) from `dtype`.
     pub data: Vec<f32>,
+    /// The type it is stored in.
+    pub dtype: DType,
 }
 
-/// Parses safetensors bytes holding only f32 tensors. `what` names the source in errors.
+impl NamedTensor {
+    /// An f32 tensor.
+    pub fn f32(name: impl Into<String>, shape: Vec<usize>, data: Vec<f32>) -> Self {
+        Self {
+            name: name.into(),
+            shape,
+            data,
+            dtype: DType::F32,
+        }
+    }
+}
+
+/// Parses safetensors bytes holding F32, F16 or BF16 tensors; another type is an error. `what`
+/// names the source in errors.
 pub fn parse_safetensors(bytes: &[u8], what: &str) -> Result<Vec<NamedTensor>> {
     let file = SafeTensors::deserialize(bytes)
         .map_err(|e| Error::Input(format!("{what}: not a valid safetensors file: {e}")))?;
@@ -39,16 +57,31 @@ pub fn parse_safetensors(bytes: &[u8], what: &str) -> Result<Vec<NamedTensor>> {
         .tensors()
         .into_iter()
         .map(|(name, view)| {
-            if view.dtype() != Dtype::F32 {
-                return Err(Error::Input(format!(
-                    "{what}: tensor {name:?} is {:?}; only F32 is supported",
-                    view.dtype()
-                )));
-            }
+            let dtype = match view.dtype() {
+                Dtype::F32 => DType::F32,
+                Dtype::F16 => DType::F16,
+                Dtype::BF16 => DType::BF16,
+                other => {
+                    return Err(Error::Input(format!(
+                        "{what}: tensor {name:?} is {other:?}; parameters and gradients are F32, F16 or BF16"
+                    )));
+                }
+            };
+            let size = dtype.size() as usize;
+            let data = view
+                .data()
+                .chunks_exact(size)
+                .map(|e| {
+                    let mut word = [0u8; 4];
+                    word[..size].copy_from_slice(e);
+                    dtype.value(u32::from_le_bytes(word))
+                })
+                .collect();
             Ok(NamedTensor {
                 name,
                 shape: view.shape().to_vec(),
-                data: bytemuck::pod_collect_to_vec(view.data()),
+                data,
+                dtype,
             })
         })
         .collect::<Result<_>>()?;
@@ -56,7 +89,7 @@ pub fn parse_safetensors(bytes: &[u8], what: &str) -> Result<Vec<NamedTensor>> {
     Ok(out)
 }
 
-/// Reads a safetensors file of f32 tensors, sorted by name.
+/// Reads a safetensors file of F32, F16 or BF16 tensors, sorted by name.
 pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
     let bytes = std::fs::read(path).map_err(|source| Error::Io {
         path: path.display().to_string(),
@@ -65,20 +98,27 @@ pub fn read_safetensors(path: &Path) -> Result<Vec<NamedTensor>> {
     parse_safetensors(&bytes, &path.display().to_string())
 }
 
-/// Serializes tensors to safetensors bytes (F32).
+/// Serializes tensors to safetensors bytes, each in its type.
 pub fn to_safetensors(tensors: &[NamedTensor]) -> Result<Vec<u8>> {
     serialize(tensors, None)
 }
 
-/// Serializes F32 tensors, and the grad scaler's state as `grad_scaler.scale` (F32, shape [1])
-/// and `grad_scaler.growth_tracker` (I32, shape [1]), as PyTorch's `GradScaler` keeps them.
+/// Serializes tensors, each in its type (its values rounded to it), and the grad scaler's state
+/// as `grad_scaler.scale` (F32, shape [1]) and `grad_scaler.growth_tracker` (I32, shape [1]),
+/// as PyTorch's `GradScaler` keeps them.
 fn serialize(tensors: &[NamedTensor], scaler: Option<&GradScalerState>) -> Result<Vec<u8>> {
     let error = |e: safetensors::SafeTensorError| Error::Input(format!("cannot serialize: {e}"));
+    let bytes: Vec<Vec<u8>> = tensors.iter().map(|t| t.dtype.encode(&t.data)).collect();
     let mut views = tensors
         .iter()
-        .map(|t| {
-            TensorView::new(Dtype::F32, t.shape.clone(), bytemuck::cast_slice(&t.data))
-                .map(|v| (t.name.clone(), v))
+        .zip(&bytes)
+        .map(|(t, b)| {
+            let dtype = match t.dtype {
+                DType::F16 => Dtype::F16,
+                DType::BF16 => Dtype::BF16,
+                _ => Dtype::F32,
+            };
+            TensorView::new(dtype, t.shape.clone(), b).map(|v| (t.name.clone(), v))
         })
         .collect::<std::result::Result<Vec<_>, _>>()
         .map_err(error)?;
@@ -254,6 +294,9 @@ pub struct ReplayOptions<'a> {
     /// they stay in train mode (y), as schedulefree leaves them between `train()` and
     /// `eval()`. An error for other classes.
     pub eval: bool,
+    /// The state's type (and later, the master weights); the default keeps it in each
+    /// parameter's type, as PyTorch does.
+    pub precision: Precision,
 }
 
 /// What [`replay`] returns.
@@ -307,31 +350,58 @@ pub fn replay(
         .map(|s| schedule_for(config, s))
         .transpose()?;
     let steps = check_shapes(params, grads)?;
-    let offsets: Vec<u64> = params
+    let grads_by_param: Vec<&NamedTensor> = params
         .iter()
-        .scan(0u64, |at, p| {
-            let o = *at;
-            *at += p.data.len() as u64;
-            Some(o)
+        .map(|p| {
+            grads
+                .iter()
+                .find(|g| g.name == p.name)
+                .expect("checked above")
         })
         .collect();
-    let flat: Vec<f32> = params.iter().flat_map(|p| p.data.iter().copied()).collect();
-    let param_buffer = ctx.create_f32_buffer("replay parameters", &flat)?;
-    let grad_buffer = ctx.create_f32_buffer("replay gradients", &vec![0.0; flat.len()])?;
+    // Byte offsets of each tensor in the parameter and gradient buffers, each at a whole word.
+    let place = |types: &mut dyn Iterator<Item = (DType, usize)>| -> (Vec<u64>, u64) {
+        let mut at = 0u64;
+        let offsets = types
+            .map(|(dtype, n)| {
+                let o = at;
+                at += (dtype.size() * n as u64).next_multiple_of(4);
+                o
+            })
+            .collect();
+        (offsets, at)
+    };
+    let (param_offsets, param_bytes) = place(&mut params.iter().map(|p| (p.dtype, p.data.len())));
+    let (grad_offsets, grad_bytes) = place(
+        &mut params
+            .iter()
+            .zip(&grads_by_param)
+            .map(|(p, g)| (g.dtype, p.data.len())),
+    );
+    let mut initial = vec![0u8; param_bytes as usize];
+    for (p, &o) in params.iter().zip(&param_offsets) {
+        let bytes = p.dtype.encode(&p.data);
+        initial[o as usize..o as usize + bytes.len()].copy_from_slice(&bytes);
+    }
+    let param_buffer = ctx.create_byte_buffer("replay parameters", &initial)?;
+    let grad_buffer =
+        ctx.create_byte_buffer("replay gradients", &vec![0u8; grad_bytes as usize])?;
     let tensors: Vec<Tensor<'_>> = params
         .iter()
-        .zip(&offsets)
-        .map(|(p, &o)| {
+        .zip(&grads_by_param)
+        .zip(param_offsets.iter().zip(&grad_offsets))
+        .map(|((p, g), (&po, &go))| {
             let n = p.data.len() as u64;
             Tensor::new(
-                BufferRange::new(&param_buffer, o * 4, n),
-                BufferRange::new(&grad_buffer, o * 4, n),
+                BufferRange::new(&param_buffer, po, n).with_dtype(p.dtype),
+                BufferRange::new(&grad_buffer, go, n).with_dtype(g.dtype),
             )
             .named(&p.name)
             .with_shape(&p.shape)
         })
         .collect();
-    let mut optimizer = Optimizer::new(ctx, *config, &tensors)?;
+    let groups = [crate::optimizer::ParamGroup::new(*config, tensors)];
+    let mut optimizer = Optimizer::with_precision(ctx, &groups, options.precision)?;
     optimizer.set_clip_grad(options.clip)?;
     optimizer.set_grad_scaler(options.grad_scaler)?;
     if let Some(path) = options.resume {
@@ -354,21 +424,12 @@ pub fn replay(
         submit(ctx, |encoder| optimizer.train(encoder))?;
     }
     let mut reports = Vec::new();
-    let grads_by_param: Vec<&NamedTensor> = params
-        .iter()
-        .map(|p| {
-            grads
-                .iter()
-                .find(|g| g.name == p.name)
-                .expect("checked above")
-        })
-        .collect();
     for step in 0..steps {
-        for ((p, g), &o) in params.iter().zip(&grads_by_param).zip(&offsets) {
+        for ((p, g), &o) in params.iter().zip(&grads_by_param).zip(&grad_offsets) {
             let n = p.data.len();
-            let slice = &g.data[step * n..(step + 1) * n];
-            ctx.queue()
-                .write_buffer(&grad_buffer, o * 4, bytemuck::cast_slice(slice));
+            let mut bytes = g.dtype.encode(&g.data[step * n..(step + 1) * n]);
+            bytes.resize(bytes.len().next_multiple_of(4), 0);
+            ctx.queue().write_buffer(&grad_buffer, o, &bytes);
         }
         if let Some(s) = &scheduler {
             optimizer.apply_schedule(s)?;
@@ -397,36 +458,40 @@ pub fn replay(
         };
         optimizer.save(path, &save)?;
     }
-    let final_params = ctx.read_f32(&[(&param_buffer, 0, flat.len() as u64)])?;
     let mut out = Vec::new();
-    for (k, (p, &o)) in params.iter().zip(&offsets).enumerate() {
-        let n = p.data.len();
+    for (k, (p, &o)) in params.iter().zip(&param_offsets).enumerate() {
+        let n = p.data.len() as u64;
+        let first = o / p.dtype.size();
         out.push(NamedTensor {
             name: p.name.clone(),
             shape: p.shape.clone(),
-            data: final_params[o as usize..o as usize + n].to_vec(),
+            data: ctx.read_typed(&[(&param_buffer, first, n)], p.dtype)?,
+            dtype: p.dtype,
         });
         let state = optimizer.read_state(k)?;
+        let state_type = options.precision.state.for_param(p.dtype);
         for (name, data) in state.buffers {
             out.push(NamedTensor {
                 name: format!("{}.{name}", p.name),
                 shape: config.state_shape(&name, &p.shape),
                 data,
+                dtype: state_type,
             });
         }
         if config.has_step_state() {
-            out.push(NamedTensor {
-                name: format!("{}.step", p.name),
-                shape: Vec::new(),
-                data: vec![state.step as f32],
-            });
+            let step = NamedTensor::f32(
+                format!("{}.step", p.name),
+                Vec::new(),
+                vec![state.step as f32],
+            );
+            out.push(step);
         }
         for (name, value) in state.scalars {
-            out.push(NamedTensor {
-                name: format!("{}.{name}", p.name),
-                shape: Vec::new(),
-                data: vec![value],
-            });
+            out.push(NamedTensor::f32(
+                format!("{}.{name}", p.name),
+                Vec::new(),
+                vec![value],
+            ));
         }
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));

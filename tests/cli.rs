@@ -5,6 +5,7 @@ mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use wgpu_optim::DType;
 use wgpu_optim::replay::{self, NamedTensor};
 
 fn golden(file: &str) -> PathBuf {
@@ -924,4 +925,68 @@ fn validate_fails_against_a_perturbed_reference() {
         String::from_utf8_lossy(&out.stdout)
     );
     let _ = std::fs::remove_dir_all(dir);
+}
+
+#[test]
+fn replay_keeps_16_bit_types_and_names_bad_ones() {
+    let dir = scratch("sixteen_bit");
+    let precision = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/golden/precision");
+    let p = precision.join("params.bf16.safetensors");
+    let g = precision.join("grads.bf16.safetensors");
+    let (p, g) = (p.to_str().unwrap(), g.to_str().unwrap());
+    let out = dir.join("out.safetensors");
+    let spec = r#"{"type":"AdamW","lr":0.01,"weight_decay":0.1}"#;
+    let torch =
+        replay::read_safetensors(&precision.join("adamw_bf16_weight_decay0.1.torch.safetensors"))
+            .unwrap();
+    for (state, state_type) in [("param", DType::BF16), ("f32", DType::F32)] {
+        let mut args = replay_args(spec, p, g, out.to_str().unwrap());
+        args.extend(["--state-dtype", state]);
+        let run = wgpu_optim(&args, &dir);
+        assert!(
+            run.status.success(),
+            "{}",
+            String::from_utf8_lossy(&run.stderr)
+        );
+        let ours = replay::read_safetensors(&out).unwrap();
+        for (a, b) in ours.iter().zip(&torch) {
+            assert_eq!(a.name, b.name);
+            let want = if a.name.ends_with(".step") {
+                DType::F32
+            } else if a.name.contains('.') {
+                state_type
+            } else {
+                DType::BF16
+            };
+            assert_eq!(a.dtype, want, "{}", a.name);
+            // With PyTorch's layout the trajectory is PyTorch's fused one, bit for bit.
+            if state == "param" {
+                assert_eq!(a.data, b.data, "{}", a.name);
+            }
+        }
+        std::fs::remove_file(&out).unwrap();
+    }
+
+    let mut args = replay_args(spec, p, g, out.to_str().unwrap());
+    args.extend(["--state-dtype", "f16"]);
+    expect_error(
+        &dir,
+        &args,
+        "unknown state dtype \"f16\" (expected param, f32 or bf16)",
+    );
+    // Integers are no parameters.
+    let ints = dir.join("ints.safetensors");
+    let data = [1i32, 2, 3];
+    let view = safetensors::tensor::TensorView::new(
+        safetensors::Dtype::I32,
+        vec![3],
+        bytemuck::cast_slice(&data),
+    )
+    .unwrap();
+    std::fs::write(&ints, safetensors::serialize([("b", view)], None).unwrap()).unwrap();
+    expect_error(
+        &dir,
+        &replay_args(spec, ints.to_str().unwrap(), g, out.to_str().unwrap()),
+        "tensor \"b\" is I32; parameters and gradients are F32, F16 or BF16",
+    );
 }

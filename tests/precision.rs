@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{Rng, ctx};
+use common::{Rng, ctx, ulp};
 use wgpu::util::DeviceExt;
 use wgpu_optim::{
     Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, Lamb, Optimizer,
@@ -46,21 +46,6 @@ fn read_bits(ctx: &Context, buffer: &wgpu::Buffer, dtype: DType, n: usize) -> Ve
         DType::F32 => words.take(n).collect(),
         _ => words.flat_map(|w| [w & 0xffff, w >> 16]).take(n).collect(),
     }
-}
-
-/// The units of the last place of a `dtype` value near `x`: the spacing of `dtype` there.
-fn ulp(dtype: DType, x: f64) -> f64 {
-    let mantissa = match dtype {
-        DType::F32 => 23,
-        DType::F16 => 10,
-        _ => 7,
-    };
-    let smallest = match dtype {
-        DType::F16 => 2f64.powi(-24),
-        _ => 2f64.powi(-133),
-    };
-    let exponent = x.abs().max(smallest).log2().floor() as i32;
-    2f64.powi(exponent - mantissa).max(smallest)
 }
 
 /// One tensor's place: element offsets of its parameter and gradient, and its length.
@@ -517,9 +502,12 @@ fn sixteen_bit_state_reads_loads_and_checkpoints_exactly() {
     }
     let file = std::fs::read(&path).unwrap();
     let header_len = u64::from_le_bytes(file[..8].try_into().unwrap()) as usize;
-        let header: serde_json::Value = serde_json::from_slice(&file[8..8 + header_len]).unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&file[8..8 + header_len]).unwrap();
     assert_eq!(header["param.0.exp_avg"]["dtype"], "BF16");
-    assert_eq!(header["param.1.exp_avg_sq"]["shape"], serde_json::json!([777]));
+    assert_eq!(
+        header["param.1.exp_avg_sq"]["shape"],
+        serde_json::json!([777])
+    );
     std::fs::remove_file(&path).unwrap();
     std::fs::remove_file(&path_async).unwrap();
 

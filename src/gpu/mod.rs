@@ -513,10 +513,16 @@ impl Context {
     /// Creates a buffer with `STORAGE | COPY_SRC | COPY_DST` usage holding `data`, checking the
     /// device's `max_buffer_size` first.
     pub fn create_f32_buffer(&self, label: &str, data: &[f32]) -> Result<wgpu::Buffer> {
-        let bytes = self.check_buffer_size(label, data.len() as u64)?;
+        self.create_byte_buffer(label, bytemuck::cast_slice(data))
+    }
+
+    /// As [`create_f32_buffer`](Self::create_f32_buffer), from bytes (padded with zeros to a
+    /// whole word).
+    pub(crate) fn create_byte_buffer(&self, label: &str, data: &[u8]) -> Result<wgpu::Buffer> {
+        let bytes = self.check_buffer_size(label, (data.len() as u64).div_ceil(4))?;
         let device = self.device();
         let scope = device.push_error_scope(wgpu::ErrorFilter::OutOfMemory);
-        let mut contents: Vec<u8> = bytemuck::cast_slice(data).to_vec();
+        let mut contents: Vec<u8> = data.to_vec();
         contents.resize(bytes as usize, 0);
         let buffer = wgpu::util::DeviceExt::create_buffer_init(
             device,
