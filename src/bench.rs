@@ -27,6 +27,7 @@
 //! ```
 
 use crate::amp::{ClipGrad, GradScaler};
+use crate::dtype::{DType, Precision, StateDType};
 use crate::error::{Error, Result};
 use crate::gemm::{Gemm, Matrix};
 use crate::gpu::Context;
@@ -45,7 +46,9 @@ pub struct KernelCase {
     /// A short name: `"sgd"`, `"sgd-momentum"`, `"adam"`, `"adamw"`, `"adam-amsgrad"`,
     /// `"rmsprop"`, `"rmsprop-centered"`, `"rmsprop-momentum"`, `"rmsprop-centered-momentum"`,
     /// `"adagrad"`, or Adam's step with global-norm clipping and a grad scaler:
-    /// `"adam+clip"`, `"adam+scaler"` and `"adam+clip+scaler"`.
+    /// `"adam+clip"`, `"adam+scaler"` and `"adam+clip+scaler"`, or Adam on 16-bit parameters
+    /// and gradients with state of their type or f32: `"adam-bf16"`, `"adam-bf16-f32state"`,
+    /// `"adam-f16"` and `"adam-f16-f32state"`.
     pub name: &'static str,
     /// The hyperparameters (PyTorch's defaults, with what the name asks for turned on).
     pub config: OptimizerConfig,
@@ -65,6 +68,10 @@ pub struct KernelCase {
     /// The tensor is a matrix as near square as its length allows ([`matrix_shape`]), not a
     /// vector: Adafactor then runs its factored kernel.
     pub matrix: bool,
+    /// The parameters' and the gradients' type.
+    pub dtype: DType,
+    /// The state's type.
+    pub state: StateDType,
 }
 
 /// The shape of a benchmarked matrix of `elements` elements: `[rows, elements / rows]` with
@@ -138,22 +145,34 @@ pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
 /// the gradient and every state buffer (its iterates too); the matrix products between them
 /// are not counted (their throughput is the `gemm` row's GFLOP/s).
 pub fn bytes_per_element_of(config: &OptimizerConfig, matrix: bool) -> u64 {
+    bytes_per_element_stored(config, matrix, DType::F32, DType::F32)
+}
+
+/// [`bytes_per_element_of`] with parameters and gradients of type `dtype` and state of type
+/// `state`: bf16 Adam with bf16 state moves 2 + 2 + 2 + 2 · 2 · 2 = 14 bytes per element.
+pub fn bytes_per_element_stored(
+    config: &OptimizerConfig,
+    matrix: bool,
+    dtype: DType,
+    state: DType,
+) -> u64 {
     let kernel = if matrix {
         config.kernel_for(&[2, 2])
     } else {
         config.kernel()
     };
+    let (p, s) = (dtype.size(), state.size());
     let states = u64::from(kernel.states);
     // The sums read the parameter, the gradient and the state; a first round of two (Lamb's
     // adanorm) the gradient alone.
     let sums = match kernel.sums_rounds() {
         0 => 0,
-        rounds => 8 + 4 * states + 4 * u64::from(rounds - 1),
+        rounds => 2 * p + s * states + p * u64::from(rounds - 1),
     };
-    let factors = if kernel.factored() { 4 } else { 0 };
+    let factors = if kernel.factored() { p } else { 0 };
     // A step in two phases (Muon's) runs the template's step twice.
     let phases = if kernel.phased() { 2 } else { 1 };
-    phases * (12 + 8 * states) + sums + factors
+    phases * (3 * p + 2 * s * states) + sums + factors
 }
 
 /// [`bytes_per_element`] of a step that also clips and scales: clipping by norm and a grad
@@ -181,6 +200,8 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             bytes_per_element: bytes_per_element_of(&config, matrix),
             minimal: false,
             matrix,
+            dtype: DType::F32,
+            state: StateDType::Param,
         })
         .collect();
     let adam: OptimizerConfig = Adam::default().into();
@@ -192,6 +213,8 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         bytes_per_element: bytes_per_element(&adam),
         minimal: true,
         matrix: false,
+        dtype: DType::F32,
+        state: StateDType::Param,
     });
     let clip = Some(ClipGrad::norm(1.0));
     let scaler = Some(GradScaler::default());
@@ -208,6 +231,31 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             bytes_per_element: bytes_per_element_with(&adam, clip, grad_scaler),
             minimal: false,
             matrix: false,
+            dtype: DType::F32,
+            state: StateDType::Param,
+        });
+    }
+    for (name, dtype, state) in [
+        ("adam-bf16", DType::BF16, StateDType::Param),
+        ("adam-bf16-f32state", DType::BF16, StateDType::F32),
+        ("adam-f16", DType::F16, StateDType::Param),
+        ("adam-f16-f32state", DType::F16, StateDType::F32),
+    ] {
+        cases.push(KernelCase {
+            name,
+            config: adam,
+            clip: None,
+            grad_scaler: None,
+            bytes_per_element: bytes_per_element_stored(
+                &adam,
+                false,
+                dtype,
+                state.for_param(dtype),
+            ),
+            minimal: false,
+            matrix: false,
+            dtype,
+            state,
         });
     }
     cases
@@ -392,14 +440,19 @@ fn wait(device: &wgpu::Device, index: Option<wgpu::SubmissionIndex>) -> Result<(
         .map_err(|e| Error::Gpu(e.to_string()))
 }
 
-/// A storage buffer of `elements` f32 values, all `value`, checked against `max_buffer_size`.
-/// Its size is rounded up to whole vec4s, so that tensors ending in it can use
-/// [`Access::Vec4`](crate::Access::Vec4).
-fn filled_buffer(ctx: &Context, label: &str, elements: u64, value: f32) -> Result<wgpu::Buffer> {
+/// A storage buffer of `elements` values of type `dtype`, all `value`, checked against
+/// `max_buffer_size`. Its size is rounded up to whole vec4s, so that tensors ending in it can
+/// use [`Access::Vec4`](crate::Access::Vec4).
+fn filled_buffer(
+    ctx: &Context,
+    label: &str,
+    (elements, dtype): (u64, DType),
+    value: f32,
+) -> Result<wgpu::Buffer> {
     let rounded = elements
         .checked_next_multiple_of(4)
         .ok_or_else(|| Error::Input(format!("{elements} elements are too many for a buffer")))?;
-    let bytes = ctx.check_buffer_size(label, rounded)?;
+    let bytes = ctx.check_buffer_size(label, rounded / 4 * dtype.size())?;
     let buffer = scoped(ctx.device(), || {
         ctx.device().create_buffer(&wgpu::BufferDescriptor {
             label: Some(label),
@@ -414,9 +467,7 @@ fn filled_buffer(ctx: &Context, label: &str, elements: u64, value: f32) -> Resul
         let mut view = buffer
             .get_mapped_range_mut(..)
             .map_err(|e| Error::Gpu(e.to_string()))?;
-        let pattern: Vec<u8> = std::iter::repeat_n(value.to_ne_bytes(), 1 << 18)
-            .flatten()
-            .collect();
+        let pattern: Vec<u8> = dtype.encode(&vec![value; 1 << 18]);
         let len = view.len();
         let mut at = 0;
         while at < len {
@@ -607,7 +658,8 @@ impl Workload {
         } else {
             vec![elements as usize]
         };
-        let mut work = Self::shaped(ctx, case.config, &[elements], &[shape], 1)?;
+        let types = (case.dtype, Precision::default().with_state(case.state));
+        let mut work = Self::shaped(ctx, case.config, &[elements], &[shape], (1, types))?;
         if let Work::Step { optimizer, .. } = &mut work.work {
             optimizer.set_clip_grad(case.clip)?;
             optimizer.set_grad_scaler(case.grad_scaler)?;
@@ -634,16 +686,18 @@ impl Workload {
         pool: usize,
     ) -> Result<Self> {
         let shapes: Vec<Vec<usize>> = lens.iter().map(|&n| vec![n as usize]).collect();
-        Self::shaped(ctx, config, lens, &shapes, pool)
+        let f32 = (DType::F32, Precision::default());
+        Self::shaped(ctx, config, lens, &shapes, (pool, f32))
     }
 
-    /// [`tensors_in`](Self::tensors_in) with each tensor's shape.
+    /// [`tensors_in`](Self::tensors_in) with each tensor's shape, the parameters and gradients
+    /// of type `dtype` and the state as `precision` says.
     fn shaped(
         ctx: &Context,
         config: OptimizerConfig,
         lens: &[u64],
         shapes: &[Vec<usize>],
-        pool: usize,
+        (pool, (dtype, precision)): (usize, (DType, Precision)),
     ) -> Result<Self> {
         config.validate()?;
         if lens.is_empty() || lens.contains(&0) {
@@ -662,23 +716,25 @@ impl Workload {
             offsets.push(at);
             end = next;
         }
-        let params = filled_buffer(ctx, "bench parameters", end, 0.5)?;
+        let params = filled_buffer(ctx, "bench parameters", (end, dtype), 0.5)?;
         let grads = (0..pool.max(1))
-            .map(|_| filled_buffer(ctx, "bench gradients", end, 0.01))
+            .map(|_| filled_buffer(ctx, "bench gradients", (end, dtype), 0.01))
             .collect::<Result<Vec<_>>>()?;
         let tensors: Vec<Tensor<'_>> = offsets
             .iter()
             .zip(lens)
             .zip(shapes)
             .map(|((&at, &len), shape)| {
+                let at = at * dtype.size();
                 Tensor::new(
-                    BufferRange::new(&params, 4 * at, len),
-                    BufferRange::new(&grads[0], 4 * at, len),
+                    BufferRange::new(&params, at, len).with_dtype(dtype),
+                    BufferRange::new(&grads[0], at, len).with_dtype(dtype),
                 )
                 .with_shape(shape)
             })
             .collect();
-        let optimizer = Box::new(Optimizer::new(ctx, config, &tensors)?);
+        let groups = [crate::optimizer::ParamGroup::new(config, tensors)];
+        let optimizer = Box::new(Optimizer::with_precision(ctx, &groups, precision)?);
         let total: u64 = lens.iter().sum();
         let bytes = bytes_per_element(&config).saturating_mul(total);
         let work = if pool > 1 {
@@ -705,8 +761,8 @@ impl Workload {
             .max(4)
             .checked_next_multiple_of(4)
             .ok_or_else(|| Error::Input(format!("a copy of {bytes} bytes is too large")))?;
-        let src = filled_buffer(ctx, "bench copy source", bytes / 4, 0.5)?;
-        let dst = filled_buffer(ctx, "bench copy destination", bytes / 4, 0.0)?;
+        let src = filled_buffer(ctx, "bench copy source", (bytes / 4, DType::F32), 0.5)?;
+        let dst = filled_buffer(ctx, "bench copy destination", (bytes / 4, DType::F32), 0.0)?;
         Self::with_work(ctx, Work::Copy { src, dst, bytes }, bytes.saturating_mul(2))
     }
 
@@ -714,9 +770,9 @@ impl Workload {
     /// made of such products). Its bytes are the three matrices' (read once each, at least).
     pub fn gemm(ctx: &Context, n: u32) -> Result<Self> {
         let len = u64::from(n) * u64::from(n);
-        let a = filled_buffer(ctx, "bench gemm A", len, 0.5)?;
-        let b = filled_buffer(ctx, "bench gemm B", len, 0.25)?;
-        let c = filled_buffer(ctx, "bench gemm C", len, 0.0)?;
+        let a = filled_buffer(ctx, "bench gemm A", (len, DType::F32), 0.5)?;
+        let b = filled_buffer(ctx, "bench gemm B", (len, DType::F32), 0.25)?;
+        let c = filled_buffer(ctx, "bench gemm C", (len, DType::F32), 0.0)?;
         let product = Gemm::new(
             ctx,
             Matrix::row_major(&c, 0, n, n),
@@ -1119,6 +1175,11 @@ mod tests {
             ("adam+clip", 32),
             ("adam+scaler", 32),
             ("adam+clip+scaler", 32),
+            // 16-bit parameters and gradients, state of their type or f32.
+            ("adam-bf16", 14),
+            ("adam-bf16-f32state", 22),
+            ("adam-f16", 14),
+            ("adam-f16-f32state", 22),
         ];
         let cases = kernel_cases();
         assert_eq!(cases.len(), want.len());

@@ -2,6 +2,7 @@
 //! `wgpu-optim bench` shows what the kernel template costs.
 
 use super::filled_buffer;
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, scoped};
 use crate::optim::Adam;
@@ -56,7 +57,7 @@ impl MinimalAdam {
             dispatch_x: x as u32,
         };
         let device = ctx.device();
-        let elements = units * 4;
+        let elements = (units * 4, DType::F32);
         let mut buffers = vec![
             filled_buffer(ctx, "minimal Adam parameters", elements, 0.5)?,
             filled_buffer(ctx, "minimal Adam gradients", elements, 0.01)?,
