@@ -407,7 +407,8 @@ pub struct AdapterDetails {
 }
 
 impl AdapterDetails {
-    /// Several lines describing the adapter, its limits and its f16 support.
+    /// Several lines describing the adapter, its limits, its f16 support and the path 16-bit
+    /// storage takes on it.
     pub fn describe(&self) -> String {
         let a = &self.adapter;
         let l = &self.limits;
@@ -453,6 +454,9 @@ impl AdapterDetails {
                     "not supported"
                 }
             ),
+            // Every adapter takes the packed path for now, SHADER_F16 or not.
+            "  f16 and bf16 storage: packed two to a 32-bit word, converted by bit operations"
+                .into(),
         ];
         if l.max_storage_buffers_per_shader_stage < 4 {
             lines.push(
