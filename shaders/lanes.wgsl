@@ -2,31 +2,15 @@
 // elements (`array<f32>`), so that an invocation that shares a vec4 with another segment reads
 // and writes only its own elements. (A store to one component of a vector may touch the whole
 // vector on some backends, Metal's among them, so the edge kernel does not address vectors at
-// all.) Written per binding by src/gpu/kernels.rs as shaders/units.wgsl is; indices are in
-// units, as there.
+// all.) Written per binding by src/gpu/kernels.rs as shaders/units.wgsl is, with
+// shaders/lane_units.wgsl; indices are in units, as there.
 
 fn $name_lane(i: u32, k: u32) -> f32 {
     return $name[i * LANES + k];
-}
-
-// Whole units are not touched here; this exists so that `step_units` compiles in both
-// dispatches.
-fn $name_unit(i: u32) -> V {
-    var v = splat(0.0);
-    for (var k = 0u; k < LANES; k++) {
-        set_lane(&v, k, $name_lane(i, k));
-    }
-    return v;
 }
 
 // @store
 
 fn set_$name_lane(i: u32, k: u32, x: f32) {
     $name[i * LANES + k] = x;
-}
-
-fn set_$name_unit(i: u32, v: V) {
-    for (var k = 0u; k < LANES; k++) {
-        set_$name_lane(i, k, lane(v, k));
-    }
 }

@@ -6,19 +6,11 @@
 // so the word ends right in any order. `word_$name` (written by src/gpu/kernels.rs with the
 // declaration) loads a word, atomically where the binding is atomic. Loads widen with `$widen`
 // and stores round with `$round` (shaders/dtype.wgsl). Indices are in units, as in
-// shaders/units.wgsl.
+// shaders/units.wgsl; shaders/lane_units.wgsl follows.
 
 fn $name_lane(i: u32, k: u32) -> f32 {
     let e = i * LANES + k;
     return $widen((word_$name(e >> 1u) >> ((e & 1u) * 16u)) & 0xffffu);
-}
-
-fn $name_unit(i: u32) -> V {
-    var v = splat(0.0);
-    for (var k = 0u; k < LANES; k++) {
-        set_lane(&v, k, $name_lane(i, k));
-    }
-    return v;
 }
 
 // @store
@@ -28,10 +20,4 @@ fn set_$name_lane(i: u32, k: u32, x: f32) {
     let shift = (e & 1u) * 16u;
     atomicAnd(&$name[e >> 1u], ~(0xffffu << shift));
     atomicOr(&$name[e >> 1u], $round(x) << shift);
-}
-
-fn set_$name_unit(i: u32, v: V) {
-    for (var k = 0u; k < LANES; k++) {
-        set_$name_lane(i, k, lane(v, k));
-    }
 }

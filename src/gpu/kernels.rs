@@ -22,6 +22,7 @@ const UNITS: &str = include_str!("../../shaders/units.wgsl");
 const LANES: &str = include_str!("../../shaders/lanes.wgsl");
 const PACKED: &str = include_str!("../../shaders/packed.wgsl");
 const PACKED_LANES: &str = include_str!("../../shaders/packed_lanes.wgsl");
+const LANE_UNITS: &str = include_str!("../../shaders/lane_units.wgsl");
 const DTYPE: &str = include_str!("../../shaders/dtype.wgsl");
 const SUMS: &str = include_str!("../../shaders/sums.wgsl");
 const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
@@ -383,12 +384,13 @@ impl Storage {
     fn source(self) -> String {
         let name = self.name;
         let packed_units = self.access == Access::Vec4 && !self.lanes;
-        let (element, template) = match self.dtype {
-            DType::F32 if self.lanes => ("f32", LANES),
-            DType::F32 => ("E", UNITS),
-            _ if packed_units => ("vec2<u32>", PACKED),
-            _ if self.writes => ("atomic<u32>", PACKED_LANES),
-            _ => ("u32", PACKED_LANES),
+        // The element type, the template, and whether it addresses single elements.
+        let (element, template, element_wise) = match self.dtype {
+            DType::F32 if self.lanes => ("f32", LANES, true),
+            DType::F32 => ("E", UNITS, false),
+            _ if packed_units => ("vec2<u32>", PACKED, false),
+            _ if self.writes => ("atomic<u32>", PACKED_LANES, true),
+            _ => ("u32", PACKED_LANES, true),
         };
         let mut out = format!(
             "@group(0) @binding({}) var<storage, {}> {name}: array<{element}>;\n",
@@ -402,11 +404,17 @@ impl Storage {
             };
             out += &format!("fn word_{name}(w: u32) -> u32 {{\n    return {load};\n}}\n");
         }
-        let body = if self.writes {
-            template
-        } else {
-            template.split("// @store").next().unwrap_or(template)
-        };
+        // The loads, then the stores where the kernel writes; element-wise templates take
+        // their whole units from shaders/lane_units.wgsl.
+        let parts = |t: &'static str| t.split_once("// @store").unwrap_or((t, ""));
+        let mut pieces = vec![parts(template)];
+        if element_wise {
+            pieces.push(parts(LANE_UNITS));
+        }
+        let mut body: String = pieces.iter().map(|p| p.0).collect();
+        if self.writes {
+            body.extend(pieces.iter().map(|p| p.1));
+        }
         let (widen, round) = match self.dtype {
             DType::F16 => ("f16_to_f32", "f32_to_f16"),
             _ => ("bf16_to_f32", "f32_to_bf16"),
