@@ -533,3 +533,34 @@ fn sixteen_bit_state_reads_loads_and_checkpoints_exactly() {
         Optimizer::with_precision(ctx, &groups, f32_state).unwrap();
     }
 }
+
+#[test]
+fn sixteen_bit_tensors_split_across_small_windows() {
+    // Storage bindings of 1 MiB: a tensor of 700,001 elements takes two or three windows, and
+    // windows of 16-bit elements with scalar access end on odd elements unless rounded to a
+    // word; at most 100 workgroups per grid dimension, so that grids fold.
+    let mut rng = Rng::fresh("sixteen_bit_tensors_split_across_small_windows");
+    let small = common::context_with_limits(|l| {
+        l.max_compute_workgroups_per_dimension = 100;
+        l.max_storage_buffer_binding_size = 1 << 20;
+    });
+    // Every tensor ends on an odd element, inside a word.
+    let place = |param, grad, len| Place { param, grad, len };
+    let places = [
+        place(3, 1, 1_000),
+        place(1_003, 1_001, 700_000),
+        place(701_004, 701_002, 5),
+    ];
+    let config: OptimizerConfig = Adam {
+        lr: 0.1,
+        ..Default::default()
+    }
+    .into();
+    for access in [Access::Scalar, Access::Vec4] {
+        let ctx = small.clone().with_access(access);
+        for types in [(DType::BF16, DType::BF16), (DType::F16, DType::F32)] {
+            let types = (types.0, types.1, Precision::default());
+            check(&ctx, config, None, types, &places, 2, &mut rng);
+        }
+    }
+}

@@ -13,7 +13,7 @@
 //! and starting at an offset aligned to `min_storage_buffer_offset_alignment`; a piece that
 //! does not fit one window is split. At most `MAX_SEGMENTS` pieces and `MAX_SEGMENTS` distinct
 //! tensors go in one batch. Batches of vec4 access get windows whose ends are rounded up to
-//! whole units of 4 elements. Offsets and windows count each binding's elements in its own size
+//! whole units of 4 elements, and every window ends on a whole 32-bit word. Offsets and windows count each binding's elements in its own size
 //! (4 bytes, or 2 for a 16-bit type).
 
 use super::template::{MAX_SEGMENTS, WORKGROUP_SIZE};
@@ -325,7 +325,7 @@ pub(crate) fn plan(
                     param_at,
                     param_size * n,
                     limits.alignment,
-                    param_size * lanes,
+                    unit_bytes(param_size, lanes),
                 );
                 grow(
                     &mut batch.grad_window,
@@ -333,7 +333,7 @@ pub(crate) fn plan(
                     grad_at,
                     grad_size * n,
                     limits.alignment,
-                    grad_size * lanes,
+                    unit_bytes(grad_size, lanes),
                 );
                 if new_slot {
                     batch.slots.push(tensor);
@@ -357,12 +357,19 @@ pub(crate) fn plan(
     batches
 }
 
+/// Bytes of a unit of `lanes` elements of `size` bytes as the kernels bind it: at least a
+/// 32-bit word, since 16-bit elements are loaded in words and a storage binding's size is a
+/// multiple of 4 bytes.
+fn unit_bytes(size: u64, lanes: u64) -> u64 {
+    (size * lanes).max(4)
+}
+
 /// Widens a batch's windows to the whole buffers where they fit one binding, so that the
 /// batch's bind group depends on the buffers alone, not on where in them the tensors lie.
 /// `sizes` are the parameter and gradient buffers' sizes in bytes.
 pub(crate) fn widen(batch: &mut Batch, (param, grad): (u64, u64), limits: &PlanLimits) {
     let whole = |bytes: u64, size: u64| {
-        let unit = size * batch.lanes;
+        let unit = unit_bytes(size, batch.lanes);
         let end = bytes / unit * unit;
         (end <= limits.max_binding).then_some((0, end))
     };
@@ -488,8 +495,11 @@ mod tests {
             assert!(b.pieces.len() <= MAX_SEGMENTS && b.slots.len() <= MAX_SEGMENTS);
             let lanes = b.lanes;
             let (ps, gs) = b.sizes;
-            assert_eq!(b.param_window.1 % (ps * lanes), 0);
-            assert_eq!(b.grad_window.1 % (gs * lanes), 0);
+            // Whole units, and whole words (a storage binding's size is a multiple of 4).
+            for (end, size) in [(b.param_window.1, ps), (b.grad_window.1, gs)] {
+                assert_eq!(end % (size * lanes), 0);
+                assert_eq!(end % 4, 0);
+            }
             let mut wg = 0;
             for p in &b.pieces {
                 let s = spans[p.tensor];
