@@ -483,8 +483,10 @@ impl Context {
             return Ok(());
         }
         let mut words = Vec::with_capacity((end - start) as usize);
-        let first = self.read_words(&[(buffer, start, 1)])?[0].to_le_bytes();
-        words.extend_from_slice(&first[..(offset - start) as usize]);
+        if offset > start {
+            let first = self.read_words(&[(buffer, start, 1)])?[0].to_le_bytes();
+            words.extend_from_slice(&first[..2]);
+        }
         words.extend_from_slice(data);
         if end > offset + data.len() as u64 {
             let last = self.read_words(&[(buffer, end - 4, 1)])?[0].to_le_bytes();
