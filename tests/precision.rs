@@ -564,3 +564,64 @@ fn sixteen_bit_tensors_split_across_small_windows() {
         }
     }
 }
+
+#[test]
+fn sixteen_bit_parameters_and_gradients_may_share_a_buffer_and_a_word() {
+    // Parameters at elements [0, 1001) and gradients at [1001, 2002) of one bf16 buffer: the
+    // last parameter and the first gradient share a word, which the kernel updates by halves
+    // while it reads the gradient's half.
+    let mut rng = Rng::fresh("sixteen_bit_shared_buffer");
+    let n = 1_001;
+    let config: OptimizerConfig = Adam {
+        lr: 0.1,
+        ..Default::default()
+    }
+    .into();
+    for access in [Access::Vec4, Access::Scalar] {
+        let ctx = ctx().clone().with_access(access);
+        let mut bits: Vec<u32> = (0..2 * n).map(|_| DType::BF16.bits(rng.normal())).collect();
+        let buffer = buffer(&ctx, "shared", DType::BF16, &bits);
+        let bf16 = |at: u64| BufferRange::new(&buffer, 2 * at, n as u64).with_dtype(DType::BF16);
+        let mut opt =
+            Optimizer::new(&ctx, config, &[Tensor::new(bf16(0), bf16(n as u64))]).unwrap();
+        let value = |b: &u32| DType::BF16.value(*b);
+        let mut p32: Vec<f32> = bits[..n].iter().map(value).collect();
+        let mut s32 = TensorState::<f32>::default();
+        let stored = (DType::BF16, Precision::default());
+        for _ in 0..3 {
+            // New gradients for every element but the first, whose word the last parameter
+            // shares (a host write moves whole words): it keeps its first value.
+            for b in &mut bits[n + 1..] {
+                *b = DType::BF16.bits(rng.normal());
+            }
+            let bytes: Vec<u8> = bits[n + 1..]
+                .iter()
+                .flat_map(|&b| (b as u16).to_le_bytes())
+                .collect();
+            ctx.queue()
+                .write_buffer(&buffer, 2 * (n as u64 + 1), &bytes);
+            opt.step_submit().unwrap();
+            let g: Vec<f32> = bits[n..].iter().map(value).collect();
+            reference::step_stored(&config, &[n], &mut s32, &mut p32, &g, stored);
+        }
+        let got = read_bits(&ctx, &buffer, DType::BF16, 2 * n);
+        assert_eq!(got[n..], bits[n..], "{access}: the gradients changed");
+        let differ = got[..n]
+            .iter()
+            .zip(&p32)
+            .filter(|(g, w)| value(g) != **w)
+            .count();
+        // The f32 evaluation is the kernel's arithmetic: a few elements may round apart.
+        assert!(
+            differ * 20 <= n,
+            "{access}: {differ} of {n} parameters differ"
+        );
+        for (i, (g, w)) in got[..n].iter().zip(&p32).enumerate() {
+            let (g, w) = (f64::from(value(g)), f64::from(*w));
+            assert!(
+                (g - w).abs() <= 3.0 * ulp(DType::BF16, g.abs().max(w.abs())),
+                "{access}: parameter {i} is {g}, the f32 reference {w}"
+            );
+        }
+    }
+}
