@@ -107,6 +107,16 @@ impl DType {
             .collect()
     }
 
+    /// The values of `bytes`, little-endian elements of this type, widened to f32 (exactly); a
+    /// trailing partial element is left out.
+    pub(crate) fn decode(self, bytes: &[u8]) -> impl Iterator<Item = f32> + '_ {
+        bytes.chunks_exact(self.size() as usize).map(move |e| {
+            let mut word = [0u8; 4];
+            word[..e.len()].copy_from_slice(e);
+            self.value(u32::from_le_bytes(word))
+        })
+    }
+
     /// PyTorch's name: `float32`, `float16` or `bfloat16`.
     pub fn name(self) -> &'static str {
         match self {

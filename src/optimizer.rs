@@ -1415,11 +1415,11 @@ impl Optimizer {
         for (n, name) in names.iter().enumerate() {
             let values = &state.buffers[*name];
             let mut start = 0;
-            for (buffer, at, bytes) in self.state_bytes(meta, n as u64) {
-                let len = (bytes / meta.state_type.size()) as usize;
-                let src = meta.state_type.encode(&values[start..start + len]);
-                self.ctx.write_halves(buffer, at, &src)?;
-                start += len;
+            let dtype = meta.state_type;
+            for (buffer, first, len) in self.state_ranges(meta, n as u64) {
+                let src = dtype.encode(&values[start..start + len as usize]);
+                self.ctx.write_halves(buffer, first * dtype.size(), &src)?;
+                start += len as usize;
             }
         }
         // SGD's first momentum step is its first step: a loaded buffer is past it.

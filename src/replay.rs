@@ -67,16 +67,7 @@ pub fn parse_safetensors(bytes: &[u8], what: &str) -> Result<Vec<NamedTensor>> {
                     )));
                 }
             };
-            let size = dtype.size() as usize;
-            let data = view
-                .data()
-                .chunks_exact(size)
-                .map(|e| {
-                    let mut word = [0u8; 4];
-                    word[..size].copy_from_slice(e);
-                    dtype.value(u32::from_le_bytes(word))
-                })
-                .collect();
+            let data = dtype.decode(view.data()).collect();
             Ok(NamedTensor {
                 name,
                 shape: view.shape().to_vec(),

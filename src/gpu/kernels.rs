@@ -63,7 +63,7 @@ impl Binds {
     /// Bytes of a unit of an array of `dtype` elements: an f32 or a vec4 of them, a vec4 of
     /// 16-bit elements (two words), or with scalar access a word of two.
     pub(crate) fn unit_size(self, dtype: DType) -> u64 {
-        (dtype.size() * self.access.lanes()).max(4)
+        super::plan::unit_bytes(dtype.size(), self.access.lanes())
     }
 }
 

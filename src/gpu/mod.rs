@@ -450,11 +450,7 @@ impl Context {
         self.read_stream(&bytes, READ_CHUNK, |data| {
             carry.extend_from_slice(data);
             let whole = carry.len() / size as usize * size as usize;
-            out.extend(carry[..whole].chunks_exact(size as usize).map(|e| {
-                let mut word = [0u8; 4];
-                word[..e.len()].copy_from_slice(e);
-                dtype.value(u32::from_le_bytes(word))
-            }));
+            out.extend(dtype.decode(&carry[..whole]));
             carry.drain(..whole);
             Ok(())
         })?;

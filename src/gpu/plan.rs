@@ -360,7 +360,7 @@ pub(crate) fn plan(
 /// Bytes of a unit of `lanes` elements of `size` bytes as the kernels bind it: at least a
 /// 32-bit word, since 16-bit elements are loaded in words and a storage binding's size is a
 /// multiple of 4 bytes.
-fn unit_bytes(size: u64, lanes: u64) -> u64 {
+pub(crate) fn unit_bytes(size: u64, lanes: u64) -> u64 {
     (size * lanes).max(4)
 }
 
