@@ -182,18 +182,24 @@ struct TensorMeta {
 }
 
 impl TensorMeta {
-    /// The byte offset and length of tensor `index`'s parameter, for the copies of snapshots
-    /// and checkpoints, which move whole 32-bit words: an error where a 16-bit parameter starts
-    /// or ends inside a word, whose other half may be anybody's.
-    fn param_bytes(&self, index: usize) -> Result<(u64, u64)> {
-        let bytes = self.len * self.types.0.size();
+    /// The bytes of its parameter.
+    fn param_bytes(&self) -> u64 {
+        self.len * self.types.0.size()
+    }
+
+    /// The bytes of tensor `index`'s parameter for a snapshot, whose GPU copies move whole
+    /// 32-bit words: an error where a 16-bit parameter starts or ends inside a word, whose
+    /// other half may be anybody's. (Checkpoints read and write such words around the other
+    /// half.)
+    fn snapshot_bytes(&self, index: usize) -> Result<u64> {
+        let bytes = self.param_bytes();
         if !self.param_offset.is_multiple_of(4) || !bytes.is_multiple_of(4) {
-            return Err(Error::Unsupported(format!(
-                "copying the parameter of tensor {index} ({:?}): its {} elements start or end inside a 32-bit word, which snapshots and checkpoints copy whole (give 16-bit parameters an even element offset and length)",
+            return Err(Error::Input(format!(
+                "snapshot: tensor {index} ({:?}) has {} parameters that start or end inside a 32-bit word, which a snapshot copies whole (give 16-bit parameters an even element offset and length)",
                 self.name, self.types.0
             )));
         }
-        Ok((self.param_offset, bytes))
+        Ok(bytes)
     }
 
     /// The tensor's shape: given, or `[len]`.
@@ -1455,7 +1461,7 @@ impl Optimizer {
     pub fn snapshot(&self) -> Result<Snapshot> {
         let mut total = 0;
         for (i, meta) in self.tensors.iter().enumerate() {
-            total += meta.param_bytes(i)?.1;
+            total += meta.snapshot_bytes(i)?;
             let needed = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
             if !meta.param.usage().contains(needed) {
                 return Err(Error::MissingUsage {
@@ -1523,7 +1529,7 @@ impl Optimizer {
         let mut at = 0;
         for meta in &self.tensors {
             // Every parameter's bytes were checked when the snapshot was taken.
-            let bytes = meta.len * meta.types.0.size();
+            let bytes = meta.param_bytes();
             if meta.len > 0 {
                 copy(
                     (&meta.param, meta.param_offset),

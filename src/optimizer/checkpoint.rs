@@ -179,7 +179,6 @@ impl Optimizer {
                         usage: "COPY_SRC",
                     });
                 }
-                meta.param_bytes(i)?;
             }
         }
         let mut metadata = BTreeMap::new();
@@ -210,14 +209,14 @@ impl Optimizer {
                 source: Source::Step(i),
             })
             .collect();
-        for (i, meta) in self.tensors.iter().enumerate() {
+        for meta in &self.tensors {
             if options.parameters {
-                let (offset, bytes) = meta.param_bytes(i)?;
+                let range = (meta.param.clone(), meta.param_offset, meta.param_bytes());
                 entries.push(Entry {
                     name: meta.name.clone(),
                     dtype: meta.types.0.safetensors_name(),
                     shape: meta.shape(),
-                    source: Source::Gpu(vec![(meta.param.clone(), offset, bytes)]),
+                    source: Source::Gpu(vec![range]),
                 });
             }
             let config = &self.groups[meta.group];
@@ -356,9 +355,7 @@ impl Optimizer {
         for (i, meta) in self.tensors.iter().enumerate() {
             if options.parameters {
                 let start = file.tensors[&meta.name].start;
-                // Checked by check_checkpoint.
-                let bytes = meta.len * meta.types.0.size();
-                let target = [(&meta.param, meta.param_offset, bytes)];
+                let target = [(&meta.param, meta.param_offset, meta.param_bytes())];
                 stream.upload(&mut file, start, &target)?;
             }
             let names = self.groups[meta.group].state_names_for(&meta.shape());
@@ -432,7 +429,7 @@ impl Optimizer {
         let mut expected = HashSet::new();
         let mut steps = Vec::with_capacity(self.tensors.len());
         let mut scalars = Vec::with_capacity(self.tensors.len());
-        for (i, t) in self.tensors.iter().enumerate() {
+        for t in &self.tensors {
             let step_key = format!("{}.step", t.name);
             file.expect(&step_key, "I64", Some(&[]), 1)?;
             let step = file.read_i64(&step_key)?;
@@ -465,9 +462,6 @@ impl Optimizer {
                 let dtype = t.types.0.safetensors_name();
                 file.expect(&t.name, dtype, t.given_shape.as_deref(), t.len)?;
                 expected.insert(t.name.clone());
-            }
-            if options.parameters {
-                t.param_bytes(i)?;
             }
         }
         if let Some(extra) = file.tensors.keys().find(|k| !expected.contains(*k)) {
