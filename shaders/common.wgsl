@@ -28,9 +28,11 @@ struct StepHeader {
     clip_value: f32,
     // With PRE_NORM, the factor of every gradient after unscaling and clipping.
     pre_norm: f32,
-    _pad1: u32,
-    _pad2: u32,
-    _pad3: u32,
+    // With stochastic rounding, the seed, and the step count of the random bits: the first
+    // tensor's (src/gpu/kernels.rs writes `param_grid`).
+    seed: u32,
+    rng_step: u32,
+    _pad: u32,
 }
 
 struct Derived {
@@ -39,8 +41,11 @@ struct Derived {
 }
 
 @group(0) @binding(0) var<storage, read> derived: Derived;
-// Bindings 2 to 4, the parameter, gradient and state buffers, and the functions that read and
-// write them, are in shaders/units.wgsl (main dispatch) or shaders/lanes.wgsl (edge dispatch).
+// Bindings 1 to 3, the parameter, gradient and state buffers (and 4, the master copy of the
+// parameters, where the optimizer keeps one), and the functions that read and write them, are
+// written by src/gpu/kernels.rs from shaders/units.wgsl (main dispatch), shaders/lanes.wgsl
+// (edge dispatch) or, for 16-bit types, shaders/packed.wgsl and shaders/packed_lanes.wgsl; a
+// unit's parameter is loaded and stored through shaders/param.wgsl or shaders/master.wgsl.
 
 // Most state buffers of any optimizer.
 const MAX_STATES: u32 = 3u;
@@ -140,11 +145,11 @@ fn step_units(wid: vec3<u32>, lid: u32) {
         u.c = c;
         u.seg = seg;
         u.index = i;
-        u.p = param_unit(p);
+        u.p = load_param(p, s);
         u.g = prepare_grad(grad_unit(seg.grad_offset + i));
         load_states(&u, s, stride);
         update(&u);
-        set_param_unit(p, u.p);
+        store_param(p, s, u.p, seg.tensor, first_element(n, seg, i));
         if STATES > 0u {
             set_state_unit(s, u.s[0]);
         }
@@ -186,7 +191,7 @@ fn step_edge(wid: vec3<u32>, lid: u32) {
     var p = splat(0.0);
     var g = splat(0.0);
     for (var k = site.lo; k < site.hi; k++) {
-        set_lane(&p, k, param_lane(site.p, k));
+        set_lane(&p, k, load_param_lane(site.p, site.s, k));
         set_lane(&g, k, grad_lane(site.g, k));
     }
     u.p = p;
@@ -199,8 +204,8 @@ fn step_edge(wid: vec3<u32>, lid: u32) {
         u.s[n] = v;
     }
     update(&u);
+    store_param_lanes(site.p, site.s, u.p, site.segment.tensor, site.first, site.lo, site.hi);
     for (var k = site.lo; k < site.hi; k++) {
-        set_param_lane(site.p, k, lane(u.p, k));
         for (var n = 0u; n < STATES; n++) {
             set_state_lane(site.s + n * stride, k, lane(u.s[n], k));
         }
@@ -266,6 +271,7 @@ fn locate_edge(wid: vec3<u32>, lid: u32) -> Site {
     site.p = seg.param_offset + site.index;
     site.g = seg.grad_offset + site.index;
     site.s = seg.state_offset + site.index;
+    site.first = first_element(n, seg, site.index);
     return site;
 }
 
@@ -411,6 +417,8 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
         total_norm = bitcast<f32>(F32_INF);
     }
     let found_inf = (cfg.flags & SCALER) != 0u && total.y > 0.0;
+    // A skipped step, or a mode switch (HOLD), keeps the counts and the scalar state.
+    let advance = !found_inf && (cfg.flags & HOLD) == 0u;
     // One invocation writes the step's header and the scaler's state, and alone reads the
     // scale it then updates.
     if lid == 0u {
@@ -444,6 +452,10 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
             }
             header.pre_norm = pre;
         }
+        header.seed = cfg.seed;
+        // The first tensor's step count after this step, as the loop below advances it.
+        let t0 = control.tensors[0].step;
+        header.rng_step = select(t0, t0 + 1u, advance && t0 != 0xffffffffu);
         derived_out.header = header;
         // A mode switch leaves the last step's report as it is.
         if (cfg.flags & HOLD) == 0u {
@@ -469,8 +481,6 @@ fn finalize(@builtin(local_invocation_index) lid: u32) {
             }
         }
     }
-    // A skipped step, or a mode switch (HOLD), keeps the counts and the scalar state.
-    let advance = !found_inf && (cfg.flags & HOLD) == 0u;
     for (var i = lid; i < cfg.tensors; i += WORKGROUP_SIZE) {
         var t = control.tensors[i].step;
         if advance && t != 0xffffffffu {

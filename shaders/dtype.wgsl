@@ -69,3 +69,61 @@ fn f32_to_f16(x: f32) -> u32 {
     }
     return sign | q;
 }
+
+// ---- Stochastic rounding (`Precision::stochastic_rounding`) ----
+
+// lowbias32 (Chris Wellons' integer hash).
+fn mix32(x: u32) -> u32 {
+    var v = x;
+    v ^= v >> 16u;
+    v *= 0x7feb352du;
+    v ^= v >> 15u;
+    v *= 0x846ca68bu;
+    return v ^ (v >> 16u);
+}
+
+// The first three rounds of `rounding_bits` (src/dtype.rs), shared by a tensor's elements:
+// `mix32(prefix ^ element)` is the element's random bits.
+fn rounding_prefix(seed: u32, step: u32, tensor: u32) -> u32 {
+    return mix32(mix32(mix32(seed ^ 0x9e3779b9u) ^ step) ^ tensor);
+}
+
+// Of the two 16-bit values around `x` (`n` the nearest, widened `y`; `other` the other,
+// widened `z`), the one away from zero where `(r >> 8) / 2^24` is below x's distance from the
+// one nearer zero, in units of their spacing: unbiased over uniform `r`. A value of the type,
+// NaN, and values beyond the largest finite one keep `n`. `DType::round_stochastic` in
+// src/dtype.rs is the same.
+fn pick_stochastic(x: f32, n: u32, y: f32, other: u32, z: f32, r: u32) -> u32 {
+    let inf = 0x7f800000u;
+    if y == x || (bitcast<u32>(y) & inf) == inf || (bitcast<u32>(z) & inf) == inf {
+        return n;
+    }
+    let far = abs(z) > abs(y);
+    let near_value = min(abs(y), abs(z));
+    // Exact: |x| lies within a factor 2 of the nearer value, or that is 0.
+    let frac = (abs(x) - near_value) / (max(abs(y), abs(z)) - near_value);
+    let away = f32(r >> 8u) * 0x1p-24f < frac;
+    return select(select(other, n, far), select(n, other, far), away);
+}
+
+// The other 16-bit value around `x`, given `n`, its nearest, widened `y`: one step of the bits
+// away from zero where `y` lies nearer zero than `x`, else toward it.
+fn other_neighbour(x: f32, n: u32, y: f32) -> u32 {
+    return select(n + 1u, n - 1u, abs(y) > abs(x));
+}
+
+// f32 rounded stochastically to bf16 bits with the random bits `r`.
+fn f32_to_bf16_stochastic(x: f32, r: u32) -> u32 {
+    let n = f32_to_bf16(x);
+    let y = bf16_to_f32(n);
+    let other = other_neighbour(x, n, y);
+    return pick_stochastic(x, n, y, other, bf16_to_f32(other), r);
+}
+
+// f32 rounded stochastically to f16 bits with the random bits `r`.
+fn f32_to_f16_stochastic(x: f32, r: u32) -> u32 {
+    let n = f32_to_f16(x);
+    let y = f16_to_f32(n);
+    let other = other_neighbour(x, n, y);
+    return pick_stochastic(x, n, y, other, f16_to_f32(other), r);
+}

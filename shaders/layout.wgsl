@@ -70,9 +70,10 @@ struct SegmentTable {
     sums_base: u32,
     sums_dispatch_x: u32,
     segments: array<Segment, MAX_SEGMENTS>,
-    // Entry k (in `x`; a uniform array's elements are 16 bytes apart): the segment of
-    // workgroup k << coarse_shift, so that finding a workgroup's segment searches only between
-    // two entries.
+    // Entry k, in `x`: the segment of workgroup k << coarse_shift, so that finding a
+    // workgroup's segment searches only between two entries. In `y`: the index in its tensor
+    // of segment k's first element, modulo 2^32 (`first_element`). A uniform array's elements
+    // are 16 bytes apart, and there are as many entries as segments, so the two share them.
     coarse: array<vec4<u32>, COARSE_ENTRIES>,
 }
 
@@ -117,6 +118,11 @@ struct StepConfig {
     // With PRE_NORM, Lamb's max_grad_norm and eps.
     pre_norm_max: f32,
     pre_norm_eps: f32,
+    // With stochastic rounding (`Precision::stochastic_rounding`), its seed.
+    seed: u32,
+    _pad1: u32,
+    _pad2: u32,
+    _pad3: u32,
 }
 
 // A tensor's scalar state (see `TensorStep`).
@@ -156,6 +162,15 @@ struct Site {
     p: u32,
     g: u32,
     s: u32,
+    // In the edge dispatch (`locate_edge`), the index in its tensor of the unit's lane 0
+    // (`first_element`).
+    first: u32,
+}
+
+// The index in its tensor of lane 0 of unit `index` of segment `n` (`seg`), modulo 2^32 (lane 0
+// of a segment's first unit may lie before the tensor's element 0).
+fn first_element(n: u32, seg: Segment, index: u32) -> u32 {
+    return table.coarse[n].y + index * LANES - seg.head;
 }
 
 // The last segment whose first workgroup is <= wg: a binary search between the two entries of

@@ -38,7 +38,7 @@ fn sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
         u.c = derived.tensors[segment.tensor];
         u.seg = segment;
         u.index = site.index;
-        u.p = param_unit(site.p);
+        u.p = load_param(site.p, site.s);
         u.g = prepare_grad(grad_unit(site.g));
         load_states(&u, site.s, table.state_stride);
         let terms = sum_terms(&u);

@@ -207,17 +207,109 @@ impl std::str::FromStr for StateDType {
 
 /// How an optimizer keeps what it stores beside the parameters, for 16-bit parameters. With
 /// f32 parameters and the default [`StateDType::Param`], everything is f32.
+///
+/// The default is PyTorch's fused kernels: state in the parameter's type, no master copy,
+/// parameters rounded to nearest.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub struct Precision {
     /// The state buffers' type.
     pub state: StateDType,
+    /// Whether the optimizer keeps an f32 master copy of each 16-bit parameter (as Apex's
+    /// `master_weights` and llm.c do). The update then runs on the master copy, and the 16-bit
+    /// parameter is written from it in the same kernel. The copy is made from the parameters
+    /// when the optimizer is built (a one-time read); [`Optimizer::read_master`] reads it and
+    /// checkpoints carry it as `<name>.master`. f32 parameters are their own master: asking
+    /// for master weights when no parameter is 16-bit is an error.
+    ///
+    /// [`Optimizer::read_master`]: crate::Optimizer::read_master
+    pub master_weights: bool,
+    /// With a seed, every 16-bit parameter is rounded stochastically when stored (as llm.c
+    /// and torchao's `bf16_stochastic_round` do), rather than to nearest: to one of the two
+    /// values around the f32 result, with the probabilities that make the rounding unbiased.
+    /// The random bits are [`rounding_bits`] of the seed, the optimizer's step count (its
+    /// first tensor's), the tensor's index and the element's index in its tensor, so a run
+    /// and a run resumed from a checkpoint round alike. [`DType::round_stochastic`] is the
+    /// same rounding on the CPU.
+    pub stochastic_rounding: Option<u32>,
 }
 
 impl Precision {
     /// State buffers of type `state`.
     pub fn with_state(self, state: StateDType) -> Self {
-        Self { state }
+        Self { state, ..self }
+    }
+
+    /// With or without an f32 master copy of each 16-bit parameter (see
+    /// [`master_weights`](Self::master_weights)).
+    pub fn with_master_weights(self, master_weights: bool) -> Self {
+        Self {
+            master_weights,
+            ..self
+        }
+    }
+
+    /// 16-bit parameters rounded stochastically with random bits from `seed` (see
+    /// [`stochastic_rounding`](Self::stochastic_rounding)), or to nearest with `None`.
+    pub fn with_stochastic_rounding(self, seed: Option<u32>) -> Self {
+        Self {
+            stochastic_rounding: seed,
+            ..self
+        }
+    }
+}
+
+/// lowbias32 (Chris Wellons' integer hash): a bijection of u32 whose output bits each depend
+/// on every input bit.
+fn mix32(x: u32) -> u32 {
+    let mut v = x;
+    v ^= v >> 16;
+    v = v.wrapping_mul(0x7feb_352d);
+    v ^= v >> 15;
+    v = v.wrapping_mul(0x846c_a68b);
+    v ^ (v >> 16)
+}
+
+/// The 32 random bits with which stochastic rounding stores element `element` of tensor
+/// `tensor` at step `step` of an optimizer seeded with `seed` (see
+/// [`Precision::stochastic_rounding`]): a counter-based hash, the same on the GPU
+/// (shaders/dtype.wgsl). The element index is taken modulo 2³².
+pub fn rounding_bits(seed: u32, step: u32, tensor: u32, element: u32) -> u32 {
+    let mut h = mix32(seed ^ 0x9e37_79b9);
+    h = mix32(h ^ step);
+    h = mix32(h ^ tensor);
+    mix32(h ^ element)
+}
+
+impl DType {
+    /// `x` rounded stochastically to this type with the random bits `r`, widened back: to
+    /// the one of the two values around `x` that lies away from zero when `(r >> 8) / 2²⁴` is
+    /// below `x`'s distance from the other one, in units of their spacing, so that over
+    /// uniform `r` the mean is `x`. A value of the type, NaN, and values beyond the largest
+    /// finite value round to nearest. The same as the GPU's (shaders/dtype.wgsl).
+    pub fn round_stochastic(self, x: f32, r: u32) -> f32 {
+        if self == DType::F32 {
+            return x;
+        }
+        let n = self.bits(x);
+        let y = self.value(n);
+        if y == x || !y.is_finite() {
+            return y;
+        }
+        // The other value around x: one further from zero, or one nearer.
+        let other = if y.abs() > x.abs() { n - 1 } else { n + 1 };
+        let z = self.value(other);
+        if !z.is_finite() {
+            return y;
+        }
+        let (near, far) = if z.abs() > y.abs() { (y, z) } else { (z, y) };
+        // Exact in f32: |x| is within a factor 2 of |near|, or |near| is 0.
+        let frac = (x.abs() - near.abs()) / (far.abs() - near.abs());
+        if ((r >> 8) as f32) * 2f32.powi(-24) < frac {
+            far
+        } else {
+            near
+        }
     }
 }
 

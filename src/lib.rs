@@ -17,7 +17,7 @@ mod state;
 pub mod validate;
 
 pub use amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
-pub use dtype::{DType, Precision, StateDType};
+pub use dtype::{DType, Precision, StateDType, rounding_bits};
 pub use error::{Error, Result};
 pub use gpu::{Access, Context};
 pub use optim::{

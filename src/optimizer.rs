@@ -166,6 +166,11 @@ struct TensorMeta {
     types: (DType, DType),
     /// The storage type of its state.
     state_type: DType,
+    /// Whether the optimizer keeps an f32 master copy of its (16-bit) parameter, in the master
+    /// buffer of its state blocks, laid out as its first state buffer there.
+    master: bool,
+    /// Whether its (16-bit) parameter is rounded stochastically when stored.
+    stochastic: bool,
     /// The kernel of the tensor's group.
     kernel: Kernel,
     /// The access mode its state was laid out for, and the lane of its first element there.
@@ -265,6 +270,8 @@ pub struct Optimizer {
     /// learning rate it was built with, as lion-pytorch's `_init_lr`).
     built: Vec<OptimizerConfig>,
     tensors: Vec<TensorMeta>,
+    /// How the state and the 16-bit parameters are kept.
+    precision: Precision,
     /// The state, fixed when built.
     blocks: Vec<bind::StateBlock>,
     /// Muon's matrix products between the two phases of its step.
@@ -486,6 +493,7 @@ impl Optimizer {
         let tensors: Vec<Tensor<'_>> = all.iter().map(|(_, t)| *t).collect();
         check_overlaps(&tensors)?;
         check_names(&tensors)?;
+        check_precision(&tensors, precision)?;
 
         let limits = ctx.limits();
         let plan_limits = bind::plan_limits(limits);
@@ -503,7 +511,7 @@ impl Optimizer {
 
         // The state: tensors of one kernel, access mode and state type share blocks, each at
         // its parameter's lane.
-        let mut block_keys: Vec<(Kernel, Access, DType)> = Vec::new();
+        let mut block_keys: Vec<(Kernel, Access, DType, bool)> = Vec::new();
         let mut metas = Vec::with_capacity(all.len());
         let mut state_spans = Vec::with_capacity(all.len());
         for (i, (g, t)) in all.iter().enumerate() {
@@ -516,6 +524,14 @@ impl Optimizer {
             let factors = kernel.factored().then(|| Factors::of(&shape));
             let access = access_for(ctx.access(), plan_limits.alignment, t);
             let state_type = precision.state.for_param(t.param.dtype);
+            let sixteen = t.param.dtype != DType::F32;
+            let master = precision.master_weights && sixteen;
+            if master && kernel.factored() {
+                return Err(Error::Input(format!(
+                    "tensor {i}: {} factors the state of a tensor of shape {shape:?}, and master weights are laid out as per-element state, so it cannot keep master weights (not built yet)",
+                    config.type_name()
+                )));
+            }
             if state_type != DType::F32 && (kernel.factored() || kernel.phased()) {
                 return Err(Error::Input(format!(
                     "tensor {i}: {} keeps its state in f32 ({}), so it cannot keep {state_type} state (ask for f32 state)",
@@ -527,7 +543,7 @@ impl Optimizer {
                     }
                 )));
             }
-            let k = (kernel, access, state_type);
+            let k = (kernel, access, state_type, master);
             let key = block_keys.iter().position(|x| *x == k).unwrap_or_else(|| {
                 block_keys.push(k);
                 block_keys.len() - 1
@@ -550,6 +566,8 @@ impl Optimizer {
                 param_offset: t.param.offset,
                 types: (t.param.dtype, t.grad.dtype),
                 state_type,
+                master,
+                stochastic: precision.stochastic_rounding.is_some() && sixteen,
                 kernel,
                 state_access: access,
                 lane,
@@ -585,6 +603,11 @@ impl Optimizer {
             .collect();
 
         let n = all.len() as u64;
+        let masters = block_plans
+            .iter()
+            .enumerate()
+            .map(|(b, p)| master_values(ctx, &metas, b, p))
+            .collect::<Result<Vec<_>>>()?;
         let device = ctx.device();
         let (control, derived, blocks) = scoped(device, || {
             let copy = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
@@ -617,8 +640,21 @@ impl Optimizer {
             let blocks: Vec<bind::StateBlock> = block_plans
                 .iter()
                 .enumerate()
-                .map(|(b, p)| bind::StateBlock {
+                .zip(&masters)
+                .map(|((b, p), master)| bind::StateBlock {
                     buffer: state_buffer(device, groups, &all, &metas, b, p, block_keys[p.key]),
+                    master: master.as_ref().map(|values| {
+                        wgpu::util::DeviceExt::create_buffer_init(
+                            device,
+                            &wgpu::util::BufferInitDescriptor {
+                                label: Some("wgpu-optim master weights"),
+                                contents: bytemuck::cast_slice(values),
+                                usage: wgpu::BufferUsages::STORAGE
+                                    | wgpu::BufferUsages::COPY_SRC
+                                    | wgpu::BufferUsages::COPY_DST,
+                            },
+                        )
+                    }),
                     plan: *p,
                 })
                 .collect();
@@ -664,6 +700,7 @@ impl Optimizer {
             built: configs,
             products,
             tensors: metas,
+            precision,
             blocks,
             bound,
             cache: Vec::new(),
@@ -883,6 +920,7 @@ impl Optimizer {
                 0
             },
             flags: bits,
+            seed: self.precision.stochastic_rounding.unwrap_or(0),
             ..Default::default()
         };
         if let Pass::Mode(to_train) = what {
@@ -1355,6 +1393,59 @@ impl Optimizer {
         })
     }
 
+    /// The `(buffer, first element, elements)` ranges of `tensor`'s f32 master copy, or an
+    /// error where it keeps none.
+    fn master_ranges(&self, tensor: usize) -> Result<Vec<(&wgpu::Buffer, u64, u64)>> {
+        let meta = self.meta(tensor)?;
+        meta.pieces
+            .iter()
+            .map(|p| {
+                let buffer = self.blocks[p.block].master.as_ref().filter(|_| meta.master);
+                let buffer = buffer.ok_or_else(|| {
+                    Error::Input(format!(
+                        "tensor {tensor} ({}) keeps no master weights: its parameter is {} and the optimizer was built {} them",
+                        meta.name,
+                        meta.types.0,
+                        if self.precision.master_weights { "with" } else { "without" }
+                    ))
+                })?;
+                Ok((buffer, p.state_offset, p.len))
+            })
+            .collect()
+    }
+
+    /// Reads the f32 master copy of `tensor`'s 16-bit parameter back from the GPU, after all
+    /// submitted work (see [`Precision::master_weights`]). Blocks. An error where the tensor
+    /// keeps no master copy.
+    pub fn read_master(&self, tensor: usize) -> Result<Vec<f32>> {
+        let ranges = self.master_ranges(tensor)?;
+        self.ctx.read_typed(&ranges, DType::F32)
+    }
+
+    /// Replaces the f32 master copy of `tensor`'s 16-bit parameter with `values`, written with
+    /// [`wgpu::Queue::write_buffer`] (it takes effect at the next submit). The parameter itself
+    /// is not written: the next step writes it from the master copy. An error, changing
+    /// nothing, where the tensor keeps no master copy or `values` has another length.
+    pub fn load_master(&mut self, tensor: usize, values: &[f32]) -> Result<()> {
+        let ranges = self.master_ranges(tensor)?;
+        let len = self.tensors[tensor].len;
+        if values.len() as u64 != len {
+            return Err(Error::Input(format!(
+                "master weights of tensor {tensor}: {} values for its {len} elements",
+                values.len()
+            )));
+        }
+        let mut rest = values;
+        for (buffer, first, n) in ranges {
+            let (mine, next) = rest.split_at(n as usize);
+            self.ctx
+                .queue()
+                .write_buffer(buffer, first * 4, bytemuck::cast_slice(mine));
+            rest = next;
+        }
+        Ok(())
+    }
+
     /// Replaces the state of `tensor`: its step count, every state buffer and every scalar
     /// state, under PyTorch's names. The buffers are written with [`wgpu::Queue::write_buffer`], so they take effect
     /// at the next submit. The step count may be at most [`MAX_STEP`]. SGD's momentum buffer
@@ -1802,6 +1893,68 @@ fn check_whole(
 /// State block `b`'s buffer: its state buffers one after the other, each filled with each
 /// piece's initial value; for factored state, each tensor's factor region, zero but for its
 /// header. At least one unit, so that kernels without state can bind it.
+/// The initial contents of block `b`'s master buffer, where its tensors keep master weights:
+/// their parameters, widened, at their pieces' state offsets (read back once, which waits for
+/// the queue).
+fn master_values(
+    ctx: &Context,
+    metas: &[TensorMeta],
+    b: usize,
+    block: &plan::Block,
+) -> Result<Option<Vec<f32>>> {
+    let mut values: Option<Vec<f32>> = None;
+    // One read of each 16-bit type's parameters.
+    for dtype in [DType::F16, DType::BF16] {
+        let pieces: Vec<(&TensorMeta, &plan::StatePiece)> = metas
+            .iter()
+            .filter(|m| m.master && m.types.0 == dtype)
+            .flat_map(|m| {
+                m.pieces
+                    .iter()
+                    .filter(|p| p.block == b)
+                    .map(move |p| (m, p))
+            })
+            .collect();
+        if pieces.is_empty() {
+            continue;
+        }
+        let ranges: Vec<(&wgpu::Buffer, u64, u64)> = pieces
+            .iter()
+            .map(|(m, p)| (&m.param, m.param_offset / dtype.size() + p.start, p.len))
+            .collect();
+        let read = ctx.read_typed(&ranges, dtype)?;
+        let out = values.get_or_insert_with(|| vec![0.0; block.len.max(4) as usize]);
+        let mut next = read.iter();
+        for (_, p) in pieces {
+            let at = p.state_offset as usize;
+            for (o, v) in out[at..at + p.len as usize].iter_mut().zip(&mut next) {
+                *o = *v;
+            }
+        }
+    }
+    Ok(values)
+}
+
+/// Rejects a [`Precision`] that asks for what no parameter has: master weights or stochastic
+/// rounding where every parameter is f32.
+fn check_precision(tensors: &[Tensor<'_>], precision: Precision) -> Result<()> {
+    if tensors.iter().all(|t| t.param.dtype == DType::F32) {
+        let asked = if precision.master_weights {
+            Some("master weights (an f32 copy of 16-bit parameters)")
+        } else if precision.stochastic_rounding.is_some() {
+            Some("stochastic rounding (of 16-bit parameters)")
+        } else {
+            None
+        };
+        if let Some(what) = asked {
+            return Err(Error::Input(format!(
+                "{what} asked for, but every parameter is f32"
+            )));
+        }
+    }
+    Ok(())
+}
+
 fn state_buffer(
     device: &wgpu::Device,
     groups: &[ParamGroup<'_>],
@@ -1809,7 +1962,7 @@ fn state_buffer(
     metas: &[TensorMeta],
     b: usize,
     block: &plan::Block,
-    (kernel, _, dtype): (Kernel, Access, DType),
+    (kernel, _, dtype, _): (Kernel, Access, DType, bool),
 ) -> wgpu::Buffer {
     let usage =
         wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;

@@ -17,7 +17,7 @@
 //! ```
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
-use crate::dtype::{DType, Precision};
+use crate::dtype::{DType, Precision, rounding_bits};
 use crate::optim::OptimizerConfig;
 use crate::state::TensorState;
 use std::fmt::Debug;
@@ -155,12 +155,54 @@ pub fn step<F: Real>(
     step_shaped(config, &[param.len()], state, param, grad);
 }
 
-/// [`step_shaped`] for a parameter stored as `param_type`, with the state stored as
-/// `precision` says: the step in `F` on the stored values, then each parameter and each state
-/// element rounded to its type as the kernels store it ([`Real::stored`]), so that the next
-/// step starts from the rounded values, as on the GPU. The step uses the new state before it
-/// is rounded, as PyTorch's fused kernels do. Scalar state is f32 on the GPU, and stays in `F`
-/// here. Gradients of a 16-bit type are given as their exact values.
+/// How a tensor's parameter is kept, for [`step_stored`]: its type, the optimizer's
+/// [`Precision`], and the tensor's index in its optimizer (one of the keys of stochastic
+/// rounding's random bits, [`rounding_bits`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Stored {
+    /// The parameter's storage type.
+    pub param_type: DType,
+    /// How the optimizer keeps the state and the 16-bit parameters.
+    pub precision: Precision,
+    /// The tensor's index over every group of its optimizer.
+    pub tensor: u32,
+}
+
+impl Stored {
+    /// Tensor 0 of type `param_type` under `precision`.
+    pub fn new(param_type: DType, precision: Precision) -> Self {
+        Self {
+            param_type,
+            precision,
+            tensor: 0,
+        }
+    }
+
+    /// The same for tensor `tensor`.
+    pub fn tensor(self, tensor: u32) -> Self {
+        Self { tensor, ..self }
+    }
+
+    /// Whether the optimizer keeps an f32 master copy of this parameter: master weights asked
+    /// for, and a 16-bit parameter.
+    pub fn keeps_master(&self) -> bool {
+        self.precision.master_weights && self.param_type != DType::F32
+    }
+}
+
+/// [`step_shaped`] for a parameter kept as `stored` says: the step in `F` on the stored values,
+/// then each state element rounded to the state's type and the parameter to its own, as the
+/// kernels store them ([`Real::stored`]), so that the next step starts from the rounded values,
+/// as on the GPU. The step uses the new state before it is rounded, as PyTorch's fused kernels
+/// do. Scalar state is f32 on the GPU, and stays in `F` here. Gradients of a 16-bit type are
+/// given as their exact values.
+///
+/// Where the optimizer keeps master weights ([`Stored::keeps_master`]), `master` is the f32
+/// master copy (`None` otherwise): the step runs on it, it is rounded to f32, and the parameter
+/// is written from it. With stochastic rounding the parameter is rounded by
+/// [`DType::round_stochastic`] from its f32 value, with [`rounding_bits`] of the seed,
+/// `state.step` after the step (the optimizer's step count where its tensors have taken the
+/// same steps), `stored.tensor` and the element's index.
 ///
 /// ```
 /// use wgpu_optim::{DType, Precision, SGD, TensorState, reference};
@@ -170,28 +212,66 @@ pub fn step<F: Real>(
 /// // bf16 holds 8 significant bits: above 1 its values are 2^-7 apart, and an update of
 /// // 0.003 is lost, while one of 0.006 moves the parameter to the next value.
 /// let mut param = [1.0];
-/// let bf16 = (DType::BF16, Precision::default());
-/// reference::step_stored(&config, &[1], &mut state, &mut param, &[-0.3], bf16);
+/// let bf16 = reference::Stored::new(DType::BF16, Precision::default());
+/// reference::step_stored(&config, &[1], &mut state, &mut param, None, &[-0.3], bf16);
 /// assert_eq!(param, [1.0]);
-/// reference::step_stored(&config, &[1], &mut state, &mut param, &[-0.6], bf16);
+/// reference::step_stored(&config, &[1], &mut state, &mut param, None, &[-0.6], bf16);
+/// assert_eq!(param, [1.0 + 2f64.powi(-7)]);
+///
+/// // An f32 master copy keeps the small updates that the bf16 parameter loses.
+/// let master_weights = reference::Stored::new(DType::BF16, Precision::default().with_master_weights(true));
+/// let (mut state, mut param, mut master) = (TensorState::<f64>::default(), [1.0], [1.0]);
+/// for _ in 0..2 {
+///     reference::step_stored(&config, &[1], &mut state, &mut param, Some(&mut master), &[-0.3], master_weights);
+/// }
+/// assert_eq!(master, [1.006f32 as f64]);
 /// assert_eq!(param, [1.0 + 2f64.powi(-7)]);
 /// ```
 ///
 /// # Panics
-/// As [`step_shaped`].
+/// As [`step_shaped`], and where `master` is given exactly where it should not be, or differs
+/// in length from `param`.
 pub fn step_stored<F: Real>(
     config: &OptimizerConfig,
     shape: &[usize],
     state: &mut TensorState<F>,
     param: &mut [F],
+    master: Option<&mut [F]>,
     grad: &[F],
-    (param_type, precision): (DType, Precision),
+    stored: Stored,
 ) {
-    step_shaped(config, shape, state, param, grad);
-    for p in param {
-        *p = p.stored(param_type);
+    assert_eq!(
+        master.is_some(),
+        stored.keeps_master(),
+        "a master copy is given exactly where the optimizer keeps one"
+    );
+    let param_type = stored.param_type;
+    match master {
+        Some(master) => {
+            assert_eq!(master.len(), param.len(), "master and param lengths differ");
+            step_shaped(config, shape, state, master, grad);
+            for (p, m) in param.iter_mut().zip(master.iter_mut()) {
+                *m = m.stored(DType::F32);
+                *p = *m;
+            }
+        }
+        None => step_shaped(config, shape, state, param, grad),
     }
-    let state_type = precision.state.for_param(param_type);
+    match stored.precision.stochastic_rounding {
+        Some(seed) if param_type != DType::F32 => {
+            for (i, p) in param.iter_mut().enumerate() {
+                let r = rounding_bits(seed, state.step as u32, stored.tensor, i as u32);
+                let x = param_type.round_stochastic(p.to_f64() as f32, r);
+                *p = F::of(f64::from(x));
+            }
+        }
+        _ => {
+            for p in param {
+                *p = p.stored(param_type);
+            }
+        }
+    }
+    let state_type = stored.precision.state.for_param(param_type);
     for buffer in state.buffers.values_mut() {
         for x in buffer {
             *x = x.stored(state_type);

@@ -9,6 +9,7 @@ mod common;
 
 use common::{Rng, ctx, ulp};
 use wgpu::util::DeviceExt;
+use wgpu_optim::reference::Stored;
 use wgpu_optim::{
     Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, Lamb, Optimizer,
     OptimizerConfig, ParamGroup, Precision, SGD, StateDType, Tensor, TensorState, reference,
@@ -57,7 +58,8 @@ struct Place {
 
 /// Steps `config` `steps` times over tensors of the given places with parameters of
 /// `param_type` and gradients of `grad_type`, and checks the parameters against the reference,
-/// and every element no tensor owns against its poison.
+/// and every element no tensor owns against its poison. Returns each tensor's access mode and
+/// how many parameters differ from the f32 reference at all.
 #[allow(clippy::too_many_arguments)]
 fn check(
     ctx: &Context,
@@ -67,7 +69,7 @@ fn check(
     places: &[Place],
     steps: usize,
     rng: &mut Rng,
-) -> Vec<Access> {
+) -> (Vec<Access>, usize) {
     let param_len = places.iter().map(|p| p.param + p.len).max().unwrap() + 3;
     let grad_len = places.iter().map(|p| p.grad + p.len).max().unwrap() + 3;
     let poison = |dtype: DType| match dtype {
@@ -119,6 +121,11 @@ fn check(
         .collect();
     let mut s64 = vec![TensorState::<f64>::default(); places.len()];
     let mut s32 = vec![TensorState::<f32>::default(); places.len()];
+    // The master copies, where the optimizer keeps them: the parameters, widened.
+    let stored = |k: usize| Stored::new(param_type, precision).tensor(k as u32);
+    let keeps_master = stored(0).keeps_master();
+    let mut m64 = p64.clone();
+    let mut m32 = p32.clone();
     // Each element's largest magnitude over the steps: a rounding split at a step moves the
     // trajectory by one unit of the stored type at the magnitude of that step.
     let mut largest: Vec<Vec<f64>> = p64
@@ -151,9 +158,14 @@ fn check(
         for (k, p) in places.iter().enumerate() {
             let g32: Vec<f32> = grads[k].iter().map(|&g| g as f32).collect();
             let shape = [p.len];
-            let stored = (param_type, precision);
-            reference::step_stored(&config, &shape, &mut s64[k], &mut p64[k], &grads[k], stored);
-            reference::step_stored(&config, &shape, &mut s32[k], &mut p32[k], &g32, stored);
+            let (master64, master32) = if keeps_master {
+                (Some(&mut m64[k][..]), Some(&mut m32[k][..]))
+            } else {
+                (None, None)
+            };
+            let (s, g) = (stored(k), &grads[k]);
+            reference::step_stored(&config, &shape, &mut s64[k], &mut p64[k], master64, g, s);
+            reference::step_stored(&config, &shape, &mut s32[k], &mut p32[k], master32, &g32, s);
             for (m, x) in largest[k].iter_mut().zip(&p64[k]) {
                 *m = m.max(x.abs());
             }
@@ -163,7 +175,7 @@ fn check(
     let got = read_bits(ctx, &param, param_type, param_len);
     let state_type = precision.state.for_param(param_type);
     let what = format!(
-        "{config:?} with {param_type} parameters, {grad_type} gradients and {state_type} state"
+        "{config:?} with {param_type} parameters, {grad_type} gradients and {state_type} state, {precision:?}"
     );
     let mut owned = vec![false; param_len];
     let mut differ = 0;
@@ -213,6 +225,27 @@ fn check(
             );
         }
     }
+    // The master copies, f32 on both sides: within the tolerance of the f32 reference, and of
+    // the f64 one or twice float32's own error.
+    for k in (0..places.len()).filter(|_| keeps_master) {
+        let got = opt.read_master(k).unwrap();
+        assert_eq!(got.len(), places[k].len);
+        for (i, &g) in got.iter().enumerate() {
+            let (g, w32, w64) = (f64::from(g), f64::from(m32[k][i]), m64[k][i]);
+            assert!(
+                (g - w32).abs() <= 2e-5 * (1.0 + w32.abs()),
+                "{what}: tensor {k}'s master[{i}] is {g}, the f32 reference {w32}"
+            );
+            let allowed = (2e-5 * (1.0 + w64.abs())).max(2.0 * (w32 - w64).abs());
+            assert!(
+                (g - w64).abs() <= allowed,
+                "{what}: tensor {k}'s master[{i}] is {g}, the f64 reference {w64}"
+            );
+        }
+    }
+    if !keeps_master {
+        assert!(opt.read_master(0).is_err(), "{what}: a master copy to read");
+    }
     let g_after = read_bits(ctx, &grad, grad_type, grad_len);
     assert_eq!(g_after, g_bits, "{what}: the gradients changed");
     // The state, widened from its type, against the f32 evaluation rounded likewise: within a
@@ -235,7 +268,7 @@ fn check(
             }
         }
     }
-    access
+    (access, differ)
 }
 
 /// Tensors at odd element offsets; the second ends in the word the third starts in; the
@@ -296,7 +329,7 @@ fn adam_on_16_bit_parameters_matches_the_rounding_reference() {
         ] {
             for state in [StateDType::Param, StateDType::F32, StateDType::BF16] {
                 let types = (param, grad, Precision::default().with_state(state));
-                let got = check(&ctx, config, None, types, &places(), 4, &mut rng);
+                let (got, _) = check(&ctx, config, None, types, &places(), 4, &mut rng);
                 if access == Access::Vec4 {
                     assert_eq!(got[3], Access::Scalar, "{types:?}");
                     assert_eq!(got[4], Access::Vec4, "{types:?}");
@@ -359,17 +392,184 @@ fn every_kind_of_kernel_steps_16_bit_parameters() {
     for access in [Access::Vec4, Access::Scalar] {
         let ctx = ctx().clone().with_access(access);
         for (config, clip) in configs {
-            check(
-                &ctx,
-                config,
-                clip,
-                (DType::BF16, DType::BF16, Precision::default()),
-                &places(),
-                3,
-                &mut rng,
-            );
+            let master = Precision::default()
+                .with_master_weights(true)
+                .with_stochastic_rounding(Some(7));
+            for precision in [Precision::default(), master] {
+                let types = (DType::BF16, DType::BF16, precision);
+                check(&ctx, config, clip, types, &places(), 3, &mut rng);
+            }
         }
     }
+}
+
+#[test]
+fn stochastic_rounding_matches_the_reference_bit_for_bit() {
+    // SGD with lr 1 computes p - g, one rounding in f32 on the GPU and the CPU alike, so the
+    // f32 reference is the kernel's arithmetic exactly, and every parameter rounded with the
+    // same random bits must match it: the bits' keys (seed, step, tensor, element in its
+    // tensor) are right in both dispatches and in every tensor. Results that are not values of
+    // the parameter's type round up or down at random, so a wrong key shows at about a third
+    // of them.
+    let mut rng = Rng::fresh("stochastic_rounding_bit_for_bit");
+    let config: OptimizerConfig = SGD {
+        lr: 1.0,
+        ..Default::default()
+    }
+    .into();
+    let seeded = Precision::default().with_stochastic_rounding(Some(99));
+    for access in [Access::Vec4, Access::Scalar] {
+        let ctx = ctx().clone().with_access(access);
+        for (param, grad) in [(DType::BF16, DType::F32), (DType::F16, DType::F32)] {
+            for precision in [seeded, seeded.with_master_weights(true)] {
+                let types = (param, grad, precision);
+                let (_, differ) = check(&ctx, config, None, types, &places(), 3, &mut rng);
+                assert_eq!(differ, 0, "{access}, {types:?}");
+            }
+        }
+    }
+}
+
+#[test]
+fn master_weights_and_stochastic_rounding_match_the_reference() {
+    // Each layout of a 16-bit parameter: an f32 master copy, stochastic rounding, both; with
+    // the state in the parameter's type and in f32. The reference rounds stochastically with
+    // the same random bits (`rounding_bits`), so the parameters match it as closely as with
+    // rounding to nearest.
+    let mut rng = Rng::fresh("master_weights_and_stochastic_rounding");
+    let config: OptimizerConfig = Adam {
+        lr: 0.1,
+        weight_decay: 0.01,
+        ..Default::default()
+    }
+    .into();
+    let master = Precision::default().with_master_weights(true);
+    let seeded = Precision::default().with_stochastic_rounding(Some(0x5eed));
+    let both = master.with_stochastic_rounding(Some(1));
+    for access in [Access::Vec4, Access::Scalar] {
+        let ctx = ctx().clone().with_access(access);
+        for (param, grad) in [(DType::BF16, DType::BF16), (DType::F16, DType::F32)] {
+            for precision in [master, seeded, both] {
+                for state in [StateDType::Param, StateDType::F32] {
+                    let types = (param, grad, precision.with_state(state));
+                    check(&ctx, config, None, types, &places(), 4, &mut rng);
+                }
+            }
+        }
+    }
+}
+
+/// `n` copies of bf16 1.5 in one tensor, stepped `steps` times by SGD with a constant update of
+/// `update` (below half a unit of bf16 there, 2^-7), with `precision`; the parameters as f64.
+fn constant_updates(precision: Precision, n: usize, update: f32, steps: usize) -> Vec<f64> {
+    let ctx = ctx();
+    let param = buffer(ctx, "param", DType::BF16, &vec![DType::BF16.bits(1.5); n]);
+    let grad = buffer(ctx, "grad", DType::F32, &vec![update.to_bits(); n]);
+    let tensor = Tensor::new(
+        BufferRange::new(&param, 0, n as u64).with_dtype(DType::BF16),
+        BufferRange::new(&grad, 0, n as u64),
+    );
+    let config = SGD {
+        lr: 1.0,
+        ..Default::default()
+    };
+    let groups = [ParamGroup::new(config, vec![tensor])];
+    let mut opt = Optimizer::with_precision(ctx, &groups, precision).unwrap();
+    for _ in 0..steps {
+        opt.step_submit().unwrap();
+    }
+    read_bits(ctx, &param, DType::BF16, n)
+        .iter()
+        .map(|&b| f64::from(DType::BF16.value(b)))
+        .collect()
+}
+
+#[test]
+fn stochastic_rounding_is_unbiased_and_reproducible() {
+    // An update of 0.001 is an eighth of a unit of bf16 at 1.5: rounding to nearest loses every
+    // one, while stochastically rounded parameters move by it on average. Each element rounds
+    // down with probability 0.128 at the first step; after 3 steps its value is a sum of
+    // independent roundings, whose mean over 2^17 elements must lie within 5 standard errors
+    // of 1.5 - 3 · 0.001.
+    let n = 1 << 17;
+    let (update, steps) = (0.001f32, 3);
+    let nearest = constant_updates(Precision::default(), n, update, steps);
+    assert!(
+        nearest.iter().all(|&p| p == 1.5),
+        "rounding to nearest moved a parameter"
+    );
+    let seeded = |seed| Precision::default().with_stochastic_rounding(Some(seed));
+    let got = constant_updates(seeded(42), n, update, steps);
+    let mean = got.iter().sum::<f64>() / n as f64;
+    let var = got.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let want = 1.5 - f64::from(steps as f32 * update);
+    let error = 5.0 * (var / n as f64).sqrt();
+    assert!(
+        (mean - want).abs() <= error,
+        "the mean parameter is {mean}, the f32 update gives {want} (5 standard errors: {error:e})"
+    );
+    assert!(var > 0.0, "every element rounded alike");
+    // The same seed gives the same bits; another seed other bits.
+    assert_eq!(constant_updates(seeded(42), n, update, steps), got);
+    assert_ne!(constant_updates(seeded(43), n, update, steps), got);
+    // With a master copy, the f32 trajectory is kept, and each step's parameter is rounded from
+    // it: the mean again, with the master exactly the f32 sum.
+    let both = seeded(42).with_master_weights(true);
+    let got = constant_updates(both, n, update, steps);
+    let mean = got.iter().sum::<f64>() / n as f64;
+    let var = got.iter().map(|p| (p - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let error = 5.0 * (var / n as f64).sqrt();
+    assert!(
+        (mean - want).abs() <= error,
+        "with master weights the mean parameter is {mean}, the f32 update gives {want}"
+    );
+}
+
+#[test]
+fn master_weights_and_stochastic_rounding_refuse_f32_parameters_and_factored_state() {
+    let ctx = ctx();
+    let param = buffer(ctx, "param", DType::F32, &[0; 64]);
+    let grad = buffer(ctx, "grad", DType::F32, &[0; 64]);
+    let f32_tensor = Tensor::new(
+        BufferRange::new(&param, 0, 16),
+        BufferRange::new(&grad, 0, 16),
+    );
+    let config = Adam::default();
+    for precision in [
+        Precision::default().with_master_weights(true),
+        Precision::default().with_stochastic_rounding(Some(3)),
+    ] {
+        let groups = [ParamGroup::new(config, vec![f32_tensor])];
+        let err = Optimizer::with_precision(ctx, &groups, precision).unwrap_err();
+        assert!(err.to_string().contains("every parameter is f32"), "{err}");
+    }
+    // Beside a 16-bit parameter, an f32 one is its own master: it keeps none.
+    let bf16 = buffer(ctx, "bf16", DType::BF16, &[DType::BF16.bits(1.0); 16]);
+    let bf16_tensor = Tensor::new(
+        BufferRange::new(&bf16, 0, 16).with_dtype(DType::BF16),
+        BufferRange::new(&grad, 64, 16),
+    );
+    let master = Precision::default().with_master_weights(true);
+    let groups = [ParamGroup::new(config, vec![f32_tensor, bf16_tensor])];
+    let mut opt = Optimizer::with_precision(ctx, &groups, master).unwrap();
+    let err = opt.read_master(0).unwrap_err();
+    assert!(err.to_string().contains("keeps no master weights"), "{err}");
+    assert_eq!(opt.read_master(1).unwrap(), vec![1.0; 16]);
+    let err = opt.load_master(1, &[2.0; 15]).unwrap_err();
+    assert!(err.to_string().contains("15 values"), "{err}");
+    assert_eq!(opt.read_master(1).unwrap(), vec![1.0; 16]);
+    opt.load_master(1, &[2.0; 16]).unwrap();
+    assert_eq!(opt.read_master(1).unwrap(), vec![2.0; 16]);
+    // Adafactor factors the state of a matrix: no master copy laid out per element.
+    let adafactor = wgpu_optim::Adafactor::default();
+    let matrix = bf16_tensor.with_shape(&[4, 4]);
+    let groups = [ParamGroup::new(adafactor, vec![matrix])];
+    let err =
+        Optimizer::with_precision(ctx, &groups, master.with_state(StateDType::F32)).unwrap_err();
+    assert!(
+        err.to_string().contains("cannot keep master weights"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -594,7 +794,7 @@ fn sixteen_bit_parameters_and_gradients_may_share_a_buffer_and_a_word() {
         let value = |b: &u32| DType::BF16.value(*b);
         let mut p32: Vec<f32> = bits[..n].iter().map(value).collect();
         let mut s32 = TensorState::<f32>::default();
-        let stored = (DType::BF16, Precision::default());
+        let stored = Stored::new(DType::BF16, Precision::default());
         for _ in 0..3 {
             // New gradients for every element but the first, whose word the last parameter
             // shares (a host write moves whole words): it keeps its first value.
@@ -609,7 +809,7 @@ fn sixteen_bit_parameters_and_gradients_may_share_a_buffer_and_a_word() {
                 .write_buffer(&buffer, 2 * (n as u64 + 1), &bytes);
             opt.step_submit().unwrap();
             let g: Vec<f32> = bits[n..].iter().map(value).collect();
-            reference::step_stored(&config, &[n], &mut s32, &mut p32, &g, stored);
+            reference::step_stored(&config, &[n], &mut s32, &mut p32, None, &g, stored);
         }
         let got = read_bits(&ctx, &buffer, DType::BF16, 2 * n);
         assert_eq!(got[n..], bits[n..], "{access}: the gradients changed");

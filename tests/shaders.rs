@@ -147,13 +147,15 @@ fn every_shader_parses_and_validates() {
         .count();
     // Each optimizer file in the scalar and the vec4 access mode with read-only or shared
     // gradients, as the main kernel, the main kernel of a one-segment batch, and the edge
-    // kernel, each without and with every gradient flag (24); with bf16 parameters and
-    // gradients, and with f16 parameters and f32 gradients, as the main and the edge kernel
-    // without and with every flag (16); the reduction in both access modes over f32, f16 and
+    // kernel, each without and with every gradient flag (24); with bf16 parameters, gradients
+    // and state, with f16 parameters rounded stochastically beside f32 gradients and state,
+    // and with bf16 parameters and gradients, f32 state and master weights, rounded
+    // stochastically, as the main and the edge kernel without and with every flag (24); the
+    // reduction in both access modes over f32, f16 and
     // bf16 gradients; and the matrix product, with read-only operands and with every operand
     // read-write.
-    assert_eq!(optimizers % 40, 0);
-    assert!(optimizers >= 40 * 4, "{optimizers} optimizer modules");
+    assert_eq!(optimizers % 48, 0);
+    assert!(optimizers >= 48 * 4, "{optimizers} optimizer modules");
     assert_eq!(modules.len(), optimizers + 8);
 }
 

@@ -24,6 +24,12 @@ const PACKED: &str = include_str!("../../shaders/packed.wgsl");
 const PACKED_LANES: &str = include_str!("../../shaders/packed_lanes.wgsl");
 const LANE_UNITS: &str = include_str!("../../shaders/lane_units.wgsl");
 const DTYPE: &str = include_str!("../../shaders/dtype.wgsl");
+const PARAM: &str = include_str!("../../shaders/param.wgsl");
+const MASTER: &str = include_str!("../../shaders/master.wgsl");
+const STOCHASTIC: &str = include_str!("../../shaders/stochastic.wgsl");
+/// `param_grid` where parameters are rounded to nearest: the store rounds them.
+const NEAREST: &str = "// Parameters are rounded to nearest by their store.\n\
+     fn param_grid(v: V, tensor: u32, first: u32) -> V {\n    return v;\n}\n";
 const SUMS: &str = include_str!("../../shaders/sums.wgsl");
 const GEMM: &str = include_str!("../../shaders/gemm.wgsl");
 
@@ -38,7 +44,7 @@ pub(crate) enum GradAccess {
 }
 
 /// How a batch's kernels bind its parameters, gradients and state: the access mode, the
-/// gradients' binding, and the storage type of each.
+/// gradients' binding, the storage type of each, and how 16-bit parameters are kept.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub(crate) struct Binds {
     pub(crate) access: Access,
@@ -46,6 +52,11 @@ pub(crate) struct Binds {
     pub(crate) param_type: DType,
     pub(crate) grad_type: DType,
     pub(crate) state_type: DType,
+    /// Whether the batch's tensors keep an f32 master copy of their parameters (binding 4,
+    /// shaders/master.wgsl).
+    pub(crate) master: bool,
+    /// Whether parameters are rounded stochastically when stored (shaders/stochastic.wgsl).
+    pub(crate) stochastic: bool,
 }
 
 impl Binds {
@@ -57,6 +68,8 @@ impl Binds {
             param_type: DType::F32,
             grad_type: DType::F32,
             state_type: DType::F32,
+            master: false,
+            stochastic: false,
         }
     }
 
@@ -166,10 +179,11 @@ impl Module {
     /// Every module this crate compiles.
     ///
     /// With 16-bit storage types the variants multiply: every shader is compiled with bf16
-    /// parameters, gradients and state, and with f16 parameters beside f32 gradients and
-    /// state, with and without
-    /// the step flags, in both dispatches. The storage functions are the same for every
-    /// shader, so these stand for the other combinations.
+    /// parameters, gradients and state; with f16 parameters, rounded stochastically, beside
+    /// f32 gradients and state; and with bf16 parameters and gradients, f32 state and f32
+    /// master weights, rounded stochastically; each with and without the step flags, in both
+    /// dispatches. The storage functions are the same for every shader, so these stand for
+    /// the other combinations.
     pub(crate) fn all() -> Vec<Module> {
         let mut out = Vec::new();
         for access in [Access::Scalar, Access::Vec4] {
@@ -186,15 +200,18 @@ impl Module {
                         out.push(Module::Optimizer(shader, Binds::f32(access, grad), flags));
                     }
                 }
-                for (param_type, grad_type, state_type) in [
-                    (DType::BF16, DType::BF16, DType::BF16),
-                    (DType::F16, DType::F32, DType::F32),
+                for (param_type, grad_type, state_type, master, stochastic) in [
+                    (DType::BF16, DType::BF16, DType::BF16, false, false),
+                    (DType::F16, DType::F32, DType::F32, false, true),
+                    (DType::BF16, DType::BF16, DType::F32, true, true),
                 ] {
                     for flags in [0, EDGES, STEP_FLAGS, STEP_FLAGS | EDGES] {
                         let binds = Binds {
                             param_type,
                             grad_type,
                             state_type,
+                            master,
+                            stochastic,
                             ..Binds::f32(access, GradAccess::ReadOnly)
                         };
                         out.push(Module::Optimizer(shader, binds, flags));
@@ -232,13 +249,25 @@ impl Module {
                     lanes: edges,
                     writes,
                 };
-                let storage = [
+                let mut storage = [
                     at("param", 1, "read_write", binds.param_type, true),
                     at("grad", 2, mode, binds.grad_type, false),
                     at("state", 3, "read_write", binds.state_type, true),
                 ]
                 .map(Storage::source)
                 .concat();
+                if binds.master {
+                    storage += &at("master", 4, "read_write", DType::F32, true).source();
+                    storage += MASTER;
+                } else {
+                    storage += PARAM;
+                }
+                storage += &if binds.stochastic {
+                    let (widen, round) = binds.param_type.conversions();
+                    STOCHASTIC.replace("$widen", widen).replace("$round", round)
+                } else {
+                    NEAREST.to_string()
+                };
                 let sums = if shader.sums != Sums::Never && !edges {
                     SUMS
                 } else {
@@ -336,7 +365,7 @@ impl Module {
                     GradAccess::Shared => "gradients in the parameter buffer",
                 };
                 let typed = [binds.param_type, binds.grad_type, binds.state_type];
-                let types = if typed == [DType::F32; 3] {
+                let mut types = if typed == [DType::F32; 3] {
                     String::new()
                 } else {
                     format!(
@@ -344,6 +373,12 @@ impl Module {
                         binds.param_type, binds.grad_type, binds.state_type
                     )
                 };
+                if binds.master {
+                    types += ", master weights";
+                }
+                if binds.stochastic {
+                    types += ", stochastic rounding";
+                }
                 let edges = if flags & EDGES != 0 { ", edges" } else { "" };
                 let single = if flags & SINGLE != 0 {
                     ", one segment"
@@ -415,14 +450,21 @@ impl Storage {
         if self.writes {
             body.extend(pieces.iter().map(|p| p.1));
         }
-        let (widen, round) = match self.dtype {
-            DType::F16 => ("f16_to_f32", "f32_to_f16"),
-            _ => ("bf16_to_f32", "f32_to_bf16"),
-        };
+        let (widen, round) = self.dtype.conversions();
         out + &body
             .replace("$name", name)
             .replace("$widen", widen)
             .replace("$round", round)
+    }
+}
+
+impl DType {
+    /// The functions of shaders/dtype.wgsl that widen this 16-bit type and round to it.
+    fn conversions(self) -> (&'static str, &'static str) {
+        match self {
+            DType::F16 => ("f16_to_f32", "f32_to_f16"),
+            _ => ("bf16_to_f32", "f32_to_bf16"),
+        }
     }
 }
 
@@ -624,7 +666,14 @@ impl Layout {
                     binds.unit_size(binds.grad_type),
                 ),
                 storage(3, false, false, binds.unit_size(binds.state_type)),
-            ],
+            ]
+            .into_iter()
+            .chain(
+                binds
+                    .master
+                    .then(|| storage(4, false, false, binds.unit_size(DType::F32))),
+            )
+            .collect(),
             Layout::Finalize => vec![
                 storage(0, true, true, 0),
                 storage(1, false, false, 0),
@@ -770,6 +819,7 @@ mod tests {
                     backoff_factor_lo,
                     pre_norm_max,
                     pre_norm_eps,
+                    seed,
                 ]
             )
         );
@@ -827,7 +877,15 @@ mod tests {
                 TENSOR_STEP_SIZE as u32
             )
         );
-        let header = words(&["skip", "inv_scale", "clip_coef", "clip_value", "pre_norm"]);
+        let header = words(&[
+            "skip",
+            "inv_scale",
+            "clip_coef",
+            "clip_value",
+            "pre_norm",
+            "seed",
+            "rng_step",
+        ]);
         assert_eq!(
             naga_layout(&adam, "StepHeader"),
             (header, STEP_HEADER_SIZE as u32)

@@ -14,6 +14,8 @@ const TABLE_HEADER: u64 = 48;
 const SEGMENT_SIZE: u64 = 32;
 /// Entries of `SegmentTable.coarse` (`COARSE_ENTRIES` in shaders/layout.wgsl), 16 bytes each.
 const COARSE_ENTRIES: u32 = 256;
+// `SegmentTable.coarse` holds one value of each segment beside its own entries.
+const _: () = assert!(COARSE_ENTRIES as usize == MAX_SEGMENTS);
 /// Bytes of the segment table uniform (`SegmentTable`).
 pub(crate) const TABLE_SIZE: u64 =
     TABLE_HEADER + SEGMENT_SIZE * MAX_SEGMENTS as u64 + 16 * COARSE_ENTRIES as u64;
@@ -67,8 +69,11 @@ pub(crate) struct StepConfig {
     pub(crate) backoff_factor_lo: f32,
     pub(crate) pre_norm_max: f32,
     pub(crate) pre_norm_eps: f32,
+    /// The seed of stochastic rounding (0 without it).
+    pub(crate) seed: u32,
+    pub(crate) _pad: [u32; 3],
 }
-const _: () = assert!(size_of::<StepConfig>() == 48);
+const _: () = assert!(size_of::<StepConfig>() == 64);
 
 /// How many consecutive chunks of [`WORKGROUP_SIZE`] units (the plan's workgroups) one
 /// workgroup of a batch's main step dispatch takes in turn (`step_span` of the segment table),
@@ -149,7 +154,8 @@ pub(crate) fn segment_table(
         (TABLE_HEADER / 4 + SEGMENT_SIZE / 4 * MAX_SEGMENTS as u64) as usize,
         0,
     );
-    // The segment of workgroup k << shift, for each coarse entry k.
+    // The segment of workgroup k << shift, for each coarse entry k; beside it the index in its
+    // tensor of segment k's first element (`first_element` in shaders/layout.wgsl).
     let shift = coarse_shift(p);
     let mut segment = 0;
     for k in 0..u64::from(COARSE_ENTRIES) {
@@ -158,7 +164,11 @@ pub(crate) fn segment_table(
         {
             segment += 1;
         }
-        words.extend([segment as u32, 0, 0, 0]);
+        let start = p
+            .pieces
+            .get(k as usize)
+            .map_or(0, |piece| piece.start as u32);
+        words.extend([segment as u32, start, 0, 0]);
     }
     bytemuck::cast_slice(&words).to_vec()
 }

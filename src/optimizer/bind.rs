@@ -41,6 +41,9 @@ pub(super) type Ranges = (wgpu::Buffer, u64, wgpu::Buffer, u64);
 /// One state block: a buffer holding its tensors' state buffers one after the other.
 pub(super) struct StateBlock {
     pub(super) buffer: wgpu::Buffer,
+    /// Where its tensors keep master weights: their f32 master copies, laid out as the first
+    /// state buffer (`Binds::master`).
+    pub(super) master: Option<wgpu::Buffer>,
     pub(super) plan: plan::Block,
 }
 
@@ -231,6 +234,8 @@ pub(super) fn layout(
             param_type: meta.types.0,
             grad_type: meta.types.1,
             state_type: meta.state_type,
+            master: meta.master,
+            stochastic: meta.stochastic,
         };
         let k = (meta.kernel, binds, &r.0, &r.2);
         let key = keys.iter().position(|x| *x == k).unwrap_or_else(|| {
@@ -613,18 +618,23 @@ impl Parts<'_> {
             binds,
         };
         let device = self.ctx.device();
-        let (derived, state) = (&self.buffers.derived, &self.blocks[block].buffer);
+        let block = &self.blocks[block];
+        let derived = &self.buffers.derived;
         self.groups.get(key, self.tick, || {
+            let mut bound = vec![
+                derived.as_entire_binding(),
+                wgpu::BindingResource::Buffer(window(&param.0, param.1)),
+                wgpu::BindingResource::Buffer(window(&grad.0, grad.1)),
+                block.buffer.as_entire_binding(),
+            ];
+            // A block holds tensors that keep master weights or none (its key), so its master
+            // buffer is there exactly when `binds.master` asks for it.
+            bound.extend(block.master.iter().map(|m| m.as_entire_binding()));
             scoped(device, || {
                 device.create_bind_group(&wgpu::BindGroupDescriptor {
                     label: Some("wgpu-optim batch"),
                     layout: &kernel.layout,
-                    entries: &entries(&[
-                        derived.as_entire_binding(),
-                        wgpu::BindingResource::Buffer(window(&param.0, param.1)),
-                        wgpu::BindingResource::Buffer(window(&grad.0, grad.1)),
-                        state.as_entire_binding(),
-                    ]),
+                    entries: &entries(&bound),
                 })
             })
         })
