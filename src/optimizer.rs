@@ -1543,7 +1543,7 @@ impl Optimizer {
         Ok(())
     }
 
-    /// Copies every parameter, every state buffer, the step counts, the grad scaler's state,
+    /// Copies every parameter, every state buffer (master weights included), the step counts, the grad scaler's state,
     /// the group hyperparameters and the train or eval mode into GPU buffers of the snapshot's own, and submits the copies
     /// (without waiting). [`restore`](Self::restore) puts them back into this optimizer. The
     /// parameter buffers need `COPY_SRC` and `COPY_DST` usage.
@@ -1576,9 +1576,8 @@ impl Optimizer {
             optimizer: self.id,
             params: copy_of("wgpu-optim snapshot parameters", total.max(4)),
             states: self
-                .blocks
-                .iter()
-                .map(|b| copy_of("wgpu-optim snapshot state", b.buffer.size()))
+                .block_buffers()
+                .map(|b| copy_of("wgpu-optim snapshot state", b.size()))
                 .collect(),
             control: copy_of("wgpu-optim snapshot control", self.buffers.control.size()),
             groups: self.groups.clone(),
@@ -1611,6 +1610,13 @@ impl Optimizer {
         Ok(())
     }
 
+    /// Every buffer of the state blocks: each block's state, then its master copies if any.
+    fn block_buffers(&self) -> impl Iterator<Item = &wgpu::Buffer> {
+        self.blocks
+            .iter()
+            .flat_map(|b| std::iter::once(&b.buffer).chain(&b.master))
+    }
+
     /// Records the copies between the live buffers and a snapshot's, in either direction.
     fn copy_snapshot(&self, encoder: &mut wgpu::CommandEncoder, snapshot: &Snapshot, back: bool) {
         let mut copy = |live: (&wgpu::Buffer, u64), saved: (&wgpu::Buffer, u64), bytes| {
@@ -1630,8 +1636,8 @@ impl Optimizer {
             }
             at += bytes;
         }
-        for (block, saved) in self.blocks.iter().zip(&snapshot.states) {
-            copy((&block.buffer, 0), (saved, 0), block.buffer.size());
+        for (buffer, saved) in self.block_buffers().zip(&snapshot.states) {
+            copy((buffer, 0), (saved, 0), buffer.size());
         }
         copy(
             (&self.buffers.control, 0),

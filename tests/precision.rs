@@ -832,3 +832,127 @@ fn sixteen_bit_parameters_and_gradients_may_share_a_buffer_and_a_word() {
         }
     }
 }
+
+#[test]
+fn master_weights_and_rounding_resume_from_checkpoints_and_snapshots() {
+    // A run with master weights and stochastic rounding, saved after two steps, and a second
+    // optimizer over other buffers that loads the file: both take the same two further steps
+    // and must agree bit for bit, parameters and master copies, as must a snapshot restored.
+    let ctx = ctx();
+    let mut rng = Rng::fresh("master_weights_resume");
+    // An even length at an even element offset: snapshots copy whole words. The offset is
+    // lane 2 of a vec4, so both dispatches run.
+    let n = 1_002;
+    let grads: Vec<Vec<u32>> = (0..4)
+        .map(|_| (0..n).map(|_| rng.normal().to_bits()).collect())
+        .collect();
+    let init: Vec<u32> = (0..n).map(|_| DType::BF16.bits(rng.normal())).collect();
+    let precision = Precision::default()
+        .with_master_weights(true)
+        .with_stochastic_rounding(Some(5))
+        .with_state(StateDType::F32);
+    let config = Adam {
+        lr: 0.01,
+        ..Default::default()
+    };
+    // An optimizer over a fresh bf16 parameter (at element 2) and an f32 gradient buffer.
+    let build = |params: &[u32], precision: Precision| {
+        let mut bits = vec![u32::from(POISON); 2];
+        bits.extend_from_slice(params);
+        let param = buffer(ctx, "param", DType::BF16, &bits);
+        let grad = buffer(ctx, "grad", DType::F32, &vec![0; n]);
+        let tensor = Tensor::new(
+            BufferRange::new(&param, 4, n as u64).with_dtype(DType::BF16),
+            BufferRange::new(&grad, 0, n as u64),
+        );
+        let groups = [ParamGroup::new(config, vec![tensor])];
+        let opt = Optimizer::with_precision(ctx, &groups, precision).unwrap();
+        (opt, param, grad)
+    };
+    let step = |opt: &mut Optimizer, grad: &wgpu::Buffer, g: &[u32]| {
+        ctx.queue().write_buffer(grad, 0, bytemuck::cast_slice(g));
+        opt.step_submit().unwrap();
+    };
+    let params = |param: &wgpu::Buffer| read_bits(ctx, param, DType::BF16, n + 2)[2..].to_vec();
+
+    let (mut a, a_param, a_grad) = build(&init, precision);
+    // Built from the parameters, widened.
+    let widened: Vec<f32> = init.iter().map(|&b| DType::BF16.value(b)).collect();
+    assert_eq!(a.read_master(0).unwrap(), widened);
+    step(&mut a, &a_grad, &grads[0]);
+    step(&mut a, &a_grad, &grads[1]);
+    let path = std::env::temp_dir().join(format!(
+        "wgpu-optim-master-{}.safetensors",
+        std::process::id()
+    ));
+    let with_params = wgpu_optim::checkpoint::SaveOptions {
+        parameters: true,
+        ..Default::default()
+    };
+    a.save(&path, &with_params).unwrap();
+    let saved_master = a.read_master(0).unwrap();
+    // The master copy holds what the bf16 parameters lose.
+    assert!(saved_master.iter().any(|&m| DType::BF16.round(m) != m));
+    let snapshot = a.snapshot().unwrap();
+    step(&mut a, &a_grad, &grads[2]);
+    step(&mut a, &a_grad, &grads[3]);
+    let (want_params, want_master) = (params(&a_param), a.read_master(0).unwrap());
+
+    let load = wgpu_optim::checkpoint::LoadOptions {
+        parameters: true,
+        ..Default::default()
+    };
+    let (mut b, b_param, b_grad) = build(&vec![0; n], precision);
+    b.load(&path, load).unwrap();
+    assert_eq!(b.read_master(0).unwrap(), saved_master);
+    step(&mut b, &b_grad, &grads[2]);
+    step(&mut b, &b_grad, &grads[3]);
+    assert_eq!(params(&b_param), want_params, "resumed parameters");
+    assert_eq!(b.read_master(0).unwrap(), want_master, "resumed master");
+
+    a.restore(&snapshot).unwrap();
+    assert_eq!(a.read_master(0).unwrap(), saved_master, "restored master");
+    step(&mut a, &a_grad, &grads[2]);
+    step(&mut a, &a_grad, &grads[3]);
+    assert_eq!(
+        params(&a_param),
+        want_params,
+        "parameters after the snapshot"
+    );
+
+    // Another seed, or no master weights, cannot resume the file; nothing changes.
+    for (other, why) in [
+        (precision.with_stochastic_rounding(Some(6)), "seed 5"),
+        (precision.with_master_weights(false), "holds master weights"),
+    ] {
+        let (mut c, c_param, _) = build(&init, other);
+        let load = wgpu_optim::checkpoint::LoadOptions {
+            parameters: true,
+            ..Default::default()
+        };
+        let err = c.load(&path, load).unwrap_err();
+        assert!(err.to_string().contains(why), "{err}");
+        assert_eq!(params(&c_param), init);
+    }
+
+    // A checkpoint without master weights (as one converted from PyTorch) gives the loaded
+    // parameters, widened, as the master copies.
+    let nearest = Precision::default().with_state(StateDType::F32);
+    let (plain, plain_param, _) = build(&init, nearest);
+    let plain_path = path.with_extension("plain.safetensors");
+    plain.save(&plain_path, &with_params).unwrap();
+    let (mut d, _, _) = build(&vec![0; n], precision.with_stochastic_rounding(None));
+    d.load_master(0, &vec![9.0; n]).unwrap();
+    let load = wgpu_optim::checkpoint::LoadOptions {
+        parameters: true,
+        ..Default::default()
+    };
+    d.load(&plain_path, load).unwrap();
+    let loaded: Vec<f32> = params(&plain_param)
+        .iter()
+        .map(|&b| DType::BF16.value(b))
+        .collect();
+    assert_eq!(d.read_master(0).unwrap(), loaded);
+    std::fs::remove_file(&path).unwrap();
+    std::fs::remove_file(&plain_path).unwrap();
+}

@@ -12,6 +12,7 @@
 //! | `<name>.<state>` | F32 | the tensor's, or PyTorch's for a factor | each state buffer under PyTorch's name (`exp_avg`, `momentum_buffer`, ...; Adafactor's factors of a tensor of two dimensions or more, `row_var` with the last dimension 1 and `col_var` with the second-to-last 1) |
 //! | `<name>.<scalar>` | F32 | `[]` | each scalar state under PyTorch's name (NAdam's `mu_product`, ASGD's `eta` and `mu`) |
 //! | `<name>` | the parameter's: F32, F16 or BF16 | the tensor's | the parameter, with [`SaveOptions::parameters`] |
+//! | `<name>.master` | F32 | the tensor's | the f32 master copy of a 16-bit parameter, where the optimizer keeps master weights ([`Precision::master_weights`](crate::Precision::master_weights)) |
 //!
 //! The safetensors metadata (string to string) holds, as JSON where it is structured:
 //!
@@ -23,7 +24,13 @@
 //! | `param_groups` | one object per group: its hyperparameters under PyTorch's argument names, and `params`, the names of its tensors |
 //! | `scheduler` | the [`SchedulerState`] of [`SaveOptions::scheduler`], when given |
 //! | `train_mode` | `true` or `false`: whether the parameters held their train-mode values when saved (AdamWScheduleFree only, as schedulefree's `param_groups` keep it); a load takes the mode with the state |
+//! | `stochastic_rounding` | the seed, where the optimizer rounds its 16-bit parameters stochastically; a load into an optimizer with another seed is an error, since it would not repeat the saved run's rounding |
 //! | `grad_scaler` | `torch.amp.GradScaler.state_dict()`'s keys (`scale`, `growth_factor`, `backoff_factor`, `growth_interval`, `_growth_tracker`), when the optimizer has a grad scaler |
+//!
+//! State and parameters are saved in their storage types (F32, F16 or BF16), and a load expects
+//! the types the optimizer keeps. A load into an optimizer with master weights takes the master
+//! copies from `<name>.master`, or, where the checkpoint has none (one converted from PyTorch),
+//! widens the loaded parameters into them.
 //!
 //! Gradient clipping is a setting of the training loop, not state, and is not saved (nor is it
 //! in PyTorch's state dicts). `tools/torch_checkpoint.py` converts between this layout and a
@@ -37,6 +44,7 @@
 
 use super::{MAX_STEP, Optimizer};
 use crate::amp::{GradScaler, GradScalerState};
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, scoped};
 use crate::optim::OptimizerConfig;
@@ -192,6 +200,9 @@ impl Optimizer {
         if self.groups[0].has_modes() {
             metadata.insert("train_mode".to_string(), self.train_mode.to_string());
         }
+        if let Some(seed) = self.precision.stochastic_rounding {
+            metadata.insert("stochastic_rounding".to_string(), seed.to_string());
+        }
         if let Some(s) = options.scheduler {
             let state = serde_json::to_string(&s.state())
                 .map_err(|e| Error::Input(format!("cannot write the scheduler state: {e}")))?;
@@ -209,7 +220,7 @@ impl Optimizer {
                 source: Source::Step(i),
             })
             .collect();
-        for meta in &self.tensors {
+        for (i, meta) in self.tensors.iter().enumerate() {
             if options.parameters {
                 let range = (meta.param.clone(), meta.param_offset, meta.param_bytes());
                 entries.push(Entry {
@@ -217,6 +228,19 @@ impl Optimizer {
                     dtype: meta.types.0.safetensors_name(),
                     shape: meta.shape(),
                     source: Source::Gpu(vec![range]),
+                });
+            }
+            if meta.master {
+                let ranges = self
+                    .master_ranges(i)?
+                    .into_iter()
+                    .map(|(buffer, first, len)| (buffer.clone(), 4 * first, 4 * len))
+                    .collect();
+                entries.push(Entry {
+                    name: format!("{}.master", meta.name),
+                    dtype: "F32",
+                    shape: meta.shape(),
+                    source: Source::Gpu(ranges),
                 });
             }
             let config = &self.groups[meta.group];
@@ -358,6 +382,22 @@ impl Optimizer {
                 let target = [(&meta.param, meta.param_offset, meta.param_bytes())];
                 stream.upload(&mut file, start, &target)?;
             }
+            if meta.master {
+                let master: Vec<_> = self
+                    .master_ranges(i)?
+                    .into_iter()
+                    .map(|(buffer, first, len)| (buffer, 4 * first, 4 * len))
+                    .collect();
+                let saved = file.tensors.get(&format!("{}.master", meta.name));
+                match saved.map(|info| info.start) {
+                    Some(start) => stream.upload(&mut file, start, &master)?,
+                    None if options.parameters => {
+                        let start = file.tensors[&meta.name].start;
+                        stream.upload_widened(&mut file, start, meta.types.0, &master)?;
+                    }
+                    None => {}
+                }
+            }
             let names = self.groups[meta.group].state_names_for(&meta.shape());
             for (n, state) in names.iter().enumerate() {
                 let start = file.tensors[&format!("{}.{state}", meta.name)].start;
@@ -463,6 +503,17 @@ impl Optimizer {
                 file.expect(&t.name, dtype, t.given_shape.as_deref(), t.len)?;
                 expected.insert(t.name.clone());
             }
+            let master = format!("{}.master", t.name);
+            if file.tensors.contains_key(&master) {
+                if !t.master {
+                    return Err(Error::Input(format!(
+                        "{what}: the checkpoint holds master weights {master:?}, but this optimizer keeps none for {} parameters (build it with Precision::with_master_weights(true) to resume them)",
+                        t.types.0
+                    )));
+                }
+                file.expect(&master, "F32", t.given_shape.as_deref(), t.len)?;
+                expected.insert(master);
+            }
         }
         if let Some(extra) = file.tensors.keys().find(|k| !expected.contains(*k)) {
             return Err(Error::Input(format!(
@@ -470,6 +521,18 @@ impl Optimizer {
             )));
         }
 
+        if let Some(saved) = file.metadata.get("stochastic_rounding") {
+            let mine = self.precision.stochastic_rounding.map(|s| s.to_string());
+            if mine.as_ref() != Some(saved) {
+                return Err(Error::Input(format!(
+                    "{what}: the checkpoint was saved rounding parameters stochastically with seed {saved}, and this optimizer {} (build it with Precision::with_stochastic_rounding(Some({saved})) to repeat the saved run's rounding)",
+                    mine.map_or_else(
+                        || "rounds to nearest".to_string(),
+                        |s| format!("has seed {s}")
+                    )
+                )));
+            }
+        }
         let scaler = match file.metadata.get("grad_scaler") {
             Some(json) => Some(scaler_from_json(&what, json)?),
             None if self.scaler.is_some() => {
@@ -919,6 +982,41 @@ impl<'a> Uploader<'a> {
                 }
             }
             at = end;
+        }
+        Ok(())
+    }
+
+    /// Copies `targets`' f32 elements, `(buffer, byte offset, bytes)` in order, from the
+    /// consecutive elements of type `from` starting at byte `at` of the file, widened
+    /// (exactly): master weights from 16-bit parameters.
+    fn upload_widened(
+        &mut self,
+        file: &mut CheckpointFile,
+        mut at: u64,
+        from: DType,
+        targets: &[(&wgpu::Buffer, u64, u64)],
+    ) -> Result<()> {
+        let size = from.size();
+        for &(buffer, offset, bytes) in targets {
+            let elements = bytes / 4;
+            let mut done = 0;
+            while done < elements {
+                let n = (elements - done).min(STREAM_CHUNK / 4);
+                self.chunk.resize((n * size) as usize, 0);
+                file.read_at(at, &mut self.chunk)?;
+                let widened: Vec<f32> = from.decode(&self.chunk).collect();
+                self.ctx.queue().write_buffer(
+                    buffer,
+                    offset + 4 * done,
+                    bytemuck::cast_slice(&widened),
+                );
+                at += n * size;
+                done += n;
+                self.unsubmitted += 4 * n;
+                if self.unsubmitted >= STREAM_CHUNK {
+                    self.flush()?;
+                }
+            }
         }
         Ok(())
     }
