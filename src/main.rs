@@ -4,8 +4,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wgpu_optim::{
-    Access, ClipGrad, Context, Error, GradScaler, NormType, OptimizerConfig, Precision, StateDType,
-    bench, replay, schedule, validate,
+    Access, ClipGrad, Context, DType, Error, GradScaler, NormType, OptimizerConfig, Precision,
+    StateDType, bench, replay, schedule, validate,
 };
 
 #[derive(Parser)]
@@ -34,6 +34,14 @@ enum Command {
         /// The state's type: `param` (each parameter's, as PyTorch keeps it), `f32` or `bf16`.
         #[arg(long, value_parser = parse_state_dtype, default_value = "param")]
         state_dtype: StateDType,
+        /// Keep an f32 master copy of each 16-bit parameter (as Apex and llm.c do): the update
+        /// runs on it, and the output holds it as `<name>.master`.
+        #[arg(long)]
+        master_weights: bool,
+        /// Round 16-bit parameters stochastically when stored, with random bits from this
+        /// seed (a 32-bit integer), rather than to nearest.
+        #[arg(long, value_name = "SEED")]
+        stochastic_rounding: Option<u32>,
         /// Output: final parameters by name and each state tensor as `<name>.<state>`, each in
         /// its type.
         #[arg(long)]
@@ -275,6 +283,8 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             save_checkpoint,
             eval,
             state_dtype,
+            master_weights,
+            stochastic_rounding,
             backend,
         } => {
             let config: OptimizerConfig = serde_json::from_str(&optimizer)
@@ -317,6 +327,20 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             let params = replay::read_safetensors(&params)?;
             let grads = replay::read_safetensors(&grads)?;
+            if params.iter().all(|p| p.dtype == DType::F32) {
+                let flag = if master_weights {
+                    Some("--master-weights")
+                } else if stochastic_rounding.is_some() {
+                    Some("--stochastic-rounding")
+                } else {
+                    None
+                };
+                if let Some(flag) = flag {
+                    return Err(Error::Input(format!(
+                        "{flag}: every parameter in the file is F32, and it applies to 16-bit (F16 or BF16) parameters"
+                    )));
+                }
+            }
             let (ctx, _) = Context::request(Backend::backends(backend), None)?;
             let options = replay::ReplayOptions {
                 schedule: schedule.as_ref(),
@@ -326,7 +350,10 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 resume: resume.as_deref(),
                 save_checkpoint: save_checkpoint.as_deref(),
                 eval,
-                precision: Precision::default().with_state(state_dtype),
+                precision: Precision::default()
+                    .with_state(state_dtype)
+                    .with_master_weights(master_weights)
+                    .with_stochastic_rounding(stochastic_rounding),
             };
             let result = replay::replay(&ctx, &config, &options, &params, &grads)?;
             replay::write_output(&out, &result)?;

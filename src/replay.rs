@@ -285,8 +285,9 @@ pub struct ReplayOptions<'a> {
     /// they stay in train mode (y), as schedulefree leaves them between `train()` and
     /// `eval()`. An error for other classes.
     pub eval: bool,
-    /// The state's type (and later, the master weights); the default keeps it in each
-    /// parameter's type, as PyTorch does.
+    /// The state's type, master weights and stochastic rounding; the default keeps the state
+    /// in each parameter's type and rounds to nearest, as PyTorch's fused kernels do. Master
+    /// weights appear in the output as `<name>.master`.
     pub precision: Precision,
 }
 
@@ -459,6 +460,13 @@ pub fn replay(
             data: ctx.read_typed(&[(&param_buffer, first, n)], p.dtype)?,
             dtype: p.dtype,
         });
+        if options.precision.master_weights && p.dtype != DType::F32 {
+            out.push(NamedTensor::f32(
+                format!("{}.master", p.name),
+                p.shape.clone(),
+                optimizer.read_master(k)?,
+            ));
+        }
         let state = optimizer.read_state(k)?;
         let state_type = options.precision.state.for_param(p.dtype);
         for (name, data) in state.buffers {

@@ -968,6 +968,55 @@ fn replay_keeps_16_bit_types_and_names_bad_ones() {
         std::fs::remove_file(&out).unwrap();
     }
 
+    // Master weights with stochastic rounding: the output holds each f32 master copy as
+    // `<name>.master`, and each parameter is one of the two bf16 values around its master
+    // (tests/golden.rs holds the master copies to PyTorch's float64 run).
+    let mut args = replay_args(spec, p, g, out.to_str().unwrap());
+    args.extend([
+        "--state-dtype",
+        "f32",
+        "--master-weights",
+        "--stochastic-rounding",
+        "3",
+    ]);
+    let run = wgpu_optim(&args, &dir);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let ours = replay::read_safetensors(&out).unwrap();
+    let params: Vec<&NamedTensor> = ours.iter().filter(|t| !t.name.contains('.')).collect();
+    assert!(!params.is_empty());
+    for param in params {
+        let master = ours
+            .iter()
+            .find(|t| t.name == format!("{}.master", param.name))
+            .unwrap();
+        assert_eq!((master.dtype, param.dtype), (DType::F32, DType::BF16));
+        assert_eq!(master.shape, param.shape);
+        for (&m, &p) in master.data.iter().zip(&param.data) {
+            let unit = common::ulp(DType::BF16, f64::from(m).abs());
+            assert!(
+                f64::from(p - m).abs() < unit,
+                "{}: parameter {p}, master {m}",
+                param.name
+            );
+        }
+    }
+    std::fs::remove_file(&out).unwrap();
+    // Master weights and stochastic rounding apply to 16-bit parameters only.
+    let f32_params = golden("params.safetensors");
+    for flag in [&["--master-weights"][..], &["--stochastic-rounding", "1"]] {
+        let mut args = replay_args(spec, f32_params.to_str().unwrap(), g, out.to_str().unwrap());
+        args.extend(flag);
+        expect_error(
+            &dir,
+            &args,
+            &format!("{}: every parameter in the file is F32", flag[0]),
+        );
+    }
+
     let mut args = replay_args(spec, p, g, out.to_str().unwrap());
     args.extend(["--state-dtype", "f16"]);
     expect_error(

@@ -19,7 +19,7 @@ mod common;
 use common::ulp;
 use std::path::{Path, PathBuf};
 use wgpu_optim::replay::{self, NamedTensor, ReplayOptions};
-use wgpu_optim::{ClipGrad, DType, GradScaler, NormType, OptimizerConfig};
+use wgpu_optim::{ClipGrad, DType, GradScaler, NormType, OptimizerConfig, Precision, StateDType};
 
 fn dir() -> &'static Path {
     Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/optim"))
@@ -602,5 +602,77 @@ fn sixteen_bit_replay_matches_fused_pytorch() {
         eprintln!(
             "{name}: {differ} of {total} elements differ from PyTorch's fused result, by at most {worst_units} units"
         );
+    }
+}
+
+/// The same cases with an f32 master copy of each parameter, f32 state and stochastic
+/// rounding (Apex's and llm.c's layout): the update then runs in f32 on f32 values, so the
+/// master copies follow the float64 truth (the same steps from the same widened start) to
+/// f32's precision, far closer than PyTorch's fused 16-bit parameters can, and each 16-bit
+/// parameter is one of the two values of its type around its master.
+#[test]
+fn master_weights_follow_the_float64_truth() {
+    let ctx = common::ctx();
+    let dir = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/precision"
+    ));
+    let cases: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let precision = Precision::default()
+        .with_state(StateDType::F32)
+        .with_master_weights(true)
+        .with_stochastic_rounding(Some(2024));
+    let options = ReplayOptions {
+        precision,
+        ..Default::default()
+    };
+    for case in cases["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let dtype: DType = case["dtype"].as_str().unwrap().parse().unwrap();
+        let read = |file: String| replay::read_safetensors(&dir.join(file)).unwrap();
+        let params = read(format!("params.{dtype}.safetensors"));
+        let grads = read(format!("grads.{dtype}.safetensors"));
+        let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
+        let ours = replay::replay(ctx, &config, &options, &params, &grads)
+            .unwrap()
+            .tensors;
+        let torch = read(format!("{name}.torch.safetensors"));
+        let truth = read_f64(&dir.join(format!("{name}.f64.safetensors")));
+        let find = |name: &str| ours.iter().find(|t| t.name == name).unwrap();
+        for p in &params {
+            let (_, want) = truth.iter().find(|(n, _)| *n == p.name).unwrap();
+            let fused = torch.iter().find(|t| t.name == p.name).unwrap();
+            let master = find(&format!("{}.master", p.name));
+            let param = find(&p.name);
+            assert_eq!((master.dtype, param.dtype), (DType::F32, dtype));
+            let (mut ours_err, mut fused_err) = (0.0f64, 0.0f64);
+            for (i, (((&m, &q), &f), &w)) in master
+                .data
+                .iter()
+                .zip(&param.data)
+                .zip(&fused.data)
+                .zip(want)
+                .enumerate()
+            {
+                let (m, q) = (f64::from(m), f64::from(q));
+                assert!(
+                    (m - w).abs() <= 1e-5 * (1.0 + w.abs()),
+                    "{name}: {}.master[{i}] is {m}, float64 {w}",
+                    p.name
+                );
+                assert!(
+                    (q - m).abs() < ulp(dtype, m.abs()),
+                    "{name}: {}[{i}] is {q}, its master {m}",
+                    p.name
+                );
+                ours_err = ours_err.max((m - w).abs());
+                fused_err = fused_err.max((f64::from(f) - w).abs());
+            }
+            eprintln!(
+                "{name}: {}'s master error against float64 {ours_err:.2e}, PyTorch's fused {dtype} parameters' {fused_err:.2e}",
+                p.name
+            );
+        }
     }
 }
