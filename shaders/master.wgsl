@@ -3,13 +3,37 @@
 // shaders/param.wgsl: the update runs on the master copy (binding 4, laid out as the first
 // state buffer, so unit `s`), and the 16-bit parameter is written from the new master value
 // in the same kernel. The arguments are those of shaders/param.wgsl.
+//
+// A master copy not made yet holds UNMADE (`UNMADE_MASTER` in src/optimizer.rs), a NaN that
+// no arithmetic makes: the kernel takes the parameter, widened, in its place. So the copies are
+// made by the first step that runs after the optimizer is built (or the parameters are loaded
+// without master copies), from the parameters as they are then, with no readback and whatever
+// the engine wrote to them in between.
+const UNMADE: u32 = 0x7fe5a5a5u;
 
 fn load_param(p: u32, s: u32) -> V {
-    return master_unit(s);
+    var m = master_unit(s);
+    var unmade = false;
+    for (var k = 0u; k < LANES; k++) {
+        unmade = unmade || bitcast<u32>(lane(m, k)) == UNMADE;
+    }
+    if unmade {
+        let q = param_unit(p);
+        for (var k = 0u; k < LANES; k++) {
+            if bitcast<u32>(lane(m, k)) == UNMADE {
+                set_lane(&m, k, lane(q, k));
+            }
+        }
+    }
+    return m;
 }
 
 fn load_param_lane(p: u32, s: u32, k: u32) -> f32 {
-    return master_lane(s, k);
+    let m = master_lane(s, k);
+    if bitcast<u32>(m) == UNMADE {
+        return param_lane(p, k);
+    }
+    return m;
 }
 
 fn store_param(p: u32, s: u32, v: V, tensor: u32, first: u32) {

@@ -48,7 +48,8 @@ pub struct KernelCase {
     /// `"adagrad"`, or Adam's step with global-norm clipping and a grad scaler:
     /// `"adam+clip"`, `"adam+scaler"` and `"adam+clip+scaler"`, or Adam on 16-bit parameters
     /// and gradients with state of their type or f32: `"adam-bf16"`, `"adam-bf16-f32state"`,
-    /// `"adam-f16"` and `"adam-f16-f32state"`.
+    /// `"adam-f16"` and `"adam-f16-f32state"`, and with f32 state and f32 master weights,
+    /// rounded stochastically for bf16: `"adam-bf16-master-sr"` and `"adam-f16-master"`.
     pub name: &'static str,
     /// The hyperparameters (PyTorch's defaults, with what the name asks for turned on).
     pub config: OptimizerConfig,
@@ -70,8 +71,8 @@ pub struct KernelCase {
     pub matrix: bool,
     /// The parameters' and the gradients' type.
     pub dtype: DType,
-    /// The state's type.
-    pub state: StateDType,
+    /// How the state and the 16-bit parameters are kept.
+    pub precision: Precision,
 }
 
 /// The shape of a benchmarked matrix of `elements` elements: `[rows, elements / rows]` with
@@ -145,34 +146,47 @@ pub fn bytes_per_element(config: &OptimizerConfig) -> u64 {
 /// the gradient and every state buffer (its iterates too); the matrix products between them
 /// are not counted (their throughput is the `gemm` row's GFLOP/s).
 pub fn bytes_per_element_of(config: &OptimizerConfig, matrix: bool) -> u64 {
-    bytes_per_element_stored(config, matrix, DType::F32, DType::F32)
+    bytes_per_element_stored(
+        config,
+        matrix,
+        (DType::F32, DType::F32),
+        Precision::default(),
+    )
 }
 
-/// [`bytes_per_element_of`] with parameters and gradients of type `dtype` and state of type
-/// `state`: bf16 Adam with bf16 state moves 2 + 2 + 2 + 2 · 2 · 2 = 14 bytes per element.
+/// [`bytes_per_element_of`] with parameters and gradients of the types `(param, grad)` and the
+/// state and the parameters kept as `precision` says. bf16 Adam with bf16 state moves
+/// 2 + 2 + 2 + 2 · 2 · 2 = 14 bytes per element; with f32 state and an f32 master copy, which
+/// the kernel reads instead of the parameter and writes beside it, 2 + 2 + 8 · 2 + 4 · 2 = 28.
 pub fn bytes_per_element_stored(
     config: &OptimizerConfig,
     matrix: bool,
-    dtype: DType,
-    state: DType,
+    (param, grad): (DType, DType),
+    precision: Precision,
 ) -> u64 {
     let kernel = if matrix {
         config.kernel_for(&[2, 2])
     } else {
         config.kernel()
     };
-    let (p, s) = (dtype.size(), state.size());
+    let master = precision.master_weights && param != DType::F32;
+    let state = precision.state.for_param(param);
+    let (p, g, s) = (param.size(), grad.size(), state.size());
+    // What loads the parameter reads: the master copy where there is one.
+    let read = if master { 4 } else { p };
+    // The parameter written, and the master copy written too.
+    let written = if master { p + 4 } else { p };
     let states = u64::from(kernel.states);
     // The sums read the parameter, the gradient and the state; a first round of two (Lamb's
     // adanorm) the gradient alone.
     let sums = match kernel.sums_rounds() {
         0 => 0,
-        rounds => 2 * p + s * states + p * u64::from(rounds - 1),
+        rounds => read + g + s * states + g * u64::from(rounds - 1),
     };
-    let factors = if kernel.factored() { p } else { 0 };
+    let factors = if kernel.factored() { g } else { 0 };
     // A step in two phases (Muon's) runs the template's step twice.
     let phases = if kernel.phased() { 2 } else { 1 };
-    phases * (3 * p + 2 * s * states) + sums + factors
+    phases * (read + written + g + 2 * s * states) + sums + factors
 }
 
 /// [`bytes_per_element`] of a step that also clips and scales: clipping by norm and a grad
@@ -201,7 +215,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             minimal: false,
             matrix,
             dtype: DType::F32,
-            state: StateDType::Param,
+            precision: Precision::default(),
         })
         .collect();
     let adam: OptimizerConfig = Adam::default().into();
@@ -214,7 +228,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         minimal: true,
         matrix: false,
         dtype: DType::F32,
-        state: StateDType::Param,
+        precision: Precision::default(),
     });
     let clip = Some(ClipGrad::norm(1.0));
     let scaler = Some(GradScaler::default());
@@ -232,30 +246,33 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             minimal: false,
             matrix: false,
             dtype: DType::F32,
-            state: StateDType::Param,
+            precision: Precision::default(),
         });
     }
-    for (name, dtype, state) in [
-        ("adam-bf16", DType::BF16, StateDType::Param),
-        ("adam-bf16-f32state", DType::BF16, StateDType::F32),
-        ("adam-f16", DType::F16, StateDType::Param),
-        ("adam-f16-f32state", DType::F16, StateDType::F32),
+    let kept = |state| Precision::default().with_state(state);
+    let master = kept(StateDType::F32).with_master_weights(true);
+    for (name, dtype, precision) in [
+        ("adam-bf16", DType::BF16, kept(StateDType::Param)),
+        ("adam-bf16-f32state", DType::BF16, kept(StateDType::F32)),
+        (
+            "adam-bf16-master-sr",
+            DType::BF16,
+            master.with_stochastic_rounding(Some(0)),
+        ),
+        ("adam-f16", DType::F16, kept(StateDType::Param)),
+        ("adam-f16-f32state", DType::F16, kept(StateDType::F32)),
+        ("adam-f16-master", DType::F16, master),
     ] {
         cases.push(KernelCase {
             name,
             config: adam,
             clip: None,
             grad_scaler: None,
-            bytes_per_element: bytes_per_element_stored(
-                &adam,
-                false,
-                dtype,
-                state.for_param(dtype),
-            ),
+            bytes_per_element: bytes_per_element_stored(&adam, false, (dtype, dtype), precision),
             minimal: false,
             matrix: false,
             dtype,
-            state,
+            precision,
         });
     }
     cases
@@ -658,7 +675,7 @@ impl Workload {
         } else {
             vec![elements as usize]
         };
-        let types = (case.dtype, Precision::default().with_state(case.state));
+        let types = (case.dtype, case.precision);
         let mut work = Self::shaped(ctx, case.config, &[elements], &[shape], (1, types))?;
         if let Work::Step { optimizer, .. } = &mut work.work {
             optimizer.set_clip_grad(case.clip)?;
@@ -1178,8 +1195,11 @@ mod tests {
             // 16-bit parameters and gradients, state of their type or f32.
             ("adam-bf16", 14),
             ("adam-bf16-f32state", 22),
+            // An f32 master copy read and written instead of reading the parameter.
+            ("adam-bf16-master-sr", 28),
             ("adam-f16", 14),
             ("adam-f16-f32state", 22),
+            ("adam-f16-master", 28),
         ];
         let cases = kernel_cases();
         assert_eq!(cases.len(), want.len());

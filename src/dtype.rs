@@ -89,6 +89,18 @@ impl DType {
         }
     }
 
+    /// The spacing of this type's values near `x`: one unit in the last place at `x`'s
+    /// magnitude, and the subnormals' spacing below the normal range.
+    pub fn spacing(self, x: f64) -> f64 {
+        let (mantissa, smallest) = match self {
+            DType::F32 => (23, 2f64.powi(-149)),
+            DType::F16 => (10, 2f64.powi(-24)),
+            DType::BF16 => (7, 2f64.powi(-133)),
+        };
+        let exponent = x.abs().max(smallest).log2().floor() as i32;
+        2f64.powi(exponent - mantissa).max(smallest)
+    }
+
     /// The safetensors name: `F32`, `F16` or `BF16`.
     pub fn safetensors_name(self) -> &'static str {
         match self {
@@ -217,9 +229,9 @@ pub struct Precision {
     pub state: StateDType,
     /// Whether the optimizer keeps an f32 master copy of each 16-bit parameter (as Apex's
     /// `master_weights` and llm.c do). The update then runs on the master copy, and the 16-bit
-    /// parameter is written from it in the same kernel. The copy is made from the parameters
-    /// when the optimizer is built (a one-time read); [`Optimizer::read_master`] reads it and
-    /// checkpoints carry it as `<name>.master`. f32 parameters are their own master: asking
+    /// parameter is written from it in the same kernel. The copy is made by the first step that
+    /// runs, from the parameters as they are then (nothing is read back);
+    /// [`Optimizer::read_master`] reads it and checkpoints carry it as `<name>.master`. f32 parameters are their own master: asking
     /// for master weights when no parameter is 16-bit is an error.
     ///
     /// [`Optimizer::read_master`]: crate::Optimizer::read_master

@@ -603,11 +603,6 @@ impl Optimizer {
             .collect();
 
         let n = all.len() as u64;
-        let masters = block_plans
-            .iter()
-            .enumerate()
-            .map(|(b, p)| master_values(ctx, &metas, b, p))
-            .collect::<Result<Vec<_>>>()?;
         let device = ctx.device();
         let (control, derived, blocks) = scoped(device, || {
             let copy = wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST;
@@ -640,15 +635,16 @@ impl Optimizer {
             let blocks: Vec<bind::StateBlock> = block_plans
                 .iter()
                 .enumerate()
-                .zip(&masters)
-                .map(|((b, p), master)| bind::StateBlock {
+                .map(|(b, p)| bind::StateBlock {
                     buffer: state_buffer(device, groups, &all, &metas, b, p, block_keys[p.key]),
-                    master: master.as_ref().map(|values| {
+                    // Made by the first step, from the parameters as they are then.
+                    master: block_keys[p.key].3.then(|| {
+                        let unmade = vec![UNMADE_MASTER; p.len.max(4) as usize];
                         wgpu::util::DeviceExt::create_buffer_init(
                             device,
                             &wgpu::util::BufferInitDescriptor {
                                 label: Some("wgpu-optim master weights"),
-                                contents: bytemuck::cast_slice(values),
+                                contents: bytemuck::cast_slice(&unmade),
                                 usage: wgpu::BufferUsages::STORAGE
                                     | wgpu::BufferUsages::COPY_SRC
                                     | wgpu::BufferUsages::COPY_DST,
@@ -1416,10 +1412,37 @@ impl Optimizer {
 
     /// Reads the f32 master copy of `tensor`'s 16-bit parameter back from the GPU, after all
     /// submitted work (see [`Precision::master_weights`]). Blocks. An error where the tensor
-    /// keeps no master copy.
+    /// keeps no master copy. Before the first step the copy is the parameter, widened (the
+    /// step makes it from the parameter as it is then).
     pub fn read_master(&self, tensor: usize) -> Result<Vec<f32>> {
         let ranges = self.master_ranges(tensor)?;
-        self.ctx.read_typed(&ranges, DType::F32)
+        let mut values = self.ctx.read_typed(&ranges, DType::F32)?;
+        let unmade = |v: &f32| v.to_bits() == UNMADE_MASTER;
+        if values.iter().any(unmade) {
+            let meta = &self.tensors[tensor];
+            let first = meta.param_offset / meta.types.0.size();
+            let param = self
+                .ctx
+                .read_typed(&[(&meta.param, first, meta.len)], meta.types.0)?;
+            for (v, p) in values.iter_mut().zip(param) {
+                if unmade(v) {
+                    *v = p;
+                }
+            }
+        }
+        Ok(values)
+    }
+
+    /// Marks `tensor`'s master copy as not made, so that the next step makes it from the
+    /// parameter (after parameters are loaded without master copies).
+    fn unmake_master(&self, tensor: usize) -> Result<()> {
+        for (buffer, first, len) in self.master_ranges(tensor)? {
+            let unmade = vec![UNMADE_MASTER; len as usize];
+            self.ctx
+                .queue()
+                .write_buffer(buffer, first * 4, bytemuck::cast_slice(&unmade));
+        }
+        Ok(())
     }
 
     /// Replaces the f32 master copy of `tensor`'s 16-bit parameter with `values`, written with
@@ -1899,47 +1922,9 @@ fn check_whole(
 /// State block `b`'s buffer: its state buffers one after the other, each filled with each
 /// piece's initial value; for factored state, each tensor's factor region, zero but for its
 /// header. At least one unit, so that kernels without state can bind it.
-/// The initial contents of block `b`'s master buffer, where its tensors keep master weights:
-/// their parameters, widened, at their pieces' state offsets (read back once, which waits for
-/// the queue).
-fn master_values(
-    ctx: &Context,
-    metas: &[TensorMeta],
-    b: usize,
-    block: &plan::Block,
-) -> Result<Option<Vec<f32>>> {
-    let mut values: Option<Vec<f32>> = None;
-    // One read of each 16-bit type's parameters.
-    for dtype in [DType::F16, DType::BF16] {
-        let pieces: Vec<(&TensorMeta, &plan::StatePiece)> = metas
-            .iter()
-            .filter(|m| m.master && m.types.0 == dtype)
-            .flat_map(|m| {
-                m.pieces
-                    .iter()
-                    .filter(|p| p.block == b)
-                    .map(move |p| (m, p))
-            })
-            .collect();
-        if pieces.is_empty() {
-            continue;
-        }
-        let ranges: Vec<(&wgpu::Buffer, u64, u64)> = pieces
-            .iter()
-            .map(|(m, p)| (&m.param, m.param_offset / dtype.size() + p.start, p.len))
-            .collect();
-        let read = ctx.read_typed(&ranges, dtype)?;
-        let out = values.get_or_insert_with(|| vec![0.0; block.len.max(4) as usize]);
-        let mut next = read.iter();
-        for (_, p) in pieces {
-            let at = p.state_offset as usize;
-            for (o, v) in out[at..at + p.len as usize].iter_mut().zip(&mut next) {
-                *o = *v;
-            }
-        }
-    }
-    Ok(values)
-}
+/// The bits of a master copy not made yet (`UNMADE` in shaders/master.wgsl): a quiet NaN that
+/// no arithmetic makes. A step takes the parameter, widened, in its place.
+pub(crate) const UNMADE_MASTER: u32 = 0x7fe5_a5a5;
 
 /// Rejects a [`Precision`] that asks for what no parameter has: master weights or stochastic
 /// rounding where every parameter is f32.

@@ -156,8 +156,9 @@ pub fn step<F: Real>(
 }
 
 /// How a tensor's parameter is kept, for [`step_stored`]: its type, the optimizer's
-/// [`Precision`], and the tensor's index in its optimizer (one of the keys of stochastic
-/// rounding's random bits, [`rounding_bits`]).
+/// [`Precision`], and where the elements stepped lie (the tensor's index in its optimizer and
+/// the first element's index in the tensor: keys of stochastic rounding's random bits,
+/// [`rounding_bits`]).
 #[derive(Clone, Copy, Debug, Default, PartialEq)]
 pub struct Stored {
     /// The parameter's storage type.
@@ -166,6 +167,8 @@ pub struct Stored {
     pub precision: Precision,
     /// The tensor's index over every group of its optimizer.
     pub tensor: u32,
+    /// The index in its tensor of the first element stepped (0 for a whole tensor).
+    pub first: u64,
 }
 
 impl Stored {
@@ -175,12 +178,18 @@ impl Stored {
             param_type,
             precision,
             tensor: 0,
+            first: 0,
         }
     }
 
     /// The same for tensor `tensor`.
     pub fn tensor(self, tensor: u32) -> Self {
         Self { tensor, ..self }
+    }
+
+    /// The same for the elements of the tensor from `first` on (a piece of it).
+    pub fn from_element(self, first: u64) -> Self {
+        Self { first, ..self }
     }
 
     /// Whether the optimizer keeps an f32 master copy of this parameter: master weights asked
@@ -202,7 +211,8 @@ impl Stored {
 /// is written from it. With stochastic rounding the parameter is rounded by
 /// [`DType::round_stochastic`] from its f32 value, with [`rounding_bits`] of the seed,
 /// `state.step` after the step (the optimizer's step count where its tensors have taken the
-/// same steps), `stored.tensor` and the element's index.
+/// same steps), `stored.tensor` and the element's index in its tensor (`stored.first` for
+/// `param[0]`).
 ///
 /// ```
 /// use wgpu_optim::{DType, Precision, SGD, TensorState, reference};
@@ -260,7 +270,8 @@ pub fn step_stored<F: Real>(
     match stored.precision.stochastic_rounding {
         Some(seed) if param_type != DType::F32 => {
             for (i, p) in param.iter_mut().enumerate() {
-                let r = rounding_bits(seed, state.step as u32, stored.tensor, i as u32);
+                let element = (stored.first + i as u64) as u32;
+                let r = rounding_bits(seed, state.step as u32, stored.tensor, element);
                 let x = param_type.round_stochastic(p.to_f64() as f32, r);
                 *p = F::of(f64::from(x));
             }

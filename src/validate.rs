@@ -2,9 +2,9 @@
 //! `wgpu-optim info`.
 //!
 //! [`run`] steps every optimizer and option combination ([`all_configs`]) on the GPU for a few
-//! steps of fresh random data, in every storage type the kernels have ([`STORAGE_TYPES`]: only
-//! f32 today), and holds every parameter and state element to the f64 [CPU
-//! reference](crate::reference): `|gpu − ref| ≤ ATOL + RTOL·(|ref| + path)`, where `path` is
+//! steps of fresh random data in f32, and each class in every 16-bit storage layout
+//! ([`storage_layouts`], [`all_rows`]), and holds every parameter and state element to the f64
+//! [CPU reference](crate::reference): `|gpu − ref| ≤ ATOL + RTOL·(|ref| + path)`, where `path` is
 //! the sum of the element's `|change|` over the steps ([`tolerance`], the bound of
 //! `tests/kernels.rs`). The parameters are split into a few tensors of uneven sizes
 //! ([`tensor_sizes`]) in one parameter buffer and one gradient buffer, with a sentinel value
@@ -13,8 +13,10 @@
 //! [`Access`] mode (vec4 by default): every configuration checks both. Beside
 //! the GPU, the same steps run in float32 on
 //! the CPU, to tell a kernel's error from the error that float32 arithmetic itself makes on the
-//! data ([`Row::f32_cpu_error_over_tolerance`]). Each optimizer is then timed separately, and a
-//! plain buffer copy for comparison.
+//! data ([`Row::f32_cpu_error_over_tolerance`]). In a 16-bit layout the reference rounds the
+//! parameters and the state where the kernels store them ([`crate::reference::step_stored`]),
+//! and a value may also round apart from it by a unit of its type at a step, at no more than 5%
+//! of the elements. Each row is then timed separately, and a plain buffer copy for comparison.
 //!
 //! ```no_run
 //! use wgpu_optim::{Context, validate};
@@ -28,10 +30,12 @@
 //! ```
 
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType};
+use crate::dtype::{DType, Precision, StateDType};
 use crate::error::{Error, Result};
 use crate::gpu::{Access, Context};
 use crate::optim::{Adam, AdamW, OptimizerConfig, RMSprop, SGD};
-use crate::optimizer::{BufferRange, Optimizer, Tensor};
+use crate::optimizer::{BufferRange, Optimizer, ParamGroup, Tensor};
+use crate::reference::Stored;
 use crate::state::TensorState;
 use serde::Serialize;
 use std::time::Instant;
@@ -46,8 +50,110 @@ pub const DEFAULT_SIZE: u64 = 1_000_003;
 pub const DEFAULT_STEPS: usize = 20;
 /// The most steps `wgpu-optim validate --steps` takes: each runs the f64 reference on the CPU.
 pub const MAX_STEPS: usize = 10_000;
-/// The storage types of parameters, gradients and state that the kernels have. Only f32.
-pub const STORAGE_TYPES: [&str; 1] = ["f32"];
+/// A storage layout that [`run`] checks: the types of the parameters and the gradients, and
+/// how the optimizer keeps its state and its 16-bit parameters.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Storage {
+    /// Its name in the report, without spaces: `f32`, `bf16`, `bf16+master+sr`, ...
+    pub name: &'static str,
+    /// The parameters' type.
+    pub param: DType,
+    /// The gradients' type.
+    pub grad: DType,
+    /// The state's type, master weights and stochastic rounding.
+    pub precision: Precision,
+}
+
+impl Storage {
+    /// Whether every buffer is f32: the reference then steps in f64 throughout, unrounded.
+    fn is_f32(&self) -> bool {
+        self.param == DType::F32
+            && self.grad == DType::F32
+            && self.precision.state.for_param(self.param) == DType::F32
+    }
+
+    /// Whether an optimizer of `config` can keep its tensors so: classes whose state the
+    /// kernels read as f32 (Adafactor's factored state, Muon's matrix products) take no 16-bit
+    /// state, and Adafactor's factored state no master copy.
+    pub fn applies_to(&self, config: &OptimizerConfig) -> bool {
+        let kernel = config.kernel_for(&[2, 2]);
+        let sixteen_bit_state = self.precision.state.for_param(self.param) != DType::F32;
+        let master = self.precision.master_weights && self.param != DType::F32;
+        !(sixteen_bit_state && (kernel.factored() || kernel.phased()))
+            && !(master && kernel.factored())
+    }
+}
+
+/// Every storage layout [`run`] checks, each named for the report: `f32`; PyTorch's fused
+/// 16-bit layouts, `bf16` and `f16` (parameters, gradients and state of one type);
+/// `bf16+f32state`, bf16 parameters and gradients with f32 state; `bf16+master+sr`, the same
+/// with an f32 master copy of the parameters and stochastic rounding (llm.c's); `f16+master`,
+/// f16 parameters with f32 gradients, state and master copy (Apex's O2); and `f32+bf16state`,
+/// f32 parameters and gradients with bf16 state (torchtitan's).
+pub fn storage_layouts() -> Vec<Storage> {
+    let kept = |state| Precision::default().with_state(state);
+    let master = kept(StateDType::F32).with_master_weights(true);
+    let layout = |name, param, grad, precision| Storage {
+        name,
+        param,
+        grad,
+        precision,
+    };
+    vec![
+        layout("f32", DType::F32, DType::F32, Precision::default()),
+        layout("bf16", DType::BF16, DType::BF16, Precision::default()),
+        layout("f16", DType::F16, DType::F16, Precision::default()),
+        layout(
+            "bf16+f32state",
+            DType::BF16,
+            DType::BF16,
+            kept(StateDType::F32),
+        ),
+        layout(
+            "bf16+master+sr",
+            DType::BF16,
+            DType::BF16,
+            master.with_stochastic_rounding(Some(0x5eed)),
+        ),
+        layout("f16+master", DType::F16, DType::F32, master),
+        layout(
+            "f32+bf16state",
+            DType::F32,
+            DType::F32,
+            kept(StateDType::BF16),
+        ),
+    ]
+}
+
+/// The rows [`run`] checks: every configuration of [`all_configs`] and every recipe of
+/// [`all_recipes`] in f32, and in every other storage layout of [`storage_layouts`] the first
+/// configuration of each class (by [`OptimizerConfig::CLASSES`]) that the layout applies to.
+pub fn all_rows() -> Vec<(OptimizerConfig, Recipe, Storage)> {
+    let layouts = storage_layouts();
+    let configs = all_configs();
+    let mut order: Vec<usize> = (0..configs.len()).collect();
+    order.sort_by_cached_key(|&i| display_key(&configs[i]));
+    let plain = Recipe {
+        clip: None,
+        grad_scaler: None,
+    };
+    let mut rows: Vec<(OptimizerConfig, Recipe, Storage)> = order
+        .iter()
+        .map(|&i| (configs[i], plain, layouts[0]))
+        .collect();
+    rows.extend(all_recipes().into_iter().map(|(c, r)| (c, r, layouts[0])));
+    for layout in &layouts[1..] {
+        let mut classes = Vec::new();
+        for &i in &order {
+            let config = configs[i];
+            if !classes.contains(&config.type_name()) && layout.applies_to(&config) {
+                classes.push(config.type_name());
+                rows.push((config, plain, *layout));
+            }
+        }
+    }
+    rows
+}
 /// Relative errors are reported over elements whose reference is at least this large in
 /// magnitude; smaller ones are judged by [`ATOL`] (the pass criterion covers every element).
 pub const REL_ERROR_FLOOR: f64 = 1e-3;
@@ -564,7 +670,7 @@ pub struct Row {
     pub options: String,
     /// The full configuration.
     pub config: OptimizerConfig,
-    /// Storage type of parameters, gradients and state.
+    /// The storage layout's name ([`Storage::name`]).
     pub storage: &'static str,
     /// The outcome.
     pub status: Status,
@@ -606,7 +712,7 @@ pub struct CopyBandwidth {
 pub struct Report {
     /// The adapter it ran on.
     pub adapter: AdapterSummary,
-    /// The storage types checked (today only f32).
+    /// The storage layouts checked, by name ([`storage_layouts`]).
     pub storage: Vec<&'static str>,
     /// Elements over all tensors.
     pub size: u64,
@@ -737,13 +843,17 @@ impl Report {
             self.seed
         ));
         out.push_str(&format!(
-            "storage types: {} (the only storage type the kernels have)\n",
+            "storage layouts: {} (every configuration in f32; each class's first in the others: \
+             bf16 and f16 as PyTorch's fused kernels keep them, then f32 state, master weights \
+             (+master), stochastic rounding (+sr) and bf16 state beside f32 parameters)\n",
             self.storage.join(", ")
         ));
         out.push_str(&format!(
             "pass: every parameter and state element within tol = {:e} + {:e}·(|ref| + Σ|change| over the steps) \
              of the f64 CPU reference, or within twice the error of float32 arithmetic itself there (the same \
-             steps in f32 on the CPU), whichever is larger (err/allowed ≤ 1); rel err = |err|/|ref| over |ref| ≥ {REL_ERROR_FLOOR:e}\n\n",
+             steps in f32 on the CPU), whichever is larger (err/allowed ≤ 1), the reference rounding 16-bit values where \
+             the kernels store them, and each 16-bit value also within a unit of its type a step at no more than 5% of \
+             the elements; rel err = |err|/|ref| over |ref| ≥ {REL_ERROR_FLOOR:e}\n\n",
             self.atol, self.rtol
         ));
         out.push_str(&line(&header.map(String::from)));
@@ -809,6 +919,7 @@ pub fn run_with_progress(
     }
     let layout = Layout::new(size)?;
     let max_buffer = ctx.limits().max_buffer_size;
+    // The largest buffer: f32 parameters or gradients.
     let bytes = layout.total.saturating_mul(4);
     if bytes > max_buffer {
         return Err(Error::TooLarge {
@@ -818,48 +929,38 @@ pub fn run_with_progress(
             limit_name: "max_buffer_size",
         });
     }
-    let param = ctx.create_f32_buffer("validate params", &try_vec(layout.total, GAP)?)?;
-    let grad = ctx.create_f32_buffer("validate grads", &try_vec(layout.total, f32::NAN)?)?;
-    let buffers = Buffers {
-        param: &param,
-        grad: &grad,
-    };
-    let configs = all_configs();
-    let mut order: Vec<usize> = (0..configs.len()).collect();
-    order.sort_by_cached_key(|&i| display_key(&configs[i]));
-    let recipes = all_recipes();
-    let total_rows = (configs.len() + recipes.len()) * STORAGE_TYPES.len();
+    let rows_to_run = all_rows();
+    let total_rows = rows_to_run.len();
     let mut rows = Vec::with_capacity(total_rows);
-    let plain = Recipe {
-        clip: None,
-        grad_scaler: None,
-    };
-    for storage in STORAGE_TYPES {
-        let cases = order.iter().map(|&i| (i, &configs[i], plain)).chain(
-            recipes
-                .iter()
-                .enumerate()
-                .map(|(j, (c, r))| (configs.len() + j, c, *r)),
-        );
-        for (i, config, recipe) in cases {
-            let data_seed = Rng::stream(seed, i as u64).next_u64();
-            let row = run_row(
-                ctx,
-                config,
-                recipe,
-                storage,
-                &layout,
-                buffers,
-                (steps, data_seed, reference_lr_scale),
-            )?;
-            progress(rows.len() + 1, total_rows, &row);
-            rows.push(row);
+    // The buffers of the storage layout being checked: rows come grouped by layout.
+    let mut held: Option<(&'static str, wgpu::Buffer, wgpu::Buffer)> = None;
+    for (i, (config, recipe, storage)) in rows_to_run.iter().enumerate() {
+        if held.as_ref().is_none_or(|h| h.0 != storage.name) {
+            // The last layout's buffers go before the next's are made.
+            held.take();
+            let gaps = storage.param.encode(&try_vec(layout.total, GAP)?);
+            let nans = storage.grad.encode(&try_vec(layout.total, f32::NAN)?);
+            let param = ctx.create_byte_buffer("validate params", &gaps)?;
+            let grad = ctx.create_byte_buffer("validate grads", &nans)?;
+            held = Some((storage.name, param, grad));
         }
+        let (_, param, grad) = held.as_ref().expect("the layout's buffers");
+        let buffers = Buffers { param, grad };
+        let data_seed = Rng::stream(seed, i as u64).next_u64();
+        let row = run_row(
+            ctx,
+            (config, *recipe, storage),
+            &layout,
+            buffers,
+            (steps, data_seed, reference_lr_scale),
+        )?;
+        progress(rows.len() + 1, total_rows, &row);
+        rows.push(row);
     }
     let copy = time_copy(ctx, size, steps).ok();
     Ok(Report {
         adapter: AdapterSummary::from(&ctx.device().adapter_info()),
-        storage: STORAGE_TYPES.to_vec(),
+        storage: storage_layouts().iter().map(|s| s.name).collect(),
         size,
         tensor_sizes: layout.sizes.clone(),
         steps,
@@ -964,6 +1065,13 @@ fn try_vec<T: Clone>(n: u64, value: T) -> Result<Vec<T>> {
 /// stream.
 struct Chunk {
     tensor: usize,
+    /// How the parameter is kept where the storage is not all f32: the reference then rounds
+    /// the parameters and the state as the kernels store them ([`crate::reference::step_stored`]).
+    stored: Option<Stored>,
+    /// The f32 master copies of the reference and of its float32 evaluation, where the
+    /// optimizer keeps them.
+    master: Option<Vec<f64>>,
+    master32: Option<Vec<f32>>,
     /// Its shape: the tensor's where it is the whole tensor, else one dimension.
     shape: Vec<usize>,
     /// First element within the tensor.
@@ -1012,8 +1120,21 @@ impl Chunk {
             self.state.buffers.clone()
         };
         let shape = &self.shape;
-        crate::reference::step_shaped(config, shape, &mut self.state, &mut self.param, g);
-        crate::reference::step_shaped(config, shape, &mut self.state32, &mut self.param32, grad);
+        match self.stored {
+            Some(stored) => {
+                let (param, state) = (&mut self.param, &mut self.state);
+                let master = self.master.as_deref_mut();
+                crate::reference::step_stored(config, shape, state, param, master, g, stored);
+                let (param, state) = (&mut self.param32, &mut self.state32);
+                let master = self.master32.as_deref_mut();
+                crate::reference::step_stored(config, shape, state, param, master, grad, stored);
+            }
+            None => {
+                crate::reference::step_shaped(config, shape, &mut self.state, &mut self.param, g);
+                let (param, state) = (&mut self.param32, &mut self.state32);
+                crate::reference::step_shaped(config, shape, state, param, grad);
+            }
+        }
         let add = |path: &mut [f64], old: &[f64], new: &[f64]| {
             for ((p, a), b) in path.iter_mut().zip(old).zip(new) {
                 *p += (a - b).abs();
@@ -1064,16 +1185,24 @@ struct Errors {
     max_ratio32: f64,
     worst: Option<String>,
     failure: Option<String>,
+    /// Elements compared, and those of a 16-bit type beyond the allowance that only whole
+    /// units of their type (one a step) cover: a value that rounds apart from the reference's
+    /// at a step, which the order of operations may do now and then.
+    compared: usize,
+    rounded_apart: usize,
 }
 
 impl Errors {
+    /// Compares `got` with `want`, whose values moved by `path` over the steps and which
+    /// float32 on the CPU gives as `cpu32`. With `units`, `(dtype, steps)`, the values are of a
+    /// 16-bit type, and each may also be off by one unit of it, at the largest magnitude it can
+    /// have had, per step.
     fn compare(
         &mut self,
         what: &dyn Fn(usize) -> String,
         got: &[f32],
-        want: &[f64],
-        path: &[f64],
-        cpu32: &[f32],
+        (want, path, cpu32): (&[f64], &[f64], &[f32]),
+        units: Option<(DType, usize)>,
     ) {
         let error = |g: f32, w: f64| {
             // NaN anywhere (or infinities that cancel) is infinitely wrong.
@@ -1086,7 +1215,13 @@ impl Errors {
             let ratio32 = error(g32, w) / tol;
             self.max_ratio32 = self.max_ratio32.max(ratio32);
             let abs = error(g, w);
-            let ratio = abs / allowed(tol, error(g32, w));
+            let mut bound = allowed(tol, error(g32, w));
+            self.compared += 1;
+            if let Some((dtype, steps)) = units.filter(|_| abs > bound) {
+                bound += steps as f64 * dtype.spacing(w.abs() + path);
+                self.rounded_apart += 1;
+            }
+            let ratio = abs / bound;
             self.max_abs = self.max_abs.max(abs);
             if w.abs() >= REL_ERROR_FLOOR {
                 self.max_rel = self.max_rel.max(abs / w.abs());
@@ -1097,7 +1232,7 @@ impl Errors {
                     "{} is {g:e} but the reference is {w:e}: error {abs:.3e}, allowed {:.3e}; \
                      float32 on the CPU gives {g32:e} (error {:.3e})",
                     what(i),
-                    allowed(tol, error(g32, w)),
+                    bound,
                     error(g32, w)
                 ));
             }
@@ -1109,17 +1244,20 @@ impl Errors {
     }
 }
 
-/// Runs one configuration: the correctness check, then the timing.
-#[allow(clippy::too_many_arguments)]
+/// Runs one configuration in one storage layout: the correctness check, then the timing.
 fn run_row(
     ctx: &Context,
-    config: &OptimizerConfig,
-    recipe: Recipe,
-    storage: &'static str,
+    (config, recipe, storage): (&OptimizerConfig, Recipe, &Storage),
     layout: &Layout,
     buffers: Buffers<'_>,
     run: (usize, u64, f64),
 ) -> Result<Row> {
+    let bytes_per_element = if storage.is_f32() {
+        crate::bench::bytes_per_element_with(config, recipe.clip, recipe.grad_scaler)
+    } else {
+        let types = (storage.param, storage.grad);
+        crate::bench::bytes_per_element_stored(config, false, types, storage.precision)
+    };
     let mut row = Row {
         optimizer: config.type_name(),
         kernel: kernel_name(config),
@@ -1129,22 +1267,18 @@ fn run_row(
             .collect::<Vec<_>>()
             .join(" "),
         config: *config,
-        storage,
+        storage: storage.name,
         status: Status::Pass,
         max_abs_error: None,
         max_rel_error: None,
         max_error_over_tolerance: None,
         f32_cpu_error_over_tolerance: None,
-        bytes_per_element: crate::bench::bytes_per_element_with(
-            config,
-            recipe.clip,
-            recipe.grad_scaler,
-        ),
+        bytes_per_element,
         gb_per_s: None,
         detail: None,
     };
     let steps = run.0;
-    match check_row(ctx, config, recipe, layout, buffers, run) {
+    match check_row(ctx, (config, recipe, storage), layout, buffers, run) {
         Ok((errors, mut opt)) => {
             let ratio = errors.max_ratio;
             row.max_abs_error = Some(errors.max_abs);
@@ -1154,6 +1288,14 @@ fn run_row(
             if let Some(message) = errors.failure {
                 row.status = Status::Fail;
                 row.detail = Some(message);
+            } else if errors.rounded_apart * 20 > errors.compared {
+                row.status = Status::Fail;
+                row.detail = Some(format!(
+                    "{} of {} elements round apart from the reference by units of their 16-bit type (more than 5%: the kernels round otherwise); the worst: {}",
+                    errors.rounded_apart,
+                    errors.compared,
+                    errors.worst.unwrap_or_default()
+                ));
             } else if ratio.is_nan() || ratio > 1.0 {
                 row.status = Status::Fail;
                 row.detail = errors.worst;
@@ -1188,12 +1330,12 @@ fn run_row(
 /// timing.
 fn check_row(
     ctx: &Context,
-    config: &OptimizerConfig,
-    recipe: Recipe,
+    (config, recipe, storage): (&OptimizerConfig, Recipe, &Storage),
     layout: &Layout,
     buffers: Buffers<'_>,
     (steps, seed, reference_lr_scale): (usize, u64, f64),
 ) -> Result<(Errors, Optimizer)> {
+    let (param_type, grad_type) = (storage.param, storage.grad);
     // The configuration the CPU reference steps with (see `Options::reference_lr_scale`).
     let mut reference = *config;
     reference.set_lr(config.lr() * reference_lr_scale);
@@ -1201,14 +1343,19 @@ fn check_row(
     let tensors: Vec<Tensor<'_>> = (0..layout.sizes.len())
         .map(|k| {
             let n = layout.sizes[k];
+            let at = |offset: u64, dtype: DType| offset * dtype.size();
             Tensor::new(
-                BufferRange::new(buffers.param, layout.offsets[k] * 4, n),
-                BufferRange::new(buffers.grad, layout.grad_offsets[k] * 4, n),
+                BufferRange::new(buffers.param, at(layout.offsets[k], param_type), n)
+                    .with_dtype(param_type),
+                BufferRange::new(buffers.grad, at(layout.grad_offsets[k], grad_type), n)
+                    .with_dtype(grad_type),
             )
             .with_shape(&layout.shapes[k])
         })
         .collect();
-    let mut opt = Optimizer::new(ctx, *config, &tensors)?;
+    let groups = [ParamGroup::new(*config, tensors)];
+    let mut opt = Optimizer::with_precision(ctx, &groups, storage.precision)?;
+    let tensors = &groups[0].tensors;
     opt.set_clip_grad(recipe.clip)?;
     opt.set_grad_scaler(recipe.grad_scaler)?;
     let mut errors = Errors::default();
@@ -1250,6 +1397,13 @@ fn check_row(
             };
             chunks.push(Chunk {
                 tensor: k,
+                stored: (!storage.is_f32()).then(|| {
+                    Stored::new(param_type, storage.precision)
+                        .tensor(k as u32)
+                        .from_element(start)
+                }),
+                master: None,
+                master32: None,
                 shape,
                 start,
                 at: o + start,
@@ -1284,16 +1438,23 @@ fn check_row(
                 .insert(name.to_string(), try_vec(len, init as f32)?);
         }
     }
-    // Initial parameters, standard normal.
+    // Initial parameters, standard normal, as the parameters' type holds them; the master
+    // copies, where the optimizer keeps them, are these widened.
     parallel(&mut chunks, &mut host, |c| c.at, &|c, slice| {
         c.rng.fill_normal(slice, 1.0);
-        for ((p, p32), &v) in c.param.iter_mut().zip(&mut c.param32).zip(slice.iter()) {
-            *p = f64::from(v);
-            *p32 = v;
+        for ((p, p32), v) in c.param.iter_mut().zip(&mut c.param32).zip(slice.iter_mut()) {
+            *v = param_type.round(*v);
+            *p = f64::from(*v);
+            *p32 = *v;
+        }
+        if c.stored.is_some_and(|s| s.keeps_master()) {
+            c.master = Some(c.param.clone());
+            c.master32 = Some(c.param32.clone());
         }
     });
+    let gaps = param_type.round(GAP);
     ctx.queue()
-        .write_buffer(buffers.param, 0, bytemuck::cast_slice(&host));
+        .write_buffer(buffers.param, 0, &param_type.encode(&host));
     host.fill(f32::NAN);
     let mut scaler = recipe.grad_scaler.map(|s| GradScalerState {
         scale: s.init_scale as f32,
@@ -1308,6 +1469,7 @@ fn check_row(
             // Fresh gradients (normal, times 0.5) for the GPU and the reference.
             parallel(&mut chunks, &mut host, |c| c.grad_at, &|c, slice| {
                 c.rng.fill_normal(slice, 0.5);
+                slice.iter_mut().for_each(|g| *g = grad_type.round(*g));
                 c.step(&reference, slice);
             });
         } else {
@@ -1354,7 +1516,7 @@ fn check_row(
             }
         }
         ctx.queue()
-            .write_buffer(buffers.grad, 0, bytemuck::cast_slice(&host));
+            .write_buffer(buffers.grad, 0, &grad_type.encode(&host));
         opt.step_submit()?;
     }
     if !together {
@@ -1370,19 +1532,39 @@ fn check_row(
         }
     }
 
-    let got = ctx.read_f32(&[(buffers.param, 0, layout.total)])?;
-    let grads = ctx.read_f32(&[(buffers.grad, 0, layout.total)])?;
+    let got = ctx.read_typed(&[(buffers.param, 0, layout.total)], param_type)?;
+    let grads = ctx.read_typed(&[(buffers.grad, 0, layout.total)], grad_type)?;
+    // 16-bit values may round apart from the reference's by a unit of their type at a step.
+    let units = |dtype: DType| (dtype != DType::F32).then_some((dtype, taken));
+    let state_type = storage.precision.state.for_param(param_type);
     for c in &chunks {
         let range = c.at as usize..(c.at + c.len) as usize;
         let what = |i: usize| format!("tensor {} parameter [{}]", c.tensor, c.start + i as u64);
-        errors.compare(&what, &got[range], &c.param, &c.param_path, &c.param32);
+        let want = (&c.param[..], &c.param_path[..], &c.param32[..]);
+        errors.compare(&what, &got[range], want, units(param_type));
+    }
+    for (k, _) in tensors.iter().enumerate().filter(|_| !storage.is_f32()) {
+        let Ok(master) = opt.read_master(k) else {
+            continue;
+        };
+        for c in chunks.iter().filter(|c| c.tensor == k) {
+            let (Some(want), Some(cpu32)) = (&c.master, &c.master32) else {
+                errors.fail(format!(
+                    "tensor {k} keeps a master copy the reference lacks"
+                ));
+                continue;
+            };
+            let got = &master[c.start as usize..(c.start + c.len) as usize];
+            let what = |i: usize| format!("tensor {k} master [{}]", c.start + i as u64);
+            errors.compare(&what, got, (want, &c.param_path, cpu32), None);
+        }
     }
     // Gaps untouched, gradients only read.
     let mut in_tensor = try_vec(layout.total, false)?;
     for (&o, &n) in layout.offsets.iter().zip(&layout.sizes) {
         in_tensor[o as usize..(o + n) as usize].fill(true);
     }
-    if let Some(i) = (0..got.len()).find(|&i| !in_tensor[i] && got[i].to_bits() != GAP.to_bits()) {
+    if let Some(i) = (0..got.len()).find(|&i| !in_tensor[i] && got[i].to_bits() != gaps.to_bits()) {
         errors.fail(format!(
             "element {i} of the parameter buffer, in a gap between tensors, was written ({})",
             got[i]
@@ -1429,7 +1611,7 @@ fn check_row(
                     values
                 };
                 let what = |i: usize| format!("tensor {k} {name} [{}]", c.start + i as u64);
-                errors.compare(&what, got, want, path, cpu32);
+                errors.compare(&what, got, (want, path, cpu32), units(state_type));
             }
         }
         // Scalar state: every chunk of a tensor keeps the same.
@@ -1444,7 +1626,7 @@ fn check_row(
                     continue;
                 };
                 let what = |_: usize| format!("tensor {k} {name}");
-                errors.compare(&what, &[got], &[want], &[0.0], &[cpu32]);
+                errors.compare(&what, &[got], (&[want], &[0.0], &[cpu32]), None);
             }
         }
     }
@@ -1585,7 +1767,8 @@ mod tests {
         ] {
             let mut errors = Errors::default();
             let what = |i: usize| format!("element {i}");
-            errors.compare(&what, &[0.5, got], &[0.5, 0.5], &[0.0, 0.0], &[0.5, cpu32]);
+            let want = (&[0.5, 0.5][..], &[0.0, 0.0][..], &[0.5, cpu32][..]);
+            errors.compare(&what, &[0.5, got], want, None);
             assert!(
                 errors.max_ratio > 1.0,
                 "{got} (float32 on the CPU {cpu32}) against 0.5 passed: ratio {}",
@@ -1593,6 +1776,26 @@ mod tests {
             );
             assert!(errors.worst.unwrap().contains("element 1"));
         }
+    }
+
+    #[test]
+    fn sixteen_bit_values_may_round_apart_by_a_unit_a_step_and_are_counted() {
+        // bf16's unit at 1.5 is 2^-7: one step may round apart by it, and no further.
+        let unit = 2f32.powi(-7);
+        let what = |i: usize| format!("element {i}");
+        let want = (&[1.5][..], &[0.0][..], &[1.5][..]);
+        let mut errors = Errors::default();
+        errors.compare(&what, &[1.5 + unit], want, Some((DType::BF16, 1)));
+        assert!(errors.max_ratio <= 1.0, "{}", errors.max_ratio);
+        assert_eq!((errors.rounded_apart, errors.compared), (1, 1));
+        let mut errors = Errors::default();
+        errors.compare(&what, &[1.5 + 2.0 * unit], want, Some((DType::BF16, 1)));
+        assert!(errors.max_ratio > 1.0, "{}", errors.max_ratio);
+        // Without units, f32 values are held to the tolerance.
+        let mut errors = Errors::default();
+        errors.compare(&what, &[1.5 + unit], want, None);
+        assert!(errors.max_ratio > 1.0);
+        assert_eq!(errors.rounded_apart, 0);
     }
 
     #[test]

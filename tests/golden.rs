@@ -16,7 +16,6 @@
 
 mod common;
 
-use common::ulp;
 use std::path::{Path, PathBuf};
 use wgpu_optim::replay::{self, NamedTensor, ReplayOptions};
 use wgpu_optim::{ClipGrad, DType, GradScaler, NormType, OptimizerConfig, Precision, StateDType};
@@ -575,7 +574,7 @@ fn sixteen_bit_replay_matches_fused_pytorch() {
             let (mut ours_err, mut torch_err) = (0.0f64, 0.0f64);
             for (i, ((&a, &b), &w)) in o.data.iter().zip(&t.data).zip(want).enumerate() {
                 let (a, b) = (f64::from(a), f64::from(b));
-                let unit = ulp(o.dtype, a.abs().max(b.abs()));
+                let unit = o.dtype.spacing(a.abs().max(b.abs()));
                 let units = (a - b).abs() / unit;
                 assert!(
                     units <= steps,
@@ -588,7 +587,9 @@ fn sixteen_bit_replay_matches_fused_pytorch() {
                 ours_err = ours_err.max((a - w).abs());
                 torch_err = torch_err.max((b - w).abs());
             }
-            let unit = ulp(o.dtype, want.iter().fold(0.0, |m, w| m.max(w.abs())));
+            let unit = o
+                .dtype
+                .spacing(want.iter().fold(0.0, |m, w| m.max(w.abs())));
             assert!(
                 ours_err <= torch_err + unit,
                 "{name}: {}'s error against float64 is {ours_err:e}, PyTorch's {torch_err:e}",
@@ -662,7 +663,7 @@ fn master_weights_follow_the_float64_truth() {
                     p.name
                 );
                 assert!(
-                    (q - m).abs() < ulp(dtype, m.abs()),
+                    (q - m).abs() < dtype.spacing(m.abs()),
                     "{name}: {}[{i}] is {q}, its master {m}",
                     p.name
                 );

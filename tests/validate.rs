@@ -23,10 +23,27 @@ fn every_kernel_passes_and_reports() {
 
     let configs = validate::all_configs();
     let recipes = validate::all_recipes();
+    let all = validate::all_rows();
+    assert_eq!(report.rows.len(), all.len());
+    // Every configuration and recipe in f32, and every class in each 16-bit layout it takes.
+    let layouts = validate::storage_layouts();
     assert_eq!(
-        report.rows.len(),
-        (configs.len() + recipes.len()) * validate::STORAGE_TYPES.len()
+        report.storage,
+        layouts.iter().map(|l| l.name).collect::<Vec<_>>()
     );
+    for layout in &layouts[1..] {
+        for class in wgpu_optim::OptimizerConfig::CLASSES {
+            let applies = configs
+                .iter()
+                .any(|c| c.type_name() == *class && layout.applies_to(c));
+            let rows = report
+                .rows
+                .iter()
+                .filter(|r| r.storage == layout.name && r.optimizer == *class)
+                .count();
+            assert_eq!(rows, usize::from(applies), "{class} in {}", layout.name);
+        }
+    }
     for (config, recipe) in &recipes {
         assert!(
             report
@@ -43,9 +60,9 @@ fn every_kernel_passes_and_reports() {
             "no row for {config:?}"
         );
     }
-    for row in &report.rows {
+    for (row, (config, _, layout)) in report.rows.iter().zip(&all) {
         assert_eq!(row.status, Status::Pass, "{row:?}");
-        assert_eq!(row.storage, "f32");
+        assert_eq!((row.storage, &row.config), (layout.name, config));
         assert!(row.max_error_over_tolerance.unwrap() <= 1.0, "{row:?}");
         // How far float32 arithmetic itself strays depends on the data (seed 1795956851446045466
         // gives 68x the tolerance for RMSprop with momentum and weight decay, where a gradient
@@ -67,13 +84,19 @@ fn every_kernel_passes_and_reports() {
             } else {
                 0
             };
+        let types = (layout.param, layout.grad);
         assert_eq!(
             row.bytes_per_element,
-            wgpu_optim::bench::bytes_per_element(&row.config) + reduction
+            wgpu_optim::bench::bytes_per_element_stored(
+                &row.config,
+                false,
+                types,
+                layout.precision
+            ) + reduction
         );
     }
     assert!(report.passed());
-    assert_eq!(report.counts(), (configs.len() + recipes.len(), 0, 0));
+    assert_eq!(report.counts(), (all.len(), 0, 0));
     for kernel in validate::kernel_names() {
         assert!(
             report.rows.iter().any(|r| r.kernel == kernel),
@@ -158,8 +181,8 @@ fn kernels_beyond_the_device_limits_are_unsupported_not_failed() {
     // Every kernel binds 4 storage buffers: on a device that allows 3 per stage, every row is
     // reported unsupported, naming the limit; on one that allows 4 (WebGPU's downlevel
     // limit), every row passes but those whose update needs per-tensor sums (Lamb's,
-    // Adafactor's, Muon's, and pytorch-optimizer's cautious and stable_adamw options): their
-    // sums' pass binds a fifth.
+    // Adafactor's, Muon's, and pytorch-optimizer's cautious and stable_adamw options), whose
+    // sums' pass binds a fifth, and those with master weights, which bind a fifth too.
     let ctx = common::context_with_limits(|l| l.max_storage_buffers_per_shader_stage = 3);
     let report = validate::run(&ctx, &Options::new(3000, 2, seed())).unwrap();
     assert!(report.passed(), "{}", report.table());
@@ -185,13 +208,17 @@ fn kernels_beyond_the_device_limits_are_unsupported_not_failed() {
             || r.kernel.starts_with("muon")
             || r.kernel.contains("cautious")
             || r.kernel.contains("stable_adamw")
+            || r.storage.contains("master")
     };
     let lamb = report.rows.iter().filter(sums).count();
     assert!(lamb > 0);
     for row in report.rows.iter().filter(sums) {
         assert_eq!(row.status, Status::Unsupported, "{row:?}");
         let detail = row.detail.as_deref().unwrap();
-        assert!(detail.contains("binds 5 storage buffers"), "{detail}");
+        assert!(
+            detail.contains("storage buffers but the device allows 4"),
+            "{detail}"
+        );
     }
     let (pass, fail, unsupported) = report.counts();
     assert_eq!(

@@ -30,7 +30,9 @@
 //! State and parameters are saved in their storage types (F32, F16 or BF16), and a load expects
 //! the types the optimizer keeps. A load into an optimizer with master weights takes the master
 //! copies from `<name>.master`, or, where the checkpoint has none (one converted from PyTorch),
-//! widens the loaded parameters into them.
+//! makes them from the loaded parameters at the next step. A master copy that no step has made
+//! yet (none has run since the optimizer was built) is saved as the NaN `0x7fe5a5a5` in each
+//! element, which a load takes the same way.
 //!
 //! Gradient clipping is a setting of the training loop, not state, and is not saved (nor is it
 //! in PyTorch's state dicts). `tools/torch_checkpoint.py` converts between this layout and a
@@ -44,7 +46,6 @@
 
 use super::{MAX_STEP, Optimizer};
 use crate::amp::{GradScaler, GradScalerState};
-use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::{Context, scoped};
 use crate::optim::OptimizerConfig;
@@ -391,10 +392,8 @@ impl Optimizer {
                 let saved = file.tensors.get(&format!("{}.master", meta.name));
                 match saved.map(|info| info.start) {
                     Some(start) => stream.upload(&mut file, start, &master)?,
-                    None if options.parameters => {
-                        let start = file.tensors[&meta.name].start;
-                        stream.upload_widened(&mut file, start, meta.types.0, &master)?;
-                    }
+                    // Made from the loaded parameters by the next step.
+                    None if options.parameters => self.unmake_master(i)?,
                     None => {}
                 }
             }
@@ -982,41 +981,6 @@ impl<'a> Uploader<'a> {
                 }
             }
             at = end;
-        }
-        Ok(())
-    }
-
-    /// Copies `targets`' f32 elements, `(buffer, byte offset, bytes)` in order, from the
-    /// consecutive elements of type `from` starting at byte `at` of the file, widened
-    /// (exactly): master weights from 16-bit parameters.
-    fn upload_widened(
-        &mut self,
-        file: &mut CheckpointFile,
-        mut at: u64,
-        from: DType,
-        targets: &[(&wgpu::Buffer, u64, u64)],
-    ) -> Result<()> {
-        let size = from.size();
-        for &(buffer, offset, bytes) in targets {
-            let elements = bytes / 4;
-            let mut done = 0;
-            while done < elements {
-                let n = (elements - done).min(STREAM_CHUNK / 4);
-                self.chunk.resize((n * size) as usize, 0);
-                file.read_at(at, &mut self.chunk)?;
-                let widened: Vec<f32> = from.decode(&self.chunk).collect();
-                self.ctx.queue().write_buffer(
-                    buffer,
-                    offset + 4 * done,
-                    bytemuck::cast_slice(&widened),
-                );
-                at += n * size;
-                done += n;
-                self.unsubmitted += 4 * n;
-                if self.unsubmitted >= STREAM_CHUNK {
-                    self.flush()?;
-                }
-            }
         }
         Ok(())
     }

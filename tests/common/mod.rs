@@ -392,18 +392,3 @@ pub(crate) fn amp_case(name: &str) -> serde_json::Value {
         .unwrap_or_else(|| panic!("no golden case {name}"))
         .clone()
 }
-
-/// The units of the last place of a `dtype` value near `x`: the spacing of `dtype` there.
-pub(crate) fn ulp(dtype: wgpu_optim::DType, x: f64) -> f64 {
-    let mantissa = match dtype {
-        wgpu_optim::DType::F32 => 23,
-        wgpu_optim::DType::F16 => 10,
-        _ => 7,
-    };
-    let smallest = match dtype {
-        wgpu_optim::DType::F16 => 2f64.powi(-24),
-        _ => 2f64.powi(-133),
-    };
-    let exponent = x.abs().max(smallest).log2().floor() as i32;
-    2f64.powi(exponent - mantissa).max(smallest)
-}
