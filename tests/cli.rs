@@ -938,6 +938,17 @@ fn validate_fails_against_a_perturbed_reference() {
     let _ = std::fs::remove_dir_all(dir);
 }
 
+/// Runs `replay` with `args`, which must succeed, and reads its output file `out`.
+fn replay_output(args: &[&str], dir: &Path, out: &Path) -> Vec<NamedTensor> {
+    let run = wgpu_optim(args, dir);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    replay::read_safetensors(out).unwrap()
+}
+
 #[test]
 fn replay_keeps_16_bit_types_and_names_bad_ones() {
     let dir = scratch("sixteen_bit");
@@ -953,13 +964,7 @@ fn replay_keeps_16_bit_types_and_names_bad_ones() {
     for (state, state_type) in [("param", DType::BF16), ("f32", DType::F32)] {
         let mut args = replay_args(spec, p, g, out.to_str().unwrap());
         args.extend(["--state-dtype", state]);
-        let run = wgpu_optim(&args, &dir);
-        assert!(
-            run.status.success(),
-            "{}",
-            String::from_utf8_lossy(&run.stderr)
-        );
-        let ours = replay::read_safetensors(&out).unwrap();
+        let ours = replay_output(&args, &dir, &out);
         for (a, b) in ours.iter().zip(&torch) {
             assert_eq!(a.name, b.name);
             let want = if a.name.ends_with(".step") {
@@ -989,13 +994,7 @@ fn replay_keeps_16_bit_types_and_names_bad_ones() {
         "--stochastic-rounding",
         "3",
     ]);
-    let run = wgpu_optim(&args, &dir);
-    assert!(
-        run.status.success(),
-        "{}",
-        String::from_utf8_lossy(&run.stderr)
-    );
-    let ours = replay::read_safetensors(&out).unwrap();
+    let ours = replay_output(&args, &dir, &out);
     let params: Vec<&NamedTensor> = ours.iter().filter(|t| !t.name.contains('.')).collect();
     assert!(!params.is_empty());
     for param in params {

@@ -523,6 +523,16 @@ fn checkpoints_carry_runs_between_pytorch_and_replay() {
     );
 }
 
+/// tests/golden/precision and its cases.json.
+fn precision_cases() -> (&'static Path, serde_json::Value) {
+    let dir = Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/golden/precision"
+    ));
+    let text = std::fs::read_to_string(dir.join("cases.json")).unwrap();
+    (dir, serde_json::from_str(&text).unwrap())
+}
+
 /// tests/golden/precision, written by tools/golden/gen_precision.py: PyTorch's fused Adam,
 /// AdamW, SGD and Adagrad on bf16 and f16 parameters, gradients and state (the math in f32,
 /// every store rounded to nearest even), 10 steps. `replay` keeps the file's types and the
@@ -535,12 +545,7 @@ fn checkpoints_carry_runs_between_pytorch_and_replay() {
 #[test]
 fn sixteen_bit_replay_matches_fused_pytorch() {
     let ctx = common::ctx();
-    let dir = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/precision"
-    ));
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let (dir, cases) = precision_cases();
     let steps = cases["steps"].as_u64().unwrap() as f64;
     let cases = cases["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 12);
@@ -614,12 +619,7 @@ fn sixteen_bit_replay_matches_fused_pytorch() {
 #[test]
 fn master_weights_follow_the_float64_truth() {
     let ctx = common::ctx();
-    let dir = Path::new(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/golden/precision"
-    ));
-    let cases: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("cases.json")).unwrap()).unwrap();
+    let (dir, cases) = precision_cases();
     let precision = Precision::default()
         .with_state(StateDType::F32)
         .with_master_weights(true)
