@@ -123,7 +123,7 @@ fn main() {
 
     let samples: Samples = Rc::default();
     let sizes: Vec<u64> = (16..=max_log2.max(16)).step_by(2).map(|l| 1 << l).collect();
-    let cases = bench::kernel_cases();
+    let cases = bench::kernel_cases_on(&ctx);
     step_group(&mut c, &ctx, &cases, &sizes, &samples);
     let many = many_tensors_group(&mut c, &ctx, divisor, &samples);
     let host = host_overhead_group(&mut c, &ctx);

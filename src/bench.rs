@@ -30,8 +30,8 @@ use crate::amp::{ClipGrad, GradScaler};
 use crate::dtype::{DType, Precision, StateDType};
 use crate::error::{Error, Result};
 use crate::gemm::{Gemm, Matrix};
-use crate::gpu::Context;
 use crate::gpu::scoped;
+use crate::gpu::{Context, F16Path};
 use crate::optim::{Adam, OptimizerConfig};
 use crate::optimizer::{BufferRange, Optimizer, Tensor};
 use std::collections::HashMap;
@@ -49,7 +49,8 @@ pub struct KernelCase {
     /// `"adam+clip"`, `"adam+scaler"` and `"adam+clip+scaler"`, or Adam on 16-bit parameters
     /// and gradients with state of their type or f32: `"adam-bf16"`, `"adam-bf16-f32state"`,
     /// `"adam-f16"` and `"adam-f16-f32state"`, and with f32 state and f32 master weights,
-    /// rounded stochastically for bf16: `"adam-bf16-master-sr"` and `"adam-f16-master"`.
+    /// rounded stochastically for bf16: `"adam-bf16-master-sr"` and `"adam-f16-master"`; or f16
+    /// Adam on a named [`F16Path`]: `"adam-f16-packed"` and `"adam-f16-native"`.
     pub name: &'static str,
     /// The hyperparameters (PyTorch's defaults, with what the name asks for turned on).
     pub config: OptimizerConfig,
@@ -73,6 +74,8 @@ pub struct KernelCase {
     pub dtype: DType,
     /// How the state and the 16-bit parameters are kept.
     pub precision: Precision,
+    /// The [`F16Path`] the case names; `None`, the context's.
+    pub f16_path: Option<F16Path>,
 }
 
 /// The shape of a benchmarked matrix of `elements` elements: `[rows, elements / rows]` with
@@ -216,6 +219,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             matrix,
             dtype: DType::F32,
             precision: Precision::default(),
+            f16_path: None,
         })
         .collect();
     let adam: OptimizerConfig = Adam::default().into();
@@ -229,6 +233,7 @@ pub fn kernel_cases() -> Vec<KernelCase> {
         matrix: false,
         dtype: DType::F32,
         precision: Precision::default(),
+        f16_path: None,
     });
     let clip = Some(ClipGrad::norm(1.0));
     let scaler = Some(GradScaler::default());
@@ -247,21 +252,31 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             matrix: false,
             dtype: DType::F32,
             precision: Precision::default(),
+            f16_path: None,
         });
     }
     let kept = |state| Precision::default().with_state(state);
     let master = kept(StateDType::F32).with_master_weights(true);
-    for (name, dtype, precision) in [
-        ("adam-bf16", DType::BF16, kept(StateDType::Param)),
-        ("adam-bf16-f32state", DType::BF16, kept(StateDType::F32)),
+    let param = kept(StateDType::Param);
+    for (name, dtype, precision, f16_path) in [
+        ("adam-bf16", DType::BF16, param, None),
+        (
+            "adam-bf16-f32state",
+            DType::BF16,
+            kept(StateDType::F32),
+            None,
+        ),
         (
             "adam-bf16-master-sr",
             DType::BF16,
             master.with_stochastic_rounding(Some(0)),
+            None,
         ),
-        ("adam-f16", DType::F16, kept(StateDType::Param)),
-        ("adam-f16-f32state", DType::F16, kept(StateDType::F32)),
-        ("adam-f16-master", DType::F16, master),
+        ("adam-f16", DType::F16, param, None),
+        ("adam-f16-f32state", DType::F16, kept(StateDType::F32), None),
+        ("adam-f16-master", DType::F16, master, None),
+        ("adam-f16-packed", DType::F16, param, Some(F16Path::Packed)),
+        ("adam-f16-native", DType::F16, param, Some(F16Path::Native)),
     ] {
         cases.push(KernelCase {
             name,
@@ -273,9 +288,19 @@ pub fn kernel_cases() -> Vec<KernelCase> {
             matrix: false,
             dtype,
             precision,
+            f16_path,
         });
     }
     cases
+}
+
+/// [`kernel_cases`] that `ctx`'s device runs: all but `adam-f16-native` where the device has
+/// no `SHADER_F16` ([`Context::has_native_f16`]).
+pub fn kernel_cases_on(ctx: &Context) -> Vec<KernelCase> {
+    kernel_cases()
+        .into_iter()
+        .filter(|c| c.f16_path != Some(F16Path::Native) || ctx.has_native_f16())
+        .collect()
 }
 
 /// The kernel case named `name`, if any.
@@ -432,14 +457,18 @@ pub fn median(times: &[Duration]) -> Option<Duration> {
 }
 
 /// Finds an adapter as [`Context::request`] does and creates a device with the adapter's
-/// limits and, when the adapter has it, [`wgpu::Features::TIMESTAMP_QUERY`]. Returns the
+/// limits and, when the adapter has them, [`wgpu::Features::TIMESTAMP_QUERY`] and
+/// `SHADER_F16`. Returns the
 /// context, the adapter's description, and whether timestamps are on.
 pub fn bench_context(
     backends: wgpu::Backends,
     adapter: Option<&str>,
 ) -> Result<(Context, wgpu::AdapterInfo, bool)> {
-    let (ctx, info) =
-        Context::request_with_features(backends, adapter, wgpu::Features::TIMESTAMP_QUERY)?;
+    let (ctx, info) = Context::request_with_features(
+        backends,
+        adapter,
+        wgpu::Features::TIMESTAMP_QUERY | wgpu::Features::SHADER_F16,
+    )?;
     let timestamps = ctx
         .device()
         .features()
@@ -659,8 +688,13 @@ impl Workload {
         })
     }
 
-    /// One optimizer step of `case` over a single tensor of `elements` elements.
+    /// One optimizer step of `case` over a single tensor of `elements` elements. A case on
+    /// the native f16 path is an [`Error::Unsupported`] where the device has no `SHADER_F16`.
     pub fn kernel(ctx: &Context, case: &KernelCase, elements: u64) -> Result<Self> {
+        let ctx = &match case.f16_path {
+            Some(path) => ctx.clone().with_f16_path(path)?,
+            None => ctx.clone(),
+        };
         if case.minimal {
             if elements == 0 {
                 return Err(Error::Input(
@@ -1111,6 +1145,25 @@ pub fn time_over_adam(
         .collect())
 }
 
+/// f16 Adam's step on the native path against the packed one ([`F16Path`]) at `elements`
+/// elements, timed in turn ([`measure_interleaved`]): the native path's time over the packed
+/// path's, or `None` where the device has no `SHADER_F16`.
+pub fn native_f16_over_packed(
+    ctx: &Context,
+    elements: u64,
+    iterations: usize,
+) -> Result<Option<f64>> {
+    if !ctx.has_native_f16() {
+        return Ok(None);
+    }
+    let cases: Vec<KernelCase> = ["adam-f16-packed", "adam-f16-native"]
+        .iter()
+        .filter_map(|n| kernel_case(n))
+        .collect();
+    let m = measure_interleaved(ctx, &cases, elements, iterations)?;
+    Ok(Some(m[1].seconds / m[0].seconds))
+}
+
 /// One line per row, starting with the kernel's name:
 /// `adam  4194304  12.3 GB/s  91.2% of copy`.
 pub fn table(rows: &[Row]) -> String {
@@ -1200,6 +1253,8 @@ mod tests {
             ("adam-f16", 14),
             ("adam-f16-f32state", 22),
             ("adam-f16-master", 28),
+            ("adam-f16-packed", 14),
+            ("adam-f16-native", 14),
         ];
         let cases = kernel_cases();
         assert_eq!(cases.len(), want.len());
@@ -1275,7 +1330,9 @@ mod tests {
         let copy = measure_copy(&ctx, copy_size_for(m.bytes), 3).unwrap();
         assert_eq!((copy.bytes, copy.iterations), (28_000, 3));
 
-        let cases = kernel_cases();
+        let cases = kernel_cases_on(&ctx);
+        let native = ctx.has_native_f16();
+        assert_eq!(cases.len(), kernel_cases().len() - usize::from(!native));
         let rows = measure_rows(&ctx, &cases, &[777], 2).unwrap();
         assert_eq!(rows.len(), cases.len());
         let text = table(&rows);
@@ -1303,6 +1360,16 @@ mod tests {
             ]
         );
         assert!(ratios.iter().all(|r| r.1 > 0.0 && r.1.is_finite()));
+        let f16 = native_f16_over_packed(&ctx, 300, 2).unwrap();
+        assert_eq!(f16.is_some(), native);
+        assert!(f16.is_none_or(|r| r > 0.0 && r.is_finite()));
+        let on_native = kernel_case("adam-f16-native").unwrap();
+        if !native {
+            assert!(matches!(
+                measure_kernel(&ctx, &on_native, 100, 1),
+                Err(Error::Unsupported(_))
+            ));
+        }
 
         let (many, flat) = measure_many_tensors(&ctx, 1 << 30, 2).unwrap();
         assert_eq!((many.bytes, flat.bytes), (28 * 148, 28 * 148));

@@ -4,8 +4,9 @@
 //! is rounded to the nearest 16-bit value, ties to even, when stored, as PyTorch's fused
 //! kernels (`torch.optim.Adam(fused=True)`) and its `Tensor.to(dtype)` do. On the GPU both
 //! 16-bit types are packed two to a 32-bit word and converted by bit operations
-//! (shaders/dtype.wgsl), so every adapter has them and each rounds alike. [`DType::round`] is
-//! the same rounding on the CPU, for the [reference](crate::reference).
+//! (shaders/dtype.wgsl), so every adapter has them and each rounds alike; f16 may instead use
+//! the adapter's `shader-f16` arrays ([`F16Path`](crate::F16Path)), with the same rounding.
+//! [`DType::round`] is the same rounding on the CPU, for the [reference](crate::reference).
 
 use crate::error::{Error, Result};
 

@@ -19,7 +19,7 @@ pub mod validate;
 pub use amp::{ClipGrad, GradScaler, GradScalerState, NormType, StepReport};
 pub use dtype::{DType, Precision, StateDType, rounding_bits};
 pub use error::{Error, Result};
-pub use gpu::{Access, Context};
+pub use gpu::{Access, Context, F16Path};
 pub use optim::{
     ADOPT, ASGD, AdEMAMix, Adadelta, Adafactor, Adagrad, Adam, AdamW, AdamWScheduleFree, Adamax,
     AdjustLr, Lamb, Lion, Muon, NAdam, OptimizerConfig, RAdam, RMSprop, Rprop, SGD,

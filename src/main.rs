@@ -403,7 +403,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 Some(a) => ctx.with_access(a),
                 None => ctx,
             };
-            let cases = bench::kernel_cases();
+            let cases = bench::kernel_cases_on(&ctx);
             let rows = bench::measure_rows(&ctx, &cases, &[size], iterations as usize)?;
             let timer = rows
                 .first()
@@ -423,6 +423,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             }
             for (name, ratio) in bench::time_over_adam(&ctx, size, iterations as usize)? {
                 println!("{name}: {ratio:.2}x the time of adam (timed in turn with it)");
+            }
+            match bench::native_f16_over_packed(&ctx, size, iterations as usize)? {
+                Some(ratio) => println!(
+                    "adam-f16-native: {ratio:.2}x the time of adam-f16-packed (timed in turn with it)"
+                ),
+                None => println!("adam-f16-native: not run, the adapter has no shader-f16"),
             }
             let n = bench::GEMM_SIZE;
             let (m, gflops) = bench::measure_gemm(&ctx, n, iterations as usize)?;

@@ -560,9 +560,15 @@ impl AdapterDetails {
                     "not supported"
                 }
             ),
-            // Every adapter takes the packed path for now, SHADER_F16 or not.
-            "  f16 and bf16 storage: packed two to a 32-bit word, converted by bit operations"
-                .into(),
+            format!(
+                "  f16 storage: {}",
+                if self.shader_f16 {
+                    "packed two to a 32-bit word by default; native f16 arrays with F16Path::Native"
+                } else {
+                    "packed two to a 32-bit word (no native path without SHADER_F16)"
+                }
+            ),
+            "  bf16 storage: packed two to a 32-bit word, converted by bit operations".into(),
         ];
         if l.max_storage_buffers_per_shader_stage < 4 {
             lines.push(

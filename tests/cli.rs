@@ -603,7 +603,8 @@ fn info_lists_adapters_limits_and_f16() {
         "max_compute_workgroups_per_dimension: ",
         "max_storage_buffers_per_shader_stage: ",
         "f16 (SHADER_F16): ",
-        "f16 and bf16 storage: packed two to a 32-bit word",
+        "f16 storage: packed two to a 32-bit word",
+        "bf16 storage: packed two to a 32-bit word",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing: {stdout}");
     }

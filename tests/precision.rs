@@ -13,12 +13,35 @@ use common::{Rng, ctx};
 use wgpu::util::DeviceExt;
 use wgpu_optim::reference::Stored;
 use wgpu_optim::{
-    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, Lamb, Optimizer,
-    OptimizerConfig, ParamGroup, Precision, SGD, StateDType, Tensor, TensorState, reference,
+    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, Error, F16Path, Lamb,
+    Optimizer, OptimizerConfig, ParamGroup, Precision, SGD, StateDType, Tensor, TensorState,
+    reference,
 };
 
 /// Bits of an element no tensor owns: must survive every step bit for bit.
 const POISON: u16 = 0x5a5a;
+
+/// `ctx` on each f16 path its device has: the packed one, and the native one where the device
+/// has `SHADER_F16` (elsewhere asking for it must be an error, and the context unchanged).
+fn f16_paths(ctx: &Context) -> Vec<Context> {
+    let packed = ctx.clone().with_f16_path(F16Path::Packed).unwrap();
+    match ctx.clone().with_f16_path(F16Path::Native) {
+        Ok(native) => vec![packed, native],
+        Err(e) => {
+            assert!(!ctx.has_native_f16());
+            assert!(matches!(e, Error::Unsupported(_)), "{e}");
+            assert_eq!(ctx.f16_path(), F16Path::Packed);
+            vec![packed]
+        }
+    }
+}
+
+/// Whether a case of these types runs on `ctx`: every case on the packed f16 path, and on
+/// the native one those with f16 in them (the others take the same kernels on both).
+fn runs_on(ctx: &Context, (param, grad, precision): (DType, DType, Precision)) -> bool {
+    let types = [param, grad, precision.state.for_param(param)];
+    ctx.f16_path() == F16Path::Packed || types.contains(&DType::F16)
+}
 
 /// A buffer of 16-bit or f32 elements, as bits.
 fn buffer(ctx: &Context, label: &str, dtype: DType, bits: &[u32]) -> wgpu::Buffer {
@@ -340,20 +363,24 @@ fn adam_on_16_bit_parameters_matches_the_rounding_reference() {
     }
     .into();
     for access in [Access::Vec4, Access::Scalar] {
-        let ctx = ctx().clone().with_access(access);
-        for (param, grad) in [
-            (DType::BF16, DType::BF16),
-            (DType::F16, DType::F16),
-            (DType::BF16, DType::F32),
-            (DType::F32, DType::BF16),
-            (DType::F16, DType::F32),
-        ] {
-            for state in [StateDType::Param, StateDType::F32, StateDType::BF16] {
-                let types = (param, grad, Precision::default().with_state(state));
-                let (got, _) = check(&ctx, config, None, types, &places(), 4, &mut rng);
-                if access == Access::Vec4 {
-                    assert_eq!(got[3], Access::Scalar, "{types:?}");
-                    assert_eq!(got[4], Access::Vec4, "{types:?}");
+        for ctx in f16_paths(&ctx().clone().with_access(access)) {
+            for (param, grad) in [
+                (DType::BF16, DType::BF16),
+                (DType::F16, DType::F16),
+                (DType::BF16, DType::F32),
+                (DType::F32, DType::BF16),
+                (DType::F16, DType::F32),
+            ] {
+                for state in [StateDType::Param, StateDType::F32, StateDType::BF16] {
+                    let types = (param, grad, Precision::default().with_state(state));
+                    if !runs_on(&ctx, types) {
+                        continue;
+                    }
+                    let (got, _) = check(&ctx, config, None, types, &places(), 4, &mut rng);
+                    if access == Access::Vec4 {
+                        assert_eq!(got[3], Access::Scalar, "{types:?}");
+                        assert_eq!(got[4], Access::Vec4, "{types:?}");
+                    }
                 }
             }
         }
@@ -440,12 +467,17 @@ fn stochastic_rounding_matches_the_reference_bit_for_bit() {
     .into();
     let seeded = Precision::default().with_stochastic_rounding(Some(99));
     for access in [Access::Vec4, Access::Scalar] {
-        let ctx = ctx().clone().with_access(access);
-        for (param, grad) in [(DType::BF16, DType::F32), (DType::F16, DType::F32)] {
-            for precision in [seeded, seeded.with_master_weights(true)] {
-                let types = (param, grad, precision);
-                let (_, differ) = check(&ctx, config, None, types, &places(), 3, &mut rng);
-                assert_eq!(differ, 0, "{access}, {types:?}");
+        for ctx in f16_paths(&ctx().clone().with_access(access)) {
+            for (param, grad) in [(DType::BF16, DType::F32), (DType::F16, DType::F32)] {
+                for precision in [seeded, seeded.with_master_weights(true)] {
+                    let types = (param, grad, precision);
+                    if !runs_on(&ctx, types) {
+                        continue;
+                    }
+                    let (_, differ) = check(&ctx, config, None, types, &places(), 3, &mut rng);
+                    let path = ctx.f16_path();
+                    assert_eq!(differ, 0, "{access}, {path}, {types:?}");
+                }
             }
         }
     }
@@ -468,12 +500,15 @@ fn master_weights_and_stochastic_rounding_match_the_reference() {
     let seeded = Precision::default().with_stochastic_rounding(Some(0x5eed));
     let both = master.with_stochastic_rounding(Some(1));
     for access in [Access::Vec4, Access::Scalar] {
-        let ctx = ctx().clone().with_access(access);
-        for (param, grad) in [(DType::BF16, DType::BF16), (DType::F16, DType::F32)] {
-            for precision in [master, seeded, both] {
-                for state in [StateDType::Param, StateDType::F32] {
-                    let types = (param, grad, precision.with_state(state));
-                    check(&ctx, config, None, types, &places(), 4, &mut rng);
+        for ctx in f16_paths(&ctx().clone().with_access(access)) {
+            for (param, grad) in [(DType::BF16, DType::BF16), (DType::F16, DType::F32)] {
+                for precision in [master, seeded, both] {
+                    for state in [StateDType::Param, StateDType::F32] {
+                        let types = (param, grad, precision.with_state(state));
+                        if runs_on(&ctx, types) {
+                            check(&ctx, config, None, types, &places(), 4, &mut rng);
+                        }
+                    }
                 }
             }
         }
@@ -809,9 +844,9 @@ fn sixteen_bit_tensors_split_across_small_windows() {
 
 #[test]
 fn sixteen_bit_parameters_and_gradients_may_share_a_buffer_and_a_word() {
-    // Parameters at elements [0, 1001) and gradients at [1001, 2002) of one bf16 buffer: the
+    // Parameters at elements [0, 1001) and gradients at [1001, 2002) of one 16-bit buffer: the
     // last parameter and the first gradient share a word, which the kernel updates by halves
-    // while it reads the gradient's half.
+    // (or, on the native f16 path, a single f16 element) while it reads the gradient's half.
     let mut rng = Rng::fresh("sixteen_bit_shared_buffer");
     let n = 1_001;
     let config: OptimizerConfig = Adam {
@@ -820,50 +855,54 @@ fn sixteen_bit_parameters_and_gradients_may_share_a_buffer_and_a_word() {
     }
     .into();
     for access in [Access::Vec4, Access::Scalar] {
-        let ctx = ctx().clone().with_access(access);
-        let mut bits: Vec<u32> = (0..2 * n).map(|_| DType::BF16.bits(rng.normal())).collect();
-        let buffer = buffer(&ctx, "shared", DType::BF16, &bits);
-        let bf16 = |at: u64| BufferRange::new(&buffer, 2 * at, n as u64).with_dtype(DType::BF16);
-        let mut opt =
-            Optimizer::new(&ctx, config, &[Tensor::new(bf16(0), bf16(n as u64))]).unwrap();
-        let value = |b: &u32| DType::BF16.value(*b);
-        let mut p32: Vec<f32> = bits[..n].iter().map(value).collect();
-        let mut s32 = TensorState::<f32>::default();
-        let stored = Stored::new(DType::BF16, Precision::default());
-        for _ in 0..3 {
-            // New gradients for every element but the first, whose word the last parameter
-            // shares (a host write moves whole words): it keeps its first value.
-            for b in &mut bits[n + 1..] {
-                *b = DType::BF16.bits(rng.normal());
+        let base = ctx().clone().with_access(access);
+        let f16 = f16_paths(&base).into_iter().map(|c| (DType::F16, c));
+        for (dtype, ctx) in std::iter::once((DType::BF16, base.clone())).chain(f16) {
+            let what = format!("{access}, {dtype}, {} path", ctx.f16_path());
+            let mut bits: Vec<u32> = (0..2 * n).map(|_| dtype.bits(rng.normal())).collect();
+            let buffer = buffer(&ctx, "shared", dtype, &bits);
+            let range = |at: u64| BufferRange::new(&buffer, 2 * at, n as u64).with_dtype(dtype);
+            let mut opt =
+                Optimizer::new(&ctx, config, &[Tensor::new(range(0), range(n as u64))]).unwrap();
+            let value = |b: &u32| dtype.value(*b);
+            let mut p32: Vec<f32> = bits[..n].iter().map(value).collect();
+            let mut s32 = TensorState::<f32>::default();
+            let stored = Stored::new(dtype, Precision::default());
+            for _ in 0..3 {
+                // New gradients for every element but the first, whose word the last parameter
+                // shares (a host write moves whole words): it keeps its first value.
+                for b in &mut bits[n + 1..] {
+                    *b = dtype.bits(rng.normal());
+                }
+                let bytes: Vec<u8> = bits[n + 1..]
+                    .iter()
+                    .flat_map(|&b| (b as u16).to_le_bytes())
+                    .collect();
+                ctx.queue()
+                    .write_buffer(&buffer, 2 * (n as u64 + 1), &bytes);
+                opt.step_submit().unwrap();
+                let g: Vec<f32> = bits[n..].iter().map(value).collect();
+                reference::step_stored(&config, &[n], &mut s32, &mut p32, None, &g, stored);
             }
-            let bytes: Vec<u8> = bits[n + 1..]
+            let got = read_bits(&ctx, &buffer, dtype, 2 * n);
+            assert_eq!(got[n..], bits[n..], "{what}: the gradients changed");
+            let differ = got[..n]
                 .iter()
-                .flat_map(|&b| (b as u16).to_le_bytes())
-                .collect();
-            ctx.queue()
-                .write_buffer(&buffer, 2 * (n as u64 + 1), &bytes);
-            opt.step_submit().unwrap();
-            let g: Vec<f32> = bits[n..].iter().map(value).collect();
-            reference::step_stored(&config, &[n], &mut s32, &mut p32, None, &g, stored);
-        }
-        let got = read_bits(&ctx, &buffer, DType::BF16, 2 * n);
-        assert_eq!(got[n..], bits[n..], "{access}: the gradients changed");
-        let differ = got[..n]
-            .iter()
-            .zip(&p32)
-            .filter(|(g, w)| value(g) != **w)
-            .count();
-        // The f32 evaluation is the kernel's arithmetic: a few elements may round apart.
-        assert!(
-            differ * 20 <= n,
-            "{access}: {differ} of {n} parameters differ"
-        );
-        for (i, (g, w)) in got[..n].iter().zip(&p32).enumerate() {
-            let (g, w) = (f64::from(value(g)), f64::from(*w));
+                .zip(&p32)
+                .filter(|(g, w)| value(g) != **w)
+                .count();
+            // The f32 evaluation is the kernel's arithmetic: a few elements may round apart.
             assert!(
-                (g - w).abs() <= 3.0 * DType::BF16.spacing(g.abs().max(w.abs())),
-                "{access}: parameter {i} is {g}, the f32 reference {w}"
+                differ * 20 <= n,
+                "{what}: {differ} of {n} parameters differ"
             );
+            for (i, (g, w)) in got[..n].iter().zip(&p32).enumerate() {
+                let (g, w) = (f64::from(value(g)), f64::from(*w));
+                assert!(
+                    (g - w).abs() <= 3.0 * dtype.spacing(g.abs().max(w.abs())),
+                    "{what}: parameter {i} is {g}, the f32 reference {w}"
+                );
+            }
         }
     }
 }

@@ -22,6 +22,8 @@ const UNITS: &str = include_str!("../../shaders/units.wgsl");
 const LANES: &str = include_str!("../../shaders/lanes.wgsl");
 const PACKED: &str = include_str!("../../shaders/packed.wgsl");
 const PACKED_LANES: &str = include_str!("../../shaders/packed_lanes.wgsl");
+const NATIVE: &str = include_str!("../../shaders/native.wgsl");
+const NATIVE_LANES: &str = include_str!("../../shaders/native_lanes.wgsl");
 const LANE_UNITS: &str = include_str!("../../shaders/lane_units.wgsl");
 const DTYPE: &str = include_str!("../../shaders/dtype.wgsl");
 const PARAM: &str = include_str!("../../shaders/param.wgsl");
@@ -57,6 +59,9 @@ pub(crate) struct Binds {
     pub(crate) master: bool,
     /// Whether parameters are rounded stochastically when stored (shaders/stochastic.wgsl).
     pub(crate) stochastic: bool,
+    /// Whether f16 bindings are `f16` arrays (`F16Path::Native`, shaders/native.wgsl) rather
+    /// than packed words. Set only where one of the types is f16.
+    pub(crate) native_f16: bool,
 }
 
 impl Binds {
@@ -70,6 +75,7 @@ impl Binds {
             state_type: DType::F32,
             master: false,
             stochastic: false,
+            native_f16: false,
         }
     }
 
@@ -200,10 +206,11 @@ impl Module {
                         out.push(Module::Optimizer(shader, Binds::f32(access, grad), flags));
                     }
                 }
-                for (param_type, grad_type, state_type, master, stochastic) in [
-                    (DType::BF16, DType::BF16, DType::BF16, false, false),
-                    (DType::F16, DType::F32, DType::F32, false, true),
-                    (DType::BF16, DType::BF16, DType::F32, true, true),
+                for (param_type, grad_type, state_type, master, stochastic, native_f16) in [
+                    (DType::BF16, DType::BF16, DType::BF16, false, false, false),
+                    (DType::F16, DType::F32, DType::F32, false, true, false),
+                    (DType::BF16, DType::BF16, DType::F32, true, true, false),
+                    (DType::F16, DType::F16, DType::F16, true, true, true),
                 ] {
                     for flags in [0, EDGES, STEP_FLAGS, STEP_FLAGS | EDGES] {
                         let binds = Binds {
@@ -212,6 +219,7 @@ impl Module {
                             state_type,
                             master,
                             stochastic,
+                            native_f16,
                             ..Binds::f32(access, GradAccess::ReadOnly)
                         };
                         out.push(Module::Optimizer(shader, binds, flags));
@@ -248,6 +256,7 @@ impl Module {
                     access: binds.access,
                     lanes: edges,
                     writes,
+                    native: binds.native_f16 && dtype == DType::F16,
                 };
                 let mut storage = [
                     at("param", 1, "read_write", binds.param_type, true),
@@ -273,8 +282,14 @@ impl Module {
                 } else {
                     ""
                 };
+                // A directive comes before every declaration.
+                let enable = if binds.native_f16 {
+                    "enable f16;\n\n"
+                } else {
+                    ""
+                };
                 format!(
-                    "{}\n\
+                    "{enable}{}\n\
                      // What the step does to the gradients (bits of StepConfig.flags).\n\
                      const FLAGS: u32 = {}u;\n\
                      // Whether this is the kernel of the edge dispatch (see `step`).\n\
@@ -298,6 +313,7 @@ impl Module {
                     access,
                     lanes: false,
                     writes: false,
+                    native: false,
                 };
                 format!(
                     "{}\n{LAYOUT}\n{}{}\n{REDUCE}",
@@ -379,6 +395,9 @@ impl Module {
                 if binds.stochastic {
                     types += ", stochastic rounding";
                 }
+                if binds.native_f16 {
+                    types += ", native f16";
+                }
                 let edges = if flags & EDGES != 0 { ", edges" } else { "" };
                 let single = if flags & SINGLE != 0 {
                     ", one segment"
@@ -412,6 +431,8 @@ struct Storage {
     lanes: bool,
     /// Whether the kernel stores to it.
     writes: bool,
+    /// An f16 binding on the native path: `f16` elements rather than packed words.
+    native: bool,
 }
 
 impl Storage {
@@ -423,6 +444,8 @@ impl Storage {
         let (element, template, element_wise) = match self.dtype {
             DType::F32 if self.lanes => ("f32", LANES, true),
             DType::F32 => ("E", UNITS, false),
+            _ if self.native && packed_units => ("vec4<f16>", NATIVE, false),
+            _ if self.native => ("f16", NATIVE_LANES, true),
             _ if packed_units => ("vec2<u32>", PACKED, false),
             _ if self.writes => ("atomic<u32>", PACKED_LANES, true),
             _ => ("u32", PACKED_LANES, true),
@@ -431,7 +454,7 @@ impl Storage {
             "@group(0) @binding({}) var<storage, {}> {name}: array<{element}>;\n",
             self.binding, self.mode
         );
-        if self.dtype != DType::F32 && !packed_units {
+        if self.dtype != DType::F32 && !packed_units && !self.native {
             let load = if self.writes {
                 format!("atomicLoad(&{name}[w])")
             } else {

@@ -64,6 +64,52 @@ impl std::str::FromStr for Access {
     }
 }
 
+/// How kernels load and store f16 parameters, gradients and state.
+///
+/// Both paths hold the same bytes and compute the same values: loads widen exactly, and stores
+/// round to nearest even by the same integer operations (shaders/dtype.wgsl), because WGSL
+/// leaves the rounding of its own `f32` to `f16` conversion to the implementation. They differ
+/// in how the elements are addressed, and so in speed.
+///
+/// [`Packed`](Self::Packed) is the default on every device: it was the faster of the two
+/// where both ran (lavapipe: f16 Adam took 1.15 times as long on the native path, timed in
+/// turn by `wgpu-optim bench`). `wgpu-optim bench` times both on any adapter with
+/// `shader-f16`; choose with [`Context::with_f16_path`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum F16Path {
+    /// f16 pairs packed in `u32` words: every adapter has it. A store of one element beside
+    /// another's changes its own half of the word with two atomic operations.
+    #[default]
+    Packed,
+    /// `f16` storage arrays, with loads widened by the hardware and single elements stored
+    /// directly. Needs the device's [`SHADER_F16`](wgpu::Features::SHADER_F16) feature.
+    Native,
+}
+
+impl std::fmt::Display for F16Path {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Packed => "packed",
+            Self::Native => "native",
+        })
+    }
+}
+
+impl std::str::FromStr for F16Path {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "packed" => Ok(Self::Packed),
+            "native" => Ok(Self::Native),
+            _ => Err(Error::Input(format!(
+                "unknown f16 path {s:?} (expected packed or native)"
+            ))),
+        }
+    }
+}
+
 /// The device and queue this crate records on, with its cache of shader modules, bind group
 /// layouts and pipelines.
 ///
@@ -78,6 +124,7 @@ impl std::str::FromStr for Access {
 pub struct Context {
     inner: Arc<Inner>,
     access: Access,
+    f16_path: F16Path,
 }
 
 #[derive(Debug)]
@@ -96,6 +143,7 @@ impl Context {
     pub fn new(device: &wgpu::Device, queue: &wgpu::Queue) -> Self {
         Self {
             access: Access::default(),
+            f16_path: F16Path::default(),
             inner: Arc::new(Inner {
                 device: device.clone(),
                 queue: queue.clone(),
@@ -113,12 +161,13 @@ impl Context {
     /// `backends` limits the search (for example `wgpu::Backends::VULKAN`); `adapter` keeps only
     /// adapters whose name contains that substring (case-insensitive). Of the rest, a discrete
     /// GPU is preferred, then integrated, virtual, and CPU devices; Vulkan, Metal and DX12
-    /// adapters come before GL ones.
+    /// adapters come before GL ones. The device has `SHADER_F16` where the adapter does, for
+    /// [`F16Path::Native`].
     pub fn request(
         backends: wgpu::Backends,
         adapter: Option<&str>,
     ) -> Result<(Self, wgpu::AdapterInfo)> {
-        Self::request_with_features(backends, adapter, wgpu::Features::empty())
+        Self::request_with_features(backends, adapter, wgpu::Features::SHADER_F16)
     }
 
     /// As [`request`](Self::request), also enabling those of the `optional` features that the
@@ -195,6 +244,32 @@ impl Context {
     /// The access mode optimizers made with this context use where they can.
     pub fn access(&self) -> Access {
         self.access
+    }
+
+    /// This context with another [`F16Path`] for the optimizers made with it afterwards. The
+    /// two share their caches of compiled kernels. [`F16Path::Native`] is an
+    /// [`Error::Unsupported`] where the device was created without
+    /// [`SHADER_F16`](wgpu::Features::SHADER_F16); the context is then unchanged.
+    pub fn with_f16_path(mut self, path: F16Path) -> Result<Self> {
+        if path == F16Path::Native && !self.has_native_f16() {
+            return Err(Error::Unsupported(
+                "the native f16 path needs the device's SHADER_F16 feature".into(),
+            ));
+        }
+        self.f16_path = path;
+        Ok(self)
+    }
+
+    /// The path optimizers made with this context use for f16 storage.
+    pub fn f16_path(&self) -> F16Path {
+        self.f16_path
+    }
+
+    /// Whether the device has the feature the native f16 path needs.
+    pub fn has_native_f16(&self) -> bool {
+        self.device()
+            .features()
+            .contains(wgpu::Features::SHADER_F16)
     }
 
     /// The device's limits, read once when the context was made.

@@ -16,6 +16,7 @@ use super::{
     BufferRange, Buffers, Optimizer, Ring, StepKernels, Tensor, TensorMeta, check_overlaps,
     check_range, dispatch_size, entries, round_up, step_kernels, vec4_fits, window,
 };
+use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::gpu::plan::{self, PlanLimits, Span};
 use crate::gpu::template::{
@@ -23,7 +24,8 @@ use crate::gpu::template::{
     step_workgroups,
 };
 use crate::gpu::{
-    Access, Binds, CompiledKernel, Context, FactorPass, GradAccess, Layout, Pipeline, scoped,
+    Access, Binds, CompiledKernel, Context, F16Path, FactorPass, GradAccess, Layout, Pipeline,
+    scoped,
 };
 use crate::optim::Kernel;
 use std::sync::Arc;
@@ -236,6 +238,8 @@ pub(super) fn layout(
             state_type: meta.state_type,
             master: meta.master,
             stochastic: meta.stochastic,
+            native_f16: ctx.f16_path() == F16Path::Native
+                && [meta.types.0, meta.types.1, meta.state_type].contains(&DType::F16),
         };
         let k = (meta.kernel, binds, &r.0, &r.2);
         let key = keys.iter().position(|x| *x == k).unwrap_or_else(|| {
