@@ -32,7 +32,7 @@
 use crate::amp::{ClipGrad, GradScaler, GradScalerState, NormType};
 use crate::dtype::{DType, Precision, StateDType};
 use crate::error::{Error, Result};
-use crate::gpu::{Access, Context};
+use crate::gpu::{Access, Context, F16Path};
 use crate::optim::{Adam, AdamW, OptimizerConfig, RMSprop, SGD};
 use crate::optimizer::{BufferRange, Optimizer, ParamGroup, Tensor};
 use crate::reference::Stored;
@@ -62,6 +62,9 @@ pub struct Storage {
     pub grad: DType,
     /// The state's type, master weights and stochastic rounding.
     pub precision: Precision,
+    /// How f16 is stored ([`F16Path`]); the native path runs only where the device has
+    /// `SHADER_F16`.
+    pub f16_path: F16Path,
 }
 
 impl Storage {
@@ -82,14 +85,22 @@ impl Storage {
         !(sixteen_bit_state && (kernel.factored() || kernel.phased()))
             && !(master && kernel.factored())
     }
+
+    /// Whether `ctx`'s device runs this layout: all but the native f16 path's, which needs
+    /// `SHADER_F16` ([`Context::has_native_f16`]).
+    pub fn runs_on(&self, ctx: &Context) -> bool {
+        self.f16_path == F16Path::Packed || ctx.has_native_f16()
+    }
 }
 
 /// Every storage layout [`run`] checks, each named for the report: `f32`; PyTorch's fused
 /// 16-bit layouts, `bf16` and `f16` (parameters, gradients and state of one type);
 /// `bf16+f32state`, bf16 parameters and gradients with f32 state; `bf16+master+sr`, the same
 /// with an f32 master copy of the parameters and stochastic rounding (llm.c's); `f16+master`,
-/// f16 parameters with f32 gradients, state and master copy (Apex's O2); and `f32+bf16state`,
-/// f32 parameters and gradients with bf16 state (torchtitan's).
+/// f16 parameters with f32 gradients, state and master copy (Apex's O2); `f32+bf16state`,
+/// f32 parameters and gradients with bf16 state (torchtitan's); and `f16-native`, the `f16`
+/// layout on the native f16 path, which [`all_rows`] holds only where the device has
+/// `SHADER_F16` ([`Storage::runs_on`]).
 pub fn storage_layouts() -> Vec<Storage> {
     let kept = |state| Precision::default().with_state(state);
     let master = kept(StateDType::F32).with_master_weights(true);
@@ -98,6 +109,7 @@ pub fn storage_layouts() -> Vec<Storage> {
         param,
         grad,
         precision,
+        f16_path: F16Path::Packed,
     };
     vec![
         layout("f32", DType::F32, DType::F32, Precision::default()),
@@ -122,14 +134,22 @@ pub fn storage_layouts() -> Vec<Storage> {
             DType::F32,
             kept(StateDType::BF16),
         ),
+        Storage {
+            f16_path: F16Path::Native,
+            ..layout("f16-native", DType::F16, DType::F16, Precision::default())
+        },
     ]
 }
 
-/// The rows [`run`] checks: every configuration of [`all_configs`] and every recipe of
-/// [`all_recipes`] in f32, and in every other storage layout of [`storage_layouts`] the first
-/// configuration of each class (by [`OptimizerConfig::CLASSES`]) that the layout applies to.
-pub fn all_rows() -> Vec<(OptimizerConfig, Recipe, Storage)> {
-    let layouts = storage_layouts();
+/// The rows [`run`] checks on `ctx`'s device: every configuration of [`all_configs`] and every
+/// recipe of [`all_recipes`] in f32, and in every other storage layout of [`storage_layouts`]
+/// that the device runs, the first configuration of each class (by
+/// [`OptimizerConfig::CLASSES`]) that the layout applies to.
+pub fn all_rows(ctx: &Context) -> Vec<(OptimizerConfig, Recipe, Storage)> {
+    let layouts: Vec<Storage> = storage_layouts()
+        .into_iter()
+        .filter(|s| s.runs_on(ctx))
+        .collect();
     let configs = all_configs();
     let mut order: Vec<usize> = (0..configs.len()).collect();
     order.sort_by_cached_key(|&i| display_key(&configs[i]));
@@ -935,7 +955,7 @@ pub fn run_with_progress(
             limit_name: "max_buffer_size",
         });
     }
-    let rows_to_run = all_rows();
+    let rows_to_run = all_rows(ctx);
     let total_rows = rows_to_run.len();
     let mut rows = Vec::with_capacity(total_rows);
     // The buffers of the storage layout being checked: rows come grouped by layout.
@@ -966,7 +986,11 @@ pub fn run_with_progress(
     let copy = time_copy(ctx, size, steps).ok();
     Ok(Report {
         adapter: AdapterSummary::from(&ctx.device().adapter_info()),
-        storage: storage_layouts().iter().map(|s| s.name).collect(),
+        storage: storage_layouts()
+            .iter()
+            .filter(|s| s.runs_on(ctx))
+            .map(|s| s.name)
+            .collect(),
         size,
         tensor_sizes: layout.sizes.clone(),
         steps,
@@ -1360,7 +1384,8 @@ fn check_row(
         })
         .collect();
     let groups = [ParamGroup::new(*config, tensors)];
-    let mut opt = Optimizer::with_precision(ctx, &groups, storage.precision)?;
+    let on_path = ctx.clone().with_f16_path(storage.f16_path)?;
+    let mut opt = Optimizer::with_precision(&on_path, &groups, storage.precision)?;
     let tensors = &groups[0].tensors;
     opt.set_clip_grad(recipe.clip)?;
     opt.set_grad_scaler(recipe.grad_scaler)?;

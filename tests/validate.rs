@@ -3,6 +3,7 @@
 
 mod common;
 
+use wgpu_optim::F16Path;
 use wgpu_optim::validate::{self, Options, Status};
 
 /// Fresh data each run; the seed is printed so a failure can be repeated with `--seed`.
@@ -23,10 +24,16 @@ fn every_kernel_passes_and_reports() {
 
     let configs = validate::all_configs();
     let recipes = validate::all_recipes();
-    let all = validate::all_rows();
+    let all = validate::all_rows(ctx);
     assert_eq!(report.rows.len(), all.len());
-    // Every configuration and recipe in f32, and every class in each 16-bit layout it takes.
-    let layouts = validate::storage_layouts();
+    // Every configuration and recipe in f32, and every class in each 16-bit layout it takes;
+    // the native f16 path's only where the device has SHADER_F16.
+    let (layouts, not_run): (Vec<_>, Vec<_>) = validate::storage_layouts()
+        .into_iter()
+        .partition(|l| l.runs_on(ctx));
+    let native = layouts.iter().any(|l| l.f16_path == F16Path::Native);
+    assert_eq!(native, ctx.has_native_f16());
+    assert_eq!(not_run.is_empty(), ctx.has_native_f16());
     assert_eq!(
         report.storage,
         layouts.iter().map(|l| l.name).collect::<Vec<_>>()
