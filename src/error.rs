@@ -74,7 +74,7 @@ pub enum Error {
     },
 
     /// The device's limits are too low for a kernel (for example too few storage buffers per
-    /// shader stage).
+    /// shader stage), or it lacks a feature asked for (`SHADER_F16` for the native f16 path).
     #[error("the device does not support {0}")]
     Unsupported(String),
 

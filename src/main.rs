@@ -4,8 +4,8 @@ use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use wgpu_optim::{
-    Access, ClipGrad, Context, DType, Error, GradScaler, NormType, OptimizerConfig, Precision,
-    StateDType, bench, replay, schedule, validate,
+    Access, ClipGrad, Context, DType, Error, F16Path, GradScaler, NormType, OptimizerConfig,
+    Precision, StateDType, bench, replay, schedule, validate,
 };
 
 #[derive(Parser)]
@@ -32,7 +32,7 @@ enum Command {
         #[arg(long)]
         grads: PathBuf,
         /// The state's type: `param` (each parameter's, as PyTorch keeps it), `f32` or `bf16`.
-        #[arg(long, value_parser = parse_state_dtype, default_value = "param")]
+        #[arg(long, value_parser = parse_named::<StateDType>, default_value = "param")]
         state_dtype: StateDType,
         /// Keep an f32 master copy of each 16-bit parameter (as Apex and llm.c do): the update
         /// runs on it, and the output holds it as `<name>.master`.
@@ -42,6 +42,10 @@ enum Command {
         /// seed (a 32-bit integer), rather than to nearest.
         #[arg(long, value_name = "SEED")]
         stochastic_rounding: Option<u32>,
+        /// How f16 is stored on the GPU: `packed` (every adapter) or `native` (the adapter's
+        /// `shader-f16`, where it has it).
+        #[arg(long, value_parser = parse_named::<F16Path>, default_value = "packed")]
+        f16_path: F16Path,
         /// Output: final parameters by name and each state tensor as `<name>.<state>`, each in
         /// its type.
         #[arg(long)]
@@ -55,7 +59,7 @@ enum Command {
         #[arg(long, allow_negative_numbers = true)]
         clip_grad_norm: Option<f64>,
         /// The norm of --clip-grad-norm: 2 or inf.
-        #[arg(long, value_parser = parse_norm_type, requires = "clip_grad_norm")]
+        #[arg(long, value_parser = parse_named::<NormType>, requires = "clip_grad_norm")]
         norm_type: Option<NormType>,
         /// Clamp each gradient element to [-V, V], as `clip_grad_value_` does.
         #[arg(
@@ -162,23 +166,14 @@ enum Command {
         #[arg(long, default_value_t = 20, value_parser = parse_positive)]
         iterations: u64,
         /// How kernels access memory: scalar or vec4 (default: vec4).
-        #[arg(long, value_parser = parse_access)]
+        #[arg(long, value_parser = parse_named::<Access>)]
         access: Option<Access>,
     },
 }
 
-/// Parses a norm type, `2` or `inf`.
-fn parse_norm_type(text: &str) -> Result<NormType, String> {
-    text.parse().map_err(|e: Error| e.to_string())
-}
-
-/// Parses a state type, `param`, `f32` or `bf16`.
-fn parse_state_dtype(text: &str) -> Result<StateDType, String> {
-    text.parse().map_err(|e: Error| e.to_string())
-}
-
-/// Parses an access mode, `scalar` or `vec4`.
-fn parse_access(text: &str) -> Result<Access, String> {
+/// Parses one of this crate's named values: a norm type (`2`, `inf`), a state type (`param`,
+/// `f32`, `bf16`), an access mode (`scalar`, `vec4`) or an f16 path (`packed`, `native`).
+fn parse_named<T: std::str::FromStr<Err = Error>>(text: &str) -> Result<T, String> {
     text.parse().map_err(|e: Error| e.to_string())
 }
 
@@ -285,6 +280,7 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             state_dtype,
             master_weights,
             stochastic_rounding,
+            f16_path,
             backend,
         } => {
             let config: OptimizerConfig = serde_json::from_str(&optimizer)
@@ -342,6 +338,9 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
                 }
             }
             let (ctx, _) = Context::request(Backend::backends(backend), None)?;
+            let ctx = ctx
+                .with_f16_path(f16_path)
+                .map_err(|e| Error::Input(format!("--f16-path: {e}")))?;
             let options = replay::ReplayOptions {
                 schedule: schedule.as_ref(),
                 clip,

@@ -1030,6 +1030,39 @@ fn replay_keeps_16_bit_types_and_names_bad_ones() {
         );
     }
 
+    // f16 on the native path, where the adapter has it: the same bytes as the packed path
+    // (tests/golden.rs holds both to PyTorch's fused run); elsewhere a one-line error.
+    let p16 = precision.join("params.f16.safetensors");
+    let g16 = precision.join("grads.f16.safetensors");
+    let f16_args = |path: &'static str| {
+        let mut args = replay_args(
+            spec,
+            p16.to_str().unwrap(),
+            g16.to_str().unwrap(),
+            out.to_str().unwrap(),
+        );
+        args.extend(["--f16-path", path]);
+        args
+    };
+    let packed = replay_output(&f16_args("packed"), &dir, &out);
+    std::fs::remove_file(&out).unwrap();
+    assert!(packed.iter().any(|t| t.dtype == DType::F16));
+    if common::ctx().has_native_f16() {
+        assert_eq!(replay_output(&f16_args("native"), &dir, &out), packed);
+        std::fs::remove_file(&out).unwrap();
+    } else {
+        expect_error(
+            &dir,
+            &f16_args("native"),
+            "--f16-path: the device does not support the native f16 path (it needs the SHADER_F16 feature)",
+        );
+    }
+    expect_error(
+        &dir,
+        &f16_args("half"),
+        "unknown f16 path \"half\" (expected packed or native)",
+    );
+
     let mut args = replay_args(spec, p, g, out.to_str().unwrap());
     args.extend(["--state-dtype", "f16"]);
     expect_error(

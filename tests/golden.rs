@@ -16,6 +16,7 @@
 
 mod common;
 
+use common::f16_paths;
 use std::path::{Path, PathBuf};
 use wgpu_optim::replay::{self, NamedTensor, ReplayOptions};
 use wgpu_optim::{ClipGrad, DType, GradScaler, NormType, OptimizerConfig, Precision, StateDType};
@@ -557,57 +558,66 @@ fn sixteen_bit_replay_matches_fused_pytorch() {
         let grads = read(format!("grads.{dtype}.safetensors"));
         assert!(params.iter().chain(&grads).all(|t| t.dtype == dtype));
         let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
-        let ours = replay::replay(ctx, &config, &ReplayOptions::default(), &params, &grads)
-            .unwrap()
-            .tensors;
-        let torch = read(format!("{name}.torch.safetensors"));
-        let truth = read_f64(&dir.join(format!("{name}.f64.safetensors")));
-        assert_eq!(
-            ours.iter().map(|t| &t.name).collect::<Vec<_>>(),
-            torch.iter().map(|t| &t.name).collect::<Vec<_>>(),
-            "{name}"
-        );
-        let (mut differ, mut total, mut worst_units) = (0, 0, 0.0f64);
-        for ((o, t), (truth_name, want)) in ours.iter().zip(&torch).zip(&truth) {
-            assert_eq!(&o.name, truth_name);
+        // f16 on each path the device has: both store the same bits.
+        let contexts = if dtype == DType::F16 {
+            f16_paths(ctx)
+        } else {
+            vec![ctx.clone()]
+        };
+        for ctx in &contexts {
+            let what = format!("{name} ({} path)", ctx.f16_path());
+            let ours = replay::replay(ctx, &config, &ReplayOptions::default(), &params, &grads)
+                .unwrap()
+                .tensors;
+            let torch = read(format!("{name}.torch.safetensors"));
+            let truth = read_f64(&dir.join(format!("{name}.f64.safetensors")));
             assert_eq!(
-                (o.dtype, &o.shape),
-                (t.dtype, &t.shape),
-                "{name}: {}",
-                o.name
+                ours.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                torch.iter().map(|t| &t.name).collect::<Vec<_>>(),
+                "{what}"
             );
-            let (mut ours_err, mut torch_err) = (0.0f64, 0.0f64);
-            for (i, ((&a, &b), &w)) in o.data.iter().zip(&t.data).zip(want).enumerate() {
-                let (a, b) = (f64::from(a), f64::from(b));
-                let unit = o.dtype.spacing(a.abs().max(b.abs()));
-                let units = (a - b).abs() / unit;
-                assert!(
-                    units <= steps,
-                    "{name}: {}[{i}] is {a}, PyTorch's fused {b} ({units} units apart)",
+            let (mut differ, mut total, mut worst_units) = (0, 0, 0.0f64);
+            for ((o, t), (truth_name, want)) in ours.iter().zip(&torch).zip(&truth) {
+                assert_eq!(&o.name, truth_name);
+                assert_eq!(
+                    (o.dtype, &o.shape),
+                    (t.dtype, &t.shape),
+                    "{what}: {}",
                     o.name
                 );
-                worst_units = worst_units.max(units);
-                differ += usize::from(a != b);
-                total += 1;
-                ours_err = ours_err.max((a - w).abs());
-                torch_err = torch_err.max((b - w).abs());
+                let (mut ours_err, mut torch_err) = (0.0f64, 0.0f64);
+                for (i, ((&a, &b), &w)) in o.data.iter().zip(&t.data).zip(want).enumerate() {
+                    let (a, b) = (f64::from(a), f64::from(b));
+                    let unit = o.dtype.spacing(a.abs().max(b.abs()));
+                    let units = (a - b).abs() / unit;
+                    assert!(
+                        units <= steps,
+                        "{what}: {}[{i}] is {a}, PyTorch's fused {b} ({units} units apart)",
+                        o.name
+                    );
+                    worst_units = worst_units.max(units);
+                    differ += usize::from(a != b);
+                    total += 1;
+                    ours_err = ours_err.max((a - w).abs());
+                    torch_err = torch_err.max((b - w).abs());
+                }
+                let unit = o
+                    .dtype
+                    .spacing(want.iter().fold(0.0, |m, w| m.max(w.abs())));
+                assert!(
+                    ours_err <= torch_err + unit,
+                    "{what}: {}'s error against float64 is {ours_err:e}, PyTorch's {torch_err:e}",
+                    o.name
+                );
             }
-            let unit = o
-                .dtype
-                .spacing(want.iter().fold(0.0, |m, w| m.max(w.abs())));
             assert!(
-                ours_err <= torch_err + unit,
-                "{name}: {}'s error against float64 is {ours_err:e}, PyTorch's {torch_err:e}",
-                o.name
+                differ * 20 <= total,
+                "{what}: {differ} of {total} elements differ"
+            );
+            eprintln!(
+                "{what}: {differ} of {total} elements differ from PyTorch's fused result, by at most {worst_units} units"
             );
         }
-        assert!(
-            differ * 20 <= total,
-            "{name}: {differ} of {total} elements differ"
-        );
-        eprintln!(
-            "{name}: {differ} of {total} elements differ from PyTorch's fused result, by at most {worst_units} units"
-        );
     }
 }
 

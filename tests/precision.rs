@@ -9,32 +9,16 @@ mod common;
 
 use std::collections::BTreeMap;
 
-use common::{Rng, ctx};
+use common::{Rng, ctx, f16_paths};
 use wgpu::util::DeviceExt;
 use wgpu_optim::reference::Stored;
 use wgpu_optim::{
-    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, Error, F16Path, Lamb,
-    Optimizer, OptimizerConfig, ParamGroup, Precision, SGD, StateDType, Tensor, TensorState,
-    reference,
+    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, F16Path, Lamb, Optimizer,
+    OptimizerConfig, ParamGroup, Precision, SGD, StateDType, Tensor, TensorState, reference,
 };
 
 /// Bits of an element no tensor owns: must survive every step bit for bit.
 const POISON: u16 = 0x5a5a;
-
-/// `ctx` on each f16 path its device has: the packed one, and the native one where the device
-/// has `SHADER_F16` (elsewhere asking for it must be an error, and the context unchanged).
-fn f16_paths(ctx: &Context) -> Vec<Context> {
-    let packed = ctx.clone().with_f16_path(F16Path::Packed).unwrap();
-    match ctx.clone().with_f16_path(F16Path::Native) {
-        Ok(native) => vec![packed, native],
-        Err(e) => {
-            assert!(!ctx.has_native_f16());
-            assert!(matches!(e, Error::Unsupported(_)), "{e}");
-            assert_eq!(ctx.f16_path(), F16Path::Packed);
-            vec![packed]
-        }
-    }
-}
 
 /// Whether a case of these types runs on `ctx`: every case on the packed f16 path, and on
 /// the native one those with f16 in them (the others take the same kernels on both).

@@ -253,7 +253,7 @@ impl Context {
     pub fn with_f16_path(mut self, path: F16Path) -> Result<Self> {
         if path == F16Path::Native && !self.has_native_f16() {
             return Err(Error::Unsupported(
-                "the native f16 path needs the device's SHADER_F16 feature".into(),
+                "the native f16 path (it needs the SHADER_F16 feature)".into(),
             ));
         }
         self.f16_path = path;

@@ -3,7 +3,7 @@
 
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
-use wgpu_optim::Context;
+use wgpu_optim::{Context, Error, F16Path};
 
 /// The GPU context of this test binary: the backends in `WGPU_BACKEND` (all when unset).
 /// Panics when no adapter is found: a GPU test never passes without a GPU.
@@ -20,6 +20,21 @@ pub(crate) fn ctx() -> &'static Context {
         );
         ctx
     })
+}
+
+/// `ctx` on each f16 path its device has: the packed one, and the native one where the device
+/// has `SHADER_F16` (elsewhere asking for it must be an error, and the context unchanged).
+pub(crate) fn f16_paths(ctx: &Context) -> Vec<Context> {
+    let packed = ctx.clone().with_f16_path(F16Path::Packed).unwrap();
+    match ctx.clone().with_f16_path(F16Path::Native) {
+        Ok(native) => vec![packed, native],
+        Err(e) => {
+            assert!(!ctx.has_native_f16());
+            assert!(matches!(e, Error::Unsupported(_)), "{e}");
+            assert_eq!(ctx.f16_path(), F16Path::Packed);
+            vec![packed]
+        }
+    }
 }
 
 /// A context on a device whose limits are the adapter's, changed by `adjust` (lowered, to
