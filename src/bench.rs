@@ -1145,23 +1145,26 @@ pub fn time_over_adam(
         .collect())
 }
 
-/// f16 Adam's step on the native path against the packed one ([`F16Path`]) at `elements`
-/// elements, timed in turn ([`measure_interleaved`]): the native path's time over the packed
-/// path's, or `None` where the device has no `SHADER_F16`.
-pub fn native_f16_over_packed(
+/// f16 Adam's step on the native path and on the context's own ([`F16Path`]) against the
+/// packed path at `elements` elements, timed in turn ([`measure_interleaved`]):
+/// `(name, time over the packed path's)` for `adam-f16-native` and `adam-f16`; nothing where
+/// the device has no `SHADER_F16`.
+pub fn f16_paths_over_packed(
     ctx: &Context,
     elements: u64,
     iterations: usize,
-) -> Result<Option<f64>> {
+) -> Result<Vec<(&'static str, f64)>> {
     if !ctx.has_native_f16() {
-        return Ok(None);
+        return Ok(Vec::new());
     }
-    let cases: Vec<KernelCase> = ["adam-f16-packed", "adam-f16-native"]
-        .iter()
-        .filter_map(|n| kernel_case(n))
-        .collect();
+    let names = ["adam-f16-packed", "adam-f16-native", "adam-f16"];
+    let cases: Vec<KernelCase> = names.iter().filter_map(|n| kernel_case(n)).collect();
     let m = measure_interleaved(ctx, &cases, elements, iterations)?;
-    Ok(Some(m[1].seconds / m[0].seconds))
+    Ok(names[1..]
+        .iter()
+        .zip(&m[1..])
+        .map(|(n, t)| (*n, t.seconds / m[0].seconds))
+        .collect())
 }
 
 /// One line per row, starting with the kernel's name:
@@ -1360,9 +1363,15 @@ mod tests {
             ]
         );
         assert!(ratios.iter().all(|r| r.1 > 0.0 && r.1.is_finite()));
-        let f16 = native_f16_over_packed(&ctx, 300, 2).unwrap();
-        assert_eq!(f16.is_some(), native);
-        assert!(f16.is_none_or(|r| r > 0.0 && r.is_finite()));
+        let f16 = f16_paths_over_packed(&ctx, 300, 2).unwrap();
+        let names: Vec<&str> = f16.iter().map(|r| r.0).collect();
+        let want: &[&str] = if native {
+            &["adam-f16-native", "adam-f16"]
+        } else {
+            &[]
+        };
+        assert_eq!(names, want);
+        assert!(f16.iter().all(|r| r.1 > 0.0 && r.1.is_finite()));
         let on_native = kernel_case("adam-f16-native").unwrap();
         if !native {
             assert!(matches!(

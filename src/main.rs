@@ -42,9 +42,10 @@ enum Command {
         /// seed (a 32-bit integer), rather than to nearest.
         #[arg(long, value_name = "SEED")]
         stochastic_rounding: Option<u32>,
-        /// How f16 is stored on the GPU: `packed` (every adapter) or `native` (the adapter's
-        /// `shader-f16`, where it has it).
-        #[arg(long, value_parser = parse_named::<F16Path>, default_value = "packed")]
+        /// How f16 is stored on the GPU: `auto` (native f16 arrays where elements are
+        /// addressed one at a time, on adapters with `shader-f16`), `packed` (two to a 32-bit
+        /// word, on every adapter) or `native` (`shader-f16` arrays throughout).
+        #[arg(long, value_parser = parse_named::<F16Path>, default_value = "auto")]
         f16_path: F16Path,
         /// Output: final parameters by name and each state tensor as `<name>.<state>`, each in
         /// its type.
@@ -423,11 +424,12 @@ fn run(cli: Cli) -> Result<ExitCode, Error> {
             for (name, ratio) in bench::time_over_adam(&ctx, size, iterations as usize)? {
                 println!("{name}: {ratio:.2}x the time of adam (timed in turn with it)");
             }
-            match bench::native_f16_over_packed(&ctx, size, iterations as usize)? {
-                Some(ratio) => println!(
-                    "adam-f16-native: {ratio:.2}x the time of adam-f16-packed (timed in turn with it)"
-                ),
-                None => println!("adam-f16-native: not run, the adapter has no shader-f16"),
+            let f16 = bench::f16_paths_over_packed(&ctx, size, iterations as usize)?;
+            if f16.is_empty() {
+                println!("adam-f16-native: not run, the adapter has no shader-f16");
+            }
+            for (name, ratio) in f16 {
+                println!("{name}: {ratio:.2}x the time of adam-f16-packed (timed in turn with it)");
             }
             let n = bench::GEMM_SIZE;
             let (m, gflops) = bench::measure_gemm(&ctx, n, iterations as usize)?;

@@ -62,8 +62,8 @@ pub struct Storage {
     pub grad: DType,
     /// The state's type, master weights and stochastic rounding.
     pub precision: Precision,
-    /// How f16 is stored ([`F16Path`]); the native path runs only where the device has
-    /// `SHADER_F16`.
+    /// How f16 is stored ([`F16Path`]): the default, `Auto`, or one path alone, which runs
+    /// only where the device has `SHADER_F16` (elsewhere `Auto` is the packed path).
     pub f16_path: F16Path,
 }
 
@@ -86,10 +86,11 @@ impl Storage {
             && !(master && kernel.factored())
     }
 
-    /// Whether `ctx`'s device runs this layout: all but the native f16 path's, which needs
-    /// `SHADER_F16` ([`Context::has_native_f16`]).
+    /// Whether `ctx`'s device runs this layout: every layout on the default f16 path, and
+    /// those on one path alone where the device has `SHADER_F16`
+    /// ([`Context::has_native_f16`]).
     pub fn runs_on(&self, ctx: &Context) -> bool {
-        self.f16_path == F16Path::Packed || ctx.has_native_f16()
+        self.f16_path == F16Path::Auto || ctx.has_native_f16()
     }
 }
 
@@ -98,9 +99,9 @@ impl Storage {
 /// `bf16+f32state`, bf16 parameters and gradients with f32 state; `bf16+master+sr`, the same
 /// with an f32 master copy of the parameters and stochastic rounding (llm.c's); `f16+master`,
 /// f16 parameters with f32 gradients, state and master copy (Apex's O2); `f32+bf16state`,
-/// f32 parameters and gradients with bf16 state (torchtitan's); and `f16-native`, the `f16`
-/// layout on the native f16 path, which [`all_rows`] holds only where the device has
-/// `SHADER_F16` ([`Storage::runs_on`]).
+/// f32 parameters and gradients with bf16 state (torchtitan's); and `f16-packed` and
+/// `f16-native`, the `f16` layout on each f16 path alone, which [`all_rows`] holds only where
+/// the device has `SHADER_F16` ([`Storage::runs_on`]). The others take the default path.
 pub fn storage_layouts() -> Vec<Storage> {
     let kept = |state| Precision::default().with_state(state);
     let master = kept(StateDType::F32).with_master_weights(true);
@@ -109,7 +110,7 @@ pub fn storage_layouts() -> Vec<Storage> {
         param,
         grad,
         precision,
-        f16_path: F16Path::Packed,
+        f16_path: F16Path::Auto,
     };
     vec![
         layout("f32", DType::F32, DType::F32, Precision::default()),
@@ -134,6 +135,10 @@ pub fn storage_layouts() -> Vec<Storage> {
             DType::F32,
             kept(StateDType::BF16),
         ),
+        Storage {
+            f16_path: F16Path::Packed,
+            ..layout("f16-packed", DType::F16, DType::F16, Precision::default())
+        },
         Storage {
             f16_path: F16Path::Native,
             ..layout("f16-native", DType::F16, DType::F16, Precision::default())
@@ -583,7 +588,7 @@ impl AdapterDetails {
             format!(
                 "  f16 storage: {}",
                 if self.shader_f16 {
-                    "packed two to a 32-bit word by default; native f16 arrays with F16Path::Native"
+                    "native f16 arrays where single elements are stored, vec4 units packed two to a 32-bit word (F16Path::Auto, the default); either throughout with F16Path::Native or Packed"
                 } else {
                     "packed two to a 32-bit word (no native path without SHADER_F16)"
                 }

@@ -604,10 +604,20 @@ fn info_lists_adapters_limits_and_f16() {
         "max_compute_workgroups_per_dimension: ",
         "max_storage_buffers_per_shader_stage: ",
         "f16 (SHADER_F16): ",
-        "f16 storage: packed two to a 32-bit word",
+        "f16 storage: ",
         "bf16 storage: packed two to a 32-bit word",
     ] {
         assert!(stdout.contains(needle), "{needle:?} missing: {stdout}");
+    }
+    // Each adapter's f16 paths: the automatic mix where it has shader-f16, else packed.
+    for a in &adapters {
+        let want = if a.shader_f16 {
+            "f16 storage: native f16 arrays where single elements are stored"
+        } else {
+            "f16 storage: packed two to a 32-bit word"
+        };
+        assert!(a.describe().contains(want), "{}", a.describe());
+        assert!(stdout.contains(&a.describe()), "{stdout}");
     }
     // No adapter: one line, non-zero exit. Linux has no DX12.
     if cfg!(target_os = "linux") {
@@ -1060,7 +1070,7 @@ fn replay_keeps_16_bit_types_and_names_bad_ones() {
     expect_error(
         &dir,
         &f16_args("half"),
-        "unknown f16 path \"half\" (expected packed or native)",
+        "unknown f16 path \"half\" (expected auto, packed or native)",
     );
 
     let mut args = replay_args(spec, p, g, out.to_str().unwrap());

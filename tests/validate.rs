@@ -33,6 +33,7 @@ fn every_kernel_passes_and_reports() {
         .partition(|l| l.runs_on(ctx));
     let native = layouts.iter().any(|l| l.f16_path == F16Path::Native);
     assert_eq!(native, ctx.has_native_f16());
+    assert!(not_run.iter().all(|l| l.f16_path != F16Path::Auto));
     assert_eq!(not_run.is_empty(), ctx.has_native_f16());
     assert_eq!(
         report.storage,

@@ -7,7 +7,7 @@
 //! reduction module is a prologue, layout.wgsl, the gradients' storage and shaders/reduce.wgsl.
 
 use super::template::{COEFFS_STRIDE, STEP_HEADER_SIZE, TABLE_SIZE, WORKGROUP_SIZE, flags};
-use super::{Access, Context};
+use super::{Access, Context, F16Path};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::optim::{Kernel, OptimizerConfig, Shader, Sums};
@@ -59,9 +59,9 @@ pub(crate) struct Binds {
     pub(crate) master: bool,
     /// Whether parameters are rounded stochastically when stored (shaders/stochastic.wgsl).
     pub(crate) stochastic: bool,
-    /// Whether f16 bindings are `f16` arrays (`F16Path::Native`, shaders/native.wgsl) rather
-    /// than packed words. Set only where one of the types is f16.
-    pub(crate) native_f16: bool,
+    /// Which f16 bindings are `f16` arrays (shaders/native.wgsl) rather than packed words:
+    /// [`F16Path::Packed`] where none of the types is f16, or the device has no native path.
+    pub(crate) f16_path: F16Path,
 }
 
 impl Binds {
@@ -75,8 +75,22 @@ impl Binds {
             state_type: DType::F32,
             master: false,
             stochastic: false,
-            native_f16: false,
+            f16_path: F16Path::Packed,
         }
+    }
+
+    /// Whether a binding of `dtype` is an `f16` array in the kernel of the edge dispatch
+    /// (`edges`) or of the main one.
+    fn native(self, dtype: DType, edges: bool) -> bool {
+        let units = self.access == Access::Vec4 && !edges;
+        dtype == DType::F16 && self.f16_path.native_for(units)
+    }
+
+    /// Whether any binding is an `f16` array there: the module then enables f16.
+    fn any_native(self, edges: bool) -> bool {
+        [self.param_type, self.grad_type, self.state_type]
+            .iter()
+            .any(|&d| self.native(d, edges))
     }
 
     /// Bytes of a unit of an array of `dtype` elements: an f32 or a vec4 of them, a vec4 of
@@ -206,11 +220,47 @@ impl Module {
                         out.push(Module::Optimizer(shader, Binds::f32(access, grad), flags));
                     }
                 }
-                for (param_type, grad_type, state_type, master, stochastic, native_f16) in [
-                    (DType::BF16, DType::BF16, DType::BF16, false, false, false),
-                    (DType::F16, DType::F32, DType::F32, false, true, false),
-                    (DType::BF16, DType::BF16, DType::F32, true, true, false),
-                    (DType::F16, DType::F16, DType::F16, true, true, true),
+                for (param_type, grad_type, state_type, master, stochastic, f16_path) in [
+                    (
+                        DType::BF16,
+                        DType::BF16,
+                        DType::BF16,
+                        false,
+                        false,
+                        F16Path::Packed,
+                    ),
+                    (
+                        DType::F16,
+                        DType::F32,
+                        DType::F32,
+                        false,
+                        true,
+                        F16Path::Packed,
+                    ),
+                    (
+                        DType::BF16,
+                        DType::BF16,
+                        DType::F32,
+                        true,
+                        true,
+                        F16Path::Packed,
+                    ),
+                    (
+                        DType::F16,
+                        DType::F16,
+                        DType::F16,
+                        true,
+                        true,
+                        F16Path::Native,
+                    ),
+                    (
+                        DType::F16,
+                        DType::F16,
+                        DType::F32,
+                        false,
+                        false,
+                        F16Path::Auto,
+                    ),
                 ] {
                     for flags in [0, EDGES, STEP_FLAGS, STEP_FLAGS | EDGES] {
                         let binds = Binds {
@@ -219,7 +269,7 @@ impl Module {
                             state_type,
                             master,
                             stochastic,
-                            native_f16,
+                            f16_path,
                             ..Binds::f32(access, GradAccess::ReadOnly)
                         };
                         out.push(Module::Optimizer(shader, binds, flags));
@@ -256,7 +306,7 @@ impl Module {
                     access: binds.access,
                     lanes: edges,
                     writes,
-                    native: binds.native_f16 && dtype == DType::F16,
+                    native: binds.native(dtype, edges),
                 };
                 let mut storage = [
                     at("param", 1, "read_write", binds.param_type, true),
@@ -283,7 +333,7 @@ impl Module {
                     ""
                 };
                 // A directive comes before every declaration.
-                let enable = if binds.native_f16 {
+                let enable = if binds.any_native(edges) {
                     "enable f16;\n\n"
                 } else {
                     ""
@@ -395,7 +445,10 @@ impl Module {
                 if binds.stochastic {
                     types += ", stochastic rounding";
                 }
-                if binds.native_f16 {
+                if binds.f16_path != F16Path::Packed {
+                    types += &format!(", f16 path {}", binds.f16_path);
+                }
+                if binds.any_native(flags & EDGES != 0) {
                     types += ", native f16";
                 }
                 let edges = if flags & EDGES != 0 { ", edges" } else { "" };

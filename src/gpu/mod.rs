@@ -66,30 +66,47 @@ impl std::str::FromStr for Access {
 
 /// How kernels load and store f16 parameters, gradients and state.
 ///
-/// Both paths hold the same bytes and compute the same values: loads widen exactly, and stores
-/// round to nearest even by the same integer operations (shaders/dtype.wgsl), because WGSL
-/// leaves the rounding of its own `f32` to `f16` conversion to the implementation. They differ
-/// in how the elements are addressed, and so in speed.
-///
-/// [`Packed`](Self::Packed) is the default on every device: it was the faster of the two
-/// where both ran (lavapipe: f16 Adam took 1.15 times as long on the native path, timed in
-/// turn by `wgpu-optim bench`). `wgpu-optim bench` times both on any adapter with
-/// `shader-f16`; choose with [`Context::with_f16_path`].
+/// Both ways of storing f16 hold the same bytes and compute the same values: loads widen
+/// exactly, and stores round to nearest even by the same integer operations
+/// (shaders/dtype.wgsl), because WGSL leaves the rounding of its own `f32` to `f16` conversion
+/// to the implementation. They differ in how the elements are addressed, and so in speed. On
+/// lavapipe (`wgpu-optim bench`, f16 Adam timed in turn with the packed path): with vec4
+/// access the native path took 1.20 times as long as the packed one, and with scalar access
+/// 0.39 times, where the packed path stores single elements with atomics. The default,
+/// [`Auto`](Self::Auto), takes the faster of each: 1.01 and 0.39 times the packed path's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 #[non_exhaustive]
 pub enum F16Path {
+    /// [`Native`](Self::Native) where elements are addressed one at a time (with
+    /// [`Access::Scalar`], and at the edges of segments with [`Access::Vec4`]), and
+    /// [`Packed`](Self::Packed) for whole vec4 units, on a device with
+    /// [`SHADER_F16`](wgpu::Features::SHADER_F16); packed everywhere on other devices.
+    #[default]
+    Auto,
     /// f16 pairs packed in `u32` words: every adapter has it. A store of one element beside
     /// another's changes its own half of the word with two atomic operations.
-    #[default]
     Packed,
     /// `f16` storage arrays, with loads widened by the hardware and single elements stored
     /// directly. Needs the device's [`SHADER_F16`](wgpu::Features::SHADER_F16) feature.
     Native,
 }
 
+impl F16Path {
+    /// Whether an f16 binding is an `f16` array on this path: `units` when the kernel moves
+    /// whole vec4 units of it, else single elements.
+    pub(crate) fn native_for(self, units: bool) -> bool {
+        match self {
+            Self::Auto => !units,
+            Self::Packed => false,
+            Self::Native => true,
+        }
+    }
+}
+
 impl std::fmt::Display for F16Path {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(match self {
+            Self::Auto => "auto",
             Self::Packed => "packed",
             Self::Native => "native",
         })
@@ -101,10 +118,11 @@ impl std::str::FromStr for F16Path {
 
     fn from_str(s: &str) -> Result<Self> {
         match s {
+            "auto" => Ok(Self::Auto),
             "packed" => Ok(Self::Packed),
             "native" => Ok(Self::Native),
             _ => Err(Error::Input(format!(
-                "unknown f16 path {s:?} (expected packed or native)"
+                "unknown f16 path {s:?} (expected auto, packed or native)"
             ))),
         }
     }
@@ -246,8 +264,9 @@ impl Context {
         self.access
     }
 
-    /// This context with another [`F16Path`] for the optimizers made with it afterwards. The
-    /// two share their caches of compiled kernels. [`F16Path::Native`] is an
+    /// This context with another [`F16Path`] for the optimizers made with it afterwards
+    /// ([`F16Path::Auto`] unless this says otherwise). The two share their caches of compiled
+    /// kernels. [`F16Path::Native`] is an
     /// [`Error::Unsupported`] where the device was created without
     /// [`SHADER_F16`](wgpu::Features::SHADER_F16); the context is then unchanged.
     pub fn with_f16_path(mut self, path: F16Path) -> Result<Self> {
@@ -260,9 +279,19 @@ impl Context {
         Ok(self)
     }
 
-    /// The path optimizers made with this context use for f16 storage.
+    /// The path optimizers made with this context use for f16 storage, as asked for:
+    /// [`F16Path::Auto`] stays `Auto` on a device without `SHADER_F16`, where it packs.
     pub fn f16_path(&self) -> F16Path {
         self.f16_path
+    }
+
+    /// The path a batch with f16 bindings takes: the context's, but packed where `Auto` has no
+    /// native path to take.
+    pub(crate) fn f16_path_taken(&self) -> F16Path {
+        match self.f16_path {
+            F16Path::Auto if !self.has_native_f16() => F16Path::Packed,
+            path => path,
+        }
     }
 
     /// Whether the device has the feature the native f16 path needs.

@@ -238,8 +238,11 @@ pub(super) fn layout(
             state_type: meta.state_type,
             master: meta.master,
             stochastic: meta.stochastic,
-            native_f16: ctx.f16_path() == F16Path::Native
-                && [meta.types.0, meta.types.1, meta.state_type].contains(&DType::F16),
+            f16_path: if [meta.types.0, meta.types.1, meta.state_type].contains(&DType::F16) {
+                ctx.f16_path_taken()
+            } else {
+                F16Path::Packed
+            },
         };
         let k = (meta.kernel, binds, &r.0, &r.2);
         let key = keys.iter().position(|x| *x == k).unwrap_or_else(|| {

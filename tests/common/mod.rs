@@ -22,17 +22,19 @@ pub(crate) fn ctx() -> &'static Context {
     })
 }
 
-/// `ctx` on each f16 path its device has: the packed one, and the native one where the device
-/// has `SHADER_F16` (elsewhere asking for it must be an error, and the context unchanged).
+/// `ctx` on each f16 path its device has: the packed one, and where the device has
+/// `SHADER_F16` the native one and the automatic mix of the two (the default). Elsewhere
+/// asking for the native path must be an error that leaves the context as it was, and the
+/// automatic path is the packed one.
 pub(crate) fn f16_paths(ctx: &Context) -> Vec<Context> {
-    let packed = ctx.clone().with_f16_path(F16Path::Packed).unwrap();
+    let on = |path| ctx.clone().with_f16_path(path).unwrap();
     match ctx.clone().with_f16_path(F16Path::Native) {
-        Ok(native) => vec![packed, native],
+        Ok(native) => vec![on(F16Path::Packed), native, on(F16Path::Auto)],
         Err(e) => {
             assert!(!ctx.has_native_f16());
             assert!(matches!(e, Error::Unsupported(_)), "{e}");
-            assert_eq!(ctx.f16_path(), F16Path::Packed);
-            vec![packed]
+            assert_eq!(ctx.f16_path(), F16Path::Auto);
+            vec![on(F16Path::Packed)]
         }
     }
 }
