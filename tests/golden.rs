@@ -369,7 +369,7 @@ fn checkpoint_dir() -> PathBuf {
 }
 
 /// Reads the tensors and metadata of a safetensors file: `(name, dtype, shape)` sorted, the
-/// values as f64, and the metadata.
+/// values (F32, F16, BF16 or I64) as f64, and the metadata.
 #[allow(clippy::type_complexity)]
 fn read_checkpoint(
     path: &Path,
@@ -393,6 +393,17 @@ fn read_checkpoint(
                     .into_iter()
                     .map(|x| x as f64)
                     .collect(),
+                d @ (safetensors::Dtype::BF16 | safetensors::Dtype::F16) => {
+                    let dtype = if d == safetensors::Dtype::BF16 {
+                        DType::BF16
+                    } else {
+                        DType::F16
+                    };
+                    bytemuck::pod_collect_to_vec::<u8, u16>(v.data())
+                        .into_iter()
+                        .map(|b| f64::from(dtype.value(u32::from(b))))
+                        .collect()
+                }
                 d => panic!("{name}: unexpected {d:?}"),
             };
             (name, format!("{:?}", v.dtype()), v.shape().to_vec(), values)
@@ -400,6 +411,55 @@ fn read_checkpoint(
         .collect();
     tensors.sort_by(|a, b| a.0.cmp(&b.0));
     (tensors, meta.metadata().clone().unwrap_or_default())
+}
+
+/// The tensors of the checkpoints `ours` and `theirs`, read, after checking that they hold the
+/// same tensors (names, dtypes, shapes) and the same metadata: format, version, optimizer,
+/// grad scaler, and each group's hyperparameters and tensors (replay orders tensors by name).
+#[allow(clippy::type_complexity)]
+fn same_checkpoint_layout(
+    name: &str,
+    ours: &Path,
+    theirs: &Path,
+) -> (
+    Vec<(String, String, Vec<usize>, Vec<f64>)>,
+    Vec<(String, String, Vec<usize>, Vec<f64>)>,
+) {
+    let (ours, ours_meta) = read_checkpoint(ours);
+    let (theirs, their_meta) = read_checkpoint(theirs);
+    let layout = |t: &[(String, String, Vec<usize>, Vec<f64>)]| -> Vec<_> {
+        t.iter()
+            .map(|(n, d, s, _)| (n.clone(), d.clone(), s.clone()))
+            .collect()
+    };
+    assert_eq!(layout(&ours), layout(&theirs), "{name}: checkpoint layout");
+    for key in ["format", "version", "optimizer"] {
+        assert_eq!(ours_meta.get(key), their_meta.get(key), "{name}: {key}");
+    }
+    let json = |m: &std::collections::HashMap<String, String>, key: &str| {
+        m.get(key)
+            .map(|v| serde_json::from_str::<serde_json::Value>(v).unwrap())
+    };
+    assert_eq!(
+        json(&ours_meta, "grad_scaler"),
+        json(&their_meta, "grad_scaler"),
+        "{name}: grad_scaler"
+    );
+    let groups = |m: &std::collections::HashMap<String, String>| -> serde_json::Value {
+        let mut g: serde_json::Value = serde_json::from_str(&m["param_groups"]).unwrap();
+        for group in g.as_array_mut().unwrap() {
+            let mut names: Vec<String> = serde_json::from_value(group["params"].take()).unwrap();
+            names.sort();
+            group["params"] = names.into();
+        }
+        g
+    };
+    assert_eq!(
+        groups(&ours_meta),
+        groups(&their_meta),
+        "{name}: param_groups"
+    );
+    (ours, theirs)
 }
 
 #[test]
@@ -447,42 +507,7 @@ fn checkpoints_carry_runs_between_pytorch_and_replay() {
             ..Default::default()
         };
         replay::replay(ctx, &config, &save, &params, &head).unwrap();
-        let (ours, ours_meta) = read_checkpoint(&saved);
-        let (theirs, their_meta) = read_checkpoint(&torch10);
-        let layout = |t: &[(String, String, Vec<usize>, Vec<f64>)]| -> Vec<_> {
-            t.iter()
-                .map(|(n, d, s, _)| (n.clone(), d.clone(), s.clone()))
-                .collect()
-        };
-        assert_eq!(layout(&ours), layout(&theirs), "{name}: checkpoint layout");
-        for key in ["format", "version", "optimizer"] {
-            assert_eq!(ours_meta.get(key), their_meta.get(key), "{name}: {key}");
-        }
-        let json = |m: &std::collections::HashMap<String, String>, key: &str| {
-            m.get(key)
-                .map(|v| serde_json::from_str::<serde_json::Value>(v).unwrap())
-        };
-        assert_eq!(
-            json(&ours_meta, "grad_scaler"),
-            json(&their_meta, "grad_scaler"),
-            "{name}: grad_scaler"
-        );
-        // The same hyperparameters and tensors per group (replay orders tensors by name).
-        let groups = |m: &std::collections::HashMap<String, String>| -> serde_json::Value {
-            let mut g: serde_json::Value = serde_json::from_str(&m["param_groups"]).unwrap();
-            for group in g.as_array_mut().unwrap() {
-                let mut names: Vec<String> =
-                    serde_json::from_value(group["params"].take()).unwrap();
-                names.sort();
-                group["params"] = names.into();
-            }
-            g
-        };
-        assert_eq!(
-            groups(&ours_meta),
-            groups(&their_meta),
-            "{name}: param_groups"
-        );
+        let (ours, theirs) = same_checkpoint_layout(name, &saved, &torch10);
         for ((n, _, _, a), (_, _, _, b)) in ours.iter().zip(&theirs) {
             if n.ends_with(".step") && !config.has_step_state() {
                 // PyTorch's SGD and Muon keep no count: the tool writes 1 once a buffer
@@ -534,6 +559,63 @@ fn precision_cases() -> (&'static Path, serde_json::Value) {
     (dir, serde_json::from_str(&text).unwrap())
 }
 
+/// Holds `ours`, a replay's output, to `torch`, PyTorch's fused run of the same steps, and to
+/// `truth`, the float64 run: as `sixteen_bit_replay_matches_fused_pytorch` says.
+fn hold_to_fused(
+    what: &str,
+    ours: &[NamedTensor],
+    torch: &[NamedTensor],
+    truth: &[(String, Vec<f64>)],
+    steps: f64,
+) {
+    assert_eq!(
+        ours.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        torch.iter().map(|t| &t.name).collect::<Vec<_>>(),
+        "{what}"
+    );
+    let (mut differ, mut total, mut worst_units) = (0, 0, 0.0f64);
+    for ((o, t), (truth_name, want)) in ours.iter().zip(torch).zip(truth) {
+        assert_eq!(&o.name, truth_name);
+        assert_eq!(
+            (o.dtype, &o.shape),
+            (t.dtype, &t.shape),
+            "{what}: {}",
+            o.name
+        );
+        let (mut ours_err, mut torch_err) = (0.0f64, 0.0f64);
+        for (i, ((&a, &b), &w)) in o.data.iter().zip(&t.data).zip(want).enumerate() {
+            let (a, b) = (f64::from(a), f64::from(b));
+            let unit = o.dtype.spacing(a.abs().max(b.abs()));
+            let units = (a - b).abs() / unit;
+            assert!(
+                units <= steps,
+                "{what}: {}[{i}] is {a}, PyTorch's fused {b} ({units} units apart)",
+                o.name
+            );
+            worst_units = worst_units.max(units);
+            differ += usize::from(a != b);
+            total += 1;
+            ours_err = ours_err.max((a - w).abs());
+            torch_err = torch_err.max((b - w).abs());
+        }
+        let unit = o
+            .dtype
+            .spacing(want.iter().fold(0.0, |m, w| m.max(w.abs())));
+        assert!(
+            ours_err <= torch_err + unit,
+            "{what}: {}'s error against float64 is {ours_err:e}, PyTorch's {torch_err:e}",
+            o.name
+        );
+    }
+    assert!(
+        differ * 20 <= total,
+        "{what}: {differ} of {total} elements differ"
+    );
+    eprintln!(
+        "{what}: {differ} of {total} elements differ from PyTorch's fused result, by at most {worst_units} units"
+    );
+}
+
 /// tests/golden/precision, written by tools/golden/gen_precision.py: PyTorch's fused Adam,
 /// AdamW, SGD and Adagrad on bf16 and f16 parameters, gradients and state (the math in f32,
 /// every store rounded to nearest even), 10 steps. `replay` keeps the file's types and the
@@ -571,54 +653,91 @@ fn sixteen_bit_replay_matches_fused_pytorch() {
                 .tensors;
             let torch = read(format!("{name}.torch.safetensors"));
             let truth = read_f64(&dir.join(format!("{name}.f64.safetensors")));
-            assert_eq!(
-                ours.iter().map(|t| &t.name).collect::<Vec<_>>(),
-                torch.iter().map(|t| &t.name).collect::<Vec<_>>(),
-                "{what}"
-            );
-            let (mut differ, mut total, mut worst_units) = (0, 0, 0.0f64);
-            for ((o, t), (truth_name, want)) in ours.iter().zip(&torch).zip(&truth) {
-                assert_eq!(&o.name, truth_name);
-                assert_eq!(
-                    (o.dtype, &o.shape),
-                    (t.dtype, &t.shape),
-                    "{what}: {}",
-                    o.name
-                );
-                let (mut ours_err, mut torch_err) = (0.0f64, 0.0f64);
-                for (i, ((&a, &b), &w)) in o.data.iter().zip(&t.data).zip(want).enumerate() {
-                    let (a, b) = (f64::from(a), f64::from(b));
-                    let unit = o.dtype.spacing(a.abs().max(b.abs()));
-                    let units = (a - b).abs() / unit;
-                    assert!(
-                        units <= steps,
-                        "{what}: {}[{i}] is {a}, PyTorch's fused {b} ({units} units apart)",
-                        o.name
-                    );
-                    worst_units = worst_units.max(units);
-                    differ += usize::from(a != b);
-                    total += 1;
-                    ours_err = ours_err.max((a - w).abs());
-                    torch_err = torch_err.max((b - w).abs());
-                }
-                let unit = o
-                    .dtype
-                    .spacing(want.iter().fold(0.0, |m, w| m.max(w.abs())));
-                assert!(
-                    ours_err <= torch_err + unit,
-                    "{what}: {}'s error against float64 is {ours_err:e}, PyTorch's {torch_err:e}",
-                    o.name
-                );
-            }
-            assert!(
-                differ * 20 <= total,
-                "{what}: {differ} of {total} elements differ"
-            );
-            eprintln!(
-                "{what}: {differ} of {total} elements differ from PyTorch's fused result, by at most {worst_units} units"
-            );
+            hold_to_fused(&what, &ours, &torch, &truth, steps);
         }
     }
+}
+
+/// The same cases carried by checkpoints. tools/golden/gen_precision.py saves each fused run
+/// after `split` steps with tools/torch_checkpoint.py (parameters and state in the 16-bit
+/// type, as PyTorch keeps them; it checks that PyTorch, loading the file back, ends bit for
+/// bit where the uninterrupted run does). `replay --resume` from that file takes the
+/// remaining steps and is held to PyTorch's uninterrupted run as a run from the start is.
+/// replay's own checkpoint after `split` steps holds what PyTorch's does: the same tensors,
+/// types, shapes and metadata, each value within `split` units of its type of PyTorch's.
+#[test]
+fn sixteen_bit_checkpoints_move_between_pytorch_and_replay() {
+    let ctx = common::ctx();
+    let (dir, cases) = precision_cases();
+    let steps = cases["steps"].as_u64().unwrap() as usize;
+    let split = cases["split"].as_u64().unwrap() as usize;
+    let tmp = std::env::temp_dir().join(format!("wgpu-optim-golden16-{}", std::process::id()));
+    std::fs::create_dir_all(&tmp).unwrap();
+    for case in cases["cases"].as_array().unwrap() {
+        let name = case["name"].as_str().unwrap();
+        let dtype: DType = case["dtype"].as_str().unwrap().parse().unwrap();
+        let read = |file: String| replay::read_safetensors(&dir.join(file)).unwrap();
+        let params = read(format!("params.{dtype}.safetensors"));
+        let grads = read(format!("grads.{dtype}.safetensors"));
+        let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
+        // The gradients of steps [from, to).
+        let steps_of = |from: usize, to: usize| -> Vec<NamedTensor> {
+            grads
+                .iter()
+                .map(|g| {
+                    let per = g.data.len() / steps;
+                    let mut shape = g.shape.clone();
+                    shape[0] = to - from;
+                    NamedTensor {
+                        shape,
+                        data: g.data[from * per..to * per].to_vec(),
+                        ..g.clone()
+                    }
+                })
+                .collect()
+        };
+        let torch_split = dir.join(format!("{name}.torch{split}.safetensors"));
+        let resume = ReplayOptions {
+            resume: Some(&torch_split),
+            ..Default::default()
+        };
+        let ours = replay::replay(ctx, &config, &resume, &params, &steps_of(split, steps))
+            .unwrap()
+            .tensors;
+        let torch = read(format!("{name}.torch.safetensors"));
+        let truth = read_f64(&dir.join(format!("{name}.f64.safetensors")));
+        let what = format!("{name} resumed from PyTorch's step {split}");
+        hold_to_fused(&what, &ours, &torch, &truth, steps as f64);
+
+        let saved = tmp.join(format!("{name}.safetensors"));
+        let save = ReplayOptions {
+            save_checkpoint: Some(&saved),
+            ..Default::default()
+        };
+        replay::replay(ctx, &config, &save, &params, &steps_of(0, split)).unwrap();
+        let (ours, theirs) = same_checkpoint_layout(name, &saved, &torch_split);
+        for ((n, d, _, a), (_, _, _, b)) in ours.iter().zip(&theirs) {
+            if d == "I64" {
+                // PyTorch's SGD keeps no count: the tool writes 1 once a momentum buffer
+                // exists, else 0; replay counts its steps.
+                if config.has_step_state() {
+                    assert_eq!(a, b, "{name} {n}");
+                } else {
+                    assert!(b[0] == 0.0 || a[0] > 0.0, "{name} {n}");
+                }
+                continue;
+            }
+            assert!(d == "BF16" || d == "F16", "{name} {n}: {d}");
+            for (x, y) in a.iter().zip(b) {
+                let unit = dtype.spacing(x.abs().max(y.abs()));
+                assert!(
+                    (x - y).abs() <= split as f64 * unit,
+                    "{name} {n}: {x} vs PyTorch's {y}"
+                );
+            }
+        }
+    }
+    std::fs::remove_dir_all(&tmp).unwrap();
 }
 
 /// The same cases with an f32 master copy of each parameter, f32 state and stochastic

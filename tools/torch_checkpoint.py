@@ -4,7 +4,8 @@
 A wgpu-optim checkpoint (see src/optimizer/checkpoint.rs) is one safetensors file:
 
 * ``<name>.step``    - I64, shape ``[]``: the tensor's step count (every optimizer, SGD too).
-* ``<name>.<state>`` - F32, the parameter's shape: each state buffer under PyTorch's state
+* ``<name>.<state>`` - F32, F16 or BF16 (the type the optimizer keeps its state in: PyTorch's
+  is the parameter's), the parameter's shape: each state buffer under PyTorch's state
   name (Adam/AdamW: exp_avg, exp_avg_sq, max_exp_avg_sq with amsgrad; SGD: momentum_buffer
   when momentum != 0; RMSprop: square_avg, momentum_buffer when momentum > 0, grad_avg when
   centered; Adagrad: sum; Adamax: exp_avg, exp_inf; RAdam and NAdam: exp_avg, exp_avg_sq;
@@ -16,8 +17,10 @@ A wgpu-optim checkpoint (see src/optimizer/checkpoint.rs) is one safetensors fil
 * ``<name>.<scalar>`` - F32, shape ``[]``: each per-tensor scalar state that is not the step,
   under PyTorch's state name (NAdam: mu_product; ASGD: eta, mu; AdamWScheduleFree: lr_max,
   and weight_sum as a float32 pair weight_sum + weight_sum_lo).
-* ``<name>``         - F32, the parameter's shape: the parameter (optional in general;
-  :func:`to_wgpu_optim` always writes it).
+* ``<name>``         - F32, F16 or BF16 (the parameter's type), the parameter's shape: the
+  parameter (optional in general; :func:`to_wgpu_optim` always writes it).
+* ``<name>.master``  - F32, the parameter's shape: wgpu-optim's f32 master copy of a 16-bit
+  parameter (``Precision::with_master_weights``), where it keeps one.  PyTorch keeps none.
 * metadata: ``format`` = ``wgpu-optim``, ``version`` = ``1``, ``optimizer`` = the class name
   (SGD, Adam, AdamW, RMSprop, Adagrad, Adamax, RAdam, NAdam, Adadelta, Rprop, ASGD, Adafactor,
   Muon; Lion; Lamb, ADOPT, AdEMAMix; AdamWScheduleFree),
@@ -110,7 +113,16 @@ Conversion rules:
   group: the export refuses an optimizer whose defaults differ from its first group's (the
   CLI, whose state dict lacks the defaults, takes them to be the first group's), and the
   import sets them in ``optimizer.defaults`` from the first group.
-* State buffers and scalars are written as float32 (a float64 model's state is rounded).
+* Parameters and state buffers keep their dtype when it is float32, float16 or bfloat16 (so
+  the state of ``Adam(fused=True)`` on bf16 parameters stays bf16, as wgpu-optim keeps it by
+  default); float64 ones are rounded to float32.  A parameter without PyTorch state gets its
+  initial state in the parameter's dtype, as PyTorch would create it.  Scalars are written
+  as float32.  On import, state and parameters may be F32, F16 or BF16
+  (``load_state_dict`` casts the state to the parameter's dtype, as it does when PyTorch
+  loads its own).  A master copy (``<name>.master``) becomes the parameter where the target
+  parameter is float32 or float64; for a 16-bit target parameter, which PyTorch keeps
+  without one, it is dropped with a warning, and the checkpoint's 16-bit parameter is
+  loaded.
   Scalars (NAdam's mu_product, ASGD's eta and mu: 0-d tensors in PyTorch, or numbers in old
   pickles; Lamb's exp_grad_adanorm, of shape (1,), imported so) are imported as
   ``_get_scalar_dtype()`` 0-d tensors, as PyTorch creates them
@@ -526,7 +538,13 @@ def _export_group(cls_name, group, g, attributes):
     return {key: out[key] for key in allowed if key in out}
 
 
-def _as_f32(t, what, shape):
+# The dtypes a checkpoint holds parameters and state buffers in (safetensors' F32, F16, BF16).
+STORED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+
+
+def _as_stored(t, what, shape):
+    """A parameter or state buffer as the checkpoint stores it: on the CPU, in its dtype
+    where that is one of STORED_DTYPES, else (float64) rounded to float32."""
     if not torch.is_tensor(t):
         raise ValueError(f"{what} is {type(t).__name__}, expected a tensor")
     if t.is_complex():
@@ -535,7 +553,8 @@ def _as_f32(t, what, shape):
         raise ValueError(f"{what} has dtype {t.dtype}, expected a floating-point tensor")
     if tuple(t.shape) != tuple(shape):
         raise ValueError(f"{what} has shape {tuple(t.shape)}, expected {tuple(shape)}")
-    return t.detach().to(device="cpu", dtype=torch.float32).contiguous()
+    dtype = t.dtype if t.dtype in STORED_DTYPES else torch.float32
+    return t.detach().to(device="cpu", dtype=dtype).contiguous()
 
 
 def _scalar_f32(value, what):
@@ -656,7 +675,7 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
             name = name_of[index]
             if name not in params:
                 raise ValueError(f"no parameter values for tensor {name!r}")
-            param = _as_f32(params[name], f"parameter {name!r}", tuple(params[name].shape))
+            param = _as_stored(params[name], f"parameter {name!r}", tuple(params[name].shape))
             shape = tuple(param.shape)
             wanted = state_names(cls_name, hyper, shape)
             state = {k: v for k, v in state_dict["state"].get(index, {}).items()
@@ -686,7 +705,8 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
             tensors[f"{name}.step"] = torch.tensor(step, dtype=torch.int64)
             for s in wanted:
                 if s in state:
-                    tensors[f"{name}.{s}"] = _as_f32(state[s], f"{name}.{s}", state_shape(s, shape))
+                    tensors[f"{name}.{s}"] = _as_stored(state[s], f"{name}.{s}",
+                                                        state_shape(s, shape))
                 elif cls_name == "AdamWScheduleFree" and s == "z" and step > 0:
                     # No gradient yet in a group that has stepped: schedulefree copies the
                     # parameter into z at the tensor's first step, wgpu-optim at step 1 only.
@@ -694,7 +714,7 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
                 else:
                     init = initial_state_value(cls_name, hyper, s)
                     tensors[f"{name}.{s}"] = torch.full(state_shape(s, shape), init,
-                                                        dtype=torch.float32)
+                                                        dtype=param.dtype)
             for s in scalars:
                 if s in state:
                     tensors[f"{name}.{s}"] = _scalar_f32(state[s], f"{name}.{s}")
@@ -781,7 +801,7 @@ def checkpoint_attributes(metadata, what="checkpoint"):
 
 
 def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parameters=True,
-                             what="checkpoint"):
+                             what="checkpoint", master_dtypes=None):
     """Converts a checkpoint's tensors and metadata into a torch optimizer state dict.
 
     cls_name: the target optimizer's class (None: take the checkpoint's).  groups: the
@@ -789,12 +809,17 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
     parameters and current the group's torch keys (without "params"), which the checkpoint's
     hyperparameters override.  shapes: name -> expected shape (a name may be missing).
     parameters: the saved parameters must be present (else they are checked only if present).
+    master_dtypes: name -> the target parameter's dtype; where it is float32 or float64, a
+    saved master copy (``<name>.master``) is that parameter's value, else it is dropped with a
+    warning (None: every master copy is dropped so).
 
     Everything is checked before returning.  Returns (state_dict, params, scaler_state):
     params maps names to the saved parameters (those present), scaler_state is the
     GradScaler state dict or None.  Indices run over the groups' names in order.  The groups
     hold no optimizer attributes (ATTRIBUTES): :func:`checkpoint_attributes` gives them.
     """
+    master_dtypes = master_dtypes or {}
+
     def meta(key):
         if key not in metadata:
             raise ValueError(f"{what}: not a wgpu-optim checkpoint (no {key!r} in its metadata)")
@@ -885,8 +910,9 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                 if key not in tensors:
                     raise ValueError(f"{what}: the checkpoint lacks tensor {key!r}")
                 t = tensors[key]
-                if t.dtype != torch.float32:
-                    raise ValueError(f"{what}: tensor {key!r} is {t.dtype}, expected float32 (F32)")
+                if t.dtype not in STORED_DTYPES:
+                    raise ValueError(f"{what}: tensor {key!r} is {t.dtype}, expected float32, "
+                                     "float16 or bfloat16 (F32, F16 or BF16)")
                 if tuple(t.shape) != tuple(key_shape):
                     raise ValueError(f"{what}: tensor {key!r} has shape {list(t.shape)}, "
                                      f"expected {list(key_shape)}")
@@ -894,6 +920,20 @@ def checkpoint_to_state_dict(tensors, metadata, cls_name, groups, shapes, parame
                 loaded[key] = t
             if name in loaded:
                 params[name] = loaded[name]
+            master_key = f"{name}.master"
+            if master_key in tensors:
+                t = tensors[master_key]
+                if t.dtype != torch.float32 or tuple(t.shape) != tuple(shape):
+                    raise ValueError(f"{what}: tensor {master_key!r} is {t.dtype} of shape "
+                                     f"{list(t.shape)}, expected float32 (F32) of shape "
+                                     f"{list(shape)}")
+                expected.add(master_key)
+                if master_dtypes.get(name) in (torch.float32, torch.float64):
+                    params[name] = t
+                elif name in params:
+                    warnings.warn(f"{what}: the f32 master copy of {name!r} is dropped: PyTorch "
+                                  "keeps none for a 16-bit parameter, which takes the "
+                                  "checkpoint's 16-bit value")
             for s in list(scalars) + list(group_scalars):
                 key = f"{name}.{s}"
                 if key not in tensors:
@@ -1035,7 +1075,8 @@ def from_wgpu_optim(path, optimizer, named_parameters, grad_scaler=None, *, load
         start += n
     tensors, metadata = read_checkpoint(path)
     sd, params, scaler_state = checkpoint_to_state_dict(
-        tensors, metadata, cls_name, groups, shapes, parameters=load_parameters, what=str(path))
+        tensors, metadata, cls_name, groups, shapes, parameters=load_parameters, what=str(path),
+        master_dtypes={name: p.dtype for name, p in by_name.items()})
     attributes = checkpoint_attributes(metadata, what=str(path))
     if cls_name == "AdamWScheduleFree" and not load_parameters:
         for g, (saved, group) in enumerate(zip(sd["param_groups"], optimizer.param_groups)):
@@ -1054,6 +1095,10 @@ def from_wgpu_optim(path, optimizer, named_parameters, grad_scaler=None, *, load
         warnings.warn(f"{path}: the checkpoint's grad scaler state is ignored (no grad_scaler given)")
     if "scheduler" in metadata:
         warnings.warn(f"{path}: the checkpoint's scheduler state is not converted")
+    if "stochastic_rounding" in metadata:
+        warnings.warn(f"{path}: the checkpoint's stochastic rounding (seed "
+                      f"{metadata['stochastic_rounding']}) is not carried: PyTorch rounds to "
+                      "nearest")
     optimizer.load_state_dict(sd)
     _set_attributes(cls_name, optimizer, attributes)
     if cls_name in DEFAULTS_READ and sd["param_groups"]:
@@ -1145,6 +1190,9 @@ def _cli_from_wgpu(args):
         tensors, metadata, cls_name, groups, {}, parameters=True, what=args.input)
     if "scheduler" in metadata:
         print(f"note: {args.input}: the scheduler state is not converted", file=sys.stderr)
+    if "stochastic_rounding" in metadata:
+        print(f"note: {args.input}: stochastic rounding (seed {metadata['stochastic_rounding']}) "
+              "is not carried: PyTorch rounds to nearest", file=sys.stderr)
     model = OrderedDict((name, params[name]) for names, _ in groups for name in names)
     out = {"model": model, "optimizer": sd}
     if scaler_state is not None:

@@ -13,12 +13,18 @@ math in float32, each store rounded to nearest even. It writes, under
 * ``params.<dtype>.safetensors`` - initial parameters ("w" [7,5], "b" [13], "v" [301]) in
   the type (odd lengths, so that tensors end inside 32-bit words).
 * ``grads.<dtype>.safetensors``  - per-step gradients in the type, shape [STEPS, *shape].
-* ``cases.json``                 - {"steps": STEPS, "cases": [{"name", "dtype",
+* ``cases.json``                 - {"steps": STEPS, "split": SPLIT, "cases": [{"name", "dtype",
   "optimizer": {"type", "lr", <torch argument names>}}]}.
 * ``<case>.torch.safetensors``   - final parameters and state (``<name>.<state>``) from the
   fused run, in the type; ``<name>.step`` as 0-d F32.
 * ``<case>.f64.safetensors``     - the same steps in float64 from the same (widened) start and
   gradients, without rounding: the truth both are measured against.
+* ``<case>.torch<SPLIT>.safetensors`` - the wgpu-optim checkpoint that
+  tools/torch_checkpoint.py's ``to_wgpu_optim`` writes after the fused run's first SPLIT
+  steps: parameters and state in the 16-bit type, as PyTorch keeps them (metadata keys
+  sorted, so the file is byte-stable). The script checks that PyTorch, loading it back with
+  ``from_wgpu_optim`` into a fresh fused optimizer, ends the remaining steps bit for bit
+  where the uninterrupted run does. tests/golden.rs resumes wgpu-optim from it.
 
 The non-fused PyTorch path computes op by op in the parameter's type; it is not the
 reference here. The Rust test (tests/golden.rs) replays each case on the GPU and holds it to
@@ -26,11 +32,20 @@ PyTorch's fused result and to the float64 truth.
 """
 import json
 import os
+import sys
 
 import torch
-from safetensors.torch import save_file
+from safetensors.torch import load_file, save_file
+
+from gen_checkpoint import canonicalize
+from gen_optim import REPO_ROOT
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+from torch_checkpoint import from_wgpu_optim, to_wgpu_optim  # noqa: E402
 
 STEPS = 10
+# The step after which the fused run is saved as a wgpu-optim checkpoint.
+SPLIT = 5
 OUT = os.path.join("tests", "golden", "precision")
 SHAPES = {"w": (7, 5), "b": (13,), "v": (301,)}
 DTYPES = {"bf16": torch.bfloat16, "f16": torch.float16}
@@ -51,7 +66,10 @@ def case_name(dtype, opt):
     return f"{opt['type'].lower()}_{dtype}" + (f"_{args}" if args else "")
 
 
-def run(opt, params, grads, fused):
+def run(opt, params, grads, fused, checkpoint=None, resume=None):
+    """Steps 0..STEPS of `opt` from `params`; with `checkpoint`, saves a wgpu-optim checkpoint
+    there after SPLIT steps; with `resume`, loads that checkpoint first and takes the steps
+    after SPLIT only. Returns the final parameters and state."""
     kwargs = {k: v for k, v in opt.items() if k != "type"}
     if fused:
         kwargs["fused"] = True
@@ -59,7 +77,14 @@ def run(opt, params, grads, fused):
         kwargs["foreach"] = False
     ps = {n: torch.nn.Parameter(p.clone()) for n, p in params.items()}
     optimizer = getattr(torch.optim, opt["type"])(list(ps.values()), **kwargs)
-    for k in range(STEPS):
+    first = 0
+    if resume is not None:
+        from_wgpu_optim(resume, optimizer, ps.items())
+        first = SPLIT
+    for k in range(first, STEPS):
+        if k == SPLIT and checkpoint is not None:
+            to_wgpu_optim(optimizer, ps.items(), checkpoint)
+            canonicalize(checkpoint)
         for n, p in ps.items():
             p.grad = grads[n][k].clone()
         optimizer.step()
@@ -86,9 +111,16 @@ def main():
         save_file(grads, os.path.join(OUT, f"grads.{dname}.safetensors"))
         for opt in CASES:
             name = case_name(dname, opt)
-            fused = run(opt, params, grads, fused=True)
+            checkpoint = os.path.join(OUT, f"{name}.torch{SPLIT}.safetensors")
+            fused = run(opt, params, grads, fused=True, checkpoint=checkpoint)
             for key, value in fused.items():
                 assert key.endswith(".step") or value.dtype == dtype, (name, key)
+            saved = load_file(checkpoint)
+            for key, value in saved.items():
+                assert key.endswith(".step") or value.dtype == dtype, (name, key)
+            resumed = run(opt, params, grads, fused=True, resume=checkpoint)
+            for key, value in fused.items():
+                assert torch.equal(resumed[key], value), (name, key)
             truth = run(
                 opt,
                 {n: p.to(torch.float64) for n, p in params.items()},
@@ -103,7 +135,7 @@ def main():
             print(f"{name}: PyTorch's fused {dname} error against float64: {err:.3e}")
             cases.append({"name": name, "dtype": dname, "optimizer": opt})
     with open(os.path.join(OUT, "cases.json"), "w") as f:
-        json.dump({"steps": STEPS, "cases": cases}, f, indent=1)
+        json.dump({"steps": STEPS, "split": SPLIT, "cases": cases}, f, indent=1)
         f.write("\n")
 
 
