@@ -1136,6 +1136,17 @@ pub fn time_over_adam(
         "adam+scaler",
         "adam+clip+scaler",
     ];
+    time_over_first(ctx, &names, elements, iterations)
+}
+
+/// The cases `names` timed in turn ([`measure_interleaved`]): `(name, time over the first
+/// case's)` for each but the first.
+fn time_over_first(
+    ctx: &Context,
+    names: &[&'static str],
+    elements: u64,
+    iterations: usize,
+) -> Result<Vec<(&'static str, f64)>> {
     let cases: Vec<KernelCase> = names.iter().filter_map(|n| kernel_case(n)).collect();
     let m = measure_interleaved(ctx, &cases, elements, iterations)?;
     Ok(names[1..]
@@ -1158,13 +1169,7 @@ pub fn f16_paths_over_packed(
         return Ok(Vec::new());
     }
     let names = ["adam-f16-packed", "adam-f16-native", "adam-f16"];
-    let cases: Vec<KernelCase> = names.iter().filter_map(|n| kernel_case(n)).collect();
-    let m = measure_interleaved(ctx, &cases, elements, iterations)?;
-    Ok(names[1..]
-        .iter()
-        .zip(&m[1..])
-        .map(|(n, t)| (*n, t.seconds / m[0].seconds))
-        .collect())
+    time_over_first(ctx, &names, elements, iterations)
 }
 
 /// One line per row, starting with the kernel's name:

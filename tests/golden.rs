@@ -559,6 +559,32 @@ fn precision_cases() -> (&'static Path, serde_json::Value) {
     (dir, serde_json::from_str(&text).unwrap())
 }
 
+/// One case of tests/golden/precision: its name, the parameters' type, the parameters and
+/// gradients (both of that type), and the optimizer.
+struct PrecisionCase {
+    name: String,
+    dtype: DType,
+    params: Vec<NamedTensor>,
+    grads: Vec<NamedTensor>,
+    config: OptimizerConfig,
+}
+
+/// Reads `case` of cases.json in `dir`.
+fn precision_case(dir: &Path, case: &serde_json::Value) -> PrecisionCase {
+    let dtype: DType = case["dtype"].as_str().unwrap().parse().unwrap();
+    let read = |file: String| replay::read_safetensors(&dir.join(file)).unwrap();
+    let params = read(format!("params.{dtype}.safetensors"));
+    let grads = read(format!("grads.{dtype}.safetensors"));
+    assert!(params.iter().chain(&grads).all(|t| t.dtype == dtype));
+    PrecisionCase {
+        name: case["name"].as_str().unwrap().to_string(),
+        dtype,
+        params,
+        grads,
+        config: serde_json::from_value(case["optimizer"].clone()).unwrap(),
+    }
+}
+
 /// Holds `ours`, a replay's output, to `torch`, PyTorch's fused run of the same steps, and to
 /// `truth`, the float64 run: as `sixteen_bit_replay_matches_fused_pytorch` says.
 fn hold_to_fused(
@@ -633,13 +659,9 @@ fn sixteen_bit_replay_matches_fused_pytorch() {
     let cases = cases["cases"].as_array().unwrap();
     assert_eq!(cases.len(), 12);
     for case in cases {
-        let name = case["name"].as_str().unwrap();
-        let dtype: DType = case["dtype"].as_str().unwrap().parse().unwrap();
+        let c = precision_case(dir, case);
+        let (name, dtype, params, grads, config) = (c.name, c.dtype, c.params, c.grads, c.config);
         let read = |file: String| replay::read_safetensors(&dir.join(file)).unwrap();
-        let params = read(format!("params.{dtype}.safetensors"));
-        let grads = read(format!("grads.{dtype}.safetensors"));
-        assert!(params.iter().chain(&grads).all(|t| t.dtype == dtype));
-        let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
         // f16 on each path the device has: both store the same bits.
         let contexts = if dtype == DType::F16 {
             f16_paths(ctx)
@@ -674,12 +696,9 @@ fn sixteen_bit_checkpoints_move_between_pytorch_and_replay() {
     let tmp = std::env::temp_dir().join(format!("wgpu-optim-golden16-{}", std::process::id()));
     std::fs::create_dir_all(&tmp).unwrap();
     for case in cases["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
-        let dtype: DType = case["dtype"].as_str().unwrap().parse().unwrap();
+        let c = precision_case(dir, case);
+        let (name, dtype, params, grads, config) = (c.name, c.dtype, c.params, c.grads, c.config);
         let read = |file: String| replay::read_safetensors(&dir.join(file)).unwrap();
-        let params = read(format!("params.{dtype}.safetensors"));
-        let grads = read(format!("grads.{dtype}.safetensors"));
-        let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
         // The gradients of steps [from, to).
         let steps_of = |from: usize, to: usize| -> Vec<NamedTensor> {
             grads
@@ -715,7 +734,7 @@ fn sixteen_bit_checkpoints_move_between_pytorch_and_replay() {
             ..Default::default()
         };
         replay::replay(ctx, &config, &save, &params, &steps_of(0, split)).unwrap();
-        let (ours, theirs) = same_checkpoint_layout(name, &saved, &torch_split);
+        let (ours, theirs) = same_checkpoint_layout(&name, &saved, &torch_split);
         for ((n, d, _, a), (_, _, _, b)) in ours.iter().zip(&theirs) {
             if d == "I64" {
                 // PyTorch's SGD keeps no count: the tool writes 1 once a momentum buffer
@@ -758,12 +777,9 @@ fn master_weights_follow_the_float64_truth() {
         ..Default::default()
     };
     for case in cases["cases"].as_array().unwrap() {
-        let name = case["name"].as_str().unwrap();
-        let dtype: DType = case["dtype"].as_str().unwrap().parse().unwrap();
+        let c = precision_case(dir, case);
+        let (name, dtype, params, grads, config) = (c.name, c.dtype, c.params, c.grads, c.config);
         let read = |file: String| replay::read_safetensors(&dir.join(file)).unwrap();
-        let params = read(format!("params.{dtype}.safetensors"));
-        let grads = read(format!("grads.{dtype}.safetensors"));
-        let config: OptimizerConfig = serde_json::from_value(case["optimizer"].clone()).unwrap();
         let ours = replay::replay(ctx, &config, &options, &params, &grads)
             .unwrap()
             .tensors;
