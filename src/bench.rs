@@ -458,8 +458,8 @@ pub fn median(times: &[Duration]) -> Option<Duration> {
 
 /// Finds an adapter as [`Context::request`] does and creates a device with the adapter's
 /// limits and, when the adapter has them, [`wgpu::Features::TIMESTAMP_QUERY`] and
-/// `SHADER_F16`. Returns the
-/// context, the adapter's description, and whether timestamps are on.
+/// `SHADER_F16`. Returns the context, the adapter's description, and whether timestamps are
+/// on.
 pub fn bench_context(
     backends: wgpu::Backends,
     adapter: Option<&str>,

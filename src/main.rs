@@ -173,7 +173,8 @@ enum Command {
 }
 
 /// Parses one of this crate's named values: a norm type (`2`, `inf`), a state type (`param`,
-/// `f32`, `bf16`), an access mode (`scalar`, `vec4`) or an f16 path (`packed`, `native`).
+/// `f32`, `bf16`), an access mode (`scalar`, `vec4`) or an f16 path (`auto`, `packed`,
+/// `native`).
 fn parse_named<T: std::str::FromStr<Err = Error>>(text: &str) -> Result<T, String> {
     text.parse().map_err(|e: Error| e.to_string())
 }

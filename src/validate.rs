@@ -146,15 +146,20 @@ pub fn storage_layouts() -> Vec<Storage> {
     ]
 }
 
+/// The layouts of [`storage_layouts`] that `ctx`'s device runs ([`Storage::runs_on`]).
+fn layouts_on(ctx: &Context) -> Vec<Storage> {
+    storage_layouts()
+        .into_iter()
+        .filter(|s| s.runs_on(ctx))
+        .collect()
+}
+
 /// The rows [`run`] checks on `ctx`'s device: every configuration of [`all_configs`] and every
 /// recipe of [`all_recipes`] in f32, and in every other storage layout of [`storage_layouts`]
 /// that the device runs, the first configuration of each class (by
 /// [`OptimizerConfig::CLASSES`]) that the layout applies to.
 pub fn all_rows(ctx: &Context) -> Vec<(OptimizerConfig, Recipe, Storage)> {
-    let layouts: Vec<Storage> = storage_layouts()
-        .into_iter()
-        .filter(|s| s.runs_on(ctx))
-        .collect();
+    let layouts = layouts_on(ctx);
     let configs = all_configs();
     let mut order: Vec<usize> = (0..configs.len()).collect();
     order.sort_by_cached_key(|&i| display_key(&configs[i]));
@@ -991,11 +996,7 @@ pub fn run_with_progress(
     let copy = time_copy(ctx, size, steps).ok();
     Ok(Report {
         adapter: AdapterSummary::from(&ctx.device().adapter_info()),
-        storage: storage_layouts()
-            .iter()
-            .filter(|s| s.runs_on(ctx))
-            .map(|s| s.name)
-            .collect(),
+        storage: layouts_on(ctx).iter().map(|s| s.name).collect(),
         size,
         tensor_sizes: layout.sizes.clone(),
         steps,

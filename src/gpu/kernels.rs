@@ -220,47 +220,14 @@ impl Module {
                         out.push(Module::Optimizer(shader, Binds::f32(access, grad), flags));
                     }
                 }
+                let (bf16, f16, f32) = (DType::BF16, DType::F16, DType::F32);
+                let (packed, native, auto) = (F16Path::Packed, F16Path::Native, F16Path::Auto);
                 for (param_type, grad_type, state_type, master, stochastic, f16_path) in [
-                    (
-                        DType::BF16,
-                        DType::BF16,
-                        DType::BF16,
-                        false,
-                        false,
-                        F16Path::Packed,
-                    ),
-                    (
-                        DType::F16,
-                        DType::F32,
-                        DType::F32,
-                        false,
-                        true,
-                        F16Path::Packed,
-                    ),
-                    (
-                        DType::BF16,
-                        DType::BF16,
-                        DType::F32,
-                        true,
-                        true,
-                        F16Path::Packed,
-                    ),
-                    (
-                        DType::F16,
-                        DType::F16,
-                        DType::F16,
-                        true,
-                        true,
-                        F16Path::Native,
-                    ),
-                    (
-                        DType::F16,
-                        DType::F16,
-                        DType::F32,
-                        false,
-                        false,
-                        F16Path::Auto,
-                    ),
+                    (bf16, bf16, bf16, false, false, packed),
+                    (f16, f32, f32, false, true, packed),
+                    (bf16, bf16, f32, true, true, packed),
+                    (f16, f16, f16, true, true, native),
+                    (f16, f16, f32, false, false, auto),
                 ] {
                     for flags in [0, EDGES, STEP_FLAGS, STEP_FLAGS | EDGES] {
                         let binds = Binds {
