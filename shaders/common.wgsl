@@ -141,15 +141,16 @@ fn step_units(wid: vec3<u32>, lid: u32) {
         }
         let p = seg.param_offset + i;
         let s = seg.state_offset + i;
+        let m = master_index(n, i);
         var u: Unit;
         u.c = c;
         u.seg = seg;
         u.index = i;
-        u.p = load_param(p, s);
+        u.p = load_param(p, m);
         u.g = prepare_grad(grad_unit(seg.grad_offset + i));
         load_states(&u, s, stride);
         update(&u);
-        store_param(p, s, u.p, seg.tensor, first_element(n, seg, i));
+        store_param(p, m, u.p, seg.tensor, first_element(n, seg, i));
         if STATES > 0u {
             set_state_unit(s, u.s[0]);
         }
@@ -191,7 +192,7 @@ fn step_edge(wid: vec3<u32>, lid: u32) {
     var p = splat(0.0);
     var g = splat(0.0);
     for (var k = site.lo; k < site.hi; k++) {
-        set_lane(&p, k, load_param_lane(site.p, site.s, k));
+        set_lane(&p, k, load_param_lane(site.p, site.m, k));
         set_lane(&g, k, grad_lane(site.g, k));
     }
     u.p = p;
@@ -204,7 +205,7 @@ fn step_edge(wid: vec3<u32>, lid: u32) {
         u.s[n] = v;
     }
     update(&u);
-    store_param_lanes(site.p, site.s, u.p, site.segment.tensor, site.first, site.lo, site.hi);
+    store_param_lanes(site.p, site.m, u.p, site.segment.tensor, site.first, site.lo, site.hi);
     for (var k = site.lo; k < site.hi; k++) {
         for (var n = 0u; n < STATES; n++) {
             set_state_lane(site.s + n * stride, k, lane(u.s[n], k));
@@ -271,6 +272,7 @@ fn locate_edge(wid: vec3<u32>, lid: u32) -> Site {
     site.p = seg.param_offset + site.index;
     site.g = seg.grad_offset + site.index;
     site.s = seg.state_offset + site.index;
+    site.m = master_index(n, site.index);
     site.first = first_element(n, seg, site.index);
     return site;
 }

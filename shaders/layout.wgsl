@@ -72,8 +72,10 @@ struct SegmentTable {
     segments: array<Segment, MAX_SEGMENTS>,
     // Entry k, in `x`: the segment of workgroup k << coarse_shift, so that finding a
     // workgroup's segment searches only between two entries. In `y`: the index in its tensor
-    // of segment k's first element, modulo 2^32 (`first_element`). A uniform array's elements
-    // are 16 bytes apart, and there are as many entries as segments, so the two share them.
+    // of segment k's first element, modulo 2^32 (`first_element`). In `z`, where the batch
+    // keeps master weights: the unit of the master binding that holds segment k's first
+    // element (`master_index`). A uniform array's elements are 16 bytes apart, and there are
+    // as many entries as segments, so the two share them.
     coarse: array<vec4<u32>, COARSE_ENTRIES>,
 }
 
@@ -153,7 +155,7 @@ struct Control {
 
 // Where one invocation works: its segment, the unit index inside that segment, the lanes
 // [lo, hi) of that unit that belong to the segment, and the unit's index in the parameter,
-// gradient and (first) state window. lo == hi when the invocation has nothing to do.
+// gradient, (first) state and master windows. lo == hi when the invocation has nothing to do.
 struct Site {
     segment: Segment,
     index: u32,
@@ -162,6 +164,7 @@ struct Site {
     p: u32,
     g: u32,
     s: u32,
+    m: u32,
     // In the edge dispatch (`locate_edge`), the index in its tensor of the unit's lane 0
     // (`first_element`).
     first: u32,
@@ -171,6 +174,13 @@ struct Site {
 // of a segment's first unit may lie before the tensor's element 0).
 fn first_element(n: u32, seg: Segment, index: u32) -> u32 {
     return table.coarse[n].y + index * LANES - seg.head;
+}
+
+// The index in the master binding of unit `index` of segment `n` (shaders/master.wgsl): the
+// state's where that is per element, and for factored state a region of the master binding
+// of its own.
+fn master_index(n: u32, index: u32) -> u32 {
+    return table.coarse[n].z + index;
 }
 
 // The last segment whose first workgroup is <= wg: a binary search between the two entries of
@@ -198,8 +208,9 @@ fn next_start(n: u32) -> u32 {
     return 0xffffffffu;
 }
 
-// The site of invocation `local_index` of the step's workgroup `wg`, which lies in `segment`.
-fn site_in(segment: Segment, wg: u32, local_index: u32) -> Site {
+// The site of invocation `local_index` of the step's workgroup `wg`, which lies in segment
+// `n`, `segment`.
+fn site_in(n: u32, segment: Segment, wg: u32, local_index: u32) -> Site {
     var site: Site;
     site.lo = 0u;
     site.hi = 0u;
@@ -215,6 +226,7 @@ fn site_in(segment: Segment, wg: u32, local_index: u32) -> Site {
     site.p = segment.param_offset + site.index;
     site.g = segment.grad_offset + site.index;
     site.s = segment.state_offset + site.index;
+    site.m = master_index(n, site.index);
     return site;
 }
 

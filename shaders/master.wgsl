@@ -1,7 +1,7 @@
 // How the step kernels load and store a unit's parameter where the optimizer keeps an f32
 // master copy of its 16-bit parameters (`Precision::master_weights`), in place of
-// shaders/param.wgsl: the update runs on the master copy (binding 4, laid out as the first
-// state buffer, so unit `s`), and the 16-bit parameter is written from the new master value
+// shaders/param.wgsl: the update runs on the master copy (binding 4, unit `m`, from
+// `master_index`: laid out as the first state buffer, but for factored state), and the 16-bit parameter is written from the new master value
 // in the same kernel. The arguments are those of shaders/param.wgsl.
 //
 // A master copy not made yet holds UNMADE (`UNMADE_MASTER` in src/optimizer.rs), a NaN that
@@ -11,41 +11,41 @@
 // the engine wrote to them in between.
 const UNMADE: u32 = 0x7fe5a5a5u;
 
-fn load_param(p: u32, s: u32) -> V {
-    var m = master_unit(s);
+fn load_param(p: u32, m: u32) -> V {
+    var x = master_unit(m);
     var unmade = false;
     for (var k = 0u; k < LANES; k++) {
-        unmade = unmade || bitcast<u32>(lane(m, k)) == UNMADE;
+        unmade = unmade || bitcast<u32>(lane(x, k)) == UNMADE;
     }
     if unmade {
         let q = param_unit(p);
         for (var k = 0u; k < LANES; k++) {
-            if bitcast<u32>(lane(m, k)) == UNMADE {
-                set_lane(&m, k, lane(q, k));
+            if bitcast<u32>(lane(x, k)) == UNMADE {
+                set_lane(&x, k, lane(q, k));
             }
         }
     }
-    return m;
+    return x;
 }
 
-fn load_param_lane(p: u32, s: u32, k: u32) -> f32 {
-    let m = master_lane(s, k);
-    if bitcast<u32>(m) == UNMADE {
+fn load_param_lane(p: u32, m: u32, k: u32) -> f32 {
+    let x = master_lane(m, k);
+    if bitcast<u32>(x) == UNMADE {
         return param_lane(p, k);
     }
-    return m;
+    return x;
 }
 
-fn store_param(p: u32, s: u32, v: V, tensor: u32, first: u32) {
-    set_master_unit(s, v);
+fn store_param(p: u32, m: u32, v: V, tensor: u32, first: u32) {
+    set_master_unit(m, v);
     set_param_unit(p, param_grid(v, tensor, first));
 }
 
 // Stores lanes [lo, hi) alone (the edge dispatch).
-fn store_param_lanes(p: u32, s: u32, v: V, tensor: u32, first: u32, lo: u32, hi: u32) {
+fn store_param_lanes(p: u32, m: u32, v: V, tensor: u32, first: u32, lo: u32, hi: u32) {
     let r = param_grid(v, tensor, first);
     for (var k = lo; k < hi; k++) {
-        set_master_lane(s, k, lane(v, k));
+        set_master_lane(m, k, lane(v, k));
         set_param_lane(p, k, lane(r, k));
     }
 }

@@ -73,7 +73,7 @@ fn reduce(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index
                 segment = table.segments[n];
                 next = next_start(n);
             }
-            acc = accumulate(acc, site_in(segment, wg, lid), flags, inv_scale);
+            acc = accumulate(acc, site_in(n, segment, wg, lid), flags, inv_scale);
         }
     }
     let total = workgroup_combine(lid, acc, norm_mode((flags & NORM_INF) != 0u));

@@ -30,15 +30,16 @@ fn sums(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) 
     if wg >= table.total_workgroups {
         return;
     }
-    let segment = table.segments[find_segment(wg)];
-    let site = site_in(segment, wg, lid);
+    let n = find_segment(wg);
+    let segment = table.segments[n];
+    let site = site_in(n, segment, wg, lid);
     var acc = vec4<f32>(0.0);
     if site.lo < site.hi {
         var u: Unit;
         u.c = derived.tensors[segment.tensor];
         u.seg = segment;
         u.index = site.index;
-        u.p = load_param(site.p, site.s);
+        u.p = load_param(site.p, site.m);
         u.g = prepare_grad(grad_unit(site.g));
         load_states(&u, site.s, table.state_stride);
         let terms = sum_terms(&u);

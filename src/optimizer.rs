@@ -526,12 +526,6 @@ impl Optimizer {
             let state_type = precision.state.for_param(t.param.dtype);
             let sixteen = t.param.dtype != DType::F32;
             let master = precision.master_weights && sixteen;
-            if master && kernel.factored() {
-                return Err(Error::Input(format!(
-                    "tensor {i}: {} factors the state of a tensor of shape {shape:?}, and master weights are laid out as per-element state, so it cannot keep master weights (not built yet)",
-                    config.type_name()
-                )));
-            }
             if state_type != DType::F32 && (kernel.factored() || kernel.phased()) {
                 return Err(Error::Input(format!(
                     "tensor {i}: {} keeps its state in f32 ({}), so it cannot keep {state_type} state (ask for f32 state)",
@@ -556,6 +550,7 @@ impl Optimizer {
                 lanes: access.lanes(),
                 footprint: factors.map(|f| f.footprint()),
                 whole: kernel.phased(),
+                master,
             });
             metas.push(TensorMeta {
                 group: *g,
@@ -639,7 +634,7 @@ impl Optimizer {
                     buffer: state_buffer(device, groups, &all, &metas, b, p, block_keys[p.key]),
                     // Made by the first step, from the parameters as they are then.
                     master: block_keys[p.key].3.then(|| {
-                        let unmade = vec![UNMADE_MASTER; p.len.max(4) as usize];
+                        let unmade = vec![UNMADE_MASTER; p.master_len.max(4) as usize];
                         wgpu::util::DeviceExt::create_buffer_init(
                             device,
                             &wgpu::util::BufferInitDescriptor {
@@ -1405,7 +1400,7 @@ impl Optimizer {
                         if self.precision.master_weights { "with" } else { "without" }
                     ))
                 })?;
-                Ok((buffer, p.state_offset, p.len))
+                Ok((buffer, p.master_offset, p.len))
             })
             .collect()
     }
@@ -1875,8 +1870,8 @@ pub(crate) const MAX_FACTOR_LINE: u64 = 65_535 * 256;
 /// Fails where a tensor whose state is never split (factored state, or Muon's) could not be
 /// planned or stepped: its parameter or its gradient larger than one binding (a factored
 /// tensor's rows and columns are reduced whole, Muon's matrix products read a tensor whole),
-/// its state larger than a state block, or a factored tensor's row or column longer than
-/// [`MAX_FACTOR_LINE`].
+/// its state (or a factored tensor's master copy) larger than a state block, or a factored
+/// tensor's row or column longer than [`MAX_FACTOR_LINE`].
 fn check_whole(
     metas: &[TensorMeta],
     spans: &[plan::StateSpan],
@@ -1902,11 +1897,19 @@ fn check_whole(
             )));
         }
         let footprint = span.footprint.unwrap_or(meta.len + span.lanes);
-        if footprint > max_state {
-            return Err(Error::Unsupported(format!(
-                "{what}: its state of {footprint} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
-                limits.max_binding
-            )));
+        // A factored tensor's master copy lies in a region of its own, per element.
+        let copy = if span.master {
+            meta.len + span.lanes
+        } else {
+            0
+        };
+        for (what_of, elements) in [("state", footprint), ("master copy", copy)] {
+            if elements > max_state {
+                return Err(Error::Unsupported(format!(
+                    "{what}: its {what_of} of {elements} elements must fit one storage binding of {} bytes (max_storage_buffer_binding_size)",
+                    limits.max_binding
+                )));
+            }
         }
         if let Some(f) = meta.factors
             && f.rows.max(f.cols) > MAX_FACTOR_LINE

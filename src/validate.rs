@@ -77,13 +77,11 @@ impl Storage {
 
     /// Whether an optimizer of `config` can keep its tensors so: classes whose state the
     /// kernels read as f32 (Adafactor's factored state, Muon's matrix products) take no 16-bit
-    /// state, and Adafactor's factored state no master copy.
+    /// state.
     pub fn applies_to(&self, config: &OptimizerConfig) -> bool {
         let kernel = config.kernel_for(&[2, 2]);
         let sixteen_bit_state = self.precision.state.for_param(self.param) != DType::F32;
-        let master = self.precision.master_weights && self.param != DType::F32;
         !(sixteen_bit_state && (kernel.factored() || kernel.phased()))
-            && !(master && kernel.factored())
     }
 
     /// Whether `ctx`'s device runs this layout: every layout on the default f16 path, and

@@ -13,8 +13,9 @@ use common::{Rng, ctx, f16_paths};
 use wgpu::util::DeviceExt;
 use wgpu_optim::reference::Stored;
 use wgpu_optim::{
-    Access, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, F16Path, Lamb, Optimizer,
-    OptimizerConfig, ParamGroup, Precision, SGD, StateDType, Tensor, TensorState, reference,
+    Access, Adafactor, Adagrad, Adam, AdamW, BufferRange, ClipGrad, Context, DType, F16Path, Lamb,
+    Optimizer, OptimizerConfig, ParamGroup, Precision, SGD, StateDType, Tensor, TensorState,
+    reference,
 };
 
 /// Bits of an element no tensor owns: must survive every step bit for bit.
@@ -58,11 +59,40 @@ fn read_bits(ctx: &Context, buffer: &wgpu::Buffer, dtype: DType, n: usize) -> Ve
     }
 }
 
-/// One tensor's place: element offsets of its parameter and gradient, and its length.
+/// One tensor's place: element offsets of its parameter and gradient, its length, and its
+/// shape (empty for a vector of `len`).
 struct Place {
     param: usize,
     grad: usize,
     len: usize,
+    shape: &'static [usize],
+}
+
+impl Place {
+    /// A vector of `len` elements.
+    fn new(param: usize, grad: usize, len: usize) -> Self {
+        Self {
+            param,
+            grad,
+            len,
+            shape: &[],
+        }
+    }
+
+    /// The same elements as a tensor of `shape`.
+    fn with_shape(self, shape: &'static [usize]) -> Self {
+        assert_eq!(shape.iter().product::<usize>(), self.len);
+        Self { shape, ..self }
+    }
+
+    /// The tensor's shape.
+    fn dims(&self) -> Vec<usize> {
+        if self.shape.is_empty() {
+            vec![self.len]
+        } else {
+            self.shape.to_vec()
+        }
+    }
 }
 
 /// Steps `config` `steps` times over tensors of the given places with parameters of
@@ -97,11 +127,16 @@ fn check(
         .iter()
         .map(|p| {
             let at = |e: usize, d: DType| e as u64 * d.size();
-            Tensor::new(
+            let tensor = Tensor::new(
                 BufferRange::new(&param, at(p.param, param_type), p.len as u64)
                     .with_dtype(param_type),
                 BufferRange::new(&grad, at(p.grad, grad_type), p.len as u64).with_dtype(grad_type),
-            )
+            );
+            if p.shape.is_empty() {
+                tensor
+            } else {
+                tensor.with_shape(p.shape)
+            }
         })
         .collect();
     let groups = [ParamGroup::new(config, tensors)];
@@ -169,7 +204,7 @@ fn check(
         reference::prepare_grads(&mut all, clip.as_ref(), None);
         for (k, p) in places.iter().enumerate() {
             let g32: Vec<f32> = grads[k].iter().map(|&g| g as f32).collect();
-            let shape = [p.len];
+            let shape = p.dims();
             let (master64, master32) = if keeps_master {
                 (Some(&mut m64[k][..]), Some(&mut m32[k][..]))
             } else {
@@ -304,36 +339,12 @@ fn check(
 /// long enough for many workgroups.
 fn places() -> Vec<Place> {
     vec![
-        Place {
-            param: 1,
-            grad: 1,
-            len: 1,
-        },
-        Place {
-            param: 3,
-            grad: 5,
-            len: 1_001,
-        },
-        Place {
-            param: 1_004,
-            grad: 1_010,
-            len: 3,
-        },
-        Place {
-            param: 1_009,
-            grad: 1_020,
-            len: 517,
-        },
-        Place {
-            param: 1_529,
-            grad: 1_541,
-            len: 70_001,
-        },
-        Place {
-            param: 71_531,
-            grad: 71_543,
-            len: 2,
-        },
+        Place::new(1, 1, 1),
+        Place::new(3, 5, 1_001),
+        Place::new(1_004, 1_010, 3),
+        Place::new(1_009, 1_020, 517),
+        Place::new(1_529, 1_541, 70_001),
+        Place::new(71_531, 71_543, 2),
     ]
 }
 
@@ -499,6 +510,38 @@ fn master_weights_and_stochastic_rounding_match_the_reference() {
     }
 }
 
+#[test]
+fn adafactor_keeps_master_weights_beside_factored_state() {
+    // Adafactor factors the state of a matrix, so its master copy lies in a region of its own,
+    // per element: matrices (one a batch of 4, one of many workgroups) and a vector at odd
+    // offsets, three of them in one state block, each copy at its parameter's lane. A copy
+    // indexed by the factor region, or by another tensor's region, gives other values.
+    let mut rng = Rng::fresh("adafactor_keeps_master_weights_beside_factored_state");
+    let config: OptimizerConfig = Adafactor::default().into();
+    let places = [
+        Place::new(1, 1, 6).with_shape(&[2, 3]),
+        Place::new(9, 11, 1_000).with_shape(&[4, 10, 25]),
+        Place::new(1_013, 1_013, 77),
+        Place::new(1_093, 1_095, 70_007).with_shape(&[7, 10_001]),
+    ];
+    let master = Precision::default()
+        .with_master_weights(true)
+        .with_state(StateDType::F32);
+    let seeded = master.with_stochastic_rounding(Some(11));
+    for access in [Access::Vec4, Access::Scalar] {
+        for ctx in f16_paths(&ctx().clone().with_access(access)) {
+            for (param, grad) in [(DType::BF16, DType::BF16), (DType::F16, DType::F32)] {
+                for precision in [master, seeded] {
+                    let types = (param, grad, precision);
+                    if runs_on(&ctx, types) {
+                        check(&ctx, config, None, types, &places, 4, &mut rng);
+                    }
+                }
+            }
+        }
+    }
+}
+
 /// `n` copies of bf16 1.5 in one tensor, stepped `steps` times by SGD with a constant update of
 /// `update` (below half a unit of bf16 there, 2^-7), with `precision`; the parameters as f64.
 fn constant_updates(precision: Precision, n: usize, update: f32, steps: usize) -> Vec<f64> {
@@ -566,7 +609,7 @@ fn stochastic_rounding_is_unbiased_and_reproducible() {
 }
 
 #[test]
-fn master_weights_and_stochastic_rounding_refuse_f32_parameters_and_factored_state() {
+fn master_weights_and_stochastic_rounding_refuse_f32_parameters() {
     let ctx = ctx();
     let param = buffer(ctx, "param", DType::F32, &[0; 64]);
     let grad = buffer(ctx, "grad", DType::F32, &[0; 64]);
@@ -613,16 +656,6 @@ fn master_weights_and_stochastic_rounding_refuse_f32_parameters_and_factored_sta
     assert_eq!(
         read_bits(ctx, &bf16, DType::BF16, 16),
         vec![DType::BF16.bits(2.0); 16]
-    );
-    // Adafactor factors the state of a matrix: no master copy laid out per element.
-    let adafactor = wgpu_optim::Adafactor::default();
-    let matrix = bf16_tensor.with_shape(&[4, 4]);
-    let groups = [ParamGroup::new(adafactor, vec![matrix])];
-    let err =
-        Optimizer::with_precision(ctx, &groups, master.with_state(StateDType::F32)).unwrap_err();
-    assert!(
-        err.to_string().contains("cannot keep master weights"),
-        "{err}"
     );
 }
 
@@ -806,11 +839,10 @@ fn sixteen_bit_tensors_split_across_small_windows() {
         l.max_storage_buffer_binding_size = 1 << 20;
     });
     // Every tensor ends on an odd element, inside a word.
-    let place = |param, grad, len| Place { param, grad, len };
     let places = [
-        place(3, 1, 1_000),
-        place(1_003, 1_001, 700_000),
-        place(701_004, 701_002, 5),
+        Place::new(3, 1, 1_000),
+        Place::new(1_003, 1_001, 700_000),
+        Place::new(701_004, 701_002, 5),
     ];
     let config: OptimizerConfig = Adam {
         lr: 0.1,
@@ -893,14 +925,26 @@ fn sixteen_bit_parameters_and_gradients_may_share_a_buffer_and_a_word() {
 
 #[test]
 fn master_weights_and_rounding_resume_from_checkpoints_and_snapshots() {
-    // A run with master weights and stochastic rounding, saved after two steps, and a second
-    // optimizer over other buffers that loads the file: both take the same two further steps
-    // and must agree bit for bit, parameters and master copies, as must a snapshot restored.
+    // Adam, and Adafactor on a matrix, whose master copy lies apart from its factored state.
+    let adam = Adam {
+        lr: 0.01,
+        ..Default::default()
+    };
+    resume_with_master_weights(adam.into(), &[1_002]);
+    resume_with_master_weights(Adafactor::default().into(), &[6, 167]);
+}
+
+/// A run of `config` on one bf16 tensor of `shape` (1,002 elements) with master weights and
+/// stochastic rounding, saved after two steps, and a second optimizer over other buffers that
+/// loads the file: both take the same two further steps and must agree bit for bit,
+/// parameters and master copies, as must a snapshot restored.
+fn resume_with_master_weights(config: OptimizerConfig, shape: &'static [usize]) {
     let ctx = ctx();
-    let mut rng = Rng::fresh("master_weights_resume");
+    let mut rng = Rng::fresh(&format!("master_weights_resume {config:?}"));
     // An even length at an even element offset: snapshots copy whole words. The offset is
     // lane 2 of a vec4, so both dispatches run.
     let n = 1_002;
+    assert_eq!(shape.iter().product::<usize>(), n);
     let grads: Vec<Vec<u32>> = (0..4)
         .map(|_| (0..n).map(|_| rng.normal().to_bits()).collect())
         .collect();
@@ -909,10 +953,6 @@ fn master_weights_and_rounding_resume_from_checkpoints_and_snapshots() {
         .with_master_weights(true)
         .with_stochastic_rounding(Some(5))
         .with_state(StateDType::F32);
-    let config = Adam {
-        lr: 0.01,
-        ..Default::default()
-    };
     // An optimizer over a fresh bf16 parameter (at element 2) and an f32 gradient buffer.
     let build = |params: &[u32], precision: Precision| {
         let mut bits = vec![u32::from(POISON); 2];
@@ -922,7 +962,8 @@ fn master_weights_and_rounding_resume_from_checkpoints_and_snapshots() {
         let tensor = Tensor::new(
             BufferRange::new(&param, 4, n as u64).with_dtype(DType::BF16),
             BufferRange::new(&grad, 0, n as u64),
-        );
+        )
+        .with_shape(shape);
         let groups = [ParamGroup::new(config, vec![tensor])];
         let opt = Optimizer::with_precision(ctx, &groups, precision).unwrap();
         (opt, param, grad)
@@ -940,7 +981,8 @@ fn master_weights_and_rounding_resume_from_checkpoints_and_snapshots() {
     step(&mut a, &a_grad, &grads[0]);
     step(&mut a, &a_grad, &grads[1]);
     let path = std::env::temp_dir().join(format!(
-        "wgpu-optim-master-{}.safetensors",
+        "wgpu-optim-master-{}-{}.safetensors",
+        config.type_name(),
         std::process::id()
     ));
     let with_params = wgpu_optim::checkpoint::SaveOptions {

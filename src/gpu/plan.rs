@@ -53,6 +53,10 @@ pub(crate) struct Block {
     pub(crate) key: usize,
     /// Elements of each state buffer in the block, a multiple of `lanes`.
     pub(crate) len: u64,
+    /// Elements of the block's master buffer, where its tensors keep master weights, a
+    /// multiple of `lanes`: `len`, but for factored state, whose master copies lie in regions
+    /// of their own ([`StatePiece::master_offset`]).
+    pub(crate) master_len: u64,
     pub(crate) lanes: u64,
 }
 
@@ -67,6 +71,10 @@ pub(crate) struct StatePiece {
     /// First element of the piece within its block's state buffers; for a tensor whose
     /// state is factored, the start of its factor region, a multiple of 4.
     pub(crate) state_offset: u64,
+    /// First element of the piece's master copy within its block's master buffer, where the
+    /// tensor keeps one ([`StateSpan::master`]): `state_offset`, but for factored state, whose
+    /// region holds no element's state, a region of its own at the parameter's lane.
+    pub(crate) master_offset: u64,
     /// A factored tensor's only piece, or a whole tensor's ([`StateSpan::whole`]): the plan
     /// never splits it.
     pub(crate) whole: bool,
@@ -88,11 +96,18 @@ pub(crate) struct StateSpan {
     /// A tensor whose state is per element but must not be split (Muon's, which matrix
     /// products read whole): placed as any other, at its parameter's lane, in one piece.
     pub(crate) whole: bool,
+    /// Whether the tensor keeps an f32 master copy of its parameter, one element per
+    /// element, in its block's master buffer: at its state's place where that is per element,
+    /// and for factored state in a region of the master buffer of its own (equal for equal
+    /// keys).
+    pub(crate) master: bool,
 }
 
 /// Places every tensor's state: tensors of one key back to back in blocks of at most
 /// `max_state` elements (a multiple of 4), each piece at its parameter's lane, and each
-/// factor region whole at a multiple of 4. Returns the blocks and the pieces, in tensor order.
+/// factor region whole at a multiple of 4, with its master copy, if any, back to back with the
+/// block's others at the parameter's lane, in a master buffer of at most `max_state` elements
+/// too. Returns the blocks and the pieces, in tensor order.
 pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, Vec<StatePiece>) {
     let mut blocks: Vec<Block> = Vec::new();
     // The open block of each key.
@@ -106,6 +121,7 @@ pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, 
                 blocks.push(Block {
                     key: s.key,
                     len: 0,
+                    master_len: 0,
                     lanes: s.lanes,
                 });
                 open.push((s.key, blocks.len() - 1));
@@ -113,28 +129,45 @@ pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, 
             }
         }
     }
+    // The first element at or after `len` that lies at lane `head`.
+    let at_lane = |len: u64, head: u64, lanes: u64| len + (head + lanes - len % lanes) % lanes;
     for (tensor, s) in spans.iter().enumerate() {
         if let Some(footprint) = s.footprint {
+            // The end of the master copy after a block's others (none without one).
+            let master_end = |master_len| {
+                if s.master {
+                    at_lane(master_len, s.lane, s.lanes) + s.len
+                } else {
+                    0
+                }
+            };
             assert!(
-                footprint <= max_state,
-                "a factor region larger than a block"
+                footprint <= max_state && master_end(0) <= max_state,
+                "a factor region or its master copy larger than a block"
             );
+            let fits = |b: &Block| {
+                b.len.next_multiple_of(4) + footprint <= max_state
+                    && master_end(b.master_len) <= max_state
+            };
             let mut block = open_block(&mut blocks, &mut open, s);
-            if blocks[block].len.next_multiple_of(4) + footprint > max_state {
+            if !fits(&blocks[block]) {
                 open.retain(|(k, _)| *k != s.key);
                 block = open_block(&mut blocks, &mut open, s);
             }
             let b = &mut blocks[block];
             let at = b.len.next_multiple_of(4);
+            let master_at = at_lane(b.master_len, s.lane, s.lanes);
             pieces.push(StatePiece {
                 tensor,
                 start: 0,
                 len: s.len,
                 block,
                 state_offset: at,
+                master_offset: master_at,
                 whole: true,
             });
             b.len = at + footprint;
+            b.master_len = b.master_len.max(master_end(b.master_len));
             continue;
         }
         let mut start = 0;
@@ -142,7 +175,7 @@ pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, 
             let block = open_block(&mut blocks, &mut open, s);
             let b = &mut blocks[block];
             let head = (s.lane + start) % s.lanes;
-            let at = b.len + (head + s.lanes - b.len % s.lanes) % s.lanes;
+            let at = at_lane(b.len, head, s.lanes);
             let mut n = (s.len - start).min(max_state.saturating_sub(at));
             if s.whole && n < s.len {
                 assert!(b.len > 0, "a whole tensor larger than a block");
@@ -159,14 +192,17 @@ pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, 
                 len: n,
                 block,
                 state_offset: at,
+                master_offset: at,
                 whole: s.whole,
             });
             b.len = at + n;
+            b.master_len = b.len;
             start += n;
         }
     }
     for b in &mut blocks {
         b.len = b.len.next_multiple_of(b.lanes).max(b.lanes);
+        b.master_len = b.master_len.next_multiple_of(b.lanes).max(b.lanes);
     }
     (blocks, pieces)
 }
@@ -181,6 +217,9 @@ pub(crate) struct Piece {
     /// First element of the piece within the batch's state buffers; congruent to the piece's
     /// parameter and gradient element offsets modulo the batch's lanes.
     pub(crate) state_offset: u64,
+    /// First element of the piece's master copy within the block's master buffer
+    /// ([`StatePiece::master_offset`]), likewise congruent.
+    pub(crate) master_offset: u64,
     pub(crate) first_workgroup: u32,
     /// Index of the tensor in the batch's uniform array.
     pub(crate) slot: u32,
@@ -343,6 +382,7 @@ pub(crate) fn plan(
                     start,
                     len: n,
                     state_offset: state_at,
+                    master_offset: sp.master_offset + done,
                     first_workgroup: batch.workgroups,
                     slot: (batch.slots.len() - 1) as u32,
                 });
@@ -452,6 +492,7 @@ mod tests {
                 lanes: s.lanes,
                 footprint: None,
                 whole: false,
+                master: false,
             })
             .collect();
         let (blocks, pieces) = state_blocks(&state, max_state);
@@ -474,6 +515,8 @@ mod tests {
             let b = blocks[p.block];
             assert!(b.len <= max_state && b.len % b.lanes == 0);
             assert!(p.state_offset + p.len <= b.len);
+            assert_eq!(b.master_len, b.len);
+            assert_eq!(p.master_offset, p.state_offset);
             let s = spans[p.tensor];
             assert_eq!(
                 p.state_offset % b.lanes,
@@ -519,6 +562,7 @@ mod tests {
                 assert_eq!(sp.block, b.block);
                 assert!(p.start + p.len <= sp.start + sp.len);
                 assert_eq!(p.state_offset, sp.state_offset + (p.start - sp.start));
+                assert_eq!(p.master_offset, p.state_offset);
                 let pa = s.param_offset + ps * p.start;
                 let ga = s.grad_offset + gs * p.start;
                 assert!(pa >= b.param_window.0 && pa + ps * p.len <= b.param_window.1);
@@ -558,6 +602,7 @@ mod tests {
                 lanes: 4,
                 footprint: Some(footprint),
                 whole: false,
+                master: false,
             })
             .collect();
         let (blocks, pieces) = state_blocks(&state, 160);
@@ -590,6 +635,63 @@ mod tests {
     }
 
     #[test]
+    fn factored_master_copies_get_regions_of_their_own() {
+        // Master copies of factored tensors: per element, at the parameter's lane, back to back
+        // in the block's master buffer, and a new block where a copy would pass `max_state`
+        // even if the factor region fits.
+        let tensors = [(1, 60, 20), (6, 70, 20), (3, 40, 20), (0, 8, 100)];
+        let state = |master| -> Vec<StateSpan> {
+            tensors
+                .iter()
+                .map(|&(at, len, footprint)| StateSpan {
+                    key: 0,
+                    len,
+                    lane: at % 4,
+                    lanes: 4,
+                    footprint: Some(footprint),
+                    whole: false,
+                    master,
+                })
+                .collect()
+        };
+        let (blocks, pieces) = state_blocks(&state(true), 160);
+        let placed: Vec<(usize, u64, u64)> = pieces
+            .iter()
+            .map(|p| (p.block, p.state_offset, p.master_offset))
+            .collect();
+        // Tensor 2's copy would end at 135 + 40 > 160 in block 0.
+        assert_eq!(placed, [(0, 0, 1), (0, 20, 62), (1, 0, 3), (1, 20, 44)]);
+        let lens: Vec<(u64, u64)> = blocks.iter().map(|b| (b.len, b.master_len)).collect();
+        assert_eq!(lens, [(40, 132), (120, 52)]);
+        // Without master copies the factor regions alone decide: one block.
+        let (blocks, pieces) = state_blocks(&state(false), 160);
+        assert!(pieces.iter().all(|p| p.block == 0));
+        assert_eq!((blocks[0].len, blocks[0].master_len), (160, 4));
+        // The batches carry each piece's master offset.
+        let spans: Vec<Span> = tensors
+            .iter()
+            .map(|&(at, _, _)| Span {
+                key: 0,
+                param_offset: 4 * at,
+                grad_offset: 4 * at,
+                lanes: 4,
+                sizes: (4, 4),
+            })
+            .collect();
+        let limits = PlanLimits {
+            max_binding: 4096,
+            alignment: 16,
+        };
+        let (blocks, pieces) = state_blocks(&state(true), 160);
+        let batches = plan(&spans, &pieces, &blocks, &limits);
+        let offsets: Vec<(usize, u64)> = batches
+            .iter()
+            .flat_map(|b| b.pieces.iter().map(|p| (p.tensor, p.master_offset)))
+            .collect();
+        assert_eq!(offsets, [(0, 1), (1, 62), (2, 3), (3, 44)]);
+    }
+
+    #[test]
     fn whole_tensors_are_never_split() {
         // Tensors with state per element that must stay whole (Muon's): each at its
         // parameter's lane, as any tensor, but a new block where the rest of one is too small
@@ -603,6 +705,7 @@ mod tests {
                 lanes: 4,
                 footprint: None,
                 whole: true,
+                master: false,
             })
             .collect();
         let (blocks, pieces) = state_blocks(&state, 160);

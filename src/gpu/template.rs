@@ -155,7 +155,8 @@ pub(crate) fn segment_table(
         0,
     );
     // The segment of workgroup k << shift, for each coarse entry k; beside it the index in its
-    // tensor of segment k's first element (`first_element` in shaders/layout.wgsl).
+    // tensor of segment k's first element (`first_element` in shaders/layout.wgsl) and the
+    // unit of its master copy holding that element (`master_index`).
     let shift = coarse_shift(p);
     let mut segment = 0;
     for k in 0..u64::from(COARSE_ENTRIES) {
@@ -164,11 +165,10 @@ pub(crate) fn segment_table(
         {
             segment += 1;
         }
-        let start = p
-            .pieces
-            .get(k as usize)
-            .map_or(0, |piece| piece.start as u32);
-        words.extend([segment as u32, start, 0, 0]);
+        let (start, master) = p.pieces.get(k as usize).map_or((0, 0), |piece| {
+            (piece.start as u32, (piece.master_offset / p.lanes) as u32)
+        });
+        words.extend([segment as u32, start, master, 0]);
     }
     bytemuck::cast_slice(&words).to_vec()
 }

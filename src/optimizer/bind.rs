@@ -44,7 +44,8 @@ pub(super) type Ranges = (wgpu::Buffer, u64, wgpu::Buffer, u64);
 pub(super) struct StateBlock {
     pub(super) buffer: wgpu::Buffer,
     /// Where its tensors keep master weights: their f32 master copies, laid out as the first
-    /// state buffer (`Binds::master`).
+    /// state buffer, but for factored state, whose copies lie in regions of their own
+    /// (`plan::StatePiece::master_offset`, `Binds::master`).
     pub(super) master: Option<wgpu::Buffer>,
     pub(super) plan: plan::Block,
 }
