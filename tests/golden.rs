@@ -585,6 +585,27 @@ fn precision_case(dir: &Path, case: &serde_json::Value) -> PrecisionCase {
     }
 }
 
+/// Holds the error of `ours`, a tensor of a replay's output, against `truth`, the float64 run,
+/// to the error of `torch`, PyTorch's fused run, and one unit of the type at the largest
+/// magnitude of the truth.
+fn within_fused_error(what: &str, ours: &NamedTensor, torch: &NamedTensor, truth: &[f64]) {
+    let error = |t: &NamedTensor| {
+        t.data
+            .iter()
+            .zip(truth)
+            .fold(0.0f64, |m, (&x, &w)| m.max((f64::from(x) - w).abs()))
+    };
+    let (ours_err, torch_err) = (error(ours), error(torch));
+    let unit = ours
+        .dtype
+        .spacing(truth.iter().fold(0.0, |m, w| m.max(w.abs())));
+    assert!(
+        ours_err <= torch_err + unit,
+        "{what}: {}'s error against float64 is {ours_err:e}, PyTorch's {torch_err:e}",
+        ours.name
+    );
+}
+
 /// Holds `ours`, a replay's output, to `torch`, PyTorch's fused run of the same steps, and to
 /// `truth`, the float64 run: as `sixteen_bit_replay_matches_fused_pytorch` says.
 fn hold_to_fused(
@@ -608,8 +629,7 @@ fn hold_to_fused(
             "{what}: {}",
             o.name
         );
-        let (mut ours_err, mut torch_err) = (0.0f64, 0.0f64);
-        for (i, ((&a, &b), &w)) in o.data.iter().zip(&t.data).zip(want).enumerate() {
+        for (i, (&a, &b)) in o.data.iter().zip(&t.data).enumerate() {
             let (a, b) = (f64::from(a), f64::from(b));
             let unit = o.dtype.spacing(a.abs().max(b.abs()));
             let units = (a - b).abs() / unit;
@@ -621,17 +641,8 @@ fn hold_to_fused(
             worst_units = worst_units.max(units);
             differ += usize::from(a != b);
             total += 1;
-            ours_err = ours_err.max((a - w).abs());
-            torch_err = torch_err.max((b - w).abs());
         }
-        let unit = o
-            .dtype
-            .spacing(want.iter().fold(0.0, |m, w| m.max(w.abs())));
-        assert!(
-            ours_err <= torch_err + unit,
-            "{what}: {}'s error against float64 is {ours_err:e}, PyTorch's {torch_err:e}",
-            o.name
-        );
+        within_fused_error(what, o, t, want);
     }
     assert!(
         differ * 20 <= total,
@@ -720,13 +731,61 @@ fn sixteen_bit_checkpoints_move_between_pytorch_and_replay() {
             resume: Some(&torch_split),
             ..Default::default()
         };
-        let ours = replay::replay(ctx, &config, &resume, &params, &steps_of(split, steps))
+        let later = steps_of(split, steps);
+        let ours = replay::replay(ctx, &config, &resume, &params, &later)
             .unwrap()
             .tensors;
         let torch = read(format!("{name}.torch.safetensors"));
         let truth = read_f64(&dir.join(format!("{name}.f64.safetensors")));
         let what = format!("{name} resumed from PyTorch's step {split}");
         hold_to_fused(&what, &ours, &torch, &truth, steps as f64);
+
+        // For an optimizer with f32 state, the converter casts the state (`state_dtype="f32"`):
+        // the same tensors, the state widened exactly, which replay resumes with f32 state and
+        // refuses in the parameter's type, as it refuses the 16-bit file with f32 state.
+        let f32_split = dir.join(format!("{name}.torch{split}.f32state.safetensors"));
+        let (widened, _) = read_checkpoint(&f32_split);
+        let (stored, _) = read_checkpoint(&torch_split);
+        assert_eq!(widened.len(), stored.len(), "{name}");
+        for ((n, d, shape, a), (m, e, their_shape, b)) in widened.iter().zip(&stored) {
+            assert_eq!((n, shape, a), (m, their_shape, b), "{name}");
+            let state = n.contains('.') && e != "I64" && e != "F32";
+            assert_eq!(d, if state { "F32" } else { e }, "{name} {n}");
+        }
+        let f32_state = Precision::default().with_state(StateDType::F32);
+        let resume_f32 = ReplayOptions {
+            resume: Some(&f32_split),
+            precision: f32_state,
+            ..Default::default()
+        };
+        // Its parameters take another path than PyTorch's fused ones (f32 moments), but
+        // their error against the float64 truth stays within PyTorch's.
+        let ours = replay::replay(ctx, &config, &resume_f32, &params, &later)
+            .unwrap()
+            .tensors;
+        let what = format!("{name} resumed with f32 state from PyTorch's step {split}");
+        for p in &params {
+            let find = |t: &[NamedTensor]| t.iter().find(|x| x.name == p.name).cloned().unwrap();
+            let (_, want) = truth.iter().find(|(n, _)| *n == p.name).unwrap();
+            within_fused_error(&what, &find(&ours), &find(&torch), want);
+        }
+        if stored
+            .iter()
+            .any(|(n, d, _, _)| n.contains('.') && (d == "BF16" || d == "F16"))
+        {
+            for (file, precision) in [
+                (&f32_split, Precision::default()),
+                (&torch_split, f32_state),
+            ] {
+                let options = ReplayOptions {
+                    resume: Some(file),
+                    precision,
+                    ..Default::default()
+                };
+                let err = replay::replay(ctx, &config, &options, &params, &later).unwrap_err();
+                assert!(err.to_string().contains("expected"), "{name}: {err}");
+            }
+        }
 
         let saved = tmp.join(format!("{name}.safetensors"));
         let save = ReplayOptions {

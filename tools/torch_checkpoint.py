@@ -39,7 +39,7 @@ Python API::
 CLI::
 
     python3 tools/torch_checkpoint.py to-wgpu IN.pt OUT.safetensors --optimizer Adam [--names a,b]
-        [--attributes JSON]
+        [--attributes JSON] [--state-dtype param|f32|bf16]
     python3 tools/torch_checkpoint.py from-wgpu IN.safetensors OUT.pt
 
 where IN.pt / OUT.pt hold ``{"model": model.state_dict(), "optimizer": opt.state_dict(),
@@ -116,7 +116,11 @@ Conversion rules:
 * Parameters and state buffers keep their dtype when it is float32, float16 or bfloat16 (so
   the state of ``Adam(fused=True)`` on bf16 parameters stays bf16, as wgpu-optim keeps it by
   default); float64 ones are rounded to float32.  A parameter without PyTorch state gets its
-  initial state in the parameter's dtype, as PyTorch would create it.  Scalars are written
+  initial state in the parameter's dtype, as PyTorch would create it.  For a wgpu-optim
+  optimizer that keeps its state in another type (``Precision::with_state``, replay's
+  ``--state-dtype``), ``state_dtype`` (``--state-dtype``) casts every state buffer on export:
+  ``"param"`` to the parameter's stored dtype, ``"f32"`` to float32 (exact from 16-bit
+  state), ``"bf16"`` to bfloat16 (rounded to nearest even, as wgpu-optim's kernels round).  Scalars are written
   as float32.  On import, state and parameters may be F32, F16 or BF16
   (``load_state_dict`` casts the state to the parameter's dtype, as it does when PyTorch
   loads its own).  A master copy (``<name>.master``) becomes the parameter where the target
@@ -541,6 +545,10 @@ def _export_group(cls_name, group, g, attributes):
 # The dtypes a checkpoint holds parameters and state buffers in (safetensors' F32, F16, BF16).
 STORED_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
 
+# The state types a wgpu-optim optimizer keeps (StateDType), by replay's --state-dtype names:
+# None for the parameter's.
+STATE_DTYPES = {"param": None, "f32": torch.float32, "bf16": torch.bfloat16}
+
 
 def _as_stored(t, what, shape):
     """A parameter or state buffer as the checkpoint stores it: on the CPU, in its dtype
@@ -623,7 +631,7 @@ def _check_defaults(cls_name, attributes, groups, defaults):
 
 
 def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_state=None,
-                             attributes=None, defaults=None):
+                             attributes=None, defaults=None, state_dtype=None):
     """Converts a torch optimizer state dict into a checkpoint's tensors and metadata.
 
     cls_name: a key of HYPERPARAMETERS ("SGD", "Adam", ...).  state_dict: as
@@ -636,12 +644,17 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
     required for those classes, None for the others.  defaults: the optimizer's
     ``defaults``, or None (unknown: a state dict does not hold them), to check that Lamb with
     pre_norm reads max_grad_norm and eps there as wgpu-optim does from the first group.
+    state_dtype: None to keep PyTorch's state dtypes, else a key of STATE_DTYPES, the state
+    type of the wgpu-optim optimizer that will load the checkpoint: every state buffer is cast
+    to it.
 
     Returns (tensors, metadata): arguments for ``safetensors.torch.save_file``.
     """
     if cls_name not in HYPERPARAMETERS:
         raise ValueError(f"unknown optimizer {cls_name!r}; expected one of {', '.join(HYPERPARAMETERS)}")
     attributes = _check_attributes(cls_name, attributes, "optimizer attributes")
+    if state_dtype is not None and state_dtype not in STATE_DTYPES:
+        raise ValueError(f"state dtype {state_dtype!r}; expected one of {', '.join(STATE_DTYPES)}")
     groups = state_dict["param_groups"]
     flat = [i for group in groups for i in group["params"]]
     if len(flat) != len(names):
@@ -703,18 +716,20 @@ def state_dict_to_checkpoint(cls_name, state_dict, names, params, grad_scaler_st
                     raise ValueError(f"{name}: PyTorch state lacks {missing}, which {cls_name} with "
                                      f"the hyperparameters of group {g} keeps")
             tensors[f"{name}.step"] = torch.tensor(step, dtype=torch.int64)
+            # The state's dtype: PyTorch's (None), else the one asked for.
+            cast = (None if state_dtype is None
+                    else STATE_DTYPES[state_dtype] or param.dtype)
             for s in wanted:
                 if s in state:
-                    tensors[f"{name}.{s}"] = _as_stored(state[s], f"{name}.{s}",
-                                                        state_shape(s, shape))
+                    buf = _as_stored(state[s], f"{name}.{s}", state_shape(s, shape))
                 elif cls_name == "AdamWScheduleFree" and s == "z" and step > 0:
                     # No gradient yet in a group that has stepped: schedulefree copies the
                     # parameter into z at the tensor's first step, wgpu-optim at step 1 only.
-                    tensors[f"{name}.{s}"] = param.clone()
+                    buf = param.clone()
                 else:
                     init = initial_state_value(cls_name, hyper, s)
-                    tensors[f"{name}.{s}"] = torch.full(state_shape(s, shape), init,
-                                                        dtype=param.dtype)
+                    buf = torch.full(state_shape(s, shape), init, dtype=param.dtype)
+                tensors[f"{name}.{s}"] = buf if cast is None else buf.to(cast)
             for s in scalars:
                 if s in state:
                     tensors[f"{name}.{s}"] = _scalar_f32(state[s], f"{name}.{s}")
@@ -1028,7 +1043,7 @@ def _names_by_identity(optimizer, named_parameters):
     return names
 
 
-def to_wgpu_optim(optimizer, named_parameters, path, grad_scaler=None):
+def to_wgpu_optim(optimizer, named_parameters, path, grad_scaler=None, state_dtype=None):
     """Writes a wgpu-optim checkpoint of a torch optimizer (and a torch.amp.GradScaler) to path.
 
     named_parameters: (name, parameter) pairs, e.g. ``model.named_parameters()``; every
@@ -1036,6 +1051,7 @@ def to_wgpu_optim(optimizer, named_parameters, path, grad_scaler=None):
     current values are written too.  Raises ValueError for anything the checkpoint cannot
     hold (another optimizer class, unsupported hyperparameters, inconsistent state).  A
     package optimizer's hyperparameters kept on the object (ATTRIBUTES) are read from it.
+    state_dtype: as :func:`state_dict_to_checkpoint` takes it.
     """
     cls_name = optimizer_class_name(optimizer)
     names = _names_by_identity(optimizer, named_parameters)
@@ -1044,7 +1060,8 @@ def to_wgpu_optim(optimizer, named_parameters, path, grad_scaler=None):
     scaler_state = grad_scaler.state_dict() if grad_scaler is not None else None
     attributes = optimizer_attributes(cls_name, optimizer) if cls_name in ATTRIBUTES else None
     tensors, metadata = state_dict_to_checkpoint(cls_name, optimizer.state_dict(), names, params,
-                                                 scaler_state, attributes, optimizer.defaults)
+                                                 scaler_state, attributes, optimizer.defaults,
+                                                 state_dtype)
     save_file(tensors, str(path), metadata=metadata)
 
 
@@ -1157,7 +1174,8 @@ def _cli_to_wgpu(args):
                 "these package defaults; '{}' takes them all)")
         attributes = {**ATTRIBUTES[args.optimizer], **attributes}
     tensors, metadata = state_dict_to_checkpoint(args.optimizer, sd, names, model,
-                                                 blob.get("grad_scaler"), attributes)
+                                                 blob.get("grad_scaler"), attributes,
+                                                 state_dtype=args.state_dtype)
     save_file(tensors, args.output, metadata=metadata)
 
 
@@ -1225,6 +1243,10 @@ def main(argv=None):
                     "classes unless the input holds \"optimizer_attributes\"")
     to.add_argument("--names", help="comma-separated tensor names in the optimizer's parameter "
                     "order (default: its param_names, else the model state dict's keys)")
+    to.add_argument("--state-dtype", choices=list(STATE_DTYPES),
+                    help="the state type of the wgpu-optim optimizer that will load the "
+                    "checkpoint (replay's --state-dtype): every state buffer is cast to it "
+                    "(default: keep PyTorch's dtypes)")
     fr = sub.add_parser("from-wgpu", help="checkpoint -> torch.save'd {model, optimizer[, grad_scaler]}")
     fr.add_argument("input", help="the wgpu-optim checkpoint (.safetensors)")
     fr.add_argument("output", help=".pt file to write")

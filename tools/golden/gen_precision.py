@@ -25,6 +25,10 @@ math in float32, each store rounded to nearest even. It writes, under
   sorted, so the file is byte-stable). The script checks that PyTorch, loading it back with
   ``from_wgpu_optim`` into a fresh fused optimizer, ends the remaining steps bit for bit
   where the uninterrupted run does. tests/golden.rs resumes wgpu-optim from it.
+* ``<case>.torch<SPLIT>.f32state.safetensors`` - the same checkpoint written with
+  ``state_dtype="f32"``, for a wgpu-optim optimizer with f32 state: its state in float32
+  (the 16-bit values, widened exactly), its parameters in the type. PyTorch resumes from it
+  bit for bit too (``load_state_dict`` casts the state back to the parameter's type).
 
 The non-fused PyTorch path computes op by op in the parameter's type; it is not the
 reference here. The Rust test (tests/golden.rs) replays each case on the GPU and holds it to
@@ -66,6 +70,11 @@ def case_name(dtype, opt):
     return f"{opt['type'].lower()}_{dtype}" + (f"_{args}" if args else "")
 
 
+def f32_state(checkpoint):
+    """The path of the f32-state version of `checkpoint`."""
+    return checkpoint.replace(".safetensors", ".f32state.safetensors")
+
+
 def run(opt, params, grads, fused, checkpoint=None, resume=None):
     """Steps 0..STEPS of `opt` from `params`; with `checkpoint`, saves a wgpu-optim checkpoint
     there after SPLIT steps; with `resume`, loads that checkpoint first and takes the steps
@@ -83,8 +92,9 @@ def run(opt, params, grads, fused, checkpoint=None, resume=None):
         first = SPLIT
     for k in range(first, STEPS):
         if k == SPLIT and checkpoint is not None:
-            to_wgpu_optim(optimizer, ps.items(), checkpoint)
-            canonicalize(checkpoint)
+            for path, state_dtype in [(checkpoint, None), (f32_state(checkpoint), "f32")]:
+                to_wgpu_optim(optimizer, ps.items(), path, state_dtype=state_dtype)
+                canonicalize(path)
         for n, p in ps.items():
             p.grad = grads[n][k].clone()
         optimizer.step()
@@ -118,9 +128,16 @@ def main():
             saved = load_file(checkpoint)
             for key, value in saved.items():
                 assert key.endswith(".step") or value.dtype == dtype, (name, key)
-            resumed = run(opt, params, grads, fused=True, resume=checkpoint)
-            for key, value in fused.items():
-                assert torch.equal(resumed[key], value), (name, key)
+            widened = load_file(f32_state(checkpoint))
+            assert widened.keys() == saved.keys(), name
+            for key, value in saved.items():
+                state = value.dtype == dtype and key not in params
+                want = value.to(torch.float32) if state else value
+                assert torch.equal(widened[key], want), (name, key)
+            for resume in [checkpoint, f32_state(checkpoint)]:
+                resumed = run(opt, params, grads, fused=True, resume=resume)
+                for key, value in fused.items():
+                    assert torch.equal(resumed[key], value), (name, resume, key)
             truth = run(
                 opt,
                 {n: p.to(torch.float64) for n, p in params.items()},
