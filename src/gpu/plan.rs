@@ -582,6 +582,38 @@ mod tests {
         }
     }
 
+    /// Factored tensors of one key and vec4 access, each `(element offset, elements, factor
+    /// region)`, keeping master copies or not.
+    fn factored_spans(tensors: &[(u64, u64, u64)], master: bool) -> Vec<StateSpan> {
+        tensors
+            .iter()
+            .map(|&(at, len, footprint)| StateSpan {
+                key: 0,
+                len,
+                lane: at % 4,
+                lanes: 4,
+                footprint: Some(footprint),
+                whole: false,
+                master,
+            })
+            .collect()
+    }
+
+    /// The spans of those tensors, parameter and gradient at the same element offset of two
+    /// f32 buffers.
+    fn factored_places(tensors: &[(u64, u64, u64)]) -> Vec<Span> {
+        tensors
+            .iter()
+            .map(|&(at, _, _)| Span {
+                key: 0,
+                param_offset: 4 * at,
+                grad_offset: 4 * at,
+                lanes: 4,
+                sizes: (4, 4),
+            })
+            .collect()
+    }
+
     #[test]
     fn factor_regions_are_whole_and_never_split() {
         // Tensors whose state is factored: each region at a multiple of 4 whatever the
@@ -593,19 +625,7 @@ mod tests {
             alignment: 16,
         };
         let tensors = [(1, 300, 50), (401, 800, 90), (1301, 10, 60)];
-        let state: Vec<StateSpan> = tensors
-            .iter()
-            .map(|&(at, len, footprint)| StateSpan {
-                key: 0,
-                len,
-                lane: at % 4,
-                lanes: 4,
-                footprint: Some(footprint),
-                whole: false,
-                master: false,
-            })
-            .collect();
-        let (blocks, pieces) = state_blocks(&state, 160);
+        let (blocks, pieces) = state_blocks(&factored_spans(&tensors, false), 160);
         assert_eq!(pieces.len(), 3);
         assert!(pieces.iter().all(|p| p.whole && p.start == 0));
         assert!(pieces.iter().all(|p| p.state_offset % 4 == 0));
@@ -614,17 +634,7 @@ mod tests {
             [0, 0, 1]
         );
         assert_eq!((pieces[1].state_offset, pieces[2].state_offset), (52, 0));
-        let spans: Vec<Span> = tensors
-            .iter()
-            .map(|&(at, _, _)| Span {
-                key: 0,
-                param_offset: 4 * at,
-                grad_offset: 4 * at,
-                lanes: 4,
-                sizes: (4, 4),
-            })
-            .collect();
-        let batches = plan(&spans, &pieces, &blocks, &limits);
+        let batches = plan(&factored_places(&tensors), &pieces, &blocks, &limits);
         let planned: Vec<Vec<(usize, u64)>> = batches
             .iter()
             .map(|b| b.pieces.iter().map(|p| (p.tensor, p.len)).collect())
@@ -640,21 +650,7 @@ mod tests {
         // in the block's master buffer, and a new block where a copy would pass `max_state`
         // even if the factor region fits.
         let tensors = [(1, 60, 20), (6, 70, 20), (3, 40, 20), (0, 8, 100)];
-        let state = |master| -> Vec<StateSpan> {
-            tensors
-                .iter()
-                .map(|&(at, len, footprint)| StateSpan {
-                    key: 0,
-                    len,
-                    lane: at % 4,
-                    lanes: 4,
-                    footprint: Some(footprint),
-                    whole: false,
-                    master,
-                })
-                .collect()
-        };
-        let (blocks, pieces) = state_blocks(&state(true), 160);
+        let (blocks, pieces) = state_blocks(&factored_spans(&tensors, true), 160);
         let placed: Vec<(usize, u64, u64)> = pieces
             .iter()
             .map(|p| (p.block, p.state_offset, p.master_offset))
@@ -664,26 +660,15 @@ mod tests {
         let lens: Vec<(u64, u64)> = blocks.iter().map(|b| (b.len, b.master_len)).collect();
         assert_eq!(lens, [(40, 132), (120, 52)]);
         // Without master copies the factor regions alone decide: one block.
-        let (blocks, pieces) = state_blocks(&state(false), 160);
-        assert!(pieces.iter().all(|p| p.block == 0));
-        assert_eq!((blocks[0].len, blocks[0].master_len), (160, 4));
+        let (plain, plain_pieces) = state_blocks(&factored_spans(&tensors, false), 160);
+        assert!(plain_pieces.iter().all(|p| p.block == 0));
+        assert_eq!((plain[0].len, plain[0].master_len), (160, 4));
         // The batches carry each piece's master offset.
-        let spans: Vec<Span> = tensors
-            .iter()
-            .map(|&(at, _, _)| Span {
-                key: 0,
-                param_offset: 4 * at,
-                grad_offset: 4 * at,
-                lanes: 4,
-                sizes: (4, 4),
-            })
-            .collect();
         let limits = PlanLimits {
             max_binding: 4096,
             alignment: 16,
         };
-        let (blocks, pieces) = state_blocks(&state(true), 160);
-        let batches = plan(&spans, &pieces, &blocks, &limits);
+        let batches = plan(&factored_places(&tensors), &pieces, &blocks, &limits);
         let offsets: Vec<(usize, u64)> = batches
             .iter()
             .flat_map(|b| b.pieces.iter().map(|p| (p.tensor, p.master_offset)))
