@@ -141,7 +141,7 @@ fn step_units(wid: vec3<u32>, lid: u32) {
         }
         let p = seg.param_offset + i;
         let s = seg.state_offset + i;
-        let m = master_index(n, i);
+        let m = master_index(n, i, s);
         var u: Unit;
         u.c = c;
         u.seg = seg;
@@ -272,7 +272,7 @@ fn locate_edge(wid: vec3<u32>, lid: u32) -> Site {
     site.p = seg.param_offset + site.index;
     site.g = seg.grad_offset + site.index;
     site.s = seg.state_offset + site.index;
-    site.m = master_index(n, site.index);
+    site.m = master_index(n, site.index, site.s);
     site.first = first_element(n, seg, site.index);
     return site;
 }

@@ -74,7 +74,7 @@ struct SegmentTable {
     // workgroup's segment searches only between two entries. In `y`: the index in its tensor
     // of segment k's first element, modulo 2^32 (`first_element`). In `z`, where the batch
     // keeps master weights: the unit of the master binding that holds segment k's first
-    // element (`master_index`). A uniform array's elements are 16 bytes apart, and there are
+    // element (`master_index`; the first state buffer's unit but for factored state). A uniform array's elements are 16 bytes apart, and there are
     // as many entries as segments, so the two share them.
     coarse: array<vec4<u32>, COARSE_ENTRIES>,
 }
@@ -176,11 +176,18 @@ fn first_element(n: u32, seg: Segment, index: u32) -> u32 {
     return table.coarse[n].y + index * LANES - seg.head;
 }
 
-// The index in the master binding of unit `index` of segment `n` (shaders/master.wgsl): the
-// state's where that is per element, and for factored state a region of the master binding
-// of its own.
-fn master_index(n: u32, index: u32) -> u32 {
-    return table.coarse[n].z + index;
+// Whether the kernel's master copies lie apart from its state (`master_index`): the kernel of
+// factored state (`Kernel::constants`).
+override MASTER_APART: bool = false;
+
+// The index in the master binding of unit `index` of segment `n` (shaders/master.wgsl), whose
+// index in the first state buffer is `s`: `s` where the state is per element, so that one
+// index serves both, and for factored state in a region of the master binding of its own.
+fn master_index(n: u32, index: u32, s: u32) -> u32 {
+    if MASTER_APART {
+        return table.coarse[n].z + index;
+    }
+    return s;
 }
 
 // The last segment whose first workgroup is <= wg: a binary search between the two entries of
@@ -226,7 +233,7 @@ fn site_in(n: u32, segment: Segment, wg: u32, local_index: u32) -> Site {
     site.p = segment.param_offset + site.index;
     site.g = segment.grad_offset + site.index;
     site.s = segment.state_offset + site.index;
-    site.m = master_index(n, site.index);
+    site.m = master_index(n, site.index, site.s);
     return site;
 }
 

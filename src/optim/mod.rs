@@ -227,9 +227,14 @@ impl Kernel {
         }
     }
 
-    /// The values of the shader's pipeline-overridable constants.
+    /// The values of the shader's pipeline-overridable constants: its switches, its state
+    /// buffers, and whether its master copies lie apart from its state (`MASTER_APART` in
+    /// shaders/layout.wgsl: factored state).
     pub(crate) fn constants(&self) -> Vec<(&'static str, f64)> {
-        let mut out = vec![("STATES", f64::from(self.states))];
+        let mut out = vec![
+            ("STATES", f64::from(self.states)),
+            ("MASTER_APART", f64::from(u8::from(self.factored()))),
+        ];
         for (bit, switch) in self.shader.switches.iter().enumerate() {
             out.push((switch, f64::from(self.switches >> bit & 1)));
         }
