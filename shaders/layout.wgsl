@@ -74,8 +74,9 @@ struct SegmentTable {
     // workgroup's segment searches only between two entries. In `y`: the index in its tensor
     // of segment k's first element, modulo 2^32 (`first_element`). In `z`, where the batch
     // keeps master weights: the unit of the master binding that holds segment k's first
-    // element (`master_index`; the first state buffer's unit but for factored state). A uniform array's elements are 16 bytes apart, and there are
-    // as many entries as segments, so the two share them.
+    // element (`master_index`; the first state buffer's unit but for factored state). A
+    // uniform array's elements are 16 bytes apart, and there are as many entries as segments,
+    // so the two share them.
     coarse: array<vec4<u32>, COARSE_ENTRIES>,
 }
 

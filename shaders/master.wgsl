@@ -1,8 +1,9 @@
 // How the step kernels load and store a unit's parameter where the optimizer keeps an f32
 // master copy of its 16-bit parameters (`Precision::master_weights`), in place of
 // shaders/param.wgsl: the update runs on the master copy (binding 4, unit `m`, from
-// `master_index`: laid out as the first state buffer, but for factored state), and the 16-bit parameter is written from the new master value
-// in the same kernel. The arguments are those of shaders/param.wgsl.
+// `master_index`: laid out as the first state buffer, but for factored state), and the 16-bit
+// parameter is written from the new master value in the same kernel. The arguments are those
+// of shaders/param.wgsl.
 //
 // A master copy not made yet holds UNMADE (`UNMADE_MASTER` in src/optimizer.rs), a NaN that
 // no arithmetic makes: the kernel takes the parameter, widened, in its place. So the copies are

@@ -1898,7 +1898,7 @@ fn check_whole(
         }
         let footprint = span.footprint.unwrap_or(meta.len + span.lanes);
         // A factored tensor's master copy lies in a region of its own, per element.
-        let copy = if span.master {
+        let copy = if span.master && span.footprint.is_some() {
             meta.len + span.lanes
         } else {
             0

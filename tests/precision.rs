@@ -609,6 +609,31 @@ fn stochastic_rounding_is_unbiased_and_reproducible() {
 }
 
 #[test]
+fn a_factored_master_copy_must_fit_one_binding() {
+    // Bindings of 1 MiB: a bf16 matrix of 400,000 elements fits one (800 KB), and so does its
+    // factored state, but its f32 master copy (1.6 MB) does not: an error that names it, where
+    // the same matrix without master weights is built.
+    let small = common::context_with_limits(|l| l.max_storage_buffer_binding_size = 1 << 20);
+    let n = 400_000;
+    let param = buffer(&small, "param", DType::BF16, &vec![0; n]);
+    let grad = buffer(&small, "grad", DType::BF16, &vec![0; n]);
+    let matrix = Tensor::new(
+        BufferRange::new(&param, 0, n as u64).with_dtype(DType::BF16),
+        BufferRange::new(&grad, 0, n as u64).with_dtype(DType::BF16),
+    )
+    .with_shape(&[400, 1_000]);
+    let groups = [ParamGroup::new(Adafactor::default(), vec![matrix])];
+    let f32_state = Precision::default().with_state(StateDType::F32);
+    Optimizer::with_precision(&small, &groups, f32_state).unwrap();
+    let err = Optimizer::with_precision(&small, &groups, f32_state.with_master_weights(true))
+        .unwrap_err();
+    assert!(
+        err.to_string().contains("master copy of 400004 elements"),
+        "{err}"
+    );
+}
+
+#[test]
 fn master_weights_and_stochastic_rounding_refuse_f32_parameters() {
     let ctx = ctx();
     let param = buffer(ctx, "param", DType::F32, &[0; 64]);

@@ -120,8 +120,8 @@ Conversion rules:
   optimizer that keeps its state in another type (``Precision::with_state``, replay's
   ``--state-dtype``), ``state_dtype`` (``--state-dtype``) casts every state buffer on export:
   ``"param"`` to the parameter's stored dtype, ``"f32"`` to float32 (exact from 16-bit
-  state), ``"bf16"`` to bfloat16 (rounded to nearest even, as wgpu-optim's kernels round).  Scalars are written
-  as float32.  On import, state and parameters may be F32, F16 or BF16
+  state), ``"bf16"`` to bfloat16 (rounded to nearest even, as wgpu-optim's kernels round).
+  Scalars are written as float32.  On import, state and parameters may be F32, F16 or BF16
   (``load_state_dict`` casts the state to the parameter's dtype, as it does when PyTorch
   loads its own).  A master copy (``<name>.master``) becomes the parameter where the target
   parameter is float32 or float64; for a 16-bit target parameter, which PyTorch keeps

@@ -167,7 +167,9 @@ pub(crate) fn state_blocks(spans: &[StateSpan], max_state: u64) -> (Vec<Block>, 
                 whole: true,
             });
             b.len = at + footprint;
-            b.master_len = b.master_len.max(master_end(b.master_len));
+            if s.master {
+                b.master_len = master_at + s.len;
+            }
             continue;
         }
         let mut start = 0;
